@@ -1,0 +1,55 @@
+# Every target bootstraps what it needs: its own virtualenv (.venv) with the project and its dev extras,
+# and the local Kubernetes control plane binaries under .cache/ (make testbin).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CACHE := .cache
+BIN := $(CACHE)/bin
+
+.PHONY: help venv test unit lint typecheck demo bench crds testbin clean
+
+help:
+	@echo "make demo      simulated fleet + picker + Envoy + traffic -> frontier report"
+	@echo "make test      lint, typecheck and every test (builds the local control plane when missing)"
+	@echo "make bench     full benchmark sweeps; results under bench/results/"
+	@echo "make crds      regenerate crds/ from the API models"
+	@echo "make testbin   build the local Kubernetes control plane into $(BIN)"
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing frontier[dev]"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -m "not cluster"
+
+test: $(STAMP) testbin lint typecheck
+	PATH=$(CURDIR)/$(BIN):$$PATH $(VENV)/bin/pytest
+
+testbin:
+	@bash hack/build.sh $(BIN)
+
+crds: $(STAMP)
+	$(PY) -m frontier_operator.crdgen crds/
+
+demo: $(STAMP)
+	$(VENV)/bin/frontier-bench demo --out out/demo
+
+bench: $(STAMP)
+	$(VENV)/bin/frontier-bench all --out bench/results
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,109 @@
+"""Names that cross a process boundary: HTTP headers, Envoy metadata keys, labels, model-server metrics.
+
+They are facts of the Gateway API Inference Extension (GIE), Envoy, vLLM, SGLang and llm-d, written down once
+here so that the picker, the operator, the simulator and the benchmark can never disagree about them.
+"""
+
+import dataclasses
+from typing import Final
+
+# --- GIE endpoint-picker protocol (Envoy ext_proc) -------------------------------------------------------
+DESTINATION_ENDPOINT: Final = "x-gateway-destination-endpoint"
+DESTINATION_ENDPOINT_SERVED: Final = "x-gateway-destination-endpoint-served"
+DESTINATION_SUBSET: Final = "x-gateway-destination-endpoint-subset"
+LB_NAMESPACE: Final = "envoy.lb"
+SUBSET_HINT_NAMESPACE: Final = "envoy.lb.subset_hint"
+EXT_PROC_SERVICE: Final = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+# Request headers GIE endpoint pickers read (llm-d spells some of them x-llm-d-*).
+REQUEST_ID: Final = "x-request-id"
+INFERENCE_OBJECTIVE: Final = "x-gateway-inference-objective"
+FAIRNESS_ID: Final = "x-gateway-inference-fairness-id"
+MODEL_NAME_REWRITE: Final = "x-gateway-model-name-rewrite"
+SESSION_TOKEN: Final = "x-session-token"
+LLMD_ALIASES: Final = {
+    "x-llm-d-inference-objective": INFERENCE_OBJECTIVE,
+    "x-llm-d-fairness-id": FAIRNESS_ID,
+    "x-llm-d-model-name-rewrite": MODEL_NAME_REWRITE,
+}
+
+# Prefill/decode disaggregation (llm-d convention): the decode endpoint is the destination; this header
+# names the prefill endpoint its sidecar asks first.
+PREFILLER_HOST_PORT: Final = "x-prefiller-host-port"
+
+# Picker ports, as the GIE EPP uses them.
+EXT_PROC_PORT: Final = 9002
+HEALTH_PORT: Final = 9003
+METRICS_PORT: Final = 9090
+
+# --- Kubernetes -----------------------------------------------------------------------------------------
+GIE_GROUP: Final = "inference.networking.k8s.io"
+GIE_VERSION: Final = "v1"
+INFERENCE_POOL_PLURAL: Final = "inferencepools"
+GIE_X_GROUP: Final = "inference.networking.x-k8s.io"
+INFERENCE_OBJECTIVE_PLURAL: Final = "inferenceobjectives"
+
+FRONTIER_GROUP: Final = "inference.frontier.dev"
+FRONTIER_VERSION: Final = "v1alpha1"
+MODEL_TIER_KIND: Final = "ModelTier"
+MODEL_TIER_PLURAL: Final = "modeltiers"
+
+ENGINE_TYPE_LABEL: Final = "inference.networking.k8s.io/engine-type"
+TIER_LABEL: Final = "inference.frontier.dev/tier"
+ROLE_LABEL: Final = "inference.frontier.dev/role"
+POOL_LABEL: Final = "inference.frontier.dev/pool"
+MODEL_LABEL: Final = "inference.frontier.dev/model"
+# Roles a model-server pod plays; "both" is an aggregated (not disaggregated) server.
+ROLE_PREFILL: Final = "prefill"
+ROLE_DECODE: Final = "decode"
+ROLE_BOTH: Final = "both"
+
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+GKE_ACCELERATOR_LABEL: Final = "cloud.google.com/gke-accelerator"
+
+# --- Model-server metrics (Prometheus text on the serving port) ------------------------------------------
+ENGINE_VLLM: Final = "vllm"
+ENGINE_SGLANG: Final = "sglang"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineMetricNames:
+    """The metric families one engine type exposes for what the picker reads."""
+
+    waiting: str
+    running: str
+    kv_usage: tuple[str, ...]  # first match wins; vLLM renamed gpu_cache_usage_perc
+    cache_config: str
+    block_size_label: str
+    num_blocks_label: str
+    lora: str | None
+
+
+ENGINE_METRICS: Final = {
+    ENGINE_VLLM: EngineMetricNames(
+        waiting="vllm:num_requests_waiting",
+        running="vllm:num_requests_running",
+        kv_usage=("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+        cache_config="vllm:cache_config_info",
+        block_size_label="block_size",
+        num_blocks_label="num_gpu_blocks",
+        lora="vllm:lora_requests_info",
+    ),
+    ENGINE_SGLANG: EngineMetricNames(
+        waiting="sglang:num_queue_reqs",
+        running="sglang:num_running_reqs",
+        kv_usage=("sglang:token_usage",),
+        cache_config="sglang:cache_config_info",
+        block_size_label="page_size",
+        num_blocks_label="num_pages",
+        lora=None,
+    ),
+}
+
+# vLLM KV events (ZMQ PUB), llm-d topic convention kv@<endpoint-ip>@<model>.
+KV_EVENTS_DEFAULT_ENDPOINT: Final = "tcp://*:5557"
+
+
+def kv_events_topic(address: str, model: str) -> str:
+    """The llm-d topic a model server publishes its KV events under."""
+    return f"kv@{address}@{model}"

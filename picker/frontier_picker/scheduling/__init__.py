@@ -1,0 +1,1 @@
+"""Scheduling: choose endpoints for a request from a snapshot. Pure code, no I/O."""

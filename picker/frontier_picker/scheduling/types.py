@@ -1,0 +1,79 @@
+"""The scheduler's inputs and outputs, and the interface every scheduler implements.
+
+`Scheduler.schedule(request, snapshot) -> Decision` is pure with respect to I/O: it may update the scheduler's
+own learned state (a prefix index learns from its own choices) but never touches the network. A refusal is an
+exception carrying the HTTP status the client gets.
+"""
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Protocol
+
+from frontier_picker import endpoints
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Request:
+    """One inference request as the scheduler sees it."""
+
+    request_id: str
+    model: str  # the model the client asked for
+    target_model: str  # after x-gateway-model-name-rewrite; what the endpoint serves
+    prompt: str = ""  # text used for prefix affinity (chat messages joined in order); "" when body-less
+    prompt_tokens: int = 0  # estimate (~4 characters per token) until the model server reports usage
+    max_tokens: int | None = None
+    objective: str | None = None
+    priority: int = 0
+    fairness_id: str | None = None
+    session_token: str | None = None
+    lora_adapter: str | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Decision:
+    """Where a request goes: `endpoints` primary first, then fallbacks; `prefill` for disaggregated tiers."""
+
+    endpoints: list[str]
+    prefill: str | None = None
+    profile: str = ""
+    scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def primary(self) -> str:
+        return self.endpoints[0]
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Completion:
+    """How a request ended, as the picker observed it on the response path."""
+
+    endpoint: str
+    status: int
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    ttft_s: float | None = None
+    duration_s: float = 0.0
+    aborted: bool = False
+
+
+class Rejection(Exception):
+    """The request cannot be scheduled; `status` is the HTTP status the client receives."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Scheduler(Protocol):
+    """What the protocol layer and the virtual-time simulator call."""
+
+    def schedule(self, request: Request, snapshot: endpoints.Snapshot) -> Decision:
+        """Choose endpoints for `request`; raise `Rejection` to refuse it."""
+        ...
+
+    def on_completion(self, request: Request, decision: Decision, completion: Completion) -> None:
+        """Learn from a finished request (its own state only; load accounting is the datastore's)."""
+        ...
