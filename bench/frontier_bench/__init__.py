@@ -1,0 +1,1 @@
+"""Frontier benchmarks: workloads, the open-loop load generator, baselines, sweeps and the frontier report."""
