@@ -19,7 +19,7 @@ Percentiles interpolate linearly between order statistics (numpy's default).
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 
@@ -96,7 +96,7 @@ def summarize(
     slo: Slo | None = None,
     time_scale: float = 1.0,
     endpoint_work: Mapping[str, float] | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The report row of one run: latency percentiles, throughput, goodput, hit rate, imbalance.
 
     `time_scale` converts the measured (scaled) clock to model time; `endpoint_work` is per-endpoint work

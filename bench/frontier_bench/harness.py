@@ -1,0 +1,88 @@
+"""Runs sweeps over one simulated fleet and writes their report: the part `demo`, `sweep` and `all` share.
+
+Addresses: engines on 127.10.1.x, front doors (Envoy, picker, sglang-router) on 127.10.0.1 — the loopback
+range the benchmark owns, so it never collides with tests (127.4.0.0/16) running beside it.
+"""
+
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from frontier_bench import fleet, processes, progress, report, sweep
+
+log = logging.getLogger(__name__)
+
+FLEET_PREFIX = "127.10.1"  # engines at 127.10.1.1, .2, ...
+FRONT_DOOR_ADDRESS = "127.10.0.1"
+
+
+async def run_sweeps(
+    plans: Sequence[sweep.Plan],
+    *,
+    engines: int,
+    time_scale: float,
+    model: str,
+    out: Path,
+    name: str,
+    command: str,
+    title: str,
+    notes: Sequence[str] = (),
+    fleet_args: tuple[str, ...] = (),
+) -> list[report.Row]:
+    """Start a fleet, run `plans` over it, stop everything, write the report under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / f"{name}-run"
+    bar = progress.Bar(steps=sum(len(p.policies) * len(p.loads) for p in plans))
+    rows: list[report.Row] = []
+    started = time.monotonic()
+    with processes.Group(run_dir / "logs") as group:
+        running = await fleet.start(
+            group,
+            engines=engines,
+            address_prefix=FLEET_PREFIX,
+            time_scale=time_scale,
+            model=model,
+            run_dir=run_dir,
+            extra_args=fleet_args,
+        )
+        log.info("event=fleet_ready engines=%d time_scale=%g", len(running.engines), time_scale)
+        for plan in plans:
+            rows += await sweep.run(
+                plan, group=group, running=running, address=FRONT_DOOR_ADDRESS, run_dir=run_dir, bar=bar
+            )
+    meta: dict[str, Any] = {
+        "title": title,
+        "notes": list(notes),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_s": round(time.monotonic() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "fleet": {"engines": engines, "time_scale": time_scale, "model": model, "args": list(fleet_args)},
+        "plans": [
+            {
+                "workload": p.workload.name,
+                "params": p.workload.params,
+                "policies": list(p.policies),
+                "loads_qps": list(p.loads),
+                "duration_s": p.duration_s,
+                "seed": p.seed,
+                "slo": {"ttft_s": p.slo.ttft_s, "tpot_s": p.slo.tpot_s},
+            }
+            for p in plans
+        ],
+    }
+    paths = report.write(rows, out, name=name, command=command, meta=meta)
+    print(report.table(rows))
+    print()
+    print(report.comparisons_markdown(report.comparisons(rows)))
+    print()
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return rows

@@ -1,0 +1,193 @@
+"""`frontier-bench`: the demo, the full sweeps, and single sweeps, all through a real Envoy.
+
+- `frontier-bench demo --out DIR`: a 6-engine simulated fleet, the picker and Envoy; a shared-prefix workload
+  at three loads through plain round-robin and through the picker's `frontier` profile; the table printed,
+  the frontier plot (PNG) and raw results (JSON) written; everything stopped. About three minutes.
+- `frontier-bench sweep ...`: one sweep with every knob on the command line.
+- `frontier-bench all --out DIR`: every sweep the benchmark commits under bench/results/.
+
+Every results file carries the exact command line that produced it.
+"""
+
+import argparse
+import asyncio
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from frontier_bench import frontdoors, full, harness, stats, sweep, workloads
+
+log = logging.getLogger("frontier_bench")
+
+DEMO_ENGINES = 6
+
+
+def build_workload(args: argparse.Namespace, *, engines: int) -> workloads.Workload:
+    name = args.workload
+    if name == "shared-prefix":
+        return workloads.shared_prefix(
+            num_groups=args.num_groups or workloads.llmd_groups(engines),
+            num_prompts_per_group=args.num_prompts_per_group,
+            system_prompt_len=args.system_prompt_len,
+            question_len=args.question_len,
+            output_len=args.output_len,
+            seed=args.seed,
+        )
+    if name == "llmd-study":
+        return workloads.llmd_study(engines=engines, output_len=args.output_len, seed=args.seed)
+    if name == "multi-turn-chat":
+        return workloads.multi_turn_chat(
+            num_sessions=args.num_groups or 8 * engines,
+            turns=5,
+            system_prompt_len=args.system_prompt_len,
+            user_len=args.question_len,
+            output_len=args.output_len,
+            seed=args.seed,
+        )
+    if name == "long-documents":
+        return workloads.long_documents(
+            num_documents=args.num_groups or 2 * engines,
+            document_len=args.system_prompt_len,
+            num_questions=2000,
+            question_len=args.question_len,
+            output_len=args.output_len,
+            seed=args.seed,
+        )
+    if name == "no-sharing":
+        return workloads.no_sharing(
+            num_prompts=2000,
+            prompt_len=args.system_prompt_len + args.question_len,
+            output_len=args.output_len,
+            seed=args.seed,
+        )
+    raise ValueError(f"unknown workload {name!r}")
+
+
+def _command() -> str:
+    return shlex.join(["frontier-bench", *sys.argv[1:]])
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    engines = DEMO_ENGINES
+    workload = workloads.shared_prefix(
+        num_groups=workloads.llmd_groups(engines),
+        num_prompts_per_group=5,
+        system_prompt_len=6000,
+        question_len=1200,
+        output_len=args.output_len,
+        seed=0,
+    )
+    plan = sweep.Plan(
+        workload=workload,
+        policies=("round-robin", "frontier"),
+        loads=tuple(args.loads),
+        duration_s=args.duration,
+        drain_timeout_s=60.0,
+    )
+    asyncio.run(
+        harness.run_sweeps(
+            [plan],
+            engines=engines,
+            time_scale=args.time_scale,
+            model=args.model,
+            out=Path(args.out),
+            name="demo",
+            command=_command(),
+            title="Frontier demo: round-robin vs the picker's frontier profile through Envoy",
+            notes=[
+                f"{engines} simulated H100 engines (Llama-3.1-8B shape), time scale {args.time_scale:g}",
+                "workload: llm-d study's shared-prefix shape scaled to the fleet "
+                f"({workload.params['num_groups']} groups x 5, 6,000 + 1,200 tokens in), "
+                f"output shortened to {args.output_len} tokens so the demo fits in minutes",
+            ],
+        )
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    workload = build_workload(args, engines=args.engines)
+    plan = sweep.Plan(
+        workload=workload,
+        policies=tuple(args.policies),
+        loads=tuple(args.loads),
+        duration_s=args.duration,
+        seed=args.seed,
+        slo=stats.Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
+    )
+    asyncio.run(
+        harness.run_sweeps(
+            [plan],
+            engines=args.engines,
+            time_scale=args.time_scale,
+            model=args.model,
+            out=Path(args.out),
+            name=args.name or f"sweep-{workload.name}",
+            command=_command(),
+            title=f"Sweep: {workload.name}",
+        )
+    )
+
+
+def cmd_all(args: argparse.Namespace) -> None:
+    full.run(out=Path(args.out), command=_command(), quick=args.quick)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="frontier-bench", description=__doc__.split("\n\n")[0])
+    top.add_argument("--log-level", default="WARNING")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the three-minute demo: round-robin vs the picker through Envoy")
+    demo.add_argument("--out", default="out/demo")
+    demo.add_argument("--time-scale", type=float, default=4.0, help="wall seconds per model second")
+    demo.add_argument("--loads", type=float, nargs="+", default=[2.0, 4.0, 6.0], help="model-time req/s")
+    demo.add_argument("--duration", type=float, default=5.0, help="model seconds of arrivals per run")
+    demo.add_argument("--output-len", type=int, default=64)
+    demo.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    demo.set_defaults(func=cmd_demo)
+
+    one = sub.add_parser("sweep", help="one sweep: policies x loads on one workload")
+    one.add_argument("--out", default="out/sweep")
+    one.add_argument("--name", default="")
+    one.add_argument(
+        "--workload",
+        default="shared-prefix",
+        choices=["shared-prefix", "llmd-study", "multi-turn-chat", "long-documents", "no-sharing"],
+    )
+    one.add_argument(
+        "--policies", nargs="+", default=list(frontdoors.ALL_POLICIES), choices=frontdoors.ALL_POLICIES
+    )
+    one.add_argument("--loads", type=float, nargs="+", required=True, help="model-time req/s")
+    one.add_argument("--duration", type=float, default=30.0, help="model seconds of arrivals per run")
+    one.add_argument("--engines", type=int, default=DEMO_ENGINES)
+    one.add_argument("--time-scale", type=float, default=4.0)
+    one.add_argument("--num-groups", type=int, default=0, help="0: scaled to the fleet")
+    one.add_argument("--num-prompts-per-group", type=int, default=5)
+    one.add_argument("--system-prompt-len", type=int, default=6000)
+    one.add_argument("--question-len", type=int, default=1200)
+    one.add_argument("--output-len", type=int, default=1000)
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--slo-ttft", type=float, default=1.0)
+    one.add_argument("--slo-tpot", type=float, default=0.05)
+    one.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    one.set_defaults(func=cmd_sweep)
+
+    everything = sub.add_parser("all", help="every committed sweep, written under --out")
+    everything.add_argument("--out", default="bench/results")
+    everything.add_argument("--quick", action="store_true", help="shorter runs (for trying the pipeline)")
+    everything.set_defaults(func=cmd_all)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
