@@ -11,16 +11,25 @@ A front door is started fresh for every run, so no policy carries learned state 
 tree) from one load level into the next, where the engines' caches have been emptied.
 """
 
+import asyncio
 import dataclasses
+import importlib.util
 import json
+import logging
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
+
 from frontier_bench import envoy_lb, processes
 from frontier_picker import envoy_bootstrap
+
+log = logging.getLogger(__name__)
 
 PICKER_PROFILES: Final = ("frontier", "gie-default")
 SGLANG_POLICY: Final = "sglang-cache-aware"
@@ -167,9 +176,21 @@ async def _start_picker(
     return FrontDoor(policy=profile, url=f"http://{address}:{port}", children=[picker, envoy])
 
 
+SGLANG_REQUIREMENT: Final = "sglang-router>=0.3,<0.4"
+
+
+def ensure_sglang_router() -> None:
+    """Install sglang-router (the bench extra) here when missing: only the benchmark needs it."""
+    if importlib.util.find_spec("sglang_router") is not None:
+        return
+    log.info("event=installing requirement=%s", SGLANG_REQUIREMENT)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", SGLANG_REQUIREMENT], check=True)
+
+
 async def _start_sglang(
     *, group: processes.Group, engines: Sequence[tuple[str, int]], address: str
 ) -> FrontDoor:
+    ensure_sglang_router()
     port = processes.free_port(address)
     router = group.start(
         "sglang-router",
@@ -192,4 +213,23 @@ async def _start_sglang(
         ],
     )
     await processes.wait_http(f"http://{address}:{port}/health", child=router, timeout_s=60.0)
+    await _wait_sglang_workers(f"http://{address}:{port}", count=len(engines), child=router)
     return FrontDoor(policy=SGLANG_POLICY, url=f"http://{address}:{port}", children=[router])
+
+
+async def _wait_sglang_workers(
+    url: str, *, count: int, child: processes.Child, timeout_s: float = 60.0
+) -> None:
+    """The router answers /health before it has health-checked its workers; wait until all are healthy."""
+    deadline = time.monotonic() + timeout_s
+    healthy = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+        while time.monotonic() < deadline:
+            child.check_alive()
+            async with session.get(f"{url}/workers") as response:
+                workers = (await response.json()).get("workers", []) if response.status == 200 else []
+            healthy = sum(1 for w in workers if w.get("is_healthy"))
+            if healthy >= count:
+                return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"sglang-router has {healthy} of {count} workers healthy after {timeout_s:.0f}s")

@@ -46,9 +46,13 @@ class Backend:
         await response.write_eof()
         return response
 
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(text="")
+
     async def start(self, address: str) -> None:
         app = web.Application()
         app.router.add_post("/v1/completions", self.completions)
+        app.router.add_get("/health", self.health)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, address, 0)

@@ -66,3 +66,36 @@ async def test_unknown_policy_names_the_allowed_ones(tmp_path):
             address="127.4.0.1",
             run_dir=tmp_path,
         )
+
+
+async def test_sglang_router_cache_aware_keeps_a_repeated_prompt_on_one_engine(tmp_path):
+    pytest.importorskip("sglang_router", reason="sglang-router is installed only for the benchmark")
+    backends = [Backend(n) for n in "abc"]
+    for i, b in enumerate(backends):
+        await b.start(f"127.4.4.{10 + i}")
+    engines = [(f"127.4.4.{10 + i}", b.port) for i, b in enumerate(backends)]
+    one_prompt = workloads.Workload(
+        name="one", params={}, prompts=[workloads.Prompt(prompt="abc " * 500, max_tokens=2, group="g")]
+    )
+    try:
+        with processes.Group(tmp_path / "logs") as group:
+            door = await frontdoors.start(
+                frontdoors.SGLANG_POLICY,
+                group=group,
+                engines=engines,
+                endpoints_file=tmp_path / "unused.yaml",
+                model="m",
+                address="127.4.4.1",
+                run_dir=tmp_path,
+            )
+            traces = await loadgen.run(
+                url=door.url,
+                model="m",
+                workload=one_prompt,
+                schedule=workloads.Schedule(qps=10.0, offsets_s=[i * 0.1 for i in range(10)], seed=0),
+            )
+    finally:
+        for b in backends:
+            await b.stop()
+    assert all(t.ok for t in traces), [t.error for t in traces if not t.ok]
+    assert sorted(b.served for b in backends) == [0, 0, 10]
