@@ -1,0 +1,322 @@
+"""How long one engine step takes on a GPU, from our own measurements.
+
+The calibration files (`frontier_sim/calibration/*.json`, measured by `shared/calibration/gpu_profile.py` on a
+Llama-3.1-8B-shaped decoder in bf16 on one GPU) fit two formulas:
+
+    prefill chunk of N new tokens over C cached:  t = p0 + p1*N + p2*N*(C + N/2)
+    decode step of B sequences, context C, k query tokens each:  t = d0 + d1*B*k + d2*B*C
+
+`StepModel` scales the fit to the served model and deployment:
+
+- *parameter count* `s = params / 8.03e9`: the per-token GEMM terms p1, d1 grow with s; the weight-read
+  share of d0 (estimated from the measured bf16 weight GEMMs at M=1) grows with weight bytes; launch overheads
+  (the rest of d0, and p0) grow with the layer count. Attention (p2) scales with layers x query width, KV
+  reads (d2) with KV bytes per token (layers x KV heads x head dim x KV dtype bytes). Shapes come from the
+  nearest entry of a small Llama-family table, so any parameter count gets a plausible shape.
+- *tensor parallelism* `tp`: weight and attention terms divide by tp; every step adds two all-reduces per
+  layer (a latency plus the bytes of the activations over NVLink).
+- *GPU*: the H100 or H200 calibration file.
+- *quantization*: fp8 and int8 (W8A8) halve weight bytes and run GEMMs at the measured bf16/fp8 speed ratio
+  (decode-sized M for d-terms, prefill-sized M for p-terms); int4 weight-only (int4/awq/gptq, Marlin kernels)
+  quarter the weight bytes, speed memory-bound decode GEMMs 2.5x (an assumption, not measured here) and
+  leave compute-bound prefill GEMMs at 0.95x bf16. `--kv-cache-dtype fp8` halves KV bytes (more blocks,
+  d2 / 2).
+
+Mixed steps (vLLM V1 runs chunked prefill and decodes in one forward pass): the decode fit prices the decodes,
+and each prefill chunk adds only its marginal cost p1*N + p2*N*(C+N/2), because the pass reads the weights
+and launches its kernels once. A step with no decodes is priced by the prefill fit alone, one with no prefill
+by the decode fit alone, so pure steps reproduce the calibration exactly.
+
+Speculative decoding verifies k = 1 + num_speculative_tokens query tokens per sequence at the measured
+multi-token cost (the d1*B*k term) plus a proposer cost per drafted token: 0 for ngram, a fraction of a decode
+step's fixed cost for EAGLE/MTP heads, the draft/target parameter ratio for a draft model.
+
+Caveat from the calibration README: short-prompt prefill was measured eagerly, so p0 is an upper bound.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import re
+from importlib import resources
+from typing import Final
+
+CALIBRATED_PARAMS: Final = 8.03e9
+GIB: Final = 1024**3
+# Usable device memory as torch reports it (H100 80GB HBM3, H200 141GB).
+GPU_MEMORY_BYTES: Final = {"h100": int(79.1 * GIB), "h200": int(139.8 * GIB)}
+GPU_FILES: Final = {"h100": "h100_llama8b.json", "h200": "h200_llama8b.json"}
+
+# Weight bytes per parameter, GEMM kind, for every accepted --quantization value.
+QUANTIZATIONS: Final = {
+    "none": (2.0, "bf16"),
+    "fp8": (1.0, "fp8"),
+    "int8": (1.0, "fp8"),
+    "int4": (0.53, "int4"),
+    "awq": (0.53, "int4"),
+    "awq_marlin": (0.53, "int4"),
+    "gptq": (0.53, "int4"),
+    "gptq_marlin": (0.53, "int4"),
+}
+INT4_DECODE_GEMM_SPEEDUP: Final = 2.5
+INT4_PREFILL_GEMM_SPEEDUP: Final = 0.95
+KV_DTYPE_BYTES: Final = {
+    "auto": 2.0,
+    "bfloat16": 2.0,
+    "float16": 2.0,
+    "fp8": 1.0,
+    "fp8_e4m3": 1.0,
+    "fp8_e5m2": 1.0,
+}
+
+# Proposer cost per drafted token, as a fraction of the decode step's fixed cost d0.
+SPECULATIVE_DRAFT_COST: Final = {"ngram": 0.0, "eagle": 0.1, "eagle3": 0.1, "mtp": 0.12, "draft_model": 0.1}
+
+# Two all-reduces per layer under tensor parallelism: a fixed latency each, plus activation bytes over NVLink.
+ALLREDUCE_LATENCY_S: Final = 12e-6
+NVLINK_ALLREDUCE_BYTES_PER_S: Final = 150e9
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ModelShape:
+    """The few dimensions of a decoder that step time and KV size depend on."""
+
+    params: float
+    layers: int
+    hidden: int  # query width (heads x head dim)
+    kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_token(self, kv_dtype_bytes: float) -> float:
+        """K and V of every layer for one token."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
+
+
+# Llama-family shapes (3.2-1B, 3.2-3B, 3.1-8B, 14B-class, 32B-class, 3.1-70B, 3.1-405B).
+SHAPES: Final = (
+    ModelShape(params=1.24e9, layers=16, hidden=2048, kv_heads=8, head_dim=64),
+    ModelShape(params=3.21e9, layers=28, hidden=3072, kv_heads=8, head_dim=128),
+    ModelShape(params=8.03e9, layers=32, hidden=4096, kv_heads=8, head_dim=128),
+    ModelShape(params=14.8e9, layers=48, hidden=5120, kv_heads=8, head_dim=128),
+    ModelShape(params=32.8e9, layers=64, hidden=5120, kv_heads=8, head_dim=128),
+    ModelShape(params=70.6e9, layers=80, hidden=8192, kv_heads=8, head_dim=128),
+    ModelShape(params=405e9, layers=126, hidden=16384, kv_heads=8, head_dim=128),
+)
+CALIBRATED_SHAPE: Final = SHAPES[2]
+
+_PARAMS_IN_NAME = re.compile(r"(?<![\dx.])(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])")
+
+
+def params_from_name(model: str) -> float | None:
+    """Parameter count spelled in a model name (`Llama-3.1-8B-Instruct` -> 8e9, `Qwen2.5-0.5B` -> 5e8)."""
+    found = _PARAMS_IN_NAME.findall(model)
+    if not found:
+        return None
+    value, unit = found[-1]
+    return float(value) * (1e9 if unit in "bB" else 1e6)
+
+
+def shape_for(params: float) -> ModelShape:
+    """The table shape nearest in log-parameters, carrying the exact parameter count."""
+    nearest = min(SHAPES, key=lambda s: abs(math.log(s.params / params)))
+    return dataclasses.replace(nearest, params=params)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Calibration:
+    """One calibration file: the fitted coefficients and the weight-GEMM speed data."""
+
+    gpu: str
+    device: str
+    p0: float
+    p1: float
+    p2: float
+    d0: float
+    d1: float
+    d2: float
+    # bf16/fp8 time ratio of the weight GEMMs at decode-sized and prefill-sized M.
+    fp8_decode_speedup: float
+    fp8_prefill_speedup: float
+    # Share of d0 that is reading weights (measured bf16 weight GEMMs at M=1 over d0).
+    d0_weight_share: float
+
+
+@functools.cache
+def load(gpu: str = "h100") -> Calibration:
+    """Load the calibration for `gpu` ("h100" or "h200") from package data."""
+    if gpu not in GPU_FILES:
+        raise ValueError(f"--sim-gpu={gpu!r} is not calibrated; allowed: {', '.join(sorted(GPU_FILES))}")
+    text = resources.files("frontier_sim.calibration").joinpath(GPU_FILES[gpu]).read_text()
+    data = json.loads(text)
+    fit = data["fit"]
+
+    def speedup(rows: list[dict[str, dict[str, float]]]) -> float:
+        bf16 = sum(row[p]["bf16_s"] for row in rows for p in ("qkv", "gate_up", "down"))
+        fp8 = sum(row[p]["fp8_s"] for row in rows for p in ("qkv", "gate_up", "down"))
+        return bf16 / fp8
+
+    gemm = data["gemm_fp8"]
+    d0 = fit["decode"]["d0"]
+    m1 = next(row for row in gemm if row["m"] == 1)
+    # Per layer: qkv, gate_up, down measured; o_proj (hidden x hidden) costs about qkv x hidden/(hidden+2*kv).
+    per_layer = sum(m1[p]["bf16_s"] for p in ("qkv", "gate_up", "down")) + m1["qkv"]["bf16_s"] * 4096 / 6144
+    weight_share = min(0.9, per_layer * CALIBRATED_SHAPE.layers / d0)
+    return Calibration(
+        gpu=gpu,
+        device=data["device"],
+        p0=fit["prefill"]["p0"],
+        p1=fit["prefill"]["p1_per_token"],
+        p2=fit["prefill"]["p2_per_token_context"],
+        d0=d0,
+        d1=fit["decode"]["d1_per_query_token"],
+        d2=fit["decode"]["d2_per_context_token"],
+        fp8_decode_speedup=speedup([row for row in gemm if row["m"] <= 256]),
+        fp8_prefill_speedup=speedup([row for row in gemm if row["m"] >= 1024]),
+        d0_weight_share=weight_share,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PrefillChunk:
+    """`new` prompt tokens computed over `cached` tokens already in the KV cache."""
+
+    new: int
+    cached: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StepModel:
+    """Scaled step-time coefficients for one deployment; `step_time` prices a batch."""
+
+    p0: float
+    p1: float
+    p2: float
+    d0: float
+    d1: float
+    d2: float
+    comm_fixed: float  # per step, tensor-parallel all-reduce latency
+    comm_per_token: float  # per token in the step, all-reduce bytes
+    draft_per_token: float  # per drafted token per step (speculative proposer)
+    shape: ModelShape
+    weight_bytes_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+
+    def prefill_time(self, chunks: list[PrefillChunk]) -> float:
+        """A step with prefill chunks only (the prefill fit)."""
+        new = sum(c.new for c in chunks)
+        attn = sum(c.new * (c.cached + c.new / 2) for c in chunks)
+        return self.p0 + self.p1 * new + self.p2 * attn + self.comm_fixed + self.comm_per_token * new
+
+    def decode_time(self, *, batch: int, query_tokens: int, context_tokens: int) -> float:
+        """A decode step of `batch` sequences, `query_tokens` each, `context_tokens` summed over sequences."""
+        tokens = batch * query_tokens
+        draft = self.draft_per_token * (query_tokens - 1)
+        return (
+            self.d0
+            + self.d1 * tokens
+            + self.d2 * context_tokens
+            + draft
+            + self.comm_fixed
+            + self.comm_per_token * tokens
+        )
+
+    def step_time(
+        self, *, chunks: list[PrefillChunk], batch: int, query_tokens: int, context_tokens: int
+    ) -> float:
+        """Any step: decodes priced by the decode fit, prefill chunks at their marginal cost (module doc)."""
+        if batch == 0:
+            return self.prefill_time(chunks) if chunks else 0.0
+        t = self.decode_time(batch=batch, query_tokens=query_tokens, context_tokens=context_tokens)
+        for c in chunks:
+            t += self.p1 * c.new + self.p2 * c.new * (c.cached + c.new / 2) + self.comm_per_token * c.new
+        return t
+
+
+def step_model(
+    *,
+    calibration: Calibration,
+    params: float = CALIBRATED_PARAMS,
+    tensor_parallel: int = 1,
+    quantization: str | None = None,
+    kv_cache_dtype: str = "auto",
+    speculative_method: str | None = None,
+    draft_params: float | None = None,
+) -> StepModel:
+    """Scale `calibration` to a model of `params` parameters on `tensor_parallel` GPUs (see module doc)."""
+    quant = (quantization or "none").lower()
+    if quant not in QUANTIZATIONS:
+        raise ValueError(
+            f"--quantization={quantization!r} is not simulated; allowed: {', '.join(QUANTIZATIONS)}"
+        )
+    if kv_cache_dtype not in KV_DTYPE_BYTES:
+        raise ValueError(f"--kv-cache-dtype={kv_cache_dtype!r}; allowed: {', '.join(KV_DTYPE_BYTES)}")
+    if tensor_parallel < 1:
+        raise ValueError(f"--tensor-parallel-size={tensor_parallel}; must be >= 1")
+    weight_bytes, gemm = QUANTIZATIONS[quant]
+    if gemm == "fp8":
+        decode_speed, prefill_speed = calibration.fp8_decode_speedup, calibration.fp8_prefill_speedup
+    elif gemm == "int4":
+        decode_speed, prefill_speed = INT4_DECODE_GEMM_SPEEDUP, INT4_PREFILL_GEMM_SPEEDUP
+    else:
+        decode_speed = prefill_speed = 1.0
+    shape = shape_for(params)
+    base = CALIBRATED_SHAPE
+    tp = tensor_parallel
+    scale = params / CALIBRATED_PARAMS
+    layers = shape.layers / base.layers
+    attention = shape.layers * shape.hidden / (base.layers * base.hidden)
+    kv_dtype = KV_DTYPE_BYTES[kv_cache_dtype]
+    kv_ratio = shape.kv_bytes_per_token(kv_dtype) / base.kv_bytes_per_token(2.0)
+    weight_ratio = scale * (weight_bytes / 2.0)
+    share = calibration.d0_weight_share
+    d0 = calibration.d0 * ((1 - share) * layers + share * weight_ratio / tp)
+    comm_fixed = 0.0 if tp == 1 else 2 * shape.layers * ALLREDUCE_LATENCY_S
+    comm_per_token = (
+        0.0
+        if tp == 1
+        else 2 * shape.layers * shape.hidden * 2 * 2 * (tp - 1) / tp / NVLINK_ALLREDUCE_BYTES_PER_S
+    )
+    draft = 0.0
+    if speculative_method is not None:
+        if speculative_method not in SPECULATIVE_DRAFT_COST:
+            raise ValueError(
+                f"speculative method {speculative_method!r}; allowed: {', '.join(SPECULATIVE_DRAFT_COST)}"
+            )
+        fraction = SPECULATIVE_DRAFT_COST[speculative_method]
+        if speculative_method == "draft_model" and draft_params is not None:
+            fraction = draft_params / params
+        draft = fraction * d0
+    return StepModel(
+        p0=calibration.p0 * layers,
+        p1=calibration.p1 * scale / tp / prefill_speed,
+        p2=calibration.p2 * attention / tp,
+        d0=d0,
+        d1=calibration.d1 * scale / tp / decode_speed,
+        d2=calibration.d2 * kv_ratio / tp,
+        comm_fixed=comm_fixed,
+        comm_per_token=comm_per_token,
+        draft_per_token=draft,
+        shape=shape,
+        weight_bytes_per_gpu=params * weight_bytes / tp,
+        kv_bytes_per_token_per_gpu=shape.kv_bytes_per_token(kv_dtype) / min(tp, shape.kv_heads),
+    )
+
+
+# Activation peak, CUDA graphs and allocator slack that vLLM's memory profiling sets aside per GPU.
+RESERVED_BYTES: Final = 3 * GIB
+
+
+def num_gpu_blocks(*, model: StepModel, gpu: str, gpu_memory_utilization: float, block_size: int) -> int:
+    """KV blocks that fit: (GPU memory x utilization - weights - reserve) / (block_size x KV bytes/token)."""
+    if not 0 < gpu_memory_utilization <= 1:
+        raise ValueError(f"--gpu-memory-utilization={gpu_memory_utilization}; must be in (0, 1]")
+    free = GPU_MEMORY_BYTES[gpu] * gpu_memory_utilization - model.weight_bytes_per_gpu - RESERVED_BYTES
+    blocks = int(free // (block_size * model.kv_bytes_per_token_per_gpu))
+    if blocks <= 0:
+        raise ValueError(
+            f"the model's weights ({model.weight_bytes_per_gpu / GIB:.1f} GiB per GPU) leave no room for a "
+            f"KV cache at --gpu-memory-utilization={gpu_memory_utilization} on {gpu}; raise the utilization, "
+            "the tensor-parallel size, or quantize"
+        )
+    return blocks
