@@ -1,0 +1,132 @@
+"""kopf handlers: which watch events trigger which reconciliation.
+
+All handlers are *event* handlers (`kopf.on.event`): kopf keeps no per-object progress for them, so it never
+writes annotations, finalizers or status of its own — the operator's only writes are its children and the
+ModelTier status (see `reconcile`). Triggers:
+
+- a ModelTier appears, or its spec changes (generation ahead of `status.observedGeneration`) → full pass;
+  deleted → its pool's picker is re-owned by the remaining tiers (children go by garbage collection);
+- an owned model-server Deployment changes → the owner's status is re-derived; deleted → full pass (recreate);
+- an InferencePool's spec changes → every tier of the pool gets a full pass;
+- every `resync_seconds` → a full pass over all tiers (retries failures, repairs unwatched drift).
+"""
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from frontier_api import names
+from frontier_operator import kube, manifests, reconcile
+
+log = logging.getLogger("frontier_operator.handlers")
+
+
+def _owner_tier(meta: dict[str, Any]) -> str | None:
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == names.MODEL_TIER_KIND and ref.get("controller"):
+            return str(ref["name"])
+    return None
+
+
+def registry_for(reconciler: reconcile.Reconciler, *, login: kopf.ConnectionInfo) -> kopf.OperatorRegistry:
+    """A kopf registry whose handlers drive `reconciler` (one registry per operator instance)."""
+    registry = kopf.OperatorRegistry()
+    pool_generations: dict[tuple[str, str], int] = {}
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.login(registry=registry)
+    def _login(**_: Any) -> kopf.ConnectionInfo:
+        return login
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # kopf posts Kubernetes Events for handler log lines at INFO; keep only warnings so a healthy
+        # reconcile writes nothing.
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 600
+        tasks.append(asyncio.create_task(_resync_forever(reconciler)))
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @kopf.on.event(names.FRONTIER_GROUP, names.FRONTIER_VERSION, names.MODEL_TIER_PLURAL, registry=registry)
+    async def _tier_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        if event["type"] == "DELETED":
+            pool = (body.get("spec") or {}).get("poolRef", {}).get("name")
+            if pool:
+                await reconciler.pool_changed(namespace, pool)
+            return
+        observed = (body.get("status") or {}).get("observedGeneration")
+        if event["type"] == "MODIFIED" and observed == meta.get("generation"):
+            return  # a status or metadata change (often our own write); children are already current
+        await reconciler.tier(namespace, name)
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={manifests.MANAGED_BY_LABEL: manifests.MANAGED_BY, manifests.COMPONENT_LABEL: "model-server"},
+        registry=registry,
+    )
+    async def _deployment_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        meta = dict(body["metadata"])
+        tier = _owner_tier(meta)
+        if tier is None:
+            return
+        if event["type"] == "DELETED":
+            await reconciler.tier(meta["namespace"], tier)
+        else:
+            await reconciler.status_only(meta["namespace"], tier)
+
+    @kopf.on.event(names.GIE_GROUP, names.GIE_VERSION, names.INFERENCE_POOL_PLURAL, registry=registry)
+    async def _pool_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        generation = int(meta.get("generation", 0))
+        before = pool_generations.get(key)
+        pool_generations[key] = generation
+        if event["type"] is None or event["type"] == "DELETED" or before == generation:
+            return  # initial listing (tier events cover it), deletion, or a status-only change
+        await reconciler.pool_changed(*key)
+
+    return registry
+
+
+async def _resync_forever(reconciler: reconcile.Reconciler) -> None:
+    while True:
+        await asyncio.sleep(reconciler.cfg.resync_seconds)
+        try:
+            tiers = await asyncio.to_thread(
+                reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
+            )
+            for t in tiers:
+                await reconciler.tier(t["metadata"]["namespace"], t["metadata"]["name"])
+        except Exception:
+            log.exception("resync failed")
+
+
+def connection_info(client: kube.Kube) -> kopf.ConnectionInfo:
+    """kopf credentials from the same kubernetes-client configuration the reconciler uses."""
+    cfg = client.configuration
+    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    scheme = None
+    if token and " " in token:
+        scheme, token = token.split(" ", 1)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )

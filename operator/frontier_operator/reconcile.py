@@ -1,0 +1,271 @@
+"""Reconciliation: bring one ModelTier's children and status in line with its spec, writing only differences.
+
+Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children, renders the
+desired children, and applies only those whose applied-hash annotation (or, for Deployments without an HPA,
+`spec.replicas`) differs from what is observed; children of roles the spec no longer has are deleted. The
+pool's picker is reconciled the same way. Status is then derived from the observed Deployments and patched
+only if it differs. A resumed operator facing an unchanged cluster therefore reads but never writes.
+
+Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Final
+
+from frontier_api import modeltier, names, schema
+from frontier_operator import (
+    kube,
+    manifests,
+    pools,
+    render_args,
+    render_picker,
+    render_tier,
+    settings,
+    status,
+    validate,
+)
+
+log = logging.getLogger("frontier_operator.reconcile")
+
+TIER_API: Final = f"{names.FRONTIER_GROUP}/{names.FRONTIER_VERSION}"
+POOL_API: Final = f"{names.GIE_GROUP}/{names.GIE_VERSION}"
+# Kinds a tier owns; stale ones (a role or HPA the spec dropped) are deleted.
+TIER_CHILD_KINDS: Final = (("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"))
+
+
+@dataclasses.dataclass(kw_only=True)
+class Outcome:
+    """What one pass did (for the reconcile log line and tests)."""
+
+    applied: list[str] = dataclasses.field(default_factory=list)
+    deleted: list[str] = dataclasses.field(default_factory=list)
+    status_written: bool = False
+    invalid: validate.Invalid | None = None
+
+
+class Reconciler:
+    """Reconciles ModelTiers through a `kube.Kube`."""
+
+    def __init__(self, client: kube.Kube, cfg: settings.Settings) -> None:
+        self.kube = client
+        self.cfg = cfg
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._pool_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def _lock(self, table: dict[tuple[str, str], asyncio.Lock], key: tuple[str, str]) -> asyncio.Lock:
+        found = table.get(key)
+        if found is None:
+            found = table[key] = asyncio.Lock()
+        return found
+
+    async def _get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.kube.get, api_version, kind, namespace=namespace, name=name)
+
+    async def _ensure(self, desired: manifests.Manifest) -> str | None:
+        """Apply `desired` unless the observed object already matches; returns `Kind/name` when written."""
+        api_version, kind, namespace, name = manifests.key(desired)
+        observed = await self._get(api_version, kind, namespace, name)
+        if observed is not None and _matches(desired, observed):
+            return None
+        await asyncio.to_thread(self.kube.apply, desired)
+        return f"{kind}/{name}"
+
+    async def tier(self, namespace: str, name: str) -> Outcome | None:
+        """One full pass for a tier (None when the tier is gone or being deleted)."""
+        async with self._lock(self._locks, (namespace, name)):
+            return await self._tier(namespace, name)
+
+    async def _tier(self, namespace: str, name: str) -> Outcome | None:
+        started = time.perf_counter()
+        obj = await self._get(TIER_API, names.MODEL_TIER_KIND, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        outcome = Outcome()
+        spec: modeltier.ModelTierSpec | None = None
+        pool: pools.Pool | None = None
+        try:
+            spec = modeltier.parse_spec(obj.get("spec"))
+        except schema.ParseError as err:
+            outcome.invalid = validate.Invalid(reason="SpecInvalid", message=str(err))
+        if spec is not None:
+            outcome.invalid = validate.check_spec(spec)
+        if spec is not None and outcome.invalid is None:
+            pool_name = spec.pool_ref.name
+            pool_obj = await self._get(POOL_API, "InferencePool", namespace, pool_name)
+            if pool_obj is None:
+                outcome.invalid = validate.Invalid(
+                    reason="PoolNotFound",
+                    message=f"spec.poolRef.name: InferencePool {namespace}/{pool_name} does not exist",
+                )
+            else:
+                try:
+                    pool = pools.from_object(pool_obj)
+                except pools.PoolError as err:
+                    outcome.invalid = validate.Invalid(reason="PoolInvalid", message=str(err))
+        args_hash: str | None = None
+        roles: list[str] = []
+        if spec is not None and pool is not None and outcome.invalid is None:
+            roles = list(spec.roles())
+            desired = render_tier.render(tier=obj, spec=spec, pool=pool, cfg=self.cfg)
+            for manifest in desired:
+                written = await self._ensure(manifest)
+                if written:
+                    outcome.applied.append(written)
+            outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
+            outcome.applied += await self.picker(pool)
+            args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
+        outcome.status_written = await self._write_status(
+            obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash
+        )
+        log.info(
+            "reconcile tier=%s/%s generation=%s valid=%s applied=%s deleted=%s status_written=%s"
+            " duration_ms=%.1f",
+            namespace,
+            name,
+            obj["metadata"].get("generation"),
+            outcome.invalid is None,
+            ",".join(outcome.applied) or "-",
+            ",".join(outcome.deleted) or "-",
+            outcome.status_written,
+            (time.perf_counter() - started) * 1000,
+        )
+        if outcome.invalid is not None:
+            log.warning(
+                "config invalid tier=%s/%s reason=%s message=%r",
+                namespace,
+                name,
+                outcome.invalid.reason,
+                outcome.invalid.message,
+            )
+        return outcome
+
+    async def status_only(self, namespace: str, name: str) -> bool:
+        """Re-derive a tier's status after one of its Deployments changed; True when written."""
+        async with self._lock(self._locks, (namespace, name)):
+            obj = await self._get(TIER_API, names.MODEL_TIER_KIND, namespace, name)
+            if obj is None or obj["metadata"].get("deletionTimestamp"):
+                return False
+            conditions = {c.get("type"): c for c in obj.get("status", {}).get("conditions") or []}
+            if conditions.get(modeltier.CONFIG_VALID, {}).get("status") != "True":
+                return False
+            try:
+                spec = modeltier.parse_spec(obj.get("spec"))
+            except schema.ParseError:
+                return False
+            written = await self._write_status(
+                obj, roles=list(spec.roles()), invalid=None, args_hash=obj["status"].get("renderedArgsHash")
+            )
+            if written:
+                log.info("status tier=%s/%s readyRoles=%s", namespace, name, obj["status"].get("readyRoles"))
+            return written
+
+    async def _write_status(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        roles: list[str],
+        invalid: validate.Invalid | None,
+        args_hash: str | None,
+    ) -> bool:
+        meta = obj["metadata"]
+        deployments: dict[str, Mapping[str, Any] | None] = {}
+        for role in roles:
+            deployments[role] = await self._get(
+                "apps/v1", "Deployment", meta["namespace"], render_tier.child_name(meta["name"], role)
+            )
+        new = status.derive(
+            tier=obj,
+            roles=roles,
+            deployments=deployments,
+            invalid=invalid,
+            args_hash=args_hash,
+            now=status.now_rfc3339(),
+        )
+        old = obj.get("status") or {}
+        if all(old.get(k) == v for k, v in new.items()):
+            return False
+        await asyncio.to_thread(
+            self.kube.patch_status,
+            TIER_API,
+            names.MODEL_TIER_KIND,
+            namespace=meta["namespace"],
+            name=meta["name"],
+            status=new,
+        )
+        obj["status"] = new  # type: ignore[index]
+        return True
+
+    async def _delete_stale(
+        self, obj: Mapping[str, Any], desired: set[tuple[str, str, str, str]]
+    ) -> list[str]:
+        meta = obj["metadata"]
+        selector = (
+            f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},"
+            f"{manifests.INSTANCE_LABEL}={manifests.label_value(meta['name'])},"
+            f"{manifests.COMPONENT_LABEL}=model-server"
+        )
+        deleted: list[str] = []
+        for api_version, kind in TIER_CHILD_KINDS:
+            found = await asyncio.to_thread(
+                self.kube.list, api_version, kind, namespace=meta["namespace"], label_selector=selector
+            )
+            for child in found:
+                cmeta = child["metadata"]
+                owned = any(ref.get("uid") == meta["uid"] for ref in cmeta.get("ownerReferences") or [])
+                if owned and (api_version, kind, cmeta["namespace"], cmeta["name"]) not in desired:
+                    await asyncio.to_thread(
+                        self.kube.delete, api_version, kind, namespace=cmeta["namespace"], name=cmeta["name"]
+                    )
+                    deleted.append(f"{kind}/{cmeta['name']}")
+        return deleted
+
+    async def picker(self, pool: pools.Pool) -> list[str]:
+        """Ensure the pool's picker objects, owned by every live ModelTier that serves in the pool."""
+        async with self._lock(self._pool_locks, (pool.namespace, pool.name)):
+            tiers = await asyncio.to_thread(
+                self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=pool.namespace
+            )
+            owners = [
+                t
+                for t in tiers
+                if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool.name
+                and not t["metadata"].get("deletionTimestamp")
+            ]
+            if not owners:
+                return []
+            applied: list[str] = []
+            for manifest in render_picker.render(pool=pool, owners=owners, cfg=self.cfg):
+                written = await self._ensure(manifest)
+                if written:
+                    applied.append(written)
+            return applied
+
+    async def pool_changed(self, namespace: str, pool_name: str) -> None:
+        """Re-reconcile every tier of a pool (its selector, port or picker changed, or a tier left)."""
+        tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
+        for t in tiers:
+            if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name:
+                await self.tier(namespace, t["metadata"]["name"])
+        if not any((t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name for t in tiers):
+            return
+        pool_obj = await self._get(POOL_API, "InferencePool", namespace, pool_name)
+        if pool_obj is not None:
+            try:
+                await self.picker(pools.from_object(pool_obj))
+            except pools.PoolError as err:
+                log.warning("pool invalid pool=%s/%s message=%r", namespace, pool_name, str(err))
+
+
+def _matches(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
+    """Whether the observed object is what was last applied for `desired` (and not scaled away from it)."""
+    want = desired["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION]
+    have = (observed.get("metadata", {}).get("annotations") or {}).get(manifests.APPLIED_HASH_ANNOTATION)
+    if want != have:
+        return False
+    if desired["kind"] == "Deployment" and "replicas" in desired["spec"]:
+        return bool(observed.get("spec", {}).get("replicas") == desired["spec"]["replicas"])
+    return True

@@ -1,0 +1,146 @@
+"""The `vllm serve` argument list of one role of a ModelTier.
+
+Every typed engine field maps to exactly one vLLM flag (the table in DESIGN.md); the JSON-valued flags
+(`--speculative-config`, `--kv-transfer-config`, `--kv-events-config`) are written compactly with a fixed key
+order, so the same spec always renders the same bytes and a changed spec changes the pod template (rollout).
+`$(POD_IP)` in the KV-events topic is expanded by the kubelet from the container's POD_IP variable.
+
+Role differences: speculative decoding only helps token generation, so a `prefill` role does not load the
+proposer; both disaggregated roles get the KV connector in `kv_both` mode (llm-d's convention with NIXL).
+"""
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from frontier_api import modeltier, names
+
+POD_IP_REF: Final = "$(POD_IP)"
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def speculative_config(spec: modeltier.Speculative) -> dict[str, Any]:
+    """The `--speculative-config` object."""
+    config: dict[str, Any] = {
+        "method": spec.method.value,
+        "num_speculative_tokens": spec.num_speculative_tokens,
+    }
+    if spec.draft_model is not None:
+        config["model"] = spec.draft_model
+    if spec.prompt_lookup_max is not None:
+        config["prompt_lookup_max"] = spec.prompt_lookup_max
+    if spec.prompt_lookup_min is not None:
+        config["prompt_lookup_min"] = spec.prompt_lookup_min
+    return config
+
+
+def kv_transfer_config(disaggregation: modeltier.Disaggregation) -> dict[str, Any]:
+    """The `--kv-transfer-config` object of a disaggregated role."""
+    return {"kv_connector": disaggregation.kv_connector.value, "kv_role": "kv_both"}
+
+
+def kv_events_config(events: modeltier.KvEvents, served_name: str) -> dict[str, Any]:
+    """The `--kv-events-config` object; the topic follows llm-d's `kv@<pod-ip>@<model>`."""
+    return {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": events.endpoint,
+        "topic": names.kv_events_topic(POD_IP_REF, served_name),
+    }
+
+
+def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
+    """Arguments after `vllm serve` for `role` (prefill, decode or both) listening on `port`."""
+    roles = spec.roles()
+    if role not in roles:
+        raise KeyError(f"role {role!r} is not part of this tier (roles: {', '.join(roles)})")
+    parallel = roles[role].parallelism
+    engine = spec.engine
+    args = [
+        "--model",
+        spec.model.source,
+        "--served-model-name",
+        spec.model.served_name,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(parallel.tensor),
+    ]
+    if parallel.pipeline > 1:
+        args += ["--pipeline-parallel-size", str(parallel.pipeline)]
+    if parallel.data > 1:
+        args += ["--data-parallel-size", str(parallel.data)]
+    for flag, value in (
+        ("--max-model-len", engine.max_model_len),
+        ("--max-num-seqs", engine.max_num_seqs),
+        ("--max-num-batched-tokens", engine.max_num_batched_tokens),
+        ("--gpu-memory-utilization", engine.gpu_memory_utilization),
+        ("--dtype", engine.dtype),
+        ("--kv-cache-dtype", engine.kv_cache_dtype),
+        ("--quantization", engine.quantization),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    if engine.prefix_caching.enabled:
+        args.append("--enable-prefix-caching")
+        if engine.prefix_caching.hash_algo is not None:
+            args += ["--prefix-caching-hash-algo", engine.prefix_caching.hash_algo.value]
+    else:
+        args.append("--no-enable-prefix-caching")
+    if engine.speculative is not None and role != names.ROLE_PREFILL:
+        args += ["--speculative-config", _json(speculative_config(engine.speculative))]
+    if engine.lora is not None:
+        args += ["--enable-lora", "--max-loras", str(engine.lora.max_loras)]
+        if engine.lora.max_lora_rank is not None:
+            args += ["--max-lora-rank", str(engine.lora.max_lora_rank)]
+        if engine.lora.adapters:
+            args += ["--lora-modules", *(f"{a.name}={a.source}" for a in engine.lora.adapters)]
+    if spec.disaggregation.enabled:
+        args += ["--kv-transfer-config", _json(kv_transfer_config(spec.disaggregation))]
+    if engine.kv_events.enabled:
+        args += ["--kv-events-config", _json(kv_events_config(engine.kv_events, spec.model.served_name))]
+    args += engine.extra_args
+    return args
+
+
+# Flags a typed field renders; repeating one in extraArgs would make the engine's behaviour depend on
+# argparse's last-wins order, so validation refuses it.
+TYPED_FLAGS: Final = frozenset(
+    {
+        "--model",
+        "--served-model-name",
+        "--port",
+        "--tensor-parallel-size",
+        "--pipeline-parallel-size",
+        "--data-parallel-size",
+        "--max-model-len",
+        "--max-num-seqs",
+        "--max-num-batched-tokens",
+        "--gpu-memory-utilization",
+        "--dtype",
+        "--kv-cache-dtype",
+        "--quantization",
+        "--enable-prefix-caching",
+        "--no-enable-prefix-caching",
+        "--prefix-caching-hash-algo",
+        "--speculative-config",
+        "--enable-lora",
+        "--max-loras",
+        "--max-lora-rank",
+        "--lora-modules",
+        "--kv-transfer-config",
+        "--kv-events-config",
+    }
+)
+
+
+def args_hash(args_by_role: Mapping[str, Sequence[str]]) -> str:
+    """A short stable hash of every role's arguments (reported in status.renderedArgsHash)."""
+    text = json.dumps(
+        {role: list(args) for role, args in sorted(args_by_role.items())}, separators=(",", ":")
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,211 @@
+"""Desired picker of one InferencePool: Deployment, Service, ServiceAccount, Role, RoleBinding and ConfigMap.
+
+The gateway finds the picker through the pool's `endpointPickerRef`, so the Service takes that name and port.
+Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
+collects them when the last tier of the pool is deleted, and the pool itself stays the user's. The picker's
+config is an EndpointPickerConfig (GIE's format) in a ConfigMap; a pool annotated with
+`inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead and gets none generated.
+"""
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import yaml
+
+from frontier_api import names
+from frontier_operator import manifests, pools, settings
+
+CONFIG_KEY: Final = "config.yaml"
+CONFIG_MOUNT: Final = "/config"
+
+# GIE's default scheduling (DESIGN.md): score = 2*queue + 2*kv + 3*prefix, max-score picker.
+DEFAULT_CONFIG: Final = {
+    "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
+    "kind": "EndpointPickerConfig",
+    "plugins": [
+        {"type": "queue-scorer"},
+        {"type": "kv-cache-utilization-scorer"},
+        {"type": "prefix-cache-scorer"},
+        {"type": "max-score-picker"},
+    ],
+    "schedulingProfiles": [
+        {
+            "name": "default",
+            "plugins": [
+                {"pluginRef": "queue-scorer", "weight": 2},
+                {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
+                {"pluginRef": "prefix-cache-scorer", "weight": 3},
+                {"pluginRef": "max-score-picker"},
+            ],
+        }
+    ],
+}
+
+# What a picker reads: endpoints (pods), its pool, the tiers and the objectives (priorities).
+PICKER_RULES: Final = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    {
+        "apiGroups": [names.GIE_GROUP],
+        "resources": [names.INFERENCE_POOL_PLURAL],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": [names.FRONTIER_GROUP],
+        "resources": [names.MODEL_TIER_PLURAL],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": [names.GIE_X_GROUP],
+        "resources": [names.INFERENCE_OBJECTIVE_PLURAL],
+        "verbs": ["get", "list", "watch"],
+    },
+]
+
+
+def config_map_name(pool: pools.Pool) -> str:
+    return pool.picker_config_override or f"{pool.picker_name}-config"
+
+
+def picker_args(pool: pools.Pool) -> list[str]:
+    """The picker's command-line arguments (mirroring the GIE EPP's flags)."""
+    return [
+        "--pool-name",
+        pool.name,
+        "--pool-namespace",
+        pool.namespace,
+        "--grpc-port",
+        str(names.EXT_PROC_PORT),
+        "--grpc-health-port",
+        str(names.HEALTH_PORT),
+        "--metrics-port",
+        str(names.METRICS_PORT),
+        "--config-file",
+        f"{CONFIG_MOUNT}/{CONFIG_KEY}",
+    ]
+
+
+def _meta(pool: pools.Pool, name: str, owners: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": pool.namespace,
+        "labels": manifests.common_labels(component="endpoint-picker", instance=pool.name),
+        "ownerReferences": [
+            manifests.owner_reference(o, controller=False)
+            for o in sorted(owners, key=lambda o: o["metadata"]["uid"])
+        ],
+    }
+
+
+def render(
+    *, pool: pools.Pool, owners: Sequence[Mapping[str, Any]], cfg: settings.Settings
+) -> list[manifests.Manifest]:
+    """The picker's objects for `pool`, owned by `owners` (the pool's ModelTiers), each stamped."""
+    name = pool.picker_name
+    selector = {
+        names.POOL_LABEL: manifests.label_value(pool.name),
+        manifests.COMPONENT_LABEL: "endpoint-picker",
+    }
+    out: list[manifests.Manifest] = []
+    config_text = yaml.safe_dump(DEFAULT_CONFIG, sort_keys=False)
+    if pool.picker_config_override is None:
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(pool, config_map_name(pool), owners),
+                "data": {CONFIG_KEY: config_text},
+            }
+        )
+        config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    else:
+        # Changes to a user-owned ConfigMap are the picker's to reload; the operator does not watch it.
+        config_hash = f"configmap:{pool.picker_config_override}"
+    out.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(pool, name, owners)})
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(pool, name, owners),
+            "rules": PICKER_RULES,
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(pool, name, owners),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": pool.namespace}],
+        }
+    )
+    pod_labels = {**manifests.common_labels(component="endpoint-picker", instance=pool.name), **selector}
+    container = {
+        "name": "picker",
+        "image": cfg.picker_image,
+        "command": list(cfg.picker_command),
+        "args": picker_args(pool),
+        "ports": [
+            {"name": "grpc", "containerPort": names.EXT_PROC_PORT, "protocol": "TCP"},
+            {"name": "grpc-health", "containerPort": names.HEALTH_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {"grpc": {"port": names.HEALTH_PORT, "service": "liveness"}, "periodSeconds": 10},
+        "readinessProbe": {"grpc": {"port": names.HEALTH_PORT, "service": "readiness"}, "periodSeconds": 2},
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+    }
+    out.append(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _meta(pool, name, owners),
+            "spec": {
+                "replicas": cfg.picker_replicas,
+                "selector": {"matchLabels": selector},
+                "template": {
+                    "metadata": {
+                        "labels": pod_labels,
+                        "annotations": {"inference.frontier.dev/config-hash": config_hash},
+                    },
+                    "spec": {
+                        "serviceAccountName": name,
+                        "containers": [container],
+                        "volumes": [{"name": "config", "configMap": {"name": config_map_name(pool)}}],
+                    },
+                },
+            },
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(pool, name, owners),
+            "spec": {
+                "selector": selector,
+                "ports": [
+                    {
+                        "name": "grpc-ext-proc",
+                        "port": pool.picker_port,
+                        "targetPort": names.EXT_PROC_PORT,
+                        "protocol": "TCP",
+                        "appProtocol": "http2",
+                    },
+                    {
+                        "name": "metrics",
+                        "port": names.METRICS_PORT,
+                        "targetPort": names.METRICS_PORT,
+                        "protocol": "TCP",
+                    },
+                ],
+            },
+        }
+    )
+    return [manifests.stamped(m) for m in out]

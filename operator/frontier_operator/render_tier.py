@@ -1,0 +1,212 @@
+"""Desired children of one ModelTier: a Deployment per role and a HorizontalPodAutoscaler per autoscaled role.
+
+Pure: (ModelTier object, Pool, Settings) -> manifests. Names are `<tier>-serving`, `<tier>-prefill`,
+`<tier>-decode`. The Deployment selector uses only the tier and role labels (a selector is immutable, and
+those two never change for a child); pods additionally carry the pool's selector, the served model and the
+engine type. GPU placement: `nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector
+and the GPU tolerations. `replicas` is left out when an HPA owns the role, so the operator never fights it.
+"""
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from frontier_api import modeltier, names
+from frontier_operator import manifests, pools, render_args, settings
+
+ROLE_SUFFIX: Final = {names.ROLE_BOTH: "serving", names.ROLE_PREFILL: "prefill", names.ROLE_DECODE: "decode"}
+NIXL_SIDE_CHANNEL_PORT: Final = 5600
+KV_EVENTS_PORT: Final = 5557
+
+
+def child_name(tier: str, role: str) -> str:
+    return f"{tier}-{ROLE_SUFFIX[role]}"
+
+
+def _resources(role: modeltier.Role) -> dict[str, Any]:
+    requests: dict[str, Any] = dict(role.resources.requests)
+    limits: dict[str, Any] = dict(role.resources.limits)
+    gpus = role.gpus_per_pod()
+    if gpus > 0:
+        requests[names.GPU_RESOURCE] = str(gpus)
+        limits[names.GPU_RESOURCE] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probes(role: modeltier.Role, port: int) -> dict[str, Any]:
+    p = role.probes
+
+    def probe(path: str, failures: int) -> dict[str, Any]:
+        return {
+            "httpGet": {"path": path, "port": port},
+            "periodSeconds": p.period_seconds,
+            "timeoutSeconds": p.timeout_seconds,
+            "failureThreshold": failures,
+        }
+
+    return {
+        "startupProbe": probe("/health", max(1, math.ceil(p.startup_timeout_seconds / p.period_seconds))),
+        "livenessProbe": probe("/health", p.failure_threshold),
+        "readinessProbe": probe("/v1/models", 1),
+    }
+
+
+def _env(spec: modeltier.ModelTierSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    if spec.disaggregation.enabled and spec.disaggregation.kv_connector == modeltier.KvConnector.NIXL:
+        env += [
+            {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": render_args.POD_IP_REF},
+            {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)},
+        ]
+    env += [{"name": e.name, "value": e.value} for e in spec.engine.env]
+    return env
+
+
+def _pod_spec(
+    *,
+    spec: modeltier.ModelTierSpec,
+    role_name: str,
+    role: modeltier.Role,
+    pool: pools.Pool,
+    cfg: settings.Settings,
+) -> dict[str, Any]:
+    port = pool.target_port
+    ports: list[dict[str, Any]] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    if spec.engine.kv_events.enabled:
+        ports.append({"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"})
+    if spec.disaggregation.enabled and spec.disaggregation.kv_connector == modeltier.KvConnector.NIXL:
+        ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": "engine",
+        "image": spec.engine.image or cfg.engine_image,
+        "command": list(cfg.engine_command),
+        "args": render_args.vllm_args(spec, role=role_name, port=port),
+        "ports": ports,
+        "env": _env(spec),
+        "resources": _resources(role),
+        **_probes(role, port),
+        # Tensor-parallel workers exchange tensors through shared memory.
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+    }
+    node_selector = dict(role.placement.node_selector)
+    if role.accelerator.type is not None:
+        node_selector[names.GKE_ACCELERATOR_LABEL] = role.accelerator.type
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    tolerations = [dict(t) for t in cfg.gpu_tolerations] if role.gpus_per_pod() > 0 else []
+    tolerations += [dict(t) for t in role.placement.tolerations]
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if role.placement.affinity is not None:
+        pod["affinity"] = role.placement.affinity
+    if role.placement.priority_class_name is not None:
+        pod["priorityClassName"] = role.placement.priority_class_name
+    return pod
+
+
+def deployment(
+    *,
+    tier: Mapping[str, Any],
+    spec: modeltier.ModelTierSpec,
+    role_name: str,
+    pool: pools.Pool,
+    cfg: settings.Settings,
+) -> manifests.Manifest:
+    """The Deployment of one role."""
+    meta = tier["metadata"]
+    role = spec.roles()[role_name]
+    selector = {names.TIER_LABEL: manifests.label_value(meta["name"]), names.ROLE_LABEL: role_name}
+    pod_labels = manifests.tier_pod_labels(
+        pool_selector=pool.selector,
+        tier=meta["name"],
+        role=role_name,
+        model=spec.model.served_name,
+        engine=spec.engine.type.value,
+    )
+    dep_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector},
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": _pod_spec(spec=spec, role_name=role_name, role=role, pool=pool, cfg=cfg),
+        },
+    }
+    if role.autoscaling is None:
+        dep_spec = {"replicas": 1 if role.replicas is None else role.replicas, **dep_spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": child_name(meta["name"], role_name),
+            "namespace": meta["namespace"],
+            "labels": {k: v for k, v in pod_labels.items() if k not in pool.selector},
+            "ownerReferences": [manifests.owner_reference(tier, controller=True)],
+        },
+        "spec": dep_spec,
+    }
+
+
+def autoscaler(
+    *, tier: Mapping[str, Any], role_name: str, autoscaling: modeltier.Autoscaling
+) -> manifests.Manifest:
+    """The HorizontalPodAutoscaler (autoscaling/v2) of an autoscaled role."""
+    meta = tier["metadata"]
+    name = child_name(meta["name"], role_name)
+    metric: dict[str, Any]
+    if autoscaling.metric in ("cpu", "memory"):
+        metric = {
+            "type": "Resource",
+            "resource": {
+                "name": autoscaling.metric,
+                "target": {"type": "Utilization", "averageUtilization": autoscaling.target},
+            },
+        }
+    else:
+        metric = {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": autoscaling.metric},
+                "target": {"type": "AverageValue", "averageValue": str(autoscaling.target)},
+            },
+        }
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": manifests.common_labels(component="model-server", instance=meta["name"]),
+            "ownerReferences": [manifests.owner_reference(tier, controller=True)],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [metric],
+        },
+    }
+
+
+def render(
+    *, tier: Mapping[str, Any], spec: modeltier.ModelTierSpec, pool: pools.Pool, cfg: settings.Settings
+) -> list[manifests.Manifest]:
+    """Every child of the tier, each stamped with its applied hash."""
+    out: list[manifests.Manifest] = []
+    for role_name, role in spec.roles().items():
+        out.append(deployment(tier=tier, spec=spec, role_name=role_name, pool=pool, cfg=cfg))
+        if role.autoscaling is not None:
+            out.append(autoscaler(tier=tier, role_name=role_name, autoscaling=role.autoscaling))
+    return [manifests.stamped(m) for m in out]
+
+
+def rendered_args(*, spec: modeltier.ModelTierSpec, pool: pools.Pool) -> dict[str, list[str]]:
+    """Each role's engine arguments (for status.renderedArgsHash)."""
+    return {r: render_args.vllm_args(spec, role=r, port=pool.target_port) for r in spec.roles()}

@@ -1,0 +1,52 @@
+"""Operator settings: what the operator renders that a ModelTier does not say (images, commands, tolerations).
+
+Settings come from the command line or `FRONTIER_*` environment variables (the Helm chart sets them). The same
+renderers serve real GPUs and local tests: set the engine command to `frontier-sim serve` (it accepts the
+`vllm serve` arguments) and the engine image to one that carries Frontier.
+"""
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+FIELD_MANAGER: Final = "frontier-operator"
+DEFAULT_ENGINE_IMAGE: Final = "vllm/vllm-openai:v0.11.0"
+DEFAULT_PICKER_IMAGE: Final = "ghcr.io/frontier-dev/frontier:0.1.0"
+GPU_TOLERATION: Final = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the renderers need beyond the ModelTier and its InferencePool."""
+
+    engine_image: str = DEFAULT_ENGINE_IMAGE
+    engine_command: tuple[str, ...] = ("vllm", "serve")
+    picker_image: str = DEFAULT_PICKER_IMAGE
+    picker_command: tuple[str, ...] = ("frontier-picker",)
+    picker_replicas: int = 1
+    field_manager: str = FIELD_MANAGER
+    gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
+    # Seconds between full resyncs (retries failed reconciles, repairs drift nobody watched).
+    resync_seconds: float = 300.0
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings with `FRONTIER_ENGINE_IMAGE`, `FRONTIER_ENGINE_COMMAND` (space-separated),
+    `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS` and
+    `FRONTIER_RESYNC_SECONDS` applied."""
+    env = os.environ if environ is None else environ
+    base = Settings()
+    return dataclasses.replace(
+        base,
+        engine_image=env.get("FRONTIER_ENGINE_IMAGE", base.engine_image),
+        engine_command=tuple(env["FRONTIER_ENGINE_COMMAND"].split())
+        if env.get("FRONTIER_ENGINE_COMMAND")
+        else base.engine_command,
+        picker_image=env.get("FRONTIER_PICKER_IMAGE", base.picker_image),
+        picker_command=tuple(env["FRONTIER_PICKER_COMMAND"].split())
+        if env.get("FRONTIER_PICKER_COMMAND")
+        else base.picker_command,
+        picker_replicas=int(env.get("FRONTIER_PICKER_REPLICAS", base.picker_replicas)),
+        resync_seconds=float(env.get("FRONTIER_RESYNC_SECONDS", base.resync_seconds)),
+    )

@@ -1,0 +1,236 @@
+"""Renderers: ModelTier + InferencePool + settings -> vLLM arguments and Kubernetes manifests."""
+
+import json
+
+import operator_samples as samples
+import pytest
+
+from frontier_api import modeltier, names
+from frontier_operator import manifests, pools, render_args, render_picker, render_tier, settings, validate
+
+CFG = settings.Settings()
+
+
+def _render(spec_raw=None, pool_obj=None):
+    obj = samples.tier(spec=spec_raw)
+    spec = modeltier.parse_spec(obj["spec"])
+    pool = pools.from_object(pool_obj or samples.pool())
+    return obj, spec, pool, render_tier.render(tier=obj, spec=spec, pool=pool, cfg=CFG)
+
+
+def _by_name(rendered):
+    return {(m["kind"], m["metadata"]["name"]): m for m in rendered}
+
+
+def _flag(args, flag):
+    return args[args.index(flag) + 1]
+
+
+def test_decode_args_carry_model_quantization_speculation_kv_transfer_and_events():
+    _, spec, _, _ = _render()
+    args = render_args.vllm_args(spec, role=names.ROLE_DECODE, port=8000)
+    assert args[:8] == [
+        "--model",
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "--served-model-name",
+        "llama-3.1-8b",
+        "--port",
+        "8000",
+        "--tensor-parallel-size",
+        "2",
+    ]
+    assert _flag(args, "--quantization") == "fp8"
+    assert _flag(args, "--max-model-len") == "8192"
+    assert "--enable-prefix-caching" in args
+    assert _flag(args, "--speculative-config") == (
+        '{"method":"ngram","num_speculative_tokens":4,"prompt_lookup_max":4}'
+    )
+    assert _flag(args, "--kv-transfer-config") == '{"kv_connector":"NixlConnector","kv_role":"kv_both"}'
+    assert json.loads(_flag(args, "--kv-events-config")) == {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": "tcp://*:5557",
+        "topic": "kv@$(POD_IP)@llama-3.1-8b",
+    }
+
+
+def test_prefill_role_does_not_load_the_speculative_proposer():
+    _, spec, _, _ = _render()
+    args = render_args.vllm_args(spec, role=names.ROLE_PREFILL, port=8000)
+    assert "--speculative-config" not in args
+    assert _flag(args, "--tensor-parallel-size") == "1"
+    assert "--kv-transfer-config" in args
+
+
+def test_drafted_speculation_names_its_model_and_lora_flags_render():
+    raw = samples.disaggregated_spec()
+    raw["engine"]["speculative"] = {"method": "eagle3", "numSpeculativeTokens": 3, "draftModel": "org/eagle3"}
+    raw["engine"]["lora"] = {"maxLoras": 4, "adapters": [{"name": "sql", "source": "org/sql-lora"}]}
+    _, spec, _, _ = _render(raw)
+    args = render_args.vllm_args(spec, role=names.ROLE_DECODE, port=8000)
+    assert json.loads(_flag(args, "--speculative-config")) == {
+        "method": "eagle3",
+        "num_speculative_tokens": 3,
+        "model": "org/eagle3",
+    }
+    assert args[args.index("--enable-lora") : args.index("--enable-lora") + 5] == [
+        "--enable-lora",
+        "--max-loras",
+        "4",
+        "--lora-modules",
+        "sql=org/sql-lora",
+    ]
+
+
+def test_deployments_per_role_with_labels_gpus_placement_and_replicas():
+    _, _, _, rendered = _render()
+    found = _by_name(rendered)
+    assert set(found) == {("Deployment", "llama-fast-prefill"), ("Deployment", "llama-fast-decode")}
+    decode = found[("Deployment", "llama-fast-decode")]
+    assert decode["spec"]["replicas"] == 4
+    assert found[("Deployment", "llama-fast-prefill")]["spec"]["replicas"] == 2
+    labels = decode["spec"]["template"]["metadata"]["labels"]
+    assert labels["app"] == "chat-servers"  # the pool's selector
+    assert labels[names.TIER_LABEL] == "llama-fast"
+    assert labels[names.ROLE_LABEL] == names.ROLE_DECODE
+    assert labels[names.MODEL_LABEL] == "llama-3.1-8b"
+    assert labels[names.ENGINE_TYPE_LABEL] == names.ENGINE_VLLM
+    assert decode["spec"]["selector"]["matchLabels"] == {
+        names.TIER_LABEL: "llama-fast",
+        names.ROLE_LABEL: names.ROLE_DECODE,
+    }
+    pod = decode["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["resources"]["requests"][names.GPU_RESOURCE] == "2"
+    assert engine["resources"]["limits"][names.GPU_RESOURCE] == "2"
+    assert pod["nodeSelector"] == {names.GKE_ACCELERATOR_LABEL: samples.H100}
+    assert {"key": names.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert engine["command"] == ["vllm", "serve"]
+    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in engine["env"]
+    owner = decode["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "ModelTier",
+        "llama-fast",
+        "tier-uid",
+        True,
+    )
+
+
+def test_autoscaled_role_gets_an_hpa_and_no_replicas():
+    raw = samples.disaggregated_spec()
+    raw["decode"] = {
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 8},
+        "accelerator": {"type": samples.H100},
+    }
+    _, _, _, rendered = _render(raw)
+    found = _by_name(rendered)
+    assert "replicas" not in found[("Deployment", "llama-fast-decode")]["spec"]
+    hpa = found[("HorizontalPodAutoscaler", "llama-fast-decode")]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "llama-fast-decode",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "vllm:num_requests_waiting"
+
+
+def test_engine_image_and_command_come_from_settings_for_the_simulator():
+    obj = samples.tier()
+    spec = modeltier.parse_spec(obj["spec"])
+    cfg = settings.Settings(engine_image="frontier:dev", engine_command=("frontier-sim", "serve"))
+    rendered = render_tier.render(tier=obj, spec=spec, pool=pools.from_object(samples.pool()), cfg=cfg)
+    engine = rendered[0]["spec"]["template"]["spec"]["containers"][0]
+    assert (engine["image"], engine["command"]) == ("frontier:dev", ["frontier-sim", "serve"])
+
+
+def test_rendering_is_deterministic_and_a_spec_change_changes_the_hash():
+    _, _, _, first = _render()
+    _, _, _, again = _render()
+    assert first == again
+    raw = samples.disaggregated_spec()
+    raw["engine"]["quantization"] = "awq"
+    _, _, _, changed = _render(raw)
+    hashes = [m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION] for m in first]
+    changed_hashes = [m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION] for m in changed]
+    assert all(a != b for a, b in zip(hashes, changed_hashes, strict=True))
+
+
+def test_scaling_decode_changes_only_the_decode_deployment():
+    _, _, _, before = _render()
+    raw = samples.disaggregated_spec()
+    raw["decode"]["replicas"] = 6
+    _, _, _, after = _render(raw)
+    diff = [b["metadata"]["name"] for a, b in zip(before, after, strict=True) if a != b]
+    assert diff == ["llama-fast-decode"]
+
+
+def test_picker_objects_follow_the_pools_endpoint_picker_ref():
+    pool = pools.from_object(samples.pool())
+    owners = [samples.tier("b", uid="uid-b"), samples.tier("a", uid="uid-a")]
+    found = _by_name(render_picker.render(pool=pool, owners=owners, cfg=CFG))
+    assert set(found) == {
+        ("ConfigMap", "chat-picker-config"),
+        ("ServiceAccount", "chat-picker"),
+        ("Role", "chat-picker"),
+        ("RoleBinding", "chat-picker"),
+        ("Deployment", "chat-picker"),
+        ("Service", "chat-picker"),
+    }
+    service = found[("Service", "chat-picker")]
+    assert service["spec"]["ports"][0]["port"] == 9002
+    assert service["spec"]["ports"][0]["targetPort"] == names.EXT_PROC_PORT
+    container = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == [
+        "--pool-name",
+        "chat",
+        "--pool-namespace",
+        "op-test",
+        "--grpc-port",
+        "9002",
+        "--grpc-health-port",
+        "9003",
+        "--metrics-port",
+        "9090",
+        "--config-file",
+        "/config/config.yaml",
+    ]
+    owner_uids = [o["uid"] for o in found[("Service", "chat-picker")]["metadata"]["ownerReferences"]]
+    assert owner_uids == ["uid-a", "uid-b"]
+    assert not any(o["controller"] for o in found[("Role", "chat-picker")]["metadata"]["ownerReferences"])
+    resources = {r for rule in found[("Role", "chat-picker")]["rules"] for r in rule["resources"]}
+    assert resources == {"pods", "inferencepools", "modeltiers", "inferenceobjectives"}
+    verbs = {v for rule in found[("Role", "chat-picker")]["rules"] for v in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+
+
+def test_picker_config_override_annotation_mounts_the_users_configmap():
+    obj = samples.pool()
+    obj["metadata"]["annotations"] = {pools.PICKER_CONFIG_ANNOTATION: "my-config"}
+    found = _by_name(render_picker.render(pool=pools.from_object(obj), owners=[samples.tier()], cfg=CFG))
+    assert ("ConfigMap", "chat-picker-config") not in found
+    volumes = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [{"name": "config", "configMap": {"name": "my-config"}}]
+
+
+def test_pool_without_target_port_is_refused_naming_the_field():
+    obj = samples.pool()
+    obj["spec"]["targetPorts"] = []
+    with pytest.raises(pools.PoolError, match=r"spec.targetPorts\[0\].number"):
+        pools.from_object(obj)
+
+
+def test_extra_args_may_not_repeat_a_typed_flag():
+    raw = samples.disaggregated_spec()
+    raw["engine"]["extraArgs"] = ["--enforce-eager", "--quantization=awq"]
+    invalid = validate.check_spec(modeltier.parse_spec(raw))
+    assert invalid is not None
+    assert invalid.reason == "ExtraArgConflict"
+    assert "spec.engine.extraArgs[1]" in invalid.message and "--quantization" in invalid.message
+
+
+def test_label_values_from_model_names_are_made_valid():
+    assert manifests.label_value("meta-llama/Llama-3.1-8B") == "meta-llama-Llama-3.1-8B"
+    assert len(manifests.label_value("x" * 100)) == 63

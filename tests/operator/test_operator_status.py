@@ -1,0 +1,108 @@
+"""Status derived from the owned Deployments: counts, conditions, and stability when nothing changes."""
+
+import operator_samples as samples
+
+from frontier_api import modeltier, names
+from frontier_operator import status, validate
+
+ROLES = [names.ROLE_PREFILL, names.ROLE_DECODE]
+
+
+def _deployment(*, replicas, ready, updated=None, generation=1, observed=1):
+    updated = ready if updated is None else updated
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "availableReplicas": ready,
+        },
+    }
+
+
+def _conditions(st):
+    return {c["type"]: c for c in st["conditions"]}
+
+
+def _derive(tier, deployments, *, invalid=None, now="2026-01-01T00:00:00Z"):
+    return status.derive(
+        tier=tier, roles=ROLES, deployments=deployments, invalid=invalid, args_hash="h", now=now
+    )
+
+
+def test_all_replicas_ready_is_ready_with_counts():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=4),
+    }
+    st = _derive(samples.tier(), deployments)
+    cond = _conditions(st)
+    assert cond[modeltier.READY]["status"] == "True"
+    assert cond[modeltier.PROGRESSING]["status"] == "False"
+    assert cond[modeltier.PREFILL_AVAILABLE]["status"] == "True"
+    assert cond[modeltier.DECODE_AVAILABLE]["status"] == "True"
+    assert cond[modeltier.CONFIG_VALID]["status"] == "True"
+    assert cond[modeltier.DEGRADED]["status"] == "False"
+    assert st["roles"][names.ROLE_DECODE] == {"replicas": 4, "ready": 4, "updated": 4, "available": 4}
+    assert st["readyRoles"] == "2/2"
+    assert st["observedGeneration"] == 1
+
+
+def test_rollout_in_progress_is_progressing_not_ready():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=4, updated=1, generation=2, observed=2),
+    }
+    cond = _conditions(_derive(samples.tier(), deployments))
+    assert cond[modeltier.READY]["status"] == "False"
+    assert cond[modeltier.PROGRESSING]["status"] == "True"
+    assert "decode: 1 updated" in cond[modeltier.PROGRESSING]["message"]
+
+
+def test_missing_decode_deployment_means_decode_unavailable():
+    deployments = {names.ROLE_PREFILL: _deployment(replicas=2, ready=2), names.ROLE_DECODE: None}
+    st = _derive(samples.tier(), deployments)
+    cond = _conditions(st)
+    assert cond[modeltier.DECODE_AVAILABLE]["status"] == "False"
+    assert cond[modeltier.PREFILL_AVAILABLE]["status"] == "True"
+    assert st["readyRoles"] == "1/2"
+
+
+def test_unchanged_world_derives_identical_status_keeping_transition_times():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=4),
+    }
+    tier = samples.tier()
+    first = _derive(tier, deployments, now="2026-01-01T00:00:00Z")
+    tier["status"] = first
+    second = _derive(tier, deployments, now="2026-01-01T01:00:00Z")
+    assert second == first
+
+
+def test_invalid_config_sets_config_valid_false_and_keeps_old_counts():
+    tier = samples.tier()
+    tier["status"] = {"roles": {"decode": {"replicas": 4, "ready": 4, "updated": 4, "available": 4}}}
+    invalid = validate.Invalid(
+        reason="PoolNotFound", message="spec.poolRef.name: InferencePool x does not exist"
+    )
+    st = _derive(tier, {}, invalid=invalid)
+    cond = _conditions(st)
+    assert cond[modeltier.CONFIG_VALID]["status"] == "False"
+    assert cond[modeltier.CONFIG_VALID]["reason"] == "PoolNotFound"
+    assert cond[modeltier.READY]["status"] == "False"
+    assert st["roles"]["decode"]["ready"] == 4
+
+
+def test_replica_failure_is_degraded():
+    failing = _deployment(replicas=4, ready=0)
+    failing["status"]["conditions"] = [
+        {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "quota"}
+    ]
+    deployments = {names.ROLE_PREFILL: _deployment(replicas=2, ready=2), names.ROLE_DECODE: failing}
+    cond = _conditions(_derive(samples.tier(), deployments))
+    assert cond[modeltier.DEGRADED]["status"] == "True"
+    assert "FailedCreate" in cond[modeltier.DEGRADED]["message"]
