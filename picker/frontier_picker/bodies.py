@@ -1,0 +1,119 @@
+"""Inference request bodies: the model a client asked for, the prompt text, and the model-name rewrite.
+
+An OpenAI-style body is a JSON object with a top-level `"model"` string. The picker parses it once (orjson)
+to read the model and the prompt, and never re-encodes it: when the model must be rewritten (header
+`x-gateway-model-name-rewrite`), only the bytes of the top-level `"model"` value are replaced, so everything
+else reaches the model server byte-for-byte as the client sent it.
+
+Finding that value needs the JSON's structure, not a text search: `"model"` may also appear as a key deeper
+down (tool schemas) or inside a string. A C-speed regex walks the body's strings and brackets only, so a
+4 MB prompt is one token, and the walk stops at the top-level key.
+"""
+
+import re
+from typing import Any, Final
+
+import orjson
+
+# The OpenAI-compatible APIs whose bodies name a model; other paths are scheduled without one.
+INFERENCE_PATHS: Final = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"}
+)
+CHARS_PER_TOKEN: Final = 4
+
+# A JSON string (unrolled-loop form, linear time) or one structural character.
+_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:]')
+
+
+class BodyError(ValueError):
+    """The body cannot be served; `status` is the HTTP status the client gets (400 or 413)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def is_inference_path(path: str) -> bool:
+    """Whether `path` (query string allowed) is one of the APIs whose body must name a model."""
+    return path.split("?", 1)[0] in INFERENCE_PATHS
+
+
+def parse(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object that names a model; `BodyError(400)` naming what is wrong otherwise."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise BodyError(400, f"request body is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise BodyError(400, f"request body must be a JSON object, got {type(document).__name__}")
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        raise BodyError(400, 'request body has no "model" string naming the model to serve')
+    return document
+
+
+def prompt_text(document: dict[str, Any]) -> str:
+    """The text a prefix cache would see, in order: completions `prompt`, chat `messages`, responses and
+    embeddings `input`. Structured parts contribute their text; anything else is ignored."""
+    parts: list[str] = []
+    for field in ("prompt", "messages", "input"):
+        if field in document:
+            _collect_text(document[field], parts)
+    return "".join(parts)
+
+
+def _collect_text(value: Any, parts: list[str]) -> None:
+    if isinstance(value, str):
+        parts.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_text(item, parts)
+    elif isinstance(value, dict):
+        role = value.get("role")
+        if isinstance(role, str):
+            parts.append(role)
+            parts.append(":")
+        for key in ("content", "text"):
+            if key in value:
+                _collect_text(value[key], parts)
+
+
+def model_value_span(body: bytes) -> tuple[int, int] | None:
+    """Byte offsets `[start, end)` of the top-level `"model"` value (quotes included), or None."""
+    depth = 0
+    expect_value = False
+    previous: bytes = b""
+    for match in _TOKEN.finditer(body):
+        token = match.group()
+        first = token[0]
+        if first == 0x22:  # '"'
+            if expect_value:
+                return match.start(), match.end()
+            previous = token
+            continue
+        if first in (0x7B, 0x5B):  # '{' '['
+            depth += 1
+        elif first in (0x7D, 0x5D):  # '}' ']'
+            depth -= 1
+        elif first == 0x3A and depth == 1 and previous == b'"model"':  # ':'
+            expect_value = True
+            continue
+        previous = b""
+        if expect_value:
+            return None
+    return None
+
+
+def rewrite_model(body: bytes, model: str) -> bytes:
+    """`body` with its top-level `"model"` value replaced by `model`; every other byte unchanged."""
+    span = model_value_span(body)
+    if span is None:
+        raise BodyError(400, 'request body has no top-level "model" string to rewrite')
+    start, end = span
+    return b"".join((body[:start], orjson.dumps(model), body[end:]))
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate of the tokens in `text` (about 4 characters per token)."""
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN

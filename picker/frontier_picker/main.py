@@ -1,0 +1,102 @@
+"""`frontier-picker`: the command line, mirroring the GIE endpoint picker's flags so it can be swapped in.
+
+GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
+`--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
+`--cert-path`. Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`,
+`--max-body-bytes`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the log says which).
+"""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from frontier_api import names
+from frontier_picker import server
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parser() -> argparse.ArgumentParser:
+    parse = argparse.ArgumentParser(prog="frontier-picker", description=__doc__.splitlines()[0])
+    parse.add_argument("--address", default="0.0.0.0", help="address every server binds")
+    parse.add_argument("--grpc-port", type=int, default=names.EXT_PROC_PORT, help="ext_proc port")
+    parse.add_argument("--grpc-health-port", type=int, default=names.HEALTH_PORT, help="gRPC health port")
+    parse.add_argument("--metrics-port", type=int, default=names.METRICS_PORT, help="Prometheus metrics port")
+    parse.add_argument("--pool-name", help="InferencePool to serve (Kubernetes discovery)")
+    parse.add_argument("--pool-namespace", default="default", help="namespace of the InferencePool")
+    parse.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster, then ~/.kube)")
+    parse.add_argument(
+        "--endpoints-file", type=Path, help="YAML/JSON endpoints file (discovery without Kubernetes)"
+    )
+    configs = parse.add_mutually_exclusive_group()
+    configs.add_argument("--config-file", type=Path, help="EndpointPickerConfig YAML file")
+    configs.add_argument("--config-text", help="EndpointPickerConfig YAML text")
+    parse.add_argument(
+        "--secure-serving",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=True,
+        help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
+    )
+    parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+    parse.add_argument("--fallbacks", type=int, default=1, help="fallback endpoints after the primary")
+    parse.add_argument(
+        "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413"
+    )
+    parse.add_argument(
+        "--endpoints-poll-interval", type=float, default=1.0, help="seconds between file checks"
+    )
+    parse.add_argument("--log-level", default="INFO", help="DEBUG logs one line per completed request too")
+    return parse
+
+
+def options(arguments: argparse.Namespace) -> server.Options:
+    """Server options from parsed arguments."""
+    if arguments.pool_name and arguments.endpoints_file:
+        raise SystemExit("frontier-picker: give --pool-name or --endpoints-file, not both")
+    config_text = arguments.config_text
+    if arguments.config_file is not None:
+        config_text = arguments.config_file.read_text()
+    return server.Options(
+        address=arguments.address,
+        grpc_port=arguments.grpc_port,
+        grpc_health_port=arguments.grpc_health_port,
+        metrics_port=arguments.metrics_port,
+        secure_serving=arguments.secure_serving,
+        cert_path=arguments.cert_path,
+        config_text=config_text,
+        fallbacks=arguments.fallbacks,
+        max_body_bytes=arguments.max_body_bytes,
+        endpoints_file=arguments.endpoints_file,
+        endpoints_poll_s=arguments.endpoints_poll_interval,
+        pool_name=arguments.pool_name,
+        pool_namespace=arguments.pool_namespace,
+        kubeconfig=arguments.kubeconfig,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = parser().parse_args(argv)
+    logging.basicConfig(
+        level=arguments.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(options(arguments)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""The GIE endpoint-picker protocol: one Envoy ext_proc stream per HTTP request.
+
+Envoy opens `ExternalProcessor/Process` for every request and sends, as configured, the request headers,
+body chunks and trailers, then the response's. The picker answers each in order (headers → body → trailers):
+
+- **Decision.** Once the model is known (the body is complete, or the request has no body) it builds a
+  `types.Request`, narrows the datastore's endpoints to the proxy's subset hint, asks the scheduler, charges
+  the primary's load, and answers the request headers with
+  `x-gateway-destination-endpoint: primary,fallback...`, the same string in `envoy.lb` dynamic metadata,
+  and `clear_route_cache`.
+- **Body.** In `FULL_DUPLEX_STREAMED` (GKE, Istio, llm-d) every body byte goes back as `streamed_response`
+  chunks of at most 62,000 bytes: the original chunks when nothing changed (no copy, no re-encoding), the
+  spliced body with a new `content-length` when the model name was rewritten. `STREAMED` (with Envoy's
+  `send_body_without_waiting_for_header_response`) and `BUFFERED` put the decision on the body reply instead.
+- **Refusals** are `ImmediateResponse`s with a JSON body naming the reason: 400 (bad body), 413 (too large),
+  503 (no endpoint, empty subset), 429 (shed by the scheduler).
+- **Response path.** Usage comes from SSE `data:` lines or the JSON body; the served endpoint from Envoy's
+  `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
+  recorded exactly once: at the end of the response, or when the stream ends or is reset (client gone).
+
+The message handlers are synchronous and return the replies to send, so the per-message cost is Python only
+where it must be; the servicer just moves messages between them and gRPC.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import grpc
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+
+from frontier_api import names
+from frontier_picker import bodies, datastore, endpoints, metrics, subsets, usage
+from frontier_picker.scheduling import types
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK: Final = 62_000  # largest streamed_response body the GIE protocol sends in one message
+EXT_PROC_ATTRIBUTES: Final = "envoy.filters.http.ext_proc"
+UPSTREAM_ADDRESS: Final = "upstream.address"
+
+_FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
+_STREAMED: Final = processing_mode_pb2.ProcessingMode.STREAMED
+_BUFFERED: Final = processing_mode_pb2.ProcessingMode.BUFFERED
+_NONE: Final = processing_mode_pb2.ProcessingMode.NONE
+_OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_MODEL_REWRITE_HEADERS: Final = (
+    names.MODEL_NAME_REWRITE,
+    *(alias for alias, name in names.LLMD_ALIASES.items() if name == names.MODEL_NAME_REWRITE),
+)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Settings:
+    """What the protocol layer needs besides the scheduler and the datastore."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Context:
+    """Shared by every stream of one picker."""
+
+    scheduler: types.Scheduler
+    store: datastore.Datastore
+    metrics: metrics.Metrics
+    settings: Settings
+    clock: Callable[[], float] = time.monotonic
+
+
+class Rejected(Exception):
+    """Raised inside a stream to answer with an ImmediateResponse."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
+    )
+
+
+def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
+    return {
+        header.key: header.raw_value.decode("latin-1") if header.raw_value else header.value
+        for header in message.headers.headers
+    }
+
+
+def immediate(status: int, reason: str) -> ext_proc.ProcessingResponse:
+    """An ImmediateResponse with a JSON error body naming `reason`."""
+    body = orjson.dumps({"error": {"code": status, "message": reason, "type": "frontier_picker"}})
+    return ext_proc.ProcessingResponse(
+        immediate_response=ext_proc.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),
+            headers=ext_proc.HeaderMutation(set_headers=[_set_header("content-type", "application/json")]),
+            body=body,
+            details=f"frontier_picker_{status}",
+        )
+    )
+
+
+def _pieces(chunk: bytes) -> list[bytes]:
+    if len(chunk) <= MAX_CHUNK:
+        return [chunk]
+    return [chunk[offset : offset + MAX_CHUNK] for offset in range(0, len(chunk), MAX_CHUNK)]
+
+
+def _streamed(chunk: bytes, *, end: bool, response: bool) -> ext_proc.ProcessingResponse:
+    body = ext_proc.BodyResponse(
+        response=ext_proc.CommonResponse(
+            body_mutation=ext_proc.BodyMutation(
+                streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end)
+            )
+        )
+    )
+    if response:
+        return ext_proc.ProcessingResponse(response_body=body)
+    return ext_proc.ProcessingResponse(request_body=body)
+
+
+_CONTINUE_REQUEST_BODY: Final = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
+_CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
+_CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
+_CONTINUE_REQUEST_TRAILERS: Final = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
+_CONTINUE_RESPONSE_TRAILERS: Final = ext_proc.ProcessingResponse(
+    response_trailers=ext_proc.TrailersResponse()
+)
+
+
+class Stream:
+    """The state of one request's ext_proc stream; `on_message` returns the replies to send, in order."""
+
+    def __init__(self, context: Context) -> None:
+        self.ctx = context
+        self.started = context.clock()
+        self.request_mode = _FULL_DUPLEX
+        self.response_mode = _FULL_DUPLEX
+        self.body_before_headers = True  # Envoy sends body chunks before we answer the headers
+        self.headers: dict[str, str] = {}
+        self.subset: list[str] | None = None
+        self.request_id = ""
+        self.request_id_generated = False
+        self.chunks: list[bytes] = []
+        self.body_size = 0
+        self.headers_answered = False
+        self.request: types.Request | None = None
+        self.decision: types.Decision | None = None
+        self.charge: datastore.Charge | None = None
+        self.status = 0
+        self.served: str | None = None
+        self.reader: usage.SseReader | usage.JsonReader | None = None
+        self.first_byte_at: float | None = None
+        self.response_ended = False
+        self.completed = False
+        self.closed = False  # an immediate response was sent; nothing more to do
+
+    # --- dispatch --------------------------------------------------------------------------------------
+    def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        kind = message.WhichOneof("request")
+        try:
+            if kind == "request_body":
+                return self._on_request_body(message.request_body)
+            if kind == "response_body":
+                return self._on_response_body(message.response_body)
+            if kind == "request_headers":
+                return self._on_request_headers(message)
+            if kind == "response_headers":
+                return self._on_response_headers(message)
+            if kind == "request_trailers":
+                return self._on_request_trailers()
+            if kind == "response_trailers":
+                self._end_response()
+                return [_CONTINUE_RESPONSE_TRAILERS]
+        except Rejected as refusal:
+            return [self._refuse(refusal.status, refusal.reason)]
+        return []
+
+    # --- request path ----------------------------------------------------------------------------------
+    def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        if message.HasField("protocol_config"):
+            config = message.protocol_config
+            self.request_mode = config.request_body_mode
+            self.response_mode = config.response_body_mode
+            self.body_before_headers = self.request_mode == _FULL_DUPLEX or (
+                self.request_mode == _STREAMED and config.send_body_without_waiting_for_header_response
+            )
+        self.headers = _headers(message.request_headers)
+        hint_namespace = message.metadata_context.filter_metadata.get(names.SUBSET_HINT_NAMESPACE)
+        self.subset = subsets.hint(hint_namespace)
+        self.request_id = self.headers.get(names.REQUEST_ID, "")
+        if not self.request_id:
+            self.request_id = uuid.uuid4().hex
+            self.request_id_generated = True
+        if message.request_headers.end_of_stream:
+            return [self._decide(b"", body_changed=False, header_phase=True)]
+        declared = self.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.ctx.settings.max_body_bytes:
+            raise Rejected(413, self._too_large(int(declared)))
+        if self.body_before_headers:
+            return []
+        # BUFFERED, or STREAMED without early body: headers go on now; the decision rides on the body reply.
+        self.headers_answered = True
+        if self.request_mode == _STREAMED:
+            log.warning(
+                "event=streamed_without_early_body request_id=%s detail=%s",
+                self.request_id,
+                "enable send_body_without_waiting_for_header_response to route by the body's model",
+            )
+            return [self._decide(b"", body_changed=False, header_phase=True)]
+        return [ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())]
+
+    def _too_large(self, size: int) -> str:
+        return f"request body of {size} bytes exceeds the limit of {self.ctx.settings.max_body_bytes} bytes"
+
+    def _on_request_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
+        chunk = body.body
+        if self.decision is not None:
+            # Body after the decision (STREAMED without early body): pass it on unchanged.
+            if self.request_mode == _FULL_DUPLEX:
+                return [_streamed(piece, end=body.end_of_stream, response=False) for piece in _pieces(chunk)]
+            return [_CONTINUE_REQUEST_BODY]
+        self.body_size += len(chunk)
+        if self.body_size > self.ctx.settings.max_body_bytes:
+            raise Rejected(413, self._too_large(self.body_size))
+        self.chunks.append(chunk)
+        if not body.end_of_stream:
+            return []
+        return self._finish_request_body(end_of_stream=True)
+
+    def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
+        replies = self._finish_request_body(end_of_stream=False) if self.decision is None else []
+        replies.append(_CONTINUE_REQUEST_TRAILERS)
+        return replies
+
+    def _finish_request_body(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
+        original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        body, changed = self._prepare_body(original)
+        decision_reply = self._decide(body, body_changed=changed, header_phase=not self.headers_answered)
+        if self.request_mode == _FULL_DUPLEX:
+            source = [body] if changed else self.chunks
+            pieces = [piece for chunk in source for piece in _pieces(chunk)] or [b""]
+            replies = [decision_reply]
+            last = len(pieces) - 1
+            replies.extend(
+                _streamed(piece, end=end_of_stream and index == last, response=False)
+                for index, piece in enumerate(pieces)
+            )
+            return replies
+        if self.request_mode == _BUFFERED:
+            return [decision_reply]
+        # STREAMED with early body: one reply per received chunk; a changed body replaces the first.
+        replies = [decision_reply]
+        for index in range(len(self.chunks)):
+            if not changed:
+                replies.append(_CONTINUE_REQUEST_BODY)
+                continue
+            mutation = (
+                ext_proc.BodyMutation(body=body) if index == 0 else ext_proc.BodyMutation(clear_body=True)
+            )
+            replies.append(
+                ext_proc.ProcessingResponse(
+                    request_body=ext_proc.BodyResponse(
+                        response=ext_proc.CommonResponse(body_mutation=mutation)
+                    )
+                )
+            )
+        return replies
+
+    def _prepare_body(self, original: bytes) -> tuple[bytes, bool]:
+        """Parse the body into `self.request` and splice a rewritten model; returns (body, changed)."""
+        path = self.headers.get(":path", "")
+        if not original or not bodies.is_inference_path(path):
+            self.request = self._request(model="", target_model="", document=None)
+            return original, False
+        try:
+            document = bodies.parse(original)
+        except bodies.BodyError as error:
+            raise Rejected(error.status, error.reason) from None
+        model: str = document["model"]
+        target = next((self.headers[h] for h in _MODEL_REWRITE_HEADERS if self.headers.get(h)), model)
+        self.request = self._request(model=model, target_model=target, document=document)
+        if target == model:
+            return original, False
+        try:
+            return bodies.rewrite_model(original, target), True
+        except bodies.BodyError as error:
+            raise Rejected(error.status, error.reason) from None
+
+    def _request(self, *, model: str, target_model: str, document: dict[str, Any] | None) -> types.Request:
+        prompt = bodies.prompt_text(document) if document is not None else ""
+        max_tokens = None
+        if document is not None:
+            for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+                value = document.get(field)
+                if isinstance(value, int):
+                    max_tokens = value
+                    break
+        headers = self.headers
+        objective = headers.get(names.INFERENCE_OBJECTIVE) or headers.get("x-llm-d-inference-objective")
+        return types.Request(
+            request_id=self.request_id,
+            model=model,
+            target_model=target_model,
+            prompt=prompt,
+            prompt_tokens=bodies.estimate_tokens(prompt),
+            max_tokens=max_tokens,
+            objective=objective,
+            fairness_id=headers.get(names.FAIRNESS_ID) or headers.get("x-llm-d-fairness-id"),
+            session_token=headers.get(names.SESSION_TOKEN),
+            headers=headers,
+        )
+
+    def _decide(self, body: bytes, *, body_changed: bool, header_phase: bool) -> ext_proc.ProcessingResponse:
+        """Schedule the request and build the reply that carries the decision."""
+        if self.request is None:
+            self.request = self._request(model="", target_model="", document=None)
+        request = self.request
+        states = self.ctx.store.states()
+        if self.subset is not None:
+            states = subsets.restrict(states, self.subset)
+            if not states:
+                raise Rejected(
+                    503, f"no ready endpoint in the subset hint {','.join(self.subset) or '(empty)'}"
+                )
+        if not states:
+            raise Rejected(503, "no ready endpoint in the pool")
+        began = time.perf_counter()
+        try:
+            decision = self.ctx.scheduler.schedule(request, endpoints.Snapshot(self.ctx.clock(), states))
+        except types.Rejection as rejection:
+            raise Rejected(rejection.status, rejection.reason) from None
+        finally:
+            self.ctx.metrics.scheduling_duration.observe(time.perf_counter() - began)
+        if not decision.endpoints:
+            raise Rejected(503, "the scheduler chose no endpoint")
+        self.decision = decision
+        self.charge = self.ctx.store.charge(request, decision)
+        self.ctx.metrics.in_flight.inc()
+        destination = ",".join(decision.endpoints)
+        set_headers = [_set_header(names.DESTINATION_ENDPOINT, destination)]
+        if decision.prefill:
+            set_headers.append(_set_header(names.PREFILLER_HOST_PORT, decision.prefill))
+        if body_changed:
+            set_headers.append(_set_header("content-length", str(len(body))))
+        if self.request_id_generated:
+            set_headers.append(_set_header(names.REQUEST_ID, self.request_id))
+        common = ext_proc.CommonResponse(
+            header_mutation=ext_proc.HeaderMutation(set_headers=set_headers), clear_route_cache=True
+        )
+        if not header_phase and body_changed:
+            common.body_mutation.body = body  # BUFFERED: the body reply carries the new body
+        metadata = struct_pb2.Struct()
+        metadata.fields[names.LB_NAMESPACE].struct_value.fields[
+            names.DESTINATION_ENDPOINT
+        ].string_value = destination
+        log.info(
+            "event=decision request_id=%s model=%s target_model=%s endpoints=%s prefill=%s profile=%s "
+            "subset=%s body_bytes=%d rewritten=%s",
+            self.request_id,
+            request.model or "-",
+            request.target_model or "-",
+            destination,
+            decision.prefill or "-",
+            decision.profile or "-",
+            ",".join(self.subset) if self.subset is not None else "-",
+            len(body),
+            body_changed,
+        )
+        if header_phase:
+            self.headers_answered = True
+            return ext_proc.ProcessingResponse(
+                request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
+            )
+        return ext_proc.ProcessingResponse(
+            request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
+        )
+
+    def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
+        self.closed = True
+        self.ctx.metrics.errors.labels(str(status)).inc()
+        model = self.request.model if self.request is not None else ""
+        self.ctx.metrics.requests.labels(model, str(status)).inc()
+        log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
+        return immediate(status, reason)
+
+    # --- response path ---------------------------------------------------------------------------------
+    def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        headers = _headers(message.response_headers)
+        status = headers.get(":status", "0")
+        self.status = int(status) if status.isdigit() else 0
+        self.served = self._served(message)
+        if self.response_mode != _NONE:
+            if headers.get("content-type", "").startswith("text/event-stream"):
+                self.reader = usage.SseReader()
+            else:
+                self.reader = usage.JsonReader()
+        self.first_byte_at = self.ctx.clock()
+        if message.response_headers.end_of_stream:
+            self._end_response()
+        return [_CONTINUE_RESPONSE_HEADERS]
+
+    def _served(self, message: ext_proc.ProcessingRequest) -> str | None:
+        lb = message.metadata_context.filter_metadata.get(names.LB_NAMESPACE)
+        if lb is not None and names.DESTINATION_ENDPOINT_SERVED in lb.fields:
+            return str(lb.fields[names.DESTINATION_ENDPOINT_SERVED].string_value)
+        attributes = message.attributes.get(EXT_PROC_ATTRIBUTES)
+        if attributes is not None and UPSTREAM_ADDRESS in attributes.fields:
+            return str(attributes.fields[UPSTREAM_ADDRESS].string_value)
+        return None
+
+    def _on_response_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
+        chunk = body.body
+        if self.reader is not None:
+            self.reader.feed(chunk)
+        if body.end_of_stream:
+            self._end_response()
+        if self.response_mode == _FULL_DUPLEX:
+            return [_streamed(piece, end=body.end_of_stream, response=True) for piece in _pieces(chunk)]
+        return [_CONTINUE_RESPONSE_BODY]
+
+    def _end_response(self) -> None:
+        self.response_ended = True
+        self.complete(aborted=False)
+
+    # --- completion ------------------------------------------------------------------------------------
+    def complete(self, *, aborted: bool) -> None:
+        """Record how the request ended (once); refunds the load charge and tells the scheduler."""
+        if self.completed or self.decision is None or self.request is None:
+            return
+        self.completed = True
+        now = self.ctx.clock()
+        datastore.Datastore.refund(self.charge)
+        self.ctx.metrics.in_flight.dec()
+        reported = None
+        if self.reader is not None:
+            self.reader.finish()
+            reported = self.reader.usage
+        completion = types.Completion(
+            endpoint=self.served or self.decision.primary,
+            status=self.status,
+            prompt_tokens=reported.prompt_tokens if reported else None,
+            completion_tokens=reported.completion_tokens if reported else None,
+            cached_tokens=reported.cached_tokens if reported else None,
+            ttft_s=(self.first_byte_at - self.started) if self.first_byte_at is not None else None,
+            duration_s=now - self.started,
+            aborted=aborted,
+        )
+        try:
+            self.ctx.scheduler.on_completion(self.request, self.decision, completion)
+        except Exception:
+            log.exception("event=on_completion_failed request_id=%s", self.request_id)
+        model = self.request.target_model
+        code = "aborted" if aborted else str(self.status)
+        self.ctx.metrics.requests.labels(model, code).inc()
+        self.ctx.metrics.request_duration.labels(model).observe(completion.duration_s)
+        if completion.prompt_tokens:
+            self.ctx.metrics.prompt_tokens.labels(model).inc(completion.prompt_tokens)
+        if completion.completion_tokens:
+            self.ctx.metrics.completion_tokens.labels(model).inc(completion.completion_tokens)
+        log.debug(
+            "event=completed request_id=%s endpoint=%s status=%d aborted=%s prompt_tokens=%s "
+            "completion_tokens=%s duration_s=%.4f",
+            self.request_id,
+            completion.endpoint,
+            completion.status,
+            aborted,
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.duration_s,
+        )
+
+
+class Processor(ext_proc_grpc.ExternalProcessorServicer):
+    """The gRPC servicer: moves messages between Envoy and one `Stream` per request."""
+
+    def __init__(self, context: Context) -> None:
+        self.ctx = context
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        stream = Stream(self.ctx)
+        aborted = True
+        try:
+            async for message in request_iterator:
+                for reply in stream.on_message(message):
+                    await context.write(reply)
+                if stream.closed:
+                    break
+            # Envoy 1.40 half-closes the stream when the client goes away, so ending quietly is not
+            # success: only a response whose end was seen (last body chunk, trailers) completed.
+            aborted = not stream.response_ended
+        except asyncio.CancelledError:
+            # With the response body NONE and trailers SEND, Envoy 1.40 resets the stream when a response
+            # without trailers ends: after the response headers, that is the normal end.
+            aborted = not (stream.response_ended or (stream.status and stream.response_mode == _NONE))
+            raise
+        finally:
+            stream.complete(aborted=aborted)

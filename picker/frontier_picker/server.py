@@ -1,0 +1,182 @@
+"""The running picker: the ext_proc gRPC server, the gRPC health server, the metrics endpoint and discovery.
+
+`start(options, ...)` brings everything up inside the caller's asyncio loop and returns a `Picker` with the
+bound ports (any port may be 0: the OS picks one, and the log line `event=listening` names it); `serve`
+runs until cancelled. Tests and benchmarks start it in-process; `frontier-picker` (main.py) wraps `serve`.
+
+Health follows the GIE EPP: services `liveness`, `readiness` and `envoy.service.ext_proc.v3.ExternalProcessor`
+on the health port (plaintext) and on the ext_proc port; readiness turns SERVING once discovery has delivered
+its first endpoint set.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from frontier_api import names
+from frontier_picker import datastore, file_discovery, metrics, pool_discovery, processor, tls
+from frontier_picker.scheduling import config, types
+
+log = logging.getLogger(__name__)
+
+LIVENESS = "liveness"
+READINESS = "readiness"
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Options:
+    """Everything the command line sets; defaults are the GIE EPP's."""
+
+    address: str = "0.0.0.0"
+    grpc_port: int = names.EXT_PROC_PORT
+    grpc_health_port: int = names.HEALTH_PORT
+    metrics_port: int = names.METRICS_PORT
+    secure_serving: bool = True
+    cert_path: Path | None = None
+    config_text: str | None = None
+    fallbacks: int = 1
+    max_body_bytes: int = 16 * 1024 * 1024
+    endpoints_file: Path | None = None
+    endpoints_poll_s: float = 1.0
+    pool_name: str | None = None
+    pool_namespace: str = "default"
+    kubeconfig: Path | None = None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Picker:
+    """A started picker and what it bound."""
+
+    grpc_port: int
+    grpc_health_port: int
+    metrics_port: int
+    store: datastore.Datastore
+    metrics: metrics.Metrics
+    scheduler: types.Scheduler
+    _servers: list[grpc.aio.Server]
+    _tasks: list["asyncio.Task[None]"]
+    _metrics_server: Any
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await asyncio.gather(*(server.stop(grace=0.5) for server in self._servers))
+        self._metrics_server.shutdown()
+        self._metrics_server.server_close()
+        log.info("event=stopped")
+
+
+async def start(
+    options: Options,
+    *,
+    scheduler: types.Scheduler | None = None,
+    store: datastore.Datastore | None = None,
+) -> Picker:
+    """Start the picker in the running loop; `scheduler`/`store` override the ones built from `options`."""
+    if scheduler is None:
+        scheduler = config.load(options.config_text, fallbacks=options.fallbacks)
+    if store is None:
+        store = datastore.Datastore()
+    own_metrics = metrics.create()
+    context = processor.Context(
+        scheduler=scheduler,
+        store=store,
+        metrics=own_metrics,
+        settings=processor.Settings(max_body_bytes=options.max_body_bytes),
+    )
+    health_servicer = health.aio.HealthServicer()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for service in ("", LIVENESS, names.EXT_PROC_SERVICE):
+        await health_servicer.set(service, serving)
+    await health_servicer.set(READINESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[None]] = set()
+
+    def on_change() -> None:
+        own_metrics.ready_endpoints.set(len(store.states()))
+        if store.synced:
+            task = loop.create_task(health_servicer.set(READINESS, serving))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    store.subscribe(on_change)
+    on_change()
+
+    ext_proc_server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+    )
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor.Processor(context), ext_proc_server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ext_proc_server)
+    bind = f"{options.address}:{options.grpc_port}"
+    if options.secure_serving:
+        grpc_port = ext_proc_server.add_secure_port(bind, tls.server_credentials(options.cert_path))
+    else:
+        grpc_port = ext_proc_server.add_insecure_port(bind)
+    health_server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+    health_port = health_server.add_insecure_port(f"{options.address}:{options.grpc_health_port}")
+    await ext_proc_server.start()
+    await health_server.start()
+    metrics_port, _thread, metrics_server = metrics.serve(
+        own_metrics, address=options.address, port=options.metrics_port
+    )
+    tasks: list[asyncio.Task[None]] = []
+    if options.endpoints_file is not None:
+        watcher = file_discovery.watch(options.endpoints_file, store, interval_s=options.endpoints_poll_s)
+        tasks.append(loop.create_task(watcher))
+    elif options.pool_name is not None:
+        tasks.append(
+            loop.create_task(
+                pool_discovery.watch(
+                    name=options.pool_name,
+                    namespace=options.pool_namespace,
+                    store=store,
+                    kubeconfig=options.kubeconfig,
+                )
+            )
+        )
+    log.info(
+        "event=listening address=%s grpc_port=%d grpc_health_port=%d metrics_port=%d secure_serving=%s "
+        "discovery=%s fallbacks=%d",
+        options.address,
+        grpc_port,
+        health_port,
+        metrics_port,
+        options.secure_serving,
+        "file" if options.endpoints_file else ("kubernetes" if options.pool_name else "none"),
+        options.fallbacks,
+    )
+    return Picker(
+        grpc_port=grpc_port,
+        grpc_health_port=health_port,
+        metrics_port=metrics_port,
+        store=store,
+        metrics=own_metrics,
+        scheduler=scheduler,
+        _servers=[ext_proc_server, health_server],
+        _tasks=tasks,
+        _metrics_server=metrics_server,
+    )
+
+
+async def serve(options: Options) -> None:
+    """Run the picker until cancelled."""
+    picker = await start(options)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await picker.stop()
