@@ -389,6 +389,20 @@ class Engine:
             self._drop_aborted()
         return True
 
+    def cached_prefix_tokens(self, token_ids: Sequence[int], lora: str | None = None) -> int:
+        """Prompt tokens a request with `token_ids` would find in the prefix cache now (no side effects)."""
+        if not self.config.enable_prefix_caching:
+            return 0
+        bs = self.config.block_size
+        parent: int | None = None
+        found = 0
+        for i in range((len(token_ids) - 1) // bs):
+            parent = block_hash(parent, token_ids[i * bs : (i + 1) * bs], lora, self.config.hash_seed)
+            if parent not in self.pool.cached:
+                break
+            found += 1
+        return found * bs
+
     def reset_prefix_cache(self) -> bool:
         return self.pool.reset()
 
