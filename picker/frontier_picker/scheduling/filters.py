@@ -1,0 +1,134 @@
+"""Filters: drop the endpoints that must not get a request before any scoring happens.
+
+A filter that would leave no candidate says what to do instead: the saturation filter keeps every endpoint
+(a full pool still serves its critical traffic, ranked by load), the model filter leaves the set empty so the
+request is refused with 503 and a message naming the model.
+"""
+
+from frontier_api import names
+from frontier_picker import endpoints
+from frontier_picker.scheduling import plugins, saturation
+
+
+@plugins.register
+class SaturationFilter(plugins.Filter):
+    """Route around endpoints that are saturated or whose metrics went stale.
+
+    Keeps endpoints with waiting < queueDepthThreshold and KV use < kvCacheUtilThreshold whose metrics are
+    younger than metricsStalenessThreshold. When that leaves none, keeps all of them: if every endpoint is
+    stale the scorers fall back on the picker's own in-flight accounting, and if every endpoint is saturated
+    the request still goes to the least loaded one (shedding is admission's job, by priority).
+    """
+
+    type_name = "saturation-filter"
+    formula = "keep waiting < q and kv < k and age < s; none left -> keep all"
+    intent = "protection"
+    consumes = frozenset({"metrics"})
+    parameter_docs = {
+        "queueDepthThreshold": "waiting requests that saturate (default: saturationDetector, 5)",
+        "kvCacheUtilThreshold": "KV use that saturates (default: saturationDetector, 0.8)",
+        "metricsStalenessThreshold": "metrics age that saturates (default: saturationDetector, 200ms)",
+    }
+
+    def __init__(self, name: str, *, thresholds: saturation.Thresholds | None = None) -> None:
+        super().__init__(name)
+        self.thresholds = thresholds or saturation.Thresholds()
+        self.explicit = thresholds is not None  # False: the config's saturationDetector applies
+
+    @classmethod
+    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+        raw = {
+            key: parameters.raw(key, None)
+            for key in ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
+        }
+        given = {key: value for key, value in raw.items() if value is not None}
+        return cls(name, thresholds=saturation.from_config(given) if given else None)
+
+    def filter(
+        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
+    ) -> list[endpoints.EndpointState]:
+        now = cycle.now
+        limits = self.thresholds
+        stale_before = now - limits.staleness_s
+        kept = [
+            state
+            for state in candidates
+            if state.metrics.updated_at > stale_before
+            and state.metrics.waiting < limits.queue_depth
+            and state.metrics.kv_usage < limits.kv_utilization
+        ]
+        return kept or candidates
+
+
+@plugins.register
+class ModelFilter(plugins.Filter):
+    """Keep endpoints that serve the request's model, and for a LoRA request those that can serve the adapter.
+
+    An endpoint serves a model when its label inference.frontier.dev/model is absent or equals the request's
+    target model (after x-gateway-model-name-rewrite) or requested model. For a LoRA adapter, prefer endpoints
+    that run or queue it or have LoRA enabled (max_lora known); if none report LoRA, keep the model's
+    endpoints (the engine then answers for itself).
+    """
+
+    type_name = "model-filter"
+    formula = "keep label(model) in {unset, target_model, model}; LoRA: adapter active/queued or max_lora set"
+    intent = "correctness"
+    consumes = frozenset({"labels", "metrics"})
+
+    def filter(
+        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
+    ) -> list[endpoints.EndpointState]:
+        request = cycle.request
+        wanted = {request.target_model, request.model}
+        label = names.MODEL_LABEL
+        kept = [
+            state for state in candidates if state.endpoint.labels.get(label, request.target_model) in wanted
+        ]
+        adapter = request.lora_adapter
+        if adapter and kept:
+            lora = [
+                state
+                for state in kept
+                if adapter in state.metrics.running_loras
+                or adapter in state.metrics.waiting_loras
+                or state.metrics.max_loras is not None
+            ]
+            return lora or kept
+        return kept
+
+
+@plugins.register
+class RoleFilter(plugins.Filter):
+    """Keep endpoints that can play a prefill/decode role (label inference.frontier.dev/role, default both).
+
+    role=decode keeps decode and both endpoints (destinations of a request); role=prefill keeps only
+    prefill endpoints (the prefill side of a disaggregated request).
+    """
+
+    type_name = "role-filter"
+    formula = "decode: keep role in {decode, both}; prefill: keep role == prefill"
+    intent = "correctness"
+    consumes = frozenset({"labels"})
+    parameter_docs = {"role": "decode (default) or prefill"}
+
+    def __init__(self, name: str, *, role: str = names.ROLE_DECODE) -> None:
+        super().__init__(name)
+        self.role = role
+        self._roles = (
+            frozenset({names.ROLE_DECODE, names.ROLE_BOTH})
+            if role == names.ROLE_DECODE
+            else frozenset({role})
+        )
+
+    @classmethod
+    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+        role = parameters.text("role", names.ROLE_DECODE, allowed=(names.ROLE_DECODE, names.ROLE_PREFILL))
+        return cls(name, role=role)
+
+    def filter(
+        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
+    ) -> list[endpoints.EndpointState]:
+        roles = self._roles
+        label = names.ROLE_LABEL
+        both = names.ROLE_BOTH
+        return [state for state in candidates if state.endpoint.labels.get(label, both) in roles]
