@@ -117,13 +117,15 @@ def stop(group: processes.Group, door: FrontDoor) -> None:
         group.stop(child)
 
 
-def profile_config(profile: str) -> str:
-    """The EndpointPickerConfig text that selects scheduling profile `profile` in the picker."""
-    return (
-        "apiVersion: inference.networking.x-k8s.io/v1alpha1\n"
-        "kind: EndpointPickerConfig\n"
-        f"defaultProfile: {profile}\n"
-    )
+def profile_config(profile: str) -> str | None:
+    """The EndpointPickerConfig text of the picker's built-in profile `profile` (None: its default)."""
+    from frontier_picker.scheduling import config
+
+    if hasattr(config, "builtin_text"):
+        return str(config.builtin_text(profile))
+    if profile == "frontier":
+        return None
+    raise RuntimeError(f"this picker has no built-in profile {profile!r} yet")
 
 
 async def _start_picker(
@@ -135,6 +137,7 @@ async def _start_picker(
     address: str,
     run_dir: Path,
 ) -> FrontDoor:
+    text = profile_config(profile)
     grpc_port = processes.free_port(address)
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
@@ -146,9 +149,10 @@ async def _start_picker(
             "frontier_picker.main",
             "--endpoints-file",
             str(endpoints_file),
-            "--config-text",
-            profile_config(profile),
+            *(["--config-text", text] if text is not None else []),
             "--secure-serving=false",
+            "--address",
+            address,
             "--grpc-port",
             str(grpc_port),
             "--grpc-health-port",

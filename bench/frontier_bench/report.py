@@ -166,7 +166,8 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for workload in sorted({r.workload for r in rows}):
+    workloads = sorted({r.workload for r in rows})
+    for workload in workloads:
         mine = [r for r in rows if r.workload == workload]
         policies = sorted({r.policy for r in mine})
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -199,7 +200,7 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
             axis.grid(True, alpha=0.3)
         axes[0].legend()
         fig.tight_layout()
-        path = out_dir / f"{prefix}{workload}.png"
+        path = out_dir / (f"{prefix}{workload}.png" if len(workloads) > 1 else f"{prefix.rstrip('-')}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
@@ -209,7 +210,8 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
 def write(
     rows: Sequence[Row], out_dir: Path, *, name: str, command: str, meta: dict[str, Any]
 ) -> dict[str, Path]:
-    """Write `<name>.json` (raw), `<name>.md` (tables with the exact command) and `<name>-<workload>.png`."""
+    """Write `<name>.json` (raw), `<name>.md` (tables with the exact command) and `<name>.png` (plots; one
+    `<name>-<workload>.png` per workload when there are several)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = comparisons(rows)
     data = {

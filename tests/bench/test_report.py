@@ -63,5 +63,5 @@ def test_write_produces_json_markdown_and_png_with_the_command(tmp_path):
     assert data["command"] == "frontier-bench demo --out x"
     assert len(data["runs"]) == 4 and data["comparisons"][0]["baseline"] == "round-robin"
     assert "`frontier-bench demo --out x`" in paths["md"].read_text()
-    png = paths["demo-shared-prefix"]
+    png = paths["demo"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
