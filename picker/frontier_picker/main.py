@@ -3,7 +3,8 @@
 GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
 `--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
 `--cert-path`. Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`,
-`--max-body-bytes`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the log says which).
+`--max-body-bytes`, `--profile`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the
+log says which).
 """
 
 import argparse
@@ -51,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
         help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
     )
     parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+    parse.add_argument(
+        "--profile", help="scheduling profile: a built-in config without --config-*, else one of its profiles"
+    )
     parse.add_argument("--fallbacks", type=int, default=1, help="fallback endpoints after the primary")
     parse.add_argument(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413"
@@ -77,6 +81,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         secure_serving=arguments.secure_serving,
         cert_path=arguments.cert_path,
         config_text=config_text,
+        profile=arguments.profile,
         fallbacks=arguments.fallbacks,
         max_body_bytes=arguments.max_body_bytes,
         endpoints_file=arguments.endpoints_file,
@@ -94,8 +99,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(options(arguments)))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve(options(arguments)))
+    except ValueError as error:  # configuration errors name the field and value
+        raise SystemExit(f"frontier-picker: {error}") from None
 
 
 if __name__ == "__main__":

@@ -4,9 +4,9 @@
 bound ports (any port may be 0: the OS picks one, and the log line `event=listening` names it); `serve`
 runs until cancelled. Tests and benchmarks start it in-process; `frontier-picker` (main.py) wraps `serve`.
 
-Health follows the GIE EPP: services `liveness`, `readiness` and `envoy.service.ext_proc.v3.ExternalProcessor`
-on the health port (plaintext) and on the ext_proc port; readiness turns SERVING once discovery has delivered
-its first endpoint set.
+Health follows the GIE EPP: services `liveness`, `readiness`, `envoy.service.ext_proc.v3.ExternalProcessor`
+and `inference-extension` (what GIE's manifests probe) on the health port (plaintext) and on the ext_proc
+port; `readiness` and `inference-extension` turn SERVING once discovery has delivered its first endpoint set.
 """
 
 import asyncio
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 LIVENESS = "liveness"
 READINESS = "readiness"
+# What GIE's own manifests probe (liveness and readiness) on the health port; it follows readiness here.
+GIE_PROBE_SERVICE = "inference-extension"
+READINESS_SERVICES = (READINESS, GIE_PROBE_SERVICE)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -41,6 +44,7 @@ class Options:
     secure_serving: bool = True
     cert_path: Path | None = None
     config_text: str | None = None
+    profile: str | None = None
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
     endpoints_file: Path | None = None
@@ -84,7 +88,7 @@ async def start(
 ) -> Picker:
     """Start the picker in the running loop; `scheduler`/`store` override the ones built from `options`."""
     if scheduler is None:
-        scheduler = config.load(options.config_text, fallbacks=options.fallbacks)
+        scheduler = config.load(options.config_text, fallbacks=options.fallbacks, profile=options.profile)
     if store is None:
         store = datastore.Datastore()
     own_metrics = metrics.create()
@@ -98,7 +102,8 @@ async def start(
     serving = health_pb2.HealthCheckResponse.SERVING
     for service in ("", LIVENESS, names.EXT_PROC_SERVICE):
         await health_servicer.set(service, serving)
-    await health_servicer.set(READINESS, health_pb2.HealthCheckResponse.NOT_SERVING)
+    for service in READINESS_SERVICES:
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
@@ -106,9 +111,10 @@ async def start(
     def on_change() -> None:
         own_metrics.ready_endpoints.set(len(store.states()))
         if store.synced:
-            task = loop.create_task(health_servicer.set(READINESS, serving))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+            for service in READINESS_SERVICES:
+                task = loop.create_task(health_servicer.set(service, serving))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
 
     store.subscribe(on_change)
     on_change()

@@ -106,11 +106,12 @@ class Backend:
 
 
 class RecordingScheduler:
-    """Round-robin (the picker's default scheduler) that records decisions and completions, and sheds
-    requests whose objective is `sheddable` with 429 — a stand-in for a scheduler's load shedding."""
+    """A built-in profile of the picker (`round-robin` unless told: predictable routing), recording
+    decisions and completions, and shedding requests whose objective is `sheddable` with 429 — a stand-in
+    for a scheduler's load shedding."""
 
-    def __init__(self, *, fallbacks: int) -> None:
-        self.inner = config.load(None, fallbacks=fallbacks)
+    def __init__(self, *, fallbacks: int, profile: str | None = "round-robin") -> None:
+        self.inner = config.load(None, fallbacks=fallbacks, profile=profile)
         self.decisions: list[tuple[types.Request, types.Decision]] = []
         self.completions: list[types.Completion] = []
 
@@ -183,9 +184,11 @@ def start(
     fallbacks: int = 1,
     max_body_bytes: int = 5 * 1024 * 1024,
     secure: bool = True,
+    profile: str | None = "round-robin",
 ) -> Stack:
     """Backends on 127.2.0.1.., endpoints `dead` (ip:port with nothing listening) listed first, the picker
-    (file-less: the datastore is filled directly) and Envoy in `mode`."""
+    (file-less: the datastore is filled directly) with scheduling `profile` (None: the picker's default), and
+    Envoy in `mode`."""
     loop = LoopThread()
     servers = [Backend(address=f"127.2.0.{index + 1}") for index in range(backends)]
     for backend in servers:
@@ -197,7 +200,7 @@ def start(
         endpoints.Endpoint(name=f"e{index}", address=address, port=port)
         for index, (address, port) in enumerate(listed)
     )
-    scheduler = RecordingScheduler(fallbacks=fallbacks)
+    scheduler = RecordingScheduler(fallbacks=fallbacks, profile=profile)
     options = server.Options(
         address=FRONT,
         grpc_port=0,

@@ -3,6 +3,7 @@ routing, fallbacks, subsets, refusals, body integrity, streamed responses and co
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 
 import aiohttp
@@ -226,3 +227,18 @@ async def test_request_id_is_generated_when_absent_and_kept_when_present(gie: st
     request, _ = gie.scheduler.decisions[-1]
     assert request.request_id == "abc-1"
     assert last_received(gie, headers["x-served-by"]).headers["X-Request-ID"] == "abc-1"
+
+
+async def test_own_metrics_count_requests_errors_and_scheduling(gie: stack.Stack) -> None:
+    await post(gie.url + "/v1/completions", b'{"model":"metered","prompt":"x"}')
+    await post(gie.url + "/v1/completions", b"not json")
+    assert await stack.wait_for(lambda: gie.store.in_flight() == 0)
+    url = f"http://{stack.FRONT}:{gie.picker.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    assert 'frontier_picker_requests_total{code="200",model="metered"} 1.0' in text
+    assert 'frontier_picker_errors_total{code="400"}' in text
+    assert "frontier_picker_ready_endpoints 3.0" in text
+    assert 'frontier_picker_request_duration_seconds_count{model="metered"} 1.0' in text
+    count = re.search(r"frontier_picker_scheduling_duration_seconds_count (\S+)", text)
+    assert count is not None and float(count.group(1)) >= 1

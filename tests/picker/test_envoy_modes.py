@@ -119,3 +119,18 @@ async def test_older_body_modes_route_by_model_and_keep_bodies_intact(tmp_path: 
         assert running.store.in_flight() == 0
     finally:
         running.stop()
+
+
+async def test_default_scheduler_routes_through_envoy(tmp_path: Path) -> None:
+    running = stack.start(tmp_path, backends=3, fallbacks=1, profile=None)
+    try:
+        for index in range(6):
+            prompt = f"conversation {index % 2} " * 50
+            body = json.dumps({"model": "m", "prompt": prompt}).encode()
+            status, answer, served = await post(running.url + "/v1/completions", body)
+            assert status == 200, answer
+            _, decision = running.scheduler.decisions[-1]
+            assert served == decision.primary
+        assert await stack.wait_for(lambda: running.store.in_flight() == 0)
+    finally:
+        running.stop()

@@ -1,0 +1,76 @@
+"""Request bodies: model and prompt extraction, and the byte-splice model rewrite that leaves every other
+byte as the client sent it."""
+
+import json
+
+import pytest
+
+from frontier_picker import bodies
+
+
+def test_parse_reads_the_model_and_rejects_bodies_that_name_none() -> None:
+    assert bodies.parse(b'{"model": "m", "prompt": "x"}')["model"] == "m"
+    with pytest.raises(bodies.BodyError, match="not JSON"):
+        bodies.parse(b'{"model": ')
+    with pytest.raises(bodies.BodyError, match="JSON object"):
+        bodies.parse(b'"just a string"')
+    with pytest.raises(bodies.BodyError, match='"model"'):
+        bodies.parse(b'{"model": ""}')
+
+
+@pytest.mark.parametrize(
+    ("document", "prompt"),
+    [
+        ({"model": "m", "prompt": "once upon"}, "once upon"),
+        ({"model": "m", "prompt": ["a", "b"]}, "ab"),
+        (
+            {
+                "model": "m",
+                "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+            },
+            "system:be briefuser:hi",
+        ),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "look"}]}]},
+            "user:look",
+        ),
+        ({"model": "m", "input": "embed me"}, "embed me"),
+    ],
+)
+def test_prompt_text_follows_each_api(document: dict[str, object], prompt: str) -> None:
+    assert bodies.prompt_text(document) == prompt
+
+
+def test_rewrite_touches_only_the_top_level_model_value() -> None:
+    body = (
+        b'{"tools":[{"type":"function","function":{"parameters":{"model":{"type":"string"}}}}],'
+        b'"messages":[{"role":"user","content":"say \\"model\\": \\"x\\" {[ please"}],'
+        b' "model" :  "llama" ,"stream":true}'
+    )
+    rewritten = bodies.rewrite_model(body, "llama-8b")
+    assert rewritten == body.replace(b'"llama"', b'"llama-8b"')
+    assert json.loads(rewritten)["model"] == "llama-8b"
+    assert json.loads(rewritten)["tools"] == json.loads(body)["tools"]
+
+
+def test_rewrite_escapes_the_new_name_as_json() -> None:
+    rewritten = bodies.rewrite_model(b'{"model":"a"}', 'we"ird')
+    assert json.loads(rewritten) == {"model": 'we"ird'}
+
+
+def test_rewrite_refuses_a_body_without_a_top_level_model() -> None:
+    with pytest.raises(bodies.BodyError):
+        bodies.rewrite_model(b'{"options":{"model":"nested"}}', "x")
+
+
+def test_rewrite_of_a_large_prompt_is_a_splice() -> None:
+    prompt = "y" * 4_000_000
+    body = json.dumps({"messages": [{"role": "user", "content": prompt}], "model": "m"}).encode()
+    rewritten = bodies.rewrite_model(body, "other")
+    assert len(rewritten) == len(body) + len("other") - len("m")
+    assert rewritten.endswith(b'"model": "other"}')
+
+
+def test_inference_paths_ignore_the_query_string() -> None:
+    assert bodies.is_inference_path("/v1/chat/completions?x=1")
+    assert not bodies.is_inference_path("/v1/models")

@@ -1,0 +1,51 @@
+"""The rendered Envoy bootstraps are accepted by the real Envoy (`--mode validate`) in every mode, and carry
+the processing modes GKE/Istio use."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from frontier_picker import envoy_bootstrap
+
+from . import stack
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("mode", envoy_bootstrap.MODES)
+@pytest.mark.parametrize("static", [False, True])
+def test_envoy_accepts_the_bootstrap(tmp_path: Path, mode: str, static: bool) -> None:
+    config = envoy_bootstrap.bootstrap(
+        listen_address="127.2.0.100",
+        listen_port=10000,
+        picker_address="127.2.0.100",
+        picker_port=9002,
+        mode=mode,
+        endpoints=[("127.2.0.1", 8000), ("127.2.0.2", 8000)] if static else None,
+        admin_port=10001,
+        subset_from_header=True,
+    )
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [str(stack.ENVOY), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gie_mode_is_full_duplex_both_ways_and_cheap_mode_skips_the_response_body() -> None:
+    gie = envoy_bootstrap.processing_mode("gie")
+    assert gie["request_body_mode"] == gie["response_body_mode"] == "FULL_DUPLEX_STREAMED"
+    assert gie["request_trailer_mode"] == gie["response_trailer_mode"] == "SEND"
+    cheap = envoy_bootstrap.processing_mode("cheap")
+    assert (cheap["request_body_mode"], cheap["response_body_mode"], cheap["response_trailer_mode"]) == (
+        "FULL_DUPLEX_STREAMED",
+        "NONE",
+        "SEND",
+    )
+    with pytest.raises(ValueError, match="allowed"):
+        envoy_bootstrap.processing_mode("fast")

@@ -1,0 +1,146 @@
+"""The picker process: GIE's command line, bound ports logged, gRPC health services, TLS by default with a
+self-signed certificate, file discovery driving readiness, Prometheus metrics."""
+
+import asyncio
+import re
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from frontier_api import names
+from frontier_picker import main, server
+
+ADDRESS = "127.2.0.100"
+
+
+@pytest.fixture
+def picker_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int], Path]]:
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoints.write_text("endpoints: []\n")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "frontier_picker.main",
+            "--address",
+            ADDRESS,
+            "--grpc-port",
+            "0",
+            "--grpc-health-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--endpoints-file",
+            str(endpoints),
+            "--endpoints-poll-interval",
+            "0.05",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ports: dict[str, int] = {}
+    deadline = time.monotonic() + 20
+    assert process.stderr is not None
+    while time.monotonic() < deadline and not ports:
+        line = process.stderr.readline()
+        if "event=listening" in line:
+            ports = {key: int(value) for key, value in re.findall(r"(\w+_port)=(\d+)", line)}
+    assert ports, "the picker did not log event=listening"
+    yield process, ports, endpoints
+    process.terminate()
+    process.wait(10)
+
+
+def health_status(channel: grpc.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+
+
+def test_cli_serves_health_tls_and_readiness_follows_discovery(
+    picker_process: tuple[subprocess.Popen[str], dict[str, int], Path],
+) -> None:
+    _, ports, endpoints = picker_process
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with grpc.insecure_channel(f"{ADDRESS}:{ports['grpc_health_port']}") as channel:
+        assert health_status(channel, "liveness") == serving
+        assert health_status(channel, names.EXT_PROC_SERVICE) == serving
+        assert health_status(channel, "readiness") == serving  # the (empty) file was read
+        assert health_status(channel, "inference-extension") == serving  # GIE manifests probe this
+    # The ext_proc port speaks TLS with a self-signed certificate: trust exactly that one.
+    certificate = ssl.get_server_certificate((ADDRESS, ports["grpc_port"]))
+    credentials = grpc.ssl_channel_credentials(root_certificates=certificate.encode())
+    options = [("grpc.ssl_target_name_override", "frontier-picker")]
+    with grpc.secure_channel(f"{ADDRESS}:{ports['grpc_port']}", credentials, options=options) as channel:
+        assert health_status(channel, "readiness") == serving
+    endpoints.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    metrics_url = f"http://{ADDRESS}:{ports['metrics_port']}/metrics"
+    deadline = time.monotonic() + 5
+    while "frontier_picker_ready_endpoints 1.0" not in fetch(metrics_url):
+        assert time.monotonic() < deadline, fetch(metrics_url)
+        time.sleep(0.05)
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_command_line_mirrors_the_gie_flags() -> None:
+    arguments = main.parser().parse_args(
+        [
+            "--pool-name",
+            "chat",
+            "--pool-namespace",
+            "serving",
+            "--secure-serving",
+            "false",
+            "--fallbacks",
+            "2",
+        ]
+    )
+    options = main.options(arguments)
+    assert (options.grpc_port, options.grpc_health_port, options.metrics_port) == (9002, 9003, 9090)
+    assert (options.pool_name, options.pool_namespace, options.secure_serving, options.fallbacks) == (
+        "chat",
+        "serving",
+        False,
+        2,
+    )
+    assert main.options(main.parser().parse_args([])).secure_serving is True
+    with pytest.raises(SystemExit):
+        main.options(main.parser().parse_args(["--pool-name", "a", "--endpoints-file", "x.yaml"]))
+
+
+async def test_not_ready_until_discovery_delivers_endpoints(tmp_path: Path) -> None:
+    missing = tmp_path / "endpoints.yaml"
+    options = server.Options(
+        address=ADDRESS,
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_port=0,
+        secure_serving=False,
+        endpoints_file=missing,
+        endpoints_poll_s=0.02,
+    )
+    picker = await server.start(options)
+    try:
+        async with grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_health_port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="readiness")
+            assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            missing.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+            for _ in range(200):
+                if (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                await asyncio.sleep(0.01)
+            assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await picker.stop()
