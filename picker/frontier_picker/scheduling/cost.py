@@ -22,6 +22,7 @@ metrics are stale, the picker's own in-flight accounting replaces the engine's c
 """
 
 import collections
+import contextlib
 import dataclasses
 
 import numpy as np
@@ -93,7 +94,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         self.load_s = load_s
         self.staleness_s = staleness_s
         self._pending: dict[str, _Pending] = {}
-        self._requests: dict[str, list[tuple[str, float]]] = {}
+        self._requests: dict[str, list[tuple[str, tuple[float, float]]]] = {}
 
     @classmethod
     def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
@@ -183,8 +184,9 @@ class PredictedTTFTScorer(plugins.Scorer):
             pending = self._pending[key] = _Pending()
         pending.uncached_tokens += tokens
         pending.requests += 1
-        pending.recent.append((now, tokens))
-        self._requests.setdefault(request_id, []).append((key, tokens))
+        sent = (now, tokens)
+        pending.recent.append(sent)
+        self._requests.setdefault(request_id, []).append((key, sent))
 
     def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
         predictions = cycle.derived.get(f"ttft_uncached:{id(self)}", [])
@@ -211,11 +213,14 @@ class PredictedTTFTScorer(plugins.Scorer):
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
     ) -> None:
-        for key, tokens in self._requests.pop(request.request_id, ()):
+        for key, sent in self._requests.pop(request.request_id, ()):
             pending = self._pending.get(key)
             if pending is None:
                 continue
-            pending.uncached_tokens = max(0.0, pending.uncached_tokens - tokens)
+            # A finished request is in no queue, even if no scrape has seen it yet.
+            with contextlib.suppress(ValueError):
+                pending.recent.remove(sent)
+            pending.uncached_tokens = max(0.0, pending.uncached_tokens - sent[1])
             pending.requests = max(0, pending.requests - 1)
             if pending.requests == 0 and not pending.recent:
                 del self._pending[key]

@@ -1,0 +1,196 @@
+"""The model-server metrics scraper: keeps every endpoint's `EndpointState.metrics` fresh.
+
+Each endpoint gets its own asyncio task that GETs `http://ip:port/metrics` every `interval_s` (50 ms, as GIE
+polls), with a per-request timeout and, after failures, exponential backoff up to `max_backoff_s`. A vLLM
+/metrics body is tens to hundreds of kilobytes, most of it histogram buckets the picker never reads, so the
+body is not parsed: for each wanted family (engine-specific names from `frontier_api.names.ENGINE_METRICS`,
+engine chosen by the endpoint's label) the scraper searches the raw bytes for lines starting with that name
+and reads only those lines. A successful scrape replaces `state.metrics` with a new object stamped
+`updated_at = clock()` (monotonic), so age and staleness are visible to the schedulers; a failed one leaves
+the old metrics to age and counts `state.scrape_failures` (total, never reset).
+
+The endpoints come from a callable returning the datastore's live states, read again every interval, so
+endpoints that join or leave the pool start or stop being scraped within one interval.
+"""
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+
+import aiohttp
+
+from frontier_api import names
+from frontier_picker import endpoints
+
+log = logging.getLogger(__name__)
+
+_LABEL = re.compile(rb'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metrics_url(endpoint: endpoints.Endpoint) -> str:
+    host = f"[{endpoint.address}]" if ":" in endpoint.address else endpoint.address
+    return f"http://{host}:{endpoint.port}/metrics"
+
+
+def samples(body: bytes, name: str) -> list[tuple[bytes, float]]:
+    """`(labels, value)` of every sample line of metric `name`, found without parsing the rest of the body."""
+    wanted = name.encode()
+    needle = b"\n" + wanted
+    found = []
+    if body.startswith(wanted):
+        start = 0
+    else:
+        hit = body.find(needle)
+        start = hit + 1 if hit >= 0 else -1
+    while start >= 0:
+        after = start + len(wanted)
+        end = body.find(b"\n", after)
+        if end < 0:
+            end = len(body)
+        marker = body[after : after + 1]
+        if marker in (b"{", b" "):
+            line = body[after:end]
+            labels = b""
+            if marker == b"{":
+                close = line.rfind(b"}")
+                labels, line = line[1:close], line[close + 1 :]
+            fields = line.split()
+            if fields:
+                with contextlib.suppress(ValueError):
+                    found.append((labels, float(fields[0])))
+        next_line = body.find(needle, end)
+        start = next_line + 1 if next_line >= 0 else -1
+    return found
+
+
+def labels(raw: bytes) -> dict[str, str]:
+    return {key.decode(): value.decode() for key, value in _LABEL.findall(raw)}
+
+
+def _adapters(value: str) -> frozenset[str]:
+    return frozenset(item for item in value.split(",") if item)
+
+
+def parse(body: bytes, engine: str, *, now: float) -> endpoints.EndpointMetrics:
+    """The metrics the picker reads from one /metrics body of an `engine` model server.
+
+    Several sample lines of one family (one per engine process behind the endpoint) are combined: queue and
+    batch counts add up, KV use takes the fullest.
+    """
+    family = names.ENGINE_METRICS.get(engine, names.ENGINE_METRICS[names.ENGINE_VLLM])
+    waiting = sum(value for _, value in samples(body, family.waiting))
+    running = sum(value for _, value in samples(body, family.running))
+    kv = 0.0
+    for kv_name in family.kv_usage:
+        found = samples(body, kv_name)
+        if found:
+            kv = max(value for _, value in found)
+            break
+    metrics = endpoints.EndpointMetrics(
+        waiting=int(waiting), running=int(running), kv_usage=kv, updated_at=now
+    )
+    config = samples(body, family.cache_config)
+    if config:
+        info = labels(config[0][0])
+        with contextlib.suppress(KeyError, ValueError):
+            metrics.block_size = int(info[family.block_size_label])
+        with contextlib.suppress(KeyError, ValueError):
+            metrics.num_gpu_blocks = int(info[family.num_blocks_label])
+    if family.lora:
+        lora = samples(body, family.lora)
+        if lora:
+            # One line per change; its value is a timestamp, the latest is the current state.
+            latest = labels(max(lora, key=lambda sample: sample[1])[0])
+            metrics.running_loras = _adapters(latest.get("running_lora_adapters", ""))
+            metrics.waiting_loras = _adapters(latest.get("waiting_lora_adapters", ""))
+            with contextlib.suppress(ValueError):
+                metrics.max_loras = int(latest.get("max_lora", ""))
+    return metrics
+
+
+class Scraper:
+    """Scrapes every endpoint the `states` callable returns, each on its own schedule."""
+
+    def __init__(
+        self,
+        states: Callable[[], Iterable[endpoints.EndpointState]],
+        *,
+        interval_s: float = 0.05,
+        timeout_s: float = 1.0,
+        max_backoff_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        url: Callable[[endpoints.Endpoint], str] = metrics_url,
+    ) -> None:
+        self._source = states
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self._clock = clock
+        self._url = url
+        self._states: dict[str, endpoints.EndpointState] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.scrapes = 0
+        self.failures = 0
+
+    async def run(self) -> None:
+        """Scrape until cancelled."""
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=1)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+        ) as session:
+            self._session = session
+            try:
+                while True:
+                    self._reconcile()
+                    await asyncio.sleep(self.interval_s)
+            finally:
+                tasks = list(self._tasks.values())
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._tasks.clear()
+                self._session = None
+
+    def _reconcile(self) -> None:
+        current = {state.endpoint.key: state for state in self._source()}
+        self._states = current
+        for key in self._tasks.keys() - current.keys():
+            self._tasks.pop(key).cancel()
+        for key in current.keys() - self._tasks.keys():
+            self._tasks[key] = asyncio.create_task(self._scrape_forever(key), name=f"scrape {key}")
+
+    async def _scrape_forever(self, key: str) -> None:
+        consecutive = 0
+        while True:
+            state = self._states.get(key)
+            if state is None:
+                return
+            try:
+                await self.scrape(state)
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                consecutive += 1
+                self.failures += 1
+                state.scrape_failures += 1
+                if consecutive == 1:
+                    log.warning("event=scrape_failed endpoint=%s error=%r", key, error)
+                delay = min(self.max_backoff_s, self.interval_s * 2**consecutive)
+            else:
+                if consecutive:
+                    log.info("event=scrape_recovered endpoint=%s failures=%d", key, consecutive)
+                consecutive = 0
+                delay = self.interval_s
+            await asyncio.sleep(delay)
+
+    async def scrape(self, state: endpoints.EndpointState) -> None:
+        """One scrape of one endpoint; raises on a transport error or an HTTP error status."""
+        if self._session is None:
+            raise RuntimeError("the scraper is not running")
+        async with self._session.get(self._url(state.endpoint)) as response:
+            response.raise_for_status()
+            body = await response.read()
+        state.metrics = parse(body, state.endpoint.engine_type, now=self._clock())
+        self.scrapes += 1

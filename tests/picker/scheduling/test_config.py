@@ -1,0 +1,172 @@
+"""EndpointPickerConfig loading: the built-in profiles and errors that name what is wrong."""
+
+import textwrap
+
+import pytest
+
+from frontier_picker.scheduling import config, filters, plugins, prefix, profiles, round_robin, scorers
+
+HEAD = "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+
+
+def load(body: str, **kwargs):
+    return config.load(HEAD + textwrap.dedent(body), **kwargs)
+
+
+def test_default_is_the_frontier_profile_with_prefill_disaggregation():
+    scheduler = config.load(None)
+    assert isinstance(scheduler, profiles.ProfileScheduler)
+    assert scheduler.profile.name == "frontier"
+    assert scheduler.disaggregation is not None
+    assert scheduler.disaggregation.profile.name == "frontier-prefill"
+    assert scheduler.disaggregation.threshold == 2048
+
+
+def test_gie_default_is_exactly_queue2_kv2_prefix3_max_score():
+    scheduler = config.load(None, profile="gie-default")
+    assert isinstance(scheduler, profiles.ProfileScheduler)
+    profile = scheduler.profile
+    assert profile.filters == []
+    assert [(type(w.scorer), w.weight) for w in profile.scorers] == [
+        (scorers.QueueScorer, 2.0),
+        (scorers.KVCacheUtilizationScorer, 2.0),
+        (prefix.PrefixCacheScorer, 3.0),
+    ]
+    assert profile.picker.type_name == "max-score-picker"
+    index = profile.scorers[2].scorer.index  # type: ignore[attr-defined]
+    assert (index.block_size, index.max_blocks, index.lru_capacity) == (64, 256, 31_250)
+    assert scheduler.disaggregation is None
+
+
+def test_round_robin_is_a_builtin_and_unknown_builtins_are_refused():
+    assert isinstance(config.load(None, profile="round-robin", fallbacks=2), round_robin.RoundRobin)
+    with pytest.raises(plugins.ConfigError, match="'fastest'.*frontier, gie-default, round-robin"):
+        config.load(None, profile="fastest")
+
+
+def test_a_minimal_gie_config_loads_with_weights_and_default_picker():
+    scheduler = load(
+        """
+        plugins:
+        - type: queue-scorer
+        - name: kv
+          type: kv-cache-utilization-scorer
+        schedulingProfiles:
+        - name: default
+          plugins:
+          - pluginRef: queue-scorer
+          - pluginRef: kv
+            weight: 5
+        """
+    )
+    assert isinstance(scheduler, profiles.ProfileScheduler)
+    assert [w.weight for w in scheduler.profile.scorers] == [1.0, 5.0]
+    assert scheduler.profile.picker.type_name == "max-score-picker"
+
+
+def test_saturation_detector_section_sets_the_filter_and_admission_thresholds():
+    scheduler = load(
+        """
+        saturationDetector: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.9, metricsStalenessThreshold: 100ms}
+        plugins:
+        - type: saturation-filter
+        schedulingProfiles:
+        - name: default
+          plugins: [{pluginRef: saturation-filter}]
+        """
+    )
+    assert isinstance(scheduler, profiles.ProfileScheduler)
+    stage = scheduler.profile.filters[0]
+    assert isinstance(stage, filters.SaturationFilter)
+    assert (stage.thresholds.queue_depth, stage.thresholds.kv_utilization) == (3, 0.9)
+    assert stage.thresholds.staleness_s == pytest.approx(0.1)
+    assert scheduler.thresholds == stage.thresholds
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("plugins: []\nschedulingProfile: []\n", "unknown field 'schedulingProfile'"),
+        ("plugins:\n- type: queue-scorer\n  weight: 2\n", r"plugins\[0\]: unknown field 'weight'"),
+        ("plugins:\n- type: queue-scorers\n", "unknown type 'queue-scorers'"),
+        (
+            "plugins:\n- type: prefix-cache-scorer\n  parameters: {blockSizeTokens: 16}\n",
+            "unknown parameter 'blockSizeTokens'",
+        ),
+        (
+            "plugins:\n- type: prefix-cache-scorer\n  parameters: {blockSize: big}\n",
+            "'blockSize' must be an integer",
+        ),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- name: p\n  plugins: [{weight: 2}]\n",
+            r"schedulingProfiles\[0\].plugins\[0\]: missing field 'pluginRef'",
+        ),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- name: p\n  plugins: [{pluginRef: kv}]\n",
+            "pluginRef 'kv' names no plugin; plugins: queue-scorer",
+        ),
+        (
+            "plugins: [{type: queue-scorer}, {type: queue-scorer}]\nschedulingProfiles: []\n",
+            "plugin name 'queue-scorer' is used twice",
+        ),
+        (
+            "plugins: [{type: predicted-ttft-scorer}]\n"
+            "schedulingProfiles:\n- name: p\n  plugins: [{pluginRef: predicted-ttft-scorer}]\n",
+            "consumes 'prefix-index', which no configured plugin produces",
+        ),
+        (
+            "plugins: [{type: single-profile-handler}]\n"
+            "schedulingProfiles:\n- name: p\n  plugins: [{pluginRef: single-profile-handler}]\n",
+            "is a handler plugin",
+        ),
+        (
+            "plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- name: p\n  plugins: [{pluginRef: queue-scorer, weight: -1}]\n",
+            "weight must be a number >= 0",
+        ),
+        ("plugins: [{type: queue-scorer}]\nschedulingProfiles: []\n", "at least one profile"),
+        (
+            "saturationDetector: {queueDepth: 3}\nschedulingProfiles: [{name: p}]\n",
+            "unknown field 'queueDepth'",
+        ),
+        (
+            "saturationDetector: {metricsStalenessThreshold: soon}\nschedulingProfiles: [{name: p}]\n",
+            "'soon' is not a duration",
+        ),
+    ],
+)
+def test_config_errors_name_the_offending_field(body, message):
+    with pytest.raises(plugins.ConfigError, match=message):
+        load(body)
+
+
+def test_api_version_and_kind_are_checked():
+    with pytest.raises(plugins.ConfigError, match="apiVersion: 'v1'"):
+        config.load("apiVersion: v1\nkind: EndpointPickerConfig\n")
+    with pytest.raises(plugins.ConfigError, match="kind: 'Config'"):
+        config.load("apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: Config\n")
+    with pytest.raises(plugins.ConfigError, match="not valid YAML"):
+        config.load("plugins: [")
+
+
+def test_profile_selection_by_name_and_ambiguity():
+    body = """
+        plugins: [{type: queue-scorer}]
+        schedulingProfiles:
+        - name: a
+          plugins: [{pluginRef: queue-scorer}]
+        - name: b
+          plugins: [{pluginRef: queue-scorer}]
+        """
+    selected = load(body, profile="b")
+    assert isinstance(selected, profiles.ProfileScheduler)
+    assert selected.profile.name == "b"
+    with pytest.raises(plugins.ConfigError, match="several profiles"):
+        load(body)
+    with pytest.raises(plugins.ConfigError, match="profile 'c' is not in schedulingProfiles"):
+        load(body, profile="c")
+
+
+def test_builtin_configs_are_valid_gie_documents():
+    for name in ("frontier", "gie-default"):
+        document = config.parse(config.builtin_text(name))
+        assert document["kind"] == "EndpointPickerConfig"

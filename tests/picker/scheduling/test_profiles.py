@@ -1,0 +1,193 @@
+"""Profile behaviour users rely on: load avoidance, prefix stickiness until saturation, no herding,
+serving on in-flight accounting when metrics are stale, shedding by priority, prefill/decode choice."""
+
+import collections
+import textwrap
+
+import pytest
+
+from frontier_picker.scheduling import config, types
+
+from . import fleet
+
+SHARED = "".join(f"system prompt block {i:04d} ".ljust(64, "~") for i in range(64))  # 4 KB shared prefix
+
+
+def prompt(i: int) -> str:
+    return SHARED + f"user question number {i} " * 20
+
+
+def complete(scheduler, request, decision) -> None:
+    scheduler.on_completion(request, decision, types.Completion(endpoint=decision.primary, status=200))
+
+
+@pytest.mark.parametrize("profile", ["frontier", "gie-default"])
+def test_long_queue_is_avoided(profile):
+    scheduler = config.load(None, profile=profile, seed=1)
+    states = [fleet.state(0, waiting=4, running=30), fleet.state(1, waiting=0, running=30)]
+    for i in range(20):
+        request = fleet.request(f"unrelated prompt {i} " * 40, request_id=str(i))
+        decision = scheduler.schedule(request, fleet.snapshot(states))
+        assert decision.primary == fleet.key(1)
+        complete(scheduler, request, decision)
+
+
+def test_gie_default_scores_are_2_queue_plus_2_kv_plus_3_prefix():
+    scheduler = config.load(None, profile="gie-default", seed=1, fallbacks=2)
+    states = [fleet.state(0, waiting=2, kv=0.5), fleet.state(1, waiting=4, kv=0.1), fleet.state(2, kv=0.9)]
+    first = fleet.request(prompt(0), request_id="a")
+    decision = scheduler.schedule(first, fleet.snapshot(states))
+    # queue (1, 0.5, 0) x2 vs (0.5, 0, 1) by waiting (2, 4, 0): e0 = 1 + 1 = 2, e1 = 0 + 1.8, e2 = 2 + 0.2
+    assert decision.scores == pytest.approx({fleet.key(2): 2.2, fleet.key(0): 2.0, fleet.key(1): 1.8})
+    second = fleet.request(SHARED, request_id="b")  # every block of it is now held by e2
+    assert scheduler.schedule(second, fleet.snapshot(states)).scores[fleet.key(2)] == pytest.approx(5.2)
+
+
+@pytest.mark.parametrize("profile", ["frontier", "gie-default"])
+def test_shared_prefix_sticks_to_one_endpoint(profile):
+    scheduler = config.load(None, profile=profile, seed=3)
+    states = [fleet.state(i) for i in range(4)]
+    chosen = set()
+    for i in range(12):
+        request = fleet.request(prompt(i), request_id=str(i))
+        decision = scheduler.schedule(request, fleet.snapshot(states))
+        chosen.add(decision.primary)
+        complete(scheduler, request, decision)
+    assert len(chosen) == 1
+
+
+def test_shared_prefix_sticks_to_one_endpoint_until_saturated():
+    scheduler = config.load(None, seed=3)
+    states = [fleet.state(i) for i in range(4)]
+    first = scheduler.schedule(fleet.request(prompt(0), request_id="0"), fleet.snapshot(states)).primary
+    hot = next(state for state in states if state.endpoint.key == first)
+    hot.metrics.waiting = 5  # the engine now reports a full queue: saturated
+    moved = set()
+    for i in range(1, 8):
+        request = fleet.request(prompt(i), request_id=str(i))
+        decision = scheduler.schedule(request, fleet.snapshot(states))
+        moved.add(decision.primary)
+        complete(scheduler, request, decision)
+    assert first not in moved
+    assert len(moved) == 1  # and the prefix sticks again, to its new endpoint
+
+
+def test_frontier_spreads_a_burst_instead_of_herding_onto_the_prefix_holder():
+    scheduler = config.load(None, seed=5)
+    states = [fleet.state(i) for i in range(4)]
+    counts = collections.Counter(
+        scheduler.schedule(fleet.request(prompt(i), request_id=str(i)), fleet.snapshot(states)).primary
+        for i in range(40)
+    )  # no completions and no new scrape: only the picker's own accounting sees the burst
+    assert len(counts) == 4
+    assert max(counts.values()) < 20
+
+
+def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
+    scheduler = config.load(None, seed=5)
+    states = [fleet.state(i) for i in range(3)]
+    sent = [(fleet.request(prompt(i), request_id=str(i)),) for i in range(12)]
+    decisions = [scheduler.schedule(request, fleet.snapshot(states)) for (request,) in sent]
+    holder = decisions[0].primary
+    for (request,), decision in zip(sent, decisions, strict=True):
+        complete(scheduler, request, decision)
+    after = scheduler.schedule(fleet.request(prompt(99), request_id="99"), fleet.snapshot(states))
+    assert after.primary == holder
+
+
+def test_all_stale_metrics_fall_back_on_in_flight_accounting():
+    scheduler = config.load(None, seed=1)
+    # Stale metrics claim e1 is idle, but the picker itself has 6 requests in flight there.
+    states = [
+        fleet.state(0, age=9.0, waiting=3, in_flight=1),
+        fleet.state(1, age=9.0, in_flight=6),
+        fleet.state(2, age=9.0, waiting=3, in_flight=2),
+    ]
+    decision = scheduler.schedule(fleet.request("q " * 100), fleet.snapshot(states))
+    assert decision.primary == fleet.key(0)
+
+
+def test_stale_endpoint_is_routed_around_when_others_are_fresh():
+    for profile in ("frontier",):
+        scheduler = config.load(None, profile=profile, seed=1)
+        states = [fleet.state(0, age=0.5), fleet.state(1, waiting=3, running=20)]
+        for i in range(10):
+            assert scheduler.schedule(
+                fleet.request(request_id=str(i)), fleet.snapshot(states)
+            ).primary == fleet.key(1)
+
+
+def test_sheddable_requests_get_429_only_when_every_endpoint_is_saturated():
+    scheduler = config.load(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n"
+        + textwrap.dedent(
+            """
+            plugins:
+            - type: queue-scorer
+            - type: inference-objectives
+              parameters:
+                objectives: [{name: batch, priority: -1}, {name: chat, priority: 10}]
+            schedulingProfiles:
+            - name: default
+              plugins: [{pluginRef: queue-scorer}]
+            """
+        )
+    )
+    full = [fleet.state(0, waiting=9), fleet.state(1, kv=0.95)]
+    with pytest.raises(types.Rejection) as rejected:
+        scheduler.schedule(fleet.request(objective="batch"), fleet.snapshot(full))
+    assert rejected.value.status == 429
+    with pytest.raises(types.Rejection):
+        scheduler.schedule(fleet.request(priority=-2), fleet.snapshot(full))
+    assert scheduler.schedule(fleet.request(objective="chat"), fleet.snapshot(full)).primary
+    assert scheduler.schedule(fleet.request(), fleet.snapshot(full)).primary
+    one_free = [fleet.state(0, waiting=9), fleet.state(1)]
+    assert scheduler.schedule(
+        fleet.request(objective="batch"), fleet.snapshot(one_free)
+    ).primary == fleet.key(1)
+
+
+def test_no_endpoint_or_no_endpoint_for_the_model_is_503():
+    scheduler = config.load(None)
+    with pytest.raises(types.Rejection) as empty:
+        scheduler.schedule(fleet.request(), fleet.snapshot([]))
+    assert empty.value.status == 503
+    other_model = [fleet.state(0, labels={"inference.frontier.dev/model": "qwen"})]
+    with pytest.raises(types.Rejection, match="'llama'") as wrong:
+        scheduler.schedule(fleet.request(), fleet.snapshot(other_model))
+    assert wrong.value.status == 503
+
+
+def test_prefill_endpoint_is_chosen_only_for_long_uncached_prompts():
+    scheduler = config.load(None, seed=2)
+    states = [
+        fleet.state(0, labels=fleet.role("prefill"), waiting=1),
+        fleet.state(1, labels=fleet.role("prefill")),
+        fleet.state(2, labels=fleet.role("decode")),
+    ]
+    long_prompt = "".join(f"document {i} ".ljust(64, "#") for i in range(160))  # 10 KB, ~2,560 tokens
+    first = scheduler.schedule(fleet.request(long_prompt, request_id="a"), fleet.snapshot(states))
+    assert (first.primary, first.prefill) == (fleet.key(2), fleet.key(1))
+    short = scheduler.schedule(fleet.request("hello " * 50, request_id="b"), fleet.snapshot(states))
+    assert (short.primary, short.prefill) == (fleet.key(2), None)
+    # The decode endpoint now holds the long prompt's KV: resending it leaves too little uncached to ship.
+    again = scheduler.schedule(fleet.request(long_prompt + "more", request_id="c"), fleet.snapshot(states))
+    assert (again.primary, again.prefill) == (fleet.key(2), None)
+
+
+def test_fallbacks_follow_the_primary():
+    scheduler = config.load(None, fallbacks=2, seed=1)
+    states = [fleet.state(0, waiting=3), fleet.state(1), fleet.state(2, waiting=1)]
+    decision = scheduler.schedule(fleet.request("x" * 400), fleet.snapshot(states))
+    assert decision.endpoints == [fleet.key(1), fleet.key(2), fleet.key(0)]
+
+
+def test_session_requests_stay_on_their_endpoint():
+    scheduler = config.load(None, seed=4)
+    states = [fleet.state(i) for i in range(4)]
+    first = scheduler.schedule(
+        fleet.request("a" * 300, request_id="1", session_token="s1"), fleet.snapshot(states)
+    )
+    for i in range(2, 10):
+        request = fleet.request(f"turn {i} unrelated text " * 10, request_id=str(i), session_token="s1")
+        assert scheduler.schedule(request, fleet.snapshot(states)).primary == first.primary
