@@ -40,7 +40,7 @@ def test_gie_default_is_exactly_queue2_kv2_prefix3_max_score():
 
 def test_round_robin_is_a_builtin_and_unknown_builtins_are_refused():
     assert isinstance(config.load(None, profile="round-robin", fallbacks=2), round_robin.RoundRobin)
-    with pytest.raises(plugins.ConfigError, match="'fastest'.*frontier, gie-default, round-robin"):
+    with pytest.raises(plugins.ConfigError, match=r"'fastest'.*frontier, gie-default, round-robin"):
         config.load(None, profile="fastest")
 
 
@@ -67,7 +67,10 @@ def test_a_minimal_gie_config_loads_with_weights_and_default_picker():
 def test_saturation_detector_section_sets_the_filter_and_admission_thresholds():
     scheduler = load(
         """
-        saturationDetector: {queueDepthThreshold: 3, kvCacheUtilThreshold: 0.9, metricsStalenessThreshold: 100ms}
+        saturationDetector:
+          queueDepthThreshold: 3
+          kvCacheUtilThreshold: 0.9
+          metricsStalenessThreshold: 100ms
         plugins:
         - type: saturation-filter
         schedulingProfiles:
@@ -120,7 +123,8 @@ def test_saturation_detector_section_sets_the_filter_and_admission_thresholds():
             "is a handler plugin",
         ),
         (
-            "plugins: [{type: queue-scorer}]\nschedulingProfiles:\n- name: p\n  plugins: [{pluginRef: queue-scorer, weight: -1}]\n",
+            "plugins: [{type: queue-scorer}]\n"
+            "schedulingProfiles:\n- name: p\n  plugins: [{pluginRef: queue-scorer, weight: -1}]\n",
             "weight must be a number >= 0",
         ),
         ("plugins: [{type: queue-scorer}]\nschedulingProfiles: []\n", "at least one profile"),

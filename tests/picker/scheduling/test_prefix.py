@@ -1,5 +1,5 @@
-"""The approximate prefix index: GIE hashing (64-char blocks, chained xxhash64 seeded by model, <= 256 blocks),
-per-endpoint LRU, matching, and the prefix-cache scorer."""
+"""The approximate prefix index: GIE hashing (64-char blocks, chained xxhash64 seeded by model, at most 256
+blocks), per-endpoint LRU, matching, and the prefix-cache scorer."""
 
 import numpy as np
 import xxhash
