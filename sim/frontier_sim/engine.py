@@ -535,21 +535,25 @@ class Engine:
             return
         first = seq.num_registered
         hashes = self._hashes(seq, full)
-        stored = []
-        for i in range(first, full):
-            if self.pool.register(seq.blocks[i], hashes[i]):
-                stored.append(hashes[i])
-        seq.num_registered = full
-        if stored:
-            self.pool.events.append(
-                BlockStored(
-                    block_hashes=stored,
-                    parent_block_hash=hashes[first - 1] if first else None,
-                    token_ids=seq.tokens(first * bs, full * bs),
-                    block_size=bs,
-                    lora_id=self.lora_ids.get(seq.lora) if seq.lora else None,
+        lora_id = self.lora_ids.get(seq.lora) if seq.lora else None
+        run: list[int] = []  # consecutive newly registered blocks: one BlockStored each run
+        for i in range(first, full + 1):
+            if i < full and self.pool.register(seq.blocks[i], hashes[i]):
+                run.append(i)
+                continue
+            if run:
+                start, end = run[0], run[-1] + 1
+                self.pool.events.append(
+                    BlockStored(
+                        block_hashes=hashes[start:end],
+                        parent_block_hash=hashes[start - 1] if start else None,
+                        token_ids=seq.tokens(start * bs, end * bs),
+                        block_size=bs,
+                        lora_id=lora_id,
+                    )
                 )
-            )
+                run = []
+        seq.num_registered = full
 
     def _preempt(self, seq: EngineRequest) -> None:
         self.pool.release(seq.blocks)

@@ -67,6 +67,8 @@ class Publisher:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 100_000)
         self.socket.bind(endpoint)
+        # The bound endpoint, with the port resolved when the configured one was a wildcard (`tcp://ip:*`).
+        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.seq = 0
 
     def publish(self, ts: float, events: Sequence[engine.KVEvent]) -> None:
