@@ -22,7 +22,6 @@ The message handlers are synchronous and return the replies to send, so the per-
 where it must be; the servicer just moves messages between them and gRPC.
 """
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -432,6 +431,16 @@ class Stream:
             return [_streamed(piece, end=body.end_of_stream, response=True) for piece in _pieces(chunk)]
         return [_CONTINUE_RESPONSE_BODY]
 
+    def finished(self) -> bool:
+        """Whether the response is known to have ended, judged when the stream closes.
+
+        Envoy 1.40 ends the stream the same way (a half-close, sometimes a reset) whether the client went
+        away or a response ended without trailers, so only a seen end (last body chunk, trailers) proves
+        completion. Without the response body (mode NONE) there is no such sign: a stream that got as far
+        as the response headers then counts as finished.
+        """
+        return self.response_ended or (self.response_mode == _NONE and self.status != 0)
+
     def _end_response(self) -> None:
         self.response_ended = True
         self.complete(aborted=False)
@@ -496,20 +505,11 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):
         context: grpc.aio.ServicerContext,
     ) -> None:
         stream = Stream(self.ctx)
-        aborted = True
         try:
             async for message in request_iterator:
                 for reply in stream.on_message(message):
                     await context.write(reply)
                 if stream.closed:
                     break
-            # Envoy 1.40 half-closes the stream when the client goes away, so ending quietly is not
-            # success: only a response whose end was seen (last body chunk, trailers) completed.
-            aborted = not stream.response_ended
-        except asyncio.CancelledError:
-            # With the response body NONE and trailers SEND, Envoy 1.40 resets the stream when a response
-            # without trailers ends: after the response headers, that is the normal end.
-            aborted = not (stream.response_ended or (stream.status and stream.response_mode == _NONE))
-            raise
         finally:
-            stream.complete(aborted=aborted)
+            stream.complete(aborted=not stream.finished())
