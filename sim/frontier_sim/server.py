@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 # Behind schedule by more than this, the driver stops trying to catch up (keeps steps spaced, avoids bursts).
 MAX_CATCH_UP_S = 0.05
+SHUTDOWN_GRACE_S = 1.0
 
 
 class RequestError(Exception):
@@ -544,7 +545,10 @@ class Server:
 async def serving(config: settings.Settings, *, zmq_context: zmq.Context | None = None) -> Any:
     """Run one server on `config.host:config.port` (port 0: the OS picks); yields the started `Server`."""
     server = Server(config, zmq_context=zmq_context)
-    runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
+    # On exit, requests still open get SHUTDOWN_GRACE_S to finish, then are cancelled (aborted in the engine).
+    runner = web.AppRunner(
+        server.app(), handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
@@ -565,6 +569,6 @@ async def serving(config: settings.Settings, *, zmq_context: zmq.Context | None 
     try:
         yield server
     finally:
-        await server.stop()
         await runner.cleanup()
+        await server.stop()
         log.info("event=engine_stopped engine=%s", server.engine_id)

@@ -300,3 +300,17 @@ async def test_lora_adapters_load_and_show_in_metrics(subnet):
         status, body = await task
     assert 'running_lora_adapters="sql"' in page and 'max_lora="2"' in page
     assert status == 200 and body["model"] == "sql"
+
+
+async def test_shutdown_with_open_streams_is_prompt(subnet):
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session:
+        async with server.serving(config(f"{subnet}.1")) as srv:
+            url = f"http://{srv.address}:{srv.port}"
+            task = asyncio.create_task(stream(session, url, prompt=text("x", 100), max_tokens=5000))
+            while srv.core.num_running == 0:
+                await asyncio.sleep(0.01)
+            started = loop.time()
+        assert loop.time() - started < server.SHUTDOWN_GRACE_S + 2.0
+        with contextlib.suppress(aiohttp.ClientError, AssertionError):
+            await task
