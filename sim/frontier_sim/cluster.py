@@ -1,0 +1,532 @@
+"""The virtual-time cluster: many simulated vLLM engines and a router on one discrete-event model clock.
+
+It is how Frontier reasons past one machine: sweeps of 16 to 1,000+ engines and hours of traffic in minutes,
+with the same engine core the real-time server runs (`engine.Engine`, priced by the calibrated step model)
+and the picker's own scheduling code called in-process.
+
+    results = cluster.run(
+        engines=cluster.engines(64, args=["--model", "meta-llama/Llama-3.1-8B-Instruct"]),
+        workload=[cluster.Arrival(at=0.0, model="m", prompt="...", max_tokens=128), ...],
+        policy="frontier",          # a picker profile, a picker config text, a baseline, or "oracle"
+    )
+    results.summary()               # TTFT / TPOT / e2e percentiles, throughput, hit rate, imbalance
+
+The clock: a heap of engine events (the end of a step, or of a run of plain decode steps taken in one go, see
+`cluster_engine`), the next arrival of the workload iterator (read lazily, so a workload may be a generator
+of millions of requests) and the next scrape tick.
+
+What the router sees, as the real picker does:
+- *metrics* (`EndpointState.metrics`: waiting, running, KV usage, `updated_at`) are refreshed from the
+  engine's true state at scrape ticks: every `scrape_interval` (50 ms, the picker's polling period) each
+  endpoint is scraped once, the endpoints spread over `scrape_groups` evenly spaced ticks so scrapes are
+  staggered as independent pollers are. Between scrapes they are stale, as in production;
+- *load* (`EndpointState.load`) is the picker datastore's own accounting (`datastore.Datastore.charge` at
+  the decision, `refund` at the completion), exact and immediate;
+- the `Request` is built as the ext_proc server builds it (`bodies.prompt_text` of the OpenAI body, token
+  estimate, headers), and the `Snapshot` reuses the same `EndpointState` objects every time.
+
+Prefill/decode: when a decision names a prefill endpoint, the request is prefilled there (`prefill_only`),
+its uncached KV crosses the link (`kv_link_bytes_per_s` of the decode engine's settings, as the real
+server's sidecar waits it), then it decodes on the destination (`kv_transferred`); TTFT counts all of it.
+
+Results are in model seconds. Per request: arrival, TTFT, end, TPOT, prompt/completion/cached tokens, the
+engine, the status (200, or the rejection's 4xx/5xx). Per engine: requests, tokens, prefix cache queries and
+hits, preemptions, busy time. Not recorded: individual inter-token gaps (decode runs are taken in one go), so
+ITL is reported per request as TPOT.
+"""
+
+import collections
+import dataclasses
+import heapq
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from frontier_api import names
+from frontier_picker import bodies, datastore, endpoints
+from frontier_picker.scheduling import config, types
+from frontier_sim import cluster_engine, cluster_policies, fleet, settings, tokenizer
+
+log = logging.getLogger(__name__)
+
+SCRAPE_INTERVAL_S = 0.05
+SCRAPE_GROUPS = 10
+PICKER_PROFILES = config.BUILTIN  # frontier, gie-default, round-robin (the picker's own)
+# Distinct prompt texts whose token ids are kept (workloads cycle through a list of prompts).
+TOKEN_CACHE_SIZE = 50_000
+_INTS = tuple(range(tokenizer.VOCAB_SIZE))  # token ids share these int objects: 8 bytes a token, not 36
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Arrival:
+    """One request of a workload: when it arrives (model seconds) and its OpenAI body's content."""
+
+    at: float
+    model: str
+    prompt: str = ""
+    messages: Sequence[Mapping[str, str]] = ()  # chat: [{"role": ..., "content": ...}, ...] in order
+    max_tokens: int = 128
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class EngineResult:
+    """One engine's totals over the run."""
+
+    name: str
+    key: str
+    requests: int
+    prompt_tokens: int
+    generation_tokens: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    preemptions: int
+    busy_s: float
+    steps: int
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Results:
+    """Per-request columns (numpy arrays, one entry per arrival) and per-engine totals; model seconds."""
+
+    policy: str
+    arrival: np.ndarray
+    ttft: np.ndarray  # NaN when no token came (rejected)
+    end: np.ndarray  # NaN when not finished
+    prompt_tokens: np.ndarray
+    completion_tokens: np.ndarray
+    cached_tokens: np.ndarray
+    engine: np.ndarray  # index into `engines`, -1 when rejected
+    status: np.ndarray  # 200, or the rejection status
+    engines: list[EngineResult]
+    wall_s: float
+    events: int  # engine events processed (steps and runs)
+    steps: int  # engine steps simulated (run steps included)
+
+    @property
+    def tpot(self) -> np.ndarray:
+        """Per request: (end - first token) / (completion tokens - 1); NaN for single-token answers."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gaps = self.completion_tokens - 1
+            return np.where(gaps > 0, (self.end - (self.arrival + self.ttft)) / np.maximum(gaps, 1), np.nan)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers: latency percentiles, throughput, prefix hit rate, load imbalance."""
+        ok = self.status == 200
+        done = ok & ~np.isnan(self.end)
+        if not done.any():
+            return {"policy": self.policy, "requests": len(self.arrival), "completed": 0}
+        span = float(np.nanmax(self.end[done]) - np.min(self.arrival))
+        generated = np.array([e.generation_tokens for e in self.engines], dtype=np.float64)
+
+        def pct(values: np.ndarray, q: float) -> float:
+            values = values[~np.isnan(values)]
+            return float(np.percentile(values, q)) if values.size else math.nan
+
+        ttft = self.ttft[done]
+        tpot = self.tpot[done]
+        e2e = (self.end - self.arrival)[done]
+        prompt = float(self.prompt_tokens[done].sum())
+        return {
+            "policy": self.policy,
+            "requests": len(self.arrival),
+            "completed": int(done.sum()),
+            "rejected": int((~ok).sum()),
+            "ttft_p50_s": pct(ttft, 50),
+            "ttft_p90_s": pct(ttft, 90),
+            "ttft_p99_s": pct(ttft, 99),
+            "ttft_mean_s": float(np.mean(ttft)),
+            "tpot_p50_s": pct(tpot, 50),
+            "tpot_p90_s": pct(tpot, 90),
+            "e2e_p50_s": pct(e2e, 50),
+            "e2e_p90_s": pct(e2e, 90),
+            "output_tokens_per_s": float(self.completion_tokens[done].sum()) / span if span > 0 else math.nan,
+            "requests_per_s": float(done.sum()) / span if span > 0 else math.nan,
+            "prefix_hit_rate": float(self.cached_tokens[done].sum()) / prompt if prompt else 0.0,
+            "imbalance": float(generated.max() / generated.mean()) if generated.mean() > 0 else math.nan,
+            "preemptions": int(sum(e.preemptions for e in self.engines)),
+            "span_s": span,
+            "wall_s": self.wall_s,
+        }
+
+
+def engines(
+    count: int,
+    *,
+    args: Sequence[str] = (),
+    base_address: str = "10.0.0.1",
+    prefill: int = 0,
+    tier: str | None = None,
+) -> list[fleet.EngineSpec]:
+    """`count` identical engines from `vllm serve` / `--sim-*` flags (`--model` among them), as the fleet
+    launcher builds them (`frontier-sim fleet --engines N ...`); the first `prefill` are prefill engines,
+    the rest decode engines, when `prefill` > 0. Addresses are names only: nothing binds them."""
+    argv = ["--engines", str(count), "--base-address", base_address, "--prefill-engines", str(prefill)]
+    if tier is not None:
+        argv += ["--tier", tier]
+    return fleet.parse_args([*argv, *args]).engines
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class _Flight:
+    """A request between its decision and its completion."""
+
+    index: int  # row in the results
+    request: types.Request
+    decision: types.Decision
+    charge: datastore.Charge | None
+    engine: int
+    token_ids: list[int]
+    max_tokens: int
+    first_token: bool = False
+
+
+class _Tokens:
+    """Token ids per prompt text, bounded (least recently inserted dropped first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+
+    def get(self, text: str) -> list[int]:
+        ids = self._ids.get(text)
+        if ids is None:
+            ids = [_INTS[t] for t in tokenizer.encode(text)]
+            self._ids[text] = ids
+            if len(self._ids) > self.capacity:
+                self._ids.popitem(last=False)
+        return ids
+
+
+def _policy(
+    policy: str | cluster_policies.Policy | types.Scheduler,
+    *,
+    states: Sequence[endpoints.EndpointState],
+    cores: Sequence[Any],
+    seed: int,
+    fallbacks: int,
+) -> tuple[str, cluster_policies.Policy]:
+    if isinstance(policy, str):
+        baseline = cluster_policies.builtin(policy, states=states, cores=cores, seed=seed)
+        if baseline is not None:
+            return policy, baseline
+        if policy in PICKER_PROFILES:
+            scheduler = config.load(None, profile=policy, fallbacks=fallbacks, seed=seed)
+            return policy, cluster_policies.Picker(scheduler)
+        if "EndpointPickerConfig" in policy:
+            scheduler = config.load(policy, fallbacks=fallbacks, seed=seed)
+            return "picker-config", cluster_policies.Picker(scheduler)
+        allowed = ", ".join([*cluster_policies.BUILTIN, *PICKER_PROFILES, "<EndpointPickerConfig text>"])
+        raise ValueError(f"policy={policy!r}; allowed: {allowed}")
+    if isinstance(policy, cluster_policies.Policy):
+        return type(policy).__name__, policy
+    return type(policy).__name__, cluster_policies.Picker(policy)
+
+
+def _request(arrival: Arrival, request_id: str) -> types.Request:
+    """The scheduler's view of the arrival, built as the ext_proc server builds it from the body."""
+    document: dict[str, Any] = {"model": arrival.model}
+    if arrival.messages:
+        document["messages"] = [dict(m) for m in arrival.messages]
+    else:
+        document["prompt"] = arrival.prompt
+    prompt = bodies.prompt_text(document)
+    headers = arrival.headers
+    target = (
+        headers.get(names.MODEL_NAME_REWRITE) or headers.get("x-llm-d-model-name-rewrite") or arrival.model
+    )
+    return types.Request(
+        request_id=headers.get(names.REQUEST_ID) or request_id,
+        model=arrival.model,
+        target_model=target,
+        prompt=prompt,
+        prompt_tokens=bodies.estimate_tokens(prompt),
+        max_tokens=arrival.max_tokens,
+        objective=headers.get(names.INFERENCE_OBJECTIVE) or headers.get("x-llm-d-inference-objective"),
+        fairness_id=headers.get(names.FAIRNESS_ID) or headers.get("x-llm-d-fairness-id"),
+        session_token=headers.get(names.SESSION_TOKEN),
+        headers=headers,
+    )
+
+
+def _engine_text(arrival: Arrival) -> str:
+    if arrival.messages:
+        return tokenizer.apply_chat_template(arrival.messages)
+    return arrival.prompt
+
+
+def run(
+    *,
+    engines: Sequence[fleet.EngineSpec],
+    workload: Iterable[Arrival],
+    policy: str | cluster_policies.Policy | types.Scheduler = "frontier",
+    scrape_interval: float = SCRAPE_INTERVAL_S,
+    scrape_groups: int = SCRAPE_GROUPS,
+    fallbacks: int = 1,
+    seed: int = 0,
+    token_cache: int = TOKEN_CACHE_SIZE,
+    fast_forward: bool = True,
+) -> Results:
+    """Simulate `workload` (arrivals in time order) on `engines` routed by `policy`, until every request
+    has finished. `policy`: a picker profile (`frontier`, `gie-default`), an EndpointPickerConfig text, a
+    baseline (`round-robin`, `random`, `least-request`), `oracle`, or any object with `decide`/
+    `on_completion` (`cluster_policies.Policy`) or `schedule`/`on_completion` (`types.Scheduler`).
+    `fast_forward=False` takes every engine step through the core (slow; the reference for runs)."""
+    began = time.perf_counter()
+    if not engines:
+        raise ValueError("engines: at least one engine is required")
+    store = datastore.Datastore()
+    specs = list(engines)
+    store.replace(
+        endpoints.Endpoint(
+            name=spec.name, address=spec.config.host, port=spec.config.port, labels=spec.labels
+        )
+        for spec in specs
+    )
+    states = list(store.states())
+    if len(states) != len(specs):
+        raise ValueError("engines: every engine needs its own address:port")
+    vengines = [
+        cluster_engine.VirtualEngine(i, settings.build_engine(spec.config), fast_forward=fast_forward)
+        for i, spec in enumerate(specs)
+    ]
+    cores = [v.core for v in vengines]
+    for state, core in zip(states, cores, strict=True):
+        state.metrics.block_size = core.config.block_size
+        state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
+    key_index = {state.endpoint.key: i for i, state in enumerate(states)}
+    name, chosen = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
+    oracle = chosen if isinstance(chosen, cluster_policies.Oracle) else None
+    tokens = _Tokens(token_cache)
+    groups = max(1, min(scrape_groups, len(vengines)))
+    members = [list(range(g, len(vengines), groups)) for g in range(groups)]
+    tick = scrape_interval / groups
+
+    # Result columns, appended per arrival.
+    arrival_at: list[float] = []
+    ttft: list[float] = []
+    end: list[float] = []
+    prompt_tokens: list[int] = []
+    completion_tokens: list[int] = []
+    cached_tokens: list[int] = []
+    engine_of: list[int] = []
+    status: list[int] = []
+    routed = [0] * len(vengines)
+
+    flights: dict[str, _Flight] = {}  # by engine request id (decode / aggregated stage)
+    prefills: dict[str, _Flight] = {}  # by engine request id of the prefill stage
+    heap: list[tuple[float, int, int, int]] = []  # (time, order, engine index or -1-flight row, version)
+    order = 0
+    events = 0
+    transfers: dict[int, tuple[_Flight, float]] = {}
+    nan = math.nan
+
+    def push(v: cluster_engine.VirtualEngine) -> None:
+        nonlocal order
+        if v.phase is not cluster_engine.Phase.IDLE:
+            order += 1
+            heapq.heappush(heap, (v.busy_until, order, v.index, v.version))
+
+    def submit(flight: _Flight, v: cluster_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> bool:
+        try:
+            changed, result = v.add(t, rid, flight.token_ids, max_tokens=flight.max_tokens, **kind)
+        except ValueError as error:
+            finish_error(flight, t, 400, str(error))
+            return False
+        if result is not None:
+            deliver(result, t)
+        if changed:
+            push(v)
+        return True
+
+    def finish_error(flight: _Flight, t: float, code: int, reason: str) -> None:
+        status[flight.index] = code
+        end[flight.index] = nan
+        datastore.Datastore.refund(flight.charge)
+        completion = types.Completion(endpoint=flight.decision.primary, status=code, duration_s=0.0)
+        chosen.on_completion(flight.request, flight.decision, completion)
+        log.debug(
+            "event=vt_request_failed request_id=%s status=%d reason=%r",
+            flight.request.request_id,
+            code,
+            reason,
+        )
+
+    def deliver(result: Any, t: float) -> None:
+        nonlocal order
+        for rid in result.outputs:
+            if rid in prefills:
+                continue  # the prefill stage's token is not streamed to the client
+            flight = flights.get(rid)
+            if flight is not None and not flight.first_token:
+                flight.first_token = True
+                ttft[flight.index] = t - arrival_at[flight.index]
+                if oracle is not None:
+                    oracle.started(flight.request.request_id)
+        for done in result.finished:
+            rid = done.request_id
+            prefill = prefills.pop(rid, None)
+            if prefill is not None:
+                # Prefill stage done: the decode engine pulls the uncached KV, then decodes.
+                decode = vengines[prefill.engine]
+                local = decode.core.cached_prefix_tokens(prefill.token_ids)
+                pulled = max(len(prefill.token_ids) - local, 0)
+                link = specs[prefill.engine].config.kv_link_bytes_per_s
+                transfer_s = pulled * decode.core.model.kv_bytes_per_token_per_gpu / link
+                order += 1
+                transfers[order] = (prefill, t + transfer_s)
+                heapq.heappush(heap, (t + transfer_s, order, -1, order))
+                continue
+            flight = flights.pop(rid, None)
+            if flight is None:
+                continue
+            i = flight.index
+            end[i] = t
+            prompt_tokens[i] = done.prompt_tokens
+            completion_tokens[i] = done.completion_tokens
+            cached_tokens[i] = done.cached_tokens
+            datastore.Datastore.refund(flight.charge)
+            completion = types.Completion(
+                endpoint=flight.decision.primary,
+                status=200,
+                prompt_tokens=done.prompt_tokens,
+                completion_tokens=done.completion_tokens,
+                cached_tokens=done.cached_tokens,
+                ttft_s=ttft[i],
+                duration_s=t - arrival_at[i],
+            )
+            chosen.on_completion(flight.request, flight.decision, completion)
+
+    def scrape(g: int, t: float) -> None:
+        for i in members[g]:
+            waiting, running, kv = vengines[i].observe(t)
+            metrics = states[i].metrics
+            metrics.waiting = waiting
+            metrics.running = running
+            metrics.kv_usage = kv
+            metrics.updated_at = t
+
+    arrivals = iter(workload)
+    upcoming = next(arrivals, None)
+    next_scrape = 0.0
+    scrape_group = 0
+    inf = math.inf
+    last_arrival = -inf
+    while True:
+        t_engine = heap[0][0] if heap else inf
+        t_arrival = upcoming.at if upcoming is not None else inf
+        if t_engine == inf and t_arrival == inf:
+            break
+        if next_scrape <= t_engine and next_scrape <= t_arrival:
+            scrape(scrape_group, next_scrape)
+            scrape_group = (scrape_group + 1) % groups
+            next_scrape += tick
+            continue
+        if t_engine <= t_arrival:
+            t, _, index, version = heapq.heappop(heap)
+            if index < 0:
+                flight, _at = transfers.pop(version)
+                submit(flight, vengines[flight.engine], t, flight.request.request_id, kv_transferred=True)
+                continue
+            v = vengines[index]
+            if version != v.version:
+                continue
+            events += 1
+            result = v.fire(t)
+            if result is not None:
+                deliver(result, t)
+            push(v)
+            continue
+        # An arrival.
+        assert upcoming is not None
+        arrival = upcoming
+        upcoming = next(arrivals, None)
+        t = arrival.at
+        if t < last_arrival:
+            raise ValueError(f"workload: arrival at {t} comes after one at {last_arrival}; sort by time")
+        last_arrival = t
+        row = len(arrival_at)
+        arrival_at.append(t)
+        ttft.append(nan)
+        end.append(nan)
+        prompt_tokens.append(0)
+        completion_tokens.append(0)
+        cached_tokens.append(0)
+        engine_of.append(-1)
+        status.append(200)
+        request = _request(arrival, f"vt-{row}")
+        token_ids = tokens.get(_engine_text(arrival))
+        try:
+            decision = chosen.decide(request, token_ids, endpoints.Snapshot(t, states))
+        except types.Rejection as rejection:
+            status[row] = rejection.status
+            continue
+        target = key_index[decision.primary]
+        charge = store.charge(request, decision)
+        flight = _Flight(
+            index=row,
+            request=request,
+            decision=decision,
+            charge=charge,
+            engine=target,
+            token_ids=token_ids,
+            max_tokens=arrival.max_tokens,
+        )
+        engine_of[row] = target
+        routed[target] += 1
+        rid = request.request_id
+        if rid in flights or rid in prefills:
+            rid = f"{rid}-{row}"
+            request.request_id = rid
+        flights[rid] = flight
+        if decision.prefill is not None and decision.prefill in key_index:
+            prefills[rid] = flight
+            submit(flight, vengines[key_index[decision.prefill]], t, rid, prefill_only=True)
+        elif not submit(flight, vengines[target], t, rid):
+            flights.pop(rid, None)
+
+    wall = time.perf_counter() - began
+    engine_results = [
+        EngineResult(
+            name=spec.name,
+            key=state.endpoint.key,
+            requests=routed[i],
+            prompt_tokens=core.stats.prompt_tokens,
+            generation_tokens=core.stats.generation_tokens,
+            prefix_cache_queries=core.stats.prefix_cache_queries,
+            prefix_cache_hits=core.stats.prefix_cache_hits,
+            preemptions=core.stats.preemptions,
+            busy_s=core.stats.busy_s,
+            steps=core.stats.steps,
+        )
+        for i, (spec, state, core) in enumerate(zip(specs, states, cores, strict=True))
+    ]
+    results = Results(
+        policy=name,
+        arrival=np.array(arrival_at, dtype=np.float64),
+        ttft=np.array(ttft, dtype=np.float64),
+        end=np.array(end, dtype=np.float64),
+        prompt_tokens=np.array(prompt_tokens, dtype=np.int64),
+        completion_tokens=np.array(completion_tokens, dtype=np.int64),
+        cached_tokens=np.array(cached_tokens, dtype=np.int64),
+        engine=np.array(engine_of, dtype=np.int64),
+        status=np.array(status, dtype=np.int64),
+        engines=engine_results,
+        wall_s=wall,
+        events=events,
+        steps=sum(e.steps for e in engine_results),
+    )
+    log.info(
+        "event=vt_run_done policy=%s engines=%d requests=%d events=%d steps=%d wall_s=%.2f",
+        name,
+        len(specs),
+        len(arrival_at),
+        events,
+        results.steps,
+        wall,
+    )
+    return results

@@ -1,0 +1,266 @@
+"""Routing policies of the virtual-time cluster: the picker's own schedulers, baselines, and an oracle.
+
+Every policy answers `decide(request, token_ids, snapshot) -> Decision` and hears `on_completion(...)`:
+
+- `Picker`: a `frontier_picker` scheduler (`scheduling.config.load`), called exactly as the ext_proc server
+  calls it — same `Request`, a `Snapshot` of `EndpointState`s whose metrics are as stale as scraping makes
+  them and whose load is the picker datastore's own in-flight accounting;
+- `RoundRobin`, `Random`, `LeastRequest` (fewest in-flight requests by that same accounting, ties at
+  random): the plain load balancers a gateway offers without an endpoint picker;
+- `Oracle`: the ceiling no real picker reaches. It reads every engine core directly — the true cached
+  prefix of this prompt, the true queue of uncached prompt tokens (waiting requests and unfinished prefill
+  chunks), the running batch and its context — and picks the engine with the least predicted TTFT under
+  that engine's own calibrated step model. Its prediction ignores arrivals after its decision and is
+  therefore not always right, but it needs no learning and sees no stale metrics.
+
+Baselines and the oracle consider only endpoints serving the request's target model (label
+`inference.frontier.dev/model`) when any does, as a per-model Service would.
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from frontier_api import names
+from frontier_picker import endpoints
+from frontier_picker.scheduling import types
+from frontier_sim import engine
+
+# Oracle: a request that does not fit the free KV blocks waits for others to finish; priced at this much.
+ORACLE_NO_ROOM_PENALTY_S = 1.0
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the cluster calls for every arrival and every completion."""
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        """Choose the endpoint; raise `types.Rejection` to refuse."""
+        ...
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None: ...
+
+
+class Picker:
+    """A picker scheduler (any `types.Scheduler`) as a cluster policy."""
+
+    def __init__(self, scheduler: types.Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        return self.scheduler.schedule(request, snapshot)
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        self.scheduler.on_completion(request, decision, completion)
+
+
+class _ByModel:
+    """Candidate positions per served model, computed once (the endpoint set of a run is fixed)."""
+
+    def __init__(self, states: Sequence[endpoints.EndpointState]) -> None:
+        by_model: dict[str, list[int]] = {}
+        for i, state in enumerate(states):
+            by_model.setdefault(state.endpoint.labels.get(names.MODEL_LABEL, ""), []).append(i)
+        self.all = list(range(len(states)))
+        self.by_model = by_model
+
+    def candidates(self, model: str) -> list[int]:
+        if len(self.by_model) <= 1:
+            return self.all
+        return self.by_model.get(model) or self.all
+
+
+def _decision(key: str, profile: str) -> types.Decision:
+    return types.Decision(endpoints=[key], profile=profile)
+
+
+class RoundRobin:
+    """Each endpoint in turn."""
+
+    def __init__(self, states: Sequence[endpoints.EndpointState]) -> None:
+        self._models = _ByModel(states)
+        self._next: dict[str, int] = {}
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        positions = self._models.candidates(request.target_model)
+        turn = self._next.get(request.target_model, 0)
+        self._next[request.target_model] = turn + 1
+        return _decision(snapshot.endpoints[positions[turn % len(positions)]].endpoint.key, "round-robin")
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        return None
+
+
+class Random:
+    """A uniformly random endpoint (seeded)."""
+
+    def __init__(self, states: Sequence[endpoints.EndpointState], *, seed: int) -> None:
+        self._models = _ByModel(states)
+        self._rng = np.random.default_rng(seed)
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        positions = self._models.candidates(request.target_model)
+        chosen = positions[int(self._rng.integers(len(positions)))]
+        return _decision(snapshot.endpoints[chosen].endpoint.key, "random")
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        return None
+
+
+class LeastRequest:
+    """The endpoint with the fewest requests in flight (the picker datastore's count), ties at random."""
+
+    def __init__(self, states: Sequence[endpoints.EndpointState], *, seed: int) -> None:
+        self._models = _ByModel(states)
+        self._rng = np.random.default_rng(seed)
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        states = snapshot.endpoints
+        positions = self._models.candidates(request.target_model)
+        counts = np.fromiter(
+            (states[i].load.in_flight for i in positions), dtype=np.int64, count=len(positions)
+        )
+        best = np.flatnonzero(counts == counts.min())
+        chosen = positions[int(best[int(self._rng.integers(len(best)))])]
+        return _decision(states[chosen].endpoint.key, "least-request")
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        return None
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class _Queued:
+    """Uncached prompt tokens the oracle predicted for a request it sent and has not seen start decoding."""
+
+    engine: int
+    uncached: int
+
+
+class Oracle:
+    """Least predicted TTFT from the engines' true state (see the module doc)."""
+
+    def __init__(
+        self,
+        states: Sequence[endpoints.EndpointState],
+        cores: Sequence[engine.Engine],
+    ) -> None:
+        self._models = _ByModel(states)
+        self._cores = cores
+        self._queued: list[int] = [0] * len(cores)  # uncached prompt tokens sent and not yet prefilled
+        self._sent: dict[str, _Queued] = {}
+
+    def _hashes(self, core: engine.Engine, token_ids: Sequence[int]) -> list[int]:
+        bs = core.config.block_size
+        hashes: list[int] = []
+        parent: int | None = None
+        for i in range((len(token_ids) - 1) // bs):
+            parent = engine.block_hash(parent, token_ids[i * bs : (i + 1) * bs], None, core.config.hash_seed)
+            hashes.append(parent)
+        return hashes
+
+    def predict(self, index: int, token_ids: Sequence[int], hashes: Sequence[int]) -> float:
+        """Predicted TTFT (model seconds) of a request with `token_ids` sent to engine `index` now."""
+        core = self._cores[index]
+        cfg = core.config
+        cached = 0
+        if cfg.enable_prefix_caching:
+            table = core.pool.cached
+            for h in hashes:
+                if h not in table:
+                    break
+                cached += 1
+        cached *= cfg.block_size
+        uncached = len(token_ids) - cached
+        model = core.model
+        ahead = self._queued[index]
+        batch = len(core.running)
+        context = sum(seq.num_computed for seq in core.running)
+        chunk = cfg.max_num_batched_tokens
+        steps = -(-(ahead + uncached) // chunk)
+        decode = (
+            model.step_time(chunks=[], batch=batch, query_tokens=1, context_tokens=context) if batch else 0
+        )
+        ttft = (
+            model.p0
+            + model.p1 * (ahead + uncached)
+            + model.p2 * uncached * (cached + uncached / 2)
+            + steps * decode
+        )
+        needed = -(-len(token_ids) // cfg.block_size) - cached // cfg.block_size
+        if needed > core.pool.num_free:
+            ttft += ORACLE_NO_ROOM_PENALTY_S
+        return ttft
+
+    def decide(
+        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
+    ) -> types.Decision:
+        positions = self._models.candidates(request.target_model)
+        first = self._cores[positions[0]]
+        hashes = self._hashes(first, token_ids)  # every engine hashes alike (same seed, no adapter)
+        best = min(positions, key=lambda i: self.predict(i, token_ids, hashes))
+        core = self._cores[best]
+        cached = core.cached_prefix_tokens(token_ids)
+        uncached = len(token_ids) - cached
+        self._queued[best] += uncached
+        self._sent[request.request_id] = _Queued(engine=best, uncached=uncached)
+        return _decision(snapshot.endpoints[best].endpoint.key, "oracle")
+
+    def started(self, request_id: str) -> None:
+        """The request produced its first token: its prefill left the queue."""
+        queued = self._sent.pop(request_id, None)
+        if queued is not None:
+            self._queued[queued.engine] -= queued.uncached
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        self.started(request.request_id)
+
+
+def builtin(
+    name: str,
+    *,
+    states: Sequence[endpoints.EndpointState],
+    cores: Sequence[engine.Engine],
+    seed: int,
+) -> Policy | None:
+    """The non-picker policy called `name`, or None when `name` is not one of them."""
+    if name == "round-robin":
+        return RoundRobin(states)
+    if name == "random":
+        return Random(states, seed=seed)
+    if name == "least-request":
+        return LeastRequest(states, seed=seed)
+    if name == "oracle":
+        return Oracle(states, cores)
+    return None
+
+
+BUILTIN: Mapping[str, str] = {
+    "round-robin": "each endpoint in turn",
+    "random": "a uniformly random endpoint",
+    "least-request": "fewest in-flight requests (picker accounting), ties at random",
+    "oracle": "least predicted TTFT from true cache contents and queues (the ceiling)",
+}
