@@ -7,6 +7,7 @@ range the benchmark owns, so it never collides with tests (127.4.0.0/16) running
 import logging
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,6 +60,7 @@ async def run_sweeps(
         "notes": list(notes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
+        "source": _source(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -86,3 +88,18 @@ async def run_sweeps(
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return rows
+
+
+def _source() -> dict[str, str]:
+    """The commit the run used, and whether the picker or sim had uncommitted changes (they run from here)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted": git("status", "--short", "--untracked-files=no", "--", "picker", "sim", "bench"),
+    }

@@ -131,7 +131,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_all(args: argparse.Namespace) -> None:
-    full.run(out=Path(args.out), command=_command(), quick=args.quick)
+    full.run(out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -141,9 +141,9 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the three-minute demo: round-robin vs the picker through Envoy")
     demo.add_argument("--out", default="out/demo")
-    demo.add_argument("--time-scale", type=float, default=4.0, help="wall seconds per model second")
-    demo.add_argument("--loads", type=float, nargs="+", default=[2.0, 4.0, 6.0], help="model-time req/s")
-    demo.add_argument("--duration", type=float, default=5.0, help="model seconds of arrivals per run")
+    demo.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per model second")
+    demo.add_argument("--loads", type=float, nargs="+", default=[10.0, 20.0, 30.0], help="model-time req/s")
+    demo.add_argument("--duration", type=float, default=20.0, help="model seconds of arrivals per run")
     demo.add_argument("--output-len", type=int, default=64)
     demo.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
     demo.set_defaults(func=cmd_demo)
@@ -177,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     everything = sub.add_parser("all", help="every committed sweep, written under --out")
     everything.add_argument("--out", default="bench/results")
     everything.add_argument("--quick", action="store_true", help="shorter runs (for trying the pipeline)")
+    everything.add_argument("--only", nargs="*", default=[], help="run only these suites (by name)")
     everything.set_defaults(func=cmd_all)
     return top
 
