@@ -20,11 +20,16 @@ class Endpoint:
     address: str
     port: int
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # `key` is read for every endpoint on every scheduling pass: formatted once, here.
+    _key: str = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", f"{self.address}:{self.port}")
 
     @property
     def key(self) -> str:
         """`ip:port`, the form used on the wire and as the endpoint's identity everywhere."""
-        return f"{self.address}:{self.port}"
+        return self._key
 
     @property
     def engine_type(self) -> str:

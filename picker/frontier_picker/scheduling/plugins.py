@@ -15,6 +15,7 @@ values (the request's prefix-block hashes, the prefix match per candidate).
 """
 
 import dataclasses
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -165,12 +166,12 @@ def create(type_name: str, name: str, parameters: Mapping[str, Any] | None) -> P
 
 
 _COLUMNS: dict[str, Callable[[endpoints.EndpointState], float]] = {
-    "waiting": lambda s: s.metrics.waiting,
-    "running": lambda s: s.metrics.running,
-    "kv": lambda s: s.metrics.kv_usage,
-    "updated_at": lambda s: s.metrics.updated_at,
-    "in_flight": lambda s: s.load.in_flight,
-    "in_flight_prompt_tokens": lambda s: s.load.in_flight_prompt_tokens,
+    "waiting": operator.attrgetter("metrics.waiting"),
+    "running": operator.attrgetter("metrics.running"),
+    "kv": operator.attrgetter("metrics.kv_usage"),
+    "updated_at": operator.attrgetter("metrics.updated_at"),
+    "in_flight": operator.attrgetter("load.in_flight"),
+    "in_flight_prompt_tokens": operator.attrgetter("load.in_flight_prompt_tokens"),
 }
 
 

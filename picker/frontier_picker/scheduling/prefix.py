@@ -16,6 +16,7 @@ number of endpoints until the chain breaks.
 """
 
 import collections
+import struct
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from frontier_picker import endpoints
 from frontier_picker.scheduling import plugins, types
 
 CHARS_PER_TOKEN = 4
+_LITTLE_ENDIAN_U64 = struct.Struct("<Q")
 
 
 def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: int = 256) -> list[int]:
@@ -32,10 +34,11 @@ def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: i
     data = prompt.encode()
     usable = min(len(data) // block_size, max_blocks) * block_size
     digest = xxhash.xxh64_intdigest
+    pack = _LITTLE_ENDIAN_U64.pack
     previous = digest(model.encode())
     hashes = []
     for start in range(0, usable, block_size):
-        previous = digest(data[start : start + block_size] + previous.to_bytes(8, "little"))
+        previous = digest(data[start : start + block_size] + pack(previous))
         hashes.append(previous)
     return hashes
 

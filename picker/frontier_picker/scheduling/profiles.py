@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from frontier_api import names
 from frontier_picker import endpoints
 from frontier_picker.scheduling import admission, plugins, prefix, saturation, types
 
@@ -80,6 +81,7 @@ class ProfileScheduler:
         ]:
             unique.setdefault(id(plugin), plugin)
         self._learners = list(unique.values())
+        self._role_scan: tuple[Sequence[endpoints.EndpointState] | None, bool] = (None, False)
 
     def _priority(self, request: types.Request) -> int:
         return self.objectives.priority(request) if self.objectives else request.priority
@@ -108,11 +110,20 @@ class ProfileScheduler:
             plugin.on_decision(cycle, decision)
         return decision
 
+    def _has_prefill_endpoints(self, states: Sequence[endpoints.EndpointState]) -> bool:
+        # The datastore hands out the same sequence object until the endpoint set changes; holding a
+        # reference to it (not its id) makes the cached answer safe.
+        if states is not self._role_scan[0]:
+            self._role_scan = (states, any(state.endpoint.role == names.ROLE_PREFILL for state in states))
+        return self._role_scan[1]
+
     def _prefill(
         self, cycle: plugins.Cycle, destination: endpoints.EndpointState
     ) -> endpoints.EndpointState | None:
         pd = self.disaggregation
-        if pd is None or destination.endpoint.role == "prefill":
+        if pd is None or destination.endpoint.role == names.ROLE_PREFILL:
+            return None
+        if not self._has_prefill_endpoints(cycle.snapshot.endpoints):
             return None
         request = cycle.request
         prompt_tokens = request.prompt_tokens or len(request.prompt) // prefix.CHARS_PER_TOKEN
