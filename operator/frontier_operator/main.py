@@ -95,6 +95,8 @@ async def run(
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # kopf logs "Handler ... succeeded" per watch event; the operator logs one line per reconcile itself.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port)
     asyncio.run(

@@ -1,0 +1,151 @@
+"""Helpers for the operator's tests on the local control plane: run `frontier-operator` as a subprocess
+against the test kubeconfig, read and write objects as dicts, and wait for conditions without busy-looping."""
+
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import dynamic
+from kubernetes.dynamic import exceptions
+
+from frontier_api import names
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "modeltier.yaml"
+TIER_API = f"{names.FRONTIER_GROUP}/{names.FRONTIER_VERSION}"
+POOL_API = f"{names.GIE_GROUP}/{names.GIE_VERSION}"
+
+
+class Operator:
+    """A `frontier-operator` process watching one namespace; its log is kept for write counting."""
+
+    def __init__(self, *, kubeconfig: pathlib.Path, namespace: str, log_path: pathlib.Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "frontier_operator.main",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--namespace",
+                namespace,
+                "--engine-image",
+                "frontier:test",
+                "--engine-command",
+                "frontier-sim serve",
+                "--resync-seconds",
+                "3600",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def write_lines(self) -> list[str]:
+        return [line for line in self.log().splitlines() if " write verb=" in line]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
+def wait_for(what: str, check: Callable[[], Any], *, timeout_s: float = 90.0, interval_s: float = 0.5) -> Any:
+    """Polls `check()` until it returns something truthy and returns that; fails naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}")
+
+
+class Api:
+    """Dict-in, dict-out access to any kind."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.dyn = dynamic.DynamicClient(api_client)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        return self.dyn.resources.get(api_version=api_version, kind=kind)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        created: dict[str, Any] = self.dyn.create(
+            res, body=obj, namespace=obj["metadata"].get("namespace")
+        ).to_dict()
+        return created
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = self.dyn.get(
+                self.resource(api_version, kind), name=name, namespace=namespace
+            ).to_dict()
+        except exceptions.NotFoundError:
+            return None
+        return found
+
+    def list(self, api_version: str, kind: str, namespace: str, **kwargs: Any) -> list[dict[str, Any]]:
+        found = self.dyn.get(self.resource(api_version, kind), namespace=namespace, **kwargs)
+        return [item.to_dict() for item in found.items]
+
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> None:
+        self.dyn.patch(
+            self.resource(api_version, kind),
+            body=patch,
+            name=name,
+            namespace=namespace,
+            content_type="application/merge-patch+json",
+        )
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.dyn.delete(self.resource(api_version, kind), name=name, namespace=namespace)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+
+
+def clear_not_ready_taints(api: Api) -> list[str]:
+    """Removes the `node.kubernetes.io/not-ready` taint from nodes that report Ready.
+
+    Workaround, test-side only: the API server taints every new node not-ready and the node-lifecycle
+    controller lifts the taint once the node is Ready; the local control plane (issue 4) does not run that
+    controller yet, so pods would never schedule on the KWOK nodes. Does nothing once the controller runs.
+    """
+    cleared = []
+    for node in api.list("v1", "Node", ""):
+        taints = node["spec"].get("taints") or []
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in node.get("status", {}).get("conditions") or []
+        )
+        if ready and any(t["key"] == NOT_READY_TAINT for t in taints):
+            kept = [t for t in taints if t["key"] != NOT_READY_TAINT]
+            api.merge_patch("v1", "Node", "", node["metadata"]["name"], {"spec": {"taints": kept}})
+            cleared.append(node["metadata"]["name"])
+    return cleared

@@ -1,0 +1,236 @@
+"""The operator against a real API server, controller-manager, scheduler and KWOK GPU nodes.
+
+Each test runs its own `frontier-operator` process watching only the test's namespace (prefix `op-`).
+"""
+
+import pathlib
+import time
+
+import operator_cluster as oc
+import operator_samples as samples
+import pytest
+from kubernetes.dynamic import exceptions
+
+from frontier_api import modeltier, names
+
+pytestmark = pytest.mark.cluster
+
+TIER = "llama-fast"
+
+
+@pytest.fixture(scope="module")
+def api(control_plane):
+    control_plane.apply_crds([oc.CRD])
+    client = oc.Api(control_plane.api_client())
+    oc.clear_not_ready_taints(client)
+    return client
+
+
+@pytest.fixture
+def operator_factory(control_plane, tmp_path):
+    started: list[oc.Operator] = []
+
+    def start(namespace: str, name: str = "operator") -> oc.Operator:
+        op = oc.Operator(
+            kubeconfig=pathlib.Path(control_plane.kubeconfig),
+            namespace=namespace,
+            log_path=tmp_path / f"{name}.log",
+        )
+        started.append(op)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+
+
+def _apply_pool_and_tier(api, ns, spec=None):
+    api.create(samples.pool(namespace=ns) | {"metadata": {"name": "chat", "namespace": ns}})
+    obj = samples.tier(TIER, ns, spec=spec)
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    return api.create(obj)
+
+
+def _deployment(api, ns, role):
+    return api.get("apps/v1", "Deployment", ns, f"{TIER}-{role}")
+
+
+def _ready_tier(api, ns):
+    def check():
+        tier = api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
+        ready = oc.condition(tier, modeltier.READY)
+        if (
+            ready
+            and ready["status"] == "True"
+            and tier["status"]["observedGeneration"] == tier["metadata"]["generation"]
+        ):
+            return tier
+        return None
+
+    return oc.wait_for(f"ModelTier {ns}/{TIER} Ready=True", check)
+
+
+def _engine_args(dep):
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected(
+    api, control_plane, operator_factory
+):
+    ns = control_plane.namespace("op-lifecycle")
+    op = operator_factory(ns)
+    _apply_pool_and_tier(api, ns)
+
+    tier = _ready_tier(api, ns)
+    assert tier["status"]["roles"]["prefill"] == {"replicas": 2, "ready": 2, "updated": 2, "available": 2}
+    assert tier["status"]["roles"]["decode"] == {"replicas": 4, "ready": 4, "updated": 4, "available": 4}
+    assert tier["status"]["readyRoles"] == "2/2"
+    for type_ in (modeltier.PREFILL_AVAILABLE, modeltier.DECODE_AVAILABLE, modeltier.CONFIG_VALID):
+        assert oc.condition(tier, type_)["status"] == "True"
+
+    decode = _deployment(api, ns, "decode")
+    args = _engine_args(decode)
+    assert args[args.index("--quantization") + 1] == "fp8"
+    assert '"method":"ngram"' in args[args.index("--speculative-config") + 1]
+    container = decode["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["frontier-sim", "serve"]
+    assert container["resources"]["limits"][names.GPU_RESOURCE] == "2"
+    pods = api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}={TIER}")
+    assert len(pods) == 6
+    nodes = {n["metadata"]["name"]: n for n in api.list("v1", "Node", "")}
+    for pod in pods:
+        node = nodes[pod["spec"]["nodeName"]]
+        assert node["metadata"]["labels"][names.GKE_ACCELERATOR_LABEL] == samples.H100
+        assert pod["metadata"]["labels"]["app"] == "chat-servers"  # the pool selects it
+    assert api.get("v1", "Service", ns, "chat-picker")["spec"]["ports"][0]["port"] == 9002
+    assert api.get("apps/v1", "Deployment", ns, "chat-picker") is not None
+
+    # Change quantization: both roles roll out with the new flag.
+    before = {r: _deployment(api, ns, r)["metadata"]["generation"] for r in ("prefill", "decode")}
+    old_hash = tier["status"]["renderedArgsHash"]
+    api.merge_patch(
+        oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"engine": {"quantization": "awq"}}}
+    )
+    oc.wait_for(
+        "rollout to awq",
+        lambda: _ready_tier(api, ns)["status"]["renderedArgsHash"] != old_hash,
+    )
+    for role in ("prefill", "decode"):
+        dep = _deployment(api, ns, role)
+        assert dep["metadata"]["generation"] > before[role]
+        args = _engine_args(dep)
+        assert args[args.index("--quantization") + 1] == "awq"
+
+    # Scale decode: only the decode Deployment changes.
+    prefill = _deployment(api, ns, "prefill")
+    api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"decode": {"replicas": 5}}})
+    oc.wait_for("decode at 5 ready", lambda: _ready_tier(api, ns)["status"]["roles"]["decode"]["ready"] == 5)
+    after = _deployment(api, ns, "prefill")
+    assert after["metadata"]["generation"] == prefill["metadata"]["generation"]
+    assert after["spec"] == prefill["spec"]
+    assert _deployment(api, ns, "decode")["spec"]["replicas"] == 5
+
+    # Delete: owner references let the garbage collector remove every child.
+    api.delete(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
+    oc.wait_for(
+        "children garbage collected",
+        lambda: (
+            not api.list("apps/v1", "Deployment", ns)
+            and not api.list(
+                "v1", "ConfigMap", ns, label_selector="app.kubernetes.io/managed-by=frontier-operator"
+            )
+            and api.get("v1", "Service", ns, "chat-picker") is None
+        ),
+    )
+    assert op.process.poll() is None, op.log()[-3000:]
+
+
+def test_operator_restart_resumes_without_writes(api, control_plane, operator_factory):
+    ns = control_plane.namespace("op-restart")
+    first = operator_factory(ns, "first")
+    _apply_pool_and_tier(api, ns)
+    _ready_tier(api, ns)
+    first.stop()
+
+    def versions():
+        out = {}
+        for api_version, kind in (
+            (oc.TIER_API, names.MODEL_TIER_KIND),
+            ("apps/v1", "Deployment"),
+            ("v1", "Service"),
+            ("v1", "ConfigMap"),
+            ("v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+        ):
+            for obj in api.list(api_version, kind, ns):
+                if kind == "ServiceAccount" and obj["metadata"]["name"] == "default":
+                    continue
+                if kind == "ConfigMap" and obj["metadata"]["name"] == "kube-root-ca.crt":
+                    continue
+                out[(kind, obj["metadata"]["name"])] = obj["metadata"]["resourceVersion"]
+        return out
+
+    before = versions()
+    assert len(before) == 9  # tier, 3 Deployments, Service, ConfigMap, ServiceAccount, Role, RoleBinding
+    second = operator_factory(ns, "second")
+    oc.wait_for(
+        "the restarted operator to reconcile the tier",
+        lambda: f"reconcile tier={ns}/{TIER}" in second.log(),
+        timeout_s=60,
+    )
+    # Deployment and pool events of the initial listing arrive too; let them be handled before counting.
+    time.sleep(3)
+    assert second.write_lines() == [], second.log()[-3000:]
+    assert "applied=- deleted=- status_written=False" in second.log()
+    assert versions() == before
+
+
+def test_tier_whose_pool_is_missing_reports_config_invalid_and_creates_nothing(
+    api, control_plane, operator_factory
+):
+    ns = control_plane.namespace("op-nopool")
+    operator_factory(ns)
+    obj = samples.tier(TIER, ns, spec=samples.disaggregated_spec("absent"))
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    api.create(obj)
+
+    def invalid():
+        cond = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.CONFIG_VALID)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = oc.wait_for("ConfigValid=False", invalid)
+    assert cond["reason"] == "PoolNotFound"
+    assert "spec.poolRef.name" in cond["message"]
+    assert api.list("apps/v1", "Deployment", ns) == []
+
+
+@pytest.fixture(scope="module")
+def invalid_ns(control_plane, api):
+    return control_plane.namespace("op-invalid")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: s["engine"].update(quantization="int3"), "spec.engine.quantization"),
+        (lambda s: s["decode"].update(autoscaling={"maxReplicas": 8}), "spec.decode.autoscaling"),
+        (lambda s: s.pop("decode"), "spec.disaggregation.enabled"),
+        (
+            lambda s: s["engine"].update(speculative={"method": "eagle3", "numSpeculativeTokens": 3}),
+            "spec.engine.speculative.draftModel",
+        ),
+    ],
+    ids=["unknown-quantization", "replicas-and-autoscaling", "pd-with-one-role", "eagle3-without-draft"],
+)
+def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
+    ns = invalid_ns
+    spec = samples.disaggregated_spec()
+    change(spec)
+    obj = samples.tier("bad", ns, spec=spec)
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    with pytest.raises(exceptions.DynamicApiError) as err:
+        api.create(obj)
+    assert err.value.status == 422
+    body = err.value.body.decode() if isinstance(err.value.body, bytes) else str(err.value.body)
+    assert field in body
