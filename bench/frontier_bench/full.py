@@ -16,7 +16,7 @@ from pathlib import Path
 from frontier_bench import frontdoors, harness, sweep, workloads
 
 ENGINES = 6
-TIME_SCALE = 1.0
+TIME_SCALE = 2.0
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Real-time runs keep the workloads' input shapes but generate 100 tokens per request: every token is an SSE
 # chunk through Envoy and the Python client, and 1,000-token answers at the loads that saturate 6 engines
@@ -35,6 +35,7 @@ class Suite:
 def suites(*, quick: bool) -> list[Suite]:
     duration = 10.0 if quick else 30.0
     short = 10.0 if quick else 20.0
+    warmup = 5.0 if quick else 10.0
     policies = frontdoors.ALL_POLICIES
     fleet_note = f"{ENGINES} simulated H100 engines (Llama-3.1-8B shape), time scale {TIME_SCALE:g}"
     shared = workloads.shared_prefix(
@@ -50,7 +51,11 @@ def suites(*, quick: bool) -> list[Suite]:
             name="shared-prefix",
             title="Shared prefix (llm-d study input shape, scaled to 6 engines): all policies through Envoy",
             plan=sweep.Plan(
-                workload=shared, policies=policies, loads=(10.0, 20.0, 30.0, 40.0), duration_s=duration
+                workload=shared,
+                policies=policies,
+                loads=(10.0, 20.0, 30.0, 40.0),
+                duration_s=duration,
+                warmup_s=warmup,
             ),
             notes=(
                 fleet_note,
@@ -69,6 +74,7 @@ def suites(*, quick: bool) -> list[Suite]:
                 policies=policies,
                 loads=(10.0, 20.0),
                 duration_s=short,
+                warmup_s=warmup,
             ),
             notes=(fleet_note, f"unique 7,200-token prompts, {OUTPUT_LEN}-token output"),
         ),
@@ -87,6 +93,7 @@ def suites(*, quick: bool) -> list[Suite]:
                 policies=policies,
                 loads=(10.0, 20.0),
                 duration_s=short,
+                warmup_s=warmup,
             ),
             notes=(fleet_note, "12 documents of 16,000 tokens, Zipf(1) popularity, 100-token questions"),
         ),
@@ -105,6 +112,7 @@ def suites(*, quick: bool) -> list[Suite]:
                 policies=policies,
                 loads=(10.0, 20.0),
                 duration_s=short,
+                warmup_s=warmup,
             ),
             notes=(fleet_note, "48 sessions x 5 turns, 2,000-token system prompt, 200-token user turns"),
         ),

@@ -84,6 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         policies=("round-robin", "frontier"),
         loads=tuple(args.loads),
         duration_s=args.duration,
+        warmup_s=args.warmup,
         drain_timeout_s=60.0,
     )
     asyncio.run(
@@ -113,6 +114,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         policies=tuple(args.policies),
         loads=tuple(args.loads),
         duration_s=args.duration,
+        warmup_s=args.warmup,
         seed=args.seed,
         slo=stats.Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
     )
@@ -143,7 +145,10 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo")
     demo.add_argument("--time-scale", type=float, default=1.0, help="wall seconds per model second")
     demo.add_argument("--loads", type=float, nargs="+", default=[10.0, 20.0, 30.0], help="model-time req/s")
-    demo.add_argument("--duration", type=float, default=20.0, help="model seconds of arrivals per run")
+    demo.add_argument(
+        "--duration", type=float, default=15.0, help="model seconds of measured arrivals per run"
+    )
+    demo.add_argument("--warmup", type=float, default=5.0, help="model seconds of arrivals before measuring")
     demo.add_argument("--output-len", type=int, default=64)
     demo.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
     demo.set_defaults(func=cmd_demo)
@@ -160,7 +165,10 @@ def parser() -> argparse.ArgumentParser:
         "--policies", nargs="+", default=list(frontdoors.ALL_POLICIES), choices=frontdoors.ALL_POLICIES
     )
     one.add_argument("--loads", type=float, nargs="+", required=True, help="model-time req/s")
-    one.add_argument("--duration", type=float, default=30.0, help="model seconds of arrivals per run")
+    one.add_argument(
+        "--duration", type=float, default=30.0, help="model seconds of measured arrivals per run"
+    )
+    one.add_argument("--warmup", type=float, default=10.0, help="model seconds of arrivals before measuring")
     one.add_argument("--engines", type=int, default=DEMO_ENGINES)
     one.add_argument("--time-scale", type=float, default=4.0)
     one.add_argument("--num-groups", type=int, default=0, help="0: scaled to the fleet")

@@ -2,8 +2,10 @@
 
 For every (policy, load) the sweep empties the engines' prefix caches, starts the policy's front door fresh,
 sends the load's schedule (the same seeded arrivals for every policy), waits for the engines to drain, reads
-the engines' counters, and stops the front door. Schedules are built in model time and stretched by the
-fleet's time scale on the wire; summaries are reported back in model time.
+the engines' counters, and stops the front door. Requests that arrive in the first `warmup_s` warm the
+caches and the policy's state and are left out of the summary, so a short run reports the steady state
+rather than the cold start (the engines' per-endpoint counters still span the whole run). Schedules are
+built in model time and stretched by the fleet's time scale on the wire; summaries are in model time.
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ class Plan:
     policies: Sequence[str]
     loads: Sequence[float]
     duration_s: float
+    warmup_s: float = 0.0  # model seconds of arrivals sent first and left out of the summary (steady state)
     seed: int = 0
     slo: stats.Slo = dataclasses.field(default_factory=stats.Slo)
     drain_timeout_s: float = 600.0  # model time a run may take to finish after its last arrival
@@ -53,8 +56,9 @@ async def run(
     rows = []
     for load_index, qps in enumerate(plan.loads):
         schedule = workloads.poisson_schedule(
-            qps=qps, duration_s=plan.duration_s, seed=plan.seed + load_index
+            qps=qps, duration_s=plan.warmup_s + plan.duration_s, seed=plan.seed + load_index
         )
+        measured = schedule.offsets_s >= plan.warmup_s
         on_wire = stretched(schedule, running.time_scale)
         for policy in plan.policies:
             bar.step += 1
@@ -81,7 +85,8 @@ async def run(
                     counters=bar.counters,
                     on_tick=bar.draw,
                     drain_timeout_s=plan.drain_timeout_s * running.time_scale,
-                    request_timeout_s=(plan.duration_s + plan.drain_timeout_s) * running.time_scale,
+                    request_timeout_s=(plan.warmup_s + plan.duration_s + plan.drain_timeout_s)
+                    * running.time_scale,
                 )
                 bar.finish()
                 await fleet.wait_idle(running)
@@ -89,7 +94,7 @@ async def run(
             finally:
                 frontdoors.stop(group, door)
             summary = stats.summarize(
-                traces,
+                [trace for trace, keep in zip(traces, measured, strict=True) if keep],
                 slo=plan.slo,
                 time_scale=running.time_scale,
                 endpoint_work=fleet.generated_tokens(before, after),
