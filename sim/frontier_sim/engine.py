@@ -112,6 +112,7 @@ class EngineRequest:
     kv_transferred: bool
     seed: int
     output_token_ids: list[int] = dataclasses.field(default_factory=list)
+    num_tokens: int = 0  # prompt + generated, kept up to date (read on every step)
     num_computed: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first scheduling; -1 before
     blocks: list[int] = dataclasses.field(default_factory=list)
@@ -120,10 +121,6 @@ class EngineRequest:
     status: Status = Status.WAITING
     aborted: bool = False
     num_preemptions: int = 0
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     def tokens(self, start: int, end: int) -> list[int]:
         p = len(self.prompt_token_ids)
@@ -375,6 +372,7 @@ class Engine:
             prefill_only=prefill_only,
             kv_transferred=kv_transferred,
             seed=tokenizer.prompt_seed(prompt_token_ids) if seed is None else seed,
+            num_tokens=prompt_len,
         )
         self.requests[request_id] = seq
         self.waiting.append(seq)
@@ -426,6 +424,7 @@ class Engine:
             raise RuntimeError("complete_step needs the step begin_step returned")
         self._in_flight = None
         cfg = self.config
+        bs = cfg.block_size
         outputs: dict[str, list[int]] = {}
         finished = self._pending_finished
         self._pending_finished = []
@@ -452,15 +451,17 @@ class Engine:
             if emit:
                 room = min(seq.max_tokens - len(seq.output_token_ids), cfg.max_model_len - seq.num_tokens)
                 emit = min(emit, room)
-                start = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+                start = seq.num_tokens
                 new = [tokenizer.output_token(seq.seed, start + i) for i in range(emit)]
                 if not seq.output_token_ids and not seq.num_preemptions:
                     self.stats.prompt_tokens += len(seq.prompt_token_ids)
                 seq.output_token_ids.extend(new)
+                seq.num_tokens += emit
                 seq.num_computed = min(seq.num_computed, seq.num_tokens - 1)
                 outputs[seq.request_id] = new
                 self.stats.generation_tokens += emit
-            self._register_full_blocks(seq)
+            if seq.num_computed // bs > seq.num_registered:
+                self._register_full_blocks(seq)
             if len(seq.output_token_ids) >= seq.max_tokens or seq.num_tokens >= cfg.max_model_len:
                 finished.append(self._finish(seq, "length"))
                 any_done = True
@@ -565,9 +566,6 @@ class Engine:
         self.stats.preemptions += 1
         self.waiting.appendleft(seq)
 
-    def _blocks_for(self, seq: EngineRequest, tokens: int) -> int:
-        return -(-tokens // self.config.block_size) - len(seq.blocks)
-
     def _schedule(self) -> ScheduledStep:
         cfg = self.config
         pool = self.pool
@@ -575,6 +573,7 @@ class Engine:
         batch: list[_Scheduled] = []
         preempted: list[str] = []
         spec = cfg.num_speculative_tokens
+        bs = cfg.block_size
         running = self.running
         i = 0
         while i < len(running) and budget > 0:
@@ -584,7 +583,7 @@ class Engine:
             num_new = 1 + spec if decode else min(remaining, budget)
             if decode and num_new > budget:
                 break
-            need = self._blocks_for(seq, seq.num_computed + num_new)
+            need = -(-(seq.num_computed + num_new) // bs) - len(seq.blocks)
             while need > pool.num_free:
                 victim = running.pop()
                 self._preempt(victim)
