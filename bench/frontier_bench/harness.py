@@ -33,10 +33,12 @@ async def run_sweeps(
     title: str,
     notes: Sequence[str] = (),
     fleet_args: tuple[str, ...] = (),
+    run_root: Path | str = "out/runs",
 ) -> list[report.Row]:
     """Start a fleet, run `plans` over it, stop everything, write the report under `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = out / f"{name}-run"
+    # Logs, endpoints file and Envoy configs of the run; kept out of `out` so committed results stay small.
+    run_dir = Path(run_root) / name
     bar = progress.Bar(steps=sum(len(p.policies) * len(p.loads) for p in plans))
     rows: list[report.Row] = []
     started = time.monotonic()

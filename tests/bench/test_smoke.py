@@ -38,6 +38,7 @@ async def test_a_tiny_sweep_runs_end_to_end_and_stops_everything(tmp_path, monke
         name="smoke",
         command="pytest tests/bench/test_smoke.py",
         title="smoke",
+        run_root=tmp_path / "runs",
     )
     assert [r.policy for r in rows] == ["round-robin", "frontier"]
     for row in rows:
