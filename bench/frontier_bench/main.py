@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -190,8 +191,14 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Raised inside the running sweep, so the process group's context manager stops every child on the way.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )

@@ -8,7 +8,9 @@ reported. Definitions (those of vLLM's and inference-perf's benchmarks):
 - ITL (inter-token latency) = the gaps between successive token chunks, pooled over all requests;
 - TPOT (time per output token) = (end - first token) / (completion tokens - 1), per request with ≥ 2 tokens;
 - output tokens/s = all completion tokens / (last end - first send);
-- goodput = requests per second that succeeded within the SLO (TTFT ≤ 1 s and TPOT ≤ 50 ms by default);
+- goodput = requests that succeeded within the SLO (TTFT ≤ 1 s and TPOT ≤ 50 ms by default) per second of
+  the arrival window (the time over which they were sent): at a load the system sustains, goodput equals the
+  offered load times the fraction that met the SLO;
 - prefix hit rate = Σ cached prompt tokens / Σ prompt tokens (usage `prompt_tokens_details.cached_tokens`);
 - load imbalance = max / mean of the work each endpoint did (e.g. completion tokens), 1.0 = perfectly even.
 
@@ -96,11 +98,13 @@ def summarize(
     slo: Slo | None = None,
     time_scale: float = 1.0,
     endpoint_work: Mapping[str, float] | None = None,
+    window_s: float | None = None,
 ) -> dict[str, Any]:
     """The report row of one run: latency percentiles, throughput, goodput, hit rate, imbalance.
 
     `time_scale` converts the measured (scaled) clock to model time; `endpoint_work` is per-endpoint work
-    observed on the engines' side (any unit), for the imbalance figure.
+    observed on the engines' side (any unit), for the imbalance figure; `window_s` is the arrival window in
+    model time (default: first to last send).
     """
     slo = slo or Slo()
     k = time_scale
@@ -116,6 +120,8 @@ def summarize(
     span = (max(ends) - min(t.sent for t in traces)) / k if traces and ends else 0.0
     model_slo = Slo(ttft_s=slo.ttft_s * k, tpot_s=slo.tpot_s * k)  # compare on the measured clock
     good = sum(1 for t in ok if t.good(model_slo))
+    if window_s is None:
+        window_s = (max(t.sent for t in traces) - min(t.sent for t in traces)) / k if len(traces) > 1 else 0.0
     return {
         "requests": len(traces),
         "succeeded": len(ok),
@@ -131,7 +137,8 @@ def summarize(
         "output_tokens_per_s": completion / span if span > 0 else 0.0,
         "requests_per_s": len(ok) / span if span > 0 else 0.0,
         "good_requests": good,
-        "goodput_rps": good / span if span > 0 else 0.0,
+        "goodput_rps": good / window_s if window_s > 0 else 0.0,
+        "window_s": window_s,
         "good_fraction": good / len(traces) if traces else 0.0,
         "slo": {"ttft_s": slo.ttft_s, "tpot_s": slo.tpot_s},
         "prompt_tokens": prompt,

@@ -98,6 +98,7 @@ async def run(
                 slo=plan.slo,
                 time_scale=running.time_scale,
                 endpoint_work=fleet.generated_tokens(before, after),
+                window_s=plan.duration_s,
             )
             row = report.Row(policy=policy, workload=plan.workload.name, qps=qps, summary=summary)
             log.info(

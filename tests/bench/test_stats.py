@@ -52,7 +52,9 @@ def test_summary_goodput_counts_only_requests_within_both_slo_bounds():
     assert s["requests"] == 6 and s["succeeded"] == 5 and s["failed"] == 1
     assert s["good_requests"] == 2
     assert s["duration_s"] == pytest.approx(4.0)
-    assert s["goodput_rps"] == pytest.approx(0.5)
+    assert s["window_s"] == pytest.approx(3.0)  # sent from 0 s to 3 s
+    assert s["goodput_rps"] == pytest.approx(2 / 3.0)
+    assert stats.summarize(traces, window_s=4.0)["goodput_rps"] == pytest.approx(0.5)
     assert s["good_fraction"] == pytest.approx(2 / 6)
     assert s["output_tokens"] == 3 + 2 + 3 + 2 + 4
     assert s["output_tokens_per_s"] == pytest.approx(14 / 4.0)
