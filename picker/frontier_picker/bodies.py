@@ -23,6 +23,9 @@ CHARS_PER_TOKEN: Final = 4
 
 # A JSON string (unrolled-loop form, linear time) or one structural character.
 _TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]:]')
+# The same over a prefix of a body: a lone quote is a string the prefix cuts off.
+_PREFIX_TOKEN: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]|"')
+_CLOSERS: Final = {0x7B: b"}", 0x5B: b"]"}
 
 
 class BodyError(ValueError):
@@ -114,6 +117,51 @@ def rewrite_model(body: bytes, model: str) -> bytes:
     return b"".join((body[:start], orjson.dumps(model), body[end:]))
 
 
+def parse_prefix(prefix: bytes) -> dict[str, Any] | None:
+    """The document a body *prefix* starts, as far as it goes: the cut-off string closed, open arrays and
+    objects closed. None when that is not a JSON object naming its model in full (the model value must be
+    complete in `prefix`), e.g. when the prefix ends between a key and its value; more body will tell.
+
+    Lets the picker decide before the last body byte: a prefix cache keys on a long prompt's first part.
+    """
+    open_brackets: list[int] = []
+    cut = len(prefix)
+    in_string = False
+    for match in _PREFIX_TOKEN.finditer(prefix):
+        token = match.group()
+        first = token[0]
+        if first == 0x22:
+            if len(token) == 1:
+                in_string, cut = True, match.start()
+                break
+        elif first in _CLOSERS:
+            open_brackets.append(first)
+        elif open_brackets:
+            open_brackets.pop()
+    head = prefix[:cut] if in_string else prefix.rstrip(b" \t\r\n,")
+    tail = b"".join(_CLOSERS[bracket] for bracket in reversed(open_brackets))
+    if in_string:
+        text = prefix[cut:]
+        if (len(text) - len(text.rstrip(b"\\"))) % 2:
+            text = text[:-1]  # a cut-off escape
+        head = head + text + b'"'
+    try:
+        document = orjson.loads(head + tail)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("model"), str):
+        return None
+    span = model_value_span(prefix)
+    if span is None or orjson.loads(prefix[span[0] : span[1]]) != document["model"]:
+        return None
+    return document
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free estimate of the tokens in `text` (about 4 characters per token)."""
-    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    return estimate_tokens_of(len(text))
+
+
+def estimate_tokens_of(characters: int) -> int:
+    """The estimate for a text of `characters` characters."""
+    return (max(0, characters) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN

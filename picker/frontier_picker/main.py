@@ -60,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413"
     )
     parse.add_argument(
+        "--early-decision-prompt-chars",
+        type=int,
+        default=65_536,
+        help="decide before the body ends once this much prompt is in (0: wait for the whole body)",
+    )
+    parse.add_argument(
         "--endpoints-poll-interval", type=float, default=1.0, help="seconds between file checks"
     )
     parse.add_argument("--log-level", default="INFO", help="DEBUG logs one line per completed request too")
@@ -84,6 +90,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         profile=arguments.profile,
         fallbacks=arguments.fallbacks,
         max_body_bytes=arguments.max_body_bytes,
+        early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,
         pool_name=arguments.pool_name,

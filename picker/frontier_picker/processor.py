@@ -64,6 +64,9 @@ class Settings:
     """What the protocol layer needs besides the scheduler and the datastore."""
 
     max_body_bytes: int = 16 * 1024 * 1024
+    # Decide before the last body byte once this many prompt characters are in (0: never). Four times the
+    # prefix horizon of the default prefix scorer (256 blocks of 64 characters), so its input is complete.
+    early_decision_prompt_chars: int = 65_536
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -155,6 +158,9 @@ class Stream:
         self.request_id_generated = False
         self.chunks: list[bytes] = []
         self.body_size = 0
+        self.declared_length: int | None = None
+        self.next_early_attempt = context.settings.early_decision_prompt_chars
+        self.early = False  # decided before the whole body was in
         self.headers_answered = False
         self.request: types.Request | None = None
         self.decision: types.Decision | None = None
@@ -207,8 +213,10 @@ class Stream:
         if message.request_headers.end_of_stream:
             return [self._decide(b"", body_changed=False, header_phase=True)]
         declared = self.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.ctx.settings.max_body_bytes:
-            raise Rejected(413, self._too_large(int(declared)))
+        if declared is not None and declared.isdigit():
+            self.declared_length = int(declared)
+            if self.declared_length > self.ctx.settings.max_body_bytes:
+                raise Rejected(413, self._too_large(self.declared_length))
         if self.body_before_headers:
             return []
         # BUFFERED, or STREAMED without early body: headers go on now; the decision rides on the body reply.
@@ -236,9 +244,55 @@ class Stream:
         if self.body_size > self.ctx.settings.max_body_bytes:
             raise Rejected(413, self._too_large(self.body_size))
         self.chunks.append(chunk)
-        if not body.end_of_stream:
+        if body.end_of_stream:
+            return self._finish_request_body(end_of_stream=True)
+        if self.body_size >= self.next_early_attempt > 0 and self._may_decide_early():
+            self.next_early_attempt = 2 * self.body_size  # each try parses the prefix: keep the total linear
+            return self._decide_early()
+        return []
+
+    def _may_decide_early(self) -> bool:
+        return (
+            self.request_mode == _FULL_DUPLEX
+            and self.declared_length is not None
+            and not self.headers_answered
+            and bodies.is_inference_path(self.headers.get(":path", ""))
+        )
+
+    def _decide_early(self) -> list[ext_proc.ProcessingResponse]:
+        """Decide on a body prefix holding the whole model value and enough of the prompt, then let the
+        rest of the body stream through; [] when the prefix does not tell yet."""
+        prefix = b"".join(self.chunks)
+        document = bodies.parse_prefix(prefix)
+        if document is None:
             return []
-        return self._finish_request_body(end_of_stream=True)
+        prompt = bodies.prompt_text(document)
+        if len(prompt) < self.ctx.settings.early_decision_prompt_chars:
+            return []
+        model: str = document["model"]
+        target = next((self.headers[h] for h in _MODEL_REWRITE_HEADERS if self.headers.get(h)), model)
+        self.request = self._request(model=model, target_model=target, document=document)
+        declared = self.declared_length or self.body_size
+        # The prompt goes on past the prefix: estimate its tokens from the declared body size.
+        overhead = len(prefix) - len(prompt)
+        self.request.prompt_tokens = max(
+            self.request.prompt_tokens, bodies.estimate_tokens_of(declared - overhead)
+        )
+        changed = target != model
+        if changed:
+            try:
+                prefix = bodies.rewrite_model(prefix, target)
+            except bodies.BodyError as error:
+                raise Rejected(error.status, error.reason) from None
+        self.early = True
+        length = declared + len(prefix) - self.body_size
+        replies = [self._decide(prefix, body_changed=changed, header_phase=True, length=length)]
+        source = [prefix] if changed else self.chunks
+        replies.extend(
+            _streamed(piece, end=False, response=False) for chunk in source for piece in _pieces(chunk)
+        )
+        self.chunks = []
+        return replies
 
     def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
         replies = self._finish_request_body(end_of_stream=False) if self.decision is None else []
@@ -323,8 +377,11 @@ class Stream:
             headers=headers,
         )
 
-    def _decide(self, body: bytes, *, body_changed: bool, header_phase: bool) -> ext_proc.ProcessingResponse:
-        """Schedule the request and build the reply that carries the decision."""
+    def _decide(
+        self, body: bytes, *, body_changed: bool, header_phase: bool, length: int | None = None
+    ) -> ext_proc.ProcessingResponse:
+        """Schedule the request and build the reply that carries the decision; `length` is the whole
+        body's when `body` is only its start."""
         if self.request is None:
             self.request = self._request(model="", target_model="", document=None)
         request = self.request
@@ -354,7 +411,7 @@ class Stream:
         if decision.prefill:
             set_headers.append(_set_header(names.PREFILLER_HOST_PORT, decision.prefill))
         if body_changed:
-            set_headers.append(_set_header("content-length", str(len(body))))
+            set_headers.append(_set_header("content-length", str(len(body) if length is None else length)))
         if self.request_id_generated:
             set_headers.append(_set_header(names.REQUEST_ID, self.request_id))
         common = ext_proc.CommonResponse(
@@ -368,7 +425,7 @@ class Stream:
         ].string_value = destination
         log.info(
             "event=decision request_id=%s model=%s target_model=%s endpoints=%s prefill=%s profile=%s "
-            "subset=%s body_bytes=%d rewritten=%s",
+            "subset=%s body_bytes=%d rewritten=%s early=%s",
             self.request_id,
             request.model or "-",
             request.target_model or "-",
@@ -376,8 +433,9 @@ class Stream:
             decision.prefill or "-",
             decision.profile or "-",
             ",".join(self.subset) if self.subset is not None else "-",
-            len(body),
+            len(body) if length is None else length,
             body_changed,
+            self.early,
         )
         if header_phase:
             self.headers_answered = True

@@ -47,6 +47,7 @@ class Options:
     profile: str | None = None
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
+    early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
     pool_name: str | None = None
@@ -96,7 +97,10 @@ async def start(
         scheduler=scheduler,
         store=store,
         metrics=own_metrics,
-        settings=processor.Settings(max_body_bytes=options.max_body_bytes),
+        settings=processor.Settings(
+            max_body_bytes=options.max_body_bytes,
+            early_decision_prompt_chars=options.early_decision_prompt_chars,
+        ),
     )
     health_servicer = health.aio.HealthServicer()
     serving = health_pb2.HealthCheckResponse.SERVING

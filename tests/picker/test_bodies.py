@@ -74,3 +74,32 @@ def test_rewrite_of_a_large_prompt_is_a_splice() -> None:
 def test_inference_paths_ignore_the_query_string() -> None:
     assert bodies.is_inference_path("/v1/chat/completions?x=1")
     assert not bodies.is_inference_path("/v1/models")
+
+
+def test_parse_prefix_reads_the_model_from_any_cut_and_never_invents_one() -> None:
+    document = {
+        "model": "m",
+        "messages": [{"role": "user", "content": 'quote " backslash \\ accent \u00e9 ' * 20}],
+        "max_tokens": 5,
+    }
+    for text in (json.dumps(document), json.dumps(document, ensure_ascii=False)):
+        full = text.encode()
+        whole_prompt = bodies.prompt_text(json.loads(full))
+        parsed = 0
+        for cut in range(1, len(full)):
+            prefix_document = bodies.parse_prefix(full[:cut])
+            if prefix_document is None:
+                continue
+            parsed += 1
+            assert prefix_document["model"] == "m"
+            assert whole_prompt.startswith(bodies.prompt_text(prefix_document)[:-10])
+        assert parsed > len(full) // 2
+
+
+def test_parse_prefix_needs_the_whole_model_value() -> None:
+    assert bodies.parse_prefix(b'{"model":"llama-3') is None
+    assert bodies.parse_prefix(b'{"messages":[{"role":"user","content":"hello') is None
+    assert bodies.parse_prefix(b'{"model":"llama-3","messages":[{"role":"user","content":"hel') == {
+        "model": "llama-3",
+        "messages": [{"role": "user", "content": "hel"}],
+    }

@@ -151,6 +151,13 @@ async def test_bodies_arrive_byte_identical(gie: stack.Stack, size: int) -> None
     received = last_received(gie, headers["x-served-by"])
     assert len(received.body) == size
     assert received.body == body
+    request, _ = gie.scheduler.decisions[-1]
+    if size > 1024 * 1024:
+        # Decided on the body's first part (the prompt seen is shorter), the rest streamed through.
+        assert 65_536 <= len(request.prompt) < size - 100
+        assert request.prompt_tokens >= (size - 100) // 4
+    else:
+        assert len(request.prompt) > size - 100
 
 
 @pytest.mark.parametrize("size", [100, 61_999, 62_001, 4 * 1024 * 1024])
