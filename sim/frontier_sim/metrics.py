@@ -54,8 +54,6 @@ class ServerMetrics:
     itl: Histogram = dataclasses.field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = dataclasses.field(default_factory=lambda: Histogram(E2E_BUCKETS))
     success: dict[str, int] = dataclasses.field(default_factory=dict)  # by finished_reason
-    kv_transfers: int = 0
-    kv_transfer_s: float = 0.0
 
 
 def _help(out: list[str], name: str, kind: str, text: str) -> None:

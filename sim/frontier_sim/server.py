@@ -223,7 +223,11 @@ class Server:
                 raise RequestError(404, f"The model `{model}` does not exist.", "NotFoundError")
         if chat:
             messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
+            if (
+                not isinstance(messages, list)
+                or not messages
+                or not all(isinstance(m, dict) for m in messages)
+            ):
                 raise RequestError(400, "messages: a non-empty list of chat messages is required")
             prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
         else:
@@ -236,7 +240,7 @@ class Server:
                 prompt_ids = list(prompt)
             else:
                 raise RequestError(400, "prompt: a string or a list of token ids is required (one prompt)")
-        if int(body.get("n", 1) or 1) != 1:
+        if body.get("n", 1) not in (1, None):
             raise RequestError(400, "n: only n=1 is simulated")
         max_tokens = body.get("max_completion_tokens") if chat else None
         max_tokens = max_tokens if max_tokens is not None else body.get("max_tokens")
@@ -444,8 +448,7 @@ class Server:
         local = self.core.cached_prefix_tokens(parsed.prompt_ids, parsed.lora)
         pulled = max(len(parsed.prompt_ids) - local, 0)
         transfer_s = pulled * self.core.model.kv_bytes_per_token_per_gpu / self.settings.kv_link_bytes_per_s
-        self.metrics.kv_transfers += 1
-        self.metrics.kv_transfer_s += transfer_s
+        log.debug("event=kv_transfer prefill=%s tokens=%d model_seconds=%.6f", prefiller, pulled, transfer_s)
         await asyncio.sleep(transfer_s * self.settings.time_scale)
 
     # --- the rest of the surface ----------------------------------------------------------------------------
