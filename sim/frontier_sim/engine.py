@@ -293,6 +293,7 @@ class Engine:
         self.stats = EngineStats()
         self.lora_ids: dict[str, int] = {}
         self.resident_loras: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._lora_serial = 0
         self._rng = random.Random(config.seed)
         self._in_flight: ScheduledStep | None = None
         self._pending_finished: list[FinishedRequest] = []
@@ -324,7 +325,10 @@ class Engine:
         """Register an adapter by name (as /v1/load_lora_adapter does); returns its integer id."""
         if not self.config.enable_lora:
             raise ValueError("LoRA adapters need --enable-lora")
-        return self.lora_ids.setdefault(name, len(self.lora_ids) + 1)
+        if name not in self.lora_ids:
+            self._lora_serial += 1  # ids are never reused, so events never confuse two adapters
+            self.lora_ids[name] = self._lora_serial
+        return self.lora_ids[name]
 
     def remove_lora(self, name: str) -> bool:
         if name not in self.lora_ids or any(s.lora == name for s in self.requests.values()):
