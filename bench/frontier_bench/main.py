@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from frontier_bench import frontdoors, full, harness, stats, sweep, workloads
+from frontier_bench import frontdoors, full, harness, report, stats, sweep, workloads
 
 log = logging.getLogger("frontier_bench")
 
@@ -137,6 +137,12 @@ def cmd_all(args: argparse.Namespace) -> None:
     full.run(out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only))
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    for path in args.results:
+        for kind, written in report.rewrite(Path(path)).items():
+            print(f"{kind}: {written}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="frontier-bench", description=__doc__.split("\n\n")[0])
     top.add_argument("--log-level", default="WARNING")
@@ -188,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
     everything.add_argument("--quick", action="store_true", help="shorter runs (for trying the pipeline)")
     everything.add_argument("--only", nargs="*", default=[], help="run only these suites (by name)")
     everything.set_defaults(func=cmd_all)
+    rerender = sub.add_parser("report", help="re-render results (markdown, plots) from their JSON")
+    rerender.add_argument("results", nargs="+", help="results JSON files")
+    rerender.set_defaults(func=cmd_report)
     return top
 
 

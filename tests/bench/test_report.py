@@ -43,7 +43,7 @@ def test_comparison_reports_matched_load_ttft_reduction_and_goodput_ratio():
     assert first["ttft_p90_reduction"] == pytest.approx(1 - fr["ttft_s"]["p90"] / rr["ttft_s"]["p90"])
     # At 2 req/s round-robin has no request within TTFT <= 1 s: no ratio rather than a division by zero.
     assert entry["matched"][1]["goodput_ratio"] is None
-    assert entry["met"]["ttft_p90_reduction"] is True
+    assert entry["met"]["ttft_p90_reduction"] == "2/2 loads"
     peak_frontier = max(r.summary["goodput_rps"] for r in rows() if r.policy == "frontier")
     peak_rr = max(r.summary["goodput_rps"] for r in rows() if r.policy == "round-robin")
     assert peak_frontier == pytest.approx(3 / 1.0)  # 3 good requests sent over a 1 s window
@@ -67,3 +67,15 @@ def test_write_produces_json_markdown_and_png_with_the_command(tmp_path):
     assert "`frontier-bench demo --out x`" in paths["md"].read_text()
     png = paths["demo"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    paths["md"].unlink()
+    again = report.rewrite(paths["json"])
+    assert "`frontier-bench demo --out x`" in again["md"].read_text()
+    assert json.loads(again["json"].read_text())["runs"] == data["runs"]
+
+
+def test_against_the_oracle_the_target_is_the_hit_rate_fraction():
+    oracle = row("oracle", 1.0, ttft=[0.2, 0.3, 0.4])
+    oracle.summary["prefix_hit_rate"] = 0.5
+    [entry] = [e for e in report.comparisons([*rows(), oracle]) if e["baseline"] == "oracle"]
+    assert entry["matched"][0]["hit_rate_ratio"] == pytest.approx(1.0)  # 50 of 100 cached tokens each
+    assert entry["met"] == {"hit_rate_fraction": "1/1 loads"}
