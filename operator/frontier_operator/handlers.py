@@ -13,7 +13,9 @@ ModelTier status (see `reconcile`). Triggers:
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import kopf
@@ -31,7 +33,9 @@ def _owner_tier(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def registry_for(reconciler: reconcile.Reconciler, *, login: kopf.ConnectionInfo) -> kopf.OperatorRegistry:
+def registry_for(
+    reconciler: reconcile.Reconciler, *, login: kopf.ConnectionInfo, namespaces: Sequence[str] = ()
+) -> kopf.OperatorRegistry:
     """A kopf registry whose handlers drive `reconciler` (one registry per operator instance)."""
     registry = kopf.OperatorRegistry()
     pool_generations: dict[tuple[str, str], int] = {}
@@ -47,7 +51,7 @@ def registry_for(reconciler: reconcile.Reconciler, *, login: kopf.ConnectionInfo
         # reconcile writes nothing.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 600
-        tasks.append(asyncio.create_task(_resync_forever(reconciler)))
+        tasks.append(asyncio.create_task(_resync_forever(reconciler, namespaces)))
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
@@ -101,15 +105,22 @@ def registry_for(reconciler: reconcile.Reconciler, *, login: kopf.ConnectionInfo
     return registry
 
 
-async def _resync_forever(reconciler: reconcile.Reconciler) -> None:
+def watched(namespace: str, patterns: Sequence[str]) -> bool:
+    """Whether the operator watches `namespace` (no patterns: every namespace)."""
+    return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+async def _resync_forever(reconciler: reconcile.Reconciler, namespaces: Sequence[str]) -> None:
     while True:
         await asyncio.sleep(reconciler.cfg.resync_seconds)
         try:
+            reconciler.forget_pickers()
             tiers = await asyncio.to_thread(
                 reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
             )
             for t in tiers:
-                await reconciler.tier(t["metadata"]["namespace"], t["metadata"]["name"])
+                if watched(t["metadata"]["namespace"], namespaces):
+                    await reconciler.tier(t["metadata"]["namespace"], t["metadata"]["name"])
         except Exception:
             log.exception("resync failed")
 

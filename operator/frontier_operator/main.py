@@ -75,7 +75,9 @@ async def run(
     """Run the operator until `stop_flag` is set (or forever)."""
     client = kube.Kube(api_client(kubeconfig), field_manager=cfg.field_manager)
     reconciler = reconcile.Reconciler(client, cfg)
-    registry = handlers.registry_for(reconciler, login=handlers.connection_info(client))
+    registry = handlers.registry_for(
+        reconciler, login=handlers.connection_info(client), namespaces=namespaces
+    )
     log.info(
         "starting namespaces=%s engine_image=%s engine_command=%r",
         ",".join(namespaces) or "*",

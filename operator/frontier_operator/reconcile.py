@@ -55,6 +55,10 @@ class Reconciler:
         self.cfg = cfg
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pool_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Per pool, the tier uids the picker objects were last verified to be owned by. A tier pass skips the
+        # picker when its own uid is already there, so a pool of N tiers costs one tier LIST, not N (a restart
+        # with 200 tiers would otherwise list all 200 tiers 200 times).
+        self._picker_owners: dict[tuple[str, str], frozenset[str]] = {}
 
     def _lock(self, table: dict[tuple[str, str], asyncio.Lock], key: tuple[str, str]) -> asyncio.Lock:
         found = table.get(key)
@@ -116,7 +120,10 @@ class Reconciler:
                 if written:
                     outcome.applied.append(written)
             outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
-            outcome.applied += await self.picker(pool)
+            if obj["metadata"]["uid"] not in self._picker_owners.get(
+                (pool.namespace, pool.name), frozenset()
+            ):
+                outcome.applied += await self.picker(pool)
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
         outcome.status_written = await self._write_status(
             obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash
@@ -242,22 +249,20 @@ class Reconciler:
                 written = await self._ensure(manifest)
                 if written:
                     applied.append(written)
+            self._picker_owners[(pool.namespace, pool.name)] = frozenset(t["metadata"]["uid"] for t in owners)
             return applied
+
+    def forget_pickers(self) -> None:
+        """Drop the verified-owner cache (the next pass of each pool re-lists its tiers)."""
+        self._picker_owners.clear()
 
     async def pool_changed(self, namespace: str, pool_name: str) -> None:
         """Re-reconcile every tier of a pool (its selector, port or picker changed, or a tier left)."""
+        self._picker_owners.pop((namespace, pool_name), None)
         tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
         for t in tiers:
             if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name:
                 await self.tier(namespace, t["metadata"]["name"])
-        if not any((t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name for t in tiers):
-            return
-        pool_obj = await self._get(POOL_API, "InferencePool", namespace, pool_name)
-        if pool_obj is not None:
-            try:
-                await self.picker(pools.from_object(pool_obj))
-            except pools.PoolError as err:
-                log.warning("pool invalid pool=%s/%s message=%r", namespace, pool_name, str(err))
 
 
 def _matches(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
