@@ -35,7 +35,6 @@ hits, preemptions, busy time. Not recorded: individual inter-token gaps (decode 
 ITL is reported per request as TPOT.
 """
 
-import collections
 import dataclasses
 import heapq
 import logging
@@ -49,15 +48,15 @@ import numpy as np
 from frontier_api import names
 from frontier_picker import bodies, datastore, endpoints
 from frontier_picker.scheduling import config, types
-from frontier_sim import cluster_engine, cluster_policies, fleet, settings, tokenizer
+from frontier_sim import cluster_engine, cluster_policies, engine, fleet, settings, tokenizer
 
 log = logging.getLogger(__name__)
 
 SCRAPE_INTERVAL_S = 0.05
 SCRAPE_GROUPS = 10
 PICKER_PROFILES = config.BUILTIN  # frontier, gie-default, round-robin (the picker's own)
-# Distinct prompt texts whose token ids are kept (workloads cycle through a list of prompts).
-TOKEN_CACHE_SIZE = 50_000
+# Distinct prompt texts whose token ids and block hashes are kept (workloads cycle through prompt lists).
+TOKEN_CACHE_SIZE = 20_000
 _INTS = tuple(range(tokenizer.VOCAB_SIZE))  # token ids share these int objects: 8 bytes a token, not 36
 
 
@@ -180,26 +179,90 @@ class _Flight:
     decision: types.Decision
     charge: datastore.Charge | None
     engine: int
+    text: str
     token_ids: list[int]
     max_tokens: int
     first_token: bool = False
 
 
 class _Tokens:
-    """Token ids per prompt text, bounded (least recently inserted dropped first)."""
+    """`tokenizer.encode`, memoised for workloads that repeat text (shared system prompts, cycled prompts).
+
+    The tokenizer cuts text into 4-character pieces from the start, so the ids of a text are the ids of its
+    consecutive `CHUNK_CHARS`-character chunks (a multiple of 4) joined: chunks are memoised, and within a
+    new chunk each 4-character piece is. Both memos are cleared when they reach `capacity` entries.
+    """
+
+    CHUNK_CHARS = 256
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._ids: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+        self._chunks: dict[str, tuple[int, ...]] = {}
+        self._pieces: dict[str, int] = {}
+
+    def _encode_chunk(self, chunk: str) -> tuple[int, ...]:
+        pieces = self._pieces
+        if len(pieces) >= self.capacity:
+            pieces.clear()
+        out = []
+        for i in range(0, len(chunk), tokenizer.CHARS_PER_TOKEN):
+            piece = chunk[i : i + tokenizer.CHARS_PER_TOKEN]
+            token = pieces.get(piece)
+            if token is None:
+                token = pieces[piece] = _INTS[tokenizer.encode(piece)[0]]
+            out.append(token)
+        return tuple(out)
 
     def get(self, text: str) -> list[int]:
-        ids = self._ids.get(text)
-        if ids is None:
-            ids = [_INTS[t] for t in tokenizer.encode(text)]
-            self._ids[text] = ids
-            if len(self._ids) > self.capacity:
-                self._ids.popitem(last=False)
+        chunks = self._chunks
+        size = self.CHUNK_CHARS
+        ids: list[int] = []
+        for start in range(0, len(text), size):
+            chunk = text[start : start + size]
+            cached = chunks.get(chunk)
+            if cached is None:
+                if len(chunks) >= self.capacity:
+                    chunks.clear()
+                cached = chunks[chunk] = self._encode_chunk(chunk)
+            ids.extend(cached)
         return ids
+
+
+class _Prompts:
+    """Token ids and full-block hashes per prompt text, for the most recent `capacity` distinct texts.
+
+    Workloads cycle through prompt lists, so most prompts recur; the engine core would hash every block of
+    a recurring prompt again at admission (the chained hash of `engine.block_hash`). The hashes are the same
+    function of the same token ids, computed here once and handed to the core with the request.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._tokens = _Tokens(capacity * 8)
+        self._memo: dict[str, tuple[list[int], dict[tuple[int, int], list[int]]]] = {}
+
+    def get(self, text: str) -> list[int]:
+        found = self._memo.get(text)
+        if found is None:
+            if len(self._memo) >= self.capacity:
+                self._memo.clear()
+            found = self._memo[text] = (self._tokens.get(text), {})
+        return found[0]
+
+    def block_hashes(self, text: str, *, block_size: int, hash_seed: int) -> list[int]:
+        """The chained hashes of the full blocks of `text`'s token ids (an engine's prefix-cache names)."""
+        ids, by_config = self._memo.get(text) or (self.get(text), {})
+        hashes = by_config.get((block_size, hash_seed))
+        if hashes is None:
+            hashes = []
+            parent: int | None = None
+            for i in range(len(ids) // block_size):
+                parent = engine.block_hash(
+                    parent, ids[i * block_size : (i + 1) * block_size], None, hash_seed
+                )
+                hashes.append(parent)
+            by_config[(block_size, hash_seed)] = hashes
+        return hashes
 
 
 def _policy(
@@ -301,7 +364,7 @@ def run(
     key_index = {state.endpoint.key: i for i, state in enumerate(states)}
     name, chosen = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
     oracle = chosen if isinstance(chosen, cluster_policies.Oracle) else None
-    tokens = _Tokens(token_cache)
+    prompts = _Prompts(token_cache)
     groups = max(1, min(scrape_groups, len(vengines)))
     members = [list(range(g, len(vengines), groups)) for g in range(groups)]
     tick = scrape_interval / groups
@@ -332,8 +395,14 @@ def run(
             heapq.heappush(heap, (v.busy_until, order, v.index, v.version))
 
     def submit(flight: _Flight, v: cluster_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> bool:
+        cfg = v.core.config
+        hashes = None
+        if cfg.enable_prefix_caching:
+            hashes = prompts.block_hashes(flight.text, block_size=cfg.block_size, hash_seed=cfg.hash_seed)
         try:
-            changed, result = v.add(t, rid, flight.token_ids, max_tokens=flight.max_tokens, **kind)
+            changed, result = v.add(
+                t, rid, flight.token_ids, max_tokens=flight.max_tokens, block_hashes=hashes, **kind
+            )
         except ValueError as error:
             finish_error(flight, t, 400, str(error))
             return False
@@ -459,7 +528,8 @@ def run(
         engine_of.append(-1)
         status.append(200)
         request = _request(arrival, f"vt-{row}")
-        token_ids = tokens.get(_engine_text(arrival))
+        text = _engine_text(arrival)
+        token_ids = prompts.get(text)
         try:
             decision = chosen.decide(request, token_ids, endpoints.Snapshot(t, states))
         except types.Rejection as rejection:
@@ -473,6 +543,7 @@ def run(
             decision=decision,
             charge=charge,
             engine=target,
+            text=text,
             token_ids=token_ids,
             max_tokens=arrival.max_tokens,
         )

@@ -162,8 +162,10 @@ def apply_run(core: engine.Engine, run: Run, upto: int) -> None:
         position = seq.num_tokens
         seed = seq.seed
         seq.output_token_ids.extend([output_token(seed, position + j) for j in range(n)])
+        seq.num_tokens += n
         seq.num_computed += n
-        core._register_full_blocks(seq)
+        if seq.num_computed // bs > seq.num_registered:
+            core._register_full_blocks(seq)
     stats = core.stats
     stats.generation_tokens += n * len(running)
     stats.steps += n
@@ -207,8 +209,10 @@ class VirtualEngine:
         max_tokens: int,
         prefill_only: bool = False,
         kv_transferred: bool = False,
+        block_hashes: list[int] | None = None,
     ) -> tuple[bool, engine.StepResult | None]:
-        """Queue a request at `t` (ValueError: it can never run here).
+        """Queue a request at `t` (ValueError: it can never run here). `block_hashes`: the chained hashes
+        of the prompt's full blocks under this core's block size and hash seed, if the caller has them.
 
         Returns whether the pending event changed (the caller schedules `busy_until`) and the result of a
         step that had to complete on the spot (an empty one), if any.
@@ -220,6 +224,9 @@ class VirtualEngine:
             prefill_only=prefill_only,
             kv_transferred=kv_transferred,
         )
+        if block_hashes is not None:
+            # The core computes these lazily into the request; the same values, computed once per prompt.
+            self.core.requests[request_id].block_hashes = list(block_hashes)
         phase = self.phase
         if phase is Phase.RUN:
             run = self.run
