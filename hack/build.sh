@@ -54,15 +54,15 @@ build_kubecp() {
 	mv "$bin/kubecp.tmp" "$bin/kubecp"
 }
 
-go_install() { # go_install MODULE/CMD@VERSION
-	GOBIN=$bin nice -n 10 go install -p "$jobs" -trimpath "$1"
+go_install() { # go_install MODULE/CMD@VERSION [LDFLAGS]
+	GOBIN=$bin nice -n 10 go install -p "$jobs" -trimpath -ldflags "-s -w ${2:-}" "$1"
 }
 
 kubecp_stamp="$K8S_VERSION etcd=$ETCD_VERSION $(cat "$here/kubecp/go.mod" "$here/kubecp/go.sum" "$here/kubecp/main.go" | sha256sum | cut -c1-16)"
 if stamp_ok kubecp "$kubecp_stamp"; then
 	log "kubecp $K8S_VERSION is current"
 else
-	log "building kubecp (Kubernetes $K8S_VERSION + etcd $ETCD_VERSION); a cold build takes tens of minutes"
+	log "building kubecp (Kubernetes $K8S_VERSION + etcd $ETCD_VERSION); a cold build took 4.5 min on 2 cores"
 	timed "kubecp-$K8S_VERSION" build_kubecp
 	echo "$kubecp_stamp" >"$bin/.kubecp.stamp"
 fi
@@ -78,12 +78,15 @@ else
 	echo "$KWOK_VERSION" >"$bin/.kwok.stamp"
 fi
 
-if stamp_ok helm "$HELM_VERSION"; then
+# Helm's own version string is a link-time variable too (`go install` alone reports just "v4.3").
+helm_ldflags="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+helm_ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+if stamp_ok helm "$HELM_VERSION $helm_ldflags"; then
 	log "helm $HELM_VERSION is current"
 else
 	log "building helm $HELM_VERSION"
-	timed "helm-$HELM_VERSION" go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
-	echo "$HELM_VERSION" >"$bin/.helm.stamp"
+	timed "helm-$HELM_VERSION" go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" "$helm_ldflags"
+	echo "$HELM_VERSION $helm_ldflags" >"$bin/.helm.stamp"
 fi
 
 # module_dir MODULE@VERSION: the module's read-only folder in the Go module cache (downloaded if needed).

@@ -65,7 +65,11 @@ CONTROLLERS: Final = (
     "namespace-controller",
     "serviceaccount-controller",
     "serviceaccount-token-controller",
+    # The API server taints every new Node node.kubernetes.io/not-ready (TaintNodesByCondition); only this
+    # controller lifts the taint once KWOK reports the node Ready, so without it nothing schedules.
+    "node-lifecycle-controller",
 )
+NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
 BINARY_NAMES: Final = ("kubecp", "kwok")
 
 
@@ -189,7 +193,8 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
 # --- processes -------------------------------------------------------------------------------------------
 
 _PR_SET_PDEATHSIG: Final = 1
-_live_groups: set[int] = set()
+# Every component process still running, so interpreter exit can kill what a crashed caller left behind.
+_running: set[subprocess.Popen[bytes]] = set()
 
 
 def _die_with_parent() -> None:
@@ -199,26 +204,26 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _kill_group(pgid: int, *, grace_s: float) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after `grace_s`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    _live_groups.discard(pgid)
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    # Each component leads its own process group (start_new_session), so its pid is the group id.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+def stop_process(process: subprocess.Popen[bytes], *, grace_s: float) -> None:
+    """SIGTERM the process's group, wait up to `grace_s` for the leader, then SIGKILL the group and reap."""
+    _signal_group(process, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    _signal_group(process, signal.SIGKILL)
+    process.wait()
+    _running.discard(process)
 
 
 @atexit.register
-def _kill_all_groups() -> None:
-    for pgid in list(_live_groups):
-        _kill_group(pgid, grace_s=1.0)
+def _stop_all_processes() -> None:
+    for process in list(_running):
+        stop_process(process, grace_s=1.0)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -242,9 +247,7 @@ class Component:
             return "(no log)"
 
     def stop(self, *, grace_s: float = 5.0) -> None:
-        _kill_group(self.process.pid, grace_s=grace_s)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=grace_s)
+        stop_process(self.process, grace_s=grace_s)
 
 
 def free_port() -> int:
@@ -441,7 +444,8 @@ class ControlPlane:
         return unique
 
     def create_node_pools(self, pools: Iterable[NodePool]) -> None:
-        """Creates every pool's nodes and waits until KWOK reports them all Ready."""
+        """Creates every pool's nodes and waits until KWOK reports them Ready and the node lifecycle
+        controller has lifted the not-ready taint, so they accept pods."""
         core = k8s_client.CoreV1Api(self.api_client())
         node_names = []
         for pool in pools:
@@ -457,13 +461,16 @@ class ControlPlane:
                 pool.gpus_per_node,
             )
 
-        def all_ready() -> bool:
+        def all_schedulable() -> bool:
             ready = {
-                node.metadata.name for node in core.list_node().items if _is_ready(node.status.conditions)
+                node.metadata.name
+                for node in core.list_node().items
+                if _is_ready(node.status.conditions)
+                and not any(taint.key == NOT_READY_TAINT for taint in node.spec.taints or ())
             }
             return ready.issuperset(node_names)
 
-        self._wait_for(f"KWOK nodes Ready {node_names}", all_ready)
+        self._wait_for(f"KWOK nodes Ready and untainted {node_names}", all_schedulable)
 
     def apply_crds(self, paths: Iterable[pathlib.Path]) -> list[str]:
         """Creates or replaces every CustomResourceDefinition in the YAML files `paths` and waits until each
@@ -514,7 +521,7 @@ class ControlPlane:
                 # Only sets PDEATHSIG (one prctl call), so it is safe even though preexec_fn runs after fork.
                 preexec_fn=_die_with_parent,
             )
-        _live_groups.add(process.pid)
+        _running.add(process)
         self.components.append(Component(name=name, process=process, log_path=log_path))
         logger.info("event=component_started component=%s pid=%d log=%s", name, process.pid, log_path)
 
