@@ -45,11 +45,13 @@ def deployment(app: str, replicas: int) -> dict[str, Any]:
     }
 
 
-async def wait_until(what: str, check: Callable[[], bool], timeout_s: float = 90.0) -> None:
+async def wait_until(
+    what: str, check: Callable[[], bool], state: Callable[[], str], timeout_s: float = 90.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}; {state()}")
         await asyncio.sleep(0.2)
 
 
@@ -91,16 +93,20 @@ async def test_datastore_follows_the_pools_ready_pods(control_plane: controlplan
 
         return check
 
+    def state() -> str:
+        ready = {app: sorted(ready_pod_ips(core, namespace, app)) for app in ("chat", "other")}
+        return f"datastore {sorted(keys())}, ready pods {ready}"
+
     try:
-        await wait_until("two chat endpoints", matches("chat", 2))
+        await wait_until("two chat endpoints", matches("chat", 2), state)
         apps.patch_namespaced_deployment_scale(
             namespace=namespace, name="chat", body={"spec": {"replicas": 3}}
         )
-        await wait_until("three chat endpoints", matches("chat", 3))
+        await wait_until("three chat endpoints", matches("chat", 3), state)
         apps.patch_namespaced_deployment_scale(
             namespace=namespace, name="chat", body={"spec": {"replicas": 1}}
         )
-        await wait_until("one chat endpoint", matches("chat", 1))
+        await wait_until("one chat endpoint", matches("chat", 1), state)
         custom.patch_namespaced_custom_object(
             names.GIE_GROUP,
             names.GIE_VERSION,
@@ -109,7 +115,7 @@ async def test_datastore_follows_the_pools_ready_pods(control_plane: controlplan
             "chat",
             {"spec": {"selector": {"matchLabels": {"app": "other"}}}},
         )
-        await wait_until("the pool's new selector", matches("other", 1))
+        await wait_until("the pool's new selector", matches("other", 1), state)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
