@@ -336,33 +336,52 @@ class ControlPlane:
     # lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Starts every component in dependency order, creates the node pools and installs the GIE CRDs."""
         started = time.monotonic()
         for sub in ("logs", "pki", "etcd"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         pki = self.workdir / "pki"
         generate_pki(pki)
         (pki / "tokens.csv").write_text(f'{self.token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
+        etcd_url = self._start_etcd()
+        self._start_apiserver(etcd_url=etcd_url, pki=pki)
+        self._start_controllers(pki=pki)
+        self._start_kwok()
+        self.create_node_pools(self.node_pools)
+        self.apply_crds(self.assets.gie_crds)
+        self._wait_for(
+            "controller-manager (default ServiceAccount)",
+            lambda: self._has_service_account("default", "default"),
+        )
+        logger.info(
+            "event=controlplane_ready server=%s kubeconfig=%s nodes=%d seconds=%.1f",
+            self.server,
+            self.kubeconfig,
+            sum(pool.size for pool in self.node_pools),
+            time.monotonic() - started,
+        )
 
-        etcd_client, etcd_peer = free_port(), free_port()
+    def _start_etcd(self) -> str:
+        client_port, peer_port = free_port(), free_port()
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         self._spawn(
             "etcd",
             [str(self.assets.kubecp), "etcd",
              "--name=frontier", f"--data-dir={self.workdir / 'etcd'}", "--unsafe-no-fsync",
-             f"--listen-client-urls=http://127.0.0.1:{etcd_client}",
-             f"--advertise-client-urls=http://127.0.0.1:{etcd_client}",
-             f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
-             f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
-             f"--initial-cluster=frontier=http://127.0.0.1:{etcd_peer}",
-             "--log-level=warn"],
+             f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+             f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+             f"--initial-cluster=frontier={peer_url}", "--log-level=warn"],
         )  # fmt: skip
-        self._wait_http("etcd", f"http://127.0.0.1:{etcd_client}/health", context=None)
+        self._wait_http("etcd", f"{client_url}/health", context=None)
+        return client_url
 
+    def _start_apiserver(self, *, etcd_url: str, pki: pathlib.Path) -> None:
         api_port = free_port()
         self.server = f"https://127.0.0.1:{api_port}"
         self._spawn(
             "kube-apiserver",
             [str(self.assets.kubecp), "kube-apiserver",
-             f"--etcd-servers=http://127.0.0.1:{etcd_client}",
+             f"--etcd-servers={etcd_url}",
              "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={api_port}",
              f"--cert-dir={pki}", f"--tls-cert-file={pki / 'apiserver.crt'}",
              f"--tls-private-key-file={pki / 'apiserver.key'}", f"--client-ca-file={pki / 'ca.crt'}",
@@ -379,6 +398,8 @@ class ControlPlane:
         tls = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         self._wait_http("kube-apiserver", f"{self.server}/readyz", context=tls)
 
+    def _start_controllers(self, *, pki: pathlib.Path) -> None:
+        # Both serve no port (--secure-port=0); readiness shows in what they do (ServiceAccounts, taints).
         self._spawn(
             "kube-controller-manager",
             [str(self.assets.kubecp), "kube-controller-manager",
@@ -391,6 +412,8 @@ class ControlPlane:
             [str(self.assets.kubecp), "kube-scheduler",
              f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--secure-port=0"],
         )  # fmt: skip
+
+    def _start_kwok(self) -> None:
         self._spawn(
             "kwok",
             [str(self.assets.kwok), f"--kubeconfig={self.kubeconfig}", f"--config={self.assets.kwok_stages}",
@@ -399,20 +422,6 @@ class ControlPlane:
              f"--cidr={POD_CIDR}", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40",
              "--server-address="],
         )  # fmt: skip
-
-        self.create_node_pools(self.node_pools)
-        self.apply_crds(self.assets.gie_crds)
-        self._wait_for(
-            "controller-manager (default ServiceAccount)",
-            lambda: self._has_service_account("default", "default"),
-        )
-        logger.info(
-            "event=controlplane_ready server=%s kubeconfig=%s nodes=%d seconds=%.1f",
-            self.server,
-            self.kubeconfig,
-            sum(pool.size for pool in self.node_pools),
-            time.monotonic() - started,
-        )
 
     def stop(self) -> None:
         """Stops every component, newest first (KWOK and controllers before the API server before etcd)."""
