@@ -274,3 +274,25 @@ def test_scaling_quantization_and_tensor_parallelism_move_step_time_the_right_wa
     assert 25_000 < blocks < 30_000  # ~430k tokens of KV for an 8B bf16 model on one H100
     with pytest.raises(ValueError, match="--quantization"):
         timing.step_model(calibration=CAL, quantization="q3_k")
+
+
+def test_mixed_step_prices_decodes_by_the_decode_fit_plus_each_chunks_marginal_cost():
+    core = make()
+    core.add_request("old", prompt("old", 1000), max_tokens=10)
+    core.step()  # prefill "old"; it decodes from now on
+    core.add_request("new", prompt("new", 600), max_tokens=10)
+    mixed = core.step()
+    assert mixed.num_decode_seqs == 1 and mixed.num_prefill_tokens == 600
+    expected = (
+        MODEL.decode_time(batch=1, query_tokens=1, context_tokens=1000) + CAL.p1 * 600 + CAL.p2 * 600 * 300
+    )
+    assert mixed.duration == pytest.approx(expected)
+
+
+def test_h200_calibration_is_loaded_and_decodes_faster_at_large_batch():
+    h200 = timing.step_model(calibration=timing.load("h200"))
+    assert h200.decode_time(batch=64, query_tokens=1, context_tokens=64 * 2048) < MODEL.decode_time(
+        batch=64, query_tokens=1, context_tokens=64 * 2048
+    )
+    with pytest.raises(ValueError, match="h100"):
+        timing.load("a100")
