@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import pathlib
 import threading
 
 import kopf
@@ -42,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-image", default=None, help="default model-server image")
     p.add_argument("--engine-command", default=None, help="model-server command, space-separated")
     p.add_argument("--picker-image", default=None, help="endpoint picker image")
+    p.add_argument(
+        "--picker-config-file", default=None, help="EndpointPickerConfig for generated picker ConfigMaps"
+    )
     p.add_argument("--resync-seconds", type=float, default=None, help="full resync period")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     p.add_argument(
@@ -59,6 +63,8 @@ def settings_from(args: argparse.Namespace) -> settings.Settings:
         cfg = dataclasses.replace(cfg, engine_command=tuple(args.engine_command.split()))
     if args.picker_image:
         cfg = dataclasses.replace(cfg, picker_image=args.picker_image)
+    if args.picker_config_file:
+        cfg = dataclasses.replace(cfg, picker_config=pathlib.Path(args.picker_config_file).read_text())
     if args.resync_seconds is not None:
         cfg = dataclasses.replace(cfg, resync_seconds=args.resync_seconds)
     return cfg

@@ -3,7 +3,8 @@
 The gateway finds the picker through the pool's `endpointPickerRef`, so the Service takes that name and port.
 Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
 collects them when the last tier of the pool is deleted, and the pool itself stays the user's. The picker's
-config is an EndpointPickerConfig (GIE's format) in a ConfigMap; a pool annotated with
+config is an EndpointPickerConfig (GIE's format) in a ConfigMap — GIE's default scorers unless the operator
+is given a config (`--picker-config-file`); a pool annotated with
 `inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead and gets none generated.
 """
 
@@ -107,7 +108,7 @@ def render(
         manifests.COMPONENT_LABEL: "endpoint-picker",
     }
     out: list[manifests.Manifest] = []
-    config_text = yaml.safe_dump(DEFAULT_CONFIG, sort_keys=False)
+    config_text = cfg.picker_config or yaml.safe_dump(DEFAULT_CONFIG, sort_keys=False)
     if pool.picker_config_override is None:
         out.append(
             {

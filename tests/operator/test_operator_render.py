@@ -234,3 +234,20 @@ def test_extra_args_may_not_repeat_a_typed_flag():
 def test_label_values_from_model_names_are_made_valid():
     assert manifests.label_value("meta-llama/Llama-3.1-8B") == "meta-llama-Llama-3.1-8B"
     assert len(manifests.label_value("x" * 100)) == 63
+
+
+def test_generated_picker_config_is_accepted_by_the_picker():
+    from frontier_picker.scheduling import config
+
+    pool = pools.from_object(samples.pool())
+    found = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=CFG))
+    text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
+    assert config.load(text) is not None
+
+
+def test_operator_setting_replaces_the_generated_picker_config():
+    cfg = settings.Settings(picker_config="kind: EndpointPickerConfig\n")
+    found = _by_name(
+        render_picker.render(pool=pools.from_object(samples.pool()), owners=[samples.tier()], cfg=cfg)
+    )
+    assert found[("ConfigMap", "chat-picker-config")]["data"]["config.yaml"] == "kind: EndpointPickerConfig\n"
