@@ -95,7 +95,7 @@ async def test_lone_request_ttft_over_http_matches_the_prefill_fit(subnet):
 
 
 async def test_steady_batch_inter_token_latency_over_http_matches_the_decode_fit(subnet):
-    async with running(config(f"{subnet}.1", time_scale=2.0)) as (_, session, url):
+    async with running(config(f"{subnet}.1", time_scale=3.0)) as (_, session, url):
         await asyncio.gather(
             *(stream(session, url, prompt=text(str(i), 512), max_tokens=48) for i in range(16))
         )
