@@ -59,6 +59,9 @@ class Run:
     b: float  # growth of the duration per step
     alloc_steps: list[int]  # step index of every planned block allocation, sorted
     free_at_start: int
+    # KV usage seen by the last mid-run observation, valid until the next planned allocation begins.
+    usage: float = 0.0
+    usage_until: float = -math.inf
 
     def elapsed(self, k: int) -> float:
         """Model seconds from the run's start to the end of its step k-1 (the first k steps)."""
@@ -174,11 +177,19 @@ def apply_run(core: engine.Engine, run: Run, upto: int) -> None:
 
 
 def kv_usage_mid_run(core: engine.Engine, run: Run, t: float) -> float:
-    """The core's KV usage at `t` inside `run` (blocks of the step in flight included), core untouched."""
+    """The core's KV usage at `t` inside `run` (blocks of the step in flight included), core untouched.
+
+    Observations come in time order and the usage only changes when a planned allocation's step begins,
+    so the value is kept until then.
+    """
+    if t < run.usage_until:
+        return run.usage
     begun = run.steps_begun_by(t)
-    allocated = bisect.bisect_left(run.alloc_steps, begun)
-    free = run.free_at_start - allocated
-    return 1.0 - free / core.pool.num_blocks
+    allocs = run.alloc_steps
+    allocated = bisect.bisect_left(allocs, begun)
+    run.usage = 1.0 - (run.free_at_start - allocated) / core.pool.num_blocks
+    run.usage_until = run.start + run.elapsed(allocs[allocated]) if allocated < len(allocs) else run.end()
+    return run.usage
 
 
 class VirtualEngine:

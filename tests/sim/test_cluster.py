@@ -37,7 +37,7 @@ def small(count: int, *extra: str, prefill: int = 0) -> list:
     return cluster.engines(count, args=["--model", MODEL, *extra], prefill=prefill)
 
 
-@pytest.mark.parametrize("policy", ["round-robin", "frontier"])
+@pytest.mark.parametrize("policy", ["round-robin", "gie-default", "frontier"])
 def test_fast_forwarded_decode_runs_give_exactly_what_stepping_every_step_gives(policy):
     # A small KV cache so that evictions and preemptions happen inside and around runs.
     engines = small(3, "--num-gpu-blocks-override", "150")
