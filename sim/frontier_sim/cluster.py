@@ -103,6 +103,7 @@ class Results:
     status: np.ndarray  # 200, or the rejection status
     engines: list[EngineResult]
     wall_s: float
+    stopped_at: float | None  # model time where `max_wall_s` stopped the run; None when it ran to the end
     events: int  # engine events processed (steps and runs)
     steps: int  # engine steps simulated (run steps included)
 
@@ -150,6 +151,7 @@ class Results:
             "preemptions": int(sum(e.preemptions for e in self.engines)),
             "span_s": span,
             "wall_s": self.wall_s,
+            "stopped_at_s": self.stopped_at,
         }
 
 
@@ -333,12 +335,15 @@ def run(
     seed: int = 0,
     token_cache: int = TOKEN_CACHE_SIZE,
     fast_forward: bool = True,
+    max_wall_s: float | None = None,
 ) -> Results:
     """Simulate `workload` (arrivals in time order) on `engines` routed by `policy`, until every request
     has finished. `policy`: a picker profile (`frontier`, `gie-default`), an EndpointPickerConfig text, a
     baseline (`round-robin`, `random`, `least-request`), `oracle`, or any object with `decide`/
     `on_completion` (`cluster_policies.Policy`) or `schedule`/`on_completion` (`types.Scheduler`).
-    `fast_forward=False` takes every engine step through the core (slow; the reference for runs)."""
+    `fast_forward=False` takes every engine step through the core (slow; the reference for runs).
+    `max_wall_s`: stop after this much wall time, leaving later arrivals out and requests in flight
+    unfinished (`Results.stopped_at` says how far the model clock got)."""
     began = time.perf_counter()
     if not engines:
         raise ValueError("engines: at least one engine is required")
@@ -485,7 +490,14 @@ def run(
     scrape_group = 0
     inf = math.inf
     last_arrival = -inf
+    stopped_at: float | None = None
+    deadline = began + max_wall_s if max_wall_s is not None else inf
+    iterations = 0
     while True:
+        iterations += 1
+        if not iterations & 0xFFF and time.perf_counter() > deadline:
+            stopped_at = min(heap[0][0] if heap else inf, upcoming.at if upcoming is not None else inf)
+            break
         t_engine = heap[0][0] if heap else inf
         t_arrival = upcoming.at if upcoming is not None else inf
         if t_engine == inf and t_arrival == inf:
@@ -588,16 +600,18 @@ def run(
         status=np.array(status, dtype=np.int64),
         engines=engine_results,
         wall_s=wall,
+        stopped_at=stopped_at,
         events=events,
         steps=sum(e.steps for e in engine_results),
     )
     log.info(
-        "event=vt_run_done policy=%s engines=%d requests=%d events=%d steps=%d wall_s=%.2f",
+        "event=vt_run_done policy=%s engines=%d requests=%d events=%d steps=%d wall_s=%.2f stopped_at=%s",
         name,
         len(specs),
         len(arrival_at),
         events,
         results.steps,
         wall,
+        stopped_at,
     )
     return results
