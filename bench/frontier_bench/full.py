@@ -189,6 +189,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         ],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
+        "source": harness.source(),
         "workload": source.params,
         "loads_qps": list(loads),
     }

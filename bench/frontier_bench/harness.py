@@ -62,7 +62,7 @@ async def run_sweeps(
         "notes": list(notes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
-        "source": _source(),
+        "source": source(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -92,7 +92,7 @@ async def run_sweeps(
     return rows
 
 
-def _source() -> dict[str, str]:
+def source() -> dict[str, str]:
     """The commit the run used, and whether the picker or sim had uncommitted changes (they run from here)."""
 
     def git(*args: str) -> str:
