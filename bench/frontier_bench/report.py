@@ -140,8 +140,8 @@ def comparisons_markdown(entries: Sequence[dict[str, Any]], *, subject: str = SU
     if not entries:
         return f"(no `{subject}` runs to compare)"
     lines = [
-        f"| workload | {subject} vs | TTFT p90 reduction per QPS (+: {subject} lower) | goodput ratio per QPS "
-        "| hit rate ratio per QPS | peak goodput ratio | target | met |",
+        f"| workload | {subject} vs | TTFT p90 reduction per QPS (+: {subject} lower) "
+        "| goodput ratio per QPS | hit rate ratio per QPS | peak goodput ratio | target | met |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
