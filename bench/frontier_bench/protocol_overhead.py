@@ -7,6 +7,9 @@ the machine's noise lands on all of them alike:
 - `floor-gie` / `floor-cheap`: Envoy with the ext_proc filter calling a minimal pass-through processor
   (fixed endpoint, headers answered at once, body chunks echoed): the least any Python processor can cost
   for the protocol itself, in GIE's full-duplex configuration and in the picker's cheap one;
+- `hold-gie`: the floor, except that it answers the request headers only after the last body byte (and then
+  echoes the held chunks), as any picker that routes by the body's model must for small bodies: it separates
+  the cost of that ordering from the cost of the picker's own work;
 - `picker-gie` / `picker-cheap`: the same Envoys calling `frontier-picker` (plaintext, file discovery of the
   one backend, `--fallbacks 0`, the `round-robin` profile so the numbers are the protocol layer's).
 
@@ -51,7 +54,7 @@ ADDRESS: Final = "127.2.1.1"  # the picker engineer's loopback range, apart from
 PROMPT_BYTES: Final = (1_000, 16_000, 200_000)
 CONCURRENCY: Final = (1, 16, 64)
 STREAM_CHUNKS: Final = (0, 100)
-FRONT_DOORS: Final = ("direct", "floor-gie", "picker-gie", "floor-cheap", "picker-cheap")
+FRONT_DOORS: Final = ("direct", "floor-gie", "hold-gie", "picker-gie", "floor-cheap", "picker-cheap")
 CLOCK_TICK: Final = os.sysconf("SC_CLK_TCK")
 ENVOY: Final = Path(sys.executable).parent / "envoy"
 _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
@@ -61,7 +64,8 @@ _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 class Floor(ext_proc_grpc.ExternalProcessorServicer):
     """Routes every request to one endpoint at once and echoes bodies: the protocol's cost, nothing else."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, hold: bool = False) -> None:
+        self.hold = hold
         option = base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key="x-gateway-destination-endpoint", raw_value=endpoint.encode()),
             append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
@@ -78,15 +82,27 @@ class Floor(ext_proc_grpc.ExternalProcessorServicer):
         self, request_iterator: AsyncIterator[ext_proc.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> None:
         duplex = True
+        held: list[ext_proc.HttpBody] | None = None
         async for message in request_iterator:
             kind = message.WhichOneof("request")
             if kind == "request_headers":
                 if message.HasField("protocol_config"):
                     duplex = message.protocol_config.request_body_mode == _FULL_DUPLEX
-                await context.write(self.headers_reply)
+                if self.hold and duplex and not message.request_headers.end_of_stream:
+                    held = []
+                else:
+                    await context.write(self.headers_reply)
             elif kind == "request_body":
                 body = message.request_body
-                await context.write(_echo(body, response=False) if duplex else _continue_request_body)
+                if held is not None:
+                    held.append(body)
+                    if body.end_of_stream:
+                        await context.write(self.headers_reply)
+                        for chunk in held:
+                            await context.write(_echo(chunk, response=False))
+                        held = None
+                else:
+                    await context.write(_echo(body, response=False) if duplex else _continue_request_body)
             elif kind == "response_body":
                 await context.write(_echo(message.response_body, response=True))
             elif kind == "response_headers":
@@ -118,9 +134,9 @@ def _echo(body: ext_proc.HttpBody, *, response: bool) -> ext_proc.ProcessingResp
     return ext_proc.ProcessingResponse(request_body=reply)
 
 
-async def serve_floor(address: str, port: int, endpoint: str) -> None:
+async def serve_floor(address: str, port: int, endpoint: str, *, hold: bool) -> None:
     server = grpc.aio.server()
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(Floor(endpoint), server)
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(Floor(endpoint, hold=hold), server)
     server.add_insecure_port(f"{address}:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -272,9 +288,9 @@ async def start_doors(group: processes.Group, work: Path) -> dict[str, Door]:
         else:
             kind, mode = name.split("-")
             port = processes.free_port(ADDRESS)
-            if kind == "floor":
+            if kind in ("floor", "hold"):
                 argv = [sys.executable, "-m", "frontier_bench.protocol_overhead", "floor"]
-                argv += ["--port", str(port), "--endpoint", endpoint]
+                argv += ["--port", str(port), "--endpoint", endpoint] + (["--hold"] if kind == "hold" else [])
             else:
                 argv = [sys.executable, "-m", "frontier_picker.main", "--address", ADDRESS]
                 argv += ["--grpc-port", str(port), "--grpc-health-port", "0", "--metrics-port", "0"]
@@ -390,6 +406,15 @@ def summarize(cells: Sequence[Cell]) -> list[dict[str, Any]]:
                     "direct_p50_ms": round(direct.p50_ms, 2),
                     "direct_p99_ms": round(direct.p99_ms, 2),
                 }
+                hold = by_key[(size, concurrency, chunks, "hold-gie")]
+                picker_gie = by_key[(size, concurrency, chunks, "picker-gie")]
+                row["gie_hold_added_p50_ms"] = round(hold.p50_ms - direct.p50_ms, 2)
+                row["gie_hold_cpu_us"] = round(hold.processor_cpu_us or 0.0)
+                row["gie_picker_over_hold_cpu"] = (
+                    round((picker_gie.processor_cpu_us or 0.0) / hold.processor_cpu_us, 2)
+                    if hold.processor_cpu_us
+                    else None
+                )
                 for mode in ("gie", "cheap"):
                     floor = by_key[(size, concurrency, chunks, f"floor-{mode}")]
                     picker = by_key[(size, concurrency, chunks, f"picker-{mode}")]
@@ -418,6 +443,9 @@ _TABLE_KEYS: Final = (
     "gie_floor_cpu_us",
     "gie_picker_cpu_us",
     "gie_picker_over_floor_cpu",
+    "gie_hold_added_p50_ms",
+    "gie_hold_cpu_us",
+    "gie_picker_over_hold_cpu",
     "gie_envoy_extra_cpu_us",
     "cheap_floor_added_p50_ms",
     "cheap_picker_added_p50_ms",
@@ -440,9 +468,10 @@ def markdown(rows: Sequence[dict[str, Any]], *, command: str, machine: dict[str,
         "(µs); ratio = picker CPU / floor CPU. `envoy+` = Envoy CPU per request over direct's.",
         "",
         "| prompt | conc | chunks | direct p50 ms | gie floor +p50 | gie picker +p50 | gie picker +p99 "
-        "| gie floor µs | gie picker µs | gie ratio | gie envoy+ µs | cheap floor +p50 | cheap picker +p50 "
-        "| cheap floor µs | cheap picker µs | cheap ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| gie floor µs | gie picker µs | gie ratio | gie hold +p50 | gie hold µs | ratio to hold "
+        "| gie envoy+ µs | cheap floor +p50 | cheap picker +p50 | cheap floor µs | cheap picker µs "
+        "| cheap ratio |",
+        "|" + "---|" * 19,
     ]
     for row in rows:
         values = [f"{row['prompt_bytes'] // 1000} KB", *(str(row[key]) for key in _TABLE_KEYS)]
@@ -472,13 +501,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     floor_parser.add_argument("--address", default=ADDRESS)
     floor_parser.add_argument("--port", type=int, required=True)
     floor_parser.add_argument("--endpoint", required=True)
+    floor_parser.add_argument("--hold", action="store_true", help="answer headers after the whole body")
     backend_parser = sub.add_parser("backend", help="serve the trivial backend")
     backend_parser.add_argument("--address", default=ADDRESS)
     backend_parser.add_argument("--port", type=int, required=True)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if arguments.command == "floor":
-        asyncio.run(serve_floor(arguments.address, arguments.port, arguments.endpoint))
+        asyncio.run(serve_floor(arguments.address, arguments.port, arguments.endpoint, hold=arguments.hold))
     elif arguments.command == "backend":
         asyncio.run(serve_backend(arguments.address, arguments.port))
     else:

@@ -448,9 +448,9 @@ class Stream:
 
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True
-        self.ctx.metrics.errors.labels(str(status)).inc()
+        self.ctx.metrics.child("errors", str(status)).inc()
         model = self.request.model if self.request is not None else ""
-        self.ctx.metrics.requests.labels(model, str(status)).inc()
+        self.ctx.metrics.child("requests", model, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
         return immediate(status, reason)
 
@@ -532,12 +532,12 @@ class Stream:
             log.exception("event=on_completion_failed request_id=%s", self.request_id)
         model = self.request.target_model
         code = "aborted" if aborted else str(self.status)
-        self.ctx.metrics.requests.labels(model, code).inc()
-        self.ctx.metrics.request_duration.labels(model).observe(completion.duration_s)
+        self.ctx.metrics.child("requests", model, code).inc()
+        self.ctx.metrics.child("request_duration", model).observe(completion.duration_s)
         if completion.prompt_tokens:
-            self.ctx.metrics.prompt_tokens.labels(model).inc(completion.prompt_tokens)
+            self.ctx.metrics.child("prompt_tokens", model).inc(completion.prompt_tokens)
         if completion.completion_tokens:
-            self.ctx.metrics.completion_tokens.labels(model).inc(completion.completion_tokens)
+            self.ctx.metrics.child("completion_tokens", model).inc(completion.completion_tokens)
         log.debug(
             "event=completed request_id=%s endpoint=%s status=%d aborted=%s prompt_tokens=%s "
             "completion_tokens=%s duration_s=%.4f",
