@@ -122,26 +122,29 @@ def suites(*, quick: bool) -> list[Suite]:
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class VirtualSuite:
-    """A virtual-time sweep of the llm-d study shape (1,000-token outputs) at one fleet size."""
+    """A virtual-time sweep at one fleet size: the llm-d study shape (1,000-token outputs) or `workload`."""
 
     engines: int
     policies: tuple[str, ...]
     loads_per_engine: tuple[float, ...]
     duration_s: float
     warmup_s: float
+    workload: workloads.Workload | None = None
+    description: str = ""
 
     @property
     def name(self) -> str:
-        return f"virtual-{self.engines}"
+        return f"virtual-{self.engines}" + (f"-{self.workload.name}" if self.workload else "")
 
 
 def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
     scale = 0.5 if quick else 1.0
+    small = 16
     return [
         VirtualSuite(
-            engines=16,
+            engines=small,
             policies=virtual.POLICIES,
-            loads_per_engine=(1.0, 2.0, 3.0, 4.0),
+            loads_per_engine=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
         ),
@@ -159,11 +162,49 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             duration_s=10.0 * scale,
             warmup_s=5.0,
         ),
+        VirtualSuite(
+            engines=small,
+            policies=virtual.POLICIES,
+            loads_per_engine=(2.0, 4.0, 6.0),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            workload=workloads.multi_turn_chat(
+                num_sessions=8 * small, turns=5, system_prompt_len=2000, user_len=200, output_len=200, seed=0
+            ),
+            description="128 sessions x 5 turns, 2,000-token system prompt, 200-token user turns,"
+            " 200-token output",
+        ),
+        VirtualSuite(
+            engines=small,
+            policies=virtual.POLICIES,
+            loads_per_engine=(2.0, 4.0, 6.0),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            workload=workloads.long_documents(
+                num_documents=2 * small,
+                document_len=16000,
+                num_questions=4000,
+                question_len=100,
+                output_len=200,
+                seed=0,
+            ),
+            description="32 documents of 16,000 tokens, Zipf(1) popularity, 100-token questions,"
+            " 200-token output",
+        ),
+        VirtualSuite(
+            engines=small,
+            policies=virtual.POLICIES,
+            loads_per_engine=(2.0, 4.0, 6.0),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            workload=workloads.no_sharing(num_prompts=4000, prompt_len=2000, output_len=200, seed=0),
+            description="unique 2,000-token prompts, 200-token output (the control)",
+        ),
     ]
 
 
 def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
-    source = virtual.llmd_study(engines=suite.engines)
+    source: virtual.Source = suite.workload or virtual.llmd_study(engines=suite.engines)
     loads = tuple(per * suite.engines for per in suite.loads_per_engine)
     bar = progress.Bar(steps=len(loads) * len(suite.policies))
     started = time.monotonic()
@@ -177,12 +218,15 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         model=MODEL,
         bar=bar,
     )
+    shape = suite.description or (
+        f"{source.params['num_groups']} groups x 5 prompts (150 x 5 scaled by {suite.engines}/8 engines),"
+        " 6,000-token system prompt, 1,200-token question, 1,000-token output"
+    )
     meta = {
-        "title": f"Virtual time: llm-d study shape on {suite.engines} engines, the oracle as the ceiling",
+        "title": f"Virtual time: {source.name} on {suite.engines} engines, the oracle as the ceiling",
         "notes": [
             f"{suite.engines} virtual H100 engines (Llama-3.1-8B shape) on the discrete-event clock",
-            f"{source.num_groups} groups x 5 prompts (150 x 5 scaled by {suite.engines}/8 engines),"
-            " 6,000-token system prompt, 1,200-token question, 1,000-token output",
+            shape,
             f"{suite.warmup_s:g} s of warm-up arrivals left out, then {suite.duration_s:g} s measured"
             " (model time)",
             "ITL is not recorded in virtual time: the ITL column repeats TPOT",
