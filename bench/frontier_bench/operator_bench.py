@@ -106,15 +106,25 @@ class Timeline:
 
 
 def _watch_forever(timeline: Timeline, fn: Any, handle: Any, **kwargs: Any) -> None:
+    # Each restart resumes from the last resourceVersion seen, so no event between two watches is lost (a
+    # fresh list would merge several state changes into one "ADDED" and skew the first-seen times).
+    resource_version: str | None = None
     while not timeline.stop.is_set():
         w = watch.Watch()
         try:
-            for event in w.stream(fn, timeout_seconds=5, **kwargs):
+            extra = {"resource_version": resource_version} if resource_version else {}
+            for event in w.stream(fn, timeout_seconds=5, **kwargs, **extra):
                 handle(event, time.time())
+                obj = event["object"]
+                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+                resource_version = (
+                    meta["resourceVersion"] if isinstance(meta, dict) else meta.resource_version
+                )
                 if timeline.stop.is_set():
                     break
-        except Exception as err:  # a watch can expire or drop; start again
+        except Exception as err:  # a watch can expire (410 Gone) or drop: start again from a fresh list
             log.debug("watch restarted: %s", err)
+            resource_version = None
         finally:
             w.stop()
 

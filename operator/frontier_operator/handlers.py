@@ -72,7 +72,7 @@ def registry_for(
         observed = (body.get("status") or {}).get("observedGeneration")
         if event["type"] == "MODIFIED" and observed == meta.get("generation"):
             return  # a status or metadata change (often our own write); children are already current
-        await reconciler.tier(namespace, name)
+        await reconciler.tier(namespace, name, body=event["object"])
 
     @kopf.on.event(
         "apps",
@@ -98,8 +98,13 @@ def registry_for(
         generation = int(meta.get("generation", 0))
         before = pool_generations.get(key)
         pool_generations[key] = generation
-        if event["type"] is None or event["type"] == "DELETED" or before == generation:
-            return  # initial listing (tier events cover it), deletion, or a status-only change
+        if event["type"] == "DELETED":
+            pool_generations.pop(key, None)
+            await reconciler.pool_changed(*key)  # its tiers become ConfigValid=False (PoolNotFound)
+            return
+        reconciler.remember_pool(event["object"])
+        if event["type"] is None or before == generation:
+            return  # initial listing (tier events cover it) or a status-only change
         await reconciler.pool_changed(*key)
 
     return registry

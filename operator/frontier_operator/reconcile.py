@@ -10,6 +10,7 @@ Passes for one tier are serialised by a per-tier lock (spec events and Deploymen
 """
 
 import asyncio
+import copy
 import dataclasses
 import logging
 import time
@@ -59,6 +60,23 @@ class Reconciler:
         # picker when its own uid is already there, so a pool of N tiers costs one tier LIST, not N (a restart
         # with 200 tiers would otherwise list all 200 tiers 200 times).
         self._picker_owners: dict[tuple[str, str], frozenset[str]] = {}
+        # InferencePools as last seen on the watch (GIE's objects change rarely); a miss reads the API.
+        self._pools: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def remember_pool(self, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        self._pools[(meta["namespace"], meta["name"])] = copy.deepcopy(dict(obj))
+
+    def forget_pool(self, namespace: str, name: str) -> None:
+        self._pools.pop((namespace, name), None)
+
+    async def _pool(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self._pools.get((namespace, name))
+        if found is None:
+            found = await self._get(POOL_API, "InferencePool", namespace, name)
+            if found is not None:
+                self._pools[(namespace, name)] = found
+        return found
 
     def _lock(self, table: dict[tuple[str, str], asyncio.Lock], key: tuple[str, str]) -> asyncio.Lock:
         found = table.get(key)
@@ -69,23 +87,30 @@ class Reconciler:
     async def _get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.kube.get, api_version, kind, namespace=namespace, name=name)
 
-    async def _ensure(self, desired: manifests.Manifest) -> str | None:
-        """Apply `desired` unless the observed object already matches; returns `Kind/name` when written."""
+    async def _ensure(self, desired: manifests.Manifest) -> tuple[str | None, dict[str, Any]]:
+        """Apply `desired` unless the observed object already matches; returns (`Kind/name` when written, the
+        object as it now is)."""
         api_version, kind, namespace, name = manifests.key(desired)
         observed = await self._get(api_version, kind, namespace, name)
         if observed is not None and _matches(desired, observed):
-            return None
-        await asyncio.to_thread(self.kube.apply, desired)
-        return f"{kind}/{name}"
+            return None, observed
+        applied = await asyncio.to_thread(self.kube.apply, desired)
+        return f"{kind}/{name}", applied
 
-    async def tier(self, namespace: str, name: str) -> Outcome | None:
-        """One full pass for a tier (None when the tier is gone or being deleted)."""
+    async def tier(
+        self, namespace: str, name: str, *, body: Mapping[str, Any] | None = None
+    ) -> Outcome | None:
+        """One full pass for a tier (None when the tier is gone or being deleted); `body` is the tier as a
+        watch event just delivered it (saves a read), else it is read."""
         async with self._lock(self._locks, (namespace, name)):
-            return await self._tier(namespace, name)
+            return await self._tier(namespace, name, body)
 
-    async def _tier(self, namespace: str, name: str) -> Outcome | None:
+    async def _tier(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> Outcome | None:
         started = time.perf_counter()
-        obj = await self._get(TIER_API, names.MODEL_TIER_KIND, namespace, name)
+        if body is not None:
+            obj: dict[str, Any] | None = copy.deepcopy(dict(body))
+        else:
+            obj = await self._get(TIER_API, names.MODEL_TIER_KIND, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         outcome = Outcome()
@@ -99,7 +124,7 @@ class Reconciler:
             outcome.invalid = validate.check_spec(spec)
         if spec is not None and outcome.invalid is None:
             pool_name = spec.pool_ref.name
-            pool_obj = await self._get(POOL_API, "InferencePool", namespace, pool_name)
+            pool_obj = await self._pool(namespace, pool_name)
             if pool_obj is None:
                 outcome.invalid = validate.Invalid(
                     reason="PoolNotFound",
@@ -112,21 +137,29 @@ class Reconciler:
                     outcome.invalid = validate.Invalid(reason="PoolInvalid", message=str(err))
         args_hash: str | None = None
         roles: list[str] = []
+        observed: dict[str, dict[str, Any]] = {}
         if spec is not None and pool is not None and outcome.invalid is None:
             roles = list(spec.roles())
             desired = render_tier.render(tier=obj, spec=spec, pool=pool, cfg=self.cfg)
             for manifest in desired:
-                written = await self._ensure(manifest)
+                written, current = await self._ensure(manifest)
                 if written:
                     outcome.applied.append(written)
-            outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
+                if manifest["kind"] == "Deployment":
+                    observed[manifest["metadata"]["name"]] = current
+            # Stale children can only exist after a spec change: skip the listing when this generation was
+            # already reconciled and nothing needed writing (the common case, e.g. after a restart).
+            already = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")
+            valid_before = _condition_status(obj, modeltier.CONFIG_VALID) == "True"
+            if outcome.applied or not (already and valid_before):
+                outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
             if obj["metadata"]["uid"] not in self._picker_owners.get(
                 (pool.namespace, pool.name), frozenset()
             ):
                 outcome.applied += await self.picker(pool)
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
         outcome.status_written = await self._write_status(
-            obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash
+            obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash, observed=observed
         )
         log.info(
             "reconcile tier=%s/%s generation=%s valid=%s applied=%s deleted=%s status_written=%s"
@@ -177,13 +210,17 @@ class Reconciler:
         roles: list[str],
         invalid: validate.Invalid | None,
         args_hash: str | None,
+        observed: Mapping[str, dict[str, Any]] | None = None,
     ) -> bool:
+        """Derive and, if it differs, patch the status; `observed` holds Deployments already read by name."""
         meta = obj["metadata"]
         deployments: dict[str, Mapping[str, Any] | None] = {}
         for role in roles:
-            deployments[role] = await self._get(
-                "apps/v1", "Deployment", meta["namespace"], render_tier.child_name(meta["name"], role)
-            )
+            child = render_tier.child_name(meta["name"], role)
+            if observed is not None and child in observed:
+                deployments[role] = observed[child]
+            else:
+                deployments[role] = await self._get("apps/v1", "Deployment", meta["namespace"], child)
         new = status.derive(
             tier=obj,
             roles=roles,
@@ -246,7 +283,7 @@ class Reconciler:
                 return []
             applied: list[str] = []
             for manifest in render_picker.render(pool=pool, owners=owners, cfg=self.cfg):
-                written = await self._ensure(manifest)
+                written, _ = await self._ensure(manifest)
                 if written:
                     applied.append(written)
             self._picker_owners[(pool.namespace, pool.name)] = frozenset(t["metadata"]["uid"] for t in owners)
@@ -259,10 +296,18 @@ class Reconciler:
     async def pool_changed(self, namespace: str, pool_name: str) -> None:
         """Re-reconcile every tier of a pool (its selector, port or picker changed, or a tier left)."""
         self._picker_owners.pop((namespace, pool_name), None)
+        self.forget_pool(namespace, pool_name)
         tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
         for t in tiers:
             if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name:
                 await self.tier(namespace, t["metadata"]["name"])
+
+
+def _condition_status(obj: Mapping[str, Any], type_: str) -> str | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return str(cond.get("status"))
+    return None
 
 
 def _matches(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:

@@ -234,3 +234,40 @@ def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, inva
     assert err.value.status == 422
     body = err.value.body.decode() if isinstance(err.value.body, bytes) else str(err.value.body)
     assert field in body
+
+
+def test_autoscaled_role_gets_an_hpa_that_goes_when_replicas_are_fixed_again(
+    api, control_plane, operator_factory
+):
+    ns = control_plane.namespace("op-hpa")
+    operator_factory(ns)
+    spec = samples.disaggregated_spec()
+    spec["decode"] = {
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+        "accelerator": {"type": samples.H100},
+    }
+    _apply_pool_and_tier(api, ns, spec)
+
+    hpa = oc.wait_for(
+        "decode HPA", lambda: api.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, f"{TIER}-decode")
+    )
+    assert hpa["spec"]["scaleTargetRef"]["name"] == f"{TIER}-decode"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
+    decode = oc.wait_for("decode Deployment", lambda: _deployment(api, ns, "decode"))
+    managed = {
+        f["manager"]: f.get("fieldsV1", {}).get("f:spec", {}) for f in decode["metadata"]["managedFields"]
+    }
+    assert "f:replicas" not in managed["frontier-operator"]  # the HPA, not the operator, owns the count
+
+    api.merge_patch(
+        oc.TIER_API,
+        names.MODEL_TIER_KIND,
+        ns,
+        TIER,
+        {"spec": {"decode": {"autoscaling": None, "replicas": 2}}},
+    )
+    oc.wait_for(
+        "HPA deleted",
+        lambda: api.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, f"{TIER}-decode") is None,
+    )
+    oc.wait_for("decode at 2 replicas", lambda: _deployment(api, ns, "decode")["spec"]["replicas"] == 2)
