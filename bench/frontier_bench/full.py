@@ -1,12 +1,16 @@
 """`frontier-bench all`: every sweep whose results are committed under bench/results/.
 
-Real-time sweeps (simulated engines, real Envoy, real picker, real sglang-router), one results set per
-workload, each with the exact command in its files:
-- `shared-prefix`: the llm-d study's shape scaled to the fleet, all six policies, a QPS ladder to saturation;
-- `multi-turn-chat`, `long-documents`, `no-sharing`: the same policies over a shorter ladder.
+Virtual-time sweeps (the cluster simulator, picker code in-process, the oracle as the ceiling):
+- `virtual-16`, `virtual-128`, `virtual-1024`: the llm-d study shape (1,000-token outputs) scaled to 16, 128
+  and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
+- `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`: the other workloads.
 
-Loads are in model-time requests/s for the fleet below; the ladders were chosen so the top rung saturates
-round-robin on this fleet. `--quick` shortens every run (to try the pipeline, not to commit).
+Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
+- `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
+- `no-sharing`: the control, four policies.
+
+Loads are in model-time requests/s; each results file carries the exact command. `--only NAME...` runs a
+subset; `--quick` shortens every run (to try the pipeline, not to commit).
 """
 
 import asyncio
@@ -67,7 +71,7 @@ def suites(*, quick: bool) -> list[Suite]:
         ),
         Suite(
             name="no-sharing",
-            title="No sharing (control): all policies through Envoy",
+            title="No sharing (control): policies through Envoy",
             plan=sweep.Plan(
                 workload=workloads.no_sharing(
                     num_prompts=2000, prompt_len=7200, output_len=OUTPUT_LEN, seed=0
@@ -78,44 +82,6 @@ def suites(*, quick: bool) -> list[Suite]:
                 warmup_s=warmup,
             ),
             notes=(fleet_note, f"unique 7,200-token prompts, {OUTPUT_LEN}-token output"),
-        ),
-        Suite(
-            name="long-documents",
-            title="Long shared documents: all policies through Envoy",
-            plan=sweep.Plan(
-                workload=workloads.long_documents(
-                    num_documents=2 * ENGINES,
-                    document_len=16000,
-                    num_questions=2000,
-                    question_len=100,
-                    output_len=OUTPUT_LEN,
-                    seed=0,
-                ),
-                policies=policies,
-                loads=(10.0, 20.0),
-                duration_s=short,
-                warmup_s=warmup,
-            ),
-            notes=(fleet_note, "12 documents of 16,000 tokens, Zipf(1) popularity, 100-token questions"),
-        ),
-        Suite(
-            name="multi-turn-chat",
-            title="Multi-turn chat: all policies through Envoy",
-            plan=sweep.Plan(
-                workload=workloads.multi_turn_chat(
-                    num_sessions=8 * ENGINES,
-                    turns=5,
-                    system_prompt_len=2000,
-                    user_len=200,
-                    output_len=OUTPUT_LEN,
-                    seed=0,
-                ),
-                policies=policies,
-                loads=(10.0, 20.0),
-                duration_s=short,
-                warmup_s=warmup,
-            ),
-            notes=(fleet_note, "48 sessions x 5 turns, 2,000-token system prompt, 200-token user turns"),
         ),
     ]
 
