@@ -1,24 +1,30 @@
 """Predicted time-to-first-token: the cost model behind the `frontier` profile.
 
-For each candidate endpoint the scorer estimates how long this request would wait for its first token there:
+For each candidate endpoint the scorer predicts how long this request would wait for its first token there,
+with the engine's own calibrated step model:
 
-    ttft = queue + own prefill + decode interference + KV pressure + load guard
-    queue        = p0 * requests_ahead + p1 * uncached_tokens_ahead
-    own prefill  = p0 + p1 * u + p2 * u * (c + u / 2)       (u uncached, c cached prompt tokens here)
-    interference = ceil((tokens_ahead + u) / chunk) * running * decodeTokenSeconds
-    KV pressure  = kvPenaltySeconds * max(0, kv - kvSoftThreshold) / (1 - kvSoftThreshold)
-    load guard   = loadSeconds * in_flight
+    ttft  = p0 + p1 * (ahead + u) + p2 * u * (c + u / 2) + steps * decode_step + no_room
+    steps = ceil((ahead + u) / chunkTokens)              engine steps until this prompt is prefilled
+    decode_step = d0 + d1 * running + d2 * running * mean_context      (each of those steps also decodes)
+    no_room = noRoomSeconds when the u uncached tokens do not fit the endpoint's free KV cache
 
-`p0, p1, p2` are the calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` of an H100 running a
-Llama-3.1-8B-shaped model (../shared/calibration/h100_llama8b.json); set them per pool for other engines.
-The cached part `c` comes from the prefix index (matched blocks x 16 tokens), so the same shared prefix that
-makes an endpoint attractive also makes its queue visible: requests stick to the endpoint holding their
-prefix only while recomputing the prefix elsewhere would be slower than waiting there.
+`u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
+matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
+calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
+running a Llama-3.1-8B-shaped model (../shared/calibration/h100_llama8b.json); set them per pool for other
+engines. A shared prefix makes an endpoint attractive exactly by the prefill it saves, and its queue makes it
+unattractive exactly by the wait it adds, so requests stick to their prefix until waiting there costs more
+than recomputing it elsewhere. KV space is priced as the engine experiences it: only a request that does not
+fit is penalised (it would wait for others to finish or preempt them), and only by the tokens it adds — a
+prefix holder adds few, so a full-looking cache does not push shared-prefix traffic away from its prefix.
 
-*Requests ahead* come from the engine's waiting count, sized by the uncached tokens this picker predicted for
-the requests it has in flight there, plus the requests this picker sent after the endpoint's last scrape (not
-yet in that count) — so a burst cannot herd onto one endpoint between two scrapes. When the endpoint's
-metrics are stale, the picker's own in-flight accounting replaces the engine's counts.
+*Queued tokens ahead* are the engine's waiting count, sized by the mean uncached tokens of what this picker has
+in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not yet in that
+count), so a burst cannot herd onto one endpoint between two scrapes. With stale metrics the picker's own
+in-flight accounting replaces the engine's counts.
+
+The score is `exp(-(ttft - min ttft) / scoreScaleSeconds)`: 1 for the best endpoint, shift-invariant (a load
+common to every endpoint changes nothing), and 0.37 for one predicted `scoreScaleSeconds` slower.
 """
 
 import collections
@@ -29,10 +35,14 @@ import numpy as np
 
 from frontier_picker.scheduling import plugins, prefix, types
 
-# Calibrated H100 / Llama-3.1-8B prefill fit (seconds, seconds per token, seconds per token x context token).
+# Calibrated H100 / Llama-3.1-8B fits: prefill (s, s/token, s/token/context token), decode step (s, s/sequence,
+# s/context token).
 H100_LLAMA8B_P0 = 0.005749
 H100_LLAMA8B_P1 = 2.7019e-05
 H100_LLAMA8B_P2 = 8.077e-10
+H100_LLAMA8B_D0 = 0.008217
+H100_LLAMA8B_D1 = 1.438e-05
+H100_LLAMA8B_D2 = 3.897e-08
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,15 +64,16 @@ class PredictedTTFTScorer(plugins.Scorer):
     consumes = frozenset({"metrics", "load", "prefix-index"})
     parameter_docs = {
         "prefixPlugin": "prefix-cache-scorer whose index gives cached tokens (first one configured)",
-        "p0Seconds": f"fixed prefill cost per request ({H100_LLAMA8B_P0})",
-        "p1SecondsPerToken": f"prefill cost per uncached token ({H100_LLAMA8B_P1})",
-        "p2SecondsPerTokenContext": f"attention cost per uncached token x context token ({H100_LLAMA8B_P2})",
-        "chunkTokens": "tokens per engine step, max_num_batched_tokens (8192)",
-        "decodeTokenSeconds": "extra step time per running request (0.00003)",
+        "p0Seconds": f"prefill: fixed cost ({H100_LLAMA8B_P0})",
+        "p1SecondsPerToken": f"prefill: per uncached token ({H100_LLAMA8B_P1})",
+        "p2SecondsPerTokenContext": f"prefill: per uncached token x context token ({H100_LLAMA8B_P2})",
+        "d0Seconds": f"decode step: fixed cost ({H100_LLAMA8B_D0})",
+        "d1SecondsPerSequence": f"decode step: per running sequence ({H100_LLAMA8B_D1})",
+        "d2SecondsPerContextToken": f"decode step: per context token of the batch ({H100_LLAMA8B_D2})",
+        "chunkTokens": "prompt tokens per engine step, max_num_batched_tokens (8192)",
         "defaultPromptTokens": "uncached tokens per waiting request of unknown size (1024)",
-        "kvSoftThreshold": "KV use where the KV-pressure penalty starts (0.7)",
-        "kvPenaltySeconds": "penalty at a full KV cache (0.5)",
-        "loadSeconds": "herding guard per in-flight request (0.002)",
+        "noRoomSeconds": "penalty when the uncached tokens do not fit the free KV cache (1.0)",
+        "scoreScaleSeconds": "TTFT difference that scores 1/e (0.1)",
         "stalenessSeconds": "metrics older than this are replaced by in-flight accounting (0.2)",
     }
 
@@ -74,24 +85,24 @@ class PredictedTTFTScorer(plugins.Scorer):
         p0: float = H100_LLAMA8B_P0,
         p1: float = H100_LLAMA8B_P1,
         p2: float = H100_LLAMA8B_P2,
+        d0: float = H100_LLAMA8B_D0,
+        d1: float = H100_LLAMA8B_D1,
+        d2: float = H100_LLAMA8B_D2,
         chunk_tokens: int = 8192,
-        decode_token_s: float = 3e-5,
         default_prompt_tokens: float = 1024.0,
-        kv_soft: float = 0.7,
-        kv_penalty_s: float = 0.5,
-        load_s: float = 0.002,
+        no_room_s: float = 1.0,
+        score_scale_s: float = 0.1,
         staleness_s: float = 0.2,
     ) -> None:
         super().__init__(name)
         self.prefix_plugin = prefix_plugin
         self.index: prefix.Index | None = None  # bound by the config loader to the producing plugin's index
         self.p0, self.p1, self.p2 = p0, p1, p2
+        self.d0, self.d1, self.d2 = d0, d1, d2
         self.chunk_tokens = chunk_tokens
-        self.decode_token_s = decode_token_s
         self.default_prompt_tokens = default_prompt_tokens
-        self.kv_soft = kv_soft
-        self.kv_penalty_s = kv_penalty_s
-        self.load_s = load_s
+        self.no_room_s = no_room_s
+        self.score_scale_s = score_scale_s
         self.staleness_s = staleness_s
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, list[tuple[str, tuple[float, float]]]] = {}
@@ -104,12 +115,13 @@ class PredictedTTFTScorer(plugins.Scorer):
             p0=parameters.number("p0Seconds", H100_LLAMA8B_P0, minimum=0),
             p1=parameters.number("p1SecondsPerToken", H100_LLAMA8B_P1, minimum=0),
             p2=parameters.number("p2SecondsPerTokenContext", H100_LLAMA8B_P2, minimum=0),
+            d0=parameters.number("d0Seconds", H100_LLAMA8B_D0, minimum=0),
+            d1=parameters.number("d1SecondsPerSequence", H100_LLAMA8B_D1, minimum=0),
+            d2=parameters.number("d2SecondsPerContextToken", H100_LLAMA8B_D2, minimum=0),
             chunk_tokens=parameters.integer("chunkTokens", 8192, minimum=1),
-            decode_token_s=parameters.number("decodeTokenSeconds", 3e-5, minimum=0),
             default_prompt_tokens=parameters.number("defaultPromptTokens", 1024, minimum=0),
-            kv_soft=parameters.number("kvSoftThreshold", 0.7, minimum=0),
-            kv_penalty_s=parameters.number("kvPenaltySeconds", 0.5, minimum=0),
-            load_s=parameters.number("loadSeconds", 0.002, minimum=0),
+            no_room_s=parameters.number("noRoomSeconds", 1.0, minimum=0),
+            score_scale_s=parameters.number("scoreScaleSeconds", 0.1, minimum=1e-6),
             staleness_s=parameters.number("stalenessSeconds", 0.2, minimum=0),
         )
 
@@ -146,29 +158,41 @@ class PredictedTTFTScorer(plugins.Scorer):
     def predict(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray]:
         """Predicted TTFT (seconds) and uncached prompt tokens, per candidate."""
         prompt = self._prompt_tokens(cycle.request)
-        if self.index is not None and self.index.hashes(cycle):
-            cached = np.minimum(self.index.matched_blocks(cycle) * self.index.tokens_per_block, prompt)
+        text_chars = len(cycle.request.prompt)
+        if self.index is not None and text_chars and self.index.hashes(cycle):
+            # Matched characters converted at this request's own characters-per-token estimate.
+            matched_chars = self.index.matched_blocks(cycle) * self.index.block_size
+            cached = np.minimum(matched_chars * (prompt / text_chars), prompt)
         else:
             cached = np.zeros(len(cycle.candidates))
         uncached = prompt - cached
         waiting = cycle.column("waiting")
-        running = cycle.column("running")
-        in_flight = cycle.column("in_flight")
         fresh = cycle.fresh(self.staleness_s)
-        own_tokens, own_requests, recent_tokens, recent_requests = self._own_accounting(cycle)
+        in_flight = cycle.column("in_flight")
+        own_tokens, own_requests, recent_tokens, _ = self._own_accounting(cycle)
         mean_uncached = np.where(
             own_requests > 0, own_tokens / np.maximum(own_requests, 1), self.default_prompt_tokens
         )
-        ahead_requests = np.where(fresh, waiting + recent_requests, own_requests)
-        ahead_tokens = np.where(fresh, waiting * mean_uncached + recent_tokens, own_tokens)
-        batch = np.where(fresh, running, in_flight)
-        queue = self.p0 * ahead_requests + self.p1 * ahead_tokens
-        own = self.p0 + self.p1 * uncached + self.p2 * uncached * (cached + uncached / 2)
-        steps = np.ceil((ahead_tokens + uncached) / self.chunk_tokens)
-        interference = steps * batch * self.decode_token_s
+        ahead = np.where(fresh, waiting * mean_uncached + recent_tokens, own_tokens)
+        batch = np.where(fresh, cycle.column("running"), in_flight)
+        # Mean context of a running sequence: its prompt plus, on average, half its answer so far.
+        per_request = np.maximum(in_flight, 1)
+        context = (
+            cycle.column("in_flight_prompt_tokens") + cycle.column("in_flight_decode_tokens") / 2
+        ) / per_request
+        context = np.where(in_flight > 0, context, self.default_prompt_tokens)
+        decode_step = np.where(batch > 0, self.d0 + self.d1 * batch + self.d2 * batch * context, 0.0)
+        steps = np.ceil((ahead + uncached) / self.chunk_tokens)
+        ttft = (
+            self.p0
+            + self.p1 * (ahead + uncached)
+            + self.p2 * uncached * (cached + uncached / 2)
+            + steps * decode_step
+        )
+        capacity = cycle.column("kv_capacity_tokens")
         kv = np.where(fresh, cycle.column("kv"), 0.0)
-        pressure = self.kv_penalty_s * np.clip((kv - self.kv_soft) / max(1e-9, 1 - self.kv_soft), 0.0, None)
-        ttft = queue + own + interference + pressure + self.load_s * in_flight
+        free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
+        ttft = ttft + np.where(uncached + ahead > free, self.no_room_s, 0.0)
         cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append((cycle.positions(), uncached))
         return ttft, uncached
 
@@ -176,7 +200,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         ttft, _ = self.predict(cycle)
         if ttft.size == 0:
             return ttft
-        return np.maximum(ttft.min(), 1e-9) / np.maximum(ttft, 1e-9)
+        return np.exp(-(ttft - ttft.min()) / self.score_scale_s)
 
     def _charge(self, key: str, tokens: float, *, now: float, request_id: str) -> None:
         pending = self._pending.get(key)

@@ -172,6 +172,8 @@ _COLUMNS: dict[str, Callable[[endpoints.EndpointState], float]] = {
     "updated_at": operator.attrgetter("metrics.updated_at"),
     "in_flight": operator.attrgetter("load.in_flight"),
     "in_flight_prompt_tokens": operator.attrgetter("load.in_flight_prompt_tokens"),
+    "in_flight_decode_tokens": operator.attrgetter("load.in_flight_decode_tokens"),
+    "kv_capacity_tokens": lambda s: (s.metrics.num_gpu_blocks or 0) * (s.metrics.block_size or 0),
 }
 
 
