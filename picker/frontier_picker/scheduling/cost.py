@@ -18,9 +18,9 @@ than recomputing it elsewhere. KV space is priced as the engine experiences it: 
 fit is penalised (it would wait for others to finish or preempt them), and only by the tokens it adds — a
 prefix holder adds few, so a full-looking cache does not push shared-prefix traffic away from its prefix.
 
-*Queued tokens ahead* are the engine's waiting count, sized by the mean uncached tokens of what this picker has
-in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not yet in that
-count), so a burst cannot herd onto one endpoint between two scrapes. With stale metrics the picker's own
+*Queued tokens ahead* are the engine's waiting count, sized by the mean uncached tokens of what this picker
+has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not yet in
+that count), so a burst cannot herd onto one endpoint between two scrapes. With stale metrics the picker's own
 in-flight accounting replaces the engine's counts.
 
 The score is `exp(-(ttft - min ttft) / scoreScaleSeconds)`: 1 for the best endpoint, shift-invariant (a load
@@ -35,8 +35,8 @@ import numpy as np
 
 from frontier_picker.scheduling import plugins, prefix, types
 
-# Calibrated H100 / Llama-3.1-8B fits: prefill (s, s/token, s/token/context token), decode step (s, s/sequence,
-# s/context token).
+# Calibrated H100 / Llama-3.1-8B fits: prefill (s, s/token, s/token/context token) and decode step
+# (s, s/sequence, s/context token).
 H100_LLAMA8B_P0 = 0.005749
 H100_LLAMA8B_P1 = 2.7019e-05
 H100_LLAMA8B_P2 = 8.077e-10

@@ -29,8 +29,8 @@ def table() -> str:
         BEGIN,
         "## Scheduling plugins",
         "",
-        "Configured by a GIE `EndpointPickerConfig` (`--config-file`/`--config-text`); without one the picker",
-        "runs the built-in `frontier` profile. Built-in configs: "
+        "Configured by a GIE `EndpointPickerConfig` (`--config-file`/`--config-text`); without one the",
+        "picker runs the built-in `frontier` profile. Built-in configs: "
         + ", ".join(f"`{name}`" for name in config.BUILTIN)
         + " (YAML in `frontier_picker/scheduling/configs/`).",
         "",
