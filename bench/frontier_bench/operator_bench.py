@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import pathlib
 import platform
 import signal
@@ -332,6 +333,7 @@ def run(
             "changed_resource_versions": changed,
             "writes_before_restart": first_writes,
         },
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
     }
 
 
@@ -351,7 +353,8 @@ def report(result: dict[str, Any], command: str) -> str:
         "# Operator: apply → children, and restart cost",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()} python {platform.python_version()} (shared 2-core machine, noisy)",
+        f"Machine: {platform.machine()} python {platform.python_version()}, {os.cpu_count()} CPUs shared with"
+        f" other work (1-minute load average at the end: {result['load_average_1m_at_end']})",
         "",
         f"## Apply → children ({a['tiers']} ModelTiers, {a['pools']} pools, one every {a['interval_s']} s)",
         "",

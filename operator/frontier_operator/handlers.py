@@ -84,8 +84,8 @@ def registry_for(
     async def _deployment_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         meta = dict(body["metadata"])
         tier = _owner_tier(meta)
-        if tier is None:
-            return
+        if tier is None or event["type"] is None:
+            return  # not ours, or the initial listing (the tier's own event derives its status then)
         if event["type"] == "DELETED":
             await reconciler.tier(meta["namespace"], tier)
         else:
