@@ -45,22 +45,6 @@ REPO: Final = pathlib.Path(__file__).resolve().parents[2]
 CRD: Final = REPO / "crds" / "modeltier.yaml"
 TIER_API: Final = f"{names.FRONTIER_GROUP}/{names.FRONTIER_VERSION}"
 H100: Final = "nvidia-h100-80gb"
-NOT_READY_TAINT: Final = "node.kubernetes.io/not-ready"
-
-
-def clear_not_ready_taints(core: k8s_client.CoreV1Api) -> None:
-    """Lifts the not-ready taint from Ready nodes: the local control plane (issue 4) does not run the
-    node-lifecycle controller that normally does it, and pods would never schedule."""
-    for node in core.list_node().items:
-        taints = node.spec.taints or []
-        ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
-        if ready and any(t.key == NOT_READY_TAINT for t in taints):
-            kept = [
-                {"key": t.key, "value": t.value, "effect": t.effect}
-                for t in taints
-                if t.key != NOT_READY_TAINT
-            ]
-            core.patch_node(node.metadata.name, {"spec": {"taints": kept}})
 
 
 def pool_manifest(name: str, namespace: str) -> dict[str, Any]:
@@ -245,9 +229,7 @@ def run(
     )
     with controlplane.ControlPlane(workdir / "cp", node_pools=node_pools) as plane:
         api_client = plane.api_client()
-        core = k8s_client.CoreV1Api(api_client)
         dyn = dynamic.DynamicClient(api_client)
-        clear_not_ready_taints(core)
         plane.apply_crds([CRD])
         ns = plane.namespace("op-bench")
         pool_res = dyn.resources.get(

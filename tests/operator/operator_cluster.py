@@ -125,27 +125,3 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
-
-
-NOT_READY_TAINT = "node.kubernetes.io/not-ready"
-
-
-def clear_not_ready_taints(api: Api) -> list[str]:
-    """Removes the `node.kubernetes.io/not-ready` taint from nodes that report Ready.
-
-    Workaround, test-side only: the API server taints every new node not-ready and the node-lifecycle
-    controller lifts the taint once the node is Ready; the local control plane (issue 4) does not run that
-    controller yet, so pods would never schedule on the KWOK nodes. Does nothing once the controller runs.
-    """
-    cleared = []
-    for node in api.list("v1", "Node", ""):
-        taints = node["spec"].get("taints") or []
-        ready = any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in node.get("status", {}).get("conditions") or []
-        )
-        if ready and any(t["key"] == NOT_READY_TAINT for t in taints):
-            kept = [t for t in taints if t["key"] != NOT_READY_TAINT]
-            api.merge_patch("v1", "Node", "", node["metadata"]["name"], {"spec": {"taints": kept}})
-            cleared.append(node["metadata"]["name"])
-    return cleared

@@ -21,9 +21,7 @@ TIER = "llama-fast"
 @pytest.fixture(scope="module")
 def api(control_plane):
     control_plane.apply_crds([oc.CRD])
-    client = oc.Api(control_plane.api_client())
-    oc.clear_not_ready_taints(client)
-    return client
+    return oc.Api(control_plane.api_client())
 
 
 @pytest.fixture
