@@ -15,8 +15,9 @@ the machine's noise lands on all of them alike:
 
 Cells: prompts of 1 KB, 16 KB and 200 KB; 1, 16 and 64 concurrent closed-loop clients; a JSON response or a
 100-chunk SSE stream. Per cell and front door: client latency p50/p99 (request sent to last byte), and CPU
-per request of the processor and of Envoy (from /proc, utime+stime, 10 ms ticks). Added latency and the
-picker/floor CPU ratio are computed against the same cell of the same run.
+per request of the processor and of Envoy (from /proc: every thread's scheduler nanoseconds). Added latency
+and the picker/floor CPU ratio are computed against the same cell of the same run; each cell runs in
+`--rounds` interleaved rounds with the door order rotated.
 
 `python -m frontier_bench.protocol_overhead run --out bench/results` writes `protocol_overhead.json` and
 `.md`; `floor` and `backend` are the helper processes it starts.
@@ -171,7 +172,19 @@ async def serve_backend(address: str, port: int) -> None:
 
 # --- measurement ----------------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far (its threads included)."""
+    """CPU time of a process so far, all its threads: the scheduler's nanosecond count per thread
+    (/proc/PID/task/TID/schedstat), falling back to utime + stime in clock ticks (10 ms) without it."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue  # a thread that just ended
+    except OSError:
+        total = 0
+    if total:
+        return total / 1e9
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICK
 

@@ -159,7 +159,8 @@ class Stream:
         self.chunks: list[bytes] = []
         self.body_size = 0
         self.declared_length: int | None = None
-        self.next_early_attempt = context.settings.early_decision_prompt_chars
+        # First try with a quarter to spare for the JSON around the prompt, then at each doubling of the body.
+        self.next_early_attempt = context.settings.early_decision_prompt_chars * 5 // 4
         self.early = False  # decided before the whole body was in
         self.headers_answered = False
         self.request: types.Request | None = None
