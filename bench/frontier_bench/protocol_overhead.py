@@ -489,6 +489,25 @@ def markdown(rows: Sequence[dict[str, Any]], *, command: str, machine: dict[str,
     for row in rows:
         values = [f"{row['prompt_bytes'] // 1000} KB", *(str(row[key]) for key in _TABLE_KEYS)]
         lines.append("| " + " | ".join(values) + " |")
+    lines += ["", "## Against the targets", ""]
+    for key, what in (
+        ("gie_picker_over_floor_cpu", "picker CPU / floor CPU, GIE full-duplex (target <= 1.3)"),
+        ("gie_picker_over_hold_cpu", "picker CPU / hold-floor CPU, GIE full-duplex"),
+        ("cheap_picker_over_floor_cpu", "picker CPU / floor CPU, cheap mode (target <= 1.3)"),
+    ):
+        ratios = sorted(row[key] for row in rows if row[key] is not None)
+        if ratios:
+            lines.append(
+                f"- {what}: median {statistics.median(ratios):.2f} over {len(ratios)} cells "
+                f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})"
+            )
+    for row in rows:
+        if (row["prompt_bytes"], row["concurrency"], row["chunks"]) == (200_000, 16, 0):
+            lines.append(
+                f"- added p50 at 200 KB, 16 clients, not streamed (target < 40 ms): GIE picker "
+                f"{row['gie_picker_added_p50_ms']} ms (floor {row['gie_floor_added_p50_ms']} ms, hold "
+                f"{row['gie_hold_added_p50_ms']} ms), cheap picker {row['cheap_picker_added_p50_ms']} ms"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -515,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     floor_parser.add_argument("--port", type=int, required=True)
     floor_parser.add_argument("--endpoint", required=True)
     floor_parser.add_argument("--hold", action="store_true", help="answer headers after the whole body")
+    report_parser = sub.add_parser("report", help="re-render the markdown of a results JSON")
+    report_parser.add_argument("--json", type=Path, default=Path("bench/results/protocol_overhead.json"))
     backend_parser = sub.add_parser("backend", help="serve the trivial backend")
     backend_parser.add_argument("--address", default=ADDRESS)
     backend_parser.add_argument("--port", type=int, required=True)
@@ -524,6 +545,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(serve_floor(arguments.address, arguments.port, arguments.endpoint, hold=arguments.hold))
     elif arguments.command == "backend":
         asyncio.run(serve_backend(arguments.address, arguments.port))
+    elif arguments.command == "report":
+        result = json.loads(arguments.json.read_text())
+        text = markdown(result["summary"], command=result["command"], machine=result["machine"])
+        arguments.json.with_suffix(".md").write_text(text)
     else:
         command = "python -m frontier_bench.protocol_overhead " + " ".join(argv or sys.argv[1:])
         machine = machine_facts()
