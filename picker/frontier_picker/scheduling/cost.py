@@ -75,6 +75,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         "noRoomSeconds": "penalty when the uncached tokens do not fit the free KV cache (1.0)",
         "scoreScaleSeconds": "TTFT difference that scores 1/e (0.1)",
         "stalenessSeconds": "metrics older than this are replaced by in-flight accounting (0.2)",
+        "evictionWeight": "price of displacing cached blocks: weight x p1 x uncached x KV use (1.0)",
     }
 
     def __init__(
@@ -93,6 +94,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         no_room_s: float = 1.0,
         score_scale_s: float = 0.1,
         staleness_s: float = 0.2,
+        eviction_weight: float = 1.0,
     ) -> None:
         super().__init__(name)
         self.prefix_plugin = prefix_plugin
@@ -103,6 +105,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         self.default_prompt_tokens = default_prompt_tokens
         self.no_room_s = no_room_s
         self.score_scale_s = score_scale_s
+        self.eviction_weight = eviction_weight
         self.staleness_s = staleness_s
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, list[tuple[str, tuple[float, float]]]] = {}
@@ -123,6 +126,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             no_room_s=parameters.number("noRoomSeconds", 1.0, minimum=0),
             score_scale_s=parameters.number("scoreScaleSeconds", 0.1, minimum=1e-6),
             staleness_s=parameters.number("stalenessSeconds", 0.2, minimum=0),
+            eviction_weight=parameters.number("evictionWeight", 1.0, minimum=0),
         )
 
     def _prompt_tokens(self, request: types.Request) -> float:
@@ -193,6 +197,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         kv = np.where(fresh, cycle.column("kv"), 0.0)
         free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
         ttft = ttft + np.where(uncached + ahead > free, self.no_room_s, 0.0)
+        # New KV blocks on a busy cache displace other prompts' cached blocks: price their recomputation.
+        ttft = ttft + self.eviction_weight * self.p1 * uncached * kv
         cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append((cycle.positions(), uncached))
         return ttft, uncached
 
