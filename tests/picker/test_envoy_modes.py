@@ -107,7 +107,10 @@ async def test_older_body_modes_route_by_model_and_keep_bodies_intact(tmp_path: 
         received = running.backend(served).received[-1]
         assert received.body == body.replace(b'"m"', b'"m2"', 1)
         length = received.headers.get("Content-Length")
-        assert length is None or int(length) == len(received.body)
+        if mode == "buffered":  # Envoy keeps the picker's content-length here (it drops it when streaming)
+            assert length == str(len(received.body))
+        else:
+            assert length is None or int(length) == len(received.body)
 
         status, answer, _ = await post(running.url + "/v1/completions", b"not json")
         assert status == 400 and "not JSON" in json.loads(answer)["error"]["message"]

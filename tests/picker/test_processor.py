@@ -1,0 +1,129 @@
+"""The per-stream protocol handler driven directly with ext_proc messages (the Envoy tests cover the wire):
+paths an Envoy in these tests does not take — a request without x-request-id (Envoy always adds one), the
+served endpoint reported in `envoy.lb` metadata, a chunked body over the limit, a prefill decision."""
+
+from collections.abc import Sequence
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from google.protobuf import struct_pb2
+
+from frontier_api import names
+from frontier_picker import datastore, endpoints, metrics, processor
+from frontier_picker.scheduling import types
+
+
+class Fixed:
+    """A scheduler that always returns the same decision and keeps completions."""
+
+    def __init__(self, decision: types.Decision) -> None:
+        self.decision = decision
+        self.completions: list[types.Completion] = []
+
+    def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
+        return self.decision
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        self.completions.append(completion)
+
+
+def stream(decision: types.Decision, *, max_body_bytes: int = 1 << 20) -> tuple[processor.Stream, Fixed]:
+    store = datastore.Datastore()
+    store.replace(
+        endpoints.Endpoint(name=key, address=key.split(":")[0], port=int(key.split(":")[1]))
+        for key in ("10.0.0.1:8000", "10.0.0.2:8000")
+    )
+    scheduler = Fixed(decision)
+    context = processor.Context(
+        scheduler=scheduler,
+        store=store,
+        metrics=metrics.create(),
+        settings=processor.Settings(max_body_bytes=max_body_bytes),
+    )
+    return processor.Stream(context), scheduler
+
+
+def headers(pairs: Sequence[tuple[str, str]], *, end: bool = False) -> ext_proc.ProcessingRequest:
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs]
+    )
+    return ext_proc.ProcessingRequest(
+        request_headers=ext_proc.HttpHeaders(headers=header_map, end_of_stream=end)
+    )
+
+
+def body(data: bytes, *, end: bool) -> ext_proc.ProcessingRequest:
+    return ext_proc.ProcessingRequest(request_body=ext_proc.HttpBody(body=data, end_of_stream=end))
+
+
+def set_headers(reply: ext_proc.ProcessingResponse) -> dict[str, str]:
+    mutation = reply.request_headers.response.header_mutation
+    return {option.header.key: option.header.raw_value.decode() for option in mutation.set_headers}
+
+
+def test_missing_request_id_is_generated_and_sent_upstream() -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    (reply,) = handler.on_message(headers([(":path", "/v1/models"), (":method", "GET")], end=True))
+    sent = set_headers(reply)
+    assert len(sent[names.REQUEST_ID]) == 32
+    assert sent[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    assert reply.request_headers.response.clear_route_cache
+    lb = reply.dynamic_metadata.fields[names.LB_NAMESPACE].struct_value
+    assert lb.fields[names.DESTINATION_ENDPOINT].string_value == "10.0.0.1:8000"
+
+
+def test_prefill_decision_adds_the_prefiller_header() -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.2:8000", "10.0.0.1:8000"], prefill="10.0.0.1:8000"))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r1")]))
+    decision, *chunks = handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    sent = set_headers(decision)
+    assert sent[names.DESTINATION_ENDPOINT] == "10.0.0.2:8000,10.0.0.1:8000"
+    assert sent[names.PREFILLER_HOST_PORT] == "10.0.0.1:8000"
+    assert names.REQUEST_ID not in sent
+    assert [c.request_body.response.body_mutation.streamed_response.body for c in chunks] == [
+        b'{"model":"m","prompt":"p"}'
+    ]
+
+
+def test_chunked_body_over_the_limit_is_refused_with_413() -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]), max_body_bytes=100)
+    handler.on_message(headers([(":path", "/v1/completions")]))
+    assert handler.on_message(body(b"x" * 60, end=False)) == []
+    (reply,) = handler.on_message(body(b"x" * 60, end=False))
+    assert reply.immediate_response.status.code == 413
+    assert b"exceeds the limit of 100 bytes" in reply.immediate_response.body
+    assert handler.closed
+
+
+def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:
+    handler, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000", "10.0.0.2:8000"]))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r2")]))
+    handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    served = struct_pb2.Struct()
+    served.update({names.DESTINATION_ENDPOINT_SERVED: "10.0.0.2:8000"})
+    response = ext_proc.ProcessingRequest(
+        response_headers=ext_proc.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")]),
+            end_of_stream=True,
+        )
+    )
+    response.metadata_context.filter_metadata[names.LB_NAMESPACE].CopyFrom(served)
+    handler.on_message(response)
+    assert [(c.endpoint, c.status, c.aborted) for c in scheduler.completions] == [
+        ("10.0.0.2:8000", 200, False)
+    ]
+    handler.complete(aborted=True)  # the stream closing later does not count it twice
+    assert len(scheduler.completions) == 1
+    assert handler.ctx.store.in_flight() == 0
+
+
+def test_stream_that_ends_before_the_response_is_an_aborted_completion() -> None:
+    handler, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r3")]))
+    handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    assert handler.ctx.store.in_flight() == 1
+    handler.complete(aborted=not handler.finished())
+    assert scheduler.completions[0].aborted
+    assert handler.ctx.store.in_flight() == 0
