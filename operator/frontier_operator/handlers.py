@@ -7,7 +7,9 @@ ModelTier status (see `reconcile`). Triggers:
 - a ModelTier appears, or its spec changes (generation ahead of `status.observedGeneration`) → full pass;
   deleted → its pool's picker is re-owned by the remaining tiers (children go by garbage collection);
 - an owned model-server Deployment changes → the owner's status is re-derived; deleted → full pass (recreate);
-- an InferencePool's spec changes → every tier of the pool gets a full pass;
+  the initial listing after a start is skipped (each tier's own event derives its status then);
+- an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
+  remembered from their watch so passes need not read them;
 - every `resync_seconds` → a full pass over all tiers (retries failures, repairs unwatched drift).
 """
 
