@@ -134,6 +134,7 @@ def _streamed(chunk: bytes, *, end: bool, response: bool) -> ext_proc.Processing
     return ext_proc.ProcessingResponse(request_body=body)
 
 
+_REQUEST_KINDS: Final = frozenset({"request_headers", "request_body", "request_trailers"})
 _CONTINUE_REQUEST_BODY: Final = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
 _CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
 _CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
@@ -193,6 +194,12 @@ class Stream:
                 return [_CONTINUE_RESPONSE_TRAILERS]
         except Rejected as refusal:
             return [self._refuse(refusal.status, refusal.reason)]
+        except Exception:
+            if self.decision is not None or kind not in _REQUEST_KINDS:
+                raise
+            # A bug must not look like the client's fault, nor hang the request: answer 500 and say so.
+            log.exception("event=internal_error request_id=%s", self.request_id or "-")
+            return [self._refuse(500, "internal error in the endpoint picker")]
         return []
 
     # --- request path ----------------------------------------------------------------------------------
@@ -461,12 +468,11 @@ class Stream:
         status = headers.get(":status", "0")
         self.status = int(status) if status.isdigit() else 0
         self.served = self._served(message)
+        streamed = headers.get("content-type", "").startswith("text/event-stream")
         if self.response_mode != _NONE:
-            if headers.get("content-type", "").startswith("text/event-stream"):
-                self.reader = usage.SseReader()
-            else:
-                self.reader = usage.JsonReader()
-        self.first_byte_at = self.ctx.clock()
+            self.reader = usage.SseReader() if streamed else usage.JsonReader()
+        if not streamed or self.response_mode == _NONE:
+            self.first_byte_at = self.ctx.clock()  # else at the first event: the first token's time
         if message.response_headers.end_of_stream:
             self._end_response()
         return [_CONTINUE_RESPONSE_HEADERS]
@@ -482,6 +488,8 @@ class Stream:
 
     def _on_response_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk = body.body
+        if self.first_byte_at is None and chunk:
+            self.first_byte_at = self.ctx.clock()
         if self.reader is not None:
             self.reader.feed(chunk)
         if body.end_of_stream:

@@ -192,6 +192,7 @@ async def test_streamed_response_of_2000_chunks_arrives_identical_and_usage_is_r
     completion = gie.scheduler.completions[-1]
     assert (completion.prompt_tokens, completion.cached_tokens, completion.aborted) == (11, 3, False)
     assert completion.status == 200
+    assert completion.ttft_s is not None and 0 < completion.ttft_s <= completion.duration_s
 
 
 async def test_json_response_usage_and_served_endpoint_are_recorded(gie: stack.Stack) -> None:

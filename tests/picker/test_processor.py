@@ -127,3 +127,18 @@ def test_stream_that_ends_before_the_response_is_an_aborted_completion() -> None
     handler.complete(aborted=not handler.finished())
     assert scheduler.completions[0].aborted
     assert handler.ctx.store.in_flight() == 0
+
+
+class Broken(Fixed):
+    def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
+        raise KeyError("a bug")
+
+
+def test_a_scheduler_bug_answers_500_and_names_the_picker() -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    handler.ctx.scheduler = Broken(types.Decision(endpoints=[]))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r4")]))
+    (reply,) = handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    assert reply.immediate_response.status.code == 500
+    assert b"internal error in the endpoint picker" in reply.immediate_response.body
+    assert handler.ctx.store.in_flight() == 0
