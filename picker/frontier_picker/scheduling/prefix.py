@@ -10,9 +10,10 @@ up to block i.
 The index is learned only from the picker's own decisions: after each decision the request's hashes are
 recorded for the chosen endpoint (and its prefill endpoint). Each endpoint keeps an LRU of at most
 `lru_capacity` hashes (31,250), or, when its engine reports `cache_config_info`, as many as its KV cache holds
-(blocks x block size / 16 tokens per hash). A global map from hash to a bitmask of holders makes the match of
-one request against every endpoint a walk over the request's blocks with big-integer ANDs, independent of the
-number of endpoints until the chain breaks.
+(blocks x block size / 16 tokens per hash). A global map from hash to its holders makes the match of one
+request against every endpoint a walk over the request's blocks with big-integer ANDs of holder bitmasks,
+independent of the number of endpoints until the chain breaks. Most hashes have one holder; they store that
+endpoint's number as a negative int (`~n`), because a bitmask with bit 999 set costs 160 bytes, `~999` 28.
 """
 
 import collections
@@ -41,6 +42,16 @@ def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: i
         previous = digest(data[start : start + block_size] + pack(previous))
         hashes.append(previous)
     return hashes
+
+
+def _mask(held: int) -> int:
+    """The holder bitmask of a `holders` value (a negative value is one holder's number, inverted)."""
+    return 1 << ~held if held < 0 else held
+
+
+def _compact(mask: int) -> int:
+    """The `holders` value of a bitmask: one holder stored as its inverted number."""
+    return ~(mask.bit_length() - 1) if mask & (mask - 1) == 0 else mask
 
 
 class Index:
@@ -95,10 +106,10 @@ class Index:
         holders = self._holders
         positions = cycle.positions()
         keys = self._key_of_bit
-        alive = holders.get(hashes[0], 0)
+        alive = _mask(holders.get(hashes[0], 0))
         depth = 1
         while alive and depth < len(hashes):
-            still = alive & holders.get(hashes[depth], 0)
+            still = alive & _mask(holders.get(hashes[depth], 0))
             dropped = alive & ~still
             while dropped:
                 low = dropped & -dropped
@@ -133,19 +144,21 @@ class Index:
             lru = self._lru[key] = collections.OrderedDict()
             self._bit[key] = len(self._key_of_bit)
             self._key_of_bit.append(key)
-        bit = 1 << self._bit[key]
+        number = self._bit[key]
         holders = self._holders
         for value in hashes:
             if value in lru:
                 lru.move_to_end(value)
             else:
                 lru[value] = None
-                holders[value] = holders.get(value, 0) | bit
+                held = holders.get(value)
+                holders[value] = ~number if held is None else _compact(_mask(held) | (1 << number))
+        bit = 1 << number
         while len(lru) > capacity:
             evicted, _ = lru.popitem(last=False)
-            rest = holders[evicted] & ~bit
+            rest = _mask(holders[evicted]) & ~bit
             if rest:
-                holders[evicted] = rest
+                holders[evicted] = _compact(rest)
             else:
                 del holders[evicted]
 

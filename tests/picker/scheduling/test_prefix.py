@@ -77,3 +77,18 @@ def test_prefix_scorer_records_the_prefill_endpoint_too():
     states = [fleet.state(0), fleet.state(1)]
     scorer.on_decision(cycle(states, text(4)), types.Decision(endpoints=[fleet.key(0)], prefill=fleet.key(1)))
     assert scorer.score(cycle(states, text(4))).tolist() == [1.0, 1.0]
+
+
+def test_many_holders_of_one_prefix_are_matched_and_forgotten_one_by_one():
+    index = prefix.Index()
+    shared = prefix.block_hashes(text(6), model="llama")
+    states = [fleet.state(i) for i in range(130)]  # past 64 and 128 bits
+    for state in states:
+        index.add(state.endpoint.key, shared, capacity=6)
+    assert index.matched_blocks(cycle(states, text(6))).tolist() == [6.0] * 130
+    for state in states[:-1]:  # a new prompt evicts the shared blocks everywhere but on the last endpoint
+        index.add(state.endpoint.key, prefix.block_hashes(text(6, "z"), model="llama"), capacity=6)
+    assert index.matched_blocks(cycle(states, text(6))).tolist() == [0.0] * 129 + [6.0]
+    index.add(states[-1].endpoint.key, prefix.block_hashes(text(6, "y"), model="llama"), capacity=6)
+    assert index.matched_blocks(cycle(states, text(6))).tolist() == [0.0] * 130
+    assert index.matched_blocks(cycle(states, text(6, "z"))).tolist() == [6.0] * 129 + [0.0]
