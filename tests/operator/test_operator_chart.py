@@ -6,9 +6,12 @@ import shutil
 import subprocess
 
 import operator_cluster as oc
+import operator_samples as samples
 import pytest
 import yaml
+from kubernetes import client as k8s_client
 
+from frontier_api import modeltier, names
 from frontier_sim import controlplane
 
 CHART = oc.REPO / "charts" / "frontier"
@@ -123,3 +126,54 @@ def test_rendered_chart_passes_server_side_dry_run_apply(helm, control_plane):
             "Service",
         ]
     )
+
+
+@pytest.mark.cluster
+def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_path):
+    """Runs the operator as the chart's ServiceAccount (bound to the chart's ClusterRole) and serves a tier:
+    a permission the chart forgets shows up as a failed reconcile here."""
+    control_plane.apply_crds([oc.CRD])
+    api = oc.Api(control_plane.api_client())
+    system = control_plane.namespace("op-rbac-system")
+    ns = control_plane.namespace("op-rbac")
+    release = f"rbac-{ns[-6:]}"
+    docs = subprocess.run(
+        [str(helm), "template", release, str(CHART), "--namespace", system,
+         "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    service_account = ""
+    for doc in yaml.safe_load_all(docs):
+        if doc:
+            api.create(
+                doc | {"metadata": {**doc["metadata"], "namespace": system}}
+                if doc["kind"] == "ServiceAccount"
+                else doc
+            )
+            if doc["kind"] == "ServiceAccount":
+                service_account = doc["metadata"]["name"]
+    core = k8s_client.CoreV1Api(control_plane.api_client())
+    token = core.create_namespaced_service_account_token(
+        service_account, system, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    kubeconfig = tmp_path / "operator-kubeconfig"
+    controlplane.write_kubeconfig(
+        kubeconfig, server=control_plane.server, ca_file=control_plane.workdir / "pki" / "ca.crt", token=token
+    )
+    op = oc.Operator(kubeconfig=kubeconfig, namespace=ns, log_path=tmp_path / "operator.log")
+    try:
+        api.create(samples.pool(namespace=ns) | {"metadata": {"name": "chat", "namespace": ns}})
+        obj = samples.tier("llama-fast", ns)
+        del obj["metadata"]["uid"], obj["metadata"]["generation"]
+        api.create(obj)
+
+        def ready():
+            tier = api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, "llama-fast")
+            cond = oc.condition(tier, modeltier.READY)
+            return cond is not None and cond["status"] == "True"
+
+        oc.wait_for("Ready=True under the chart's RBAC", ready, timeout_s=90)
+        assert api.get("rbac.authorization.k8s.io/v1", "Role", ns, "chat-picker") is not None
+        assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()[-3000:]
+    finally:
+        op.stop()
