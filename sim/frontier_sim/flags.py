@@ -121,20 +121,13 @@ def settings_from(args: argparse.Namespace, *, model: str | None = None) -> sett
     if not name:
         raise FlagError("a model is required: frontier-sim serve MODEL or --model MODEL")
     try:
-        spec = (
-            settings_.parse_json_flag("--speculative-config", args.speculative_config)
-            if args.speculative_config
-            else None
-        )
-        transfer = (
-            settings_.parse_json_flag("--kv-transfer-config", args.kv_transfer_config)
-            if args.kv_transfer_config
-            else None
-        )
-        events = (
-            settings_.parse_json_flag("--kv-events-config", args.kv_events_config)
-            if args.kv_events_config
-            else None
+        spec, transfer, events = (
+            settings_.parse_json_flag(flag, value) if value else None
+            for flag, value in (
+                ("--speculative-config", args.speculative_config),
+                ("--kv-transfer-config", args.kv_transfer_config),
+                ("--kv-events-config", args.kv_events_config),
+            )
         )
     except ValueError as e:
         raise FlagError(str(e)) from None
