@@ -35,11 +35,6 @@ def encode(text: str) -> list[int]:
     ]
 
 
-def count(text: str) -> int:
-    """How many tokens `encode(text)` returns, without hashing."""
-    return -(-len(text) // CHARS_PER_TOKEN)
-
-
 def decode(token_ids: Iterable[int]) -> str:
     """Text of generated token ids: one 4-character word per id."""
     return "".join(_WORDS[t % len(_WORDS)] for t in token_ids)
