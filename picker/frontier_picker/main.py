@@ -9,14 +9,13 @@ log says which).
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import sys
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 from frontier_api import names
-from frontier_picker import server
+from frontier_picker import logs, server
 
 
 def _boolean(text: str) -> bool:
@@ -99,18 +98,33 @@ def options(arguments: argparse.Namespace) -> server.Options:
     )
 
 
+async def run(arguments: argparse.Namespace, handler: logs.BatchedStreamHandler) -> None:
+    """Serve until SIGTERM or SIGINT (Kubernetes stops pods with SIGTERM), then stop cleanly."""
+    serving = asyncio.current_task()
+    if serving is None:
+        raise RuntimeError("run() must be awaited inside a task")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, serving.cancel)
+    flusher = loop.create_task(logs.flush_periodically(handler))
+    try:
+        await server.serve(options(arguments))
+    except asyncio.CancelledError:
+        logging.getLogger(__name__).info("event=shutdown")
+    finally:
+        flusher.cancel()
+        await asyncio.gather(flusher, return_exceptions=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser().parse_args(argv)
-    logging.basicConfig(
-        level=arguments.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    handler = logs.configure(arguments.log_level)
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(server.serve(options(arguments)))
+        asyncio.run(run(arguments, handler))
     except ValueError as error:  # configuration errors name the field and value
         raise SystemExit(f"frontier-picker: {error}") from None
+    finally:
+        handler.flush_now()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def picker_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict
     assert ports, "the picker did not log event=listening"
     yield process, ports, endpoints
     process.terminate()
-    process.wait(10)
+    assert process.wait(10) == 0  # SIGTERM stops the picker cleanly
+    assert "event=stopped" in process.stderr.read()  # and the buffered log lines were written out
 
 
 def health_status(channel: grpc.Channel, service: str) -> int:
