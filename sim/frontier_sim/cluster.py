@@ -475,13 +475,24 @@ def run(
             )
             chosen.on_completion(flight.request, flight.decision, completion)
 
+    metrics_of = [state.metrics for state in states]
+    run_phase = cluster_engine.Phase.RUN
+    kv_usage_mid_run = cluster_engine.kv_usage_mid_run
+
     def scrape(g: int, t: float) -> None:
+        # `VirtualEngine.observe`, inlined: this runs for every endpoint 20 times a model second.
         for i in members[g]:
-            waiting, running, kv = vengines[i].observe(t)
-            metrics = states[i].metrics
-            metrics.waiting = waiting
-            metrics.running = running
-            metrics.kv_usage = kv
+            v = vengines[i]
+            core = v.core
+            metrics = metrics_of[i]
+            if v.phase is run_phase:
+                assert v.run is not None
+                metrics.waiting = 0
+                metrics.kv_usage = kv_usage_mid_run(core, v.run, t)
+            else:
+                metrics.waiting = len(core.waiting)
+                metrics.kv_usage = core.pool.usage
+            metrics.running = len(core.running)
             metrics.updated_at = t
 
     arrivals = iter(workload)

@@ -30,7 +30,6 @@ This module reaches into the engine core's request and block-pool state (the cor
 point); `fast_forward_eligible` is the one place that states the preconditions.
 """
 
-import bisect
 import dataclasses
 import enum
 import math
@@ -59,9 +58,7 @@ class Run:
     b: float  # growth of the duration per step
     alloc_steps: list[int]  # step index of every planned block allocation, sorted
     free_at_start: int
-    # KV usage seen by the last mid-run observation, valid until the next planned allocation begins.
-    usage: float = 0.0
-    usage_until: float = -math.inf
+    allocs_begun: int = 0  # planned allocations whose step had begun at the last mid-run observation
 
     def elapsed(self, k: int) -> float:
         """Model seconds from the run's start to the end of its step k-1 (the first k steps)."""
@@ -179,17 +176,21 @@ def apply_run(core: engine.Engine, run: Run, upto: int) -> None:
 def kv_usage_mid_run(core: engine.Engine, run: Run, t: float) -> float:
     """The core's KV usage at `t` inside `run` (blocks of the step in flight included), core untouched.
 
-    Observations come in time order and the usage only changes when a planned allocation's step begins,
-    so the value is kept until then.
+    Observations come in time order, so the count of allocations made so far only moves forward: each
+    planned allocation is passed once over the whole run, however often the engine is scraped.
     """
-    if t < run.usage_until:
-        return run.usage
-    begun = run.steps_begun_by(t)
     allocs = run.alloc_steps
-    allocated = bisect.bisect_left(allocs, begun)
-    run.usage = 1.0 - (run.free_at_start - allocated) / core.pool.num_blocks
-    run.usage_until = run.start + run.elapsed(allocs[allocated]) if allocated < len(allocs) else run.end()
-    return run.usage
+    i = run.allocs_begun
+    dt = t - run.start
+    a = run.a
+    half_b = run.b / 2
+    while i < len(allocs):
+        k = allocs[i]
+        if k * a + half_b * k * (k - 1) > dt:  # step k begins after t
+            break
+        i += 1
+    run.allocs_begun = i
+    return 1.0 - (run.free_at_start - i) / core.pool.num_blocks
 
 
 class VirtualEngine:
