@@ -227,3 +227,19 @@ def test_least_request_spreads_by_in_flight_count():
     policy = cluster_policies.LeastRequest(states, seed=0)
     request = types.Request(request_id="r", model=MODEL, target_model=MODEL)
     assert policy.decide(request, [], endpoints.Snapshot(0.0, states)).primary == "10.9.0.1:1"
+
+
+def test_a_wall_time_limit_stops_the_run_and_says_how_far_the_model_clock_got():
+    workload = shared_prefix(requests=400, qps=5, groups=4)
+    results = cluster.run(engines=small(2), workload=workload, policy="round-robin", max_wall_s=0.0)
+    assert results.stopped_at is not None
+    assert 0 <= results.stopped_at < workload[-1].at
+    assert len(results.arrival) < len(workload)
+    assert results.summary()["stopped_at_s"] == results.stopped_at
+
+
+def test_engines_helper_builds_a_fleet_like_the_launcher_with_prefill_engines_first():
+    specs = cluster.engines(4, args=["--model", MODEL, "--max-num-seqs", "64"], prefill=1)
+    assert [s.role for s in specs] == [names.ROLE_PREFILL] + [names.ROLE_DECODE] * 3
+    assert len({(s.config.host, s.config.port) for s in specs}) == 4
+    assert all(s.config.max_num_seqs == 64 for s in specs)
