@@ -52,6 +52,7 @@ class _Pending:
     uncached_tokens: float = 0.0
     requests: int = 0
     recent: collections.deque[tuple[float, float]] = dataclasses.field(default_factory=collections.deque)
+    recent_tokens: float = 0.0  # sum of the tokens in `recent`
 
 
 @plugins.register
@@ -132,17 +133,17 @@ class PredictedTTFTScorer(plugins.Scorer):
     def _prompt_tokens(self, request: types.Request) -> float:
         return float(request.prompt_tokens or len(request.prompt) // prefix.CHARS_PER_TOKEN)
 
-    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per candidate: in-flight uncached tokens and requests, and those sent since the last scrape."""
+    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per candidate: in-flight uncached tokens and requests, and tokens sent since the last scrape."""
         n = len(cycle.candidates)
         inflight_tokens = np.zeros(n)
         inflight_requests = np.zeros(n)
         recent_tokens = np.zeros(n)
-        recent_requests = np.zeros(n)
         if not self._pending:
-            return inflight_tokens, inflight_requests, recent_tokens, recent_requests
+            return inflight_tokens, inflight_requests, recent_tokens
         positions = cycle.positions()
         candidates = cycle.candidates
+        stale_before = cycle.now - self.staleness_s
         for key, pending in self._pending.items():
             i = positions.get(key)
             if i is None:
@@ -151,13 +152,14 @@ class PredictedTTFTScorer(plugins.Scorer):
             inflight_requests[i] = pending.requests
             recent = pending.recent
             # Sends before the last scrape are in its waiting count; with stale metrics they are not read.
-            seen_until = max(candidates[i].metrics.updated_at, cycle.now - self.staleness_s)
+            scraped_at = candidates[i].metrics.updated_at
+            seen_until = scraped_at if scraped_at > stale_before else stale_before
             while recent and recent[0][0] <= seen_until:
-                recent.popleft()
-            if recent:
-                recent_requests[i] = len(recent)
-                recent_tokens[i] = sum(tokens for _, tokens in recent)
-        return inflight_tokens, inflight_requests, recent_tokens, recent_requests
+                pending.recent_tokens -= recent.popleft()[1]
+            if not recent:
+                pending.recent_tokens = 0.0  # no drift from float sums
+            recent_tokens[i] = pending.recent_tokens
+        return inflight_tokens, inflight_requests, recent_tokens
 
     def predict(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray]:
         """Predicted TTFT (seconds) and uncached prompt tokens, per candidate."""
@@ -173,7 +175,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         waiting = cycle.column("waiting")
         fresh = cycle.fresh(self.staleness_s)
         in_flight = cycle.column("in_flight")
-        own_tokens, own_requests, recent_tokens, _ = self._own_accounting(cycle)
+        own_tokens, own_requests, recent_tokens = self._own_accounting(cycle)
         mean_uncached = np.where(
             own_requests > 0, own_tokens / np.maximum(own_requests, 1), self.default_prompt_tokens
         )
@@ -216,6 +218,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         pending.requests += 1
         sent = (now, tokens)
         pending.recent.append(sent)
+        pending.recent_tokens += tokens
         self._requests.setdefault(request_id, []).append((key, sent))
 
     def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
@@ -250,6 +253,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             # A finished request is in no queue, even if no scrape has seen it yet.
             with contextlib.suppress(ValueError):
                 pending.recent.remove(sent)
+                pending.recent_tokens = pending.recent_tokens - sent[1] if pending.recent else 0.0
             pending.uncached_tokens = max(0.0, pending.uncached_tokens - sent[1])
             pending.requests = max(0, pending.requests - 1)
             if pending.requests == 0 and not pending.recent:

@@ -5,9 +5,41 @@ A filter that would leave no candidate says what to do instead: the saturation f
 request is refused with 503 and a message naming the model.
 """
 
+from collections.abc import Callable, Sequence
+
 from frontier_api import names
 from frontier_picker import endpoints
 from frontier_picker.scheduling import plugins, saturation
+
+
+class _SameInput:
+    """Results of a label-only filter, reused while the same candidate sequence object comes back.
+
+    Labels change only when discovery replaces the datastore's endpoint sequence, which is then a new object,
+    so identity is a safe key; the reference held here keeps the object (and so its id) alive.
+    """
+
+    __slots__ = ("_results", "_source")
+
+    def __init__(self) -> None:
+        self._source: Sequence[endpoints.EndpointState] | None = None
+        self._results: dict[tuple[str, ...], Sequence[endpoints.EndpointState]] = {}
+
+    def get(
+        self,
+        candidates: Sequence[endpoints.EndpointState],
+        key: tuple[str, ...],
+        compute: Callable[[], Sequence[endpoints.EndpointState]],
+    ) -> Sequence[endpoints.EndpointState]:
+        if candidates is not self._source:
+            self._source = candidates
+            self._results = {}
+        result = self._results.get(key)
+        if result is None:
+            if len(self._results) >= 64:  # many model names: keep the memory bounded
+                self._results.clear()
+            result = self._results[key] = compute()
+        return result
 
 
 @plugins.register
@@ -45,8 +77,8 @@ class SaturationFilter(plugins.Filter):
         return cls(name, thresholds=saturation.from_config(given) if given else None)
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
-    ) -> list[endpoints.EndpointState]:
+        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+    ) -> Sequence[endpoints.EndpointState]:
         now = cycle.now
         limits = self.thresholds
         stale_before = now - limits.staleness_s
@@ -75,15 +107,22 @@ class ModelFilter(plugins.Filter):
     intent = "correctness"
     consumes = frozenset({"labels", "metrics"})
 
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._same = _SameInput()
+
     def filter(
-        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
-    ) -> list[endpoints.EndpointState]:
+        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+    ) -> Sequence[endpoints.EndpointState]:
         request = cycle.request
-        wanted = {request.target_model, request.model}
+        target = request.target_model
+        wanted = {target, request.model}
         label = names.MODEL_LABEL
-        kept = [
-            state for state in candidates if state.endpoint.labels.get(label, request.target_model) in wanted
-        ]
+        kept = self._same.get(
+            candidates,
+            (target, request.model),
+            lambda: [state for state in candidates if state.endpoint.labels.get(label, target) in wanted],
+        )
         adapter = request.lora_adapter
         if adapter and kept:
             lora = [
@@ -114,6 +153,7 @@ class RoleFilter(plugins.Filter):
     def __init__(self, name: str, *, role: str = names.ROLE_DECODE) -> None:
         super().__init__(name)
         self.role = role
+        self._same = _SameInput()
         self._roles = (
             frozenset({names.ROLE_DECODE, names.ROLE_BOTH})
             if role == names.ROLE_DECODE
@@ -126,9 +166,13 @@ class RoleFilter(plugins.Filter):
         return cls(name, role=role)
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: list[endpoints.EndpointState]
-    ) -> list[endpoints.EndpointState]:
+        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+    ) -> Sequence[endpoints.EndpointState]:
         roles = self._roles
         label = names.ROLE_LABEL
         both = names.ROLE_BOTH
-        return [state for state in candidates if state.endpoint.labels.get(label, both) in roles]
+        return self._same.get(
+            candidates,
+            (),
+            lambda: [state for state in candidates if state.endpoint.labels.get(label, both) in roles],
+        )

@@ -117,8 +117,9 @@ class Filter(Plugin):
     kind = "filter"
 
     def filter(
-        self, cycle: "Cycle", candidates: list[endpoints.EndpointState]
-    ) -> list[endpoints.EndpointState]:
+        self, cycle: "Cycle", candidates: Sequence[endpoints.EndpointState]
+    ) -> Sequence[endpoints.EndpointState]:
+        """The candidates that may get the request; never mutates `candidates`."""
         raise NotImplementedError
 
 
@@ -190,17 +191,18 @@ class Cycle:
         self.now = snapshot.now
         self.rng = rng
         self.derived: dict[str, Any] = {}  # request-level values shared by plugins (prefix hashes, ...)
-        self._candidates: list[endpoints.EndpointState] = list(snapshot.endpoints)
+        # Never copied: label filters recognise the datastore's sequence and each other's results by identity.
+        self._candidates: Sequence[endpoints.EndpointState] = snapshot.endpoints
         self._columns: dict[str, np.ndarray] = {}
         self._positions: dict[str, int] | None = None
 
     @property
-    def candidates(self) -> list[endpoints.EndpointState]:
+    def candidates(self) -> Sequence[endpoints.EndpointState]:
         return self._candidates
 
     @candidates.setter
     def candidates(self, value: Sequence[endpoints.EndpointState]) -> None:
-        self._candidates = list(value)
+        self._candidates = value
         self._columns = {}
         self._positions = None
         self.derived.pop("prefix_matched", None)

@@ -106,10 +106,13 @@ class Index:
         holders = self._holders
         positions = cycle.positions()
         keys = self._key_of_bit
-        alive = _mask(holders.get(hashes[0], 0))
+        get = holders.get
+        held = get(hashes[0], 0)
+        alive = 1 << ~held if held < 0 else held
         depth = 1
         while alive and depth < len(hashes):
-            still = alive & _mask(holders.get(hashes[depth], 0))
+            held = get(hashes[depth], 0)
+            still = alive & (1 << ~held if held < 0 else held)  # _mask, inlined on the hot path
             dropped = alive & ~still
             while dropped:
                 low = dropped & -dropped
@@ -146,12 +149,14 @@ class Index:
             self._key_of_bit.append(key)
         number = self._bit[key]
         holders = self._holders
+        get = holders.get
+        move_to_end = lru.move_to_end
         for value in hashes:
             if value in lru:
-                lru.move_to_end(value)
+                move_to_end(value)
             else:
                 lru[value] = None
-                held = holders.get(value)
+                held = get(value)
                 holders[value] = ~number if held is None else _compact(_mask(held) | (1 << number))
         bit = 1 << number
         while len(lru) > capacity:

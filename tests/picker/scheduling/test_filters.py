@@ -71,3 +71,22 @@ def test_role_filter_separates_destinations_from_prefill_endpoints():
     ]
     assert run(filters.RoleFilter("d", role="decode"), states) == [fleet.key(1), fleet.key(2), fleet.key(3)]
     assert run(filters.RoleFilter("p", role="prefill"), states) == [fleet.key(0)]
+
+
+def test_label_filters_reuse_results_only_for_the_same_endpoint_sequence():
+    stage = filters.ModelFilter("m")
+    pool = (
+        fleet.state(0, labels={names.MODEL_LABEL: "llama"}),
+        fleet.state(1, labels={names.MODEL_LABEL: "qwen"}),
+    )
+
+    def keys(states, request):
+        cycle = plugins.Cycle(request, fleet.snapshot(states), rng=np.random.default_rng(0))
+        cycle.candidates = states  # the datastore's own sequence object, as the picker passes it
+        return [s.endpoint.key for s in stage.filter(cycle, cycle.candidates)]
+
+    assert keys(pool, fleet.request()) == [fleet.key(0)]
+    assert keys(pool, fleet.request(model="qwen")) == [fleet.key(1)]
+    assert keys(pool, fleet.request()) == [fleet.key(0)]
+    relabelled = (fleet.state(0, labels={names.MODEL_LABEL: "qwen"}), pool[1])  # discovery: a new sequence
+    assert keys(relabelled, fleet.request()) == []
