@@ -243,3 +243,33 @@ def test_engines_helper_builds_a_fleet_like_the_launcher_with_prefill_engines_fi
     assert [s.role for s in specs] == [names.ROLE_PREFILL] + [names.ROLE_DECODE] * 3
     assert len({(s.config.host, s.config.port) for s in specs}) == 4
     assert all(s.config.max_num_seqs == 64 for s in specs)
+
+
+def test_oracle_picks_the_least_predicted_ttft_over_every_engine():
+    specs = small(6)
+    cores = [settings.build_engine(spec.config) for spec in specs]
+    states = [
+        endpoints.EndpointState(
+            endpoint=endpoints.Endpoint(name=s.name, address=s.config.host, port=s.config.port)
+        )
+        for s in specs
+    ]
+    rng = random.Random(4)
+    shared = text(rng, 800)
+    cores[0].add_request("warm", [1 + i % 5000 for i in range(3200)], max_tokens=1)
+    while cores[0].has_work():
+        cores[0].step()
+    for k in range(6):  # engine 1 busy decoding, engine 2 with a queue
+        cores[1].add_request(f"busy{k}", [7 + k] * 500, max_tokens=400)
+        cores[2].add_request(f"queued{k}", [9 + k] * 3000, max_tokens=10)
+    cores[1].step()
+    cores[1].step()
+    oracle = cluster_policies.Oracle(states, cores)
+    prompts = cluster._Prompts(100)
+    for k in range(20):
+        ids = prompts.get(shared + text(rng, 20)) if k % 2 else [1 + i % 5000 for i in range(3200 + k)]
+        hashes = oracle._hashes(cores[0], ids)
+        predicted = [oracle.predict(i, ids, hashes)[0] for i in range(len(cores))]
+        request = types.Request(request_id=f"r{k}", model=MODEL, target_model=MODEL)
+        chosen = oracle.decide(request, ids, endpoints.Snapshot(0.0, states)).primary
+        assert predicted[[s.endpoint.key for s in states].index(chosen)] == min(predicted)
