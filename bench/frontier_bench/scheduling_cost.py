@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--host", default="", help="words on where it ran, for the report")
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "frontier_bench.scheduling_cost", *(argv or sys.argv[1:])])
     timings = []
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "command": command,
         "machine": f"{platform.machine()} python {platform.python_version()} cpus={os.cpu_count()}",
+        "host": args.host,
         "prompt_chars": PROMPT_CHARS,
         "timings": timings,
         "prefix_index_memory": memory,
@@ -166,7 +168,8 @@ def report(results: dict[str, Any]) -> str:
         "# Scheduling cost per request (16 KB prompts)",
         "",
         f"Command: `{results['command']}`  ",
-        f"Machine: {results['machine']} (shared, noisy: compare rows side by side, not across runs)",
+        f"Machine: {results['machine']}{' (' + results['host'] + ')' if results.get('host') else ''}. "
+        "Compare rows side by side, not across runs or machines.",
         "",
         "| endpoints | profile | CPU p50 | CPU p99 | CPU p99.9 | CPU mean "
         "| wall p50 | wall p99 | wall p99.9 |",
