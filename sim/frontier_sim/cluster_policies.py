@@ -8,9 +8,10 @@ Every policy answers `decide(request, token_ids, snapshot) -> Decision` and hear
 - `RoundRobin`, `Random`, `LeastRequest` (fewest in-flight requests by that same accounting, ties at
   random): the plain load balancers a gateway offers without an endpoint picker;
 - `Oracle`: the ceiling no real picker reaches. It reads every engine core directly — the true cached
-  prefix of this prompt, the true queue of uncached prompt tokens (waiting requests and unfinished prefill
-  chunks), the running batch and its context — and picks the engine with the least predicted TTFT under
-  that engine's own calibrated step model. Its prediction ignores arrivals after its decision and is
+  prefix of this prompt, the running batch and its context — and counts the queue exactly: the uncached
+  prompt tokens of the requests it sent each engine that have not produced their first token yet (it
+  routes every request, so nothing else is queued). It picks the engine with the least predicted TTFT
+  under that engine's own calibrated step model. Its prediction ignores arrivals after its decision and is
   therefore not always right, but it needs no learning and sees no stale metrics.
 
 Baselines and the oracle consider only endpoints serving the request's target model (label

@@ -259,11 +259,18 @@ def test_oracle_picks_the_least_predicted_ttft_over_every_engine():
     cores[0].add_request("warm", [1 + i % 5000 for i in range(3200)], max_tokens=1)
     while cores[0].has_work():
         cores[0].step()
-    for k in range(6):  # engine 1 busy decoding, engine 2 with a queue
+    # Every engine busy, in ways a cheap bound cannot tell apart: engine 0 decodes one very long sequence
+    # (small batch, large context), engines 3-5 decode short ones, engines 1 and 2 bigger batches.
+    cores[0].add_request("long", [3] * 60_000, max_tokens=1000)
+    for k in range(6):
         cores[1].add_request(f"busy{k}", [7 + k] * 500, max_tokens=400)
         cores[2].add_request(f"queued{k}", [9 + k] * 3000, max_tokens=10)
-    cores[1].step()
-    cores[1].step()
+    for i in (3, 4, 5):
+        for k in range(i - 1):
+            cores[i].add_request(f"short{k}", [11 + k] * 100, max_tokens=400)
+    for core in cores:
+        for _ in range(10):
+            core.step()
     oracle = cluster_policies.Oracle(states, cores)
     prompts = cluster._Prompts(100)
     for k in range(20):
