@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
         "--early-decision-prompt-chars",
         type=int,
         default=65_536,
-        help="decide before the body ends once this much prompt is in (0: wait for the whole body)",
+        help="decide before the body ends once this much prompt is in (0: wait for the whole body); keep it "
+        "at least the prefix scorer's maxPrefixBlocksToMatch x 64",
     )
     parse.add_argument(
         "--endpoints-poll-interval", type=float, default=1.0, help="seconds between file checks"

@@ -64,8 +64,9 @@ class Settings:
     """What the protocol layer needs besides the scheduler and the datastore."""
 
     max_body_bytes: int = 16 * 1024 * 1024
-    # Decide before the last body byte once this many prompt characters are in (0: never). Four times the
-    # prefix horizon of the default prefix scorer (256 blocks of 64 characters), so its input is complete.
+    # Decide before the last body byte once this many prompt characters are in (0: never). It must cover the
+    # prefix scorer's horizon (blocks to match x 64 characters: GIE's 256 -> 16,384; the built-in `frontier`
+    # profile's 1,024 -> 65,536), so that the scheduler sees all of the prompt it would have used.
     early_decision_prompt_chars: int = 65_536
 
 
