@@ -10,7 +10,8 @@ ModelTier status (see `reconcile`). Triggers:
   the initial listing after a start is skipped (each tier's own event derives its status then);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
-- every `resync_seconds` → a full pass over all tiers (retries failures, repairs unwatched drift).
+- a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
+- every `resync_seconds` → a full pass over all tiers (repairs drift nobody watched).
 """
 
 import asyncio
@@ -42,6 +43,17 @@ def registry_for(
     registry = kopf.OperatorRegistry()
     pool_generations: dict[tuple[str, str], int] = {}
     tasks: list[asyncio.Task[None]] = []
+    retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+
+    async def reconcile_tier(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+        """A full pass; when it fails (API error, conflict), retried with backoff until it succeeds."""
+        try:
+            await reconciler.tier(namespace, name, body=body)
+        except Exception as err:
+            log.warning("reconcile failed tier=%s/%s error=%r; retrying", namespace, name, err)
+            key = (namespace, name)
+            if key not in retries or retries[key].done():
+                retries[key] = asyncio.create_task(_retry(reconciler, namespace, name))
 
     @kopf.on.login(registry=registry)
     def _login(**_: Any) -> kopf.ConnectionInfo:
@@ -57,7 +69,7 @@ def registry_for(
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
-        for task in tasks:
+        for task in [*tasks, *retries.values()]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -74,7 +86,7 @@ def registry_for(
         observed = (body.get("status") or {}).get("observedGeneration")
         if event["type"] == "MODIFIED" and observed == meta.get("generation"):
             return  # a status or metadata change (often our own write); children are already current
-        await reconciler.tier(namespace, name, body=event["object"])
+        await reconcile_tier(namespace, name, dict(event["object"]))
 
     @kopf.on.event(
         "apps",
@@ -89,7 +101,7 @@ def registry_for(
         if tier is None or event["type"] is None:
             return  # not ours, or the initial listing (the tier's own event derives its status then)
         if event["type"] == "DELETED":
-            await reconciler.tier(meta["namespace"], tier)
+            await reconcile_tier(meta["namespace"], tier)
         else:
             await reconciler.status_only(meta["namespace"], tier)
 
@@ -115,6 +127,20 @@ def registry_for(
 def watched(namespace: str, patterns: Sequence[str]) -> bool:
     """Whether the operator watches `namespace` (no patterns: every namespace)."""
     return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+
+async def _retry(reconciler: reconcile.Reconciler, namespace: str, name: str) -> None:
+    delay = 1.0
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await reconciler.tier(namespace, name)
+            return
+        except Exception as err:
+            delay = min(delay * 2, 60.0)
+            log.warning(
+                "reconcile failed tier=%s/%s error=%r; next try in %.0fs", namespace, name, err, delay
+            )
 
 
 async def _resync_forever(reconciler: reconcile.Reconciler, namespaces: Sequence[str]) -> None:

@@ -125,3 +125,13 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
+
+
+def delete_namespace(api: Api, namespace: str, *, timeout_s: float = 60.0) -> None:
+    """Deletes a test namespace and waits until its pods are gone, so the GPUs they held on the shared KWOK
+    nodes are free for the next test."""
+    try:
+        api.delete("v1", "Namespace", "", namespace)
+    except exceptions.NotFoundError:
+        return
+    wait_for(f"pods of {namespace} gone", lambda: not api.list("v1", "Pod", namespace), timeout_s=timeout_s)

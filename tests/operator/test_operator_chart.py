@@ -177,3 +177,4 @@ def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_pa
         assert "Forbidden" not in op.log() and "403" not in op.log(), op.log()[-3000:]
     finally:
         op.stop()
+        oc.delete_namespace(api, ns)

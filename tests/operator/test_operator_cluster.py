@@ -25,6 +25,20 @@ def api(control_plane):
 
 
 @pytest.fixture
+def namespace(control_plane, api):
+    """A fresh `op-` namespace per call; deleted (and its pods gone) when the test ends."""
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        made.append(control_plane.namespace(prefix))
+        return made[-1]
+
+    yield make
+    for ns in made:
+        oc.delete_namespace(api, ns)
+
+
+@pytest.fixture
 def operator_factory(control_plane, tmp_path):
     started: list[oc.Operator] = []
 
@@ -73,9 +87,9 @@ def _engine_args(dep):
 
 
 def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected(
-    api, control_plane, operator_factory
+    namespace, api, control_plane, operator_factory
 ):
-    ns = control_plane.namespace("op-lifecycle")
+    ns = namespace("op-lifecycle")
     op = operator_factory(ns)
     _apply_pool_and_tier(api, ns)
 
@@ -143,8 +157,8 @@ def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected
     assert op.process.poll() is None, op.log()[-3000:]
 
 
-def test_operator_restart_resumes_without_writes(api, control_plane, operator_factory):
-    ns = control_plane.namespace("op-restart")
+def test_operator_restart_resumes_without_writes(namespace, api, control_plane, operator_factory):
+    ns = namespace("op-restart")
     first = operator_factory(ns, "first")
     _apply_pool_and_tier(api, ns)
     _ready_tier(api, ns)
@@ -185,9 +199,9 @@ def test_operator_restart_resumes_without_writes(api, control_plane, operator_fa
 
 
 def test_tier_whose_pool_is_missing_reports_config_invalid_and_creates_nothing(
-    api, control_plane, operator_factory
+    namespace, api, control_plane, operator_factory
 ):
-    ns = control_plane.namespace("op-nopool")
+    ns = namespace("op-nopool")
     operator_factory(ns)
     obj = samples.tier(TIER, ns, spec=samples.disaggregated_spec("absent"))
     del obj["metadata"]["uid"], obj["metadata"]["generation"]
@@ -235,9 +249,9 @@ def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, inva
 
 
 def test_autoscaled_role_gets_an_hpa_that_goes_when_replicas_are_fixed_again(
-    api, control_plane, operator_factory
+    namespace, api, control_plane, operator_factory
 ):
-    ns = control_plane.namespace("op-hpa")
+    ns = namespace("op-hpa")
     operator_factory(ns)
     spec = samples.disaggregated_spec()
     spec["decode"] = {
