@@ -117,17 +117,6 @@ def stop(group: processes.Group, door: FrontDoor) -> None:
         group.stop(child)
 
 
-def profile_config(profile: str) -> str | None:
-    """The EndpointPickerConfig text of the picker's built-in profile `profile` (None: its default)."""
-    from frontier_picker.scheduling import config
-
-    if hasattr(config, "builtin_text"):
-        return str(config.builtin_text(profile))
-    if profile == "frontier":
-        return None
-    raise RuntimeError(f"this picker has no built-in profile {profile!r} yet")
-
-
 async def _start_picker(
     profile: str,
     *,
@@ -137,7 +126,6 @@ async def _start_picker(
     address: str,
     run_dir: Path,
 ) -> FrontDoor:
-    text = profile_config(profile)
     grpc_port = processes.free_port(address)
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
@@ -149,7 +137,8 @@ async def _start_picker(
             "frontier_picker.main",
             "--endpoints-file",
             str(endpoints_file),
-            *(["--config-text", text] if text is not None else []),
+            "--profile",
+            profile,
             "--secure-serving=false",
             "--address",
             address,

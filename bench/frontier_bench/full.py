@@ -54,7 +54,7 @@ def suites(*, quick: bool) -> list[Suite]:
     return [
         Suite(
             name="shared-prefix",
-            title="Shared prefix (llm-d study input shape, scaled to 6 engines): all policies through Envoy",
+            title="Shared prefix (llm-d study input shape, scaled to 6 engines): policies through Envoy",
             plan=sweep.Plan(
                 workload=shared,
                 policies=policies,

@@ -7,6 +7,7 @@ range the benchmark owns, so it never collides with tests (127.4.0.0/16) running
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -42,7 +43,9 @@ async def run_sweeps(
     bar = progress.Bar(steps=sum(len(p.policies) * len(p.loads) for p in plans))
     rows: list[report.Row] = []
     started = time.monotonic()
-    with processes.Group(run_dir / "logs") as group:
+    source_at_start = source()
+    frozen = freeze_source(run_dir / "source")
+    with processes.Group(run_dir / "logs", env=frozen) as group:
         running = await fleet.start(
             group,
             engines=engines,
@@ -62,7 +65,7 @@ async def run_sweeps(
         "notes": list(notes),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
-        "source": source(),
+        "source": {**source_at_start, "frozen": bool(frozen)},
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -105,3 +108,21 @@ def source() -> dict[str, str]:
         "commit": git("rev-parse", "HEAD"),
         "uncommitted": git("status", "--short", "--untracked-files=no", "--", "picker", "sim", "bench"),
     }
+
+
+def freeze_source(where: Path) -> dict[str, str]:
+    """Export the committed api/, picker/ and sim/ at HEAD to `where` and return the environment that runs
+    the fleet and the pickers from it, so colleagues' commits and edits during a long sweep cannot change the
+    code under test between runs. Empty (run from the working tree) when git is unavailable."""
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    try:
+        archive = subprocess.run(
+            ["git", "archive", "HEAD", "api", "picker", "sim"], capture_output=True, check=True, timeout=60
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        log.warning("event=source_not_frozen reason=%s", error)
+        return {}
+    roots = [str((where / root).resolve()) for root in ("api", "picker", "sim")]
+    return {"PYTHONPATH": os.pathsep.join([*roots, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}

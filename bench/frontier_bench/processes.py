@@ -55,8 +55,9 @@ class Child:
 class Group:
     """Children started together and stopped together (reverse order: front doors before engines)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, *, env: dict[str, str] | None = None) -> None:
         self.log_dir = log_dir
+        self.env = env or {}  # added to every child's environment
         self.children: list[Child] = []
 
     def start(self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None) -> Child:
@@ -69,7 +70,7 @@ class Group:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, **self.env, **(env or {})},
             )
         child = Child(name=name, process=process, log_path=log_path)
         self.children.append(child)
