@@ -57,8 +57,9 @@ def suites(*, quick: bool) -> list[Suite]:
             title="Shared prefix (llm-d study input shape, scaled to 6 engines): policies through Envoy",
             plan=sweep.Plan(
                 workload=shared,
-                policies=policies,
-                loads=(10.0, 20.0, 30.0, 40.0),
+                # random, the weakest baseline, is left out to keep the sweep near half an hour
+                policies=tuple(p for p in policies if p != "random"),
+                loads=(10.0, 25.0, 40.0, 55.0),
                 duration_s=duration,
                 warmup_s=warmup,
             ),
