@@ -178,6 +178,8 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
     loads = tuple(per * suite.engines for per in suite.loads_per_engine)
     bar = progress.Bar(steps=len(loads) * len(suite.policies))
     started = time.monotonic()
+    # The picker and sim code run in this process, imported before the first run: their state at start.
+    source_at_start = harness.source()
     rows = virtual.sweep(
         engines=suite.engines,
         source=source,
@@ -203,7 +205,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         ],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
-        "source": harness.source(),
+        "source": source_at_start,
         "workload": source.params,
         "loads_qps": list(loads),
     }
