@@ -135,12 +135,12 @@ def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected
 
     # Scale decode: only the decode Deployment changes.
     prefill = _deployment(api, ns, "prefill")
-    api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"decode": {"replicas": 5}}})
-    oc.wait_for("decode at 5 ready", lambda: _ready_tier(api, ns)["status"]["roles"]["decode"]["ready"] == 5)
+    api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"decode": {"replicas": 3}}})
+    oc.wait_for("decode at 3 ready", lambda: _ready_tier(api, ns)["status"]["roles"]["decode"]["ready"] == 3)
     after = _deployment(api, ns, "prefill")
     assert after["metadata"]["generation"] == prefill["metadata"]["generation"]
     assert after["spec"] == prefill["spec"]
-    assert _deployment(api, ns, "decode")["spec"]["replicas"] == 5
+    assert _deployment(api, ns, "decode")["spec"]["replicas"] == 3
 
     # Delete: owner references let the garbage collector remove every child.
     api.delete(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
