@@ -308,7 +308,7 @@ async def start_doors(group: processes.Group, work: Path) -> dict[str, Door]:
                 argv = [sys.executable, "-m", "frontier_picker.main", "--address", ADDRESS]
                 argv += ["--grpc-port", str(port), "--grpc-health-port", "0", "--metrics-port", "0"]
                 argv += ["--secure-serving", "false", "--endpoints-file", str(endpoints_file)]
-                argv += ["--fallbacks", "0", "--profile", "round-robin"]
+                argv += ["--fallbacks", "0", "--profile", "round-robin", "--refresh-metrics-interval", "0"]
             processor = group.start(name, argv)
             await processes.wait_port(ADDRESS, port, child=processor)
             processor_pid = processor.process.pid

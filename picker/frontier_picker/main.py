@@ -68,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "--endpoints-poll-interval", type=float, default=1.0, help="seconds between file checks"
     )
+    parse.add_argument(
+        "--refresh-metrics-interval",
+        type=float,
+        default=0.05,
+        help="seconds between scrapes of each endpoint's /metrics (0: no scraping)",
+    )
     parse.add_argument("--log-level", default="INFO", help="DEBUG logs one line per completed request too")
     return parse
 
@@ -93,6 +99,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,
+        refresh_metrics_interval_s=arguments.refresh_metrics_interval,
         pool_name=arguments.pool_name,
         pool_namespace=arguments.pool_namespace,
         kubeconfig=arguments.kubeconfig,

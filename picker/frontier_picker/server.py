@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from frontier_api import names
-from frontier_picker import datastore, file_discovery, metrics, pool_discovery, processor, tls
+from frontier_picker import datastore, file_discovery, metrics, pool_discovery, processor, scraper, tls
 from frontier_picker.scheduling import config, types
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Options:
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
+    refresh_metrics_interval_s: float = 0.05  # 0: no scraping, schedule on in-flight accounting only
     pool_name: str | None = None
     pool_namespace: str = "default"
     kubeconfig: Path | None = None
@@ -159,6 +160,9 @@ async def start(
                 )
             )
         )
+    if options.refresh_metrics_interval_s > 0:
+        engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
+        tasks.append(loop.create_task(engine_scraper.run()))
     log.info(
         "event=listening address=%s grpc_port=%d grpc_health_port=%d metrics_port=%d secure_serving=%s "
         "discovery=%s fallbacks=%d",

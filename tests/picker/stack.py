@@ -209,6 +209,7 @@ def start(
         secure_serving=secure,
         fallbacks=fallbacks,
         max_body_bytes=max_body_bytes,
+        refresh_metrics_interval_s=0,  # the echo backends serve no /metrics
     )
     picker = loop.run(server.start(options, scheduler=scheduler, store=store))
     listen_port, admin_port = free_port(FRONT), free_port(FRONT)

@@ -11,7 +11,6 @@ the picker (this suite's loopback range).
 """
 
 import asyncio
-import concurrent.futures
 import json
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from frontier_picker import datastore, endpoints, envoy_bootstrap, scraper, server
+from frontier_picker import datastore, endpoints, envoy_bootstrap, server
 from frontier_picker.scheduling import config
 
 from .. import stack
@@ -88,9 +87,6 @@ class Fleet:
         )
         scheduler = config.load(None, fallbacks=0, seed=0)
         self.picker = self.loop.run(server.start(options, scheduler=scheduler, store=store))
-        self.scraping: concurrent.futures.Future[None] = asyncio.run_coroutine_threadsafe(
-            scraper.Scraper(store.states, interval_s=0.05).run(), self.loop.loop
-        )
         listen_port, admin_port = stack.free_port(FRONT), stack.free_port(FRONT)
         bootstrap = envoy_bootstrap.bootstrap(
             listen_address=FRONT,
@@ -122,7 +118,6 @@ class Fleet:
             self.envoy.wait(5)
         except subprocess.TimeoutExpired:
             self.envoy.kill()
-        self.scraping.cancel()
         self.loop.run(self.picker.stop())
         for model_server in self.servers:
             if model_server.runner is not None:
