@@ -163,8 +163,11 @@ DEFAULT_NODE_POOLS: Final = (
 )
 
 
-def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
-    """The Node object for member `index` of `pool`, as a GKE node of that pool looks to the scheduler."""
+def node_manifest(pool: NodePool, index: int, *, pod_cidr: str) -> dict[str, Any]:
+    """The Node object for member `index` of `pool`, as a GKE node of that pool looks to the scheduler.
+
+    Each node gets its own `pod_cidr`: KWOK hands out pod IPs per node, so nodes sharing one range give
+    two pods on different nodes the same IP, and local processes serving those pods would collide."""
     node_name = f"{pool.name}-{index}"
     labels = {
         "kubernetes.io/hostname": node_name,
@@ -185,7 +188,7 @@ def node_manifest(pool: NodePool, index: int) -> dict[str, Any]:
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": node_name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
-        "spec": {"taints": taints},
+        "spec": {"taints": taints, "podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
         "status": {"capacity": resources, "allocatable": resources},
     }
 
@@ -456,10 +459,12 @@ class ControlPlane:
         """Creates every pool's nodes and waits until KWOK reports them Ready and the node lifecycle
         controller has lifted the not-ready taint, so they accept pods."""
         core = k8s_client.CoreV1Api(self.api_client())
-        node_names = []
+        node_names: list[str] = []
         for pool in pools:
             for index in range(pool.size):
-                manifest = node_manifest(pool, index)
+                # 127.1.0.0/16 split into one /24 per node, in creation order (.0 stays unused).
+                pod_cidr = f"127.1.{len(node_names) + 1}.0/24"
+                manifest = node_manifest(pool, index, pod_cidr=pod_cidr)
                 core.create_node(manifest)
                 node_names.append(manifest["metadata"]["name"])
             logger.info(
