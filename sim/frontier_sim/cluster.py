@@ -399,7 +399,7 @@ def run(
             order += 1
             heapq.heappush(heap, (v.busy_until, order, v.index, v.version))
 
-    def submit(flight: _Flight, v: cluster_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> bool:
+    def submit(flight: _Flight, v: cluster_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> None:
         cfg = v.core.config
         hashes = None
         if cfg.enable_prefix_caching:
@@ -410,14 +410,15 @@ def run(
             )
         except ValueError as error:
             finish_error(flight, t, 400, str(error))
-            return False
+            return
         if result is not None:
             deliver(result, t)
         if changed:
             push(v)
-        return True
 
     def finish_error(flight: _Flight, t: float, code: int, reason: str) -> None:
+        flights.pop(flight.request.request_id, None)
+        prefills.pop(flight.request.request_id, None)
         status[flight.index] = code
         end[flight.index] = nan
         datastore.Datastore.refund(flight.charge)
@@ -551,6 +552,9 @@ def run(
         engine_of.append(-1)
         status.append(200)
         request = _request(arrival, f"vt-{row}")
+        if request.request_id in flights or request.request_id in prefills:
+            request.request_id = f"{request.request_id}-{row}"  # a client reused an x-request-id
+        rid = request.request_id
         text = _engine_text(arrival)
         token_ids = prompts.get(text)
         try:
@@ -572,16 +576,12 @@ def run(
         )
         engine_of[row] = target
         routed[target] += 1
-        rid = request.request_id
-        if rid in flights or rid in prefills:
-            rid = f"{rid}-{row}"
-            request.request_id = rid
         flights[rid] = flight
         if decision.prefill is not None and decision.prefill in key_index:
             prefills[rid] = flight
             submit(flight, vengines[key_index[decision.prefill]], t, rid, prefill_only=True)
-        elif not submit(flight, vengines[target], t, rid):
-            flights.pop(rid, None)
+        else:
+            submit(flight, vengines[target], t, rid)
 
     wall = time.perf_counter() - began
     engine_results = [

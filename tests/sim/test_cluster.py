@@ -280,3 +280,14 @@ def test_oracle_picks_the_least_predicted_ttft_over_every_engine():
         request = types.Request(request_id=f"r{k}", model=MODEL, target_model=MODEL)
         chosen = oracle.decide(request, ids, endpoints.Snapshot(0.0, states)).primary
         assert predicted[[s.endpoint.key for s in states].index(chosen)] == min(predicted)
+
+
+def test_requests_reusing_an_x_request_id_are_kept_apart():
+    headers = {names.REQUEST_ID: "same"}
+    workload = [
+        cluster.Arrival(at=0.0, model=MODEL, prompt="one two three " * 50, max_tokens=30, headers=headers),
+        cluster.Arrival(at=0.01, model=MODEL, prompt="four five six " * 50, max_tokens=30, headers=headers),
+    ]
+    results = cluster.run(engines=small(1), workload=workload, policy="frontier")
+    assert results.status.tolist() == [200, 200]
+    assert results.completion_tokens.tolist() == [30, 30]
