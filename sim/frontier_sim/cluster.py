@@ -390,7 +390,7 @@ def run(
     heap: list[tuple[float, int, int, int]] = []  # (time, order, engine index or -1-flight row, version)
     order = 0
     events = 0
-    transfers: dict[int, tuple[_Flight, float]] = {}
+    transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
     nan = math.nan
 
     def push(v: cluster_engine.VirtualEngine) -> None:
@@ -453,7 +453,7 @@ def run(
                 link = specs[prefill.engine].config.kv_link_bytes_per_s
                 transfer_s = pulled * decode.core.model.kv_bytes_per_token_per_gpu / link
                 order += 1
-                transfers[order] = (prefill, t + transfer_s)
+                transfers[order] = prefill
                 heapq.heappush(heap, (t + transfer_s, order, -1, order))
                 continue
             flight = flights.pop(rid, None)
@@ -522,7 +522,7 @@ def run(
         if t_engine <= t_arrival:
             t, _, index, version = heapq.heappop(heap)
             if index < 0:
-                flight, _at = transfers.pop(version)
+                flight = transfers.pop(version)
                 submit(flight, vengines[flight.engine], t, flight.request.request_id, kv_transferred=True)
                 continue
             v = vengines[index]
