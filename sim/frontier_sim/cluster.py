@@ -387,7 +387,8 @@ def run(
 
     flights: dict[str, _Flight] = {}  # by engine request id (decode / aggregated stage)
     prefills: dict[str, _Flight] = {}  # by engine request id of the prefill stage
-    heap: list[tuple[float, int, int, int]] = []  # (time, order, engine index or -1-flight row, version)
+    # (time, order, engine index, version); a KV transfer is (time, order, -1, its key in `transfers`).
+    heap: list[tuple[float, int, int, int]] = []
     order = 0
     events = 0
     transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
