@@ -199,6 +199,11 @@ async def _start_sglang(
             "cache_aware",
             "--worker-urls",
             *(f"http://{host}:{p}" for host, p in engines),
+            # Its Prometheus exporter listens on a fixed default port: give each router its own.
+            "--prometheus-host",
+            address,
+            "--prometheus-port",
+            str(processes.free_port(address)),
             "--disable-retries",
             "--disable-circuit-breaker",
             "--log-level",
