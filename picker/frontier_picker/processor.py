@@ -39,7 +39,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import bodies, datastore, endpoints, metrics, subsets, usage
+from frontier_picker import bodies, datastore, endpoints, metrics, request_view, subsets, usage
 from frontier_picker.scheduling import types
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,6 @@ _STREAMED: Final = processing_mode_pb2.ProcessingMode.STREAMED
 _BUFFERED: Final = processing_mode_pb2.ProcessingMode.BUFFERED
 _NONE: Final = processing_mode_pb2.ProcessingMode.NONE
 _OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_MODEL_REWRITE_HEADERS: Final = (
-    names.MODEL_NAME_REWRITE,
-    *(alias for alias, name in names.LLMD_ALIASES.items() if name == names.MODEL_NAME_REWRITE),
-)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -279,7 +275,7 @@ class Stream:
         if len(prompt) < self.ctx.settings.early_decision_prompt_chars:
             return []
         model: str = document["model"]
-        target = next((self.headers[h] for h in _MODEL_REWRITE_HEADERS if self.headers.get(h)), model)
+        target = request_view.target_model(self.headers, model)
         self.request = self._request(model=model, target_model=target, document=document)
         declared = self.declared_length or self.body_size
         # The prompt goes on past the prefix: estimate its tokens from the declared body size.
@@ -353,7 +349,7 @@ class Stream:
         except bodies.BodyError as error:
             raise Rejected(error.status, error.reason) from None
         model: str = document["model"]
-        target = next((self.headers[h] for h in _MODEL_REWRITE_HEADERS if self.headers.get(h)), model)
+        target = request_view.target_model(self.headers, model)
         self.request = self._request(model=model, target_model=target, document=document)
         if target == model:
             return original, False
@@ -363,27 +359,12 @@ class Stream:
             raise Rejected(error.status, error.reason) from None
 
     def _request(self, *, model: str, target_model: str, document: dict[str, Any] | None) -> types.Request:
-        prompt = bodies.prompt_text(document) if document is not None else ""
-        max_tokens = None
-        if document is not None:
-            for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-                value = document.get(field)
-                if isinstance(value, int):
-                    max_tokens = value
-                    break
-        headers = self.headers
-        objective = headers.get(names.INFERENCE_OBJECTIVE) or headers.get("x-llm-d-inference-objective")
-        return types.Request(
+        return request_view.build(
             request_id=self.request_id,
             model=model,
-            target_model=target_model,
-            prompt=prompt,
-            prompt_tokens=bodies.estimate_tokens(prompt),
-            max_tokens=max_tokens,
-            objective=objective,
-            fairness_id=headers.get(names.FAIRNESS_ID) or headers.get("x-llm-d-fairness-id"),
-            session_token=headers.get(names.SESSION_TOKEN),
-            headers=headers,
+            target=target_model,
+            document=document,
+            headers=self.headers,
         )
 
     def _decide(

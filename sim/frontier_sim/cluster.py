@@ -22,7 +22,7 @@ What the router sees, as the real picker does:
   staggered as independent pollers are. Between scrapes they are stale, as in production;
 - *load* (`EndpointState.load`) is the picker datastore's own accounting (`datastore.Datastore.charge` at
   the decision, `refund` at the completion), exact and immediate;
-- the `Request` is built as the ext_proc server builds it (`bodies.prompt_text` of the OpenAI body, token
+- the `Request` is built by the ext_proc server's own `request_view.build` (from the OpenAI body, token
   estimate, headers), and the `Snapshot` reuses the same `EndpointState` objects every time.
 
 Prefill/decode: when a decision names a prefill endpoint, the request is prefilled there (`prefill_only`),
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from frontier_api import names
-from frontier_picker import bodies, datastore, endpoints
+from frontier_picker import datastore, endpoints, request_view
 from frontier_picker.scheduling import config, types
 from frontier_sim import cluster_engine, cluster_policies, engine, fleet, settings, tokenizer
 
@@ -299,21 +299,13 @@ def _request(arrival: Arrival, request_id: str) -> types.Request:
         document["messages"] = [dict(m) for m in arrival.messages]
     else:
         document["prompt"] = arrival.prompt
-    prompt = bodies.prompt_text(document)
+    document["max_tokens"] = arrival.max_tokens
     headers = arrival.headers
-    target = (
-        headers.get(names.MODEL_NAME_REWRITE) or headers.get("x-llm-d-model-name-rewrite") or arrival.model
-    )
-    return types.Request(
+    return request_view.build(
         request_id=headers.get(names.REQUEST_ID) or request_id,
         model=arrival.model,
-        target_model=target,
-        prompt=prompt,
-        prompt_tokens=bodies.estimate_tokens(prompt),
-        max_tokens=arrival.max_tokens,
-        objective=headers.get(names.INFERENCE_OBJECTIVE) or headers.get("x-llm-d-inference-objective"),
-        fairness_id=headers.get(names.FAIRNESS_ID) or headers.get("x-llm-d-fairness-id"),
-        session_token=headers.get(names.SESSION_TOKEN),
+        target=request_view.target_model(headers, arrival.model),
+        document=document,
         headers=headers,
     )
 
