@@ -163,11 +163,7 @@ class Stack:
         return next(backend for backend in self.backends if backend.key == key)
 
     def stop(self) -> None:
-        self.envoy.terminate()
-        try:
-            self.envoy.wait(5)
-        except subprocess.TimeoutExpired:
-            self.envoy.kill()
+        stop_envoy(self.envoy)
         self.loop.run(self.picker.stop())
         for backend in self.backends:
             if backend.runner is not None:
@@ -225,14 +221,7 @@ def start(
         admin_port=admin_port,
         subset_from_header=True,
     )
-    config_path = tmp / f"envoy-{mode}.json"
-    config_path.write_text(json.dumps(bootstrap))
-    log_path = tmp / f"envoy-{mode}.log"
-    envoy = subprocess.Popen(
-        [str(ENVOY), "-c", str(config_path), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"],
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    envoy, log_path = launch_envoy(bootstrap, tmp=tmp, name=f"envoy-{mode}")
     stack = Stack(
         url=f"http://{FRONT}:{listen_port}",
         backends=servers,
@@ -243,14 +232,35 @@ def start(
         loop=loop,
     )
     try:
-        loop.run(_wait_ready(f"http://{FRONT}:{admin_port}/ready", envoy, log_path))
+        loop.run(wait_ready(f"http://{FRONT}:{admin_port}/ready", envoy, log_path))
     except Exception:
         stack.stop()
         raise
     return stack
 
 
-async def _wait_ready(url: str, envoy: subprocess.Popen[bytes], log_path: Path, timeout: float = 20) -> None:
+def launch_envoy(bootstrap: dict[str, Any], *, tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start Envoy on `bootstrap` (written to tmp/name.json); returns the process and its log path."""
+    config_path = tmp / f"{name}.json"
+    config_path.write_text(json.dumps(bootstrap))
+    log_path = tmp / f"{name}.log"
+    envoy = subprocess.Popen(
+        [str(ENVOY), "-c", str(config_path), "--disable-hot-restart", "--concurrency", "1", "-l", "warning"],
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return envoy, log_path
+
+
+def stop_envoy(envoy: subprocess.Popen[bytes]) -> None:
+    envoy.terminate()
+    try:
+        envoy.wait(5)
+    except subprocess.TimeoutExpired:
+        envoy.kill()
+
+
+async def wait_ready(url: str, envoy: subprocess.Popen[bytes], log_path: Path, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:

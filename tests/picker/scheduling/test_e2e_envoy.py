@@ -11,8 +11,6 @@ the picker (this suite's loopback range).
 """
 
 import asyncio
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,26 +96,15 @@ class Fleet:
             endpoints=None,
             admin_port=admin_port,
         )
-        config_path = tmp / "envoy.json"
-        config_path.write_text(json.dumps(bootstrap))
-        log_path = tmp / "envoy.log"
-        self.envoy = subprocess.Popen(
-            [str(stack.ENVOY), "-c", str(config_path), "--disable-hot-restart", "--concurrency", "1"],
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        self.envoy, log_path = stack.launch_envoy(bootstrap, tmp=tmp, name="envoy")
         self.url = f"http://{FRONT}:{listen_port}/v1/completions"
-        self.loop.run(stack._wait_ready(f"http://{FRONT}:{admin_port}/ready", self.envoy, log_path))
+        self.loop.run(stack.wait_ready(f"http://{FRONT}:{admin_port}/ready", self.envoy, log_path))
 
     def by_key(self, key: str) -> ModelServer:
         return next(s for s in self.servers if s.key == key)
 
     def stop(self) -> None:
-        self.envoy.terminate()
-        try:
-            self.envoy.wait(5)
-        except subprocess.TimeoutExpired:
-            self.envoy.kill()
+        stack.stop_envoy(self.envoy)
         self.loop.run(self.picker.stop())
         for model_server in self.servers:
             if model_server.runner is not None:
