@@ -8,15 +8,39 @@ therefore names a whole prefix: an endpoint holding block i's hash has (approxim
 up to block i.
 
 The index is learned only from the picker's own decisions: after each decision the request's hashes are
-recorded for the chosen endpoint (and its prefill endpoint). Each endpoint keeps an LRU of at most
-`lru_capacity` hashes (31,250), or, when its engine reports `cache_config_info`, as many as its KV cache holds
-(blocks x block size / 16 tokens per hash). A global map from hash to its holders makes the match of one
-request against every endpoint a walk over the request's blocks with big-integer ANDs of holder bitmasks,
-independent of the number of endpoints until the chain breaks. Most hashes have one holder; they store that
-endpoint's number as a negative int (`~n`), because a bitmask with bit 999 set costs 160 bytes, `~999` 28.
+recorded for the chosen endpoint (and its prefill endpoint). Each endpoint keeps at most `lru_capacity`
+hashes (31,250), or, when its engine reports `cache_config_info`, as many as its KV cache holds (blocks x
+block size / 16 tokens per hash), evicting the least recently learned first (approximately, see below).
+
+Layout, chosen for memory (at 1,000 endpoints x 31,250 hashes the index holds 31 M entries; the earlier
+per-endpoint `OrderedDict` LRUs cost ~211 B per entry, 6.5 GiB in all; bench/results/scheduling_cost.md):
+
+- One global dict maps a hash to its holders. Matching a request against every endpoint is then a walk over
+  the request's blocks with big-integer ANDs of holder bitmasks, independent of the number of endpoints
+  until the chain breaks. A hash with one holder (the common case) stores a negative *holder code*
+  `~(number * 16 + stamp)`: the endpoint's number and the generation (modulo 16) in which it last learned
+  the hash. Codes are prebuilt int objects per endpoint, so a single-holder entry costs no value object;
+  the hash int itself is the same object as the one in the endpoint's queue.
+- A hash with several holders stores their bitmask (bit = endpoint number); each holder then keeps that
+  hash's stamp in its own small `shared` dict. Sharing is the minority of entries (shared prefixes, and
+  the decode + prefill pair of a disaggregated request).
+- Per endpoint, a `deque` of the hashes in the order learned (8 B per entry, freed as it drains), cut
+  into generations of a quarter of the capacity. Learning a hash it holds from an older generation
+  appends it again with the current stamp (its old slot becomes *stale*); learning one held in the current
+  generation changes nothing. Eviction pops the oldest slot: a stale slot (its stamp differs from the hash's
+  current one) is dropped, otherwise the endpoint's holding of that hash ends, so an evicted hash never
+  matches again and an endpoint never holds more than `capacity`. A hash is kept at least until three
+  quarters of the capacity in other hashes have been learned since it was last learned, and 14 generations
+  of learning since (stamps are modulo 16, so at most 15 generations stay live). Exact LRU would keep the
+  last `capacity`; GIE's own index is approximate too.
+
+Measured (tracemalloc, distinct single-holder hashes, bench/results/scheduling_cost.md): the earlier
+per-endpoint `OrderedDict` LRUs cost ~211 B per entry; a hash int (36 B), its slot in the global dict and
+its queue slot cost ~79 B. Finer generations cost nothing per entry (only stale slots, 8 B each).
 """
 
 import collections
+import dataclasses
 import struct
 from collections.abc import Sequence
 
@@ -44,18 +68,33 @@ def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: i
     return hashes
 
 
-def _mask(held: int) -> int:
-    """The holder bitmask of a `holders` value (a negative value is one holder's number, inverted)."""
-    return 1 << ~held if held < 0 else held
+STAMPS = 16
+"""Generation numbers are kept modulo 16: the low 4 bits of a holder code."""
+_STAMP_BITS = 4
+GENERATIONS = 4
+"""An endpoint's capacity is learned in generations of a quarter of it."""
 
 
-def _compact(mask: int) -> int:
-    """The `holders` value of a bitmask: one holder stored as its inverted number."""
-    return ~(mask.bit_length() - 1) if mask & (mask - 1) == 0 else mask
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Holdings:
+    """What one endpoint holds: its hashes in learning order, by generation, and its shared-hash stamps."""
+
+    number: int
+    codes: tuple[int, ...]  # the endpoint's holder code for each stamp, shared by all its entries
+    queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
+    # slots per older generation, oldest first
+    older: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
+    filled: int = 0  # slots of the current generation (the newest in the queue)
+    generation: int = 0
+    stale: int = 0  # queue slots of hashes learned again later (not held twice)
+    shared: dict[int, int] = dataclasses.field(default_factory=dict)  # hash -> stamp, for multi-holder hashes
+
+    def size(self) -> int:
+        return len(self.queue) - self.stale
 
 
 class Index:
-    """Which endpoint (approximately) holds which prefix block: per-endpoint LRUs, hash -> holder bitmask."""
+    """Which endpoint (approximately) holds which prefix block: hash -> holders, per-endpoint queues."""
 
     def __init__(
         self,
@@ -71,9 +110,9 @@ class Index:
         self.auto_tune = auto_tune
         self.tokens_per_block = max(1, block_size // CHARS_PER_TOKEN)
         self._holders: dict[int, int] = {}
-        self._lru: dict[str, collections.OrderedDict[int, None]] = {}
-        self._bit: dict[str, int] = {}
-        self._key_of_bit: list[str] = []
+        self._holdings: dict[str, Holdings] = {}
+        self._by_number: list[Holdings] = []
+        self._key_of_number: list[str] = []
 
     def hashes(self, cycle: plugins.Cycle) -> list[int]:
         """The request's block hashes, computed once per cycle and shared by every plugin using this index."""
@@ -105,14 +144,14 @@ class Index:
             return counts
         holders = self._holders
         positions = cycle.positions()
-        keys = self._key_of_bit
+        keys = self._key_of_number
         get = holders.get
         held = get(hashes[0], 0)
-        alive = 1 << ~held if held < 0 else held
+        alive = 1 << (~held >> _STAMP_BITS) if held < 0 else held
         depth = 1
         while alive and depth < len(hashes):
             held = get(hashes[depth], 0)
-            still = alive & (1 << ~held if held < 0 else held)  # _mask, inlined on the hot path
+            still = alive & (1 << (~held >> _STAMP_BITS) if held < 0 else held)
             dropped = alive & ~still
             while dropped:
                 low = dropped & -dropped
@@ -131,49 +170,138 @@ class Index:
         return counts
 
     def capacity(self, state: endpoints.EndpointState | None) -> int:
-        """LRU size for an endpoint: from its KV cache size when known and auto-tuning, else the default."""
+        """Hashes kept for an endpoint: from its KV cache size when known and auto-tuning, else default."""
         if self.auto_tune and state is not None:
             metrics = state.metrics
             if metrics.num_gpu_blocks and metrics.block_size:
                 return max(1, metrics.num_gpu_blocks * metrics.block_size // self.tokens_per_block)
         return self.lru_capacity
 
+    def _register(self, key: str) -> Holdings:
+        number = len(self._by_number)
+        codes = tuple(~(number << _STAMP_BITS | stamp) for stamp in range(STAMPS))
+        holdings = self._holdings[key] = Holdings(number=number, codes=codes)
+        self._by_number.append(holdings)
+        self._key_of_number.append(key)
+        return holdings
+
     def add(self, key: str, hashes: Sequence[int], *, capacity: int) -> None:
-        """Record that endpoint `key` now holds `hashes` (most recently used)."""
+        """Record that endpoint `key` now holds `hashes` (most recently learned), at most `capacity` kept."""
         if not hashes:
             return
-        lru = self._lru.get(key)
-        if lru is None:
-            lru = self._lru[key] = collections.OrderedDict()
-            self._bit[key] = len(self._key_of_bit)
-            self._key_of_bit.append(key)
-        number = self._bit[key]
+        holdings = self._holdings.get(key) or self._register(key)
+        # Hot path (every decision, 256 hashes): state in locals, written back at the end.
+        number = holdings.number
+        bit = 1 << number
         holders = self._holders
         get = holders.get
-        move_to_end = lru.move_to_end
+        shared = holdings.shared
+        queue = holdings.queue
+        append = queue.append
+        popleft = queue.popleft
+        older = holdings.older
+        codes = holdings.codes
+        generation_size = max(1, capacity // GENERATIONS)
+        generation = holdings.generation
+        stamp = generation % STAMPS
+        code = codes[stamp]
+        filled = holdings.filled
+        stale = holdings.stale
+        size = len(queue) - stale
+        crowded = len(older) >= STAMPS - 1
         for value in hashes:
-            if value in lru:
-                move_to_end(value)
+            held = get(value)
+            if held is None:
+                holders[value] = code
+                size += 1
+            elif held < 0:
+                if held == code:
+                    continue
+                other = ~held >> _STAMP_BITS
+                if other == number:  # held from an older generation: renew it
+                    holders[value] = code
+                    stale += 1
+                else:
+                    self._by_number[other].shared[value] = ~held % STAMPS
+                    shared[value] = stamp
+                    holders[value] = (1 << other) | bit
+                    size += 1
+            elif held & bit:
+                if shared[value] == stamp:
+                    continue
+                shared[value] = stamp
+                stale += 1
             else:
-                lru[value] = None
-                held = get(value)
-                holders[value] = ~number if held is None else _compact(_mask(held) | (1 << number))
-        bit = 1 << number
-        while len(lru) > capacity:
-            evicted, _ = lru.popitem(last=False)
-            rest = _mask(holders[evicted]) & ~bit
-            if rest:
-                holders[evicted] = _compact(rest)
-            else:
-                del holders[evicted]
+                shared[value] = stamp
+                holders[value] = held | bit
+                size += 1
+            append(value)
+            filled += 1
+            if filled >= generation_size:
+                older.append(filled)
+                filled = 0
+                generation += 1
+                stamp = generation % STAMPS
+                code = codes[stamp]
+                crowded = len(older) >= STAMPS - 1
+            while size > capacity or crowded:
+                if not older:  # the capacity shrank below the current generation: close it
+                    older.append(filled)
+                    filled = 0
+                    generation += 1
+                    stamp = generation % STAMPS
+                    code = codes[stamp]
+                oldest_stamp = (generation - len(older)) % STAMPS
+                evicted = popleft()
+                if older[0] == 1:
+                    older.popleft()
+                    crowded = len(older) >= STAMPS - 1
+                else:
+                    older[0] -= 1
+                held = holders[evicted]
+                if held < 0:
+                    if held == codes[oldest_stamp]:
+                        del holders[evicted]
+                        size -= 1
+                    else:  # renewed since: this was its old slot
+                        stale -= 1
+                elif self._release(holdings, evicted, stamp=oldest_stamp):
+                    size -= 1
+                else:
+                    stale -= 1
+        holdings.generation = generation
+        holdings.filled = filled
+        holdings.stale = stale
+
+    def _release(self, holdings: Holdings, value: int, *, stamp: int) -> bool:
+        """End `holdings`' share of multi-holder hash `value` if last learned in generation `stamp`."""
+        shared = holdings.shared
+        if shared[value] != stamp:
+            return False
+        del shared[value]
+        rest = self._holders[value] & ~(1 << holdings.number)
+        if rest & (rest - 1):
+            self._holders[value] = rest
+        else:  # one holder left: back to its compact code
+            other = self._by_number[rest.bit_length() - 1]
+            self._holders[value] = other.codes[other.shared.pop(value)]
+        return True
+
+    def holds(self, key: str, value: int) -> bool:
+        """Whether endpoint `key` holds block hash `value`."""
+        holdings = self._holdings.get(key)
+        if holdings is None:
+            return False
+        held = self._holders.get(value, 0)
+        return ~held >> _STAMP_BITS == holdings.number if held < 0 else bool(held >> holdings.number & 1)
 
     def size(self, key: str) -> int:
-        lru = self._lru.get(key)
-        return len(lru) if lru is not None else 0
+        holdings = self._holdings.get(key)
+        return holdings.size() if holdings is not None else 0
 
     def entries(self) -> int:
         """Hashes held over all endpoints (an entry per endpoint per hash)."""
-        return sum(len(lru) for lru in self._lru.values())
+        return sum(holdings.size() for holdings in self._by_number)
 
     def learn(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
         """Record the request's blocks on the endpoints the decision sends it to (destination and prefill)."""

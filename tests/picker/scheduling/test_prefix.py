@@ -92,3 +92,91 @@ def test_many_holders_of_one_prefix_are_matched_and_forgotten_one_by_one():
     index.add(states[-1].endpoint.key, prefix.block_hashes(text(6, "y"), model="llama"), capacity=6)
     assert index.matched_blocks(cycle(states, text(6))).tolist() == [0.0] * 130
     assert index.matched_blocks(cycle(states, text(6, "z"))).tolist() == [6.0] * 129 + [0.0]
+
+
+def distinct(count: int, start: int) -> list[int]:
+    """`count` made-up block hashes, distinct from those of any other `start`."""
+    return [xxhash.xxh64_intdigest(f"{start}:{i}".encode()) for i in range(count)]
+
+
+def test_an_endpoint_keeps_exactly_its_capacity_of_distinct_hashes():
+    index = prefix.Index()
+    learned = []
+    for batch in range(40):
+        hashes = distinct(37, batch)
+        learned += hashes
+        index.add(fleet.key(0), hashes, capacity=400)
+        assert index.size(fleet.key(0)) == min(len(learned), 400)
+    assert index.entries() == 400
+    held = [value for value in learned if index.holds(fleet.key(0), value)]
+    assert held == learned[-400:]  # without renewals the index is first in, first out
+
+
+def test_a_prefix_relearned_within_three_quarters_of_capacity_survives_any_churn():
+    index = prefix.Index()
+    hot = prefix.block_hashes(text(8, "hot"), model="llama")
+    states = [fleet.state(0)]
+    for batch in range(200):  # 200 x 60 new hashes: 30 x the capacity
+        index.add(fleet.key(0), hot, capacity=400)
+        index.add(fleet.key(0), distinct(60, batch), capacity=400)
+        assert index.matched_blocks(cycle(states, text(8, "hot"))).tolist() == [8.0]
+        assert index.size(fleet.key(0)) <= 400
+
+
+def test_a_prefix_not_relearned_is_evicted_and_no_longer_matches():
+    index = prefix.Index()
+    index.add(fleet.key(0), prefix.block_hashes(text(8, "old"), model="llama"), capacity=400)
+    for batch in range(7):  # 420 new hashes: more than the capacity
+        index.add(fleet.key(0), distinct(60, batch), capacity=400)
+    assert index.matched_blocks(cycle([fleet.state(0)], text(8, "old"))).tolist() == [0.0]
+    assert index.size(fleet.key(0)) == 400
+
+
+def test_shared_holders_stay_right_as_endpoints_evict_one_by_one():
+    index = prefix.Index()
+    states = [fleet.state(i) for i in range(3)]
+    shared = prefix.block_hashes(text(8, "s"), model="llama")
+    index.add(fleet.key(2), distinct(60, 99), capacity=100)  # endpoint 2 learns it in a later generation
+    for i in range(3):
+        index.add(fleet.key(i), shared, capacity=100)
+
+    def matched() -> list[float]:
+        return index.matched_blocks(cycle(states, text(8, "s"))).tolist()
+
+    assert matched() == [8.0, 8.0, 8.0]
+    index.add(fleet.key(0), distinct(100, 0), capacity=100)  # endpoint 0 evicts everything it had
+    assert matched() == [0.0, 8.0, 8.0]
+    index.add(fleet.key(1), distinct(100, 1), capacity=100)  # then endpoint 1: endpoint 2 holds it alone
+    assert matched() == [0.0, 0.0, 8.0]
+    index.add(fleet.key(2), distinct(60, 2), capacity=100)  # learned 60 hashes ago: kept
+    assert matched() == [0.0, 0.0, 8.0]
+    index.add(fleet.key(2), distinct(60, 3), capacity=100)  # 120 ago, over the capacity: evicted
+    assert matched() == [0.0, 0.0, 0.0]
+    index.add(fleet.key(0), shared, capacity=100)
+    assert matched() == [8.0, 0.0, 0.0]
+    assert [index.size(fleet.key(i)) for i in range(3)] == [100, 100, 100]
+
+
+def test_random_learning_never_invents_blocks_and_keeps_the_recent_ones():
+    """Against an exact LRU per endpoint: the index holds only hashes sent to the endpoint, at most
+    `capacity` of them, and every one of the last three quarters of `capacity` distinct hashes learned."""
+    rng = np.random.default_rng(7)
+    capacity = 40
+    pool = distinct(150, 0)
+    index = prefix.Index()
+    exact: dict[str, dict[int, None]] = {fleet.key(i): {} for i in range(3)}
+    sent: dict[str, set[int]] = {fleet.key(i): set() for i in range(3)}
+    for _ in range(600):
+        key = fleet.key(int(rng.integers(3)))
+        hashes = [pool[int(i)] for i in rng.choice(len(pool), size=int(rng.integers(1, 12)), replace=False)]
+        index.add(key, hashes, capacity=capacity)
+        sent[key].update(hashes)
+        for value in hashes:
+            exact[key].pop(value, None)
+            exact[key][value] = None
+        for other, recent in exact.items():
+            held = {value for value in pool if index.holds(other, value)}
+            assert held <= sent[other]
+            assert set(list(recent)[-(capacity * 3 // 4) :]) <= held
+            assert index.size(other) == len(held) <= capacity
+    assert index.entries() == sum(index.size(key) for key in exact)
