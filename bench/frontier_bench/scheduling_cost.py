@@ -10,9 +10,19 @@ machine) and wall time (`time.perf_counter_ns`: what a request waited, noise inc
 
 Memory: the prefix index at full GIE capacity (31,250 hashes per endpoint) is measured with tracemalloc at
 100 endpoints filled to capacity, and at 1,000 endpoints filled to a tenth of capacity; the full
-1,000-endpoint figure is the per-entry cost times 31.25 M entries (stated as an extrapolation).
+1,000-endpoint figure is the per-entry cost times 31.25 M entries (stated as an extrapolation). Distinct
+hashes, nothing shared between endpoints: the worst case. A second case learns every hash on two endpoints
+(decode and prefill of disaggregated requests, numbered far apart). The resident-set growth of a process
+that builds the same index without tracemalloc is stated beside it (tracemalloc counts requested bytes,
+not the allocator's rounding).
 
-Run: python -m frontier_bench.scheduling_cost --out bench/results
+Every measurement runs in its own process on a frozen export of `api/` and `picker/` (`git archive`), so
+edits made during the run change nothing. With `--baseline REF` each row is also measured on the picker as
+of REF (or, with `--baseline-paths`, on HEAD with only those paths taken from REF, to isolate one change),
+interleaved row by row with the order alternating over `--rounds`, and the report gives the ratios; each
+statistic is the median over rounds.
+
+Run: python -m frontier_bench.scheduling_cost --out bench/results [--baseline REF --rounds 3]
 """
 
 import argparse
@@ -21,8 +31,13 @@ import json
 import os
 import platform
 import random
+import resource
 import shlex
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections import deque
@@ -37,6 +52,13 @@ from frontier_picker.scheduling import config, prefix, types
 PROMPT_CHARS = 16 * 1024
 PROFILES = ("frontier", "gie-default", "round-robin")
 SIZES = (10, 100, 1000)
+FULL = 31_250 - 31_250 % 256  # hashes per endpoint, whole 256-block prompts
+TENTH = 3_125 - 3_125 % 256
+MEMORY_CASES = (  # name, endpoints, hashes per endpoint, endpoints learning each hash
+    ("full_100", 100, FULL, 1),
+    ("tenth_1000", 1000, TENTH, 1),
+    ("tenth_1000_pairs", 1000, TENTH, 2),
+)
 
 
 def fleet(size: int, rng: random.Random, *, now: float) -> list[endpoints.EndpointState]:
@@ -109,25 +131,101 @@ def measure(profile: str, size: int, *, requests: int, warmup: int, seed: int) -
     return result
 
 
-def index_memory(size: int, per_endpoint: int, seed: int) -> dict[str, Any]:
-    """Bytes held by a prefix index with `per_endpoint` distinct hashes on each of `size` endpoints."""
+def build_index(size: int, per_endpoint: int, *, holders: int, seed: int) -> prefix.Index:
+    """A prefix index with `per_endpoint` distinct hashes on each of `size` endpoints; with `holders` 2,
+    each hash is learned by endpoint e and endpoint size-1-e (a decode and its prefill endpoint)."""
     rng = random.Random(seed)
+    index = prefix.Index()
+    keys = [f"10.0.{e // 256}.{e % 256}:8000" for e in range(size)]
+    for e in range(0, size, holders):
+        for _ in range(per_endpoint // 256):
+            hashes = prefix.block_hashes(rng.randbytes(PROMPT_CHARS // 2).hex(), model="llama")
+            index.add(keys[e], hashes, capacity=31_250)
+            if holders == 2:
+                index.add(keys[size - 1 - e], hashes, capacity=31_250)
+    return index
+
+
+def index_memory(size: int, per_endpoint: int, *, holders: int, seed: int) -> dict[str, Any]:
+    """Bytes held by the index (tracemalloc), and the resident-set growth of this process building it."""
     gc.collect()
     tracemalloc.start()
-    index = prefix.Index()
-    for e in range(size):
-        key = f"10.0.{e // 256}.{e % 256}:8000"
-        for _ in range(per_endpoint // 256):
-            index.add(key, [rng.getrandbits(64) for _ in range(256)], capacity=31_250)
+    index = build_index(size, per_endpoint, holders=holders, seed=seed)
     current, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     entries = index.entries()
     return {
         "endpoints": size,
+        "holders_per_hash": holders,
         "entries": entries,
         "bytes": current,
         "bytes_per_entry": round(current / entries, 1),
     }
+
+
+def index_rss(size: int, per_endpoint: int, *, holders: int, seed: int) -> dict[str, Any]:
+    """Peak resident-set growth while building the index, without tracemalloc (a fresh process)."""
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    index = build_index(size, per_endpoint, holders=holders, seed=seed)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    return {"rss_bytes": grown, "rss_bytes_per_entry": round(grown / index.entries(), 1)}
+
+
+def worker(spec: str, *, requests: int, seed: int) -> dict[str, Any]:
+    """One measurement, run in a process of its own: `timing:PROFILE:SIZE`, `memory:CASE` or `rss:CASE`."""
+    kind, *rest = spec.split(":")
+    if kind == "timing":
+        profile, size = rest[0], int(rest[1])
+        return measure(profile, size, requests=requests, warmup=min(20 * size, 4000), seed=seed)
+    _, size, per_endpoint, holders = next(case for case in MEMORY_CASES if case[0] == rest[0])
+    if kind == "memory":
+        return index_memory(size, per_endpoint, holders=holders, seed=seed)
+    return index_rss(size, per_endpoint, holders=holders, seed=seed)
+
+
+def export(ref: str, where: Path, *, base: str | None = None, paths: list[str] | None = None) -> str:
+    """Write `api/` and `picker/` as of `ref` under `where`; with `base`, those of `base` with only `paths`
+    taken from `ref`. Returns the PYTHONPATH that runs them (with this checkout's bench/)."""
+    where.mkdir(parents=True)
+
+    def unpack(commit: str, *members: str) -> None:
+        archive = subprocess.run(
+            ["git", "archive", commit, *members], capture_output=True, check=True, timeout=60
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True, timeout=60)
+
+    if base is not None and paths:
+        unpack(base, "api", "picker")
+        unpack(ref, *paths)
+    else:
+        unpack(ref, "api", "picker")
+    bench_root = Path(__file__).resolve().parents[1]
+    return os.pathsep.join([str(where / "api"), str(where / "picker"), str(bench_root)])
+
+
+def run_worker(spec: str, *, pythonpath: str, requests: int, seed: int) -> dict[str, Any]:
+    command = [sys.executable, "-m", "frontier_bench.scheduling_cost", "--worker", spec]
+    command += ["--requests", str(requests), "--seed", str(seed)]
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=1800)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each numeric statistic's median over rounds; labels from the first run."""
+    merged = dict(runs[0])
+    for field, value in runs[0].items():
+        if isinstance(value, float):
+            merged[field] = round(statistics.median(run[field] for run in runs), 1)
+    return merged
+
+
+def git_commit(ref: str) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", ref], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,40 +234,89 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--host", default="", help="words on where it ran, for the report")
+    parser.add_argument("--baseline", help="git ref of the picker to compare with, side by side")
+    parser.add_argument("--baseline-paths", nargs="*", help="take only these paths from --baseline")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every row")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, requests=args.requests, seed=args.seed)), flush=True)
+        return
     command = shlex.join(["python", "-m", "frontier_bench.scheduling_cost", *(argv or sys.argv[1:])])
-    timings = []
-    for size in SIZES:
-        for profile in PROFILES:
-            warmup = min(20 * size, 4000)
-            result = measure(profile, size, requests=args.requests, warmup=warmup, seed=args.seed)
-            print(json.dumps(result), flush=True)
-            timings.append(result)
-    full = index_memory(100, 31_250 - 31_250 % 256, args.seed)
-    tenth = index_memory(1000, 3_125 - 3_125 % 256, args.seed)
-    extrapolated = tenth["bytes_per_entry"] * 1000 * 31_250
-    memory = {"full_100": full, "tenth_1000": tenth, "full_1000_extrapolated_bytes": int(extrapolated)}
-    print(json.dumps(memory), flush=True)
-    results = {
-        "command": command,
-        "machine": f"{platform.machine()} python {platform.python_version()} cpus={os.cpu_count()}",
-        "host": args.host,
-        "prompt_chars": PROMPT_CHARS,
-        "timings": timings,
-        "prefix_index_memory": memory,
-    }
+    scratch = Path(tempfile.mkdtemp(prefix="scheduling-cost-"))
+    try:
+        head = git_commit("HEAD")
+        trees = {"current": export(head, scratch / "current")}
+        sources = {"current": head}
+        if args.baseline:
+            base = git_commit(args.baseline)
+            trees["baseline"] = export(base, scratch / "baseline", base=head, paths=args.baseline_paths)
+            only = f" ({' '.join(args.baseline_paths)}; the rest at {head})" if args.baseline_paths else ""
+            sources["baseline"] = base + only
+        results = collect(trees, args=args)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    results.update(
+        command=command,
+        machine=f"{platform.machine()} python {platform.python_version()} cpus={os.cpu_count()}",
+        host=args.host,
+        prompt_chars=PROMPT_CHARS,
+        rounds=args.rounds,
+        sources=sources,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scheduling_cost.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "scheduling_cost.md").write_text(report(results))
 
 
+def collect(trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, Any]:
+    """Every timing row and memory case on every tree, interleaved, the order alternating by round."""
+    names = list(trees)
+    timings: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for size in SIZES:
+        for profile in PROFILES:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for round_ in range(args.rounds):
+                for name in names if round_ % 2 == 0 else reversed(names):
+                    spec = f"timing:{profile}:{size}"
+                    runs[name].append(
+                        run_worker(spec, pythonpath=trees[name], requests=args.requests, seed=args.seed)
+                    )
+            for name in names:
+                timings[name].append(median_of(runs[name]))
+                print(name, json.dumps(timings[name][-1]), flush=True)
+    memory: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for case, *_ in MEMORY_CASES:
+        for name in names:
+            traced = run_worker(f"memory:{case}", pythonpath=trees[name], requests=0, seed=args.seed)
+            rss = run_worker(f"rss:{case}", pythonpath=trees[name], requests=0, seed=args.seed)
+            memory[name][case] = {**traced, **rss}
+            print(name, json.dumps(memory[name][case]), flush=True)
+    for name in names:
+        memory[name]["full_1000_extrapolated_bytes"] = int(
+            memory[name]["tenth_1000"]["bytes_per_entry"] * 1000 * 31_250
+        )
+    out: dict[str, Any] = {"timings": timings["current"], "prefix_index_memory": memory["current"]}
+    if "baseline" in trees:
+        out["baseline"] = {"timings": timings["baseline"], "prefix_index_memory": memory["baseline"]}
+    return out
+
+
+def ratio(new: float, old: float) -> str:
+    return f"{new / old:.2f}" if old else "-"
+
+
 def report(results: dict[str, Any]) -> str:
+    sources = results["sources"]
     lines = [
         "# Scheduling cost per request (16 KB prompts)",
         "",
         f"Command: `{results['command']}`  ",
         f"Machine: {results['machine']}{' (' + results['host'] + ')' if results.get('host') else ''}. "
-        "Compare rows side by side, not across runs or machines.",
+        "Compare rows side by side, not across runs or machines.  ",
+        f"Source: `{sources['current']}`"
+        + (f"; baseline: `{sources['baseline']}`" if "baseline" in sources else "")
+        + f". Rounds: {results['rounds']} (each statistic the median over rounds).",
         "",
         "| endpoints | profile | CPU p50 | CPU p99 | CPU p99.9 | CPU mean "
         "| wall p50 | wall p99 | wall p99.9 |",
@@ -181,24 +328,60 @@ def report(results: dict[str, Any]) -> str:
             f"{row['cpu_p999_us']} | {row['cpu_mean_us']} | {row['wall_p50_us']} | {row['wall_p99_us']} | "
             f"{row['wall_p999_us']} |"
         )
-    lines += ["", "Times in µs per `schedule()` call."]
-    memory = results["prefix_index_memory"]
-    full, tenth = memory["full_100"], memory["tenth_1000"]
-    lines += [
-        "",
-        "Targets: p99 <= 1,000 µs at 100 endpoints, <= 5,000 µs at 1,000.",
-        "",
+    lines += ["", "Times in µs per `schedule()` call.", ""]
+    lines += ["Targets: p99 <= 1,000 µs at 100 endpoints, <= 5,000 µs at 1,000.", ""]
+    baseline = results.get("baseline")
+    if baseline:
+        lines += [
+            "## Against the baseline (same run, interleaved; ratio = current / baseline, < 1 is better)",
+            "",
+            "| endpoints | profile | CPU p50 base | CPU p50 now | ratio | CPU p99 base | CPU p99 now | ratio "
+            "| CPU mean ratio |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for now, old in zip(results["timings"], baseline["timings"], strict=True):
+            lines.append(
+                f"| {now['endpoints']} | {now['profile']} | {old['cpu_p50_us']} | {now['cpu_p50_us']} | "
+                f"{ratio(now['cpu_p50_us'], old['cpu_p50_us'])} | "
+                f"{old['cpu_p99_us']} | {now['cpu_p99_us']} | "
+                f"{ratio(now['cpu_p99_us'], old['cpu_p99_us'])} | "
+                f"{ratio(now['cpu_mean_us'], old['cpu_mean_us'])} |"
+            )
+        lines += ["", "round-robin does not use the prefix index: its ratios show the run's noise.", ""]
+    lines += memory_report(
+        results["prefix_index_memory"], baseline["prefix_index_memory"] if baseline else None
+    )
+    return "\n".join(lines)
+
+
+def memory_report(memory: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    def line(label: str, case: str) -> str:
+        now = memory[case]
+        text = (
+            f"- {label}: {now['entries']:,} entries, {now['bytes'] / 2**20:.0f} MiB "
+            f"({now['bytes_per_entry']} B/entry traced; "
+            f"resident set grew {now['rss_bytes_per_entry']} B/entry)"
+        )
+        if old is not None:
+            text += (
+                f"; baseline {old[case]['bytes_per_entry']} B/entry traced, "
+                f"{old[case]['rss_bytes_per_entry']} resident (ratio "
+                f"{ratio(now['bytes_per_entry'], old[case]['bytes_per_entry'])})"
+            )
+        return text
+
+    lines = [
         "## Prefix index memory (distinct hashes, worst case: nothing shared between endpoints)",
         "",
-        f"- 100 endpoints at full capacity: {full['entries']:,} entries, {full['bytes'] / 2**20:.0f} MiB "
-        f"({full['bytes_per_entry']} B/entry, measured)",
-        f"- 1,000 endpoints at a tenth of capacity: {tenth['entries']:,} entries, "
-        f"{tenth['bytes'] / 2**20:.0f} MiB ({tenth['bytes_per_entry']} B/entry, measured)",
+        line("100 endpoints at full capacity", "full_100"),
+        line("1,000 endpoints at a tenth of capacity", "tenth_1000"),
+        line("1,000 endpoints at a tenth of capacity, every hash on two endpoints", "tenth_1000_pairs"),
         f"- 1,000 endpoints at full capacity (31.25 M entries): "
-        f"{memory['full_1000_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from the measured B/entry)",
+        f"{memory['full_1000_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from the measured B/entry"
+        + (f"; baseline {old['full_1000_extrapolated_bytes'] / 2**30:.1f} GiB)" if old is not None else ")"),
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":
