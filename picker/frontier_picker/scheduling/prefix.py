@@ -5,7 +5,8 @@ block is ignored and at most `max_blocks` (256) blocks are used. Block hashes ar
 xxhash64 of the block's bytes followed by the previous hash (8 bytes, little-endian), and the chain starts
 from the xxhash64 of the target model's name, so equal text under different models never matches. A hash
 therefore names a whole prefix: an endpoint holding block i's hash has (approximately) cached the prompt
-up to block i.
+up to block i. The index keeps each hash's low 60 bits (the chain itself uses all 64): a smaller int object,
+and with 31 M entries the chance of any collision at all is about 1 in 2,400.
 
 The index is learned only from the picker's own decisions: after each decision the request's hashes are
 recorded for the chosen endpoint (and its prefill endpoint). Each endpoint keeps at most `lru_capacity`
@@ -34,9 +35,12 @@ per-endpoint `OrderedDict` LRUs cost ~211 B per entry, 6.5 GiB in all; bench/res
   of learning since (stamps are modulo 16, so at most 15 generations stay live). Exact LRU would keep the
   last `capacity`; GIE's own index is approximate too.
 
-Measured (tracemalloc, distinct single-holder hashes, bench/results/scheduling_cost.md): the earlier
-per-endpoint `OrderedDict` LRUs cost ~211 B per entry; a hash int (36 B), its slot in the global dict and
-its queue slot cost ~79 B. Finer generations cost nothing per entry (only stale slots, 8 B each).
+Measured (bench/results/scheduling_cost.md, 3.1 M distinct single-holder entries, tracemalloc): ~94 B per
+entry (the 60-bit hash int 32 B, its global dict slot ~54 B at that fill, its queue slot 8 B) against
+~211 B for the earlier per-endpoint `OrderedDict` LRUs, which also paid an `OrderedDict` node and a fresh
+holder int per entry; learning is faster too (no `move_to_end`, no allocation per entry but the hash's).
+What remains is one Python int and one dict slot per hash; going below needs a table of plain machine
+words (numpy open addressing), not built.
 """
 
 import collections
@@ -52,10 +56,11 @@ from frontier_picker.scheduling import plugins, types
 
 CHARS_PER_TOKEN = 4
 _LITTLE_ENDIAN_U64 = struct.Struct("<Q")
+_LOW_60_BITS = (1 << 60) - 1  # a Python int below 2**60 takes 2 digits: 32 B, not 36 (48 allocated)
 
 
 def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: int = 256) -> list[int]:
-    """The chained block hashes of `prompt` (empty when shorter than one block)."""
+    """The chained block hashes of `prompt`, each kept to its low 60 bits (empty under one block)."""
     data = prompt.encode()
     usable = min(len(data) // block_size, max_blocks) * block_size
     digest = xxhash.xxh64_intdigest
@@ -64,7 +69,7 @@ def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: i
     hashes = []
     for start in range(0, usable, block_size):
         previous = digest(data[start : start + block_size] + pack(previous))
-        hashes.append(previous)
+        hashes.append(previous & _LOW_60_BITS)
     return hashes
 
 
@@ -205,10 +210,14 @@ class Index:
         generation = holdings.generation
         stamp = generation % STAMPS
         code = codes[stamp]
+        own_lowest, own_highest = codes[-1], codes[0]  # this endpoint's codes, whatever their stamp
         filled = holdings.filled
         stale = holdings.stale
         size = len(queue) - stale
-        crowded = len(older) >= STAMPS - 1
+        most_older = STAMPS - 2  # so that at most STAMPS - 1 generations are live
+        crowded = len(older) > most_older
+        oldest_stamp = (generation - len(older)) % STAMPS  # of the oldest slot in the queue
+        oldest_code = codes[oldest_stamp]
         for value in hashes:
             held = get(value)
             if held is None:
@@ -217,11 +226,11 @@ class Index:
             elif held < 0:
                 if held == code:
                     continue
-                other = ~held >> _STAMP_BITS
-                if other == number:  # held from an older generation: renew it
+                if own_lowest <= held <= own_highest:  # held from an older generation: renew it
                     holders[value] = code
                     stale += 1
                 else:
+                    other = ~held // STAMPS
                     self._by_number[other].shared[value] = ~held % STAMPS
                     shared[value] = stamp
                     holders[value] = (1 << other) | bit
@@ -243,32 +252,37 @@ class Index:
                 generation += 1
                 stamp = generation % STAMPS
                 code = codes[stamp]
-                crowded = len(older) >= STAMPS - 1
+                crowded = len(older) > most_older
+                oldest_stamp = (generation - len(older)) % STAMPS
+                oldest_code = codes[oldest_stamp]
             while size > capacity or crowded:
                 if not older:  # the capacity shrank below the current generation: close it
                     older.append(filled)
                     filled = 0
+                    oldest_stamp = stamp
+                    oldest_code = code
                     generation += 1
                     stamp = generation % STAMPS
                     code = codes[stamp]
-                oldest_stamp = (generation - len(older)) % STAMPS
                 evicted = popleft()
-                if older[0] == 1:
-                    older.popleft()
-                    crowded = len(older) >= STAMPS - 1
-                else:
-                    older[0] -= 1
                 held = holders[evicted]
-                if held < 0:
-                    if held == codes[oldest_stamp]:
-                        del holders[evicted]
-                        size -= 1
-                    else:  # renewed since: this was its old slot
-                        stale -= 1
+                if held == oldest_code:
+                    del holders[evicted]
+                    size -= 1
+                elif held < 0:  # renewed since: this was its old slot
+                    stale -= 1
                 elif self._release(holdings, evicted, stamp=oldest_stamp):
                     size -= 1
                 else:
                     stale -= 1
+                left = older[0] - 1
+                if left:
+                    older[0] = left
+                else:
+                    older.popleft()
+                    crowded = len(older) > most_older
+                    oldest_stamp = (generation - len(older)) % STAMPS
+                    oldest_code = codes[oldest_stamp]
         holdings.generation = generation
         holdings.filled = filled
         holdings.stale = stale
