@@ -78,6 +78,8 @@ STAMPS = 16
 _STAMP_BITS = 4
 GENERATIONS = 4
 """An endpoint's capacity is learned in generations of a quarter of it."""
+SLOTS_PER_CAPACITY = 2
+"""An endpoint's queue holds at most twice its capacity in slots, stale ones included."""
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -213,9 +215,12 @@ class Index:
         own_lowest, own_highest = codes[-1], codes[0]  # this endpoint's codes, whatever their stamp
         filled = holdings.filled
         stale = holdings.stale
-        size = len(queue) - stale
+        slots = len(queue)
+        size = slots - stale
+        slot_limit = limit = SLOTS_PER_CAPACITY * capacity
         most_older = STAMPS - 2  # so that at most STAMPS - 1 generations are live
-        crowded = len(older) > most_older
+        if len(older) > most_older:  # only after the capacity grew: drop the oldest generation now
+            limit = slots - older[0]
         oldest_stamp = (generation - len(older)) % STAMPS  # of the oldest slot in the queue
         oldest_code = codes[oldest_stamp]
         for value in hashes:
@@ -245,6 +250,7 @@ class Index:
                 holders[value] = held | bit
                 size += 1
             append(value)
+            slots += 1
             filled += 1
             if filled >= generation_size:
                 older.append(filled)
@@ -252,19 +258,14 @@ class Index:
                 generation += 1
                 stamp = generation % STAMPS
                 code = codes[stamp]
-                crowded = len(older) > most_older
+                if len(older) > most_older:
+                    limit = slots - older[0]
                 oldest_stamp = (generation - len(older)) % STAMPS
                 oldest_code = codes[oldest_stamp]
-            while size > capacity or crowded:
-                if not older:  # the capacity shrank below the current generation: close it
-                    older.append(filled)
-                    filled = 0
-                    oldest_stamp = stamp
-                    oldest_code = code
-                    generation += 1
-                    stamp = generation % STAMPS
-                    code = codes[stamp]
+            # Over a limit, an older generation exists: the current one holds under generation_size.
+            while size > capacity or slots > limit:
                 evicted = popleft()
+                slots -= 1
                 held = holders[evicted]
                 if held == oldest_code:
                     del holders[evicted]
@@ -280,7 +281,7 @@ class Index:
                     older[0] = left
                 else:
                     older.popleft()
-                    crowded = len(older) > most_older
+                    limit = slot_limit
                     oldest_stamp = (generation - len(older)) % STAMPS
                     oldest_code = codes[oldest_stamp]
         holdings.generation = generation

@@ -180,3 +180,17 @@ def test_random_learning_never_invents_blocks_and_keeps_the_recent_ones():
             assert set(list(recent)[-(capacity * 3 // 4) :]) <= held
             assert index.size(other) == len(held) <= capacity
     assert index.entries() == sum(index.size(key) for key in exact)
+
+
+def test_a_shrinking_capacity_drops_the_oldest_hashes_at_the_next_learning():
+    """Auto-tuned capacity changes when an engine reports a smaller KV cache."""
+    index = prefix.Index()
+    learned = distinct(300, 0)
+    index.add(fleet.key(0), learned, capacity=400)
+    newest = distinct(10, 1)
+    index.add(fleet.key(0), newest, capacity=50)
+    assert index.size(fleet.key(0)) == 50
+    held = [value for value in learned + newest if index.holds(fleet.key(0), value)]
+    assert held == (learned + newest)[-50:]
+    index.add(fleet.key(0), distinct(5, 2), capacity=3)  # below one generation of what is queued
+    assert index.size(fleet.key(0)) == 3
