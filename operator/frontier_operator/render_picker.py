@@ -3,45 +3,24 @@
 The gateway finds the picker through the pool's `endpointPickerRef`, so the Service takes that name and port.
 Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
 collects them when the last tier of the pool is deleted, and the pool itself stays the user's. The picker's
-config is an EndpointPickerConfig (GIE's format) in a ConfigMap — GIE's default scorers unless the operator
-is given a config (`--picker-config-file`); a pool annotated with
+config is an EndpointPickerConfig (GIE's format) in a ConfigMap: the picker's built-in `frontier` config
+(Frontier's default scheduling, the text `frontier_picker.scheduling.config.builtin_text("frontier")` returns,
+copied verbatim) unless the operator is given a config (`--picker-config-file`); a pool annotated with
 `inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead and gets none generated.
+The Deployment's `inference.frontier.dev/config-hash` annotation hashes the generated text, so a changed
+config rolls the picker.
 """
 
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import yaml
-
 from frontier_api import names
 from frontier_operator import manifests, pools, settings
+from frontier_picker.scheduling import config as picker_config
 
 CONFIG_KEY: Final = "config.yaml"
 CONFIG_MOUNT: Final = "/config"
-
-# GIE's default scheduling (DESIGN.md): score = 2*queue + 2*kv + 3*prefix, max-score picker.
-DEFAULT_CONFIG: Final = {
-    "apiVersion": "inference.networking.x-k8s.io/v1alpha1",
-    "kind": "EndpointPickerConfig",
-    "plugins": [
-        {"type": "queue-scorer"},
-        {"type": "kv-cache-utilization-scorer"},
-        {"type": "prefix-cache-scorer"},
-        {"type": "max-score-picker"},
-    ],
-    "schedulingProfiles": [
-        {
-            "name": "default",
-            "plugins": [
-                {"pluginRef": "queue-scorer", "weight": 2},
-                {"pluginRef": "kv-cache-utilization-scorer", "weight": 2},
-                {"pluginRef": "prefix-cache-scorer", "weight": 3},
-                {"pluginRef": "max-score-picker"},
-            ],
-        }
-    ],
-}
 
 # What a picker reads: endpoints (pods), its pool, the tiers and the objectives (priorities).
 PICKER_RULES: Final = [
@@ -62,6 +41,11 @@ PICKER_RULES: Final = [
         "verbs": ["get", "list", "watch"],
     },
 ]
+
+
+def default_config_text() -> str:
+    """The picker's built-in default EndpointPickerConfig (profile `frontier`), as its package ships it."""
+    return picker_config.builtin_text(picker_config.DEFAULT_PROFILE)
 
 
 def config_map_name(pool: pools.Pool) -> str:
@@ -108,7 +92,7 @@ def render(
         manifests.COMPONENT_LABEL: "endpoint-picker",
     }
     out: list[manifests.Manifest] = []
-    config_text = cfg.picker_config or yaml.safe_dump(DEFAULT_CONFIG, sort_keys=False)
+    config_text = cfg.picker_config or default_config_text()
     if pool.picker_config_override is None:
         out.append(
             {

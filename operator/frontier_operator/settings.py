@@ -27,7 +27,8 @@ class Settings:
     picker_replicas: int = 1
     field_manager: str = FIELD_MANAGER
     gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
-    # EndpointPickerConfig text for every pool's generated picker ConfigMap (None: GIE's default scorers).
+    # EndpointPickerConfig text for every pool's generated picker ConfigMap (None: the picker's built-in
+    # `frontier` config).
     picker_config: str | None = None
     # Seconds between full resyncs (retries failed reconciles, repairs drift nobody watched).
     resync_seconds: float = 300.0

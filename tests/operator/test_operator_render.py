@@ -236,18 +236,39 @@ def test_label_values_from_model_names_are_made_valid():
     assert len(manifests.label_value("x" * 100)) == 63
 
 
-def test_generated_picker_config_is_accepted_by_the_picker():
+def _config_hash(found):
+    template = found[("Deployment", "chat-picker")]["spec"]["template"]
+    return template["metadata"]["annotations"]["inference.frontier.dev/config-hash"]
+
+
+def test_generated_picker_config_is_the_pickers_builtin_frontier_config():
     from frontier_picker.scheduling import config
 
     pool = pools.from_object(samples.pool())
     found = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=CFG))
     text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
-    assert config.load(text) is not None
+    # The picker package's own text, whatever frontier.yaml holds today: never a copy kept in the operator.
+    assert text == config.builtin_text("frontier")
+    assert config.parse(text) == config.parse(config.builtin_text(config.DEFAULT_PROFILE))
+    assert config.load(text).profile.name == "frontier"
 
 
 def test_operator_setting_replaces_the_generated_picker_config():
+    default = _by_name(
+        render_picker.render(pool=pools.from_object(samples.pool()), owners=[samples.tier()], cfg=CFG)
+    )
     cfg = settings.Settings(picker_config="kind: EndpointPickerConfig\n")
     found = _by_name(
         render_picker.render(pool=pools.from_object(samples.pool()), owners=[samples.tier()], cfg=cfg)
     )
     assert found[("ConfigMap", "chat-picker-config")]["data"]["config.yaml"] == "kind: EndpointPickerConfig\n"
+    assert _config_hash(found) != _config_hash(default)  # a changed config rolls the picker
+
+
+def test_pool_annotation_override_ignores_the_operator_config_and_hashes_the_configmap_name():
+    obj = samples.pool()
+    obj["metadata"]["annotations"] = {pools.PICKER_CONFIG_ANNOTATION: "my-config"}
+    cfg = settings.Settings(picker_config="kind: EndpointPickerConfig\n")
+    found = _by_name(render_picker.render(pool=pools.from_object(obj), owners=[samples.tier()], cfg=cfg))
+    assert not any(kind == "ConfigMap" for kind, _ in found)
+    assert _config_hash(found) == "configmap:my-config"
