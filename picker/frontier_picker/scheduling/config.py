@@ -236,6 +236,8 @@ def build(
     for plugin in built.values():
         if isinstance(plugin, filters.SaturationFilter) and not plugin.explicit:
             plugin.thresholds = thresholds
+        if isinstance(plugin, filters.StaleFilter) and not plugin.explicit:
+            plugin.staleness_s = thresholds.staleness_s
     pd = next((p for p in built.values() if isinstance(p, handlers.PDProfileHandler)), None)
     prefill_names = {pd.prefill_profile} if pd else set()
     name = profile or _default_profile(by_name, prefill_names)

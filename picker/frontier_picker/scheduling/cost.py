@@ -1,29 +1,41 @@
-"""Predicted time-to-first-token: the cost model behind the `frontier` profile.
+"""Predicted time-to-first-token, plus what the choice costs everyone else: the `frontier` profile's cost.
 
 For each candidate endpoint the scorer predicts how long this request would wait for its first token there,
-with the engine's own calibrated step model:
+with the engine's own calibrated step model, and adds the delay its prefill would impose on that endpoint's
+other requests:
 
-    ttft  = p0 + p1 * (ahead + u) + p2 * u * (c + u / 2) + steps * decode_step + no_room
+    cost  = p0 + wait + p1 * u + p2 * u * (c + u / 2) + no_room + eviction + interference
+    wait  = max(p1 * ahead + steps * decode_step,  waiting / drain_rate)
     steps = ceil((ahead + u) / chunkTokens)              engine steps until this prompt is prefilled
-    decode_step = d0 + d1 * running + d2 * running * mean_context      (each of those steps also decodes)
-    no_room = noRoomSeconds when the u uncached tokens do not fit the endpoint's free KV cache
+    decode_step  = d0 + d1 * running + d2 * running * mean_context      (each of those steps also decodes)
+    no_room      = noRoomSeconds when the u uncached tokens do not fit the endpoint's free KV cache
+    eviction     = evictionWeight * p1 * u * kv_use
+    interference = interferenceWeight * (running + waiting) * p1 * (u - min u over the candidates)
 
 `u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
 matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
 calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
 running a Llama-3.1-8B-shaped model (../shared/calibration/h100_llama8b.json); set them per pool for other
-engines. A shared prefix makes an endpoint attractive exactly by the prefill it saves, and its queue makes it
-unattractive exactly by the wait it adds, so requests stick to their prefix until waiting there costs more
-than recomputing it elsewhere. KV space is priced as the engine experiences it: only a request that does not
-fit is penalised (it would wait for others to finish or preempt them), and only by the tokens it adds — a
-prefix holder adds few, so a full-looking cache does not push shared-prefix traffic away from its prefix.
+engines.
 
-*Queued tokens ahead* are the engine's waiting count, sized by the mean uncached tokens of what this picker
-has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not yet in
-that count), so a burst cannot herd onto one endpoint between two scrapes. With stale metrics the picker's own
-in-flight accounting replaces the engine's counts.
+*Wait.* Queued tokens ahead are the engine's waiting count, sized by the mean uncached tokens of what this
+picker has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not
+yet in that count), so a burst cannot herd onto one endpoint between two scrapes. That prices a prefill
+backlog; an engine that stops admitting (its sequence or KV limit reached) drains its queue only as fast as
+it finishes requests, so the wait is at least `waiting / drain_rate` (Little's law), with `drain_rate` the
+completions per second this picker saw from it over the last `rateWindowSeconds` (at least 8 of them). A
+hot document's holder therefore sheds load to a second copy once its queue stops moving. With stale
+metrics the picker's own in-flight accounting replaces the engine's counts.
 
-The score is `exp(-(ttft - min ttft) / scoreScaleSeconds)`: 1 for the best endpoint, shift-invariant (a load
+*Interference.* Choosing an endpoint that must recompute tokens another endpoint has cached is not only this
+request's business: every sequence running or waiting there stalls while those extra tokens are computed,
+and the copy displaces other prefixes' cached blocks. Greedy TTFT alone ignores that; under load it spreads
+a group's prompts over several endpoints, each copy adds prefill work, queues grow, and the fleet collapses
+(measured: 6 engines at 80 req/s of the shared-prefix shape went from TTFT p90 34 ms to over 1 s). Pricing
+the excess tokens at the stall they cause keeps prompts on their prefix while the fleet is busy and lets them
+move to an idle endpoint, where the stall costs nobody.
+
+The score is `exp(-(cost - min cost) / scoreScaleSeconds)`: 1 for the best endpoint, shift-invariant (a load
 common to every endpoint changes nothing), and 0.37 for one predicted `scoreScaleSeconds` slower.
 """
 
@@ -45,6 +57,9 @@ H100_LLAMA8B_D1 = 1.438e-05
 H100_LLAMA8B_D2 = 3.897e-08
 
 
+MIN_COMPLETIONS_FOR_RATE = 8
+
+
 @dataclasses.dataclass(slots=True)
 class _Pending:
     """The picker's own estimate of the prefill work it sent to one endpoint and has not seen finish."""
@@ -53,6 +68,7 @@ class _Pending:
     requests: int = 0
     recent: collections.deque[tuple[float, float]] = dataclasses.field(default_factory=collections.deque)
     recent_tokens: float = 0.0  # sum of the tokens in `recent`
+    finished: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
 
 
 @plugins.register
@@ -60,7 +76,10 @@ class PredictedTTFTScorer(plugins.Scorer):
     """Prefer the endpoint with the lowest predicted time to first token for this request (see module doc)."""
 
     type_name = "predicted-ttft-scorer"
-    formula = "score = min(ttft) / ttft, ttft = queue + uncached prefill + interference + kv + load guard"
+    formula = (
+        "score = exp(-(cost - min cost) / scale), cost = max(prefill backlog, waiting / drain rate)"
+        " + uncached prefill + no-room + eviction + others x excess prefill"
+    )
     intent = "latency (affinity and distribution in one cost)"
     consumes = frozenset({"metrics", "load", "prefix-index"})
     parameter_docs = {
@@ -77,6 +96,9 @@ class PredictedTTFTScorer(plugins.Scorer):
         "scoreScaleSeconds": "TTFT difference that scores 1/e (0.1)",
         "stalenessSeconds": "metrics older than this are replaced by in-flight accounting (0.2)",
         "evictionWeight": "price of displacing cached blocks: weight x p1 x uncached x KV use (1.0)",
+        "interferenceWeight": "price of the stall extra prefill causes the endpoint's other requests:"
+        " weight x (running + waiting) x p1 x (uncached - least uncached) (1.0)",
+        "rateWindowSeconds": "window over which an endpoint's completion rate is measured (2.0)",
     }
 
     def __init__(
@@ -96,6 +118,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         score_scale_s: float = 0.1,
         staleness_s: float = 0.2,
         eviction_weight: float = 1.0,
+        interference_weight: float = 1.0,
+        rate_window_s: float = 2.0,
     ) -> None:
         super().__init__(name)
         self.prefix_plugin = prefix_plugin
@@ -107,6 +131,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         self.no_room_s = no_room_s
         self.score_scale_s = score_scale_s
         self.eviction_weight = eviction_weight
+        self.interference_weight = interference_weight
+        self.rate_window_s = rate_window_s
         self.staleness_s = staleness_s
         self._pending: dict[str, _Pending] = {}
         self._requests: dict[str, list[tuple[str, tuple[float, float]]]] = {}
@@ -128,23 +154,28 @@ class PredictedTTFTScorer(plugins.Scorer):
             score_scale_s=parameters.number("scoreScaleSeconds", 0.1, minimum=1e-6),
             staleness_s=parameters.number("stalenessSeconds", 0.2, minimum=0),
             eviction_weight=parameters.number("evictionWeight", 1.0, minimum=0),
+            interference_weight=parameters.number("interferenceWeight", 1.0, minimum=0),
+            rate_window_s=parameters.number("rateWindowSeconds", 2.0, minimum=1e-3),
         )
 
     def _prompt_tokens(self, request: types.Request) -> float:
         return float(request.prompt_tokens or len(request.prompt) // prefix.CHARS_PER_TOKEN)
 
-    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per candidate: in-flight uncached tokens and requests, and tokens sent since the last scrape."""
+    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per candidate: in-flight uncached tokens and requests, tokens sent since the last scrape, and
+        completions per second over the last `rateWindowSeconds`."""
         n = len(cycle.candidates)
         inflight_tokens = np.zeros(n)
         inflight_requests = np.zeros(n)
         recent_tokens = np.zeros(n)
+        drain_rate = np.zeros(n)
         if not self._pending:
-            return inflight_tokens, inflight_requests, recent_tokens
+            return inflight_tokens, inflight_requests, recent_tokens, drain_rate
+        window_start = cycle.now - self.rate_window_s
         positions = cycle.positions()
         candidates = cycle.candidates
         stale_before = cycle.now - self.staleness_s
-        for key, pending in self._pending.items():
+        for key, pending in list(self._pending.items()):
             i = positions.get(key)
             if i is None:
                 continue
@@ -159,7 +190,15 @@ class PredictedTTFTScorer(plugins.Scorer):
             if not recent:
                 pending.recent_tokens = 0.0  # no drift from float sums
             recent_tokens[i] = pending.recent_tokens
-        return inflight_tokens, inflight_requests, recent_tokens
+            finished = pending.finished
+            while finished and finished[0] < window_start:
+                finished.popleft()
+            # A rate from a handful of completions is noise; an idle-looking engine is not a stuck one.
+            if len(finished) >= MIN_COMPLETIONS_FOR_RATE:
+                drain_rate[i] = len(finished) / self.rate_window_s
+            if not (pending.requests or recent or finished):
+                del self._pending[key]
+        return inflight_tokens, inflight_requests, recent_tokens, drain_rate
 
     def predict(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray]:
         """Predicted TTFT (seconds) and uncached prompt tokens, per candidate."""
@@ -175,7 +214,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         waiting = cycle.column("waiting")
         fresh = cycle.fresh(self.staleness_s)
         in_flight = cycle.column("in_flight")
-        own_tokens, own_requests, recent_tokens = self._own_accounting(cycle)
+        own_tokens, own_requests, recent_tokens, drain_rate = self._own_accounting(cycle)
         mean_uncached = np.where(
             own_requests > 0, own_tokens / np.maximum(own_requests, 1), self.default_prompt_tokens
         )
@@ -189,11 +228,15 @@ class PredictedTTFTScorer(plugins.Scorer):
         context = np.where(in_flight > 0, context, self.default_prompt_tokens)
         decode_step = np.where(batch > 0, self.d0 + self.d1 * batch + self.d2 * batch * context, 0.0)
         steps = np.ceil((ahead + uncached) / self.chunk_tokens)
+        # Queue wait: the prefill work ahead, or, when the engine admits slower than that (its sequence or
+        # KV limit is reached), the waiting requests over the rate it has been finishing requests (Little).
+        prefill_wait = self.p1 * ahead + steps * decode_step
+        admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
         ttft = (
             self.p0
-            + self.p1 * (ahead + uncached)
+            + np.maximum(prefill_wait, admission_wait)
+            + self.p1 * uncached
             + self.p2 * uncached * (cached + uncached / 2)
-            + steps * decode_step
         )
         capacity = cycle.column("kv_capacity_tokens")
         kv = np.where(fresh, cycle.column("kv"), 0.0)
@@ -201,6 +244,12 @@ class PredictedTTFTScorer(plugins.Scorer):
         ttft = ttft + np.where(uncached + ahead > free, self.no_room_s, 0.0)
         # New KV blocks on a busy cache displace other prompts' cached blocks: price their recomputation.
         ttft = ttft + self.eviction_weight * self.p1 * uncached * kv
+        # Every sequence running or waiting there stalls while tokens are computed; only the tokens beyond
+        # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
+        if uncached.size:
+            others = np.where(fresh, cycle.column("running") + waiting, in_flight)
+            excess = uncached - uncached.min()
+            ttft = ttft + self.interference_weight * others * self.p1 * excess
         cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append((cycle.positions(), uncached))
         return ttft, uncached
 
@@ -250,11 +299,12 @@ class PredictedTTFTScorer(plugins.Scorer):
             pending = self._pending.get(key)
             if pending is None:
                 continue
+            pending.finished.append(sent[0] + completion.duration_s)
             # A finished request is in no queue, even if no scrape has seen it yet.
             with contextlib.suppress(ValueError):
                 pending.recent.remove(sent)
                 pending.recent_tokens = pending.recent_tokens - sent[1] if pending.recent else 0.0
             pending.uncached_tokens = max(0.0, pending.uncached_tokens - sent[1])
             pending.requests = max(0, pending.requests - 1)
-            if pending.requests == 0 and not pending.recent:
+            if pending.requests == 0 and not pending.recent and not pending.finished:
                 del self._pending[key]

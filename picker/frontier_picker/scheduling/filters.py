@@ -93,6 +93,44 @@ class SaturationFilter(plugins.Filter):
 
 
 @plugins.register
+class StaleFilter(plugins.Filter):
+    """Route around endpoints whose metrics went stale (their scrapes fail or lag), and only those.
+
+    Unlike saturation-filter it keeps busy endpoints: removing a busy endpoint that holds a request's prefix
+    forces the prompt to be recomputed elsewhere, and under load those copies crowd caches and queues until
+    the fleet collapses (measured in bench/results). Load is the scorers' job. When every endpoint is
+    stale it keeps them all, and the scorers run on the picker's own in-flight accounting.
+    """
+
+    type_name = "stale-filter"
+    formula = "keep age < s; none left -> keep all"
+    intent = "protection"
+    consumes = frozenset({"metrics"})
+    parameter_docs = {
+        "metricsStalenessThreshold": "metrics age that counts as stale (default: saturationDetector, 200ms)",
+    }
+
+    def __init__(self, name: str, *, staleness_s: float | None = None) -> None:
+        super().__init__(name)
+        self.staleness_s = staleness_s if staleness_s is not None else saturation.DEFAULT.staleness_s
+        self.explicit = staleness_s is not None  # False: the config's saturationDetector applies
+
+    @classmethod
+    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+        raw = parameters.raw("metricsStalenessThreshold", None)
+        if raw is None:
+            return cls(name)
+        return cls(name, staleness_s=saturation.duration_seconds(raw, field="metricsStalenessThreshold"))
+
+    def filter(
+        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+    ) -> Sequence[endpoints.EndpointState]:
+        stale_before = cycle.now - self.staleness_s
+        kept = [state for state in candidates if state.metrics.updated_at > stale_before]
+        return kept or candidates
+
+
+@plugins.register
 class ModelFilter(plugins.Filter):
     """Keep endpoints that serve the request's model, and for a LoRA request those that can serve the adapter.
 

@@ -1,4 +1,5 @@
-"""Filters: saturation (queue, KV, staleness; never an empty result), model/LoRA availability, P/D roles."""
+"""Filters: saturation (queue, KV, staleness; never an empty result), staleness alone, model/LoRA
+availability, P/D roles."""
 
 import numpy as np
 
@@ -35,6 +36,17 @@ def test_saturation_filter_thresholds_are_configurable():
     stage = filters.SaturationFilter("s", thresholds=saturation.Thresholds(queue_depth=2, staleness_s=1.0))
     states = [fleet.state(0, waiting=2), fleet.state(1, waiting=1, age=0.5)]
     assert run(stage, states) == [fleet.key(1)]
+
+
+def test_stale_filter_drops_only_stale_endpoints_and_never_empties_the_set():
+    stage = filters.StaleFilter("f")
+    busy = fleet.state(0, waiting=50, kv=0.99)
+    stale = fleet.state(1, age=0.5)
+    fresh = fleet.state(2)
+    assert run(stage, [busy, stale, fresh]) == [fleet.key(0), fleet.key(2)]  # busy is the scorers' job
+    all_stale = [fleet.state(0, age=9.0), fleet.state(1, age=0.3)]
+    assert run(stage, all_stale) == [fleet.key(0), fleet.key(1)]
+    assert run(filters.StaleFilter("f", staleness_s=1.0), all_stale) == [fleet.key(1)]
 
 
 def test_model_filter_keeps_endpoints_serving_the_target_model():

@@ -95,6 +95,69 @@ def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
     assert after.primary == holder
 
 
+def _holder_of_shared_prefix(scheduler, states, *, warm: int = 3) -> str:
+    """Send `warm` prompts with the shared prefix, completing each; all go to one endpoint: its key."""
+    decisions = []
+    for i in range(warm):
+        request = fleet.request(prompt(i), request_id=f"warm{i}")
+        decision = scheduler.schedule(request, fleet.snapshot(states))
+        complete(scheduler, request, decision)
+        decisions.append(decision.primary)
+    assert len(set(decisions)) == 1
+    return decisions[0]
+
+
+def _frontier(**parameters: float) -> str:
+    given = ", ".join(f"{key}: {value}" for key, value in parameters.items())
+    return config.builtin_text("frontier").replace(
+        "- type: predicted-ttft-scorer", "- type: predicted-ttft-scorer\n  parameters: {" + given + "}"
+    )
+
+
+@pytest.mark.parametrize(("weight", "expected"), [(None, "holder"), (0.0, "other")])
+def test_busy_fleet_keeps_a_prompt_on_its_prefix_rather_than_recomputing_it(weight, expected):
+    # The other endpoint's queue is shorter, so its predicted TTFT alone is lower; but recomputing the 4 KB
+    # prefix there stalls its 40 running sequences. Without that price (weight 0) the prompt would move.
+    text = _frontier() if weight is None else _frontier(interferenceWeight=weight)
+    scheduler = config.load(text, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states)
+    other = next(s.endpoint.key for s in states if s.endpoint.key != holder)
+    for state in states:
+        state.metrics.running = 40
+        state.metrics.waiting = 2 if state.endpoint.key == holder else 0
+    decision = scheduler.schedule(fleet.request(prompt(50), request_id="50"), fleet.snapshot(states))
+    assert decision.primary == (holder if expected == "holder" else other)
+
+
+def test_idle_endpoint_takes_the_overflow_of_a_busy_prefix_holder():
+    scheduler = config.load(None, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states)
+    for state in states:
+        if state.endpoint.key == holder:
+            state.metrics.running, state.metrics.waiting = 40, 6
+    decision = scheduler.schedule(fleet.request(prompt(50), request_id="50"), fleet.snapshot(states))
+    assert decision.primary != holder  # recomputing the prefix on an idle endpoint stalls nobody
+
+
+@pytest.mark.parametrize(("holder_waiting", "moves"), [(40, True), (0, False)])
+def test_holder_whose_queue_stopped_moving_sheds_to_a_busy_endpoint(holder_waiting, moves):
+    # The holder runs 256 sequences (its limit) and reports requests waiting: its queue drains only as fast as
+    # it finishes requests. The picker saw it finish the 10 warm-up requests in the last 2 s (5/s), so 40
+    # waiting mean ~8 s there, worse than recomputing the prefix on a busy endpoint that still admits (its
+    # 200 running sequences stall ~28 ms each: ~5.5 s in all).
+    # With nothing waiting the holder keeps the prompt.
+    scheduler = config.load(None, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states, warm=10)
+    for state in states:
+        is_holder = state.endpoint.key == holder
+        state.metrics.running, state.metrics.waiting = (256, holder_waiting) if is_holder else (200, 0)
+    decision = scheduler.schedule(fleet.request(prompt(50), request_id="50"), fleet.snapshot(states))
+    assert (decision.primary != holder) is moves
+
+
 def test_all_stale_metrics_fall_back_on_in_flight_accounting():
     scheduler = config.load(None, seed=1)
     # Stale metrics claim e1 is idle, but the picker itself has 6 requests in flight there.
