@@ -3,7 +3,8 @@
 Virtual-time sweeps (the cluster simulator, picker code in-process, the oracle as the ceiling):
 - `virtual-16`, `virtual-128`, `virtual-1024`: the llm-d study shape (1,000-token outputs) scaled to 16, 128
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
-- `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`: the other workloads.
+- `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`: the other workloads;
+- `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation.
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
@@ -169,6 +170,25 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             warmup_s=10.0,
             workload=workloads.no_sharing(num_prompts=4000, prompt_len=2000, output_len=200, seed=0),
             description="unique 2,000-token prompts, 200-token output (the control)",
+        ),
+        # The real-time shared-prefix sweep's fleet and shape, carried past the loads two cores can drive:
+        # where greedy TTFT routing collapsed (80 req/s) and where the fleet saturates (~130-150).
+        VirtualSuite(
+            engines=ENGINES,
+            policies=virtual.POLICIES,
+            loads_per_engine=tuple(qps / ENGINES for qps in (55.0, 80.0, 110.0, 130.0, 150.0)),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            workload=workloads.shared_prefix(
+                num_groups=workloads.llmd_groups(ENGINES),
+                num_prompts_per_group=5,
+                system_prompt_len=6000,
+                question_len=1200,
+                output_len=OUTPUT_LEN,
+                seed=0,
+            ),
+            description=f"{workloads.llmd_groups(ENGINES)} groups x 5 prompts, 6,000-token system prompt,"
+            f" 1,200-token question, {OUTPUT_LEN}-token output (the real-time shared-prefix shape)",
         ),
     ]
 
