@@ -19,26 +19,31 @@ per-endpoint `OrderedDict` LRUs cost ~211 B per entry, 6.5 GiB in all; bench/res
 - One global dict maps a hash to its holders. Matching a request against every endpoint is then a walk over
   the request's blocks with big-integer ANDs of holder bitmasks, independent of the number of endpoints
   until the chain breaks. A hash with one holder (the common case) stores a negative *holder code*
-  `~(number * 16 + stamp)`: the endpoint's number and the generation (modulo 16) in which it last learned
-  the hash. Codes are prebuilt int objects per endpoint, so a single-holder entry costs no value object;
-  the hash int itself is the same object as the one in the endpoint's queue.
-- A hash with several holders stores their bitmask (bit = endpoint number); each holder then keeps that
-  hash's stamp in its own small `shared` dict. Sharing is the minority of entries (shared prefixes, and
-  the decode + prefill pair of a disaggregated request).
-- Per endpoint, a `deque` of the hashes in the order learned (8 B per entry, freed as it drains), cut
-  into generations of a quarter of the capacity. Learning a hash it holds from an older generation
-  appends it again with the current stamp (its old slot becomes *stale*); learning one held in the current
-  generation changes nothing. Eviction pops the oldest slot: a stale slot (its stamp differs from the hash's
-  current one) is dropped, otherwise the endpoint's holding of that hash ends, so an evicted hash never
-  matches again and an endpoint never holds more than `capacity`. A hash is kept at least until three
-  quarters of the capacity in other hashes have been learned since it was last learned, and 14 generations
-  of learning since (stamps are modulo 16, so at most 15 generations stay live). Exact LRU would keep the
-  last `capacity`; GIE's own index is approximate too.
+  `~(generation << 20 | number)`: the endpoint's number and the generation in which it last learned the
+  hash. An endpoint makes one code object per generation and every hash it learns then shares it, so a
+  single-holder entry costs no value object; the hash int itself is the same object as in its queue.
+- A hash with several holders stores their bitmask (bit = endpoint number); each holder keeps the hash's
+  generation in its own `shared` dict. Sharing is the minority of entries (shared prefixes, and the
+  decode + prefill pair of a disaggregated request).
+- Per endpoint, learning is cut into generations of a quarter of its capacity (hashes learned or renewed),
+  each with a `deque` of the hashes that joined in it: one slot per held hash, 8 B, freed as it drains.
+  Learning a held hash again only renews its generation in the holders map (no queue work, so a hot
+  prefix costs a dict store per request); learning one of the current generation changes nothing.
+  Eviction, once the prompt is queued and while the endpoint holds more than `capacity`, pops the oldest
+  slot: a hash renewed since it joined moves to the queue of its renewed generation (the lazy promotion of
+  a segmented LRU), any other is evicted, so an evicted hash never matches again and an endpoint never
+  keeps more than `capacity`. A hash is evicted only when its generation is the oldest live one, so at
+  least three quarters of the capacity in other hashes were learned after it (exact LRU: all of it). GIE's
+  own index is approximate too. When renewals alone keep more than 16 generations live (queues that
+  eviction does not reach), the oldest is drained two slots per hash learned: its hashes not renewed in
+  the 15 generations since (3.75 x capacity learning steps) are evicted.
 
 Measured (bench/results/scheduling_cost.md, 3.1 M distinct single-holder entries, tracemalloc): ~94 B per
 entry (the 60-bit hash int 32 B, its global dict slot ~54 B at that fill, its queue slot 8 B) against
 ~211 B for the earlier per-endpoint `OrderedDict` LRUs, which also paid an `OrderedDict` node and a fresh
-holder int per entry; learning is faster too (no `move_to_end`, no allocation per entry but the hash's).
+holder int per entry. Learning new hashes is cheaper too (no per-entry allocation but the hash's); a prompt
+whose every block is renewed costs about twice the `move_to_end` of the `OrderedDict` (same file). Tried:
+renewing by queueing the hash again (exact order, stale slots) cost ~5x `move_to_end` on such prompts.
 What remains is one Python int and one dict slot per hash; going below needs a table of plain machine
 words (numpy open addressing), not built.
 """
@@ -73,31 +78,34 @@ def block_hashes(prompt: str, *, model: str, block_size: int = 64, max_blocks: i
     return hashes
 
 
-STAMPS = 16
-"""Generation numbers are kept modulo 16: the low 4 bits of a holder code."""
-_STAMP_BITS = 4
 GENERATIONS = 4
-"""An endpoint's capacity is learned in generations of a quarter of it."""
-SLOTS_PER_CAPACITY = 2
-"""An endpoint's queue holds at most twice its capacity in slots, stale ones included."""
+"""An endpoint's learning is cut into generations of a quarter of its capacity (hashes learned or renewed)."""
+MAX_GENERATIONS = 16
+"""Live generations per endpoint; past that the oldest is drained, two slots per hash learned (only when
+learning is mostly renewals, which fill generations but no queue)."""
+_NUMBER_BITS = 20
+_NUMBER_MASK = (1 << _NUMBER_BITS) - 1  # endpoint numbers below 2**20
+
+
+def holder_code(number: int, generation: int) -> int:
+    """The `holders` value of a hash that only endpoint `number` holds, last learned in `generation`."""
+    return ~(generation << _NUMBER_BITS | number)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Holdings:
-    """What one endpoint holds: its hashes in learning order, by generation, and its shared-hash stamps."""
+    """What one endpoint holds: one queue of hashes per live generation, and its shared-hash generations."""
 
     number: int
-    codes: tuple[int, ...]  # the endpoint's holder code for each stamp, shared by all its entries
-    queue: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
-    # slots per older generation, oldest first
-    older: collections.deque[int] = dataclasses.field(default_factory=collections.deque)
-    filled: int = 0  # slots of the current generation (the newest in the queue)
+    code: int  # holder_code(number, generation): shared by every single-holder hash learned now
     generation: int = 0
-    stale: int = 0  # queue slots of hashes learned again later (not held twice)
-    shared: dict[int, int] = dataclasses.field(default_factory=dict)  # hash -> stamp, for multi-holder hashes
-
-    def size(self) -> int:
-        return len(self.queue) - self.stale
+    # Oldest first; a hash's slot is in the queue of its generation or, if renewed since, an older one.
+    queues: collections.deque[collections.deque[int]] = dataclasses.field(
+        default_factory=lambda: collections.deque([collections.deque()])
+    )
+    filled: int = 0  # hashes learned or renewed in the current generation
+    size: int = 0
+    shared: dict[int, int] = dataclasses.field(default_factory=dict)  # hash -> generation, multi-holder
 
 
 class Index:
@@ -154,11 +162,11 @@ class Index:
         keys = self._key_of_number
         get = holders.get
         held = get(hashes[0], 0)
-        alive = 1 << (~held >> _STAMP_BITS) if held < 0 else held
+        alive = 1 << (~held & _NUMBER_MASK) if held < 0 else held
         depth = 1
         while alive and depth < len(hashes):
             held = get(hashes[depth], 0)
-            still = alive & (1 << (~held >> _STAMP_BITS) if held < 0 else held)
+            still = alive & (1 << (~held & _NUMBER_MASK) if held < 0 else held)
             dropped = alive & ~still
             while dropped:
                 low = dropped & -dropped
@@ -186,8 +194,9 @@ class Index:
 
     def _register(self, key: str) -> Holdings:
         number = len(self._by_number)
-        codes = tuple(~(number << _STAMP_BITS | stamp) for stamp in range(STAMPS))
-        holdings = self._holdings[key] = Holdings(number=number, codes=codes)
+        if number > _NUMBER_MASK:
+            raise ValueError(f"prefix index: at most {_NUMBER_MASK + 1} endpoints, {key!r} would be one more")
+        holdings = self._holdings[key] = Holdings(number=number, code=holder_code(number, 0))
         self._by_number.append(holdings)
         self._key_of_number.append(key)
         return holdings
@@ -200,107 +209,100 @@ class Index:
         # Hot path (every decision, 256 hashes): state in locals, written back at the end.
         number = holdings.number
         bit = 1 << number
+        mask = _NUMBER_MASK
         holders = self._holders
         get = holders.get
         shared = holdings.shared
-        queue = holdings.queue
-        append = queue.append
-        popleft = queue.popleft
-        older = holdings.older
-        codes = holdings.codes
+        queues = holdings.queues
+        append = queues[-1].append
         generation_size = max(1, capacity // GENERATIONS)
         generation = holdings.generation
-        stamp = generation % STAMPS
-        code = codes[stamp]
-        own_lowest, own_highest = codes[-1], codes[0]  # this endpoint's codes, whatever their stamp
+        code = holdings.code
         filled = holdings.filled
-        stale = holdings.stale
-        slots = len(queue)
-        size = slots - stale
-        slot_limit = limit = SLOTS_PER_CAPACITY * capacity
-        most_older = STAMPS - 2  # so that at most STAMPS - 1 generations are live
-        if len(older) > most_older:  # only after the capacity grew: drop the oldest generation now
-            limit = slots - older[0]
-        oldest_stamp = (generation - len(older)) % STAMPS  # of the oldest slot in the queue
-        oldest_code = codes[oldest_stamp]
+        size = holdings.size
         for value in hashes:
             held = get(value)
             if held is None:
                 holders[value] = code
+                append(value)
                 size += 1
             elif held < 0:
                 if held == code:
                     continue
-                if own_lowest <= held <= own_highest:  # held from an older generation: renew it
+                if ~held & mask == number:  # renewed: its slot moves up when the eviction reaches it
                     holders[value] = code
-                    stale += 1
                 else:
-                    other = ~held // STAMPS
-                    self._by_number[other].shared[value] = ~held % STAMPS
-                    shared[value] = stamp
-                    holders[value] = (1 << other) | bit
+                    other = self._by_number[~held & mask]
+                    learned = ~held >> _NUMBER_BITS
+                    other.shared[value] = other.generation if learned == other.generation else learned
+                    shared[value] = generation
+                    holders[value] = (1 << (~held & mask)) | bit
+                    append(value)
                     size += 1
             elif held & bit:
-                if shared[value] == stamp:
+                if shared[value] == generation:
                     continue
-                shared[value] = stamp
-                stale += 1
+                shared[value] = generation
             else:
-                shared[value] = stamp
+                shared[value] = generation
                 holders[value] = held | bit
+                append(value)
                 size += 1
-            append(value)
-            slots += 1
             filled += 1
             if filled >= generation_size:
-                older.append(filled)
-                filled = 0
                 generation += 1
-                stamp = generation % STAMPS
-                code = codes[stamp]
-                if len(older) > most_older:
-                    limit = slots - older[0]
-                oldest_stamp = (generation - len(older)) % STAMPS
-                oldest_code = codes[oldest_stamp]
-            # Over a limit, an older generation exists: the current one holds under generation_size.
-            while size > capacity or slots > limit:
-                evicted = popleft()
-                slots -= 1
-                held = holders[evicted]
-                if held == oldest_code:
-                    del holders[evicted]
-                    size -= 1
-                elif held < 0:  # renewed since: this was its old slot
-                    stale -= 1
-                elif self._release(holdings, evicted, stamp=oldest_stamp):
+                code = holder_code(number, generation)
+                filled = 0
+                current: collections.deque[int] = collections.deque()
+                queues.append(current)
+                append = current.append
+        # Evict once the whole prompt is queued (the same hashes go as hash by hash, the batch being newest).
+        # Past MAX_GENERATIONS, also drain the oldest queue, at most two slots per hash learned.
+        front = generation - len(queues) + 1  # the oldest live generation
+        front_code = holder_code(number, front)
+        oldest = queues[0]
+        drain = 2 * len(hashes) if len(queues) > MAX_GENERATIONS else 0
+        while size > capacity or drain > 0:
+            drain -= 1
+            if not oldest:
+                queues.popleft()
+                front += 1
+                front_code = holder_code(number, front)
+                oldest = queues[0]
+                if len(queues) <= MAX_GENERATIONS:
+                    drain = 0
+                continue
+            evicted = oldest.popleft()
+            held = holders[evicted]
+            if held == front_code:
+                del holders[evicted]
+                size -= 1
+            elif held < 0:  # renewed since its slot was queued: to its generation's queue
+                queues[(~held >> _NUMBER_BITS) - front].append(evicted)
+            else:
+                learned = shared[evicted]
+                if learned == front:
+                    self._release(holdings, evicted)
                     size -= 1
                 else:
-                    stale -= 1
-                left = older[0] - 1
-                if left:
-                    older[0] = left
-                else:
-                    older.popleft()
-                    limit = slot_limit
-                    oldest_stamp = (generation - len(older)) % STAMPS
-                    oldest_code = codes[oldest_stamp]
+                    queues[learned - front].append(evicted)
         holdings.generation = generation
+        holdings.code = code
         holdings.filled = filled
-        holdings.stale = stale
+        holdings.size = size
 
-    def _release(self, holdings: Holdings, value: int, *, stamp: int) -> bool:
-        """End `holdings`' share of multi-holder hash `value` if last learned in generation `stamp`."""
-        shared = holdings.shared
-        if shared[value] != stamp:
-            return False
-        del shared[value]
+    def _release(self, holdings: Holdings, value: int) -> None:
+        """End `holdings`' share of multi-holder hash `value`."""
+        del holdings.shared[value]
         rest = self._holders[value] & ~(1 << holdings.number)
         if rest & (rest - 1):
             self._holders[value] = rest
         else:  # one holder left: back to its compact code
             other = self._by_number[rest.bit_length() - 1]
-            self._holders[value] = other.codes[other.shared.pop(value)]
-        return True
+            learned = other.shared.pop(value)
+            self._holders[value] = (
+                other.code if learned == other.generation else holder_code(other.number, learned)
+            )
 
     def holds(self, key: str, value: int) -> bool:
         """Whether endpoint `key` holds block hash `value`."""
@@ -308,15 +310,15 @@ class Index:
         if holdings is None:
             return False
         held = self._holders.get(value, 0)
-        return ~held >> _STAMP_BITS == holdings.number if held < 0 else bool(held >> holdings.number & 1)
+        return ~held & _NUMBER_MASK == holdings.number if held < 0 else bool(held >> holdings.number & 1)
 
     def size(self, key: str) -> int:
         holdings = self._holdings.get(key)
-        return holdings.size() if holdings is not None else 0
+        return holdings.size if holdings is not None else 0
 
     def entries(self) -> int:
         """Hashes held over all endpoints (an entry per endpoint per hash)."""
-        return sum(holdings.size() for holdings in self._by_number)
+        return sum(holdings.size for holdings in self._by_number)
 
     def learn(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
         """Record the request's blocks on the endpoints the decision sends it to (destination and prefill)."""

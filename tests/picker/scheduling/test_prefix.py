@@ -194,3 +194,18 @@ def test_a_shrinking_capacity_drops_the_oldest_hashes_at_the_next_learning():
     assert held == (learned + newest)[-50:]
     index.add(fleet.key(0), distinct(5, 2), capacity=3)  # below one generation of what is queued
     assert index.size(fleet.key(0)) == 3
+
+
+def test_learning_only_renewals_keeps_the_hot_hashes_and_drops_those_unlearned_for_15_generations():
+    index = prefix.Index()
+    cold = distinct(10, 0)
+    hot = [distinct(10, 1), distinct(10, 2), distinct(10, 3)]
+    for prompt in [cold, *hot]:  # generations of 10 hashes learned or renewed: 4 so far
+        index.add(fleet.key(0), prompt, capacity=40)
+    for turn in range(60):  # each turn renews one hot prompt: a generation, and no queue grows
+        index.add(fleet.key(0), hot[turn % 3], capacity=40)
+        assert all(index.holds(fleet.key(0), value) for prompt in hot for value in prompt)
+        if turn < 11:  # the cold prompt's generation is dropped when it is 15 generations old
+            assert all(index.holds(fleet.key(0), value) for value in cold)
+    assert not any(index.holds(fleet.key(0), value) for value in cold)
+    assert index.size(fleet.key(0)) == 30
