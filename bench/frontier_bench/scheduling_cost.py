@@ -8,6 +8,10 @@ running picker. Only the `schedule()` call is timed, garbage collector on, by tw
 time (`time.thread_time_ns`: the cost itself, blind to other processes preempting this one on a shared
 machine) and wall time (`time.perf_counter_ns`: what a request waited, noise included).
 
+Learning: `Index.add` alone for one prompt on one endpoint, in three patterns (`LEARN_CASES`): all new
+hashes, half a shared system prompt, and all hashes learned before (a hot set over a quarter of the
+capacity, which the generational index renews by re-queueing).
+
 Memory: the prefix index at full GIE capacity (31,250 hashes per endpoint) is measured with tracemalloc at
 100 endpoints filled to capacity, and at 1,000 endpoints filled to a tenth of capacity; the full
 1,000-endpoint figure is the per-entry cost times 31.25 M entries (stated as an extrapolation). Distinct
@@ -54,6 +58,12 @@ PROFILES = ("frontier", "gie-default", "round-robin")
 SIZES = (10, 100, 1000)
 FULL = 31_250 - 31_250 % 256  # hashes per endpoint, whole 256-block prompts
 TENTH = 3_125 - 3_125 % 256
+LEARN_CASES = {  # what one learned 16 KB prompt (256 hashes) does to an endpoint's index
+    "new": "256 new hashes into an endpoint at capacity (256 evictions)",
+    "shared-half": "128 hashes of one of 50 system prompts + 128 new, at capacity",
+    "all-renewed": "256 hashes of one of 40 prompts learned in turn (10,240 hot hashes, over a quarter "
+    "of capacity), not at capacity",
+}
 MEMORY_CASES = (  # name, endpoints, hashes per endpoint, endpoints learning each hash
     ("full_100", 100, FULL, 1),
     ("tenth_1000", 1000, TENTH, 1),
@@ -146,6 +156,43 @@ def build_index(size: int, per_endpoint: int, *, holders: int, seed: int) -> pre
     return index
 
 
+def learn_cost(case: str, *, seed: int, learns: int = 1000) -> dict[str, Any]:
+    """CPU time of `Index.add` for one 16 KB prompt on one endpoint (capacity 31,250), in a `LEARN_CASES`
+    pattern, after a warm-up that puts the endpoint in that pattern's steady state."""
+    rng = random.Random(seed)
+
+    def prompt_hashes() -> list[int]:
+        return prefix.block_hashes(rng.randbytes(PROMPT_CHARS // 2).hex(), model="llama")
+
+    if case == "new":
+        warmup = 130
+        batches = [prompt_hashes() for _ in range(warmup + learns)]
+    elif case == "shared-half":
+        warmup = 300
+        systems = [prompt_hashes()[:128] for _ in range(50)]
+        batches = [systems[i % 50] + prompt_hashes()[128:] for i in range(warmup + learns)]
+    else:
+        warmup = 400
+        hot = [prompt_hashes() for _ in range(40)]
+        batches = [hot[i % 40] for i in range(warmup + learns)]
+    index = prefix.Index()
+    cpu = np.empty(learns, dtype=np.int64)
+    for i, hashes in enumerate(batches):
+        began = time.thread_time_ns()
+        index.add("10.0.0.1:8000", hashes, capacity=31_250)
+        if i >= warmup:
+            cpu[i - warmup] = time.thread_time_ns() - began
+    micros = cpu / 1000.0
+    return {
+        "case": case,
+        "learns": learns,
+        "size": index.size("10.0.0.1:8000"),
+        "cpu_p50_us": round(float(np.percentile(micros, 50)), 1),
+        "cpu_p99_us": round(float(np.percentile(micros, 99)), 1),
+        "cpu_mean_us": round(float(micros.mean()), 1),
+    }
+
+
 def index_memory(size: int, per_endpoint: int, *, holders: int, seed: int) -> dict[str, Any]:
     """Bytes held by the index (tracemalloc), and the resident-set growth of this process building it."""
     gc.collect()
@@ -173,11 +220,14 @@ def index_rss(size: int, per_endpoint: int, *, holders: int, seed: int) -> dict[
 
 
 def worker(spec: str, *, requests: int, seed: int) -> dict[str, Any]:
-    """One measurement, run in a process of its own: `timing:PROFILE:SIZE`, `memory:CASE` or `rss:CASE`."""
+    """One measurement, run in a process of its own: `timing:PROFILE:SIZE`, `learn:CASE`, `memory:CASE` or
+    `rss:CASE`."""
     kind, *rest = spec.split(":")
     if kind == "timing":
         profile, size = rest[0], int(rest[1])
         return measure(profile, size, requests=requests, warmup=min(20 * size, 4000), seed=seed)
+    if kind == "learn":
+        return learn_cost(rest[0], seed=seed)
     _, size, per_endpoint, holders = next(case for case in MEMORY_CASES if case[0] == rest[0])
     if kind == "memory":
         return index_memory(size, per_endpoint, holders=holders, seed=seed)
@@ -269,22 +319,30 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "scheduling_cost.md").write_text(report(results))
 
 
-def collect(trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, Any]:
-    """Every timing row and memory case on every tree, interleaved, the order alternating by round."""
+def interleaved(specs: list[str], trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, list[Any]]:
+    """Each worker spec on every tree, `--rounds` times with the tree order alternating; medians."""
     names = list(trees)
-    timings: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for size in SIZES:
-        for profile in PROFILES:
-            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-            for round_ in range(args.rounds):
-                for name in names if round_ % 2 == 0 else reversed(names):
-                    spec = f"timing:{profile}:{size}"
-                    runs[name].append(
-                        run_worker(spec, pythonpath=trees[name], requests=args.requests, seed=args.seed)
-                    )
-            for name in names:
-                timings[name].append(median_of(runs[name]))
-                print(name, json.dumps(timings[name][-1]), flush=True)
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for spec in specs:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else reversed(names):
+                runs[name].append(
+                    run_worker(spec, pythonpath=trees[name], requests=args.requests, seed=args.seed)
+                )
+        for name in names:
+            out[name].append(median_of(runs[name]))
+            print(name, json.dumps(out[name][-1]), flush=True)
+    return out
+
+
+def collect(trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, Any]:
+    """Every timing row, learning case and memory case on every tree."""
+    names = list(trees)
+    timings = interleaved(
+        [f"timing:{profile}:{size}" for size in SIZES for profile in PROFILES], trees, args=args
+    )
+    learning = interleaved([f"learn:{case}" for case in LEARN_CASES], trees, args=args)
     memory: dict[str, dict[str, Any]] = {name: {} for name in names}
     for case, *_ in MEMORY_CASES:
         for name in names:
@@ -296,9 +354,13 @@ def collect(trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, Any
         memory[name]["full_1000_extrapolated_bytes"] = int(
             memory[name]["tenth_1000"]["bytes_per_entry"] * 1000 * 31_250
         )
-    out: dict[str, Any] = {"timings": timings["current"], "prefix_index_memory": memory["current"]}
-    if "baseline" in trees:
-        out["baseline"] = {"timings": timings["baseline"], "prefix_index_memory": memory["baseline"]}
+    parts = {
+        name: {"timings": timings[name], "learning": learning[name], "prefix_index_memory": memory[name]}
+        for name in names
+    }
+    out = parts["current"]
+    if "baseline" in parts:
+        out["baseline"] = parts["baseline"]
     return out
 
 
@@ -348,10 +410,34 @@ def report(results: dict[str, Any]) -> str:
                 f"{ratio(now['cpu_mean_us'], old['cpu_mean_us'])} |"
             )
         lines += ["", "round-robin does not use the prefix index: its ratios show the run's noise.", ""]
+    lines += learning_report(results["learning"], baseline["learning"] if baseline else None)
     lines += memory_report(
         results["prefix_index_memory"], baseline["prefix_index_memory"] if baseline else None
     )
     return "\n".join(lines)
+
+
+def learning_report(learning: list[dict[str, Any]], old: list[dict[str, Any]] | None) -> list[str]:
+    lines = [
+        "## Learning one 16 KB prompt on one endpoint (`Index.add`, capacity 31,250; µs CPU)",
+        "",
+        "| case | pattern | p50 | p99 | mean |"
+        + (" p50 base | p50 ratio | p99 base | p99 ratio |" if old else ""),
+        "|---|---|---:|---:|---:|" + ("---:|---:|---:|---:|" if old else ""),
+    ]
+    for i, row in enumerate(learning):
+        line = (
+            f"| {row['case']} | {LEARN_CASES[row['case']]} | {row['cpu_p50_us']} | {row['cpu_p99_us']} | "
+            f"{row['cpu_mean_us']} |"
+        )
+        if old:
+            before = old[i]
+            line += (
+                f" {before['cpu_p50_us']} | {ratio(row['cpu_p50_us'], before['cpu_p50_us'])} | "
+                f"{before['cpu_p99_us']} | {ratio(row['cpu_p99_us'], before['cpu_p99_us'])} |"
+            )
+        lines.append(line)
+    return [*lines, ""]
 
 
 def memory_report(memory: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
