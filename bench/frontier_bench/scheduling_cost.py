@@ -14,7 +14,8 @@ capacity, which the generational index renews by re-queueing).
 
 Memory: the prefix index at full GIE capacity (31,250 hashes per endpoint) is measured with tracemalloc at
 100 endpoints filled to capacity, and at 1,000 endpoints filled to a tenth of capacity; the full
-1,000-endpoint figure is the per-entry cost times 31.25 M entries (stated as an extrapolation). Distinct
+1,000-endpoint figure is the per-entry cost times 31.25 M entries (stated as an extrapolation), and with
+`--full-1000` also measured (current tree only: minutes and ~6 GB under tracemalloc). Distinct
 hashes, nothing shared between endpoints: the worst case. A second case learns every hash on two endpoints
 (decode and prefill of disaggregated requests, numbered far apart). The resident-set growth of a process
 that builds the same index without tracemalloc is stated beside it (tracemalloc counts requested bytes,
@@ -68,6 +69,7 @@ MEMORY_CASES = (  # name, endpoints, hashes per endpoint, endpoints learning eac
     ("full_100", 100, FULL, 1),
     ("tenth_1000", 1000, TENTH, 1),
     ("tenth_1000_pairs", 1000, TENTH, 2),
+    ("full_1000", 1000, FULL, 1),  # with --full-1000 only, and not for the baseline (minutes, GBs)
 )
 
 
@@ -287,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help="git ref of the picker to compare with, side by side")
     parser.add_argument("--baseline-paths", nargs="*", help="take only these paths from --baseline")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions of every row")
+    parser.add_argument("--full-1000", action="store_true", help="also measure 1,000 full endpoints")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -345,7 +348,9 @@ def collect(trees: dict[str, str], *, args: argparse.Namespace) -> dict[str, Any
     learning = interleaved([f"learn:{case}" for case in LEARN_CASES], trees, args=args)
     memory: dict[str, dict[str, Any]] = {name: {} for name in names}
     for case, *_ in MEMORY_CASES:
-        for name in names:
+        if case == "full_1000" and not args.full_1000:
+            continue
+        for name in names if case != "full_1000" else ["current"]:
             traced = run_worker(f"memory:{case}", pythonpath=trees[name], requests=0, seed=args.seed)
             rss = run_worker(f"rss:{case}", pythonpath=trees[name], requests=0, seed=args.seed)
             memory[name][case] = {**traced, **rss}
@@ -448,7 +453,7 @@ def memory_report(memory: dict[str, Any], old: dict[str, Any] | None) -> list[st
             f"({now['bytes_per_entry']} B/entry traced; "
             f"resident set grew {now['rss_bytes_per_entry']} B/entry)"
         )
-        if old is not None:
+        if old is not None and case in old:
             text += (
                 f"; baseline {old[case]['bytes_per_entry']} B/entry traced, "
                 f"{old[case]['rss_bytes_per_entry']} resident (ratio "
@@ -462,6 +467,7 @@ def memory_report(memory: dict[str, Any], old: dict[str, Any] | None) -> list[st
         line("100 endpoints at full capacity", "full_100"),
         line("1,000 endpoints at a tenth of capacity", "tenth_1000"),
         line("1,000 endpoints at a tenth of capacity, every hash on two endpoints", "tenth_1000_pairs"),
+        *([line("1,000 endpoints at full capacity, measured", "full_1000")] if "full_1000" in memory else []),
         f"- 1,000 endpoints at full capacity (31.25 M entries): "
         f"{memory['full_1000_extrapolated_bytes'] / 2**30:.1f} GiB (extrapolated from the measured B/entry"
         + (f"; baseline {old['full_1000_extrapolated_bytes'] / 2**30:.1f} GiB)" if old is not None else ")"),
