@@ -158,6 +158,22 @@ def test_holder_whose_queue_stopped_moving_sheds_to_a_busy_endpoint(holder_waiti
     assert (decision.primary != holder) is moves
 
 
+@pytest.mark.parametrize(("horizon", "moves"), [(None, True), (0.0, False)])
+def test_hot_prefix_gets_a_second_copy_a_cold_one_would_not(horizon, moves):
+    # 40 requests with this prefix in the last seconds: a copy on the other endpoint will serve many of the
+    # next ones, so the stall of making it (its 100 running sequences wait ~28 ms each) is shared among
+    # them, and the holder's 12 waiting requests tip the choice. Priced as a one-off (horizon 0), it stays.
+    text = _frontier() if horizon is None else _frontier(reuseHorizonSeconds=horizon)
+    scheduler = config.load(text, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states, warm=40)
+    for state in states:
+        state.metrics.running = 100
+        state.metrics.waiting = 12 if state.endpoint.key == holder else 0
+    decision = scheduler.schedule(fleet.request(prompt(50), request_id="50"), fleet.snapshot(states))
+    assert (decision.primary != holder) is moves
+
+
 def test_all_stale_metrics_fall_back_on_in_flight_accounting():
     scheduler = config.load(None, seed=1)
     # Stale metrics claim e1 is idle, but the picker itself has 6 requests in flight there.
