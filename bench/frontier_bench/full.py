@@ -38,13 +38,9 @@ class Suite:
     notes: tuple[str, ...] = ()
 
 
-def suites(*, quick: bool) -> list[Suite]:
-    duration = 10.0 if quick else 30.0
-    short = 10.0 if quick else 20.0
-    warmup = 5.0 if quick else 10.0
-    policies = frontdoors.ALL_POLICIES
-    fleet_note = f"{ENGINES} simulated H100 engines (Llama-3.1-8B shape), time scale {TIME_SCALE:g}"
-    shared = workloads.shared_prefix(
+def shared_prefix_6() -> workloads.Workload:
+    """The real-time shared-prefix shape: the llm-d study's inputs scaled to 6 engines, 100-token outputs."""
+    return workloads.shared_prefix(
         num_groups=workloads.llmd_groups(ENGINES),
         num_prompts_per_group=5,
         system_prompt_len=6000,
@@ -52,6 +48,15 @@ def suites(*, quick: bool) -> list[Suite]:
         output_len=OUTPUT_LEN,
         seed=0,
     )
+
+
+def suites(*, quick: bool) -> list[Suite]:
+    duration = 10.0 if quick else 30.0
+    short = 10.0 if quick else 20.0
+    warmup = 5.0 if quick else 10.0
+    policies = frontdoors.ALL_POLICIES
+    fleet_note = f"{ENGINES} simulated H100 engines (Llama-3.1-8B shape), time scale {TIME_SCALE:g}"
+    shared = shared_prefix_6()
     return [
         Suite(
             name="shared-prefix",
@@ -179,14 +184,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=tuple(qps / ENGINES for qps in (55.0, 80.0, 110.0, 130.0, 150.0)),
             duration_s=30.0 * scale,
             warmup_s=10.0,
-            workload=workloads.shared_prefix(
-                num_groups=workloads.llmd_groups(ENGINES),
-                num_prompts_per_group=5,
-                system_prompt_len=6000,
-                question_len=1200,
-                output_len=OUTPUT_LEN,
-                seed=0,
-            ),
+            workload=shared_prefix_6(),
             description=f"{workloads.llmd_groups(ENGINES)} groups x 5 prompts, 6,000-token system prompt,"
             f" 1,200-token question, {OUTPUT_LEN}-token output (the real-time shared-prefix shape)",
         ),
