@@ -174,7 +174,7 @@ def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_pa
 
         oc.wait_for("Ready=True under the chart's RBAC", ready, timeout_s=90)
         assert api.get("rbac.authorization.k8s.io/v1", "Role", ns, "chat-picker") is not None
-        # The API server's 403 body always says "forbidden"; a bare "403" also matches log timestamps (",403").
+        # A 403 body always says "forbidden"; a bare "403" also matches log timestamps (",403").
         assert "forbidden" not in op.log().lower(), op.log()[-3000:]
     finally:
         op.stop()
