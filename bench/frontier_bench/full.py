@@ -1,6 +1,6 @@
 """`frontier-bench all`: every sweep whose results are committed under bench/results/.
 
-Virtual-time sweeps (the cluster simulator, picker code in-process, the oracle as the ceiling):
+Virtual-time sweeps (the cluster simulator, picker code in-process, and the perfect-information oracle):
 - `virtual-16`, `virtual-128`, `virtual-1024`: the llm-d study shape (1,000-token outputs) scaled to 16, 128
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
 - `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`: the other workloads;
@@ -213,7 +213,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         " 6,000-token system prompt, 1,200-token question, 1,000-token output"
     )
     meta = {
-        "title": f"Virtual time: {source.name} on {suite.engines} engines, the oracle as the ceiling",
+        "title": f"Virtual time: {source.name} on {suite.engines} engines, with the perfect-information oracle",
         "notes": [
             f"{suite.engines} virtual H100 engines (Llama-3.1-8B shape) on the discrete-event clock",
             shape,

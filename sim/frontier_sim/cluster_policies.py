@@ -7,12 +7,15 @@ Every policy answers `decide(request, token_ids, snapshot) -> Decision` and hear
   them and whose load is the picker datastore's own in-flight accounting;
 - `RoundRobin`, `Random`, `LeastRequest` (fewest in-flight requests by that same accounting, ties at
   random): the plain load balancers a gateway offers without an endpoint picker;
-- `Oracle`: the ceiling no real picker reaches. It reads every engine core directly — the true cached
+- `Oracle`: perfect information, greedy use. It reads every engine core directly — the true cached
   prefix of this prompt, the running batch and its context — and counts the queue exactly: the uncached
   prompt tokens of the requests it sent each engine that have not produced their first token yet (it
   routes every request, so nothing else is queued). It picks the engine with the least predicted TTFT
   under that engine's own calibrated step model. Its prediction ignores arrivals after its decision and is
-  therefore not always right, but it needs no learning and sees no stale metrics.
+  therefore not always right, but it needs no learning and sees no stale metrics. It is the ceiling of
+  what better *signals* can buy, not of routing: it minimises each request's own TTFT and ignores the
+  prefill its choice adds for others, which under load copies prefixes until the fleet collapses
+  (bench/results/virtual-6-shared-prefix.md, 80 req/s and up).
 
 Baselines and the oracle consider only endpoints serving the request's target model (label
 `inference.frontier.dev/model`) when any does, as a per-model Service would.
@@ -309,5 +312,5 @@ BUILTIN: Mapping[str, str] = {
     "round-robin": "each endpoint in turn",
     "random": "a uniformly random endpoint",
     "least-request": "fewest in-flight requests (picker accounting), ties at random",
-    "oracle": "least predicted TTFT from true cache contents and queues (the ceiling)",
+    "oracle": "least predicted TTFT from true cache contents and queues (perfect signals, greedy)",
 }
