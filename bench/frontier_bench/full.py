@@ -213,7 +213,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         " 6,000-token system prompt, 1,200-token question, 1,000-token output"
     )
     meta = {
-        "title": f"Virtual time: {source.name} on {suite.engines} engines, with the perfect-information oracle",
+        "title": f"Virtual time: {source.name} on {suite.engines} engines, with the perfect-signal oracle",
         "notes": [
             f"{suite.engines} virtual H100 engines (Llama-3.1-8B shape) on the discrete-event clock",
             shape,
