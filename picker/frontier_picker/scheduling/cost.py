@@ -240,7 +240,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             self._prefix_counts = {k: v for k, v in counts.items() if v[1] >= idle_since}
 
     def predict(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted TTFT (seconds) and uncached prompt tokens, per candidate."""
+        """Per candidate: the cost in seconds (predicted TTFT plus the priced stall) and uncached tokens."""
         prompt = self._prompt_tokens(cycle.request)
         text_chars = len(cycle.request.prompt)
         if self.index is not None and text_chars and self.index.hashes(cycle):
@@ -271,7 +271,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         # KV limit is reached), the waiting requests over the rate it has been finishing requests (Little).
         prefill_wait = self.p1 * ahead + steps * decode_step
         admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
-        ttft = (
+        cost = (
             self.p0
             + np.maximum(prefill_wait, admission_wait)
             + self.p1 * uncached
@@ -280,9 +280,9 @@ class PredictedTTFTScorer(plugins.Scorer):
         capacity = cycle.column("kv_capacity_tokens")
         kv = np.where(fresh, cycle.column("kv"), 0.0)
         free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
-        ttft = ttft + np.where(uncached + ahead > free, self.no_room_s, 0.0)
+        cost = cost + np.where(uncached + ahead > free, self.no_room_s, 0.0)
         # New KV blocks on a busy cache displace other prompts' cached blocks: price their recomputation.
-        ttft = ttft + self.eviction_weight * self.p1 * uncached * kv
+        cost = cost + self.eviction_weight * self.p1 * uncached * kv
         # Every sequence running or waiting there stalls while tokens are computed; only the tokens beyond
         # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
         if uncached.size:
@@ -290,15 +290,15 @@ class PredictedTTFTScorer(plugins.Scorer):
             excess = uncached - uncached.min()
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
-            ttft = ttft + self.interference_weight * others * self.p1 * excess / reuse
+            cost = cost + self.interference_weight * others * self.p1 * excess / reuse
         cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append((cycle.positions(), uncached))
-        return ttft, uncached
+        return cost, uncached
 
     def score(self, cycle: plugins.Cycle) -> np.ndarray:
-        ttft, _ = self.predict(cycle)
-        if ttft.size == 0:
-            return ttft
-        return np.exp(-(ttft - ttft.min()) / self.score_scale_s)
+        cost, _ = self.predict(cycle)
+        if cost.size == 0:
+            return cost
+        return np.exp(-(cost - cost.min()) / self.score_scale_s)
 
     def _charge(self, key: str, tokens: float, *, now: float, request_id: str) -> None:
         pending = self._pending.get(key)
