@@ -86,6 +86,24 @@ def test_saturation_detector_section_sets_the_filter_and_admission_thresholds():
     assert scheduler.thresholds == stage.thresholds
 
 
+def test_stale_filter_takes_the_detector_staleness_unless_given_its_own():
+    body = """
+        saturationDetector: {{metricsStalenessThreshold: 1s}}
+        plugins:
+        - type: stale-filter
+          {parameters}
+        schedulingProfiles:
+        - name: default
+          plugins: [{{pluginRef: stale-filter}}]
+        """
+    for parameters, expected in (("", 1.0), ("parameters: {metricsStalenessThreshold: 300ms}", 0.3)):
+        scheduler = load(body.format(parameters=parameters))
+        assert isinstance(scheduler, profiles.ProfileScheduler)
+        stage = scheduler.profile.filters[0]
+        assert isinstance(stage, filters.StaleFilter)
+        assert stage.staleness_s == pytest.approx(expected)
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -135,6 +153,10 @@ def test_saturation_detector_section_sets_the_filter_and_admission_thresholds():
         (
             "saturationDetector: {metricsStalenessThreshold: soon}\nschedulingProfiles: [{name: p}]\n",
             "'soon' is not a duration",
+        ),
+        (
+            "plugins:\n- type: stale-filter\n  parameters: {metricsStalenessThreshold: later}\n",
+            "metricsStalenessThreshold: 'later' is not a duration",
         ),
     ],
 )
