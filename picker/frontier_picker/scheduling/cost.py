@@ -191,7 +191,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         positions = cycle.positions()
         candidates = cycle.candidates
         stale_before = cycle.now - self.staleness_s
-        for key, pending in list(self._pending.items()):
+        idle = []
+        for key, pending in self._pending.items():
             i = positions.get(key)
             if i is None:
                 continue
@@ -213,7 +214,9 @@ class PredictedTTFTScorer(plugins.Scorer):
             if len(finished) >= MIN_COMPLETIONS_FOR_RATE:
                 drain_rate[i] = len(finished) / self.rate_window_s
             if not (pending.requests or recent or finished):
-                del self._pending[key]
+                idle.append(key)
+        for key in idle:
+            del self._pending[key]
         return inflight_tokens, inflight_requests, recent_tokens, drain_rate
 
     def _prefix_key(self, cycle: plugins.Cycle) -> int | None:
