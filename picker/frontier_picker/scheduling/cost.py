@@ -288,9 +288,9 @@ class PredictedTTFTScorer(plugins.Scorer):
         cost = cost + self.eviction_weight * self.p1 * uncached * kv
         # Every sequence running or waiting there stalls while tokens are computed; only the tokens beyond
         # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
-        if uncached.size:
+        excess = uncached - uncached.min() if uncached.size else uncached
+        if excess.any():  # otherwise every candidate needs the same tokens and the term is zero
             others = np.where(fresh, cycle.column("running") + waiting, in_flight)
-            excess = uncached - uncached.min()
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
             cost = cost + self.interference_weight * others * self.p1 * excess / reuse
