@@ -127,11 +127,13 @@ def sweep(
     model: str,
     engine_args: Sequence[str] = (),
     seed: int = 0,
+    label: str = "",
     slo: stats.Slo | None = None,
     bar: progress.Bar | None = None,
     on_row: Callable[[report.Row], None] | None = None,
 ) -> list[report.Row]:
-    """policies x loads on `engines` virtual engines; loads in requests/s of model time."""
+    """policies x loads on `engines` virtual engines; loads in requests/s of model time. Rows are labelled
+    `<workload>@<engines>` followed by `label`; `seed` picks the arrival times."""
     rows = []
     specs = cluster.engines(engines, args=["--model", model, *engine_args])
     for load_index, qps in enumerate(loads):
@@ -154,7 +156,8 @@ def sweep(
             summary["itl_s"] = summary["tpot_s"]  # no per-token gaps in virtual time: TPOT stands for ITL
             summary["preemptions"] = int(sum(e.preemptions for e in results.engines))
             summary["wall_s"] = round(time.monotonic() - began, 1)
-            row = report.Row(policy=policy, workload=f"{source.name}@{engines}", qps=qps, summary=summary)
+            workload = f"{source.name}@{engines}{label}"
+            row = report.Row(policy=policy, workload=workload, qps=qps, summary=summary)
             log.info(
                 "event=virtual_run_done engines=%d policy=%s qps=%g ttft_p90=%s goodput=%.3g hit=%s"
                 " wall_s=%s",

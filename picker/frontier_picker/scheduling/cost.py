@@ -4,10 +4,10 @@ For each candidate endpoint the scorer predicts how long this request would wait
 with the engine's own calibrated step model, and adds the delay its prefill would impose on that endpoint's
 other requests:
 
-    cost  = p0 + wait + p1 * u + p2 * u * (c + u / 2) + no_room + eviction + interference
-    wait  = max(p1 * ahead + steps * decode_step,  waiting / drain_rate)
-    steps = ceil((ahead + u) / chunkTokens)              engine steps until this prompt is prefilled
-    decode_step  = d0 + d1 * running + d2 * running * mean_context      (each of those steps also decodes)
+    cost    = wait + service + no_room + eviction + interference
+    service = p0 + p1 * u + p2 * u * (c + u / 2) + ceil(u / chunkTokens) * decode_step
+    wait    = max(p1 * ahead + ceil(ahead / chunkTokens) * decode_step,  waiting / drain_rate,  backlog)
+    decode_step  = d0 + d1 * running + d2 * running * mean_context      (every engine step also decodes)
     no_room      = noRoomSeconds when the u uncached tokens do not fit the endpoint's free KV cache
     eviction     = evictionWeight * p1 * u * kv_use
     interference = interferenceWeight * (running + waiting) * p1 * (u - min u over the candidates) / reuse
@@ -78,6 +78,8 @@ class _Pending:
     requests: int = 0
     recent: collections.deque[tuple[float, float]] = dataclasses.field(default_factory=collections.deque)
     recent_tokens: float = 0.0  # sum of the tokens in `recent`
+    busy_until: float = 0.0  # when the prefills this picker sent there are predicted to be done
+    advanced: float = 0.0  # total time `busy_until` was pulled in by requests that finished early
     finished: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
 
 
@@ -150,7 +152,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         self.staleness_s = staleness_s
         self._pending: dict[str, _Pending] = {}
         self._prefix_counts: dict[int, tuple[float, float]] = {}
-        self._requests: dict[str, list[tuple[str, tuple[float, float]]]] = {}
+        # request id -> (endpoint, (sent at, tokens), predicted prefill end, endpoint's `advanced` then)
+        self._requests: dict[str, list[tuple[str, tuple[float, float], float, float]]] = {}
 
     @classmethod
     def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
@@ -177,16 +180,17 @@ class PredictedTTFTScorer(plugins.Scorer):
     def _prompt_tokens(self, request: types.Request) -> float:
         return float(request.prompt_tokens or len(request.prompt) // prefix.CHARS_PER_TOKEN)
 
-    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per candidate: in-flight uncached tokens and requests, tokens sent since the last scrape, and
-        completions per second over the last `rateWindowSeconds`."""
+    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, ...]:
+        """Per candidate: in-flight uncached tokens and requests, tokens sent since the last scrape,
+        completions per second over the last `rateWindowSeconds`, and the predicted prefill backlog."""
         n = len(cycle.candidates)
         inflight_tokens = np.zeros(n)
         inflight_requests = np.zeros(n)
         recent_tokens = np.zeros(n)
         drain_rate = np.zeros(n)
+        backlog = np.zeros(n)
         if not self._pending:
-            return inflight_tokens, inflight_requests, recent_tokens, drain_rate
+            return inflight_tokens, inflight_requests, recent_tokens, drain_rate, backlog
         window_start = cycle.now - self.rate_window_s
         positions = cycle.positions()
         candidates = cycle.candidates
@@ -213,11 +217,13 @@ class PredictedTTFTScorer(plugins.Scorer):
             # A rate from a handful of completions is noise; an idle-looking engine is not a stuck one.
             if len(finished) >= MIN_COMPLETIONS_FOR_RATE:
                 drain_rate[i] = len(finished) / self.rate_window_s
-            if not (pending.requests or recent or finished):
+            if pending.busy_until > cycle.now:
+                backlog[i] = pending.busy_until - cycle.now
+            elif not (pending.requests or recent or finished):
                 idle.append(key)
         for key in idle:
             del self._pending[key]
-        return inflight_tokens, inflight_requests, recent_tokens, drain_rate
+        return inflight_tokens, inflight_requests, recent_tokens, drain_rate, backlog
 
     def _prefix_key(self, cycle: plugins.Cycle) -> int | None:
         """The hash naming this request's longest prefix cached anywhere (None: cached nowhere)."""
@@ -256,7 +262,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         waiting = cycle.column("waiting")
         fresh = cycle.fresh(self.staleness_s)
         in_flight = cycle.column("in_flight")
-        own_tokens, own_requests, recent_tokens, drain_rate = self._own_accounting(cycle)
+        own_tokens, own_requests, recent_tokens, drain_rate, backlog = self._own_accounting(cycle)
         mean_uncached = np.where(
             own_requests > 0, own_tokens / np.maximum(own_requests, 1), self.default_prompt_tokens
         )
@@ -269,17 +275,18 @@ class PredictedTTFTScorer(plugins.Scorer):
         ) / per_request
         context = np.where(in_flight > 0, context, self.default_prompt_tokens)
         decode_step = np.where(batch > 0, self.d0 + self.d1 * batch + self.d2 * batch * context, 0.0)
-        steps = np.ceil((ahead + uncached) / self.chunk_tokens)
         # Queue wait: the prefill work ahead, or, when the engine admits slower than that (its sequence or
         # KV limit is reached), the waiting requests over the rate it has been finishing requests (Little).
-        prefill_wait = self.p1 * ahead + steps * decode_step
+        prefill_wait = self.p1 * ahead + np.ceil(ahead / self.chunk_tokens) * decode_step
         admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
-        cost = (
+        service = (
             self.p0
-            + np.maximum(prefill_wait, admission_wait)
             + self.p1 * uncached
             + self.p2 * uncached * (cached + uncached / 2)
+            + np.ceil(uncached / self.chunk_tokens) * decode_step
         )
+        # `backlog` (own decisions) also sees prefills already admitted, which the scraped counts miss.
+        cost = np.maximum(np.maximum(prefill_wait, admission_wait), backlog) + service
         capacity = cycle.column("kv_capacity_tokens")
         kv = np.where(fresh, cycle.column("kv"), 0.0)
         free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
@@ -294,7 +301,9 @@ class PredictedTTFTScorer(plugins.Scorer):
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
             cost = cost + self.interference_weight * others * self.p1 * excess / reuse
-        cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append((cycle.positions(), uncached))
+        cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append(
+            (cycle.positions(), uncached, service)
+        )
         return cost, uncached
 
     def score(self, cycle: plugins.Cycle) -> np.ndarray:
@@ -303,47 +312,57 @@ class PredictedTTFTScorer(plugins.Scorer):
             return cost
         return np.exp(-(cost - cost.min()) / self.score_scale_s)
 
-    def _charge(self, key: str, tokens: float, *, now: float, request_id: str) -> None:
+    def _charge(self, key: str, tokens: float, service_s: float, *, now: float, request_id: str) -> None:
         pending = self._pending.get(key)
         if pending is None:
             pending = self._pending[key] = _Pending()
+        # The engine prefills what it is sent one token budget at a time: a fluid queue of predicted work.
+        pending.busy_until = max(pending.busy_until, now) + service_s
         pending.uncached_tokens += tokens
         pending.requests += 1
         sent = (now, tokens)
         pending.recent.append(sent)
         pending.recent_tokens += tokens
-        self._requests.setdefault(request_id, []).append((key, sent))
+        self._requests.setdefault(request_id, []).append((key, sent, pending.busy_until, pending.advanced))
 
     def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
         self._count_prefix(self._prefix_key(cycle), cycle.now)
         predictions = cycle.derived.get(f"ttft_uncached:{id(self)}", [])
 
-        def uncached_at(key: str) -> float:
-            for positions, uncached in predictions:
+        def uncached_at(key: str) -> tuple[float, float]:
+            for positions, uncached, service in predictions:
                 i = positions.get(key)
                 if i is not None:
-                    return float(uncached[i])
-            return self._prompt_tokens(cycle.request)
+                    return float(uncached[i]), float(service[i])
+            tokens = self._prompt_tokens(cycle.request)
+            return tokens, self.p0 + self.p1 * tokens
 
         request_id = cycle.request.request_id
         if decision.prefill is not None:
             # The prefill endpoint computes the prompt; the decode endpoint only receives its KV.
             self._charge(
-                decision.prefill, uncached_at(decision.prefill), now=cycle.now, request_id=request_id
+                decision.prefill, *uncached_at(decision.prefill), now=cycle.now, request_id=request_id
             )
-            self._charge(decision.primary, 0.0, now=cycle.now, request_id=request_id)
+            self._charge(decision.primary, 0.0, 0.0, now=cycle.now, request_id=request_id)
         else:
             self._charge(
-                decision.primary, uncached_at(decision.primary), now=cycle.now, request_id=request_id
+                decision.primary, *uncached_at(decision.primary), now=cycle.now, request_id=request_id
             )
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
     ) -> None:
-        for key, sent in self._requests.pop(request.request_id, ()):
+        for key, sent, done_at, advanced in self._requests.pop(request.request_id, ()):
             pending = self._pending.get(key)
             if pending is None:
                 continue
+            # A finished request was prefilled: if that was predicted for later, so was everything queued
+            # behind it, and the whole predicted backlog moves forward by the difference.
+            now = sent[0] + completion.duration_s
+            early = done_at - (pending.advanced - advanced) - now
+            if early > 0:
+                pending.busy_until -= early
+                pending.advanced += early
             pending.finished.append(sent[0] + completion.duration_s)
             # A finished request is in no queue, even if no scrape has seen it yet.
             with contextlib.suppress(ValueError):

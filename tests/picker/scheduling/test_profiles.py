@@ -83,6 +83,23 @@ def test_frontier_spreads_a_burst_instead_of_herding_onto_the_prefix_holder():
     assert max(counts.values()) < 20
 
 
+def test_a_prompt_still_prefilling_keeps_its_endpoint_busy_after_a_scrape_shows_it_running():
+    # The scrape after the send counts the 8,000-token prompt as running, not waiting, and the endpoint even
+    # runs fewer sequences than the other; its prefill (~0.25 s) is still under way, so the next prompt goes
+    # to the other endpoint.
+    scheduler = config.load(None, seed=1)
+    states = [fleet.state(0, running=6), fleet.state(1, running=6)]
+    first = scheduler.schedule(
+        fleet.request("first document " * 2130, request_id="a"), fleet.snapshot(states)
+    )
+    for state in states:
+        state.metrics.updated_at = fleet.NOW + 0.05
+        state.metrics.running = 5 if state.endpoint.key == first.primary else 6
+    second = fleet.request("second document " * 2000, request_id="b")
+    decision = scheduler.schedule(second, fleet.snapshot(states, now=fleet.NOW + 0.06))
+    assert decision.primary != first.primary
+
+
 def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
     scheduler = config.load(None, seed=5)
     states = [fleet.state(i) for i in range(3)]
