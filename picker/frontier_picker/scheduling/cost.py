@@ -89,8 +89,8 @@ class PredictedTTFTScorer(plugins.Scorer):
 
     type_name = "predicted-ttft-scorer"
     formula = (
-        "score = exp(-(cost - min cost) / scale), cost = max(prefill backlog, waiting / drain rate)"
-        " + uncached prefill + no-room + eviction + others x excess prefill"
+        "score = exp(-(cost - min cost) / scale), cost = max(scraped queue, waiting / drain rate, own"
+        " fluid queue) + uncached prefill + no-room + eviction + others x excess prefill"
     )
     intent = "latency (affinity and distribution in one cost)"
     consumes = frozenset({"metrics", "load", "prefix-index"})
