@@ -3,7 +3,8 @@
 Virtual-time sweeps (the cluster simulator, picker code in-process, and the perfect-information oracle):
 - `virtual-16`, `virtual-128`, `virtual-1024`: the llm-d study shape (1,000-token outputs) scaled to 16, 128
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
-- `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`: the other workloads;
+- `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`,
+  `virtual-16-mixed-lengths`: the other workloads;
 - `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation.
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
@@ -176,6 +177,18 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             warmup_s=10.0,
             workload=workloads.no_sharing(num_prompts=4000, prompt_len=2000, output_len=200, seed=0),
             description="unique 2,000-token prompts, 200-token output (the control)",
+        ),
+        VirtualSuite(
+            engines=small,
+            policies=virtual.POLICIES,
+            loads_per_engine=(3.0, 6.0, 9.0),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            workload=workloads.mixed_lengths(
+                num_prompts=4000, median_prompt_len=1500, median_output_len=150, seed=0
+            ),
+            description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
+            " 16,000), outputs median 150 (sigma 0.8, up to 1,000)",
         ),
         # The real-time shared-prefix sweep's fleet and shape, carried past the loads two cores can drive:
         # where greedy TTFT routing collapsed (80 req/s) and where the fleet saturates (~130-150).

@@ -63,6 +63,13 @@ def build_workload(args: argparse.Namespace, *, engines: int) -> workloads.Workl
             output_len=args.output_len,
             seed=args.seed,
         )
+    if name == "mixed-lengths":
+        return workloads.mixed_lengths(
+            num_prompts=2000,
+            median_prompt_len=args.question_len,
+            median_output_len=args.output_len,
+            seed=args.seed,
+        )
     raise ValueError(f"unknown workload {name!r}")
 
 
@@ -166,7 +173,15 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument(
         "--workload",
         default="shared-prefix",
-        choices=["shared-prefix", "llmd-study", "multi-turn-chat", "long-documents", "no-sharing"],
+        choices=[
+            "shared-prefix",
+            "llmd-study",
+            "multi-turn-chat",
+            "long-documents",
+            "no-sharing",
+            "mixed-lengths",
+        ],
+        help="mixed-lengths: unique prompts, log-normal lengths with medians --question-len and --output-len",
     )
     one.add_argument(
         "--policies", nargs="+", default=list(frontdoors.ALL_POLICIES), choices=frontdoors.ALL_POLICIES

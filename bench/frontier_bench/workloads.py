@@ -18,6 +18,9 @@ Shapes:
   replies), as a replayed chat dataset does.
 - `long_documents`: a few long shared documents, each asked many short questions, popularity Zipf-like.
 - `no_sharing`: the control — every prompt unique, lengths as in the shared-prefix shape.
+- `mixed_lengths`: unique prompts whose prompt and output lengths are log-normal, as in API traffic (a few
+  long prompts among many short ones), so that a picker that knows what each request costs can do better
+  than an even spread.
 """
 
 import dataclasses
@@ -245,6 +248,48 @@ def no_sharing(*, num_prompts: int, prompt_len: int, output_len: int, seed: int 
     return Workload(
         name="no-sharing",
         params={"num_prompts": num_prompts, "prompt_len": prompt_len, "output_len": output_len, "seed": seed},
+        prompts=prompts,
+    )
+
+
+def mixed_lengths(
+    *,
+    num_prompts: int,
+    median_prompt_len: int,
+    median_output_len: int,
+    prompt_sigma: float = 0.9,
+    output_sigma: float = 0.8,
+    max_prompt_len: int = 16000,
+    max_output_len: int = 1000,
+    seed: int = 0,
+) -> Workload:
+    """Unique prompts with log-normal lengths (`sigma` of the log), clipped to [1/30 median, max]."""
+    _require_positive(num_prompts=num_prompts, median_prompt_len=median_prompt_len)
+    _require_positive(median_output_len=median_output_len)
+    rng = np.random.default_rng(seed)
+
+    def lengths(median: int, sigma: float, most: int) -> np.ndarray:
+        drawn = rng.lognormal(np.log(median), sigma, num_prompts)
+        return np.clip(drawn, max(1, median // 30), most).astype(int)
+
+    prompt_lens = lengths(median_prompt_len, prompt_sigma, max_prompt_len)
+    output_lens = lengths(median_output_len, output_sigma, max_output_len)
+    prompts = [
+        Prompt(prompt=words(rng, int(n)), max_tokens=int(m), group="")
+        for n, m in zip(prompt_lens, output_lens, strict=True)
+    ]
+    return Workload(
+        name="mixed-lengths",
+        params={
+            "num_prompts": num_prompts,
+            "median_prompt_len": median_prompt_len,
+            "median_output_len": median_output_len,
+            "prompt_sigma": prompt_sigma,
+            "output_sigma": output_sigma,
+            "max_prompt_len": max_prompt_len,
+            "max_output_len": max_output_len,
+            "seed": seed,
+        },
         prompts=prompts,
     )
 

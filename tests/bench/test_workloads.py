@@ -108,6 +108,18 @@ def test_no_sharing_prompts_are_unique_from_the_first_block():
     assert len({p.prompt[:64] for p in w.prompts}) == 50
 
 
+def test_mixed_lengths_are_unique_log_normal_and_clipped():
+    w = workloads.mixed_lengths(num_prompts=2000, median_prompt_len=300, median_output_len=50, seed=1)
+    prompt_lens = np.array([tokens(p.prompt) for p in w.prompts])
+    output_lens = np.array([p.max_tokens for p in w.prompts])
+    assert len({p.prompt[:64] for p in w.prompts}) == 2000
+    assert 270 < np.median(prompt_lens) < 330 and 45 <= np.median(output_lens) <= 55
+    assert prompt_lens.max() > 5 * 300 and prompt_lens.min() >= 10  # a long tail, and the clip at median/30
+    assert output_lens.max() <= 1000
+    again = workloads.mixed_lengths(num_prompts=2000, median_prompt_len=300, median_output_len=50, seed=1)
+    assert again.prompts == w.prompts
+
+
 def test_body_streams_with_usage_and_fixed_length():
     p = workloads.Prompt(prompt="abc def", max_tokens=5, group="")
     body = p.body(model="m")
