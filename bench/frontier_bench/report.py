@@ -211,7 +211,8 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
             axis.grid(True, alpha=0.3)
         axes[0].legend()
         fig.tight_layout()
-        path = out_dir / (f"{prefix}{workload}.png" if len(workloads) > 1 else f"{prefix.rstrip('-')}.png")
+        slug = workload.replace(" ", "-")  # labels such as "shared-prefix@6 seed 1" name files without spaces
+        path = out_dir / (f"{prefix}{slug}.png" if len(workloads) > 1 else f"{prefix.rstrip('-')}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

@@ -191,6 +191,42 @@ def test_hot_prefix_gets_a_second_copy_a_cold_one_would_not(horizon, moves):
     assert (decision.primary != holder) is moves
 
 
+@pytest.mark.parametrize(
+    ("max_tokens", "weight", "moves"), [(1000, None, True), (10, None, False), (1000, 0.0, False)]
+)
+def test_a_long_answer_leaves_a_holder_decoding_a_large_batch(max_tokens, weight, moves):
+    # The holder decodes 250 sequences, the other endpoint 30: each token of a 1,000-token answer would take
+    # ~12 ms longer on the holder, which outweighs recomputing the 4 KB prefix (its 30 sequences stall
+    # ~28 ms each). A 10-token answer stays with its prefix; so does a long one without the decode price.
+    text = _frontier() if weight is None else _frontier(decodeWeight=weight)
+    scheduler = config.load(text, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states)
+    for state in states:
+        state.metrics.running = 250 if state.endpoint.key == holder else 30
+    request = fleet.request(prompt(50), request_id="50", max_tokens=max_tokens)
+    decision = scheduler.schedule(request, fleet.snapshot(states))
+    assert (decision.primary != holder) is moves
+
+
+def test_answers_shorter_than_max_tokens_lower_the_decode_price():
+    # As above with a 1,000-token max_tokens, but the last 200 answers used 1% of theirs: the picker expects
+    # ~10 tokens, and the request stays with its prefix.
+    scheduler = config.load(None, seed=2)
+    states = [fleet.state(0), fleet.state(1)]
+    holder = _holder_of_shared_prefix(scheduler, states)
+    for i in range(200):
+        request = fleet.request("short " * 50, request_id=f"s{i}", max_tokens=1000)
+        decision = scheduler.schedule(request, fleet.snapshot(states))
+        scheduler.on_completion(
+            request, decision, types.Completion(endpoint=decision.primary, status=200, completion_tokens=10)
+        )
+    for state in states:
+        state.metrics.running = 250 if state.endpoint.key == holder else 30
+    request = fleet.request(prompt(50), request_id="50", max_tokens=1000)
+    assert scheduler.schedule(request, fleet.snapshot(states)).primary == holder
+
+
 def test_all_stale_metrics_fall_back_on_in_flight_accounting():
     scheduler = config.load(None, seed=1)
     # Stale metrics claim e1 is idle, but the picker itself has 6 requests in flight there.
