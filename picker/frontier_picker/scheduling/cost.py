@@ -333,7 +333,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
             cost = cost + self.interference_weight * others * self.p1 * excess / reuse
-        cycle.derived.setdefault(f"ttft_uncached:{id(self)}", []).append(
+        cycle.derived.setdefault(f"ttft_prediction:{id(self)}", []).append(
             (cycle.positions(), uncached, service)
         )
         return cost, uncached
@@ -375,7 +375,7 @@ class PredictedTTFTScorer(plugins.Scorer):
 
     def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
         self._count_prefix(self._prefix_key(cycle), cycle.now)
-        predictions = cycle.derived.get(f"ttft_uncached:{id(self)}", [])
+        predictions = cycle.derived.get(f"ttft_prediction:{id(self)}", [])
 
         def uncached_at(key: str) -> tuple[float, float]:
             for positions, uncached, service in predictions:
@@ -412,7 +412,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             if early > 0:
                 pending.busy_until -= early
                 pending.advanced += early
-            pending.finished.append(sent[0] + completion.duration_s)
+            pending.finished.append(now)
             # A finished request is in no queue, even if no scrape has seen it yet.
             with contextlib.suppress(ValueError):
                 pending.recent.remove(sent)
