@@ -3,7 +3,9 @@
 Every policy routes over the same engines and is reached at one base URL:
 - `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
 - `frontier`, `gie-default`: the picker (file discovery of the fleet, that scheduling profile) behind an
-  Envoy that calls it over ext_proc, rendered by `frontier_picker.envoy_bootstrap`;
+  Envoy that calls it over ext_proc, rendered by `frontier_picker.envoy_bootstrap`; `frontier`'s cost model
+  is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's speed: its predictions are
+  in seconds of the clock it lives on;
 - `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
   to the engines directly (it is a router, not an Envoy filter).
 
@@ -25,9 +27,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import yaml
 
 from frontier_bench import envoy_lb, processes
 from frontier_picker import envoy_bootstrap
+from frontier_picker.scheduling import config, cost
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +92,10 @@ async def start(
     model: str,
     address: str,
     run_dir: Path,
+    time_scale: float = 1.0,
 ) -> FrontDoor:
-    """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers."""
+    """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers.
+    `time_scale`: how many times slower than real H100s the engines run (the picker's cost model is told)."""
     if policy in envoy_lb.LB_POLICIES:
         port = processes.free_port(address)
         config = envoy_lb.bootstrap(policy=policy, listen_address=address, listen_port=port, engines=engines)
@@ -106,6 +112,7 @@ async def start(
             endpoints_file=endpoints_file,
             address=address,
             run_dir=run_dir,
+            time_scale=time_scale,
         )
     if policy == SGLANG_POLICY:
         return await _start_sglang(group=group, engines=engines, address=address)
@@ -117,6 +124,19 @@ def stop(group: processes.Group, door: FrontDoor) -> None:
         group.stop(child)
 
 
+def picker_config(profile: str, *, time_scale: float) -> str:
+    """The built-in config of `profile`; for `frontier`, its cost model told that the engines run
+    `time_scale` times slower than the H100 it is calibrated on (as a slower GPU pool would be)."""
+    text = config.builtin_text(profile)
+    document = yaml.safe_load(text)
+    costs = [p for p in document["plugins"] if p["type"] == cost.PredictedTTFTScorer.type_name]
+    if time_scale == 1.0 or not costs:
+        return text
+    for plugin in costs:
+        plugin.setdefault("parameters", {})["slowdown"] = time_scale
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 async def _start_picker(
     profile: str,
     *,
@@ -125,8 +145,11 @@ async def _start_picker(
     endpoints_file: Path,
     address: str,
     run_dir: Path,
+    time_scale: float,
 ) -> FrontDoor:
     grpc_port = processes.free_port(address)
+    config_path = run_dir / f"picker-{profile}.yaml"
+    config_path.write_text(picker_config(profile, time_scale=time_scale))
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(
@@ -137,8 +160,8 @@ async def _start_picker(
             "frontier_picker.main",
             "--endpoints-file",
             str(endpoints_file),
-            "--profile",
-            profile,
+            "--config-file",
+            str(config_path),
             "--secure-serving=false",
             "--address",
             address,

@@ -132,6 +132,8 @@ class PredictedTTFTScorer(plugins.Scorer):
         " decode step once it joins the batch (0.3)",
         "defaultOutputTokens": "expected output tokens of a request without max_tokens, until completions"
         " teach the mean (256)",
+        "slowdown": "the engines run this many times slower than the p and d fits say (a slower GPU, or a"
+        " time-scaled simulated fleet); multiplies p0..d2 (1)",
     }
 
     def __init__(
@@ -156,12 +158,13 @@ class PredictedTTFTScorer(plugins.Scorer):
         reuse_horizon_s: float = 5.0,
         decode_weight: float = 0.3,
         default_output_tokens: float = 256.0,
+        slowdown: float = 1.0,
     ) -> None:
         super().__init__(name)
         self.prefix_plugin = prefix_plugin
         self.index: prefix.Index | None = None  # bound by the config loader to the producing plugin's index
-        self.p0, self.p1, self.p2 = p0, p1, p2
-        self.d0, self.d1, self.d2 = d0, d1, d2
+        self.p0, self.p1, self.p2 = p0 * slowdown, p1 * slowdown, p2 * slowdown
+        self.d0, self.d1, self.d2 = d0 * slowdown, d1 * slowdown, d2 * slowdown
         self.chunk_tokens = chunk_tokens
         self.default_prompt_tokens = default_prompt_tokens
         self.no_room_s = no_room_s
@@ -202,6 +205,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             reuse_horizon_s=parameters.number("reuseHorizonSeconds", 5.0, minimum=0),
             decode_weight=parameters.number("decodeWeight", 0.3, minimum=0),
             default_output_tokens=parameters.number("defaultOutputTokens", 256, minimum=0),
+            slowdown=parameters.number("slowdown", 1.0, minimum=1e-3),
         )
 
     def _prompt_tokens(self, request: types.Request) -> float:

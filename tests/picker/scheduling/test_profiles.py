@@ -100,6 +100,23 @@ def test_a_prompt_still_prefilling_keeps_its_endpoint_busy_after_a_scrape_shows_
     assert decision.primary != first.primary
 
 
+@pytest.mark.parametrize(("slowdown", "same"), [(1, True), (2, False)])
+def test_a_slower_pool_is_predicted_slower(slowdown, same):
+    # An 8,000-token prompt was sent 0.35 s ago; on an H100 its prefill (~0.25 s) is over and its endpoint,
+    # which runs one sequence fewer, is the better choice. On engines twice as slow it is still prefilling.
+    scheduler = config.load(_frontier(slowdown=slowdown), seed=1)
+    states = [fleet.state(0, running=6), fleet.state(1, running=6)]
+    first = scheduler.schedule(
+        fleet.request("first document " * 2130, request_id="a"), fleet.snapshot(states)
+    )
+    for state in states:
+        state.metrics.updated_at = fleet.NOW + 0.3
+        state.metrics.running = 5 if state.endpoint.key == first.primary else 6
+    second = fleet.request("second document " * 2000, request_id="b")
+    decision = scheduler.schedule(second, fleet.snapshot(states, now=fleet.NOW + 0.35))
+    assert (decision.primary == first.primary) is same
+
+
 def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
     scheduler = config.load(None, seed=5)
     states = [fleet.state(i) for i in range(3)]
