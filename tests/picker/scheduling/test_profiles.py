@@ -83,38 +83,37 @@ def test_frontier_spreads_a_burst_instead_of_herding_onto_the_prefix_holder():
     assert max(counts.values()) < 20
 
 
+def _second_long_prompt_joins_the_first(scheduler, *, scraped_after: float, sent_after: float) -> bool:
+    """Send an 8,000-token prompt to one of two endpoints running 6 sequences; a scrape `scraped_after` s
+    later shows it running (not waiting) there, with one sequence fewer than the other endpoint; another
+    long prompt comes `sent_after` s after the first. Whether it went to the first one's endpoint."""
+    states = [fleet.state(0, running=6), fleet.state(1, running=6)]
+    first = scheduler.schedule(
+        fleet.request("first document " * 2130, request_id="a"), fleet.snapshot(states)
+    )
+    for state in states:
+        state.metrics.updated_at = fleet.NOW + scraped_after
+        state.metrics.running = 5 if state.endpoint.key == first.primary else 6
+    second = fleet.request("second document " * 2000, request_id="b")
+    return (
+        scheduler.schedule(second, fleet.snapshot(states, now=fleet.NOW + sent_after)).primary
+        == first.primary
+    )
+
+
 def test_a_prompt_still_prefilling_keeps_its_endpoint_busy_after_a_scrape_shows_it_running():
-    # The scrape after the send counts the 8,000-token prompt as running, not waiting, and the endpoint even
-    # runs fewer sequences than the other; its prefill (~0.25 s) is still under way, so the next prompt goes
-    # to the other endpoint.
+    # The first prompt's prefill (~0.25 s) is still under way 60 ms later, although the scrape no longer
+    # counts it as waiting and its endpoint runs fewer sequences: the second prompt goes elsewhere.
     scheduler = config.load(None, seed=1)
-    states = [fleet.state(0, running=6), fleet.state(1, running=6)]
-    first = scheduler.schedule(
-        fleet.request("first document " * 2130, request_id="a"), fleet.snapshot(states)
-    )
-    for state in states:
-        state.metrics.updated_at = fleet.NOW + 0.05
-        state.metrics.running = 5 if state.endpoint.key == first.primary else 6
-    second = fleet.request("second document " * 2000, request_id="b")
-    decision = scheduler.schedule(second, fleet.snapshot(states, now=fleet.NOW + 0.06))
-    assert decision.primary != first.primary
+    assert not _second_long_prompt_joins_the_first(scheduler, scraped_after=0.05, sent_after=0.06)
 
 
-@pytest.mark.parametrize(("slowdown", "same"), [(1, True), (2, False)])
-def test_a_slower_pool_is_predicted_slower(slowdown, same):
-    # An 8,000-token prompt was sent 0.35 s ago; on an H100 its prefill (~0.25 s) is over and its endpoint,
-    # which runs one sequence fewer, is the better choice. On engines twice as slow it is still prefilling.
+@pytest.mark.parametrize(("slowdown", "joins"), [(1, True), (2, False)])
+def test_a_slower_pool_is_predicted_slower(slowdown, joins):
+    # 0.35 s later, on an H100 the first prefill (~0.25 s) is over and its endpoint, which runs one sequence
+    # fewer, is the better choice. On engines twice as slow it is still prefilling.
     scheduler = config.load(_frontier(slowdown=slowdown), seed=1)
-    states = [fleet.state(0, running=6), fleet.state(1, running=6)]
-    first = scheduler.schedule(
-        fleet.request("first document " * 2130, request_id="a"), fleet.snapshot(states)
-    )
-    for state in states:
-        state.metrics.updated_at = fleet.NOW + 0.3
-        state.metrics.running = 5 if state.endpoint.key == first.primary else 6
-    second = fleet.request("second document " * 2000, request_id="b")
-    decision = scheduler.schedule(second, fleet.snapshot(states, now=fleet.NOW + 0.35))
-    assert (decision.primary == first.primary) is same
+    assert _second_long_prompt_joins_the_first(scheduler, scraped_after=0.3, sent_after=0.35) is joins
 
 
 def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
