@@ -31,7 +31,8 @@ import yaml
 
 from frontier_bench import envoy_lb, processes
 from frontier_picker import envoy_bootstrap
-from frontier_picker.scheduling import config, cost
+from frontier_picker.scheduling import config as scheduling_config
+from frontier_picker.scheduling import cost
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def stop(group: processes.Group, door: FrontDoor) -> None:
 def picker_config(profile: str, *, time_scale: float) -> str:
     """The built-in config of `profile`; for `frontier`, its cost model told that the engines run
     `time_scale` times slower than the H100 it is calibrated on (as a slower GPU pool would be)."""
-    text = config.builtin_text(profile)
+    text = scheduling_config.builtin_text(profile)
     document = yaml.safe_load(text)
     costs = [p for p in document["plugins"] if p["type"] == cost.PredictedTTFTScorer.type_name]
     if time_scale == 1.0 or not costs:
