@@ -264,8 +264,9 @@ def mixed_lengths(
     seed: int = 0,
 ) -> Workload:
     """Unique prompts with log-normal lengths (`sigma` of the log), clipped to [1/30 median, max]."""
-    _require_positive(num_prompts=num_prompts, median_prompt_len=median_prompt_len)
-    _require_positive(median_output_len=median_output_len)
+    _require_positive(
+        num_prompts=num_prompts, median_prompt_len=median_prompt_len, median_output_len=median_output_len
+    )
     rng = np.random.default_rng(seed)
 
     def lengths(median: int, sigma: float, most: int) -> np.ndarray:
