@@ -301,7 +301,8 @@ class PredictedTTFTScorer(plugins.Scorer):
             own_requests > 0, own_tokens / np.maximum(own_requests, 1), self.default_prompt_tokens
         )
         ahead = np.where(fresh, waiting * mean_uncached + recent_tokens, own_tokens)
-        batch = np.where(fresh, cycle.column("running"), in_flight)
+        running = cycle.column("running")
+        batch = np.where(fresh, running, in_flight)
         # Mean context of a running sequence: its prompt plus, on average, half its answer so far.
         per_request = np.maximum(in_flight, 1)
         context = (
@@ -323,7 +324,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         cost = np.maximum(np.maximum(prefill_wait, admission_wait), backlog) + service
         if self.decode_weight:
             # Every sequence running, waiting or sent there shares each decode step with this one.
-            sharing = np.maximum(np.where(fresh, cycle.column("running") + waiting, 0.0), in_flight)
+            sharing = np.maximum(np.where(fresh, running + waiting, 0.0), in_flight)
             step = self.d0 + self.d1 * (sharing + 1) + self.d2 * (sharing * context + prompt)
             cost = cost + self.decode_weight * self._expected_output(cycle.request) * step
         capacity = cycle.column("kv_capacity_tokens")
@@ -336,7 +337,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
         excess = uncached - uncached.min() if uncached.size else uncached
         if excess.any():  # otherwise every candidate needs the same tokens and the term is zero
-            others = np.where(fresh, cycle.column("running") + waiting, in_flight)
+            others = np.where(fresh, running + waiting, in_flight)
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
             cost = cost + self.interference_weight * others * self.p1 * excess / reuse
