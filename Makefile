@@ -1,11 +1,13 @@
 # Every target bootstraps what it needs: its own virtualenv (.venv) with the project and its dev extras,
-# and the local Kubernetes control plane binaries under .cache/ (make testbin).
+# and the local Kubernetes control plane binaries under a per-user cache, ~/.cache/frontier (make testbin),
+# so a fresh clone reuses them.
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CACHE := .cache
+export FRONTIER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/frontier
+CACHE := $(FRONTIER_CACHE)
 BIN := $(CACHE)/bin
 
 .PHONY: help venv test unit lint typecheck demo bench crds testbin clean

@@ -7,7 +7,7 @@
 #   <cache>/kwok/stages.yaml     KWOK's default node and pod stages, concatenated
 #   <cache>/gie/*.yaml           the GIE CRDs (InferencePool v1, ...) at the pinned GIE version
 #
-# Usage: bash hack/build.sh [BIN]   (BIN defaults to .cache/bin; assets go to BIN's parent folder)
+# Usage: bash hack/build.sh [BIN]   (BIN defaults to $FRONTIER_CACHE/bin, else ~/.cache/frontier/bin; assets go to BIN's parent folder)
 # Idempotent: each part is stamped with its pinned version (and, for kubecp, a hash of hack/kubecp), and skipped
 # when the stamp matches. Build times are appended to BIN/BUILD_TIME.
 set -euo pipefail
@@ -19,7 +19,7 @@ HELM_VERSION=v4.3.1
 GIE_VERSION=v1.5.0
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-bin=${1:-.cache/bin}
+bin=${1:-${FRONTIER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/frontier}/bin}
 mkdir -p "$bin"
 bin=$(cd "$bin" && pwd)
 cache=$(dirname "$bin")

@@ -81,10 +81,13 @@ class ControlPlaneError(RuntimeError):
 
 
 def default_cache_dir() -> pathlib.Path:
-    """The folder hack/build.sh fills: `$FRONTIER_CACHE`, else `.cache` at the repository root."""
+    """The folder hack/build.sh fills: `$FRONTIER_CACHE`, else the per-user `~/.cache/frontier`.
+
+    Per-user rather than per-clone so a fresh clone (CI) reuses binaries that take many minutes to build."""
     if env := os.environ.get("FRONTIER_CACHE"):
         return pathlib.Path(env)
-    return pathlib.Path(__file__).resolve().parents[2] / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME") or str(pathlib.Path.home() / ".cache")
+    return pathlib.Path(base) / "frontier"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -634,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dir", type=pathlib.Path, required=True, help="working folder (kubeconfig, logs, etcd data)"
     )
     up.add_argument(
-        "--cache", type=pathlib.Path, default=None, help="make testbin's output (default: .cache)"
+        "--cache", type=pathlib.Path, default=None, help="make testbin's output (default: ~/.cache/frontier)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
