@@ -32,7 +32,7 @@ import yaml
 from frontier_bench import envoy_lb, processes
 from frontier_picker import envoy_bootstrap
 from frontier_picker.scheduling import config as scheduling_config
-from frontier_picker.scheduling import cost
+from frontier_picker.scheduling.plugins import cost
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ the machine's noise lands on all of them alike:
   echoes the held chunks), as any picker that routes by the body's model must for small bodies: it separates
   the cost of that ordering from the cost of the picker's own work;
 - `picker-gie` / `picker-cheap`: the same Envoys calling `frontier-picker` (plaintext, file discovery of the
-  one backend, `--fallbacks 0`, the `round-robin` profile so the numbers are the protocol layer's).
+  one backend, `--fallbacks 0`, the `round-robin` built-in config so the numbers are the protocol layer's).
 
 Cells: prompts of 1 KB, 16 KB and 200 KB; 1, 16 and 64 concurrent closed-loop clients; a JSON response or a
 100-chunk SSE stream. Per cell and front door: client latency p50/p99 (request sent to last byte), and CPU
@@ -308,7 +308,14 @@ async def start_doors(group: processes.Group, work: Path) -> dict[str, Door]:
                 argv = [sys.executable, "-m", "frontier_picker.main", "--address", ADDRESS]
                 argv += ["--grpc-port", str(port), "--grpc-health-port", "0", "--metrics-port", "0"]
                 argv += ["--secure-serving", "false", "--endpoints-file", str(endpoints_file)]
-                argv += ["--fallbacks", "0", "--profile", "round-robin", "--refresh-metrics-interval", "0"]
+                argv += [
+                    "--fallbacks",
+                    "0",
+                    "--builtin-config",
+                    "round-robin",
+                    "--refresh-metrics-interval",
+                    "0",
+                ]
             processor = group.start(name, argv)
             await processes.wait_port(ADDRESS, port, child=processor)
             processor_pid = processor.process.pid

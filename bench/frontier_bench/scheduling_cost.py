@@ -52,7 +52,8 @@ from typing import Any
 import numpy as np
 
 from frontier_picker import endpoints
-from frontier_picker.scheduling import config, prefix, types
+from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.plugins import prefix
 
 PROMPT_CHARS = 16 * 1024
 PROFILES = ("frontier", "gie-default", "round-robin")
@@ -107,7 +108,7 @@ def measure(profile: str, size: int, *, requests: int, warmup: int, seed: int) -
     rng = random.Random(seed)
     now = 1000.0
     states = fleet(size, rng, now=now)
-    scheduler = config.load(None, profile=profile, seed=seed)
+    scheduler = config.load(builtin=profile, seed=seed)
     texts = prompts(size, warmup + requests, rng)
     in_flight: deque[tuple[types.Request, types.Decision]] = deque()
     window = 2 * size

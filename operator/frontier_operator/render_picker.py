@@ -4,7 +4,7 @@ The gateway finds the picker through the pool's `endpointPickerRef`, so the Serv
 Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
 collects them when the last tier of the pool is deleted, and the pool itself stays the user's. The picker's
 config is an EndpointPickerConfig (GIE's format) in a ConfigMap: the picker's built-in `frontier` config
-(Frontier's default scheduling, the text `frontier_picker.scheduling.config.builtin_text("frontier")` returns,
+(Frontier's default scheduling, the text `frontier_api.scheduling_configs.text("frontier")` returns,
 copied verbatim) unless the operator is given a config (`--picker-config-file`); a pool annotated with
 `inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead and gets none generated.
 The Deployment's `inference.frontier.dev/config-hash` annotation hashes the generated text, so a changed
@@ -15,9 +15,8 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from frontier_api import names
+from frontier_api import names, scheduling_configs
 from frontier_operator import manifests, pools, settings
-from frontier_picker.scheduling import config as picker_config
 
 CONFIG_KEY: Final = "config.yaml"
 CONFIG_MOUNT: Final = "/config"
@@ -45,7 +44,7 @@ PICKER_RULES: Final = [
 
 def default_config_text() -> str:
     """The picker's built-in default EndpointPickerConfig (profile `frontier`), as its package ships it."""
-    return picker_config.builtin_text(picker_config.DEFAULT_PROFILE)
+    return scheduling_configs.text(scheduling_configs.DEFAULT)
 
 
 def config_map_name(pool: pools.Pool) -> str:

@@ -16,11 +16,12 @@ from typing import Any, Final
 
 import orjson
 
+from frontier_api import estimates
+
 # The OpenAI-compatible APIs whose bodies name a model; other paths are scheduled without one.
 INFERENCE_PATHS: Final = frozenset(
     {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"}
 )
-CHARS_PER_TOKEN: Final = 4
 
 # A quote or a structural character; strings are then skipped with `bytes.find` (memchr speed), so a 4 MB
 # prompt costs one search, and a string the body cuts off is recognised without scanning it twice.
@@ -199,4 +200,4 @@ def estimate_tokens(text: str) -> int:
 
 def estimate_tokens_of(characters: int) -> int:
     """The estimate for a text of `characters` characters."""
-    return (max(0, characters) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    return estimates.tokens(characters)

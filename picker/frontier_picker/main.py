@@ -3,8 +3,8 @@
 GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
 `--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
 `--cert-path`. Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`,
-`--max-body-bytes`, `--profile`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the
-log says which).
+`--max-body-bytes`, `--builtin-config`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS
+picks; the log says which).
 """
 
 import argparse
@@ -51,8 +51,10 @@ def parser() -> argparse.ArgumentParser:
         help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
     )
     parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
-    parse.add_argument(
-        "--profile", help="scheduling profile: a built-in config without --config-*, else one of its profiles"
+    configs.add_argument(
+        "--builtin-config",
+        help="built-in scheduling config instead of --config-file/--config-text: "
+        "frontier (default), gie-default, round-robin",
     )
     parse.add_argument("--fallbacks", type=int, default=1, help="fallback endpoints after the primary")
     parse.add_argument(
@@ -93,7 +95,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         secure_serving=arguments.secure_serving,
         cert_path=arguments.cert_path,
         config_text=config_text,
-        profile=arguments.profile,
+        builtin_config=arguments.builtin_config,
         fallbacks=arguments.fallbacks,
         max_body_bytes=arguments.max_body_bytes,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,

@@ -4,8 +4,8 @@ Envoy opens `ExternalProcessor/Process` for every request and sends, as configur
 body chunks and trailers, then the response's. The picker answers each in order (headers → body → trailers):
 
 - **Decision.** Once the model is known (the body is complete, or the request has no body) it builds a
-  `types.Request`, narrows the datastore's endpoints to the proxy's subset hint, asks the scheduler, charges
-  the primary's load, and answers the request headers with
+  `types.Request` (`request_view`) and hands it to the director (`director.Director.decide`: subset hint,
+  scheduler, load charge, decision log), and answers the request headers with
   `x-gateway-destination-endpoint: primary,fallback...`, the same string in `envoy.lb` dynamic metadata,
   and `clear_route_cache`.
 - **Body.** In `FULL_DUPLEX_STREAMED` (GKE, Istio, llm-d) every body byte goes back as `streamed_response`
@@ -16,7 +16,8 @@ body chunks and trailers, then the response's. The picker answers each in order 
   503 (no endpoint, empty subset), 429 (shed by the scheduler).
 - **Response path.** Usage comes from SSE `data:` lines or the JSON body; the served endpoint from Envoy's
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
-  recorded exactly once: at the end of the response, or when the stream ends or is reset (client gone).
+  recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
+  or is reset (client gone). Reply messages are built by `replies`.
 
 The message handlers are synchronous and return the replies to send, so the per-message cost is Python only
 where it must be; the servicer just moves messages between them and gRPC.
@@ -30,21 +31,17 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 import grpc
-import orjson
-from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
-from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import bodies, datastore, endpoints, metrics, request_view, subsets, usage
+from frontier_picker import bodies, director, metrics, replies, request_view, subsets, usage
 from frontier_picker.scheduling import types
 
 log = logging.getLogger(__name__)
 
-MAX_CHUNK: Final = 62_000  # largest streamed_response body the GIE protocol sends in one message
 EXT_PROC_ATTRIBUTES: Final = "envoy.filters.http.ext_proc"
 UPSTREAM_ADDRESS: Final = "upstream.address"
 
@@ -52,7 +49,7 @@ _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 _STREAMED: Final = processing_mode_pb2.ProcessingMode.STREAMED
 _BUFFERED: Final = processing_mode_pb2.ProcessingMode.BUFFERED
 _NONE: Final = processing_mode_pb2.ProcessingMode.NONE
-_OVERWRITE: Final = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_REQUEST_KINDS: Final = frozenset({"request_headers", "request_body", "request_trailers"})
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -70,26 +67,10 @@ class Settings:
 class Context:
     """Shared by every stream of one picker."""
 
-    scheduler: types.Scheduler
-    store: datastore.Datastore
+    director: director.Director
     metrics: metrics.Metrics
     settings: Settings
     clock: Callable[[], float] = time.monotonic
-
-
-class Rejected(Exception):
-    """Raised inside a stream to answer with an ImmediateResponse."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _set_header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()), append_action=_OVERWRITE
-    )
 
 
 def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
@@ -97,48 +78,6 @@ def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
         header.key: header.raw_value.decode("latin-1") if header.raw_value else header.value
         for header in message.headers.headers
     }
-
-
-def immediate(status: int, reason: str) -> ext_proc.ProcessingResponse:
-    """An ImmediateResponse with a JSON error body naming `reason`."""
-    body = orjson.dumps({"error": {"code": status, "message": reason, "type": "frontier_picker"}})
-    return ext_proc.ProcessingResponse(
-        immediate_response=ext_proc.ImmediateResponse(
-            status=http_status_pb2.HttpStatus(code=status),
-            headers=ext_proc.HeaderMutation(set_headers=[_set_header("content-type", "application/json")]),
-            body=body,
-            details=f"frontier_picker_{status}",
-        )
-    )
-
-
-def _pieces(chunk: bytes) -> list[bytes]:
-    if len(chunk) <= MAX_CHUNK:
-        return [chunk]
-    return [chunk[offset : offset + MAX_CHUNK] for offset in range(0, len(chunk), MAX_CHUNK)]
-
-
-def _streamed(chunk: bytes, *, end: bool, response: bool) -> ext_proc.ProcessingResponse:
-    body = ext_proc.BodyResponse(
-        response=ext_proc.CommonResponse(
-            body_mutation=ext_proc.BodyMutation(
-                streamed_response=ext_proc.StreamedBodyResponse(body=chunk, end_of_stream=end)
-            )
-        )
-    )
-    if response:
-        return ext_proc.ProcessingResponse(response_body=body)
-    return ext_proc.ProcessingResponse(request_body=body)
-
-
-_REQUEST_KINDS: Final = frozenset({"request_headers", "request_body", "request_trailers"})
-_CONTINUE_REQUEST_BODY: Final = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
-_CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
-_CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
-_CONTINUE_REQUEST_TRAILERS: Final = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
-_CONTINUE_RESPONSE_TRAILERS: Final = ext_proc.ProcessingResponse(
-    response_trailers=ext_proc.TrailersResponse()
-)
 
 
 class Stream:
@@ -162,8 +101,7 @@ class Stream:
         self.early = False  # decided before the whole body was in
         self.headers_answered = False
         self.request: types.Request | None = None
-        self.decision: types.Decision | None = None
-        self.charge: datastore.Charge | None = None
+        self.flight: director.Flight | None = None
         self.status = 0
         self.served: str | None = None
         self.reader: usage.SseReader | usage.JsonReader | None = None
@@ -188,11 +126,11 @@ class Stream:
                 return self._on_request_trailers()
             if kind == "response_trailers":
                 self._end_response()
-                return [_CONTINUE_RESPONSE_TRAILERS]
-        except Rejected as refusal:
+                return [replies.CONTINUE_RESPONSE_TRAILERS]
+        except types.Rejection as refusal:
             return [self._refuse(refusal.status, refusal.reason)]
         except Exception:
-            if self.decision is not None or kind not in _REQUEST_KINDS:
+            if self.flight is not None or kind not in _REQUEST_KINDS:
                 raise
             # A bug must not look like the client's fault, nor hang the request: answer 500 and say so.
             log.exception("event=internal_error request_id=%s", self.request_id or "-")
@@ -221,7 +159,7 @@ class Stream:
         if declared is not None and declared.isdigit():
             self.declared_length = int(declared)
             if self.declared_length > self.ctx.settings.max_body_bytes:
-                raise Rejected(413, self._too_large(self.declared_length))
+                raise types.Rejection(413, self._too_large(self.declared_length))
         if self.body_before_headers:
             return []
         # BUFFERED, or STREAMED without early body: headers go on now; the decision rides on the body reply.
@@ -240,14 +178,17 @@ class Stream:
 
     def _on_request_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk = body.body
-        if self.decision is not None:
+        if self.flight is not None:
             # Body after the decision (STREAMED without early body): pass it on unchanged.
             if self.request_mode == _FULL_DUPLEX:
-                return [_streamed(piece, end=body.end_of_stream, response=False) for piece in _pieces(chunk)]
-            return [_CONTINUE_REQUEST_BODY]
+                return [
+                    replies.streamed(piece, end=body.end_of_stream, response=False)
+                    for piece in replies.pieces(chunk)
+                ]
+            return [replies.CONTINUE_REQUEST_BODY]
         self.body_size += len(chunk)
         if self.body_size > self.ctx.settings.max_body_bytes:
-            raise Rejected(413, self._too_large(self.body_size))
+            raise types.Rejection(413, self._too_large(self.body_size))
         self.chunks.append(chunk)
         if body.end_of_stream:
             return self._finish_request_body(end_of_stream=True)
@@ -276,33 +217,38 @@ class Stream:
             return []
         model: str = document["model"]
         target = request_view.target_model(self.headers, model)
-        self.request = self._request(model=model, target_model=target, document=document)
         declared = self.declared_length or self.body_size
-        # The prompt goes on past the prefix: estimate its tokens from the declared body size.
-        overhead = len(prefix) - len(prompt)
-        self.request.prompt_tokens = max(
-            self.request.prompt_tokens, bodies.estimate_tokens_of(declared - overhead)
+        self.request = request_view.build(
+            request_id=self.request_id,
+            model=model,
+            target=target,
+            document=document,
+            headers=self.headers,
+            body_bytes=declared,
+            parsed_bytes=len(prefix),
         )
         changed = target != model
         if changed:
             try:
                 prefix = bodies.rewrite_model(prefix, target)
             except bodies.BodyError as error:
-                raise Rejected(error.status, error.reason) from None
+                raise types.Rejection(error.status, error.reason) from None
         self.early = True
         length = declared + len(prefix) - self.body_size
-        replies = [self._decide(prefix, body_changed=changed, header_phase=True, length=length)]
+        out = [self._decide(prefix, body_changed=changed, header_phase=True, length=length)]
         source = [prefix] if changed else self.chunks
-        replies.extend(
-            _streamed(piece, end=False, response=False) for chunk in source for piece in _pieces(chunk)
+        out.extend(
+            replies.streamed(piece, end=False, response=False)
+            for chunk in source
+            for piece in replies.pieces(chunk)
         )
         self.chunks = []
-        return replies
+        return out
 
     def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
-        replies = self._finish_request_body(end_of_stream=False) if self.decision is None else []
-        replies.append(_CONTINUE_REQUEST_TRAILERS)
-        return replies
+        out = self._finish_request_body(end_of_stream=False) if self.flight is None else []
+        out.append(replies.CONTINUE_REQUEST_TRAILERS)
+        return out
 
     def _finish_request_body(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
         original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
@@ -310,33 +256,33 @@ class Stream:
         decision_reply = self._decide(body, body_changed=changed, header_phase=not self.headers_answered)
         if self.request_mode == _FULL_DUPLEX:
             source = [body] if changed else self.chunks
-            pieces = [piece for chunk in source for piece in _pieces(chunk)] or [b""]
-            replies = [decision_reply]
+            pieces = [piece for chunk in source for piece in replies.pieces(chunk)] or [b""]
+            out = [decision_reply]
             last = len(pieces) - 1
-            replies.extend(
-                _streamed(piece, end=end_of_stream and index == last, response=False)
+            out.extend(
+                replies.streamed(piece, end=end_of_stream and index == last, response=False)
                 for index, piece in enumerate(pieces)
             )
-            return replies
+            return out
         if self.request_mode == _BUFFERED:
             return [decision_reply]
         # STREAMED with early body: one reply per received chunk; a changed body replaces the first.
-        replies = [decision_reply]
+        out = [decision_reply]
         for index in range(len(self.chunks)):
             if not changed:
-                replies.append(_CONTINUE_REQUEST_BODY)
+                out.append(replies.CONTINUE_REQUEST_BODY)
                 continue
             mutation = (
                 ext_proc.BodyMutation(body=body) if index == 0 else ext_proc.BodyMutation(clear_body=True)
             )
-            replies.append(
+            out.append(
                 ext_proc.ProcessingResponse(
                     request_body=ext_proc.BodyResponse(
                         response=ext_proc.CommonResponse(body_mutation=mutation)
                     )
                 )
             )
-        return replies
+        return out
 
     def _prepare_body(self, original: bytes) -> tuple[bytes, bool]:
         """Parse the body into `self.request` and splice a rewritten model; returns (body, changed)."""
@@ -347,7 +293,7 @@ class Stream:
         try:
             document = bodies.parse(original)
         except bodies.BodyError as error:
-            raise Rejected(error.status, error.reason) from None
+            raise types.Rejection(error.status, error.reason) from None
         model: str = document["model"]
         target = request_view.target_model(self.headers, model)
         self.request = self._request(model=model, target_model=target, document=document)
@@ -356,7 +302,7 @@ class Stream:
         try:
             return bodies.rewrite_model(original, target), True
         except bodies.BodyError as error:
-            raise Rejected(error.status, error.reason) from None
+            raise types.Rejection(error.status, error.reason) from None
 
     def _request(self, *, model: str, target_model: str, document: dict[str, Any] | None) -> types.Request:
         return request_view.build(
@@ -375,35 +321,24 @@ class Stream:
         if self.request is None:
             self.request = self._request(model="", target_model="", document=None)
         request = self.request
-        states = self.ctx.store.states()
-        if self.subset is not None:
-            states = subsets.restrict(states, self.subset)
-            if not states:
-                raise Rejected(
-                    503, f"no ready endpoint in the subset hint {','.join(self.subset) or '(empty)'}"
-                )
-        if not states:
-            raise Rejected(503, "no ready endpoint in the pool")
-        began = time.perf_counter()
-        try:
-            decision = self.ctx.scheduler.schedule(request, endpoints.Snapshot(self.ctx.clock(), states))
-        except types.Rejection as rejection:
-            raise Rejected(rejection.status, rejection.reason) from None
-        finally:
-            self.ctx.metrics.scheduling_duration.observe(time.perf_counter() - began)
-        if not decision.endpoints:
-            raise Rejected(503, "the scheduler chose no endpoint")
-        self.decision = decision
-        self.charge = self.ctx.store.charge(request, decision)
-        self.ctx.metrics.in_flight.inc()
+        self.flight = self.ctx.director.decide(
+            request,
+            now=self.ctx.clock(),
+            subset=self.subset,
+            detail=f"body_bytes={len(body) if length is None else length} rewritten={body_changed} "
+            f"early={self.early}",
+        )
+        decision = self.flight.decision
         destination = ",".join(decision.endpoints)
-        set_headers = [_set_header(names.DESTINATION_ENDPOINT, destination)]
+        set_headers = [replies.set_header(names.DESTINATION_ENDPOINT, destination)]
         if decision.prefill:
-            set_headers.append(_set_header(names.PREFILLER_HOST_PORT, decision.prefill))
+            set_headers.append(replies.set_header(names.PREFILLER_HOST_PORT, decision.prefill))
         if body_changed:
-            set_headers.append(_set_header("content-length", str(len(body) if length is None else length)))
+            set_headers.append(
+                replies.set_header("content-length", str(len(body) if length is None else length))
+            )
         if self.request_id_generated:
-            set_headers.append(_set_header(names.REQUEST_ID, self.request_id))
+            set_headers.append(replies.set_header(names.REQUEST_ID, self.request_id))
         common = ext_proc.CommonResponse(
             header_mutation=ext_proc.HeaderMutation(set_headers=set_headers), clear_route_cache=True
         )
@@ -413,20 +348,6 @@ class Stream:
         metadata.fields[names.LB_NAMESPACE].struct_value.fields[
             names.DESTINATION_ENDPOINT
         ].string_value = destination
-        log.info(
-            "event=decision request_id=%s model=%s target_model=%s endpoints=%s prefill=%s profile=%s "
-            "subset=%s body_bytes=%d rewritten=%s early=%s",
-            self.request_id,
-            request.model or "-",
-            request.target_model or "-",
-            destination,
-            decision.prefill or "-",
-            decision.profile or "-",
-            ",".join(self.subset) if self.subset is not None else "-",
-            len(body) if length is None else length,
-            body_changed,
-            self.early,
-        )
         if header_phase:
             self.headers_answered = True
             return ext_proc.ProcessingResponse(
@@ -442,7 +363,7 @@ class Stream:
         model = self.request.model if self.request is not None else ""
         self.ctx.metrics.child("requests", model, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
-        return immediate(status, reason)
+        return replies.immediate(status, reason)
 
     # --- response path ---------------------------------------------------------------------------------
     def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
@@ -457,7 +378,7 @@ class Stream:
             self.first_byte_at = self.ctx.clock()  # else at the first event: the first token's time
         if message.response_headers.end_of_stream:
             self._end_response()
-        return [_CONTINUE_RESPONSE_HEADERS]
+        return [replies.CONTINUE_RESPONSE_HEADERS]
 
     def _served(self, message: ext_proc.ProcessingRequest) -> str | None:
         lb = message.metadata_context.filter_metadata.get(names.LB_NAMESPACE)
@@ -477,8 +398,11 @@ class Stream:
         if body.end_of_stream:
             self._end_response()
         if self.response_mode == _FULL_DUPLEX:
-            return [_streamed(piece, end=body.end_of_stream, response=True) for piece in _pieces(chunk)]
-        return [_CONTINUE_RESPONSE_BODY]
+            return [
+                replies.streamed(piece, end=body.end_of_stream, response=True)
+                for piece in replies.pieces(chunk)
+            ]
+        return [replies.CONTINUE_RESPONSE_BODY]
 
     def finished(self) -> bool:
         """Whether the response is known to have ended, judged when the stream closes.
@@ -496,19 +420,17 @@ class Stream:
 
     # --- completion ------------------------------------------------------------------------------------
     def complete(self, *, aborted: bool) -> None:
-        """Record how the request ended (once); refunds the load charge and tells the scheduler."""
-        if self.completed or self.decision is None or self.request is None:
+        """Record how the request ended (once): the director refunds the load and tells the scheduler."""
+        if self.completed or self.flight is None:
             return
         self.completed = True
         now = self.ctx.clock()
-        datastore.Datastore.refund(self.charge)
-        self.ctx.metrics.in_flight.dec()
         reported = None
         if self.reader is not None:
             self.reader.finish()
             reported = self.reader.usage
         completion = types.Completion(
-            endpoint=self.served or self.decision.primary,
+            endpoint=self.served or self.flight.decision.primary,
             status=self.status,
             prompt_tokens=reported.prompt_tokens if reported else None,
             completion_tokens=reported.completion_tokens if reported else None,
@@ -517,18 +439,7 @@ class Stream:
             duration_s=now - self.started,
             aborted=aborted,
         )
-        try:
-            self.ctx.scheduler.on_completion(self.request, self.decision, completion)
-        except Exception:
-            log.exception("event=on_completion_failed request_id=%s", self.request_id)
-        model = self.request.target_model
-        code = "aborted" if aborted else str(self.status)
-        self.ctx.metrics.child("requests", model, code).inc()
-        self.ctx.metrics.child("request_duration", model).observe(completion.duration_s)
-        if completion.prompt_tokens:
-            self.ctx.metrics.child("prompt_tokens", model).inc(completion.prompt_tokens)
-        if completion.completion_tokens:
-            self.ctx.metrics.child("completion_tokens", model).inc(completion.completion_tokens)
+        self.ctx.director.complete(self.flight, completion)
         log.debug(
             "event=completed request_id=%s endpoint=%s status=%d aborted=%s prompt_tokens=%s "
             "completion_tokens=%s duration_s=%.4f",

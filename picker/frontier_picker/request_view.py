@@ -38,9 +38,19 @@ def build(
     target: str,
     document: dict[str, Any] | None,
     headers: Mapping[str, str],
+    body_bytes: int | None = None,
+    parsed_bytes: int = 0,
 ) -> types.Request:
-    """The `Request` a scheduler sees; `document` is the parsed body (None for a body-less request)."""
+    """The `Request` a scheduler sees; `document` is the parsed body (None for a body-less request).
+
+    `body_bytes` is the whole body's declared size when `document` was parsed from its first `parsed_bytes`
+    only (an early decision): the prompt goes on past them, so its tokens are estimated from the body's
+    size, less the JSON seen around the prompt so far."""
     prompt = bodies.prompt_text(document) if document is not None else ""
+    prompt_tokens = bodies.estimate_tokens(prompt)
+    if body_bytes is not None:
+        overhead = parsed_bytes - len(prompt)
+        prompt_tokens = max(prompt_tokens, bodies.estimate_tokens_of(body_bytes - overhead))
     max_tokens = None
     if document is not None:
         max_tokens = next((v for f in _MAX_TOKENS_FIELDS if isinstance(v := document.get(f), int)), None)
@@ -49,7 +59,7 @@ def build(
         model=model,
         target_model=target,
         prompt=prompt,
-        prompt_tokens=bodies.estimate_tokens(prompt),
+        prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         objective=header(headers, names.INFERENCE_OBJECTIVE),
         fairness_id=header(headers, names.FAIRNESS_ID),

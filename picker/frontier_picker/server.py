@@ -21,7 +21,16 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from frontier_api import names
-from frontier_picker import datastore, file_discovery, metrics, pool_discovery, processor, scraper, tls
+from frontier_picker import (
+    datastore,
+    director,
+    file_discovery,
+    metrics,
+    pool_discovery,
+    processor,
+    scraper,
+    tls,
+)
 from frontier_picker.scheduling import config, types
 
 log = logging.getLogger(__name__)
@@ -44,7 +53,7 @@ class Options:
     secure_serving: bool = True
     cert_path: Path | None = None
     config_text: str | None = None
-    profile: str | None = None
+    builtin_config: str | None = None
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
     early_decision_prompt_chars: int = 65_536
@@ -90,13 +99,14 @@ async def start(
 ) -> Picker:
     """Start the picker in the running loop; `scheduler`/`store` override the ones built from `options`."""
     if scheduler is None:
-        scheduler = config.load(options.config_text, fallbacks=options.fallbacks, profile=options.profile)
+        scheduler = config.load(
+            options.config_text, builtin=options.builtin_config, fallbacks=options.fallbacks
+        )
     if store is None:
         store = datastore.Datastore()
     own_metrics = metrics.create()
     context = processor.Context(
-        scheduler=scheduler,
-        store=store,
+        director=director.Director(scheduler=scheduler, store=store, metrics=own_metrics),
         metrics=own_metrics,
         settings=processor.Settings(
             max_body_bytes=options.max_body_bytes,

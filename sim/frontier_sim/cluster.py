@@ -20,8 +20,9 @@ What the router sees, as the real picker does:
   engine's true state at scrape ticks: every `scrape_interval` (50 ms, the picker's polling period) each
   endpoint is scraped once, the endpoints spread over `scrape_groups` evenly spaced ticks so scrapes are
   staggered as independent pollers are. Between scrapes they are stale, as in production;
-- *load* (`EndpointState.load`) is the picker datastore's own accounting (`datastore.Datastore.charge` at
-  the decision, `refund` at the completion), exact and immediate;
+- *load* (`EndpointState.load`) is the picker datastore's own accounting, exact and immediate: every
+  decision and completion goes through the picker's own `director.Director` (charge, refund, the plugins'
+  learning), exactly as in the ext_proc server;
 - the `Request` is built by the ext_proc server's own `request_view.build` (from the OpenAI body, token
   estimate, headers), and the `Snapshot` reuses the same `EndpointState` objects every time.
 
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from frontier_api import names
-from frontier_picker import datastore, endpoints, request_view
+from frontier_picker import datastore, director, endpoints, request_view
 from frontier_picker.scheduling import config, types
 from frontier_sim import cluster_engine, cluster_policies, engine, fleet, settings, tokenizer
 
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 SCRAPE_INTERVAL_S = 0.05
 SCRAPE_GROUPS = 10
-PICKER_PROFILES = config.BUILTIN  # frontier, gie-default, round-robin (the picker's own)
+PICKER_CONFIGS = config.BUILTIN  # frontier, gie-default, round-robin (the picker's own)
 # Distinct prompt texts whose token ids and block hashes are kept (workloads cycle through prompt lists).
 TOKEN_CACHE_SIZE = 20_000
 _INTS = tuple(range(tokenizer.VOCAB_SIZE))  # token ids share these int objects: 8 bytes a token, not 36
@@ -177,9 +178,7 @@ class _Flight:
     """A request between its decision and its completion."""
 
     index: int  # row in the results
-    request: types.Request
-    decision: types.Decision
-    charge: datastore.Charge | None
+    flight: director.Flight
     engine: int
     text: str
     token_ids: list[int]
@@ -274,22 +273,20 @@ def _policy(
     cores: Sequence[Any],
     seed: int,
     fallbacks: int,
-) -> tuple[str, cluster_policies.Policy]:
+) -> tuple[str, types.Scheduler]:
     if isinstance(policy, str):
         baseline = cluster_policies.builtin(policy, states=states, cores=cores, seed=seed)
         if baseline is not None:
-            return policy, baseline
-        if policy in PICKER_PROFILES:
-            scheduler = config.load(None, profile=policy, fallbacks=fallbacks, seed=seed)
-            return policy, cluster_policies.Picker(scheduler)
+            return policy, cluster_policies.PolicyScheduler(baseline)
+        if policy in PICKER_CONFIGS:
+            return policy, config.load(builtin=policy, fallbacks=fallbacks, seed=seed)
         if "EndpointPickerConfig" in policy:
-            scheduler = config.load(policy, fallbacks=fallbacks, seed=seed)
-            return "picker-config", cluster_policies.Picker(scheduler)
-        allowed = ", ".join([*cluster_policies.BUILTIN, *PICKER_PROFILES, "<EndpointPickerConfig text>"])
+            return "picker-config", config.load(policy, fallbacks=fallbacks, seed=seed)
+        allowed = ", ".join([*cluster_policies.BUILTIN, *PICKER_CONFIGS, "<EndpointPickerConfig text>"])
         raise ValueError(f"policy={policy!r}; allowed: {allowed}")
     if isinstance(policy, cluster_policies.Policy):
-        return type(policy).__name__, policy
-    return type(policy).__name__, cluster_policies.Picker(policy)
+        return type(policy).__name__, cluster_policies.PolicyScheduler(policy)
+    return type(policy).__name__, policy
 
 
 def _request(arrival: Arrival, request_id: str) -> types.Request:
@@ -359,8 +356,10 @@ def run(
         state.metrics.block_size = core.config.block_size
         state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
     key_index = {state.endpoint.key: i for i, state in enumerate(states)}
-    name, chosen = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
-    oracle = chosen if isinstance(chosen, cluster_policies.Oracle) else None
+    name, scheduler = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
+    directing = director.Director(scheduler=scheduler, store=store, log_decisions=False)
+    baseline = scheduler if isinstance(scheduler, cluster_policies.PolicyScheduler) else None
+    oracle = baseline.policy if baseline and isinstance(baseline.policy, cluster_policies.Oracle) else None
     prompts = _Prompts(token_cache)
     groups = max(1, min(scrape_groups, len(vengines)))
     members = [list(range(g, len(vengines), groups)) for g in range(groups)]
@@ -410,16 +409,16 @@ def run(
             push(v)
 
     def finish_error(flight: _Flight, t: float, code: int, reason: str) -> None:
-        flights.pop(flight.request.request_id, None)
-        prefills.pop(flight.request.request_id, None)
+        request = flight.flight.request
+        flights.pop(request.request_id, None)
+        prefills.pop(request.request_id, None)
         status[flight.index] = code
         end[flight.index] = nan
-        datastore.Datastore.refund(flight.charge)
-        completion = types.Completion(endpoint=flight.decision.primary, status=code, duration_s=0.0)
-        chosen.on_completion(flight.request, flight.decision, completion)
+        completion = types.Completion(endpoint=flight.flight.decision.primary, status=code, duration_s=0.0)
+        directing.complete(flight.flight, completion)
         log.debug(
             "event=vt_request_failed request_id=%s status=%d reason=%r",
-            flight.request.request_id,
+            request.request_id,
             code,
             reason,
         )
@@ -434,7 +433,7 @@ def run(
                 flight.first_token = True
                 ttft[flight.index] = t - arrival_at[flight.index]
                 if oracle is not None:
-                    oracle.started(flight.request.request_id)
+                    oracle.started(rid)
         for done in result.finished:
             rid = done.request_id
             prefill = prefills.pop(rid, None)
@@ -457,9 +456,8 @@ def run(
             prompt_tokens[i] = done.prompt_tokens
             completion_tokens[i] = done.completion_tokens
             cached_tokens[i] = done.cached_tokens
-            datastore.Datastore.refund(flight.charge)
             completion = types.Completion(
-                endpoint=flight.decision.primary,
+                endpoint=flight.flight.decision.primary,
                 status=200,
                 prompt_tokens=done.prompt_tokens,
                 completion_tokens=done.completion_tokens,
@@ -467,7 +465,7 @@ def run(
                 ttft_s=ttft[i],
                 duration_s=t - arrival_at[i],
             )
-            chosen.on_completion(flight.request, flight.decision, completion)
+            directing.complete(flight.flight, completion)
 
     metrics_of = [state.metrics for state in states]
     run_phase = cluster_engine.Phase.RUN
@@ -516,7 +514,9 @@ def run(
             t, _, index, version = heapq.heappop(heap)
             if index < 0:
                 flight = transfers.pop(version)
-                submit(flight, vengines[flight.engine], t, flight.request.request_id, kv_transferred=True)
+                submit(
+                    flight, vengines[flight.engine], t, flight.flight.request.request_id, kv_transferred=True
+                )
                 continue
             v = vengines[index]
             if version != v.version:
@@ -551,17 +551,17 @@ def run(
         text = _engine_text(arrival)
         token_ids = prompts.get(text)
         try:
-            decision = chosen.decide(request, token_ids, endpoints.Snapshot(t, states))
+            if baseline is not None:
+                baseline.token_ids = token_ids
+            decided = directing.decide(request, now=t)
         except types.Rejection as rejection:
             status[row] = rejection.status
             continue
+        decision = decided.decision
         target = key_index[decision.primary]
-        charge = store.charge(request, decision)
         flight = _Flight(
             index=row,
-            request=request,
-            decision=decision,
-            charge=charge,
+            flight=decided,
             engine=target,
             text=text,
             token_ids=token_ids,

@@ -1,11 +1,11 @@
-"""Routing policies of the virtual-time cluster: the picker's own schedulers, baselines, and an oracle.
+"""Routing policies of the virtual-time cluster besides the picker's own configs: baselines and an oracle.
 
-Every policy answers `decide(request, token_ids, snapshot) -> Decision` and hears `on_completion(...)`:
+The picker's configs (`frontier`, `gie-default`, `round-robin`, or any EndpointPickerConfig text) run as
+`frontier_picker` schedulers through the picker's director, as in the ext_proc server. The policies here
+answer `decide(request, token_ids, snapshot) -> Decision` (the oracle reads the prompt's token ids) and hear
+`on_completion(...)`; `PolicyScheduler` puts one behind the same director:
 
-- `Picker`: a `frontier_picker` scheduler (`scheduling.config.load`), called exactly as the ext_proc server
-  calls it — same `Request`, a `Snapshot` of `EndpointState`s whose metrics are as stale as scraping makes
-  them and whose load is the picker datastore's own in-flight accounting;
-- `RoundRobin`, `Random`, `LeastRequest` (fewest in-flight requests by that same accounting, ties at
+- `Random`, `LeastRequest` (fewest in-flight requests by the picker datastore's accounting, ties at
   random): the plain load balancers a gateway offers without an endpoint picker;
 - `Oracle`: perfect information, greedy use. It reads every engine core directly — the true cached
   prefix of this prompt, the running batch and its context — and counts the queue exactly: the uncached
@@ -52,21 +52,20 @@ class Policy(Protocol):
     ) -> None: ...
 
 
-class Picker:
-    """A picker scheduler (any `types.Scheduler`) as a cluster policy."""
+class PolicyScheduler:
+    """A `Policy` as a `types.Scheduler`: the cluster sets `token_ids` to the arrival's before deciding."""
 
-    def __init__(self, scheduler: types.Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.token_ids: Sequence[int] = ()
 
-    def decide(
-        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
-    ) -> types.Decision:
-        return self.scheduler.schedule(request, snapshot)
+    def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
+        return self.policy.decide(request, self.token_ids, snapshot)
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
     ) -> None:
-        self.scheduler.on_completion(request, decision, completion)
+        self.policy.on_completion(request, decision, completion)
 
 
 class _ByModel:
@@ -87,27 +86,6 @@ class _ByModel:
 
 def _decision(key: str, profile: str) -> types.Decision:
     return types.Decision(endpoints=[key], profile=profile)
-
-
-class RoundRobin:
-    """Each endpoint in turn."""
-
-    def __init__(self, states: Sequence[endpoints.EndpointState]) -> None:
-        self._models = _ByModel(states)
-        self._next: dict[str, int] = {}
-
-    def decide(
-        self, request: types.Request, token_ids: Sequence[int], snapshot: endpoints.Snapshot
-    ) -> types.Decision:
-        positions = self._models.candidates(request.target_model)
-        turn = self._next.get(request.target_model, 0)
-        self._next[request.target_model] = turn + 1
-        return _decision(snapshot.endpoints[positions[turn % len(positions)]].endpoint.key, "round-robin")
-
-    def on_completion(
-        self, request: types.Request, decision: types.Decision, completion: types.Completion
-    ) -> None:
-        return None
 
 
 class Random:
@@ -297,8 +275,6 @@ def builtin(
     seed: int,
 ) -> Policy | None:
     """The non-picker policy called `name`, or None when `name` is not one of them."""
-    if name == "round-robin":
-        return RoundRobin(states)
     if name == "random":
         return Random(states, seed=seed)
     if name == "least-request":
@@ -309,7 +285,6 @@ def builtin(
 
 
 BUILTIN: Mapping[str, str] = {
-    "round-robin": "each endpoint in turn",
     "random": "a uniformly random endpoint",
     "least-request": "fewest in-flight requests (picker accounting), ties at random",
     "oracle": "least predicted TTFT from true cache contents and queues (perfect signals, greedy)",

@@ -14,8 +14,10 @@ from typing import Any, Final
 
 import xxhash
 
+from frontier_api import estimates
+
 VOCAB_SIZE: Final = 128256
-CHARS_PER_TOKEN: Final = 4
+CHARS_PER_TOKEN: Final = estimates.CHARS_PER_TOKEN
 _WORDS: Final = tuple(
     f"{w} "
     for w in (

@@ -3,7 +3,8 @@
 import pytest
 
 from frontier_bench import frontdoors, loadgen, processes, workloads
-from frontier_picker.scheduling import config, cost
+from frontier_picker.scheduling import config
+from frontier_picker.scheduling.plugins import cost
 
 from .backends import Backend
 
@@ -104,9 +105,8 @@ async def test_sglang_router_cache_aware_keeps_a_repeated_prompt_on_one_engine(t
 
 def test_frontier_picker_is_told_the_fleets_time_scale():
     text = frontdoors.picker_config("frontier", time_scale=2.0)
-    scorer = next(
-        w.scorer for w in config.load(text).profile.scorers if isinstance(w.scorer, cost.PredictedTTFTScorer)
-    )
+    scorers = config.load(text).destination_profile.scorers
+    scorer = next(w.scorer for w in scorers if isinstance(w.scorer, cost.PredictedTTFTScorer))
     assert scorer.p1 == pytest.approx(2 * cost.H100_LLAMA8B_P1)
     assert scorer.d0 == pytest.approx(2 * cost.H100_LLAMA8B_D0)
     assert frontdoors.picker_config("frontier", time_scale=1.0) == config.builtin_text("frontier")

@@ -249,8 +249,8 @@ def test_generated_picker_config_is_the_pickers_builtin_frontier_config():
     text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
     # The picker package's own text, whatever frontier.yaml holds today: never a copy kept in the operator.
     assert text == config.builtin_text("frontier")
-    assert config.parse(text) == config.parse(config.builtin_text(config.DEFAULT_PROFILE))
-    assert config.load(text).profile.name == "frontier"
+    assert config.parse(text) == config.parse(config.builtin_text(config.DEFAULT_CONFIG))
+    assert config.load(text).destination_profile.name == "frontier"
 
 
 def test_operator_setting_replaces_the_generated_picker_config():

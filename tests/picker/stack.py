@@ -111,7 +111,7 @@ class RecordingScheduler:
     for a scheduler's load shedding."""
 
     def __init__(self, *, fallbacks: int, profile: str | None = "round-robin") -> None:
-        self.inner = config.load(None, fallbacks=fallbacks, profile=profile)
+        self.inner = config.load(builtin=profile, fallbacks=fallbacks)
         self.decisions: list[tuple[types.Request, types.Decision]] = []
         self.completions: list[types.Completion] = []
 

@@ -9,7 +9,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import datastore, endpoints, metrics, processor
+from frontier_picker import datastore, director, endpoints, metrics, processor
 from frontier_picker.scheduling import types
 
 
@@ -36,10 +36,10 @@ def stream(decision: types.Decision, *, max_body_bytes: int = 1 << 20) -> tuple[
         for key in ("10.0.0.1:8000", "10.0.0.2:8000")
     )
     scheduler = Fixed(decision)
+    own_metrics = metrics.create()
     context = processor.Context(
-        scheduler=scheduler,
-        store=store,
-        metrics=metrics.create(),
+        director=director.Director(scheduler=scheduler, store=store, metrics=own_metrics),
+        metrics=own_metrics,
         settings=processor.Settings(max_body_bytes=max_body_bytes),
     )
     return processor.Stream(context), scheduler
@@ -116,17 +116,17 @@ def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:
     ]
     handler.complete(aborted=True)  # the stream closing later does not count it twice
     assert len(scheduler.completions) == 1
-    assert handler.ctx.store.in_flight() == 0
+    assert handler.ctx.director.store.in_flight() == 0
 
 
 def test_stream_that_ends_before_the_response_is_an_aborted_completion() -> None:
     handler, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
     handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r3")]))
     handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
-    assert handler.ctx.store.in_flight() == 1
+    assert handler.ctx.director.store.in_flight() == 1
     handler.complete(aborted=not handler.finished())
     assert scheduler.completions[0].aborted
-    assert handler.ctx.store.in_flight() == 0
+    assert handler.ctx.director.store.in_flight() == 0
 
 
 class Broken(Fixed):
@@ -136,9 +136,9 @@ class Broken(Fixed):
 
 def test_a_scheduler_bug_answers_500_and_names_the_picker() -> None:
     handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
-    handler.ctx.scheduler = Broken(types.Decision(endpoints=[]))
+    handler.ctx.director.scheduler = Broken(types.Decision(endpoints=[]))
     handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r4")]))
     (reply,) = handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
     assert reply.immediate_response.status.code == 500
     assert b"internal error in the endpoint picker" in reply.immediate_response.body
-    assert handler.ctx.store.in_flight() == 0
+    assert handler.ctx.director.store.in_flight() == 0

@@ -83,7 +83,7 @@ class Fleet:
         options = server.Options(
             address=FRONT, grpc_port=0, grpc_health_port=0, metrics_port=0, secure_serving=False, fallbacks=0
         )
-        scheduler = config.load(None, fallbacks=0, seed=0)
+        scheduler = config.load(fallbacks=0, seed=0)
         self.picker = self.loop.run(server.start(options, scheduler=scheduler, store=store))
         listen_port, admin_port = stack.free_port(FRONT), stack.free_port(FRONT)
         bootstrap = envoy_bootstrap.bootstrap(

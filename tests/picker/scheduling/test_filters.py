@@ -4,13 +4,14 @@ availability, P/D roles."""
 import numpy as np
 
 from frontier_api import names
-from frontier_picker.scheduling import filters, plugins, saturation
+from frontier_picker.scheduling.framework import cycles, plugin, saturation
+from frontier_picker.scheduling.plugins import filters
 
 from . import fleet
 
 
-def run(stage: plugins.Filter, states, request=None) -> list[str]:
-    cycle = plugins.Cycle(request or fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(0))
+def run(stage: plugin.Filter, states, request=None) -> list[str]:
+    cycle = cycles.Cycle(request or fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(0))
     return [state.endpoint.key for state in stage.filter(cycle, cycle.candidates)]
 
 
@@ -93,7 +94,7 @@ def test_label_filters_reuse_results_only_for_the_same_endpoint_sequence():
     )
 
     def keys(states, request):
-        cycle = plugins.Cycle(request, fleet.snapshot(states), rng=np.random.default_rng(0))
+        cycle = cycles.Cycle(request, fleet.snapshot(states), rng=np.random.default_rng(0))
         cycle.candidates = states  # the datastore's own sequence object, as the picker passes it
         return [s.endpoint.key for s in stage.filter(cycle, cycle.candidates)]
 

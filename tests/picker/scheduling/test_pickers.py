@@ -4,14 +4,15 @@ import collections
 
 import numpy as np
 
-from frontier_picker.scheduling import pickers, plugins
+from frontier_picker.scheduling.framework import cycles
+from frontier_picker.scheduling.plugins import pickers
 
 from . import fleet
 
 
-def cycle(n: int, seed: int = 0) -> plugins.Cycle:
+def cycle(n: int, seed: int = 0) -> cycles.Cycle:
     states = [fleet.state(i) for i in range(n)]
-    return plugins.Cycle(fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(seed))
+    return cycles.Cycle(fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(seed))
 
 
 def test_max_score_picks_the_best_and_orders_fallbacks_by_score():

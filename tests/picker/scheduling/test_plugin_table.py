@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from frontier_picker.scheduling import plugin_table, plugins
+from frontier_picker.scheduling import plugin_table
+from frontier_picker.scheduling.framework import plugin
 
 README = Path(__file__).resolve().parents[3] / "picker" / "README.md"
 
@@ -14,7 +15,7 @@ def test_readme_plugin_table_is_up_to_date():
 
 
 def test_every_plugin_documents_itself():
-    for type_name, cls in plugins.registered().items():
+    for type_name, cls in plugin.registered().items():
         assert cls.__doc__ and cls.formula and cls.intent, type_name
 
 

@@ -4,13 +4,15 @@ blocks), per-endpoint LRU, matching, and the prefix-cache scorer."""
 import numpy as np
 import xxhash
 
-from frontier_picker.scheduling import plugins, prefix, types
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import cycles
+from frontier_picker.scheduling.plugins import prefix
 
 from . import fleet
 
 
-def cycle(states, prompt: str) -> plugins.Cycle:
-    return plugins.Cycle(fleet.request(prompt), fleet.snapshot(states), rng=np.random.default_rng(0))
+def cycle(states, prompt: str) -> cycles.Cycle:
+    return cycles.Cycle(fleet.request(prompt), fleet.snapshot(states), rng=np.random.default_rng(0))
 
 
 def text(n_blocks: int, tag: str = "a") -> str:

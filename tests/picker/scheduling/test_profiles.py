@@ -23,7 +23,7 @@ def complete(scheduler, request, decision) -> None:
 
 @pytest.mark.parametrize("profile", ["frontier", "gie-default"])
 def test_long_queue_is_avoided(profile):
-    scheduler = config.load(None, profile=profile, seed=1)
+    scheduler = config.load(builtin=profile, seed=1)
     states = [fleet.state(0, waiting=4, running=30), fleet.state(1, waiting=0, running=30)]
     for i in range(20):
         request = fleet.request(f"unrelated prompt {i} " * 40, request_id=str(i))
@@ -33,7 +33,7 @@ def test_long_queue_is_avoided(profile):
 
 
 def test_gie_default_scores_are_2_queue_plus_2_kv_plus_3_prefix():
-    scheduler = config.load(None, profile="gie-default", seed=1, fallbacks=2)
+    scheduler = config.load(builtin="gie-default", seed=1, fallbacks=2)
     states = [fleet.state(0, waiting=2, kv=0.5), fleet.state(1, waiting=4, kv=0.1), fleet.state(2, kv=0.9)]
     first = fleet.request(prompt(0), request_id="a")
     decision = scheduler.schedule(first, fleet.snapshot(states))
@@ -45,7 +45,7 @@ def test_gie_default_scores_are_2_queue_plus_2_kv_plus_3_prefix():
 
 @pytest.mark.parametrize("profile", ["frontier", "gie-default"])
 def test_shared_prefix_sticks_to_one_endpoint(profile):
-    scheduler = config.load(None, profile=profile, seed=3)
+    scheduler = config.load(builtin=profile, seed=3)
     states = [fleet.state(i) for i in range(4)]
     chosen = set()
     for i in range(12):
@@ -57,7 +57,7 @@ def test_shared_prefix_sticks_to_one_endpoint(profile):
 
 
 def test_shared_prefix_sticks_to_one_endpoint_until_saturated():
-    scheduler = config.load(None, seed=3)
+    scheduler = config.load(seed=3)
     states = [fleet.state(i) for i in range(4)]
     first = scheduler.schedule(fleet.request(prompt(0), request_id="0"), fleet.snapshot(states)).primary
     hot = next(state for state in states if state.endpoint.key == first)
@@ -73,7 +73,7 @@ def test_shared_prefix_sticks_to_one_endpoint_until_saturated():
 
 
 def test_frontier_spreads_a_burst_instead_of_herding_onto_the_prefix_holder():
-    scheduler = config.load(None, seed=5)
+    scheduler = config.load(seed=5)
     states = [fleet.state(i) for i in range(4)]
     counts = collections.Counter(
         scheduler.schedule(fleet.request(prompt(i), request_id=str(i)), fleet.snapshot(states)).primary
@@ -104,7 +104,7 @@ def _second_long_prompt_joins_the_first(scheduler, *, scraped_after: float, sent
 def test_a_prompt_still_prefilling_keeps_its_endpoint_busy_after_a_scrape_shows_it_running():
     # The first prompt's prefill (~0.25 s) is still under way 60 ms later, although the scrape no longer
     # counts it as waiting and its endpoint runs fewer sequences: the second prompt goes elsewhere.
-    scheduler = config.load(None, seed=1)
+    scheduler = config.load(seed=1)
     assert not _second_long_prompt_joins_the_first(scheduler, scraped_after=0.05, sent_after=0.06)
 
 
@@ -117,7 +117,7 @@ def test_a_slower_pool_is_predicted_slower(slowdown, joins):
 
 
 def test_frontier_returns_to_the_prefix_holder_once_its_requests_complete():
-    scheduler = config.load(None, seed=5)
+    scheduler = config.load(seed=5)
     states = [fleet.state(i) for i in range(3)]
     sent = [(fleet.request(prompt(i), request_id=str(i)),) for i in range(12)]
     decisions = [scheduler.schedule(request, fleet.snapshot(states)) for (request,) in sent]
@@ -164,7 +164,7 @@ def test_busy_fleet_keeps_a_prompt_on_its_prefix_rather_than_recomputing_it(weig
 
 
 def test_idle_endpoint_takes_the_overflow_of_a_busy_prefix_holder():
-    scheduler = config.load(None, seed=2)
+    scheduler = config.load(seed=2)
     states = [fleet.state(0), fleet.state(1)]
     holder = _holder_of_shared_prefix(scheduler, states)
     for state in states:
@@ -181,7 +181,7 @@ def test_holder_whose_queue_stopped_moving_sheds_to_a_busy_endpoint(holder_waiti
     # waiting mean ~8 s there, worse than recomputing the prefix on a busy endpoint that still admits (its
     # 200 running sequences stall ~28 ms each: ~5.5 s in all).
     # With nothing waiting the holder keeps the prompt.
-    scheduler = config.load(None, seed=2)
+    scheduler = config.load(seed=2)
     states = [fleet.state(0), fleet.state(1)]
     holder = _holder_of_shared_prefix(scheduler, states, warm=10)
     for state in states:
@@ -228,7 +228,7 @@ def test_a_long_answer_leaves_a_holder_decoding_a_large_batch(max_tokens, weight
 def test_answers_shorter_than_max_tokens_lower_the_decode_price():
     # As above with a 1,000-token max_tokens, but the last 200 answers used 1% of theirs: the picker expects
     # ~10 tokens, and the request stays with its prefix.
-    scheduler = config.load(None, seed=2)
+    scheduler = config.load(seed=2)
     states = [fleet.state(0), fleet.state(1)]
     holder = _holder_of_shared_prefix(scheduler, states)
     for i in range(200):
@@ -244,7 +244,7 @@ def test_answers_shorter_than_max_tokens_lower_the_decode_price():
 
 
 def test_all_stale_metrics_fall_back_on_in_flight_accounting():
-    scheduler = config.load(None, seed=1)
+    scheduler = config.load(seed=1)
     # Stale metrics claim e1 is idle, but the picker itself has 6 requests in flight there.
     states = [
         fleet.state(0, age=9.0, waiting=3, in_flight=1),
@@ -257,7 +257,7 @@ def test_all_stale_metrics_fall_back_on_in_flight_accounting():
 
 def test_stale_endpoint_is_routed_around_when_others_are_fresh():
     for profile in ("frontier",):
-        scheduler = config.load(None, profile=profile, seed=1)
+        scheduler = config.load(builtin=profile, seed=1)
         states = [fleet.state(0, age=0.5), fleet.state(1, waiting=3, running=20)]
         for i in range(10):
             assert scheduler.schedule(
@@ -296,7 +296,7 @@ def test_sheddable_requests_get_429_only_when_every_endpoint_is_saturated():
 
 
 def test_no_endpoint_or_no_endpoint_for_the_model_is_503():
-    scheduler = config.load(None)
+    scheduler = config.load()
     with pytest.raises(types.Rejection) as empty:
         scheduler.schedule(fleet.request(), fleet.snapshot([]))
     assert empty.value.status == 503
@@ -307,7 +307,7 @@ def test_no_endpoint_or_no_endpoint_for_the_model_is_503():
 
 
 def test_prefill_endpoint_is_chosen_only_for_long_uncached_prompts():
-    scheduler = config.load(None, seed=2)
+    scheduler = config.load(seed=2)
     states = [
         fleet.state(0, labels=fleet.role("prefill"), waiting=1),
         fleet.state(1, labels=fleet.role("prefill")),
@@ -324,14 +324,14 @@ def test_prefill_endpoint_is_chosen_only_for_long_uncached_prompts():
 
 
 def test_fallbacks_follow_the_primary():
-    scheduler = config.load(None, fallbacks=2, seed=1)
+    scheduler = config.load(fallbacks=2, seed=1)
     states = [fleet.state(0, waiting=3), fleet.state(1), fleet.state(2, waiting=1)]
     decision = scheduler.schedule(fleet.request("x" * 400), fleet.snapshot(states))
     assert decision.endpoints == [fleet.key(1), fleet.key(2), fleet.key(0)]
 
 
 def test_session_requests_stay_on_their_endpoint():
-    scheduler = config.load(None, seed=4)
+    scheduler = config.load(seed=4)
     states = [fleet.state(i) for i in range(4)]
     first = scheduler.schedule(
         fleet.request("a" * 300, request_id="1", session_token="s1"), fleet.snapshot(states)

@@ -5,13 +5,14 @@ import base64
 import numpy as np
 import pytest
 
-from frontier_picker.scheduling import plugins, scorers
+from frontier_picker.scheduling.framework import cycles
+from frontier_picker.scheduling.plugins import scorers
 
 from . import fleet
 
 
-def cycle(states, request=None) -> plugins.Cycle:
-    return plugins.Cycle(request or fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(0))
+def cycle(states, request=None) -> cycles.Cycle:
+    return cycles.Cycle(request or fleet.request(), fleet.snapshot(states), rng=np.random.default_rng(0))
 
 
 def test_queue_scorer_is_min_max_normalised_inverse_waiting():

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from frontier_picker import endpoints
-from frontier_picker.scheduling import plugins
+from frontier_picker.scheduling.framework.errors import ConfigError
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us|µs|m)?\s*$")
 _UNIT_SECONDS = {"ms": 1e-3, "s": 1.0, "us": 1e-6, "µs": 1e-6, "m": 60.0, None: 1.0}
@@ -54,7 +54,7 @@ def duration_seconds(value: Any, *, field: str) -> float:
         match = _DURATION.match(value)
         if match:
             return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise plugins.ConfigError(f"{field}: {value!r} is not a duration; use e.g. '200ms' or '1s'")
+    raise ConfigError(f"{field}: {value!r} is not a duration; use e.g. '200ms' or '1s'")
 
 
 def from_config(raw: Mapping[str, Any] | None) -> Thresholds:
@@ -62,22 +62,20 @@ def from_config(raw: Mapping[str, Any] | None) -> Thresholds:
     if raw is None:
         return Thresholds()
     if not isinstance(raw, Mapping):
-        raise plugins.ConfigError("saturationDetector must be a mapping")
+        raise ConfigError("saturationDetector must be a mapping")
     known = {"queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise plugins.ConfigError(
+        raise ConfigError(
             f"saturationDetector: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}"
         )
     default = Thresholds()
     queue = raw.get("queueDepthThreshold", default.queue_depth)
     kv = raw.get("kvCacheUtilThreshold", default.kv_utilization)
     if isinstance(queue, bool) or not isinstance(queue, int) or queue < 1:
-        raise plugins.ConfigError(
-            f"saturationDetector.queueDepthThreshold must be an integer >= 1, got {queue!r}"
-        )
+        raise ConfigError(f"saturationDetector.queueDepthThreshold must be an integer >= 1, got {queue!r}")
     if isinstance(kv, bool) or not isinstance(kv, int | float) or not 0 < kv <= 1:
-        raise plugins.ConfigError(f"saturationDetector.kvCacheUtilThreshold must be in (0, 1], got {kv!r}")
+        raise ConfigError(f"saturationDetector.kvCacheUtilThreshold must be in (0, 1], got {kv!r}")
     staleness = duration_seconds(
         raw.get("metricsStalenessThreshold", default.staleness_s),
         field="saturationDetector.metricsStalenessThreshold",

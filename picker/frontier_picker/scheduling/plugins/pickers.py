@@ -4,14 +4,16 @@ The fallbacks go to the proxy after the primary (`x-gateway-destination-endpoint
 the primary fails, so they are the next best, not random.
 """
 
+import itertools
+
 import numpy as np
 
-from frontier_picker.scheduling import plugins
+from frontier_picker.scheduling.framework import cycles, plugin
 
 TIE = 1e-9  # scores closer than this are equal (weighted sums of floats differ in the last bits)
 
 
-class _CountingPicker(plugins.Picker):
+class _CountingPicker(plugin.Picker):
     """A picker returning `maxNumOfEndpoints` endpoints when configured, else what the scheduler asks for."""
 
     parameter_docs = {
@@ -23,13 +25,13 @@ class _CountingPicker(plugins.Picker):
         self.max_endpoints = max_endpoints
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         given = parameters.raw("maxNumOfEndpoints", None)
         count = None if given is None else parameters.integer("maxNumOfEndpoints", 1, minimum=1)
         return cls(name, max_endpoints=count)
 
 
-@plugins.register
+@plugin.register
 class MaxScorePicker(_CountingPicker):
     """Pick the highest score; equal scores are broken at random so equal endpoints share the load."""
 
@@ -37,7 +39,7 @@ class MaxScorePicker(_CountingPicker):
     formula = "primary = argmax(score), random among ties; fallbacks = next best"
     intent = "exploitation"
 
-    def pick(self, cycle: plugins.Cycle, scores: np.ndarray, count: int) -> list[int]:
+    def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
         count = min(self.max_endpoints or count, scores.size)
         if count <= 0:
             return []
@@ -50,7 +52,7 @@ class MaxScorePicker(_CountingPicker):
         return [int(i) for i in order[:count]]
 
 
-@plugins.register
+@plugin.register
 class WeightedRandomPicker(_CountingPicker):
     """Pick at random with probability proportional to score (spreads load, keeps a preference)."""
 
@@ -58,7 +60,7 @@ class WeightedRandomPicker(_CountingPicker):
     formula = "P(endpoint) = score / sum(score); all zero -> uniform; fallbacks drawn without replacement"
     intent = "exploration"
 
-    def pick(self, cycle: plugins.Cycle, scores: np.ndarray, count: int) -> list[int]:
+    def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
         count = min(self.max_endpoints or count, scores.size)
         if count <= 0:
             return []
@@ -77,7 +79,7 @@ class WeightedRandomPicker(_CountingPicker):
         return picked
 
 
-@plugins.register
+@plugin.register
 class RandomPicker(_CountingPicker):
     """Pick uniformly at random, ignoring scores (a baseline)."""
 
@@ -85,6 +87,33 @@ class RandomPicker(_CountingPicker):
     formula = "uniform over candidates; fallbacks drawn without replacement"
     intent = "baseline"
 
-    def pick(self, cycle: plugins.Cycle, scores: np.ndarray, count: int) -> list[int]:
+    def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
         count = min(self.max_endpoints or count, scores.size)
         return [int(i) for i in cycle.rng.choice(scores.size, size=count, replace=False)] if count > 0 else []
+
+
+@plugin.register
+class RoundRobinPicker(_CountingPicker):
+    """Take the candidates in turn, per target model, ignoring scores (the round-robin baseline)."""
+
+    type_name = "round-robin-picker"
+    formula = "primary = candidates[turn % n], turn counted per target model; fallbacks = the next ones"
+    intent = "baseline"
+
+    def __init__(self, name: str, *, max_endpoints: int | None = None) -> None:
+        super().__init__(name, max_endpoints=max_endpoints)
+        self._turns: dict[str, itertools.count[int]] = {}
+
+    def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
+        size = scores.size
+        count = min(self.max_endpoints or count, size)
+        if count <= 0:
+            return []
+        model = cycle.request.target_model
+        turns = self._turns.get(model)
+        if turns is None:
+            if len(self._turns) >= 4096:  # model names come from clients: keep the table bounded
+                self._turns.clear()
+            turns = self._turns[model] = itertools.count()
+        start = next(turns) % size
+        return [(start + i) % size for i in range(count)]

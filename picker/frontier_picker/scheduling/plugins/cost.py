@@ -17,9 +17,9 @@ other requests:
 `u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
 matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
 calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
-running a Llama-3.1-8B-shaped model (../shared/calibration/h100_llama8b.json); set them per pool for other
-engines, or set `slowdown` to how many times slower than that the pool's engines run. Every term is in
-seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains on the
+running a Llama-3.1-8B-shaped model (sim/frontier_sim/calibration/h100_llama8b.json); set them per pool
+for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every term
+is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains on the
 picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90 33%
 above round-robin's without `slowdown`).
 
@@ -66,7 +66,10 @@ import math
 
 import numpy as np
 
-from frontier_picker.scheduling import plugins, prefix, types
+from frontier_api import estimates
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import cycles, plugin
+from frontier_picker.scheduling.plugins import prefix
 
 # Calibrated H100 / Llama-3.1-8B fits: prefill (s, s/token, s/token/context token) and decode step
 # (s, s/sequence, s/context token).
@@ -100,8 +103,8 @@ class _Pending:
     finished: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
 
 
-@plugins.register
-class PredictedTTFTScorer(plugins.Scorer):
+@plugin.register
+class PredictedTTFTScorer(plugin.Scorer):
     """Prefer the endpoint with the lowest predicted time to first token for this request (see module doc)."""
 
     type_name = "predicted-ttft-scorer"
@@ -143,7 +146,7 @@ class PredictedTTFTScorer(plugins.Scorer):
         self,
         name: str,
         *,
-        prefix_plugin: str = "",
+        index: prefix.Index | None = None,
         p0: float = H100_LLAMA8B_P0,
         p1: float = H100_LLAMA8B_P1,
         p2: float = H100_LLAMA8B_P2,
@@ -164,8 +167,11 @@ class PredictedTTFTScorer(plugins.Scorer):
         slowdown: float = 1.0,
     ) -> None:
         super().__init__(name)
-        self.prefix_plugin = prefix_plugin
-        self.index: prefix.Index | None = None  # bound by the config loader to the producing plugin's index
+        self.index = index  # None: nothing is known to be cached anywhere
+        # Per cycle: (positions, uncached tokens, service time) of each prediction, read at the decision.
+        self.predictions_key: cycles.StateKey[list[tuple[dict[str, int], np.ndarray, np.ndarray]]] = (
+            cycles.StateKey("predicted-ttft/predictions")
+        )
         self.p0, self.p1, self.p2 = p0 * slowdown, p1 * slowdown, p2 * slowdown
         self.d0, self.d1, self.d2 = d0 * slowdown, d1 * slowdown, d2 * slowdown
         self.chunk_tokens = chunk_tokens
@@ -187,10 +193,10 @@ class PredictedTTFTScorer(plugins.Scorer):
         self._requests: dict[str, list[tuple[str, tuple[float, float], float, float]]] = {}
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         return cls(
             name,
-            prefix_plugin=parameters.text("prefixPlugin", ""),
+            index=prefix.index_of(handle, owner=name, plugin_name=parameters.text("prefixPlugin", "")),
             p0=parameters.number("p0Seconds", H100_LLAMA8B_P0, minimum=0),
             p1=parameters.number("p1SecondsPerToken", H100_LLAMA8B_P1, minimum=0),
             p2=parameters.number("p2SecondsPerTokenContext", H100_LLAMA8B_P2, minimum=0),
@@ -212,9 +218,9 @@ class PredictedTTFTScorer(plugins.Scorer):
         )
 
     def _prompt_tokens(self, request: types.Request) -> float:
-        return float(request.prompt_tokens or len(request.prompt) // prefix.CHARS_PER_TOKEN)
+        return float(request.prompt_tokens or estimates.tokens(len(request.prompt)))
 
-    def _own_accounting(self, cycle: plugins.Cycle) -> tuple[np.ndarray, ...]:
+    def _own_accounting(self, cycle: cycles.Cycle) -> tuple[np.ndarray, ...]:
         """Per candidate: in-flight uncached tokens and requests, tokens sent since the last scrape,
         completions per second over the last `rateWindowSeconds`, and the predicted prefill backlog."""
         n = len(cycle.candidates)
@@ -259,7 +265,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             del self._pending[key]
         return inflight_tokens, inflight_requests, recent_tokens, drain_rate, backlog
 
-    def _prefix_key(self, cycle: plugins.Cycle) -> int | None:
+    def _prefix_key(self, cycle: cycles.Cycle) -> int | None:
         """The hash naming this request's longest prefix cached anywhere (None: cached nowhere)."""
         if self.index is None or not self.index.hashes(cycle):
             return None
@@ -282,7 +288,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             idle_since = now - 5 * PREFIX_RATE_TAU_S
             self._prefix_counts = {k: v for k, v in counts.items() if v[1] >= idle_since}
 
-    def predict(self, cycle: plugins.Cycle) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, cycle: cycles.Cycle) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: the cost in seconds (predicted TTFT plus the priced stall) and uncached tokens."""
         prompt = self._prompt_tokens(cycle.request)
         text_chars = len(cycle.request.prompt)
@@ -341,9 +347,11 @@ class PredictedTTFTScorer(plugins.Scorer):
             # A copy made now serves this prefix's next requests too: the stall is shared among them.
             reuse = 1.0 + self._prefix_rate(self._prefix_key(cycle), cycle.now) * self.reuse_horizon_s
             cost = cost + self.interference_weight * others * self.p1 * excess / reuse
-        cycle.derived.setdefault(f"ttft_prediction:{id(self)}", []).append(
-            (cycle.positions(), uncached, service)
-        )
+        predictions = cycle.read(self.predictions_key)
+        if predictions is None:
+            predictions = []
+            cycle.write(self.predictions_key, predictions)
+        predictions.append((cycle.positions(), uncached, service))
         return cost, uncached
 
     def _expected_output(self, request: types.Request) -> float:
@@ -351,7 +359,7 @@ class PredictedTTFTScorer(plugins.Scorer):
             return request.max_tokens * self._output_ratio
         return self._mean_output
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
         cost, _ = self.predict(cycle)
         if cost.size == 0:
             return cost
@@ -381,9 +389,9 @@ class PredictedTTFTScorer(plugins.Scorer):
         pending.recent_tokens += tokens
         self._requests.setdefault(request_id, []).append((key, sent, pending.busy_until, pending.advanced))
 
-    def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
+    def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         self._count_prefix(self._prefix_key(cycle), cycle.now)
-        predictions = cycle.derived.get(f"ttft_prediction:{id(self)}", [])
+        predictions = cycle.read(self.predictions_key) or []
 
         def uncached_at(key: str) -> tuple[float, float]:
             for positions, uncached, service in predictions:

@@ -56,10 +56,11 @@ from collections.abc import Sequence
 import numpy as np
 import xxhash
 
+from frontier_api import estimates
 from frontier_picker import endpoints
-from frontier_picker.scheduling import plugins, types
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import cycles, plugin
 
-CHARS_PER_TOKEN = 4
 _LITTLE_ENDIAN_U64 = struct.Struct("<Q")
 _LOW_60_BITS = (1 << 60) - 1  # a Python int below 2**60 takes 2 digits: 32 B, not 36 (48 allocated)
 
@@ -123,16 +124,20 @@ class Index:
         self.max_blocks = max_blocks
         self.lru_capacity = lru_capacity
         self.auto_tune = auto_tune
-        self.tokens_per_block = max(1, block_size // CHARS_PER_TOKEN)
+        self.tokens_per_block = max(1, block_size // estimates.CHARS_PER_TOKEN)
         self._holders: dict[int, int] = {}
         self._holdings: dict[str, Holdings] = {}
         self._by_number: list[Holdings] = []
         self._key_of_number: list[str] = []
+        # Owned by this index: the request's hashes, and the match per candidate (per candidate set).
+        self.hashes_key: cycles.StateKey[list[int]] = cycles.StateKey("prefix-index/hashes")
+        self.matched_key: cycles.StateKey[np.ndarray] = cycles.StateKey(
+            "prefix-index/matched", per_candidates=True
+        )
 
-    def hashes(self, cycle: plugins.Cycle) -> list[int]:
+    def hashes(self, cycle: cycles.Cycle) -> list[int]:
         """The request's block hashes, computed once per cycle and shared by every plugin using this index."""
-        key = f"prefix_hashes:{id(self)}"
-        cached: list[int] | None = cycle.derived.get(key)
+        cached = cycle.read(self.hashes_key)
         if cached is None:
             request = cycle.request
             cached = block_hashes(
@@ -141,19 +146,18 @@ class Index:
                 block_size=self.block_size,
                 max_blocks=self.max_blocks,
             )
-            cycle.derived[key] = cached
+            cycle.write(self.hashes_key, cached)
         return cached
 
-    def matched_blocks(self, cycle: plugins.Cycle) -> np.ndarray:
+    def matched_blocks(self, cycle: cycles.Cycle) -> np.ndarray:
         """Per candidate of `cycle`: how many leading blocks of the request the endpoint holds."""
-        per_index = cycle.derived.setdefault("prefix_matched", {})
-        matched: np.ndarray | None = per_index.get(id(self))
+        matched = cycle.read(self.matched_key)
         if matched is None:
             matched = self._match(self.hashes(cycle), cycle)
-            per_index[id(self)] = matched
+            cycle.write(self.matched_key, matched)
         return matched
 
-    def _match(self, hashes: Sequence[int], cycle: plugins.Cycle) -> np.ndarray:
+    def _match(self, hashes: Sequence[int], cycle: cycles.Cycle) -> np.ndarray:
         counts = np.zeros(len(cycle.candidates), dtype=np.float64)
         if not hashes or not self._holders:
             return counts
@@ -320,22 +324,22 @@ class Index:
         """Hashes held over all endpoints (an entry per endpoint per hash)."""
         return sum(holdings.size for holdings in self._by_number)
 
-    def learn(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
+    def learn(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         """Record the request's blocks on the endpoints the decision sends it to (destination and prefill)."""
         hashes = self.hashes(cycle)
         if not hashes:
             return
-        chosen: dict[str, endpoints.EndpointState] = cycle.derived.get("chosen_states", {})
         for key in (decision.primary, decision.prefill):
             if key is not None:
-                self.add(key, hashes, capacity=self.capacity(chosen.get(key)))
+                self.add(key, hashes, capacity=self.capacity(cycle.chosen.get(key)))
 
 
-@plugins.register
-class PrefixCacheScorer(plugins.Scorer):
+@plugin.register
+class PrefixCacheScorer(plugin.Scorer):
     """Prefer endpoints that already hold the request's prompt prefix in their KV cache (approximately).
 
-    Learned from the picker's own decisions (see the module doc); the same index feeds predicted-ttft-scorer.
+    Learned from the picker's own decisions (see the module doc). Other plugins (predicted-ttft-scorer, the
+    prefix-based P/D decider) read the same index: they find this plugin as the producer of `prefix-index`.
     """
 
     type_name = "prefix-cache-scorer"
@@ -355,10 +359,10 @@ class PrefixCacheScorer(plugins.Scorer):
         self.index = index
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         auto = parameters.raw("autoTune", True)
         if not isinstance(auto, bool):
-            raise plugins.ConfigError(
+            raise plugin.ConfigError(
                 f"plugin {name!r}: parameter 'autoTune' must be true or false, got {auto!r}"
             )
         index = Index(
@@ -369,11 +373,24 @@ class PrefixCacheScorer(plugins.Scorer):
         )
         return cls(name, index=index)
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
         total = len(self.index.hashes(cycle))
         if total == 0:
             return np.zeros(len(cycle.candidates), dtype=np.float64)
         return self.index.matched_blocks(cycle) / total
 
-    def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
+    def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         self.index.learn(cycle, decision)
+
+
+def index_of(handle: plugin.Handle, *, owner: str, plugin_name: str) -> Index | None:
+    """The index of prefix-cache-scorer `plugin_name`, or of the first plugin producing `prefix-index` when
+    the name is empty; None when the config has none. For plugins that read the index another one learns."""
+    source = handle.plugin(plugin_name) if plugin_name else handle.producer("prefix-index")
+    if source is None:
+        return None
+    if not isinstance(source, PrefixCacheScorer):
+        raise plugin.ConfigError(
+            f"plugin {owner!r}: prefixPlugin {plugin_name!r} is not a prefix-cache-scorer plugin"
+        )
+    return source.index

@@ -10,11 +10,23 @@ import collections
 
 import numpy as np
 
-from frontier_picker.scheduling import plugins, types
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import cycles, plugin
 
 
-@plugins.register
-class QueueScorer(plugins.Scorer):
+def min_max_inverse(values: np.ndarray) -> np.ndarray:
+    """(max - x) / (max - min): 1 for the smallest value, 0 for the largest, all 1 when all are equal."""
+    if values.size == 0:
+        return values
+    low = values.min()
+    high = values.max()
+    if high == low:
+        return np.ones_like(values)
+    return (high - values) / (high - low)
+
+
+@plugin.register
+class QueueScorer(plugin.Scorer):
     """Prefer endpoints with shorter engine queues (GIE queue-scorer)."""
 
     type_name = "queue-scorer"
@@ -22,12 +34,12 @@ class QueueScorer(plugins.Scorer):
     intent = "distribution"
     consumes = frozenset({"metrics"})
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
-        return plugins.min_max_inverse(cycle.column("waiting"))
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
+        return min_max_inverse(cycle.column("waiting"))
 
 
-@plugins.register
-class KVCacheUtilizationScorer(plugins.Scorer):
+@plugin.register
+class KVCacheUtilizationScorer(plugin.Scorer):
     """Prefer endpoints with more free KV cache (GIE kv-cache-utilization-scorer)."""
 
     type_name = "kv-cache-utilization-scorer"
@@ -35,12 +47,12 @@ class KVCacheUtilizationScorer(plugins.Scorer):
     intent = "distribution"
     consumes = frozenset({"metrics"})
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
         return np.clip(1.0 - cycle.column("kv"), 0.0, 1.0)
 
 
-@plugins.register
-class RunningRequestsScorer(plugins.Scorer):
+@plugin.register
+class RunningRequestsScorer(plugin.Scorer):
     """Prefer endpoints decoding fewer requests (smaller batch: faster inter-token latency)."""
 
     type_name = "running-requests-scorer"
@@ -48,12 +60,12 @@ class RunningRequestsScorer(plugins.Scorer):
     intent = "distribution"
     consumes = frozenset({"metrics"})
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
-        return plugins.min_max_inverse(cycle.column("running"))
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
+        return min_max_inverse(cycle.column("running"))
 
 
-@plugins.register
-class InflightLoadScorer(plugins.Scorer):
+@plugin.register
+class InflightLoadScorer(plugin.Scorer):
     """Prefer endpoints with fewer requests in flight (the picker's own accounting, fresher than scrapes)."""
 
     type_name = "inflight-load-scorer"
@@ -61,12 +73,12 @@ class InflightLoadScorer(plugins.Scorer):
     intent = "distribution"
     consumes = frozenset({"load"})
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
-        return plugins.min_max_inverse(cycle.column("in_flight"))
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
+        return min_max_inverse(cycle.column("in_flight"))
 
 
-@plugins.register
-class LoraAffinityScorer(plugins.Scorer):
+@plugin.register
+class LoraAffinityScorer(plugin.Scorer):
     """Prefer endpoints that already run the request's LoRA adapter, then those that can load it.
 
     Without an adapter in the request every endpoint scores 1 (the scorer is neutral).
@@ -77,7 +89,7 @@ class LoraAffinityScorer(plugins.Scorer):
     intent = "affinity"
     consumes = frozenset({"metrics"})
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
         adapter = cycle.request.lora_adapter
         if not adapter:
             return np.ones(len(cycle.candidates), dtype=np.float64)
@@ -93,8 +105,8 @@ class LoraAffinityScorer(plugins.Scorer):
         return scores
 
 
-@plugins.register
-class SessionAffinityScorer(plugins.Scorer):
+@plugin.register
+class SessionAffinityScorer(plugin.Scorer):
     """Send the requests of one session (header x-session-token) to the endpoint that served it before.
 
     The token is either base64 of the endpoint's `ip:port` (the llm-d convention, a token handed out on a
@@ -113,7 +125,7 @@ class SessionAffinityScorer(plugins.Scorer):
         self._sessions: collections.OrderedDict[str, str] = collections.OrderedDict()
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         return cls(name, max_sessions=parameters.integer("maxSessions", 100_000, minimum=1))
 
     def _endpoint_for(self, token: str) -> str | None:
@@ -125,7 +137,7 @@ class SessionAffinityScorer(plugins.Scorer):
         except (binascii.Error, UnicodeDecodeError):
             return None
 
-    def score(self, cycle: plugins.Cycle) -> np.ndarray:
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
         scores = np.zeros(len(cycle.candidates), dtype=np.float64)
         token = cycle.request.session_token
         if token:
@@ -135,7 +147,7 @@ class SessionAffinityScorer(plugins.Scorer):
                 scores[position] = 1.0
         return scores
 
-    def on_decision(self, cycle: plugins.Cycle, decision: types.Decision) -> None:
+    def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         token = cycle.request.session_token
         if token:
             self._sessions[token] = decision.primary

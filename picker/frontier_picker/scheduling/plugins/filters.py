@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from frontier_api import names
 from frontier_picker import endpoints
-from frontier_picker.scheduling import plugins, saturation
+from frontier_picker.scheduling.framework import cycles, plugin, saturation
 
 
 class _SameInput:
@@ -42,8 +42,8 @@ class _SameInput:
         return result
 
 
-@plugins.register
-class SaturationFilter(plugins.Filter):
+@plugin.register
+class SaturationFilter(plugin.Filter):
     """Route around endpoints that are saturated or whose metrics went stale.
 
     Keeps endpoints with waiting < queueDepthThreshold and KV use < kvCacheUtilThreshold whose metrics are
@@ -62,22 +62,21 @@ class SaturationFilter(plugins.Filter):
         "metricsStalenessThreshold": "metrics age that saturates (default: saturationDetector, 200ms)",
     }
 
-    def __init__(self, name: str, *, thresholds: saturation.Thresholds | None = None) -> None:
+    def __init__(self, name: str, *, thresholds: saturation.Thresholds = saturation.DEFAULT) -> None:
         super().__init__(name)
-        self.thresholds = thresholds or saturation.Thresholds()
-        self.explicit = thresholds is not None  # False: the config's saturationDetector applies
+        self.thresholds = thresholds
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         raw = {
             key: parameters.raw(key, None)
             for key in ("queueDepthThreshold", "kvCacheUtilThreshold", "metricsStalenessThreshold")
         }
         given = {key: value for key, value in raw.items() if value is not None}
-        return cls(name, thresholds=saturation.from_config(given) if given else None)
+        return cls(name, thresholds=saturation.from_config(given) if given else handle.saturation)
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+        self, cycle: cycles.Cycle, candidates: Sequence[endpoints.EndpointState]
     ) -> Sequence[endpoints.EndpointState]:
         now = cycle.now
         limits = self.thresholds
@@ -92,8 +91,8 @@ class SaturationFilter(plugins.Filter):
         return kept or candidates
 
 
-@plugins.register
-class StaleFilter(plugins.Filter):
+@plugin.register
+class StaleFilter(plugin.Filter):
     """Route around endpoints whose metrics went stale (their scrapes fail or lag), and only those.
 
     Unlike saturation-filter it keeps busy endpoints: removing a busy endpoint that holds a request's prefix
@@ -110,28 +109,27 @@ class StaleFilter(plugins.Filter):
         "metricsStalenessThreshold": "metrics age that counts as stale (default: saturationDetector, 200ms)",
     }
 
-    def __init__(self, name: str, *, staleness_s: float | None = None) -> None:
+    def __init__(self, name: str, *, staleness_s: float = saturation.DEFAULT.staleness_s) -> None:
         super().__init__(name)
-        self.staleness_s = staleness_s if staleness_s is not None else saturation.DEFAULT.staleness_s
-        self.explicit = staleness_s is not None  # False: the config's saturationDetector applies
+        self.staleness_s = staleness_s
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         raw = parameters.raw("metricsStalenessThreshold", None)
         if raw is None:
-            return cls(name)
+            return cls(name, staleness_s=handle.saturation.staleness_s)
         return cls(name, staleness_s=saturation.duration_seconds(raw, field="metricsStalenessThreshold"))
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+        self, cycle: cycles.Cycle, candidates: Sequence[endpoints.EndpointState]
     ) -> Sequence[endpoints.EndpointState]:
         stale_before = cycle.now - self.staleness_s
         kept = [state for state in candidates if state.metrics.updated_at > stale_before]
         return kept or candidates
 
 
-@plugins.register
-class ModelFilter(plugins.Filter):
+@plugin.register
+class ModelFilter(plugin.Filter):
     """Keep endpoints that serve the request's model, and for a LoRA request those that can serve the adapter.
 
     An endpoint serves a model when its label inference.frontier.dev/model is absent or equals the request's
@@ -150,7 +148,7 @@ class ModelFilter(plugins.Filter):
         self._same = _SameInput()
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+        self, cycle: cycles.Cycle, candidates: Sequence[endpoints.EndpointState]
     ) -> Sequence[endpoints.EndpointState]:
         request = cycle.request
         target = request.target_model
@@ -174,8 +172,8 @@ class ModelFilter(plugins.Filter):
         return kept
 
 
-@plugins.register
-class RoleFilter(plugins.Filter):
+@plugin.register
+class RoleFilter(plugin.Filter):
     """Keep endpoints that can play a prefill/decode role (label inference.frontier.dev/role, default both).
 
     role=decode keeps decode and both endpoints (destinations of a request); role=prefill keeps only
@@ -199,12 +197,12 @@ class RoleFilter(plugins.Filter):
         )
 
     @classmethod
-    def build(cls, name: str, parameters: plugins.Parameters) -> plugins.Plugin:
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         role = parameters.text("role", names.ROLE_DECODE, allowed=(names.ROLE_DECODE, names.ROLE_PREFILL))
         return cls(name, role=role)
 
     def filter(
-        self, cycle: plugins.Cycle, candidates: Sequence[endpoints.EndpointState]
+        self, cycle: cycles.Cycle, candidates: Sequence[endpoints.EndpointState]
     ) -> Sequence[endpoints.EndpointState]:
         roles = self._roles
         label = names.ROLE_LABEL

@@ -1,0 +1,114 @@
+"""The director: the one decision path between a request and the scheduler, for the ext_proc server and the
+virtual-time cluster alike.
+
+`decide` narrows the datastore's endpoints to the proxy's subset hint, asks the scheduler for a decision,
+times it, charges the primary endpoint's load and logs the decision. `complete` refunds exactly that charge,
+lets the scheduler's plugins learn from how the request ended, and counts it. The protocol layer only moves
+bytes around these two calls, so the simulator, which calls them too (its baselines wrapped as schedulers),
+measures the same accounting the server does.
+"""
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+from frontier_picker import datastore, endpoints, metrics, subsets
+from frontier_picker.scheduling import types
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Flight:
+    """A decided request until it completes: what was chosen and the load it was charged."""
+
+    request: types.Request
+    decision: types.Decision
+    charge: datastore.Charge | None
+    completed: bool = False
+
+
+class Director:
+    """Decides and completes requests against one datastore and one scheduler."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: types.Scheduler,
+        store: datastore.Datastore,
+        metrics: metrics.Metrics | None = None,
+        log_decisions: bool = True,
+    ) -> None:
+        self.scheduler = scheduler
+        self.store = store
+        self.metrics = metrics
+        self.log_decisions = log_decisions  # off in the simulator: millions of decisions per run
+
+    def decide(
+        self,
+        request: types.Request,
+        *,
+        now: float,
+        subset: Sequence[str] | None = None,
+        detail: str = "",
+    ) -> Flight:
+        """Schedule `request` at time `now` and charge its primary; raises `types.Rejection` to refuse it.
+        `detail` is appended to the decision's log line."""
+        states = self.store.states()
+        if subset is not None:
+            states = subsets.restrict(states, subset)
+            if not states:
+                raise types.Rejection(
+                    503, f"no ready endpoint in the subset hint {','.join(subset) or '(empty)'}"
+                )
+        if not states:
+            raise types.Rejection(503, "no ready endpoint in the pool")
+        began = time.perf_counter()
+        try:
+            decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))
+        finally:
+            if self.metrics is not None:
+                self.metrics.scheduling_duration.observe(time.perf_counter() - began)
+        if not decision.endpoints:
+            raise types.Rejection(503, "the scheduler chose no endpoint")
+        flight = Flight(request=request, decision=decision, charge=self.store.charge(request, decision))
+        if self.metrics is not None:
+            self.metrics.in_flight.inc()
+        if self.log_decisions:
+            log.info(
+                "event=decision request_id=%s model=%s target_model=%s endpoints=%s prefill=%s profile=%s "
+                "priority=%d subset=%s%s",
+                request.request_id,
+                request.model or "-",
+                request.target_model or "-",
+                ",".join(decision.endpoints),
+                decision.prefill or "-",
+                decision.profile or "-",
+                request.priority,
+                ",".join(subset) if subset is not None else "-",
+                f" {detail}" if detail else "",
+            )
+        return flight
+
+    def complete(self, flight: Flight, completion: types.Completion) -> None:
+        """Record how `flight` ended (once): refund its charge, let the plugins learn, count it."""
+        if flight.completed:
+            return
+        flight.completed = True
+        datastore.Datastore.refund(flight.charge)
+        try:
+            self.scheduler.on_completion(flight.request, flight.decision, completion)
+        except Exception:
+            log.exception("event=on_completion_failed request_id=%s", flight.request.request_id)
+        if self.metrics is None:
+            return
+        self.metrics.in_flight.dec()
+        model = flight.request.target_model
+        code = "aborted" if completion.aborted else str(completion.status)
+        self.metrics.child("requests", model, code).inc()
+        self.metrics.child("request_duration", model).observe(completion.duration_s)
+        if completion.prompt_tokens:
+            self.metrics.child("prompt_tokens", model).inc(completion.prompt_tokens)
+        if completion.completion_tokens:
+            self.metrics.child("completion_tokens", model).inc(completion.completion_tokens)

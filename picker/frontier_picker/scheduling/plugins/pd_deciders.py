@@ -1,0 +1,57 @@
+"""P/D deciders: whether a request should be prefilled on a prefill endpoint before it decodes.
+
+The pd-profile-handler asks its decider once the decode endpoint is chosen. `prefix-based-pd-decider`
+disaggregates when the prompt tokens that endpoint would have to compute (not already in its prefix cache)
+exceed `nonCachedTokens` (llm-d's parameter; Dynamo uses 2048, vllm-router 256). Other deciders (load-based)
+implement the same `disaggregate(cycle, destination)`.
+"""
+
+from frontier_api import estimates
+from frontier_picker import endpoints
+from frontier_picker.scheduling.framework import cycles, plugin
+from frontier_picker.scheduling.plugins import prefix
+
+
+class Decider(plugin.Plugin):
+    """Decides whether to disaggregate one request whose decode endpoint is chosen."""
+
+    kind = "decider"
+
+    def disaggregate(self, cycle: cycles.Cycle, destination: endpoints.EndpointState) -> bool:
+        """True to prefill the request on a prefill endpoint; `cycle.candidates` are the decode profile's."""
+        raise NotImplementedError
+
+
+@plugin.register
+class PrefixBasedDecider(Decider):
+    """Disaggregate when the uncached prompt on the decode endpoint is long."""
+
+    type_name = "prefix-based-pd-decider"
+    formula = "disaggregate iff prompt_tokens - cached_tokens(decode endpoint) > nonCachedTokens"
+    intent = "orchestration"
+    parameter_docs = {
+        "nonCachedTokens": "uncached prompt tokens above which prefill is disaggregated (2048)",
+        "prefixPlugin": "prefix-cache-scorer whose index gives cached tokens (first one configured)",
+    }
+
+    def __init__(self, name: str, *, threshold: int, index: prefix.Index | None) -> None:
+        super().__init__(name)
+        self.threshold = threshold
+        self.index = index  # None: nothing is known to be cached
+
+    @classmethod
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
+        threshold = parameters.integer("nonCachedTokens", 2048, minimum=0)
+        index = prefix.index_of(handle, owner=name, plugin_name=parameters.text("prefixPlugin", ""))
+        return cls(name, threshold=threshold, index=index)
+
+    def disaggregate(self, cycle: cycles.Cycle, destination: endpoints.EndpointState) -> bool:
+        request = cycle.request
+        prompt_tokens = request.prompt_tokens or estimates.tokens(len(request.prompt))
+        if prompt_tokens <= self.threshold:
+            return False
+        cached = 0.0
+        if self.index is not None and self.index.hashes(cycle):
+            position = cycle.positions()[destination.endpoint.key]
+            cached = float(self.index.matched_blocks(cycle)[position]) * self.index.tokens_per_block
+        return prompt_tokens - cached > self.threshold
