@@ -78,17 +78,6 @@ else
 	echo "$KWOK_VERSION" >"$bin/.kwok.stamp"
 fi
 
-# Helm's own version string is a link-time variable too (`go install` alone reports just "v4.3").
-helm_ldflags="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
-helm_ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
-if stamp_ok helm "$HELM_VERSION $helm_ldflags"; then
-	log "helm $HELM_VERSION is current"
-else
-	log "building helm $HELM_VERSION"
-	timed "helm-$HELM_VERSION" go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" "$helm_ldflags"
-	echo "$HELM_VERSION $helm_ldflags" >"$bin/.helm.stamp"
-fi
-
 # module_dir MODULE@VERSION: the module's read-only folder in the Go module cache (downloaded if needed).
 module_dir() { go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'; }
 
@@ -108,6 +97,18 @@ cp "$gie_dir"/config/crd/bases/*.yaml "$cache/gie/"
 chmod u+w "$cache"/gie/*.yaml
 echo "$GIE_VERSION" >"$cache/gie/VERSION"
 log "GIE $GIE_VERSION CRDs -> $cache/gie ($(ls "$cache/gie" | grep -c yaml) files)"
+
+# Helm last: the assets above are copied even when its build fails.
+# Helm's own version string is a link-time variable too (`go install` alone reports just "v4.3").
+helm_ldflags="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+helm_ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+if stamp_ok helm "$HELM_VERSION $helm_ldflags"; then
+	log "helm $HELM_VERSION is current"
+else
+	log "building helm $HELM_VERSION"
+	timed "helm-$HELM_VERSION" go_install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" "$helm_ldflags"
+	echo "$HELM_VERSION $helm_ldflags" >"$bin/.helm.stamp"
+fi
 
 "$bin/kubecp" kube-apiserver --version
 "$bin/kwok" --version 2>/dev/null | head -1 || true

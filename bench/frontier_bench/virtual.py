@@ -1,5 +1,5 @@
 """Sweeps in virtual time: the same workloads and policies on 16, 128 and 1,024 engines of the discrete-event
-cluster (`frontier_sim.cluster`), with the perfect-information (greedy) oracle.
+cluster (`frontier_sim.vt.cluster`), with the perfect-information (greedy) oracle.
 
 The cluster runs the same engine core as the real-time server and calls the picker's schedulers in-process
 on staleness-faithful snapshots; nothing crosses a socket, so fleets far beyond one machine run in minutes.
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from frontier_bench import progress, report, stats, workloads
-from frontier_sim import cluster
+from frontier_sim.vt import cluster
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ import numpy as np
 import orjson
 
 from frontier_bench import workloads
-from frontier_sim import cluster, fleet
+from frontier_sim import fleet
+from frontier_sim.vt import cluster
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 ENGINE_ARGS = ("--model", MODEL)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from frontier_bench import workloads
-from frontier_sim import cluster
+from frontier_sim.vt import cluster
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 TARGET_WALL_S = 600.0
@@ -121,7 +121,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "Engine steps: steps the engines took in model time; core events: the steps and decode runs the "
-        "simulator processed (a run of plain decode steps is one event, see `frontier_sim.cluster_engine`). "
+        "simulator processed (a run of plain decode steps is one event, see "
+        "`frontier_sim.vt.virtual_engine`). "
         "`sim s` reads `X of Y` where `--max-wall` stopped a run after X simulated seconds; its latency "
         "columns then cover the requests finished by then.",
         "",

@@ -8,7 +8,8 @@ import pytest
 from frontier_api import names
 from frontier_picker import endpoints
 from frontier_picker.scheduling import types
-from frontier_sim import cluster, cluster_policies, settings, timing
+from frontier_sim import settings, timing
+from frontier_sim.vt import cluster, policies
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 WORDS = [f"{a}{b}{c}" for a in "abcdefgh" for b in "ijklmnop" for c in "qrstuvwx"]
@@ -224,7 +225,7 @@ def test_least_request_spreads_by_in_flight_count():
     states[0].load.in_flight = 2
     states[1].load.in_flight = 0
     states[2].load.in_flight = 1
-    policy = cluster_policies.LeastRequest(states, seed=0)
+    policy = policies.LeastRequest(states, seed=0)
     request = types.Request(request_id="r", model=MODEL, target_model=MODEL)
     assert policy.decide(request, [], endpoints.Snapshot(0.0, states)).primary == "10.9.0.1:1"
 
@@ -271,7 +272,7 @@ def test_oracle_picks_the_least_predicted_ttft_over_every_engine():
     for core in cores:
         for _ in range(10):
             core.step()
-    oracle = cluster_policies.Oracle(states, cores)
+    oracle = policies.Oracle(states, cores)
     prompts = cluster._Prompts(100)
     for k in range(20):
         ids = prompts.get(shared + text(rng, 20)) if k % 2 else [1 + i % 5000 for i in range(3200 + k)]

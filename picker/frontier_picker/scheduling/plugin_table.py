@@ -30,7 +30,7 @@ def table() -> str:
         "## Scheduling plugins",
         "",
         "Configured by a GIE `EndpointPickerConfig` (`--config-file`/`--config-text`); without one the",
-        "picker runs the built-in `frontier` profile. Built-in configs: "
+        "picker runs the built-in `frontier` config. Built-in configs: "
         + ", ".join(f"`{name}`" for name in config.BUILTIN)
         + " (YAML in `api/frontier_api/scheduling_configs/`).",
         "",

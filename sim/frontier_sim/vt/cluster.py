@@ -12,7 +12,7 @@ and the picker's own scheduling code called in-process.
     results.summary()               # TTFT / TPOT / e2e percentiles, throughput, hit rate, imbalance
 
 The clock: a heap of engine events (the end of a step, or of a run of plain decode steps taken in one go, see
-`cluster_engine`), the next arrival of the workload iterator (read lazily, so a workload may be a generator
+`virtual_engine`), the next arrival of the workload iterator (read lazily, so a workload may be a generator
 of millions of requests) and the next scrape tick.
 
 What the router sees, as the real picker does:
@@ -49,7 +49,8 @@ import numpy as np
 from frontier_api import names
 from frontier_picker import datastore, director, endpoints, request_view
 from frontier_picker.scheduling import config, types
-from frontier_sim import cluster_engine, cluster_policies, engine, fleet, settings, tokenizer
+from frontier_sim import engine, fleet, settings, tokenizer
+from frontier_sim.vt import policies, virtual_engine
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ class _Prompts:
 
 
 def _policy(
-    policy: str | cluster_policies.Policy | types.Scheduler,
+    policy: str | policies.Policy | types.Scheduler,
     *,
     states: Sequence[endpoints.EndpointState],
     cores: Sequence[Any],
@@ -275,17 +276,17 @@ def _policy(
     fallbacks: int,
 ) -> tuple[str, types.Scheduler]:
     if isinstance(policy, str):
-        baseline = cluster_policies.builtin(policy, states=states, cores=cores, seed=seed)
+        baseline = policies.builtin(policy, states=states, cores=cores, seed=seed)
         if baseline is not None:
-            return policy, cluster_policies.PolicyScheduler(baseline)
+            return policy, policies.PolicyScheduler(baseline)
         if policy in PICKER_CONFIGS:
             return policy, config.load(builtin=policy, fallbacks=fallbacks, seed=seed)
         if "EndpointPickerConfig" in policy:
             return "picker-config", config.load(policy, fallbacks=fallbacks, seed=seed)
-        allowed = ", ".join([*cluster_policies.BUILTIN, *PICKER_CONFIGS, "<EndpointPickerConfig text>"])
+        allowed = ", ".join([*policies.BUILTIN, *PICKER_CONFIGS, "<EndpointPickerConfig text>"])
         raise ValueError(f"policy={policy!r}; allowed: {allowed}")
-    if isinstance(policy, cluster_policies.Policy):
-        return type(policy).__name__, cluster_policies.PolicyScheduler(policy)
+    if isinstance(policy, policies.Policy):
+        return type(policy).__name__, policies.PolicyScheduler(policy)
     return type(policy).__name__, policy
 
 
@@ -317,7 +318,7 @@ def run(
     *,
     engines: Sequence[fleet.EngineSpec],
     workload: Iterable[Arrival],
-    policy: str | cluster_policies.Policy | types.Scheduler = "frontier",
+    policy: str | policies.Policy | types.Scheduler = "frontier",
     scrape_interval: float = SCRAPE_INTERVAL_S,
     scrape_groups: int = SCRAPE_GROUPS,
     fallbacks: int = 1,
@@ -329,7 +330,7 @@ def run(
     """Simulate `workload` (arrivals in time order) on `engines` routed by `policy`, until every request
     has finished. `policy`: a picker profile (`frontier`, `gie-default`), an EndpointPickerConfig text, a
     baseline (`round-robin`, `random`, `least-request`), `oracle`, or any object with `decide`/
-    `on_completion` (`cluster_policies.Policy`) or `schedule`/`on_completion` (`types.Scheduler`).
+    `on_completion` (`policies.Policy`) or `schedule`/`on_completion` (`types.Scheduler`).
     `fast_forward=False` takes every engine step through the core (slow; the reference for runs).
     `max_wall_s`: stop after this much wall time, leaving later arrivals out and requests in flight
     unfinished (`Results.stopped_at` says how far the model clock got)."""
@@ -348,7 +349,7 @@ def run(
     if len(states) != len(specs):
         raise ValueError("engines: every engine needs its own address:port")
     vengines = [
-        cluster_engine.VirtualEngine(i, settings.build_engine(spec.config), fast_forward=fast_forward)
+        virtual_engine.VirtualEngine(i, settings.build_engine(spec.config), fast_forward=fast_forward)
         for i, spec in enumerate(specs)
     ]
     cores = [v.core for v in vengines]
@@ -358,8 +359,8 @@ def run(
     key_index = {state.endpoint.key: i for i, state in enumerate(states)}
     name, scheduler = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
     directing = director.Director(scheduler=scheduler, store=store, log_decisions=False)
-    baseline = scheduler if isinstance(scheduler, cluster_policies.PolicyScheduler) else None
-    oracle = baseline.policy if baseline and isinstance(baseline.policy, cluster_policies.Oracle) else None
+    baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
+    oracle = baseline.policy if baseline and isinstance(baseline.policy, policies.Oracle) else None
     prompts = _Prompts(token_cache)
     groups = max(1, min(scrape_groups, len(vengines)))
     members = [list(range(g, len(vengines), groups)) for g in range(groups)]
@@ -385,13 +386,13 @@ def run(
     transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
     nan = math.nan
 
-    def push(v: cluster_engine.VirtualEngine) -> None:
+    def push(v: virtual_engine.VirtualEngine) -> None:
         nonlocal order
-        if v.phase is not cluster_engine.Phase.IDLE:
+        if v.phase is not virtual_engine.Phase.IDLE:
             order += 1
             heapq.heappush(heap, (v.busy_until, order, v.index, v.version))
 
-    def submit(flight: _Flight, v: cluster_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> None:
+    def submit(flight: _Flight, v: virtual_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> None:
         cfg = v.core.config
         hashes = None
         if cfg.enable_prefix_caching:
@@ -468,8 +469,8 @@ def run(
             directing.complete(flight.flight, completion)
 
     metrics_of = [state.metrics for state in states]
-    run_phase = cluster_engine.Phase.RUN
-    kv_usage_mid_run = cluster_engine.kv_usage_mid_run
+    run_phase = virtual_engine.Phase.RUN
+    kv_usage_mid_run = virtual_engine.kv_usage_mid_run
 
     def scrape(g: int, t: float) -> None:
         # `VirtualEngine.observe`, inlined: this runs for every endpoint 20 times a model second.
