@@ -1,0 +1,1 @@
+"""The Frontier operator: kopf handlers turning ModelTier resources into vLLM Deployments, pure renderers."""
