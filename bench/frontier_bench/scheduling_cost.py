@@ -53,7 +53,12 @@ import numpy as np
 
 from frontier_picker import endpoints
 from frontier_picker.scheduling import config, types
-from frontier_picker.scheduling.plugins import prefix
+
+# A baseline picker (`--baseline REF`) may predate the framework/plugins split (commit a115f7a).
+try:
+    from frontier_picker.scheduling.plugins import prefix
+except ImportError:  # pragma: no cover - only with an older baseline on the path
+    from frontier_picker.scheduling import prefix  # type: ignore[attr-defined,no-redef]
 
 PROMPT_CHARS = 16 * 1024
 PROFILES = ("frontier", "gie-default", "round-robin")
@@ -108,7 +113,10 @@ def measure(profile: str, size: int, *, requests: int, warmup: int, seed: int) -
     rng = random.Random(seed)
     now = 1000.0
     states = fleet(size, rng, now=now)
-    scheduler = config.load(builtin=profile, seed=seed)
+    try:
+        scheduler = config.load(builtin=profile, seed=seed)
+    except TypeError:  # a baseline before a115f7a named the built-in config `profile`
+        scheduler = config.load(None, profile=profile, seed=seed)  # type: ignore[call-arg]
     texts = prompts(size, warmup + requests, rng)
     in_flight: deque[tuple[types.Request, types.Decision]] = deque()
     window = 2 * size
