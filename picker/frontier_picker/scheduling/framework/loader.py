@@ -239,7 +239,7 @@ def _profile_specs(document: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return list(specs)
 
 
-def _the_one(
+def _configured(
     kind: type[plugin_api.Plugin], handle: _Handle, specs: Mapping[str, _Spec]
 ) -> list[plugin_api.Plugin]:
     return [
@@ -264,6 +264,31 @@ def _check_consumed(used: Sequence[plugin_api.Plugin], specs: Mapping[str, _Spec
             )
 
 
+def _handler(
+    handle: _Handle, specs: Mapping[str, _Spec], profiles: Mapping[str, Any], defaults: Defaults
+) -> plugin_api.ProfileHandler:
+    handlers = _configured(plugin_api.ProfileHandler, handle, specs)
+    if len(handlers) > 1:
+        raise ConfigError(f"plugins: one profile handler allowed, got {', '.join(h.name for h in handlers)}")
+    handler = handlers[0] if handlers else handle.create(defaults.handler, defaults.handler)
+    assert isinstance(handler, plugin_api.ProfileHandler), f"default handler {defaults.handler} is not one"
+    for name in handler.profiles():
+        if name not in profiles:
+            raise ConfigError(
+                f"plugin {handler.name!r}: profile {name!r} is not in schedulingProfiles; "
+                f"profiles: {', '.join(profiles)}"
+            )
+    return handler
+
+
+def _admitters(handle: _Handle, specs: Mapping[str, _Spec], defaults: Defaults) -> list[plugin_api.Admitter]:
+    """The configured admitters in config order, then each default type the config does not list."""
+    admitters = _configured(plugin_api.Admitter, handle, specs)
+    listed = {member.type_name for member in admitters}
+    admitters += [handle.create(t, t) for t in defaults.admitters if t not in listed]
+    return [a for a in admitters if isinstance(a, plugin_api.Admitter)]
+
+
 def build(
     document: Mapping[str, Any], *, defaults: Defaults, fallbacks: int = 1, seed: int | None = None
 ) -> scheduler.Scheduler:
@@ -285,22 +310,11 @@ def build(
         handle.build(name)  # every listed plugin must build, used or not
     profile_specs = _profile_specs(document)
     profiles = {raw["name"]: _profile(i, raw, handle, defaults) for i, raw in enumerate(profile_specs)}
-    handlers = _the_one(plugin_api.ProfileHandler, handle, specs)
-    if len(handlers) > 1:
-        raise ConfigError(f"plugins: one profile handler allowed, got {', '.join(h.name for h in handlers)}")
-    handler = handlers[0] if handlers else handle.create(defaults.handler, defaults.handler)
-    assert isinstance(handler, plugin_api.ProfileHandler), f"default handler {defaults.handler} is not one"
-    for name in handler.profiles():
-        if name not in profiles:
-            raise ConfigError(
-                f"plugin {handler.name!r}: profile {name!r} is not in schedulingProfiles; "
-                f"profiles: {', '.join(profiles)}"
-            )
-    admitters = _the_one(plugin_api.Admitter, handle, specs)
-    configured = {member.type_name for member in admitters}
-    admitters += [handle.create(t, t) for t in defaults.admitters if t not in configured]
+    handler = _handler(handle, specs, profiles, defaults)
+    admitters = _admitters(handle, specs, defaults)
     members = [member for profile in profiles.values() for member in profile.members()]
     _check_consumed([*members, *handle.requested, handler, *admitters], specs)
+    # Learners: members of the profiles the handler runs, then the collaborators plugins asked for.
     learners: dict[int, plugin_api.Plugin] = {}
     run = [profiles[name] for name in handler.profiles()]
     for member in [*(m for p in run for m in p.members()), *handle.requested, handler, *admitters]:
@@ -308,7 +322,7 @@ def build(
     built = scheduler.Scheduler(
         handler=handler,
         profiles=profiles,
-        admitters=[a for a in admitters if isinstance(a, plugin_api.Admitter)],
+        admitters=admitters,
         learners=list(learners.values()),
         seed=seed,
     )
