@@ -9,6 +9,13 @@ and reads only those lines. A successful scrape replaces `state.metrics` with a 
 `updated_at = clock()` (monotonic), so age and staleness are visible to the schedulers; a failed one leaves
 the old metrics to age and counts `state.scrape_failures` (total, never reset).
 
+A body is trusted only when it reads as the engine's metrics: it must hold at least one of the families the
+picker reads (an HTML error page served with status 200 holds none), every value read must be finite and in
+range (a count >= 0, KV use in [0, 1]), and it may not exceed `max_body_bytes`. Anything else is a failed
+scrape (`ScrapeError`), logged with the reason, so the endpoint goes stale and is routed around until its
+metrics are sane again. No error can end an endpoint's scrape task: a task that dies anyway is restarted at
+the next reconcile, and that is logged too.
+
 The endpoints come from a callable returning the datastore's live states, read again every interval, so
 endpoints that join or leave the pool start or stop being scraped within one interval.
 """
@@ -16,6 +23,7 @@ endpoints that join or leave the pool start or stop being scraped within one int
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +36,11 @@ from frontier_picker import endpoints
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(rb'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a vLLM /metrics page is tens to hundreds of KB
+
+
+class ScrapeError(ValueError):
+    """A /metrics body the picker will not trust; the message says why."""
 
 
 def metrics_url(endpoint: endpoints.Endpoint) -> str:
@@ -67,7 +80,25 @@ def samples(body: bytes, name: str) -> list[tuple[bytes, float]]:
 
 
 def labels(raw: bytes) -> dict[str, str]:
-    return {key.decode(): value.decode() for key, value in _LABEL.findall(raw)}
+    """The label pairs of one sample line (bytes that are not UTF-8 are replaced, never fatal)."""
+    return {key.decode(): value.decode("utf-8", errors="replace") for key, value in _LABEL.findall(raw)}
+
+
+def _count(found: list[tuple[bytes, float]], name: str) -> int:
+    total = 0.0
+    for _, value in found:
+        if not math.isfinite(value) or value < 0:
+            raise ScrapeError(f"{name} is {value!r}; a count must be finite and >= 0")
+        total += value
+    return int(total)
+
+
+def _fraction(found: list[tuple[bytes, float]], name: str) -> float:
+    values = [value for _, value in found]
+    for value in values:
+        if not 0.0 <= value <= 1.0:  # also false for NaN
+            raise ScrapeError(f"{name} is {value!r}; KV use must be in [0, 1]")
+    return max(values)
 
 
 def _adapters(value: str) -> frozenset[str]:
@@ -81,24 +112,28 @@ def parse(body: bytes, engine: str, *, now: float) -> endpoints.EndpointMetrics:
     batch counts add up, KV use takes the fullest.
     """
     family = names.ENGINE_METRICS.get(engine, names.ENGINE_METRICS[names.ENGINE_VLLM])
-    waiting = sum(value for _, value in samples(body, family.waiting))
-    running = sum(value for _, value in samples(body, family.running))
+    waiting_found = samples(body, family.waiting)
+    running_found = samples(body, family.running)
     kv = 0.0
+    kv_found = False
     for kv_name in family.kv_usage:
         found = samples(body, kv_name)
         if found:
-            kv = max(value for _, value in found)
+            kv, kv_found = _fraction(found, kv_name), True
             break
+    if not (waiting_found or running_found or kv_found):
+        raise ScrapeError(f"no {engine} metrics in the body ({len(body)} bytes starting {body[:40]!r})")
     metrics = endpoints.EndpointMetrics(
-        waiting=int(waiting), running=int(running), kv_usage=kv, updated_at=now
+        waiting=_count(waiting_found, family.waiting),
+        running=_count(running_found, family.running),
+        kv_usage=kv,
+        updated_at=now,
     )
     config = samples(body, family.cache_config)
     if config:
         info = labels(config[0][0])
-        with contextlib.suppress(KeyError, ValueError):
-            metrics.block_size = int(info[family.block_size_label])
-        with contextlib.suppress(KeyError, ValueError):
-            metrics.num_gpu_blocks = int(info[family.num_blocks_label])
+        metrics.block_size = _positive(info.get(family.block_size_label))
+        metrics.num_gpu_blocks = _positive(info.get(family.num_blocks_label))
     if family.lora:
         lora = samples(body, family.lora)
         if lora:
@@ -106,9 +141,13 @@ def parse(body: bytes, engine: str, *, now: float) -> endpoints.EndpointMetrics:
             latest = labels(max(lora, key=lambda sample: sample[1])[0])
             metrics.running_loras = _adapters(latest.get("running_lora_adapters", ""))
             metrics.waiting_loras = _adapters(latest.get("waiting_lora_adapters", ""))
-            with contextlib.suppress(ValueError):
-                metrics.max_loras = int(latest.get("max_lora", ""))
+            metrics.max_loras = _positive(latest.get("max_lora"))
     return metrics
+
+
+def _positive(text: str | None) -> int | None:
+    """A label's integer value, None when absent or not a non-negative integer."""
+    return int(text) if text is not None and text.isdigit() and len(text) <= 18 else None
 
 
 class Scraper:
@@ -121,6 +160,7 @@ class Scraper:
         interval_s: float = 0.05,
         timeout_s: float = 1.0,
         max_backoff_s: float = 2.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
         clock: Callable[[], float] = time.monotonic,
         url: Callable[[endpoints.Endpoint], str] = metrics_url,
     ) -> None:
@@ -128,6 +168,7 @@ class Scraper:
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.max_backoff_s = max_backoff_s
+        self.max_body_bytes = max_body_bytes
         self._clock = clock
         self._url = url
         self._states: dict[str, endpoints.EndpointState] = {}
@@ -160,6 +201,11 @@ class Scraper:
         self._states = current
         for key in self._tasks.keys() - current.keys():
             self._tasks.pop(key).cancel()
+        for key, task in list(self._tasks.items()):
+            if task.done() and key in current:  # cannot happen by design; if it does, say why and go on
+                error = None if task.cancelled() else task.exception()
+                log.error("event=scrape_task_restarted endpoint=%s error=%r", key, error)
+                del self._tasks[key]
         for key in current.keys() - self._tasks.keys():
             self._tasks[key] = asyncio.create_task(self._scrape_forever(key), name=f"scrape {key}")
 
@@ -171,12 +217,21 @@ class Scraper:
                 return
             try:
                 await self.scrape(state)
-            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # any failure is this endpoint's, never the end of its task
                 consecutive += 1
                 self.failures += 1
                 state.scrape_failures += 1
                 if consecutive == 1:
-                    log.warning("event=scrape_failed endpoint=%s error=%r", key, error)
+                    expected = isinstance(error, aiohttp.ClientError | TimeoutError | OSError | ScrapeError)
+                    log.log(
+                        logging.WARNING if expected else logging.ERROR,
+                        "event=scrape_failed endpoint=%s error=%r",
+                        key,
+                        error,
+                        exc_info=not expected,
+                    )
                 delay = min(self.max_backoff_s, self.interval_s * 2**consecutive)
             else:
                 if consecutive:
@@ -191,6 +246,13 @@ class Scraper:
             raise RuntimeError("the scraper is not running")
         async with self._session.get(self._url(state.endpoint)) as response:
             response.raise_for_status()
-            body = await response.read()
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise ScrapeError(f"/metrics body exceeds {self.max_body_bytes} bytes")
+                chunks.append(chunk)
+            body = b"".join(chunks)
         state.metrics = parse(body, state.endpoint.engine_type, now=self._clock())
         self.scrapes += 1

@@ -5,6 +5,7 @@ Servers bind port 0 on this suite's loopback range 127.5.1.0/24.
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -89,8 +90,33 @@ def test_parse_reads_the_needed_families_from_a_large_vllm_body():
 def test_parse_accepts_the_older_vllm_kv_name_and_missing_families():
     metrics = scraper.parse(vllm_body(kv_name="vllm:gpu_cache_usage_perc", kv=0.9), names.ENGINE_VLLM, now=0)
     assert metrics.kv_usage == 0.9
-    empty = scraper.parse(b"# nothing here\n", names.ENGINE_VLLM, now=0)
-    assert (empty.waiting, empty.kv_usage, empty.num_gpu_blocks, empty.max_loras) == (0, 0.0, None, None)
+    only_queue = scraper.parse(b"vllm:num_requests_waiting 3\n", names.ENGINE_VLLM, now=0)
+    assert (only_queue.waiting, only_queue.kv_usage, only_queue.num_gpu_blocks) == (3, 0.0, None)
+    assert only_queue.max_loras is None
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "no vllm metrics"),
+        (b"# nothing here\n", "no vllm metrics"),
+        (b"vllm:num_requests_waiting NaN\n", "must be finite"),
+        (b"vllm:num_requests_running +Inf\n", "must be finite"),
+        (b"vllm:num_requests_waiting 1e400\n", "must be finite"),
+        (b"vllm:num_requests_waiting -3\n", ">= 0"),
+        (b"vllm:kv_cache_usage_perc 1.5\n", r"in \[0, 1\]"),
+        (b"vllm:kv_cache_usage_perc NaN\n", r"in \[0, 1\]"),
+    ],
+)
+def test_garbage_and_non_finite_metrics_are_a_failed_scrape_not_an_idle_endpoint(body, reason):
+    with pytest.raises(scraper.ScrapeError, match=reason):
+        scraper.parse(body, names.ENGINE_VLLM, now=0)
+
+
+def test_label_bytes_that_are_not_utf8_and_odd_label_values_are_tolerated():
+    body = vllm_body() + b'vllm:cache_config_info{block_size="\xff\xfe",num_gpu_blocks="1e400"} 1\n'
+    metrics = scraper.parse(body, names.ENGINE_VLLM, now=0)
+    assert metrics.waiting >= 0
 
 
 def test_parse_sglang_names_and_does_not_confuse_longer_names_sharing_a_prefix():
@@ -249,6 +275,44 @@ async def test_endpoints_joining_and_leaving_start_and_stop_being_scraped(server
         hits = first.hits
         await asyncio.sleep(0.2)
         assert first.hits == hits
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_poisoned_metrics_page_makes_the_endpoint_stale_and_it_recovers_when_fixed(servers, caplog):
+    caplog.set_level(logging.INFO, logger="frontier_picker.scraper")
+    server = servers[0]
+    state = server.state()
+    instance = scraper.Scraper(lambda: [state], interval_s=0.02, max_backoff_s=0.05)
+    task = await running(instance)
+    try:
+        await until(lambda: state.metrics.updated_at > 0)
+        for poison in (b"vllm:num_requests_waiting NaN\n", b"<html>oops</html>", b"\xff\xfe{garbage"):
+            server.body = poison
+            failures = state.scrape_failures
+            await until(lambda failures=failures: state.scrape_failures >= failures + 2)
+            stamped = state.metrics.updated_at
+            await asyncio.sleep(0.1)
+            assert state.metrics.updated_at == stamped  # no fresh metrics from a poisoned page
+        server.body = vllm_body()
+        await until(lambda: state.metrics.updated_at > stamped)  # the scrape task is alive: it recovers
+        assert not task.done()
+        assert "event=scrape_failed" in caplog.text and "event=scrape_recovered" in caplog.text
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_oversized_metrics_page_is_refused(servers):
+    server = servers[0]
+    server.body = vllm_body() + b"#" * 300_000 + b"\n"
+    state = server.state()
+    instance = scraper.Scraper(lambda: [state], interval_s=0.02, max_body_bytes=100_000)
+    task = await running(instance)
+    try:
+        await until(lambda: state.scrape_failures >= 1)
+        assert state.metrics.updated_at == float("-inf")
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
