@@ -51,6 +51,12 @@ def config_map_name(pool: pools.Pool) -> str:
     return pool.picker_config_override or f"{pool.picker_name}-config"
 
 
+# SIGTERM drain of the picker (its --drain-delay/--drain-timeout); the pod's grace period covers both.
+DRAIN_DELAY_S = 1
+DRAIN_TIMEOUT_S = 30
+TERMINATION_GRACE_S = DRAIN_TIMEOUT_S + 5
+
+
 def picker_args(pool: pools.Pool) -> list[str]:
     """The picker's command-line arguments (mirroring the GIE EPP's flags)."""
     return [
@@ -66,6 +72,10 @@ def picker_args(pool: pools.Pool) -> list[str]:
         str(names.METRICS_PORT),
         "--config-file",
         f"{CONFIG_MOUNT}/{CONFIG_KEY}",
+        "--drain-delay",
+        str(DRAIN_DELAY_S),
+        "--drain-timeout",
+        str(DRAIN_TIMEOUT_S),
     ]
 
 
@@ -160,6 +170,7 @@ def render(
                     },
                     "spec": {
                         "serviceAccountName": name,
+                        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                         "containers": [container],
                         "volumes": [{"name": "config", "configMap": {"name": config_map_name(pool)}}],
                     },

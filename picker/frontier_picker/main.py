@@ -58,6 +58,19 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument("--fallbacks", type=int, default=1, help="fallback endpoints after the primary")
     parse.add_argument(
+        "--drain-delay",
+        type=float,
+        default=1.0,
+        help="on SIGTERM, seconds readiness is NOT_SERVING while new streams are still taken (default 1)",
+    )
+    parse.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds in all that routed streams get to finish (default 30; keep it below the "
+        "pod's terminationGracePeriodSeconds)",
+    )
+    parse.add_argument(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413"
     )
     parse.add_argument(
@@ -97,6 +110,8 @@ def options(arguments: argparse.Namespace) -> server.Options:
         config_text=config_text,
         builtin_config=arguments.builtin_config,
         fallbacks=arguments.fallbacks,
+        drain_delay_s=arguments.drain_delay,
+        drain_timeout_s=arguments.drain_timeout,
         max_body_bytes=arguments.max_body_bytes,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,

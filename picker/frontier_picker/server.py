@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ class Options:
     pool_name: str | None = None
     pool_namespace: str = "default"
     kubeconfig: Path | None = None
+    # SIGTERM: readiness turns NOT_SERVING and new streams are still taken for `drain_delay_s` (while
+    # proxies and Service endpoints move traffic away), then in-flight streams get up to `drain_timeout_s`.
+    drain_delay_s: float = 1.0
+    drain_timeout_s: float = 30.0
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -75,20 +80,39 @@ class Picker:
     store: datastore.Datastore
     metrics: metrics.Metrics
     scheduler: types.Scheduler
-    _servers: list[grpc.aio.Server]
+    _ext_proc_server: grpc.aio.Server
+    _health_server: grpc.aio.Server
+    _health: health.aio.HealthServicer
     _tasks: list["asyncio.Task[None]"]
     _metrics_server: Any
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_delay_s: float = 0.0, drain_timeout_s: float = 0.5) -> None:
+        """Drain, then stop: readiness NOT_SERVING at once, new streams still taken for `drain_delay_s`,
+        then no new streams while those in flight finish, for up to `drain_timeout_s` in all."""
+        began = time.monotonic()
+        for service in (*READINESS_SERVICES, "", names.EXT_PROC_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        in_flight = self.store.in_flight()
+        log.info(
+            "event=draining in_flight=%d drain_delay_s=%g drain_timeout_s=%g",
+            in_flight,
+            drain_delay_s,
+            drain_timeout_s,
+        )
+        if drain_delay_s > 0:
+            await asyncio.sleep(drain_delay_s)
+        grace = max(0.0, drain_timeout_s - (time.monotonic() - began))
+        await self._ext_proc_server.stop(grace=grace)  # refuses new streams, lets routed ones finish
+        left = self.store.in_flight()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await asyncio.gather(*(server.stop(grace=0.5) for server in self._servers))
+        await self._health_server.stop(grace=0)
         self._metrics_server.shutdown()
         self._metrics_server.server_close()
-        log.info("event=stopped")
+        log.info("event=stopped drained_s=%.2f cut_in_flight=%d", time.monotonic() - began, left)
 
 
 async def start(
@@ -191,7 +215,9 @@ async def start(
         store=store,
         metrics=own_metrics,
         scheduler=scheduler,
-        _servers=[ext_proc_server, health_server],
+        _ext_proc_server=ext_proc_server,
+        _health_server=health_server,
+        _health=health_servicer,
         _tasks=tasks,
         _metrics_server=metrics_server,
     )
@@ -203,4 +229,4 @@ async def serve(options: Options) -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await picker.stop()
+        await picker.stop(drain_delay_s=options.drain_delay_s, drain_timeout_s=options.drain_timeout_s)

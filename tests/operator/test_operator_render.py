@@ -196,7 +196,14 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
         "9090",
         "--config-file",
         "/config/config.yaml",
+        "--drain-delay",
+        "1",
+        "--drain-timeout",
+        "30",
     ]
+    # The pod outlives the picker's drain: routed streams finish before the kubelet kills it.
+    pod = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > 30
     owner_uids = [o["uid"] for o in found[("Service", "chat-picker")]["metadata"]["ownerReferences"]]
     assert owner_uids == ["uid-a", "uid-b"]
     assert not any(o["controller"] for o in found[("Role", "chat-picker")]["metadata"]["ownerReferences"])

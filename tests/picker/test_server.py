@@ -13,6 +13,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frontier_api import names
@@ -145,3 +148,63 @@ async def test_not_ready_until_discovery_delivers_endpoints(tmp_path: Path) -> N
             assert (await stub.Check(request)).status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await picker.stop()
+
+
+def _headers_message(pairs: dict[str, str], *, response: bool) -> ext_proc.ProcessingRequest:
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]
+    )
+    headers = ext_proc.HttpHeaders(headers=header_map, end_of_stream=True)
+    if response:
+        return ext_proc.ProcessingRequest(response_headers=headers)
+    return ext_proc.ProcessingRequest(request_headers=headers)
+
+
+async def test_sigterm_drain_turns_readiness_off_and_lets_a_routed_stream_finish(tmp_path: Path) -> None:
+    endpoints_file = tmp_path / "endpoints.yaml"
+    endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    options = server.Options(
+        address=ADDRESS,
+        grpc_port=0,
+        grpc_health_port=0,
+        metrics_port=0,
+        secure_serving=False,
+        endpoints_file=endpoints_file,
+        refresh_metrics_interval_s=0,
+        builtin_config="round-robin",
+    )
+    picker = await server.start(options)
+    ext_proc_address = f"{ADDRESS}:{picker.grpc_port}"
+    async with (
+        grpc.aio.insecure_channel(ext_proc_address) as channel,
+        grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_health_port}") as health_channel,
+    ):
+        health_stub = health_pb2_grpc.HealthStub(health_channel)
+        readiness = health_pb2.HealthCheckRequest(service="readiness")
+        for _ in range(200):
+            if (await health_stub.Check(readiness)).status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            await asyncio.sleep(0.01)
+        stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+        decided = await stream.read()
+        assert decided.request_headers.response.header_mutation.set_headers  # routed
+        assert picker.store.in_flight() == 1
+        stopping = asyncio.create_task(picker.stop(drain_delay_s=0.3, drain_timeout_s=10))
+        await asyncio.sleep(0.1)
+        # Draining: probes see NOT_SERVING at once, while the routed stream is still open.
+        assert (await health_stub.Check(readiness)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        await asyncio.sleep(0.4)  # past the drain delay: new streams are refused now
+        with pytest.raises(grpc.aio.AioRpcError):
+            refused = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+            await refused.write(_headers_message({":path": "/v1/models"}, response=False))
+            await refused.read()
+        # The routed request's response still arrives and completes it.
+        await stream.write(_headers_message({":status": "200"}, response=True))
+        assert (await stream.read()).HasField("response_headers")
+        await stream.done_writing()
+        assert await stream.code() == grpc.StatusCode.OK
+        began = time.monotonic()
+        await stopping
+        assert time.monotonic() - began < 5  # it stopped when the stream ended, not at the timeout
+        assert picker.store.in_flight() == 0
