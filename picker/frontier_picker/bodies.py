@@ -147,11 +147,32 @@ def model_value_span(body: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _model_keys(body: bytes) -> int:
+    """How many top-level `"model"` keys `body` has (a string at depth 1 followed by ':')."""
+    depth = 0
+    count = 0
+    candidate = False
+    for first, start, end in tokens(body):
+        if first == 0x3A and candidate:  # ':'
+            count += 1
+        candidate = first == _QUOTE and depth == 1 and body[start:end] == b'"model"'
+        if first in (0x7B, 0x5B):  # '{' '['
+            depth += 1
+        elif first in (0x7D, 0x5D):  # '}' ']'
+            depth -= 1
+    return count
+
+
 def rewrite_model(body: bytes, model: str) -> bytes:
-    """`body` with its top-level `"model"` value replaced by `model`; every other byte unchanged."""
+    """`body` with its top-level `"model"` value replaced by `model`; every other byte unchanged.
+
+    A body naming `"model"` twice is refused: the splice would change the first while JSON parsers (the
+    picker's and the engine's) read the last, so the engine would serve the model the client wrote."""
     span = model_value_span(body)
     if span is None:
         raise BodyError(400, 'request body has no top-level "model" string to rewrite')
+    if _model_keys(body) > 1:
+        raise BodyError(400, 'request body has the top-level key "model" more than once')
     start, end = span
     return b"".join((body[:start], orjson.dumps(model), body[end:]))
 

@@ -19,8 +19,11 @@ log = logging.getLogger(__name__)
 
 def parse(text: str, *, source: str = "endpoints file") -> list[endpoints.Endpoint]:
     """The endpoints a file's text describes; `ValueError` naming the field and value otherwise."""
-    document = yaml.safe_load(text) or {}
-    if not isinstance(document, dict) or not isinstance(document.get("endpoints", []), list):
+    document = yaml.safe_load(text)
+    if document is None:
+        # The first state of a non-atomic rewrite: never read as "no endpoints".
+        raise ValueError(f"{source}: empty; an empty pool is written `endpoints: []`")
+    if not isinstance(document, dict) or not isinstance(document.get("endpoints"), list):
         raise ValueError(f"{source}: expected a mapping with a list under 'endpoints'")
     found: list[endpoints.Endpoint] = []
     for index, entry in enumerate(document.get("endpoints") or []):

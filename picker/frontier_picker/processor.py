@@ -339,8 +339,14 @@ class Stream:
             )
         if self.request_id_generated:
             set_headers.append(replies.set_header(names.REQUEST_ID, self.request_id))
+        # A client's own copy of a header the picker owns never passes: a forged prefiller address would
+        # have the decode side send the prompt wherever the client chose.
+        removed = (
+            [names.PREFILLER_HOST_PORT] if not decision.prefill and self._client_sent_prefiller() else []
+        )
         common = ext_proc.CommonResponse(
-            header_mutation=ext_proc.HeaderMutation(set_headers=set_headers), clear_route_cache=True
+            header_mutation=ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=removed),
+            clear_route_cache=True,
         )
         if not header_phase and body_changed:
             common.body_mutation.body = body  # BUFFERED: the body reply carries the new body
@@ -356,6 +362,9 @@ class Stream:
         return ext_proc.ProcessingResponse(
             request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
         )
+
+    def _client_sent_prefiller(self) -> bool:
+        return any(key.lower() == names.PREFILLER_HOST_PORT for key in self.headers)
 
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True

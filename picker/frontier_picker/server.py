@@ -148,12 +148,15 @@ async def start(
     pending: set[asyncio.Task[None]] = set()
 
     def on_change() -> None:
-        own_metrics.ready_endpoints.set(len(store.states()))
-        if store.synced:
-            for service in READINESS_SERVICES:
-                task = loop.create_task(health_servicer.set(service, serving))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+        ready = len(store.states())
+        own_metrics.ready_endpoints.set(ready)
+        # Ready once discovery has spoken and there is somewhere to route: with no endpoint every
+        # request would get 503, and another replica (or the proxy's failure mode) does better.
+        status = serving if store.synced and ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in READINESS_SERVICES:
+            task = loop.create_task(health_servicer.set(service, status))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
 
     store.subscribe(on_change)
     on_change()

@@ -103,3 +103,12 @@ def test_parse_prefix_needs_the_whole_model_value() -> None:
         "model": "llama-3",
         "messages": [{"role": "user", "content": "hel"}],
     }
+
+
+def test_rewrite_refuses_a_body_naming_the_model_twice() -> None:
+    body = b'{"model":"cheap","messages":[{"model":"x"}],"model":"expensive"}'
+    with pytest.raises(bodies.BodyError, match="more than once") as refused:
+        bodies.rewrite_model(body, "tier-a")
+    assert refused.value.status == 400
+    nested = b'{"model":"cheap","tools":[{"model":"x"}],"extra":{"model":"y"}}'
+    assert bodies.rewrite_model(nested, "tier-a").startswith(b'{"model":"tier-a"')

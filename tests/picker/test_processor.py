@@ -87,6 +87,18 @@ def test_prefill_decision_adds_the_prefiller_header() -> None:
     ]
 
 
+def test_a_client_sent_prefiller_header_is_removed_and_a_decided_one_overwrites_it() -> None:
+    forged = ("x-prefiller-host-port", "203.0.113.9:80")
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    (reply,) = handler.on_message(headers([(":path", "/v1/models"), forged], end=True))
+    mutation = reply.request_headers.response.header_mutation
+    assert list(mutation.remove_headers) == [names.PREFILLER_HOST_PORT]
+    assert names.PREFILLER_HOST_PORT not in set_headers(reply)
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.2:8000"], prefill="10.0.0.1:8000"))
+    (reply,) = handler.on_message(headers([(":path", "/v1/models"), forged], end=True))
+    assert set_headers(reply)[names.PREFILLER_HOST_PORT] == "10.0.0.1:8000"  # overwrite, not append
+
+
 def test_chunked_body_over_the_limit_is_refused_with_413() -> None:
     handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]), max_body_bytes=100)
     handler.on_message(headers([(":path", "/v1/completions")]))

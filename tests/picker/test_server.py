@@ -73,23 +73,31 @@ def test_cli_serves_health_tls_and_readiness_follows_discovery(
 ) -> None:
     _, ports, endpoints = picker_process
     serving = health_pb2.HealthCheckResponse.SERVING
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
     with grpc.insecure_channel(f"{ADDRESS}:{ports['grpc_health_port']}") as channel:
         assert health_status(channel, "liveness") == serving
         assert health_status(channel, names.EXT_PROC_SERVICE) == serving
-        assert health_status(channel, "readiness") == serving  # the (empty) file was read
-        assert health_status(channel, "inference-extension") == serving  # GIE manifests probe this
+        # The file was read, but it lists no endpoint: nothing to route to, so not ready.
+        assert health_status(channel, "readiness") == not_serving
+        assert health_status(channel, "inference-extension") == not_serving  # GIE manifests probe this
+        endpoints.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+        deadline = time.monotonic() + 5
+        while health_status(channel, "readiness") != serving:
+            assert time.monotonic() < deadline, "readiness did not follow discovery"
+            time.sleep(0.05)
+        assert health_status(channel, "inference-extension") == serving
     # The ext_proc port speaks TLS with a self-signed certificate: trust exactly that one.
     certificate = ssl.get_server_certificate((ADDRESS, ports["grpc_port"]))
     credentials = grpc.ssl_channel_credentials(root_certificates=certificate.encode())
     options = [("grpc.ssl_target_name_override", "frontier-picker")]
     with grpc.secure_channel(f"{ADDRESS}:{ports['grpc_port']}", credentials, options=options) as channel:
         assert health_status(channel, "readiness") == serving
-    endpoints.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
     metrics_url = f"http://{ADDRESS}:{ports['metrics_port']}/metrics"
-    deadline = time.monotonic() + 5
-    while "frontier_picker_ready_endpoints 1.0" not in fetch(metrics_url):
-        assert time.monotonic() < deadline, fetch(metrics_url)
-        time.sleep(0.05)
+    assert "frontier_picker_ready_endpoints 1.0" in fetch(metrics_url)
+    # A half-written (empty) file keeps the previous endpoints instead of emptying the pool.
+    endpoints.write_text("")
+    time.sleep(0.3)  # several polls of the file at 0.05 s
+    assert "frontier_picker_ready_endpoints 1.0" in fetch(metrics_url)
 
 
 def fetch(url: str) -> str:
