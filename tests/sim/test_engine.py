@@ -296,3 +296,13 @@ def test_h200_calibration_is_loaded_and_decodes_faster_at_large_batch():
     )
     with pytest.raises(ValueError, match="h100"):
         timing.load("a100")
+
+
+def test_the_pickers_step_fit_is_the_simulators_h100_calibration():
+    from frontier_api import step_fit
+    from frontier_sim import timing
+
+    calibrated = timing.load("h100")
+    shared = step_fit.H100_LLAMA8B
+    for name in ("p0", "p1", "p2", "d0", "d1", "d2"):
+        assert getattr(shared, name) == pytest.approx(getattr(calibrated, name), rel=1e-3), name

@@ -17,10 +17,11 @@ other requests:
 `u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
 matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
 calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
-running a Llama-3.1-8B-shaped model (sim/frontier_sim/calibration/h100_llama8b.json); set them per pool
-for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every term
-is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains on the
-picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90 33%
+running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simulator's calibration); set them
+per pool for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every
+term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains
+on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90
+33%
 above round-robin's without `slowdown`).
 
 *Wait.* Queued tokens ahead are the engine's waiting count, sized by the mean uncached tokens of what this
@@ -66,19 +67,18 @@ import math
 
 import numpy as np
 
-from frontier_api import estimates
+from frontier_api import estimates, step_fit
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import prefix
 
-# Calibrated H100 / Llama-3.1-8B fits: prefill (s, s/token, s/token/context token) and decode step
-# (s, s/sequence, s/context token).
-H100_LLAMA8B_P0 = 0.005749
-H100_LLAMA8B_P1 = 2.7019e-05
-H100_LLAMA8B_P2 = 8.077e-10
-H100_LLAMA8B_D0 = 0.008217
-H100_LLAMA8B_D1 = 1.438e-05
-H100_LLAMA8B_D2 = 3.897e-08
+# The calibrated H100 / Llama-3.1-8B fit (frontier_api.step_fit, pinned to the simulator's calibration).
+H100_LLAMA8B_P0 = step_fit.H100_LLAMA8B.p0
+H100_LLAMA8B_P1 = step_fit.H100_LLAMA8B.p1
+H100_LLAMA8B_P2 = step_fit.H100_LLAMA8B.p2
+H100_LLAMA8B_D0 = step_fit.H100_LLAMA8B.d0
+H100_LLAMA8B_D1 = step_fit.H100_LLAMA8B.d1
+H100_LLAMA8B_D2 = step_fit.H100_LLAMA8B.d2
 
 
 MIN_COMPLETIONS_FOR_RATE = 8
