@@ -21,8 +21,7 @@ running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simu
 per pool for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every
 term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains
 on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90
-33%
-above round-robin's without `slowdown`).
+33% above round-robin's without `slowdown`).
 
 *Wait.* Queued tokens ahead are the engine's waiting count, sized by the mean uncached tokens of what this
 picker has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not
