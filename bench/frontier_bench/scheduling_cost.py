@@ -423,7 +423,7 @@ def report(results: dict[str, Any]) -> str:
                 f"{ratio(now['cpu_p99_us'], old['cpu_p99_us'])} | "
                 f"{ratio(now['cpu_mean_us'], old['cpu_mean_us'])} |"
             )
-        lines += ["", "round-robin does not use the prefix index: its ratios show the run's noise.", ""]
+        lines += ["", "round-robin does not use the prefix index.", ""]
     lines += learning_report(results["learning"], baseline["learning"] if baseline else None)
     lines += memory_report(
         results["prefix_index_memory"], baseline["prefix_index_memory"] if baseline else None
