@@ -1,9 +1,9 @@
 """Fixtures shared by every test suite.
 
 `control_plane` is one real local Kubernetes control plane (etcd, kube-apiserver, controller-manager,
-scheduler, KWOK; see `frontier_sim.controlplane`) for the whole test session, with simulated GPU node pools
-and the GIE CRDs installed. Tests isolate themselves by namespace (`control_plane.namespace("my-test")`) and
-are marked `@pytest.mark.cluster`. Without the binaries (`make testbin`) these tests skip, except under CI
+scheduler, KWOK; see `frontier_testkit.controlplane`) for the whole test session, with simulated GPU node
+pools and the GIE CRDs installed. Tests isolate themselves by namespace (`control_plane.namespace("my-test")`)
+and are marked `@pytest.mark.cluster`. Without the binaries (`make testbin`) these tests skip, except under CI
 (the `CI` environment variable set), where a missing binary is a failure.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ PACKAGES = {
     "operator": "frontier_operator",
     "sim": "frontier_sim",
     "bench": "frontier_bench",
+    "testkit": "frontier_testkit",
 }
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 

@@ -37,7 +37,7 @@ from kubernetes import dynamic, watch
 
 from frontier_api import names
 from frontier_bench import stats
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 log = logging.getLogger("frontier_bench.operator_bench")
 

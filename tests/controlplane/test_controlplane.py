@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from frontier_api import names
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 pytestmark = pytest.mark.cluster
 

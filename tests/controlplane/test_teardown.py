@@ -10,8 +10,9 @@ import sys
 import time
 
 import pytest
+from kubernetes import client as k8s_client
 
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -47,7 +48,7 @@ def test_components_die_with_the_process_that_started_them(
     control_plane: controlplane.ControlPlane, tmp_path: pathlib.Path
 ):
     cache = control_plane.assets.kwok_stages.parents[1]
-    argv = [sys.executable, "-m", "frontier_sim.controlplane", "up"]
+    argv = [sys.executable, "-m", "frontier_testkit.controlplane", "up"]
     argv += ["--dir", str(tmp_path / "cp"), "--cache", str(cache)]
     with (tmp_path / "up.log").open("wb") as log:
         up = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
@@ -68,3 +69,22 @@ def test_components_die_with_the_process_that_started_them(
     finally:
         up.kill()
         up.wait()
+
+
+def test_starting_twice_in_one_folder_replaces_the_running_control_plane(tmp_path):
+    assets = controlplane.Assets.discover()
+    pools = [pool for pool in controlplane.DEFAULT_NODE_POOLS if pool.accelerator is None]
+    first = controlplane.ControlPlane(tmp_path, assets=assets, node_pools=pools)
+    first.start()
+    try:
+        old = [component.process.pid for component in first.components]
+        first_core = first.api_client()
+        k8s_client.CoreV1Api(first_core).create_namespace({"metadata": {"name": "left-over"}})
+        with controlplane.ControlPlane(tmp_path, assets=assets, node_pools=pools) as second:
+            assert not any(is_running(pid) for pid in old)  # the first one was stopped, not doubled
+            core = k8s_client.CoreV1Api(second.api_client())
+            assert [node.metadata.name for node in core.list_node().items]  # node pools created again: no 409
+            names = {ns.metadata.name for ns in core.list_namespace().items}
+            assert "left-over" not in names  # a fresh cluster, not the old etcd data
+    finally:
+        first.stop()

@@ -12,7 +12,7 @@ import yaml
 from kubernetes import client as k8s_client
 
 from frontier_api import modeltier, names
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 CHART = oc.REPO / "charts" / "frontier"
 

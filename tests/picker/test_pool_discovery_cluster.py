@@ -11,7 +11,7 @@ from kubernetes import client as k8s_client
 
 from frontier_api import names
 from frontier_picker import datastore, pool_discovery
-from frontier_sim import controlplane
+from frontier_testkit import controlplane
 
 pytestmark = pytest.mark.cluster
 

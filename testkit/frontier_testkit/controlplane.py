@@ -16,7 +16,7 @@ GPU node pool has, so the real scheduler places GPU workloads exactly as it woul
 
 `ControlPlane` is a context manager; every process runs in its own process group, dies with the Python process
 that started it (PR_SET_PDEATHSIG) and is killed on exit, at interpreter exit, or on a failed start.
-Run `python -m frontier_sim.controlplane up --dir DIR` to keep one up by hand.
+Run `python -m frontier_testkit.controlplane up --dir DIR` to keep one up by hand.
 """
 
 from __future__ import annotations
@@ -344,6 +344,7 @@ class ControlPlane:
     def start(self) -> None:
         """Starts every component in dependency order, creates the node pools and installs the GIE CRDs."""
         started = time.monotonic()
+        self._replace_previous()
         for sub in ("logs", "pki", "etcd"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         pki = self.workdir / "pki"
@@ -366,6 +367,22 @@ class ControlPlane:
             sum(pool.size for pool in self.node_pools),
             time.monotonic() - started,
         )
+
+    def _replace_previous(self) -> None:
+        """Stop a control plane an earlier `start` left running in this folder (its process groups are listed
+        in `pids`) and drop its etcd data, so every start is a fresh cluster instead of a 409 on objects the
+        last one created."""
+        pids_file = self.workdir / "pids"
+        if pids_file.exists():
+            stopped = 0
+            for line in pids_file.read_text().split():
+                with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                    os.killpg(int(line), signal.SIGKILL)
+                    stopped += 1
+            pids_file.unlink()
+            if stopped:
+                logger.info("event=controlplane_replaced workdir=%s processes=%d", self.workdir, stopped)
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
 
     def _start_etcd(self) -> str:
         client_port, peer_port = free_port(), free_port()
@@ -539,6 +556,8 @@ class ControlPlane:
                 preexec_fn=_die_with_parent,
             )
         _running.add(process)
+        with self.workdir.joinpath("pids").open("a") as pids:
+            pids.write(f"{process.pid}\n")
         self.components.append(Component(name=name, process=process, log_path=log_path))
         logger.info("event=component_started component=%s pid=%d log=%s", name, process.pid, log_path)
 
@@ -629,7 +648,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m frontier_sim.controlplane", description=__doc__.split("\n")[0]
+        prog="python -m frontier_testkit.controlplane", description=__doc__.split("\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start a control plane and keep it up until Ctrl-C")
