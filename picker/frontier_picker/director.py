@@ -104,11 +104,14 @@ class Director:
         if self.metrics is None:
             return
         self.metrics.in_flight.dec()
-        model = flight.request.target_model
+        models = (
+            self.metrics.model_label(flight.request.model),
+            self.metrics.model_label(flight.request.target_model),
+        )
         code = "aborted" if completion.aborted else str(completion.status)
-        self.metrics.child("requests", model, code).inc()
-        self.metrics.child("request_duration", model).observe(completion.duration_s)
+        self.metrics.child("requests", *models, code).inc()
+        self.metrics.child("request_duration", *models).observe(completion.duration_s)
         if completion.prompt_tokens:
-            self.metrics.child("prompt_tokens", model).inc(completion.prompt_tokens)
+            self.metrics.child("prompt_tokens", *models).inc(completion.prompt_tokens)
         if completion.completion_tokens:
-            self.metrics.child("completion_tokens", model).inc(completion.completion_tokens)
+            self.metrics.child("completion_tokens", *models).inc(completion.completion_tokens)

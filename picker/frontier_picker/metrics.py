@@ -2,6 +2,10 @@
 
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
+Per-model families carry GIE's label names: `model_name` (what the client asked for) and `target_model_name`
+(what the endpoint serves, after any rewrite). Model names come from clients, so label values are bounded:
+the first `MAX_MODEL_LABELS` distinct names of routed requests are kept; any later one, and any name only
+refused requests carried, is counted as `other`.
 """
 
 import dataclasses
@@ -11,6 +15,8 @@ from typing import Any, Final
 import prometheus_client
 from prometheus_client import registry as prometheus_registry
 
+MAX_MODEL_LABELS: Final = 256
+OTHER_MODEL: Final = "other"
 _LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _SCHEDULING_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
@@ -29,6 +35,17 @@ class Metrics:
     prompt_tokens: prometheus_client.Counter
     completion_tokens: prometheus_client.Counter
     _children: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
+    _models: set[str] = dataclasses.field(default_factory=set)
+
+    def model_label(self, name: str, *, admit: bool = True) -> str:
+        """`name` as a label value: itself once admitted (while fewer than MAX_MODEL_LABELS were), else
+        `other`. Refused requests pass `admit=False`: a name no request was ever routed for takes no slot."""
+        if name in self._models:
+            return name
+        if not admit or len(self._models) >= MAX_MODEL_LABELS:
+            return OTHER_MODEL
+        self._models.add(name)
+        return name
 
     def child(self, family: str, *labels: str) -> Any:
         """The labelled child of collector `family` (cached: `labels()` costs microseconds per call)."""
@@ -46,14 +63,14 @@ def create() -> Metrics:
         registry=registry,
         requests=prometheus_client.Counter(
             "frontier_picker_requests",
-            "Requests the picker handled, by model and final HTTP status",
-            ["model", "code"],
+            "Requests the picker handled, by requested and target model and final HTTP status",
+            ["model_name", "target_model_name", "code"],
             registry=registry,
         ),
         request_duration=prometheus_client.Histogram(
             "frontier_picker_request_duration_seconds",
             "From the request's headers reaching the picker to the end of its response, by model",
-            ["model"],
+            ["model_name", "target_model_name"],
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         ),
@@ -80,13 +97,13 @@ def create() -> Metrics:
         prompt_tokens=prometheus_client.Counter(
             "frontier_picker_prompt_tokens",
             "Prompt tokens the model servers reported, by model",
-            ["model"],
+            ["model_name", "target_model_name"],
             registry=registry,
         ),
         completion_tokens=prometheus_client.Counter(
             "frontier_picker_completion_tokens",
             "Completion tokens the model servers reported, by model",
-            ["model"],
+            ["model_name", "target_model_name"],
             registry=registry,
         ),
     )

@@ -369,8 +369,14 @@ class Stream:
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True
         self.ctx.metrics.child("errors", str(status)).inc()
-        model = self.request.model if self.request is not None else ""
-        self.ctx.metrics.child("requests", model, str(status)).inc()
+        request = self.request
+        labels = self.ctx.metrics.model_label
+        models = (
+            (labels(request.model, admit=False), labels(request.target_model, admit=False))
+            if request is not None
+            else ("", "")
+        )
+        self.ctx.metrics.child("requests", *models, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
         return replies.immediate(status, reason)
 

@@ -244,9 +244,10 @@ async def test_own_metrics_count_requests_errors_and_scheduling(gie: stack.Stack
     url = f"http://{stack.FRONT}:{gie.picker.metrics_port}/metrics"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         text = await response.text()
-    assert 'frontier_picker_requests_total{code="200",model="metered"} 1.0' in text
+    labels = 'model_name="metered",target_model_name="metered"'
+    assert f'frontier_picker_requests_total{{code="200",{labels}}} 1.0' in text
     assert 'frontier_picker_errors_total{code="400"}' in text
     assert "frontier_picker_ready_endpoints 3.0" in text
-    assert 'frontier_picker_request_duration_seconds_count{model="metered"} 1.0' in text
+    assert f"frontier_picker_request_duration_seconds_count{{{labels}}} 1.0" in text
     count = re.search(r"frontier_picker_scheduling_duration_seconds_count (\S+)", text)
     assert count is not None and float(count.group(1)) >= 1

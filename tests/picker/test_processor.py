@@ -154,3 +154,11 @@ def test_a_scheduler_bug_answers_500_and_names_the_picker() -> None:
     assert reply.immediate_response.status.code == 500
     assert b"internal error in the endpoint picker" in reply.immediate_response.body
     assert handler.ctx.director.store.in_flight() == 0
+
+
+def test_model_names_from_clients_are_bounded_label_values() -> None:
+    own = metrics.create()
+    assert own.model_label("refused-only", admit=False) == metrics.OTHER_MODEL  # refusals take no slot
+    seen = {own.model_label(f"model-{i}") for i in range(metrics.MAX_MODEL_LABELS + 50)}
+    assert len(seen) == metrics.MAX_MODEL_LABELS + 1  # the first 256, then everything else is "other"
+    assert own.model_label("model-3") == "model-3"
