@@ -311,6 +311,11 @@ class Engine:
     def kv_usage(self) -> float:
         return self.pool.usage
 
+    def between_steps(self) -> bool:
+        """True when no step is scheduled and unfinished, and no finished request awaits collection: the
+        state in which a driver may advance the core itself (the virtual-time cluster's decode runs)."""
+        return self._in_flight is None and not self._pending_finished
+
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self._pending_finished or self.pool.events)
 
@@ -465,7 +470,7 @@ class Engine:
                 outputs[seq.request_id] = new
                 self.stats.generation_tokens += emit
             if seq.num_computed // bs > seq.num_registered:
-                self._register_full_blocks(seq)
+                self.register_full_blocks(seq)
             if len(seq.output_token_ids) >= seq.max_tokens or seq.num_tokens >= cfg.max_model_len:
                 finished.append(self._finish(seq, "length"))
                 any_done = True
@@ -531,7 +536,9 @@ class Engine:
             )
         return hashes
 
-    def _register_full_blocks(self, seq: EngineRequest) -> None:
+    def register_full_blocks(self, seq: EngineRequest) -> None:
+        """Put `seq`'s newly completed KV blocks in the prefix cache (a driver that advances decoding itself
+        calls this after moving `num_computed`)."""
         if not self.config.enable_prefix_caching:
             return
         bs = self.config.block_size

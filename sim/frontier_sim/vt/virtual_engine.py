@@ -94,8 +94,7 @@ def fast_forward_eligible(core: engine.Engine) -> bool:
     if (
         not running
         or core.waiting
-        or core._in_flight is not None
-        or core._pending_finished
+        or not core.between_steps()
         or cfg.num_speculative_tokens
         or len(running) > cfg.max_num_batched_tokens
     ):
@@ -165,7 +164,7 @@ def apply_run(core: engine.Engine, run: Run, upto: int) -> None:
         seq.num_tokens += n
         seq.num_computed += n
         if seq.num_computed // bs > seq.num_registered:
-            core._register_full_blocks(seq)
+            core.register_full_blocks(seq)
     stats = core.stats
     stats.generation_tokens += n * len(running)
     stats.steps += n
