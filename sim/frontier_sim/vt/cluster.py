@@ -334,89 +334,142 @@ def run(
     `fast_forward=False` takes every engine step through the core (slow; the reference for runs).
     `max_wall_s`: stop after this much wall time, leaving later arrivals out and requests in flight
     unfinished (`Results.stopped_at` says how far the model clock got)."""
-    began = time.perf_counter()
-    if not engines:
-        raise ValueError("engines: at least one engine is required")
-    store = datastore.Datastore()
-    specs = list(engines)
-    store.replace(
-        endpoints.Endpoint(
-            name=spec.name, address=spec.config.host, port=spec.config.port, labels=spec.labels
-        )
-        for spec in specs
+    simulation = _Simulation(
+        engines=engines,
+        policy=policy,
+        scrape_interval=scrape_interval,
+        scrape_groups=scrape_groups,
+        fallbacks=fallbacks,
+        seed=seed,
+        token_cache=token_cache,
+        fast_forward=fast_forward,
     )
-    states = list(store.states())
-    if len(states) != len(specs):
-        raise ValueError("engines: every engine needs its own address:port")
-    vengines = [
-        virtual_engine.VirtualEngine(i, settings.build_engine(spec.config), fast_forward=fast_forward)
-        for i, spec in enumerate(specs)
-    ]
-    cores = [v.core for v in vengines]
-    for state, core in zip(states, cores, strict=True):
-        state.metrics.block_size = core.config.block_size
-        state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
-    key_index = {state.endpoint.key: i for i, state in enumerate(states)}
-    name, scheduler = _policy(policy, states=states, cores=cores, seed=seed, fallbacks=fallbacks)
-    directing = director.Director(scheduler=scheduler, store=store, log_decisions=False)
-    baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
-    oracle = baseline.policy if baseline and isinstance(baseline.policy, policies.Oracle) else None
-    prompts = _Prompts(token_cache)
-    groups = max(1, min(scrape_groups, len(vengines)))
-    members = [list(range(g, len(vengines), groups)) for g in range(groups)]
-    tick = scrape_interval / groups
+    return simulation.run(workload, max_wall_s=max_wall_s)
 
-    # Result columns, appended per arrival.
-    arrival_at: list[float] = []
-    ttft: list[float] = []
-    end: list[float] = []
-    prompt_tokens: list[int] = []
-    completion_tokens: list[int] = []
-    cached_tokens: list[int] = []
-    engine_of: list[int] = []
-    status: list[int] = []
-    routed = [0] * len(vengines)
 
-    flights: dict[str, _Flight] = {}  # by engine request id (decode / aggregated stage)
-    prefills: dict[str, _Flight] = {}  # by engine request id of the prefill stage
-    # (time, order, engine index, version); a KV transfer is (time, order, -1, its key in `transfers`).
-    heap: list[tuple[float, int, int, int]] = []
-    order = 0
-    events = 0
-    transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
-    nan = math.nan
+@dataclasses.dataclass(slots=True)
+class _Columns:
+    """The per-request result columns, one row appended per arrival."""
 
-    def push(v: virtual_engine.VirtualEngine) -> None:
-        nonlocal order
+    arrival_at: list[float] = dataclasses.field(default_factory=list)
+    ttft: list[float] = dataclasses.field(default_factory=list)
+    end: list[float] = dataclasses.field(default_factory=list)
+    prompt_tokens: list[int] = dataclasses.field(default_factory=list)
+    completion_tokens: list[int] = dataclasses.field(default_factory=list)
+    cached_tokens: list[int] = dataclasses.field(default_factory=list)
+    engine_of: list[int] = dataclasses.field(default_factory=list)
+    status: list[int] = dataclasses.field(default_factory=list)
+
+    def add(self, t: float) -> int:
+        """A new row for an arrival at `t` (not finished, status 200 until told otherwise); its index."""
+        self.arrival_at.append(t)
+        self.ttft.append(math.nan)
+        self.end.append(math.nan)
+        self.prompt_tokens.append(0)
+        self.completion_tokens.append(0)
+        self.cached_tokens.append(0)
+        self.engine_of.append(-1)
+        self.status.append(200)
+        return len(self.arrival_at) - 1
+
+
+class _Simulation:
+    """One run: virtual engines, the picker's director over their endpoints, and the event heap.
+
+    The heap holds (time, order, engine index, version) for engine events and (time, order, -1, key) for KV
+    transfers under way; `order` breaks ties in insertion order, so a run is deterministic.
+    """
+
+    def __init__(
+        self,
+        *,
+        engines: Sequence[fleet.EngineSpec],
+        policy: str | policies.Policy | types.Scheduler,
+        scrape_interval: float,
+        scrape_groups: int,
+        fallbacks: int,
+        seed: int,
+        token_cache: int,
+        fast_forward: bool,
+    ) -> None:
+        if not engines:
+            raise ValueError("engines: at least one engine is required")
+        self.store = datastore.Datastore()
+        self.specs = list(engines)
+        self.store.replace(
+            endpoints.Endpoint(
+                name=spec.name, address=spec.config.host, port=spec.config.port, labels=spec.labels
+            )
+            for spec in self.specs
+        )
+        self.states = list(self.store.states())
+        if len(self.states) != len(self.specs):
+            raise ValueError("engines: every engine needs its own address:port")
+        self.vengines = [
+            virtual_engine.VirtualEngine(i, settings.build_engine(spec.config), fast_forward=fast_forward)
+            for i, spec in enumerate(self.specs)
+        ]
+        self.cores = [v.core for v in self.vengines]
+        for state, core in zip(self.states, self.cores, strict=True):
+            state.metrics.block_size = core.config.block_size
+            state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
+        self.key_index = {state.endpoint.key: i for i, state in enumerate(self.states)}
+        self.name, scheduler = _policy(
+            policy, states=self.states, cores=self.cores, seed=seed, fallbacks=fallbacks
+        )
+        self.director = director.Director(scheduler=scheduler, store=self.store, log_decisions=False)
+        self.baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
+        chosen = self.baseline.policy if self.baseline else None
+        self.oracle = chosen if isinstance(chosen, policies.Oracle) else None
+        self.prompts = _Prompts(token_cache)
+        groups = max(1, min(scrape_groups, len(self.vengines)))
+        self.groups = groups
+        self.members = [list(range(g, len(self.vengines), groups)) for g in range(groups)]
+        self.tick = scrape_interval / groups
+        self.columns = _Columns()
+        self.routed = [0] * len(self.vengines)
+        self.flights: dict[str, _Flight] = {}  # by engine request id (decode / aggregated stage)
+        self.prefills: dict[str, _Flight] = {}  # by engine request id of the prefill stage
+        self.heap: list[tuple[float, int, int, int]] = []
+        self.order = 0
+        self.events = 0
+        self.transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
+
+    # --- engine events ---------------------------------------------------------------------------------
+    def _push(self, v: virtual_engine.VirtualEngine) -> None:
         if v.phase is not virtual_engine.Phase.IDLE:
-            order += 1
-            heapq.heappush(heap, (v.busy_until, order, v.index, v.version))
+            self.order += 1
+            heapq.heappush(self.heap, (v.busy_until, self.order, v.index, v.version))
 
-    def submit(flight: _Flight, v: virtual_engine.VirtualEngine, t: float, rid: str, **kind: bool) -> None:
+    def _submit(
+        self, flight: _Flight, v: virtual_engine.VirtualEngine, t: float, rid: str, **kind: bool
+    ) -> None:
         cfg = v.core.config
         hashes = None
         if cfg.enable_prefix_caching:
-            hashes = prompts.block_hashes(flight.text, block_size=cfg.block_size, hash_seed=cfg.hash_seed)
+            hashes = self.prompts.block_hashes(
+                flight.text, block_size=cfg.block_size, hash_seed=cfg.hash_seed
+            )
         try:
             changed, result = v.add(
                 t, rid, flight.token_ids, max_tokens=flight.max_tokens, block_hashes=hashes, **kind
             )
         except ValueError as error:
-            finish_error(flight, t, 400, str(error))
+            self._finish_error(flight, 400, str(error))
             return
         if result is not None:
-            deliver(result, t)
+            self._deliver(result, t)
         if changed:
-            push(v)
+            self._push(v)
 
-    def finish_error(flight: _Flight, t: float, code: int, reason: str) -> None:
+    def _finish_error(self, flight: _Flight, code: int, reason: str) -> None:
         request = flight.flight.request
-        flights.pop(request.request_id, None)
-        prefills.pop(request.request_id, None)
-        status[flight.index] = code
-        end[flight.index] = nan
+        self.flights.pop(request.request_id, None)
+        self.prefills.pop(request.request_id, None)
+        self.columns.status[flight.index] = code
+        self.columns.end[flight.index] = math.nan
         completion = types.Completion(endpoint=flight.flight.decision.primary, status=code, duration_s=0.0)
-        directing.complete(flight.flight, completion)
+        self.director.complete(flight.flight, completion)
         log.debug(
             "event=vt_request_failed request_id=%s status=%d reason=%r",
             request.request_id,
@@ -424,60 +477,65 @@ def run(
             reason,
         )
 
-    def deliver(result: Any, t: float) -> None:
-        nonlocal order
+    def _deliver(self, result: Any, t: float) -> None:
+        columns = self.columns
+        flights = self.flights
+        prefills = self.prefills
         for rid in result.outputs:
             if rid in prefills:
                 continue  # the prefill stage's token is not streamed to the client
             flight = flights.get(rid)
             if flight is not None and not flight.first_token:
                 flight.first_token = True
-                ttft[flight.index] = t - arrival_at[flight.index]
-                if oracle is not None:
-                    oracle.started(rid)
+                columns.ttft[flight.index] = t - columns.arrival_at[flight.index]
+                if self.oracle is not None:
+                    self.oracle.started(rid)
         for done in result.finished:
             rid = done.request_id
             prefill = prefills.pop(rid, None)
             if prefill is not None:
-                # Prefill stage done: the decode engine pulls the uncached KV, then decodes.
-                decode = vengines[prefill.engine]
-                local = decode.core.cached_prefix_tokens(prefill.token_ids)
-                pulled = max(len(prefill.token_ids) - local, 0)
-                link = specs[prefill.engine].config.kv_link_bytes_per_s
-                transfer_s = pulled * decode.core.model.kv_bytes_per_token_per_gpu / link
-                order += 1
-                transfers[order] = prefill
-                heapq.heappush(heap, (t + transfer_s, order, -1, order))
+                self._transfer(prefill, t)
                 continue
             flight = flights.pop(rid, None)
             if flight is None:
                 continue
             i = flight.index
-            end[i] = t
-            prompt_tokens[i] = done.prompt_tokens
-            completion_tokens[i] = done.completion_tokens
-            cached_tokens[i] = done.cached_tokens
+            columns.end[i] = t
+            columns.prompt_tokens[i] = done.prompt_tokens
+            columns.completion_tokens[i] = done.completion_tokens
+            columns.cached_tokens[i] = done.cached_tokens
             completion = types.Completion(
                 endpoint=flight.flight.decision.primary,
                 status=200,
                 prompt_tokens=done.prompt_tokens,
                 completion_tokens=done.completion_tokens,
                 cached_tokens=done.cached_tokens,
-                ttft_s=ttft[i],
-                duration_s=t - arrival_at[i],
+                ttft_s=columns.ttft[i],
+                duration_s=t - columns.arrival_at[i],
             )
-            directing.complete(flight.flight, completion)
+            self.director.complete(flight.flight, completion)
 
-    metrics_of = [state.metrics for state in states]
-    run_phase = virtual_engine.Phase.RUN
-    kv_usage_mid_run = virtual_engine.kv_usage_mid_run
+    def _transfer(self, prefill: _Flight, t: float) -> None:
+        """Prefill stage done: the decode engine pulls the uncached KV over its link, then decodes."""
+        decode = self.vengines[prefill.engine]
+        local = decode.core.cached_prefix_tokens(prefill.token_ids)
+        pulled = max(len(prefill.token_ids) - local, 0)
+        link = self.specs[prefill.engine].config.kv_link_bytes_per_s
+        transfer_s = pulled * decode.core.model.kv_bytes_per_token_per_gpu / link
+        self.order += 1
+        self.transfers[self.order] = prefill
+        heapq.heappush(self.heap, (t + transfer_s, self.order, -1, self.order))
 
-    def scrape(g: int, t: float) -> None:
+    def _scrape(self, group: int, t: float) -> None:
         # `VirtualEngine.observe`, inlined: this runs for every endpoint 20 times a model second.
-        for i in members[g]:
+        run_phase = virtual_engine.Phase.RUN
+        kv_usage_mid_run = virtual_engine.kv_usage_mid_run
+        vengines = self.vengines
+        states = self.states
+        for i in self.members[group]:
             v = vengines[i]
             core = v.core
-            metrics = metrics_of[i]
+            metrics = states[i].metrics
             if v.phase is run_phase:
                 assert v.run is not None
                 metrics.waiting = 0
@@ -488,78 +546,40 @@ def run(
             metrics.running = len(core.running)
             metrics.updated_at = t
 
-    arrivals = iter(workload)
-    upcoming = next(arrivals, None)
-    next_scrape = 0.0
-    scrape_group = 0
-    inf = math.inf
-    last_arrival = -inf
-    stopped_at: float | None = None
-    deadline = began + max_wall_s if max_wall_s is not None else inf
-    iterations = 0
-    while True:
-        iterations += 1
-        if not iterations & 0xFFF and time.perf_counter() > deadline:
-            stopped_at = min(heap[0][0] if heap else inf, upcoming.at if upcoming is not None else inf)
-            break
-        t_engine = heap[0][0] if heap else inf
-        t_arrival = upcoming.at if upcoming is not None else inf
-        if t_engine == inf and t_arrival == inf:
-            break
-        if next_scrape <= t_engine and next_scrape <= t_arrival:
-            scrape(scrape_group, next_scrape)
-            scrape_group = (scrape_group + 1) % groups
-            next_scrape += tick
-            continue
-        if t_engine <= t_arrival:
-            t, _, index, version = heapq.heappop(heap)
-            if index < 0:
-                flight = transfers.pop(version)
-                submit(
-                    flight, vengines[flight.engine], t, flight.flight.request.request_id, kv_transferred=True
-                )
-                continue
-            v = vengines[index]
-            if version != v.version:
-                continue
-            events += 1
-            result = v.fire(t)
-            if result is not None:
-                deliver(result, t)
-            push(v)
-            continue
-        # An arrival.
-        assert upcoming is not None
-        arrival = upcoming
-        upcoming = next(arrivals, None)
+    def _fire(self, t: float, index: int, version: int) -> None:
+        if index < 0:
+            flight = self.transfers.pop(version)
+            self._submit(
+                flight, self.vengines[flight.engine], t, flight.flight.request.request_id, kv_transferred=True
+            )
+            return
+        v = self.vengines[index]
+        if version != v.version:
+            return
+        self.events += 1
+        result = v.fire(t)
+        if result is not None:
+            self._deliver(result, t)
+        self._push(v)
+
+    def _arrive(self, arrival: Arrival) -> None:
         t = arrival.at
-        if t < last_arrival:
-            raise ValueError(f"workload: arrival at {t} comes after one at {last_arrival}; sort by time")
-        last_arrival = t
-        row = len(arrival_at)
-        arrival_at.append(t)
-        ttft.append(nan)
-        end.append(nan)
-        prompt_tokens.append(0)
-        completion_tokens.append(0)
-        cached_tokens.append(0)
-        engine_of.append(-1)
-        status.append(200)
+        row = self.columns.add(t)
         request = _request(arrival, f"vt-{row}")
-        if request.request_id in flights or request.request_id in prefills:
+        if request.request_id in self.flights or request.request_id in self.prefills:
             request.request_id = f"{request.request_id}-{row}"  # a client reused an x-request-id
         rid = request.request_id
         text = _engine_text(arrival)
-        token_ids = prompts.get(text)
+        token_ids = self.prompts.get(text)
         try:
-            if baseline is not None:
-                baseline.token_ids = token_ids
-            decided = directing.decide(request, now=t)
+            if self.baseline is not None:
+                self.baseline.token_ids = token_ids
+            decided = self.director.decide(request, now=t)
         except types.Rejection as rejection:
-            status[row] = rejection.status
-            continue
+            self.columns.status[row] = rejection.status
+            return
         decision = decided.decision
-        target = key_index[decision.primary]
+        target = self.key_index[decision.primary]
         flight = _Flight(
             index=row,
             flight=decided,
@@ -568,55 +588,101 @@ def run(
             token_ids=token_ids,
             max_tokens=arrival.max_tokens,
         )
-        engine_of[row] = target
-        routed[target] += 1
-        flights[rid] = flight
-        if decision.prefill is not None and decision.prefill in key_index:
-            prefills[rid] = flight
-            submit(flight, vengines[key_index[decision.prefill]], t, rid, prefill_only=True)
+        self.columns.engine_of[row] = target
+        self.routed[target] += 1
+        self.flights[rid] = flight
+        if decision.prefill is not None and decision.prefill in self.key_index:
+            self.prefills[rid] = flight
+            self._submit(flight, self.vengines[self.key_index[decision.prefill]], t, rid, prefill_only=True)
         else:
-            submit(flight, vengines[target], t, rid)
+            self._submit(flight, self.vengines[target], t, rid)
 
-    wall = time.perf_counter() - began
-    engine_results = [
-        EngineResult(
-            name=spec.name,
-            key=state.endpoint.key,
-            requests=routed[i],
-            prompt_tokens=core.stats.prompt_tokens,
-            generation_tokens=core.stats.generation_tokens,
-            prefix_cache_queries=core.stats.prefix_cache_queries,
-            prefix_cache_hits=core.stats.prefix_cache_hits,
-            preemptions=core.stats.preemptions,
-            busy_s=core.stats.busy_s,
-            steps=core.stats.steps,
+    # --- the clock ------------------------------------------------------------------------------------------
+    def run(self, workload: Iterable[Arrival], *, max_wall_s: float | None) -> Results:
+        """Advance the model clock through `workload` until every request finished (or `max_wall_s`)."""
+        began = time.perf_counter()
+        heap = self.heap
+        arrivals = iter(workload)
+        upcoming = next(arrivals, None)
+        next_scrape = 0.0
+        scrape_group = 0
+        groups = self.groups
+        tick = self.tick
+        inf = math.inf
+        last_arrival = -inf
+        stopped_at: float | None = None
+        deadline = began + max_wall_s if max_wall_s is not None else inf
+        iterations = 0
+        while True:
+            iterations += 1
+            if not iterations & 0xFFF and time.perf_counter() > deadline:
+                stopped_at = min(heap[0][0] if heap else inf, upcoming.at if upcoming is not None else inf)
+                break
+            t_engine = heap[0][0] if heap else inf
+            t_arrival = upcoming.at if upcoming is not None else inf
+            if t_engine == inf and t_arrival == inf:
+                break
+            if next_scrape <= t_engine and next_scrape <= t_arrival:
+                self._scrape(scrape_group, next_scrape)
+                scrape_group = (scrape_group + 1) % groups
+                next_scrape += tick
+                continue
+            if t_engine <= t_arrival:
+                t, _, index, version = heapq.heappop(heap)
+                self._fire(t, index, version)
+                continue
+            assert upcoming is not None
+            arrival = upcoming
+            upcoming = next(arrivals, None)
+            if arrival.at < last_arrival:
+                raise ValueError(
+                    f"workload: arrival at {arrival.at} comes after one at {last_arrival}; sort by time"
+                )
+            last_arrival = arrival.at
+            self._arrive(arrival)
+        return self._results(time.perf_counter() - began, stopped_at)
+
+    def _results(self, wall: float, stopped_at: float | None) -> Results:
+        columns = self.columns
+        engine_results = [
+            EngineResult(
+                name=spec.name,
+                key=state.endpoint.key,
+                requests=self.routed[i],
+                prompt_tokens=core.stats.prompt_tokens,
+                generation_tokens=core.stats.generation_tokens,
+                prefix_cache_queries=core.stats.prefix_cache_queries,
+                prefix_cache_hits=core.stats.prefix_cache_hits,
+                preemptions=core.stats.preemptions,
+                busy_s=core.stats.busy_s,
+                steps=core.stats.steps,
+            )
+            for i, (spec, state, core) in enumerate(zip(self.specs, self.states, self.cores, strict=True))
+        ]
+        results = Results(
+            policy=self.name,
+            arrival=np.array(columns.arrival_at, dtype=np.float64),
+            ttft=np.array(columns.ttft, dtype=np.float64),
+            end=np.array(columns.end, dtype=np.float64),
+            prompt_tokens=np.array(columns.prompt_tokens, dtype=np.int64),
+            completion_tokens=np.array(columns.completion_tokens, dtype=np.int64),
+            cached_tokens=np.array(columns.cached_tokens, dtype=np.int64),
+            engine=np.array(columns.engine_of, dtype=np.int64),
+            status=np.array(columns.status, dtype=np.int64),
+            engines=engine_results,
+            wall_s=wall,
+            stopped_at=stopped_at,
+            events=self.events,
+            steps=sum(e.steps for e in engine_results),
         )
-        for i, (spec, state, core) in enumerate(zip(specs, states, cores, strict=True))
-    ]
-    results = Results(
-        policy=name,
-        arrival=np.array(arrival_at, dtype=np.float64),
-        ttft=np.array(ttft, dtype=np.float64),
-        end=np.array(end, dtype=np.float64),
-        prompt_tokens=np.array(prompt_tokens, dtype=np.int64),
-        completion_tokens=np.array(completion_tokens, dtype=np.int64),
-        cached_tokens=np.array(cached_tokens, dtype=np.int64),
-        engine=np.array(engine_of, dtype=np.int64),
-        status=np.array(status, dtype=np.int64),
-        engines=engine_results,
-        wall_s=wall,
-        stopped_at=stopped_at,
-        events=events,
-        steps=sum(e.steps for e in engine_results),
-    )
-    log.info(
-        "event=vt_run_done policy=%s engines=%d requests=%d events=%d steps=%d wall_s=%.2f stopped_at=%s",
-        name,
-        len(specs),
-        len(arrival_at),
-        events,
-        results.steps,
-        wall,
-        stopped_at,
-    )
-    return results
+        log.info(
+            "event=vt_run_done policy=%s engines=%d requests=%d events=%d steps=%d wall_s=%.2f stopped_at=%s",
+            self.name,
+            len(self.specs),
+            len(columns.arrival_at),
+            self.events,
+            results.steps,
+            wall,
+            stopped_at,
+        )
+        return results
