@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -131,18 +132,22 @@ def test_command_line_mirrors_the_gie_flags() -> None:
         main.options(main.parser().parse_args(["--pool-name", "a", "--endpoints-file", "x.yaml"]))
 
 
-async def test_not_ready_until_discovery_delivers_endpoints(tmp_path: Path) -> None:
-    missing = tmp_path / "endpoints.yaml"
-    options = server.Options(
+def local_options(endpoints_file: Path, **overrides: Any) -> server.Options:
+    """A plaintext picker on ADDRESS with OS-chosen ports, discovering from `endpoints_file`."""
+    return server.Options(
         address=ADDRESS,
         grpc_port=0,
         grpc_health_port=0,
         metrics_port=0,
         secure_serving=False,
-        endpoints_file=missing,
-        endpoints_poll_s=0.02,
+        endpoints_file=endpoints_file,
+        **overrides,
     )
-    picker = await server.start(options)
+
+
+async def test_not_ready_until_discovery_delivers_endpoints(tmp_path: Path) -> None:
+    missing = tmp_path / "endpoints.yaml"
+    picker = await server.start(local_options(missing, endpoints_poll_s=0.02))
     try:
         async with grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_health_port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -171,16 +176,7 @@ def _headers_message(pairs: dict[str, str], *, response: bool) -> ext_proc.Proce
 async def test_sigterm_drain_turns_readiness_off_and_lets_a_routed_stream_finish(tmp_path: Path) -> None:
     endpoints_file = tmp_path / "endpoints.yaml"
     endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
-    options = server.Options(
-        address=ADDRESS,
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_port=0,
-        secure_serving=False,
-        endpoints_file=endpoints_file,
-        refresh_metrics_interval_s=0,
-        builtin_config="round-robin",
-    )
+    options = local_options(endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin")
     picker = await server.start(options)
     ext_proc_address = f"{ADDRESS}:{picker.grpc_port}"
     async with (
