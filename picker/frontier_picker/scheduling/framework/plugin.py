@@ -17,6 +17,7 @@ always produce `metrics`, `load` and `labels`; anything else (the prefix index) 
 plugin, so a config that asks for data nobody produces fails when it is loaded, not on the first request.
 """
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -31,6 +32,22 @@ if TYPE_CHECKING:
     from frontier_picker.scheduling.framework import cycles
 
 ALWAYS_PRODUCED = frozenset({"metrics", "load", "labels"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Param:
+    """One plugin parameter, declared once: its config key, default (whose type is the parameter's type),
+    what it means, and its lower bound. The parser (`Parameters.read`) and the docs table both use it."""
+
+    key: str
+    default: float | int | str
+    doc: str
+    minimum: float | None = None
+
+
+def documented(params: Iterable[Param]) -> dict[str, str]:
+    """`parameter_docs` of a plugin from its declared parameters: doc and default."""
+    return {param.key: f"{param.doc} ({param.default})" for param in params}
 
 
 class Parameters:
@@ -75,6 +92,15 @@ class Parameters:
             choices = ", ".join(sorted(allowed))
             raise ConfigError(f"plugin {self._owner!r}: parameter {key!r} is {value!r}; allowed: {choices}")
         return value
+
+    def read(self, param: Param) -> Any:
+        """The value of declared parameter `param`, checked against its default's type and its minimum."""
+        if isinstance(param.default, str):
+            return self.text(param.key, param.default)
+        if isinstance(param.default, int) and not isinstance(param.default, bool):
+            minimum = None if param.minimum is None else int(param.minimum)
+            return self.integer(param.key, param.default, minimum=minimum)
+        return self.number(param.key, float(param.default), minimum=param.minimum)
 
     def raw(self, key: str, default: Any) -> Any:
         return self._get(key, default)
