@@ -40,14 +40,21 @@ class Param:
     what it means, and its lower bound. The parser (`Parameters.read`) and the docs table both use it."""
 
     key: str
-    default: float | int | str
+    default: bool | float | int | str
     doc: str
     minimum: float | None = None
+    allowed: tuple[str, ...] = ()  # for a text parameter: its only values (empty: any)
 
 
 def documented(params: Iterable[Param]) -> dict[str, str]:
     """`parameter_docs` of a plugin from its declared parameters: doc and default."""
-    return {param.key: f"{param.doc} ({param.default})" for param in params}
+    return {param.key: f"{param.doc}{_shown(param.default)}" for param in params}
+
+
+def _shown(value: bool | float | int | str) -> str:
+    if value == "":
+        return ""  # an empty default (a name to look up) says nothing
+    return f" ({str(value).lower() if isinstance(value, bool) else value})"
 
 
 class Parameters:
@@ -95,8 +102,15 @@ class Parameters:
 
     def read(self, param: Param) -> Any:
         """The value of declared parameter `param`, checked against its default's type and its minimum."""
+        if isinstance(param.default, bool):
+            value = self._get(param.key, param.default)
+            if not isinstance(value, bool):
+                raise ConfigError(
+                    f"plugin {self._owner!r}: parameter {param.key!r} must be true or false, got {value!r}"
+                )
+            return value
         if isinstance(param.default, str):
-            return self.text(param.key, param.default)
+            return self.text(param.key, param.default, allowed=param.allowed or None)
         if isinstance(param.default, int) and not isinstance(param.default, bool):
             minimum = None if param.minimum is None else int(param.minimum)
             return self.integer(param.key, param.default, minimum=minimum)

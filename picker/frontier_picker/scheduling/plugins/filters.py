@@ -184,7 +184,10 @@ class RoleFilter(plugin.Filter):
     formula = "decode: keep role in {decode, both}; prefill: keep role == prefill"
     intent = "correctness"
     consumes = frozenset({"labels"})
-    parameter_docs = {"role": "decode (default) or prefill"}
+    ROLE = plugin.Param(
+        "role", names.ROLE_DECODE, "decode or prefill", allowed=(names.ROLE_DECODE, names.ROLE_PREFILL)
+    )
+    parameter_docs = plugin.documented((ROLE,))
 
     def __init__(self, name: str, *, role: str = names.ROLE_DECODE) -> None:
         super().__init__(name)
@@ -198,7 +201,7 @@ class RoleFilter(plugin.Filter):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        role = parameters.text("role", names.ROLE_DECODE, allowed=(names.ROLE_DECODE, names.ROLE_PREFILL))
+        role = parameters.read(cls.ROLE)
         return cls(name, role=role)
 
     def filter(

@@ -29,10 +29,13 @@ class PrefixBasedDecider(Decider):
     type_name = "prefix-based-pd-decider"
     formula = "disaggregate iff prompt_tokens - cached_tokens(decode endpoint) > nonCachedTokens"
     intent = "orchestration"
-    parameter_docs = {
-        "nonCachedTokens": "uncached prompt tokens above which prefill is disaggregated (2048)",
-        "prefixPlugin": "prefix-cache-scorer whose index gives cached tokens (first one configured)",
-    }
+    NON_CACHED = plugin.Param(
+        "nonCachedTokens", 2048, "uncached prompt tokens above which prefill is disaggregated", 0
+    )
+    PREFIX_PLUGIN = plugin.Param(
+        "prefixPlugin", "", "prefix-cache-scorer whose index gives cached tokens (first one configured)"
+    )
+    parameter_docs = plugin.documented((NON_CACHED, PREFIX_PLUGIN))
 
     def __init__(self, name: str, *, threshold: int, index: prefix.Index | None) -> None:
         super().__init__(name)
@@ -41,8 +44,8 @@ class PrefixBasedDecider(Decider):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        threshold = parameters.integer("nonCachedTokens", 2048, minimum=0)
-        index = prefix.index_of(handle, owner=name, plugin_name=parameters.text("prefixPlugin", ""))
+        threshold = parameters.read(cls.NON_CACHED)
+        index = prefix.index_of(handle, owner=name, plugin_name=parameters.read(cls.PREFIX_PLUGIN))
         return cls(name, threshold=threshold, index=index)
 
     def disaggregate(self, cycle: cycles.Cycle, destination: endpoints.EndpointState) -> bool:

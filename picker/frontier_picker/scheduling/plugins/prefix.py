@@ -347,12 +347,15 @@ class PrefixCacheScorer(plugin.Scorer):
     intent = "affinity"
     consumes = frozenset({"metrics"})
     produces = frozenset({"prefix-index"})
-    parameter_docs = {
-        "blockSize": "characters per block (64)",
-        "maxPrefixBlocksToMatch": "blocks hashed per request (256)",
-        "lruCapacityPerServer": "hashes kept per endpoint when its KV size is unknown (31250)",
-        "autoTune": "size each endpoint's LRU from cache_config_info when reported (true)",
-    }
+    BLOCK_SIZE = plugin.Param("blockSize", 64, "characters per block", 1)
+    MAX_BLOCKS = plugin.Param("maxPrefixBlocksToMatch", 256, "blocks hashed per request", 1)
+    LRU_CAPACITY = plugin.Param(
+        "lruCapacityPerServer", 31_250, "hashes kept per endpoint when its KV size is unknown", 1
+    )
+    AUTO_TUNE = plugin.Param(
+        "autoTune", True, "size each endpoint's LRU from cache_config_info when reported"
+    )
+    parameter_docs = plugin.documented((BLOCK_SIZE, MAX_BLOCKS, LRU_CAPACITY, AUTO_TUNE))
 
     def __init__(self, name: str, *, index: Index) -> None:
         super().__init__(name)
@@ -360,16 +363,11 @@ class PrefixCacheScorer(plugin.Scorer):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        auto = parameters.raw("autoTune", True)
-        if not isinstance(auto, bool):
-            raise plugin.ConfigError(
-                f"plugin {name!r}: parameter 'autoTune' must be true or false, got {auto!r}"
-            )
         index = Index(
-            block_size=parameters.integer("blockSize", 64, minimum=1),
-            max_blocks=parameters.integer("maxPrefixBlocksToMatch", 256, minimum=1),
-            lru_capacity=parameters.integer("lruCapacityPerServer", 31_250, minimum=1),
-            auto_tune=auto,
+            block_size=parameters.read(cls.BLOCK_SIZE),
+            max_blocks=parameters.read(cls.MAX_BLOCKS),
+            lru_capacity=parameters.read(cls.LRU_CAPACITY),
+            auto_tune=parameters.read(cls.AUTO_TUNE),
         )
         return cls(name, index=index)
 

@@ -87,11 +87,12 @@ class PDProfileHandler(plugin.ProfileHandler):
     type_name = "pd-profile-handler"
     formula = "decode profile -> destination; decider(request, destination) -> prefill profile -> prefiller"
     intent = "orchestration"
-    parameter_docs = {
-        "decodeProfile": "profile choosing the decode endpoint (decode)",
-        "prefillProfile": "profile choosing the prefill endpoint (prefill)",
-        "deciderPluginName": "the decider plugin (prefix-based-pd-decider)",
-    }
+    DECODE_PROFILE = plugin.Param("decodeProfile", "decode", "profile choosing the decode endpoint")
+    PREFILL_PROFILE = plugin.Param("prefillProfile", "prefill", "profile choosing the prefill endpoint")
+    DECIDER = plugin.Param(
+        "deciderPluginName", pd_deciders.PrefixBasedDecider.type_name, "the decider plugin"
+    )
+    parameter_docs = plugin.documented((DECODE_PROFILE, PREFILL_PROFILE, DECIDER))
 
     def __init__(
         self,
@@ -111,7 +112,7 @@ class PDProfileHandler(plugin.ProfileHandler):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        decider_name = parameters.text("deciderPluginName", pd_deciders.PrefixBasedDecider.type_name)
+        decider_name = parameters.read(cls.DECIDER)
         decider = handle.plugin(decider_name)
         if not isinstance(decider, pd_deciders.Decider):
             raise plugin.ConfigError(
@@ -120,8 +121,8 @@ class PDProfileHandler(plugin.ProfileHandler):
             )
         return cls(
             name,
-            decode_profile=parameters.text("decodeProfile", "decode"),
-            prefill_profile=parameters.text("prefillProfile", "prefill"),
+            decode_profile=parameters.read(cls.DECODE_PROFILE),
+            prefill_profile=parameters.read(cls.PREFILL_PROFILE),
             decider=decider,
             count=1 + handle.fallbacks,
         )

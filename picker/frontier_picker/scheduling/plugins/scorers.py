@@ -117,7 +117,10 @@ class SessionAffinityScorer(plugin.Scorer):
     formula = "score = 1 for the session's endpoint, 0 otherwise"
     intent = "affinity"
     consumes = frozenset({"labels"})
-    parameter_docs = {"maxSessions": "sessions remembered, least recently used dropped first (100000)"}
+    MAX_SESSIONS = plugin.Param(
+        "maxSessions", 100_000, "sessions remembered, least recently used first out", 1
+    )
+    parameter_docs = plugin.documented((MAX_SESSIONS,))
 
     def __init__(self, name: str, *, max_sessions: int = 100_000) -> None:
         super().__init__(name)
@@ -126,7 +129,7 @@ class SessionAffinityScorer(plugin.Scorer):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        return cls(name, max_sessions=parameters.integer("maxSessions", 100_000, minimum=1))
+        return cls(name, max_sessions=parameters.read(cls.MAX_SESSIONS))
 
     def _endpoint_for(self, token: str) -> str | None:
         known = self._sessions.get(token)
