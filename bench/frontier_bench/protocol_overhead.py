@@ -62,7 +62,7 @@ _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 
 # --- the floor: a minimal pass-through ext_proc processor ------------------------------------------------
-class Floor(ext_proc_grpc.ExternalProcessorServicer):
+class Floor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """Routes every request to one endpoint at once and echoes bodies: the protocol's cost, nothing else."""
 
     def __init__(self, endpoint: str, *, hold: bool = False) -> None:

@@ -15,7 +15,7 @@ from typing import TextIO
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-class BatchedStreamHandler(logging.StreamHandler):
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A StreamHandler that flushes its stream only when told, or for WARNING and above."""
 
     def flush(self) -> None:

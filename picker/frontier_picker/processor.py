@@ -468,7 +468,7 @@ class Stream:
         )
 
 
-class Processor(ext_proc_grpc.ExternalProcessorServicer):
+class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
     """The gRPC servicer: moves messages between Envoy and one `Stream` per request."""
 
     def __init__(self, context: Context) -> None:

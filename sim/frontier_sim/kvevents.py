@@ -47,7 +47,8 @@ def encode_event(event: engine.KVEvent) -> list[Any]:
 
 
 def encode_batch(ts: float, events: Sequence[engine.KVEvent], dp_rank: int = 0) -> bytes:
-    return msgpack.packb([ts, [encode_event(e) for e in events], dp_rank])
+    packed: bytes = msgpack.packb([ts, [encode_event(e) for e in events], dp_rank])
+    return packed
 
 
 def bind_endpoint(endpoint: str, host: str) -> str:
@@ -60,7 +61,7 @@ def bind_endpoint(endpoint: str, host: str) -> str:
 class Publisher:
     """A ZMQ PUB socket numbering its batches from 0."""
 
-    def __init__(self, *, endpoint: str, topic: str, context: zmq.Context) -> None:
+    def __init__(self, *, endpoint: str, topic: str, context: "zmq.Context[zmq.Socket[bytes]]") -> None:
         self.endpoint = endpoint
         self.topic = topic.encode()
         self.socket = context.socket(zmq.PUB)
@@ -68,7 +69,7 @@ class Publisher:
         self.socket.setsockopt(zmq.SNDHWM, 100_000)
         self.socket.bind(endpoint)
         # The bound endpoint, with the port resolved when the configured one was a wildcard (`tcp://ip:*`).
-        self.endpoint = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.seq = 0
 
     def publish(self, ts: float, events: Sequence[engine.KVEvent]) -> None:

@@ -89,7 +89,9 @@ class _Parsed:
 class Server:
     """One simulated vLLM server (engine core + driver + HTTP app)."""
 
-    def __init__(self, config: settings.Settings, *, zmq_context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, config: settings.Settings, *, zmq_context: "zmq.Context[zmq.Socket[bytes]] | None" = None
+    ) -> None:
         self.settings = config
         self.core = settings.build_engine(config)
         self.metrics = metrics.ServerMetrics()
@@ -545,7 +547,9 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def serving(config: settings.Settings, *, zmq_context: zmq.Context | None = None) -> Any:
+async def serving(
+    config: settings.Settings, *, zmq_context: "zmq.Context[zmq.Socket[bytes]] | None" = None
+) -> Any:
     """Run one server on `config.host:config.port` (port 0: the OS picks); yields the started `Server`."""
     server = Server(config, zmq_context=zmq_context)
     # On exit, requests still open get SHUTDOWN_GRACE_S to finish, then are cancelled (aborted in the engine).

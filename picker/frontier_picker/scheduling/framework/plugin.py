@@ -26,7 +26,7 @@ import numpy as np
 from frontier_picker import endpoints
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import saturation
-from frontier_picker.scheduling.framework.errors import ConfigError
+from frontier_picker.scheduling.framework.errors import ConfigError as ConfigError  # re-exported for plugins
 
 if TYPE_CHECKING:
     from frontier_picker.scheduling.framework import cycles
@@ -89,7 +89,7 @@ class Parameters:
             raise ConfigError(
                 f"plugin {self._owner!r}: parameter {key!r} must be >= {minimum}, got {value!r}"
             )
-        return value
+        return int(value)
 
     def text(self, key: str, default: str, *, allowed: Iterable[str] | None = None) -> str:
         value = self._get(key, default)

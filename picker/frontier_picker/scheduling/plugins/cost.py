@@ -209,7 +209,8 @@ class PredictedTTFTScorer(plugin.Scorer):
         cost, _ = self.predict(cycle)
         if cost.size == 0:
             return cost
-        return np.exp(-(cost - cost.min()) / self.score_scale_s)
+        scores: np.ndarray = np.exp(-(cost - cost.min()) / self.score_scale_s)
+        return scores
 
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         self.prefix_rate.count(self._prefix_key(cycle), cycle.now)

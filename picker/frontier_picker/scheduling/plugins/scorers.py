@@ -22,7 +22,8 @@ def min_max_inverse(values: np.ndarray) -> np.ndarray:
     high = values.max()
     if high == low:
         return np.ones_like(values)
-    return (high - values) / (high - low)
+    scaled: np.ndarray = (high - values) / (high - low)
+    return scaled
 
 
 @plugin.register
