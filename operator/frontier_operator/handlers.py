@@ -98,8 +98,13 @@ def registry_for(
     async def _deployment_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         meta = dict(body["metadata"])
         tier = _owner_tier(meta)
-        if tier is None or event["type"] is None:
-            return  # not ours, or the initial listing (the tier's own event derives its status then)
+        if tier is None:
+            return  # not ours
+        if event["type"] is None:
+            # The initial listing: the tier's own event derives its status. Logged so a restart can be
+            # seen to have gone through the listing without writing anything.
+            log.info("listed kind=Deployment namespace=%s name=%s", meta["namespace"], meta["name"])
+            return
         if event["type"] == "DELETED":
             await reconcile_tier(meta["namespace"], tier)
         else:
@@ -117,8 +122,11 @@ def registry_for(
             await reconciler.pool_changed(*key)  # its tiers become ConfigValid=False (PoolNotFound)
             return
         reconciler.remember_pool(event["object"])
-        if event["type"] is None or before == generation:
-            return  # initial listing (tier events cover it) or a status-only change
+        if event["type"] is None:
+            log.info("listed kind=InferencePool namespace=%s name=%s", *key)
+            return  # the initial listing: tier events cover it
+        if before == generation:
+            return  # a status-only change
         await reconciler.pool_changed(*key)
 
     return registry

@@ -4,7 +4,6 @@ Each test runs its own `frontier-operator` process watching only the test's name
 """
 
 import pathlib
-import time
 
 import operator_cluster as oc
 import operator_samples as samples
@@ -191,8 +190,15 @@ def test_operator_restart_resumes_without_writes(namespace, api, control_plane, 
         lambda: f"reconcile tier={ns}/{TIER}" in second.log(),
         timeout_s=60,
     )
-    # Deployment and pool events of the initial listing arrive too; let them be handled before counting.
-    time.sleep(3)
+    # The initial listing's Deployment and pool events come on their own watches: wait until each was handled.
+    oc.wait_for(
+        "the restarted operator to go through its initial listing",
+        lambda: (
+            second.log().count(f"listed kind=Deployment namespace={ns} ") == 2  # prefill, decode
+            and f"listed kind=InferencePool namespace={ns} " in second.log()
+        ),
+        timeout_s=60,
+    )
     assert second.write_lines() == [], second.log()[-3000:]
     assert "applied=- deleted=- status_written=False" in second.log()
     assert versions() == before
