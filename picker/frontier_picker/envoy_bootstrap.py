@@ -20,6 +20,10 @@ Modes (which messages the picker sees):
   observes completion without a message per response chunk (usage then comes from the model server).
 - `streamed` and `buffered`: the older body modes, kept so the picker's support for them is tested.
 
+Every mode first removes a client's copies of the headers the picker owns (`x-gateway-destination-endpoint`,
+its `-served` twin, `x-prefiller-host-port`), before ext_proc runs: with `ORIGINAL_DST` and a picker that
+fails open, a forged destination would otherwise choose the upstream.
+
 Everything here is a pure function returning the bootstrap as a dict (write it as JSON or YAML).
 """
 
@@ -29,6 +33,11 @@ from typing import Any, Final
 from frontier_api import names
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
+OWNED_HEADERS: Final = (
+    names.DESTINATION_ENDPOINT,
+    names.DESTINATION_ENDPOINT_SERVED,
+    names.PREFILLER_HOST_PORT,
+)
 
 _PICKER_CLUSTER: Final = "frontier_picker"
 _ENDPOINTS_CLUSTER: Final = "inference_pool"
@@ -95,7 +104,7 @@ def bootstrap(
     `request_timeout_s` 0 means no route timeout (long streams); `message_timeout_s` bounds each ext_proc
     reply.
     """
-    http_filters: list[dict[str, Any]] = []
+    http_filters: list[dict[str, Any]] = [_strip_owned_headers()]
     if subset_from_header:
         http_filters.append(_subset_hint_filter())
     http_filters.append(_ext_proc_filter(mode=mode, message_timeout_s=message_timeout_s))
@@ -285,3 +294,14 @@ def _endpoints_cluster(
 
 def _lb_endpoint(address: str, port: int) -> dict[str, Any]:
     return {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
+
+
+def _strip_owned_headers() -> dict[str, Any]:
+    """An HTTP filter removing client-sent copies of the headers only the picker may set."""
+    return {
+        "name": "envoy.filters.http.header_mutation",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+            "mutations": {"request_mutations": [{"remove": header} for header in OWNED_HEADERS]},
+        },
+    }

@@ -49,3 +49,18 @@ def test_gie_mode_is_full_duplex_both_ways_and_cheap_mode_skips_the_response_bod
     )
     with pytest.raises(ValueError, match="allowed"):
         envoy_bootstrap.processing_mode("fast")
+
+
+def test_client_copies_of_the_pickers_headers_are_removed_before_ext_proc_runs() -> None:
+    config = envoy_bootstrap.bootstrap(
+        listen_address="127.2.0.100", listen_port=10000, picker_address="127.2.0.100", picker_port=9002
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = [f["name"] for f in manager["http_filters"]]
+    assert filters.index("envoy.filters.http.header_mutation") < filters.index("envoy.filters.http.ext_proc")
+    mutation = manager["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
+    assert {m["remove"] for m in mutation} == {
+        "x-gateway-destination-endpoint",
+        "x-gateway-destination-endpoint-served",
+        "x-prefiller-host-port",
+    }
