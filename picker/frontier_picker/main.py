@@ -74,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger request bodies get 413"
     )
     parse.add_argument(
+        "--max-buffered-body-bytes",
+        type=int,
+        default=256 * 1024 * 1024,
+        help="request-body bytes all streams may hold before their decision; past it chunks get 503",
+    )
+    parse.add_argument(
         "--early-decision-prompt-chars",
         type=int,
         default=65_536,
@@ -113,6 +119,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         drain_delay_s=arguments.drain_delay,
         drain_timeout_s=arguments.drain_timeout,
         max_body_bytes=arguments.max_body_bytes,
+        max_buffered_body_bytes=arguments.max_buffered_body_bytes,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,

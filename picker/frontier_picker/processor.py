@@ -61,6 +61,27 @@ class Settings:
     # prefix scorer's horizon (blocks to match x 64 characters: GIE's 256 -> 16,384; the built-in `frontier`
     # profile's 1,024 -> 65,536), so that the scheduler sees all of the prompt it would have used.
     early_decision_prompt_chars: int = 65_536
+    # Request-body bytes all streams together may hold before their decision; past it a new chunk is refused
+    # with 503 (the picker's memory stays bounded under many concurrent large uploads).
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
+
+
+@dataclasses.dataclass(slots=True)
+class BodyBudget:
+    """Request-body bytes buffered by every stream of one picker, against one limit."""
+
+    limit: int
+    used: int = 0
+
+    def reserve(self, size: int) -> bool:
+        """Count `size` more bytes; False (counting nothing) when that would pass the limit."""
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -71,6 +92,10 @@ class Context:
     metrics: metrics.Metrics
     settings: Settings
     clock: Callable[[], float] = time.monotonic
+    budget: BodyBudget = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = BodyBudget(self.settings.max_buffered_body_bytes)
 
 
 def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
@@ -95,6 +120,7 @@ class Stream:
         self.request_id_generated = False
         self.chunks: list[bytes] = []
         self.body_size = 0
+        self.buffered = 0  # bytes of `chunks` counted in the picker's body budget
         self.declared_length: int | None = None
         # First try with a quarter to spare for the JSON around the prompt, then at each doubling of the body.
         self.next_early_attempt = context.settings.early_decision_prompt_chars * 5 // 4
@@ -189,6 +215,13 @@ class Stream:
         self.body_size += len(chunk)
         if self.body_size > self.ctx.settings.max_body_bytes:
             raise types.Rejection(413, self._too_large(self.body_size))
+        if not self.ctx.budget.reserve(len(chunk)):
+            raise types.Rejection(
+                503,
+                "the endpoint picker is buffering its limit of "
+                f"{self.ctx.budget.limit} request-body bytes; retry",
+            )
+        self.buffered += len(chunk)
         self.chunks.append(chunk)
         if body.end_of_stream:
             return self._finish_request_body(end_of_stream=True)
@@ -242,7 +275,7 @@ class Stream:
             for chunk in source
             for piece in replies.pieces(chunk)
         )
-        self.chunks = []
+        self.release_body()
         return out
 
     def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
@@ -250,7 +283,20 @@ class Stream:
         out.append(replies.CONTINUE_REQUEST_TRAILERS)
         return out
 
+    def release_body(self) -> None:
+        """Hand the buffered body back to the budget (its bytes are on their way to Envoy, or the stream
+        is over)."""
+        self.ctx.budget.release(self.buffered)
+        self.buffered = 0
+        self.chunks = []
+
     def _finish_request_body(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
+        try:
+            return self._body_replies(end_of_stream=end_of_stream)
+        finally:
+            self.release_body()
+
+    def _body_replies(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
         original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         body, changed = self._prepare_body(original)
         decision_reply = self._decide(body, body_changed=changed, header_phase=not self.headers_answered)
@@ -487,4 +533,5 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 if stream.closed:
                     break
         finally:
+            stream.release_body()  # a client gone mid-body leaves nothing counted
             stream.complete(aborted=not stream.finished())

@@ -57,6 +57,7 @@ class Options:
     builtin_config: str | None = None
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
+    max_buffered_body_bytes: int = 256 * 1024 * 1024
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -134,6 +135,7 @@ async def start(
         metrics=own_metrics,
         settings=processor.Settings(
             max_body_bytes=options.max_body_bytes,
+            max_buffered_body_bytes=options.max_buffered_body_bytes,
             early_decision_prompt_chars=options.early_decision_prompt_chars,
         ),
     )

@@ -162,3 +162,25 @@ def test_model_names_from_clients_are_bounded_label_values() -> None:
     seen = {own.model_label(f"model-{i}") for i in range(metrics.MAX_MODEL_LABELS + 50)}
     assert len(seen) == metrics.MAX_MODEL_LABELS + 1  # the first 256, then everything else is "other"
     assert own.model_label("model-3") == "model-3"
+
+
+def test_the_body_budget_is_shared_by_streams_refuses_past_it_and_is_returned_at_the_decision() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    context = first.ctx
+    context.budget = processor.BodyBudget(limit=100)
+    second = processor.Stream(context)
+    for handler in (first, second):
+        handler.on_message(headers([(":path", "/v1/completions")]))
+    assert first.on_message(body(b'{"model":"m","prompt":"' + b"x" * 40, end=False)) == []
+    (refused,) = second.on_message(body(b'{"model":"m","prompt":"' + b"y" * 60, end=False))
+    assert refused.immediate_response.status.code == 503
+    assert b"buffering its limit of 100" in refused.immediate_response.body
+    assert context.budget.used == 63  # the refused chunk took nothing
+    decision, *_ = first.on_message(body(b'"}', end=True))
+    assert decision.request_headers.response.header_mutation.set_headers
+    assert context.budget.used == 0  # the decided body went on to Envoy: its bytes are free again
+    third = processor.Stream(context)
+    third.on_message(headers([(":path", "/v1/completions")]))
+    assert third.on_message(body(b'{"model":"m","prompt":"' + b"z" * 60, end=False)) == []
+    third.release_body()  # the stream closed before its body ended
+    assert context.budget.used == 0
