@@ -68,7 +68,7 @@ class Rejection(Exception):
 
 
 class Scheduler(Protocol):
-    """What the protocol layer and the virtual-time simulator call."""
+    """What the director calls, in the ext_proc server and in the virtual-time cluster alike."""
 
     def schedule(self, request: Request, snapshot: endpoints.Snapshot) -> Decision:
         """Choose endpoints for `request`; raise `Rejection` to refuse it."""
