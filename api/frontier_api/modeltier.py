@@ -282,8 +282,8 @@ class Disaggregation(schema.Model):
         "KV connector (`--kv-transfer-config`).", default=KvConnector.NIXL
     )
     non_cached_tokens: int = schema.prop(
-        "The picker sends a request through a prefill endpoint only when at least this many prompt tokens "
-        "are not already cached on the chosen decode endpoint.",
+        "The picker sends a request through a prefill endpoint only when more than this many prompt tokens "
+        "are not already cached on the chosen decode endpoint (rendered into the picker's P/D decider).",
         default=2048,
         minimum=0,
     )

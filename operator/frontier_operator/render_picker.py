@@ -15,7 +15,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from frontier_api import names, scheduling_configs
+import yaml
+
+from frontier_api import modeltier, names, scheduling_configs, schema
 from frontier_operator import manifests, pools, settings
 
 CONFIG_KEY: Final = "config.yaml"
@@ -42,9 +44,36 @@ PICKER_RULES: Final = [
 ]
 
 
+PD_DECIDER_TYPE: Final = "prefix-based-pd-decider"  # the picker's plugin type; the operator knows it as data
+
+
 def default_config_text() -> str:
     """The picker's built-in default EndpointPickerConfig (profile `frontier`), as its package ships it."""
     return scheduling_configs.text(scheduling_configs.DEFAULT)
+
+
+def with_tier_thresholds(text: str, owners: Sequence[Mapping[str, Any]]) -> str:
+    """`text` with each disaggregated tier's `spec.disaggregation.nonCachedTokens` set for its served model
+    on the config's `prefix-based-pd-decider`s; `text` itself when every tier keeps the decider's default."""
+    document = yaml.safe_load(text)
+    deciders = [p for p in document.get("plugins") or [] if p.get("type") == PD_DECIDER_TYPE]
+    by_model: dict[str, int] = {}
+    for owner in owners:
+        try:
+            spec = modeltier.parse_spec(owner.get("spec"))
+        except schema.ParseError:
+            continue  # an invalid tier gets no endpoints; its status says why
+        if spec.disaggregation.enabled:
+            by_model[spec.model.served_name] = spec.disaggregation.non_cached_tokens
+    changed = False
+    for decider in deciders:
+        parameters = decider.setdefault("parameters", {})
+        default = parameters.get("nonCachedTokens", modeltier.Disaggregation().non_cached_tokens)
+        overrides = {model: tokens for model, tokens in sorted(by_model.items()) if tokens != default}
+        if overrides:
+            parameters["nonCachedTokensByModel"] = overrides
+            changed = True
+    return yaml.safe_dump(document, sort_keys=False) if changed else text
 
 
 def config_map_name(pool: pools.Pool) -> str:
@@ -101,7 +130,7 @@ def render(
         manifests.COMPONENT_LABEL: "endpoint-picker",
     }
     out: list[manifests.Manifest] = []
-    config_text = cfg.picker_config or default_config_text()
+    config_text = cfg.picker_config or with_tier_thresholds(default_config_text(), owners)
     if pool.picker_config_override is None:
         out.append(
             {

@@ -260,6 +260,26 @@ def test_generated_picker_config_is_the_pickers_builtin_frontier_config():
     assert config.load(text).destination_profile.name == "frontier"
 
 
+def test_a_tiers_non_cached_tokens_reach_the_pickers_pd_decider_for_its_model():
+    from frontier_picker.scheduling import config
+    from frontier_picker.scheduling.plugins import pd_deciders, profile_handlers
+
+    spec = samples.disaggregated_spec()
+    spec["disaggregation"]["nonCachedTokens"] = 512
+    served = spec["model"]["servedName"]
+    default_tier = samples.tier("llama-default", uid="uid-b")  # keeps the default: no entry for it
+    default_tier["spec"]["model"]["servedName"] = "other-model"
+    pool = pools.from_object(samples.pool())
+    owners = [samples.tier(spec=spec), default_tier]
+    found = _by_name(render_picker.render(pool=pool, owners=owners, cfg=CFG))
+    text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
+    handler = config.load(text).handler
+    assert isinstance(handler, profile_handlers.PDProfileHandler)
+    assert isinstance(handler.decider, pd_deciders.PrefixBasedDecider)
+    assert handler.decider.by_model == {served: 512}
+    assert handler.decider.threshold == 2048
+
+
 def test_operator_setting_replaces_the_generated_picker_config():
     default = _by_name(
         render_picker.render(pool=pools.from_object(samples.pool()), owners=[samples.tier()], cfg=CFG)

@@ -323,6 +323,20 @@ def test_prefill_endpoint_is_chosen_only_for_long_uncached_prompts():
     assert (again.primary, again.prefill) == (fleet.key(2), None)
 
 
+def test_a_tier_threshold_for_its_model_decides_disaggregation_for_that_model_only():
+    text = config.builtin_text("frontier").replace(
+        "parameters: {nonCachedTokens: 2048}",
+        "parameters: {nonCachedTokens: 2048, nonCachedTokensByModel: {small: 100}}",
+    )
+    scheduler = config.load(text, seed=2)
+    states = [fleet.state(0, labels=fleet.role("prefill")), fleet.state(1, labels=fleet.role("decode"))]
+    prompt = "".join(f"question {i} ".ljust(64, "?") for i in range(20))  # 1,280 characters, ~320 tokens
+    small = scheduler.schedule(fleet.request(prompt, request_id="s", model="small"), fleet.snapshot(states))
+    assert small.prefill == fleet.key(0)  # 320 uncached tokens > 100
+    other = scheduler.schedule(fleet.request(prompt, request_id="o", model="big"), fleet.snapshot(states))
+    assert other.prefill is None  # 320 <= 2048, the config's own threshold
+
+
 def test_fallbacks_follow_the_primary():
     scheduler = config.load(fallbacks=2, seed=1)
     states = [fleet.state(0, waiting=3), fleet.state(1), fleet.state(2, waiting=1)]

@@ -2,9 +2,14 @@
 
 The pd-profile-handler asks its decider once the decode endpoint is chosen. `prefix-based-pd-decider`
 disaggregates when the prompt tokens that endpoint would have to compute (not already in its prefix cache)
-exceed `nonCachedTokens` (llm-d's parameter; Dynamo uses 2048, vllm-router 256). Other deciders (load-based)
-implement the same `disaggregate(cycle, destination)`.
+exceed `nonCachedTokens` (llm-d's parameter; Dynamo uses 2048, vllm-router 256), or the threshold
+`nonCachedTokensByModel` names for the request's target model (the operator renders each disaggregated
+ModelTier's `spec.disaggregation.nonCachedTokens` there). Other deciders (load-based) implement the same
+`disaggregate(cycle, destination)`.
 """
+
+from collections.abc import Mapping
+from typing import Any
 
 from frontier_api import estimates
 from frontier_picker import endpoints
@@ -35,26 +40,50 @@ class PrefixBasedDecider(Decider):
     PREFIX_PLUGIN = plugin.Param(
         "prefixPlugin", "", "prefix-cache-scorer whose index gives cached tokens (first one configured)"
     )
-    parameter_docs = plugin.documented((NON_CACHED, PREFIX_PLUGIN))
+    parameter_docs = {
+        **plugin.documented((NON_CACHED, PREFIX_PLUGIN)),
+        "nonCachedTokensByModel": "per target model: {served name: threshold} (none)",
+    }
 
-    def __init__(self, name: str, *, threshold: int, index: prefix.Index | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        threshold: int,
+        index: prefix.Index | None,
+        by_model: Mapping[str, int] | None = None,
+    ) -> None:
         super().__init__(name)
         self.threshold = threshold
+        self.by_model = dict(by_model or {})
         self.index = index  # None: nothing is known to be cached
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
         threshold = parameters.read(cls.NON_CACHED)
         index = prefix.index_of(handle, owner=name, plugin_name=parameters.read(cls.PREFIX_PLUGIN))
-        return cls(name, threshold=threshold, index=index)
+        raw: Any = parameters.raw("nonCachedTokensByModel", {})
+        if not isinstance(raw, Mapping) or not all(
+            isinstance(model, str)
+            and isinstance(tokens, int)
+            and not isinstance(tokens, bool)
+            and tokens >= 0
+            for model, tokens in raw.items()
+        ):
+            raise plugin.ConfigError(
+                f"plugin {name!r}: parameter 'nonCachedTokensByModel' must map model names to integers >= 0,"
+                f" got {raw!r}"
+            )
+        return cls(name, threshold=threshold, index=index, by_model=raw)
 
     def disaggregate(self, cycle: cycles.Cycle, destination: endpoints.EndpointState) -> bool:
         request = cycle.request
+        threshold = self.by_model.get(request.target_model, self.threshold)
         prompt_tokens = request.prompt_tokens or estimates.tokens(len(request.prompt))
-        if prompt_tokens <= self.threshold:
+        if prompt_tokens <= threshold:
             return False
         cached = 0.0
         if self.index is not None and self.index.hashes(cycle):
             position = cycle.positions()[destination.endpoint.key]
             cached = float(self.index.matched_blocks(cycle)[position]) * self.index.tokens_per_block
-        return prompt_tokens - cached > self.threshold
+        return prompt_tokens - cached > threshold
