@@ -115,6 +115,7 @@ class Stream:
         self.response_mode = _FULL_DUPLEX
         self.body_before_headers = True  # Envoy sends body chunks before we answer the headers
         self.headers: dict[str, str] = {}
+        self.headers_seen = False
         self.subset: list[str] | None = None
         self.request_id = ""
         self.request_id_generated = False
@@ -140,6 +141,8 @@ class Stream:
     def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         kind = message.WhichOneof("request")
         try:
+            if kind in _REQUEST_KINDS and kind != "request_headers" and not self.headers_seen:
+                raise types.Rejection(400, f"ext_proc protocol: {kind} before the request headers")
             if kind == "request_body":
                 return self._on_request_body(message.request_body)
             if kind == "response_body":
@@ -165,6 +168,11 @@ class Stream:
 
     # --- request path ----------------------------------------------------------------------------------
     def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+        if self.headers_seen:
+            # Envoy sends them once per stream; a second set (a hostile client of the ext_proc port) would
+            # schedule, and charge an endpoint, twice for one request.
+            raise types.Rejection(400, "ext_proc protocol: request headers sent twice on one stream")
+        self.headers_seen = True
         if message.HasField("protocol_config"):
             config = message.protocol_config
             self.request_mode = config.request_body_mode
@@ -364,6 +372,8 @@ class Stream:
     ) -> ext_proc.ProcessingResponse:
         """Schedule the request and build the reply that carries the decision; `length` is the whole
         body's when `body` is only its start."""
+        if self.flight is not None:
+            raise types.Rejection(400, "ext_proc protocol: the request was already routed on this stream")
         if self.request is None:
             self.request = self._request(model="", target_model="", document=None)
         request = self.request

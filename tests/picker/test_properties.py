@@ -5,6 +5,8 @@ nothing but the model; any chunking of a body gives the same decision and return
 import math
 
 import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -102,3 +104,60 @@ def test_any_chunking_of_a_body_gives_one_decision_and_frees_every_buffered_byte
     assert streamed == data  # every byte goes on, in order, unchanged
     assert handler.ctx.budget.used == 0
     assert handler.flight is not None and handler.flight.request.model == "m"
+
+
+def _message(kind: str, payload: bytes, end: bool) -> ext_proc.ProcessingRequest:
+    if kind == "request_headers":
+        return headers([(":path", "/v1/completions"), ("content-length", str(len(payload)))], end=end)
+    if kind == "request_body":
+        return body(payload, end=end)
+    if kind == "response_headers":
+        header_map = base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+        return ext_proc.ProcessingRequest(
+            response_headers=ext_proc.HttpHeaders(headers=header_map, end_of_stream=end)
+        )
+    if kind == "response_body":
+        return ext_proc.ProcessingRequest(response_body=ext_proc.HttpBody(body=payload, end_of_stream=end))
+    if kind == "request_trailers":
+        return ext_proc.ProcessingRequest(request_trailers=ext_proc.HttpTrailers())
+    return ext_proc.ProcessingRequest(response_trailers=ext_proc.HttpTrailers())
+
+
+BOOLS = st.booleans()
+KINDS = st.sampled_from(
+    [
+        "request_headers",
+        "request_body",
+        "request_trailers",
+        "response_headers",
+        "response_body",
+        "response_trailers",
+    ]
+)
+
+
+@FAST
+@given(
+    st.lists(
+        st.tuples(
+            KINDS,
+            st.sampled_from([b'{"model":"m","prompt":"hi"}', b"{", b"", b"data: {}\n\n"]),
+            st.booleans(),
+        ),
+        max_size=10,
+    ),
+    st.booleans(),
+)
+def test_any_message_order_or_reset_leaves_no_charge_and_no_buffered_byte(
+    messages: list[tuple[str, bytes, bool]], reset: bool
+) -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    for kind, payload, end in messages:
+        handler.on_message(_message(kind, payload, end))  # a protocol error answers; it never raises
+        if handler.closed:
+            break
+    # The servicer's `finally`: whatever happened, the stream gives back its body bytes and its charge.
+    handler.release_body()
+    handler.complete(aborted=reset or not handler.finished())
+    assert handler.ctx.budget.used == 0
+    assert handler.ctx.director.store.in_flight() == 0
