@@ -141,7 +141,7 @@ class Stream:
     def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
         kind = message.WhichOneof("request")
         try:
-            if kind in _REQUEST_KINDS and kind != "request_headers" and not self.headers_seen:
+            if not self.headers_seen and kind != "request_headers" and kind in _REQUEST_KINDS:
                 raise types.Rejection(400, f"ext_proc protocol: {kind} before the request headers")
             if kind == "request_body":
                 return self._on_request_body(message.request_body)
