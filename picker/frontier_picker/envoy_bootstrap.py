@@ -20,9 +20,11 @@ Modes (which messages the picker sees):
   observes completion without a message per response chunk (usage then comes from the model server).
 - `streamed` and `buffered`: the older body modes, kept so the picker's support for them is tested.
 
-Every mode first removes a client's copies of the headers the picker owns (`x-gateway-destination-endpoint`,
-its `-served` twin, `x-prefiller-host-port`), before ext_proc runs: with `ORIGINAL_DST` and a picker that
-fails open, a forged destination would otherwise choose the upstream.
+Only the OpenAI-compatible inference paths (and `/v1/models`) are routed; any other path gets 404 from Envoy
+itself, so clients cannot reach an engine's admin paths (`/reset_prefix_cache`, `/metrics`) through the
+gateway. Every mode also first removes a client's copies of the headers the picker owns
+(`x-gateway-destination-endpoint`, its `-served` twin, `x-prefiller-host-port`), before ext_proc runs: with
+`ORIGINAL_DST` and a picker that fails open, a forged destination would otherwise choose the upstream.
 
 Everything here is a pure function returning the bootstrap as a dict (write it as JSON or YAML).
 """
@@ -31,8 +33,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from frontier_api import names
+from frontier_picker import bodies
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
+ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), "/v1/models")
 OWNED_HEADERS: Final = (
     names.DESTINATION_ENDPOINT,
     names.DESTINATION_ENDPOINT_SERVED,
@@ -134,7 +138,7 @@ def bootstrap(
                     {
                         "name": "inference",
                         "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "route": route}],
+                        "routes": _routes(route),
                     }
                 ],
             },
@@ -305,3 +309,20 @@ def _strip_owned_headers() -> dict[str, Any]:
             "mutations": {"request_mutations": [{"remove": header} for header in OWNED_HEADERS]},
         },
     }
+
+
+def _routes(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The inference paths to the endpoints (query strings allowed), anything else answered 404 by Envoy."""
+    routed = [{"match": {"path": path}, "route": route} for path in ROUTED_PATHS]
+    refused = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 404, "body": {"inline_string": "not an inference API path\n"}},
+        # Not even the picker is asked: nothing is scheduled or charged for a refused path.
+        "typed_per_filter_config": {
+            "envoy.filters.http.ext_proc": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
+                "disabled": True,
+            }
+        },
+    }
+    return [*routed, refused]

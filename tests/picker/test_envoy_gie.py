@@ -251,3 +251,13 @@ async def test_own_metrics_count_requests_errors_and_scheduling(gie: stack.Stack
     assert f"frontier_picker_request_duration_seconds_count{{{labels}}} 1.0" in text
     count = re.search(r"frontier_picker_scheduling_duration_seconds_count (\S+)", text)
     assert count is not None and float(count.group(1)) >= 1
+
+
+async def test_paths_other_than_the_inference_api_never_reach_an_engine(gie: stack.Stack) -> None:
+    before = len(gie.scheduler.decisions)
+    for path in ("/metrics", "/reset_prefix_cache", "/v1/completions/../../metrics"):
+        status, _, _ = await post(gie.url + path, b'{"model":"m","prompt":"x"}')
+        assert status == 404, path
+    assert len(gie.scheduler.decisions) == before  # refused by Envoy before the picker was asked
+    status, _, _ = await post(gie.url + "/v1/completions?stream=false", b'{"model":"m","prompt":"x"}')
+    assert status == 200  # a query string does not change the path
