@@ -51,6 +51,11 @@ def parser() -> argparse.ArgumentParser:
         help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
     )
     parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
+    parse.add_argument(
+        "--client-ca-cert",
+        type=Path,
+        help="PEM CA file: require ext_proc clients (the gateway) to present a certificate it signed (mTLS)",
+    )
     configs.add_argument(
         "--builtin-config",
         help="built-in scheduling config instead of --config-file/--config-text: "
@@ -103,6 +108,8 @@ def options(arguments: argparse.Namespace) -> server.Options:
     """Server options from parsed arguments."""
     if arguments.pool_name and arguments.endpoints_file:
         raise SystemExit("frontier-picker: give --pool-name or --endpoints-file, not both")
+    if arguments.client_ca_cert is not None and not arguments.secure_serving:
+        raise SystemExit("frontier-picker: --client-ca-cert needs TLS; drop --secure-serving false")
     config_text = arguments.config_text
     if arguments.config_file is not None:
         config_text = arguments.config_file.read_text()
@@ -113,6 +120,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         metrics_port=arguments.metrics_port,
         secure_serving=arguments.secure_serving,
         cert_path=arguments.cert_path,
+        client_ca_cert=arguments.client_ca_cert,
         config_text=config_text,
         builtin_config=arguments.builtin_config,
         fallbacks=arguments.fallbacks,

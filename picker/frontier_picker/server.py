@@ -53,6 +53,7 @@ class Options:
     metrics_port: int = names.METRICS_PORT
     secure_serving: bool = True
     cert_path: Path | None = None
+    client_ca_cert: Path | None = None  # mutual TLS: only clients with a certificate this CA signed
     config_text: str | None = None
     builtin_config: str | None = None
     fallbacks: int = 1
@@ -173,7 +174,9 @@ async def start(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ext_proc_server)
     bind = f"{options.address}:{options.grpc_port}"
     if options.secure_serving:
-        grpc_port = ext_proc_server.add_secure_port(bind, tls.server_credentials(options.cert_path))
+        grpc_port = ext_proc_server.add_secure_port(
+            bind, tls.server_credentials(options.cert_path, client_ca=options.client_ca_cert)
+        )
     else:
         grpc_port = ext_proc_server.add_insecure_port(bind)
     health_server = grpc.aio.server()

@@ -2,7 +2,9 @@
 
 With no certificate given it generates a self-signed one at start (the gateway does not verify it; the point
 is an encrypted channel). `--cert-path` names a directory holding `tls.crt` and `tls.key` (the layout of a
-Kubernetes TLS Secret mounted as a volume), like the GIE EPP's flag.
+Kubernetes TLS Secret mounted as a volume), like the GIE EPP's flag. `--client-ca-cert` turns on mutual TLS:
+only clients presenting a certificate signed by that CA (the gateway's) may open streams, so nobody else who
+can reach the port can steer load.
 """
 
 import datetime
@@ -37,8 +39,9 @@ def self_signed(common_name: str = "frontier-picker") -> tuple[bytes, bytes]:
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def server_credentials(cert_path: Path | None) -> grpc.ServerCredentials:
-    """Credentials from `cert_path/tls.{crt,key}`, or from a freshly generated self-signed pair."""
+def server_credentials(cert_path: Path | None, *, client_ca: Path | None = None) -> grpc.ServerCredentials:
+    """Credentials from `cert_path/tls.{crt,key}`, or from a freshly generated self-signed pair; with
+    `client_ca` (a PEM file) clients must present a certificate it signed."""
     if cert_path is None:
         key_pem, cert_pem = self_signed()
     else:
@@ -47,4 +50,12 @@ def server_credentials(cert_path: Path | None) -> grpc.ServerCredentials:
             cert_pem = (cert_path / "tls.crt").read_bytes()
         except OSError as error:
             raise ValueError(f"--cert-path {cert_path}: needs tls.crt and tls.key there ({error})") from None
-    return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    if client_ca is None:
+        return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+    try:
+        roots = client_ca.read_bytes()
+    except OSError as error:
+        raise ValueError(f"--client-ca-cert {client_ca}: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=roots, require_client_auth=True
+    )

@@ -20,7 +20,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frontier_api import names
-from frontier_picker import main, server
+from frontier_picker import main, server, tls
 
 ADDRESS = "127.2.0.100"
 
@@ -212,3 +212,33 @@ async def test_sigterm_drain_turns_readiness_off_and_lets_a_routed_stream_finish
         await stopping
         assert time.monotonic() - began < 5  # it stopped when the stream ended, not at the timeout
         assert picker.store.in_flight() == 0
+
+
+async def test_with_a_client_ca_only_clients_holding_a_certificate_it_signed_may_connect(
+    tmp_path: Path,
+) -> None:
+    gateway_key, gateway_cert = tls.self_signed("gateway")
+    (tmp_path / "ca.pem").write_bytes(gateway_cert)  # the gateway's self-signed certificate is its own CA
+    endpoints_file = tmp_path / "endpoints.yaml"
+    endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    options = local_options(endpoints_file, refresh_metrics_interval_s=0)
+    options.secure_serving = True
+    options.client_ca_cert = tmp_path / "ca.pem"
+    picker = await server.start(options)
+    try:
+        server_cert = ssl.get_server_certificate((ADDRESS, picker.grpc_port)).encode()
+        overrides = [("grpc.ssl_target_name_override", "frontier-picker")]
+        target = f"{ADDRESS}:{picker.grpc_port}"
+        request = health_pb2.HealthCheckRequest(service="liveness")
+        anonymous = grpc.ssl_channel_credentials(root_certificates=server_cert)
+        async with grpc.aio.secure_channel(target, anonymous, options=overrides) as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+        gateway = grpc.ssl_channel_credentials(
+            root_certificates=server_cert, private_key=gateway_key, certificate_chain=gateway_cert
+        )
+        async with grpc.aio.secure_channel(target, gateway, options=overrides) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await picker.stop()
