@@ -397,9 +397,8 @@ class Stream:
             set_headers.append(replies.set_header(names.REQUEST_ID, self.request_id))
         # A client's own copy of a header the picker owns never passes: a forged prefiller address would
         # have the decode side send the prompt wherever the client chose.
-        removed = (
-            [names.PREFILLER_HOST_PORT] if not decision.prefill and self._client_sent_prefiller() else []
-        )
+        forged = not decision.prefill and names.PREFILLER_HOST_PORT in self.headers
+        removed = [names.PREFILLER_HOST_PORT] if forged else []
         common = ext_proc.CommonResponse(
             header_mutation=ext_proc.HeaderMutation(set_headers=set_headers, remove_headers=removed),
             clear_route_cache=True,
@@ -418,9 +417,6 @@ class Stream:
         return ext_proc.ProcessingResponse(
             request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
         )
-
-    def _client_sent_prefiller(self) -> bool:
-        return any(key.lower() == names.PREFILLER_HOST_PORT for key in self.headers)
 
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True
