@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Protocol
 
+from frontier_api import estimates
 from frontier_picker import endpoints
 
 
@@ -28,6 +29,10 @@ class Request:
     session_token: str | None = None
     lora_adapter: str | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def token_count(self) -> int:
+        """`prompt_tokens`, or the character estimate of `prompt` when a caller left it unset."""
+        return self.prompt_tokens or estimates.tokens(len(self.prompt))
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)

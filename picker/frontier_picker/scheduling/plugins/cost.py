@@ -8,7 +8,7 @@ traffic (`learners`). Its parameters are declared once, in `PARAMS`.
 
 import numpy as np
 
-from frontier_api import estimates, step_fit
+from frontier_api import step_fit
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import cost_model, learners, pending, prefix
@@ -159,9 +159,6 @@ class PredictedTTFTScorer(plugin.Scorer):
             default_output_tokens=values[DEFAULT_OUTPUT.key],
         )
 
-    def _prompt_tokens(self, request: types.Request) -> float:
-        return float(request.prompt_tokens or estimates.tokens(len(request.prompt)))
-
     def _prefix_key(self, cycle: cycles.Cycle) -> int | None:
         """The hash naming this request's longest prefix cached anywhere (None: cached nowhere)."""
         if self.index is None or not self.index.hashes(cycle):
@@ -171,7 +168,7 @@ class PredictedTTFTScorer(plugin.Scorer):
 
     def predict(self, cycle: cycles.Cycle) -> tuple[np.ndarray, np.ndarray]:
         """Per candidate: the cost in seconds (predicted TTFT plus the priced stall) and uncached tokens."""
-        prompt = self._prompt_tokens(cycle.request)
+        prompt = float(cycle.request.token_count())
         text_chars = len(cycle.request.prompt)
         if self.index is not None and text_chars and self.index.hashes(cycle):
             # Matched characters converted at this request's own characters-per-token estimate.
@@ -221,7 +218,7 @@ class PredictedTTFTScorer(plugin.Scorer):
                 i = positions.get(key)
                 if i is not None:
                     return float(uncached[i]), float(service[i])
-            tokens = self._prompt_tokens(cycle.request)
+            tokens = float(cycle.request.token_count())
             return tokens, self.prices.p0 + self.prices.p1 * tokens
 
         request_id = cycle.request.request_id

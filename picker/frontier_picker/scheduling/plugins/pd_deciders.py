@@ -11,7 +11,6 @@ ModelTier's `spec.disaggregation.nonCachedTokens` there). Other deciders (load-b
 from collections.abc import Mapping
 from typing import Any
 
-from frontier_api import estimates
 from frontier_picker import endpoints
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import prefix
@@ -79,7 +78,7 @@ class PrefixBasedDecider(Decider):
     def disaggregate(self, cycle: cycles.Cycle, destination: endpoints.EndpointState) -> bool:
         request = cycle.request
         threshold = self.by_model.get(request.target_model, self.threshold)
-        prompt_tokens = request.prompt_tokens or estimates.tokens(len(request.prompt))
+        prompt_tokens = request.token_count()
         if prompt_tokens <= threshold:
             return False
         cached = 0.0
