@@ -30,6 +30,10 @@ class _CountingPicker(plugin.Picker):
         count = None if given is None else parameters.integer("maxNumOfEndpoints", 1, minimum=1)
         return cls(name, max_endpoints=count)
 
+    def wanted(self, count: int, candidates: int) -> int:
+        """How many endpoints to return: `maxNumOfEndpoints` when configured, else `count`, at most all."""
+        return min(self.max_endpoints or count, candidates)
+
 
 @plugin.register
 class MaxScorePicker(_CountingPicker):
@@ -40,7 +44,7 @@ class MaxScorePicker(_CountingPicker):
     intent = "exploitation"
 
     def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
-        count = min(self.max_endpoints or count, scores.size)
+        count = self.wanted(count, scores.size)
         if count <= 0:
             return []
         best = scores.max()
@@ -61,7 +65,7 @@ class WeightedRandomPicker(_CountingPicker):
     intent = "exploration"
 
     def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
-        count = min(self.max_endpoints or count, scores.size)
+        count = self.wanted(count, scores.size)
         if count <= 0:
             return []
         weights = np.clip(scores, 0.0, None)
@@ -88,7 +92,7 @@ class RandomPicker(_CountingPicker):
     intent = "baseline"
 
     def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
-        count = min(self.max_endpoints or count, scores.size)
+        count = self.wanted(count, scores.size)
         return [int(i) for i in cycle.rng.choice(scores.size, size=count, replace=False)] if count > 0 else []
 
 
@@ -106,7 +110,7 @@ class RoundRobinPicker(_CountingPicker):
 
     def pick(self, cycle: cycles.Cycle, scores: np.ndarray, count: int) -> list[int]:
         size = scores.size
-        count = min(self.max_endpoints or count, size)
+        count = self.wanted(count, size)
         if count <= 0:
             return []
         model = cycle.request.target_model
