@@ -107,7 +107,7 @@ def test_frontier_picker_is_told_the_fleets_time_scale():
     text = frontdoors.picker_config("frontier", time_scale=2.0)
     scorers = config.load(text).destination_profile.scorers
     scorer = next(w.scorer for w in scorers if isinstance(w.scorer, cost.PredictedTTFTScorer))
-    assert scorer.prices.p1 == pytest.approx(2 * cost.H100_LLAMA8B_P1)
-    assert scorer.prices.d0 == pytest.approx(2 * cost.H100_LLAMA8B_D0)
+    assert scorer.prices.fit.p1 == pytest.approx(2 * cost.H100.p1)
+    assert scorer.prices.fit.d0 == pytest.approx(2 * cost.H100.d0)
     assert frontdoors.picker_config("frontier", time_scale=1.0) == config.builtin_text("frontier")
     assert frontdoors.picker_config("gie-default", time_scale=2.0) == config.builtin_text("gie-default")

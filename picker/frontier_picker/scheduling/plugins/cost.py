@@ -13,27 +13,18 @@ from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import cost_model, learners, pending, prefix
 
-# The calibrated H100 / Llama-3.1-8B fit (frontier_api.step_fit, pinned to the simulator's calibration).
-H100_LLAMA8B_P0 = step_fit.H100_LLAMA8B.p0
-H100_LLAMA8B_P1 = step_fit.H100_LLAMA8B.p1
-H100_LLAMA8B_P2 = step_fit.H100_LLAMA8B.p2
-H100_LLAMA8B_D0 = step_fit.H100_LLAMA8B.d0
-H100_LLAMA8B_D1 = step_fit.H100_LLAMA8B.d1
-H100_LLAMA8B_D2 = step_fit.H100_LLAMA8B.d2
+# Defaults: the calibrated H100 / Llama-3.1-8B fit (pinned to the simulator's calibration by a test).
+H100 = step_fit.H100_LLAMA8B
 
 PREFIX_PLUGIN = plugin.Param(
     "prefixPlugin", "", "prefix-cache-scorer whose index gives cached tokens (first one)"
 )
-P0 = plugin.Param("p0Seconds", H100_LLAMA8B_P0, "prefill: fixed cost", 0)
-P1 = plugin.Param("p1SecondsPerToken", H100_LLAMA8B_P1, "prefill: per uncached token", 0)
-P2 = plugin.Param(
-    "p2SecondsPerTokenContext", H100_LLAMA8B_P2, "prefill: per uncached token x context token", 0
-)
-D0 = plugin.Param("d0Seconds", H100_LLAMA8B_D0, "decode step: fixed cost", 0)
-D1 = plugin.Param("d1SecondsPerSequence", H100_LLAMA8B_D1, "decode step: per running sequence", 0)
-D2 = plugin.Param(
-    "d2SecondsPerContextToken", H100_LLAMA8B_D2, "decode step: per context token of the batch", 0
-)
+P0 = plugin.Param("p0Seconds", H100.p0, "prefill: fixed cost", 0)
+P1 = plugin.Param("p1SecondsPerToken", H100.p1, "prefill: per uncached token", 0)
+P2 = plugin.Param("p2SecondsPerTokenContext", H100.p2, "prefill: per uncached token x context token", 0)
+D0 = plugin.Param("d0Seconds", H100.d0, "decode step: fixed cost", 0)
+D1 = plugin.Param("d1SecondsPerSequence", H100.d1, "decode step: per running sequence", 0)
+D2 = plugin.Param("d2SecondsPerContextToken", H100.d2, "decode step: per context token of the batch", 0)
 CHUNK = plugin.Param("chunkTokens", 8192, "prompt tokens per engine step, max_num_batched_tokens", 1)
 DEFAULT_PROMPT = plugin.Param(
     "defaultPromptTokens", 1024.0, "uncached tokens per waiting request of unknown size", 0
@@ -219,7 +210,7 @@ class PredictedTTFTScorer(plugin.Scorer):
                 if i is not None:
                     return float(uncached[i]), float(service[i])
             tokens = float(cycle.request.token_count())
-            return tokens, self.prices.p0 + self.prices.p1 * tokens
+            return tokens, self.prices.fit.p0 + self.prices.fit.p1 * tokens
 
         request_id = cycle.request.request_id
         charge = self.ledger.charge
@@ -246,13 +237,16 @@ def prices_of(values: dict[str, object]) -> cost_model.Prices:
         return float(value)
 
     slowdown = get(SLOWDOWN)
-    return cost_model.Prices(
+    fit = step_fit.StepFit(
         p0=get(P0) * slowdown,
         p1=get(P1) * slowdown,
         p2=get(P2) * slowdown,
         d0=get(D0) * slowdown,
         d1=get(D1) * slowdown,
         d2=get(D2) * slowdown,
+    )
+    return cost_model.Prices(
+        fit=fit,
         chunk_tokens=int(get(CHUNK)),
         default_prompt_tokens=get(DEFAULT_PROMPT),
         no_room_s=get(NO_ROOM),

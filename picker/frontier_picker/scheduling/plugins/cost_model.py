@@ -67,19 +67,16 @@ from collections.abc import Callable
 
 import numpy as np
 
+from frontier_api import step_fit
 from frontier_picker.scheduling.plugins import pending
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Prices:
-    """The coefficients and weights of the cost (seconds, tokens; see the module doc)."""
+    """The step-time fit of the pool's engines and the weights of the cost (seconds, tokens; see the module
+    doc)."""
 
-    p0: float
-    p1: float
-    p2: float
-    d0: float
-    d1: float
-    d2: float
+    fit: step_fit.StepFit
     chunk_tokens: int
     default_prompt_tokens: float
     no_room_s: float
@@ -116,6 +113,7 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per candidate: the cost in seconds, the uncached prompt tokens, and the predicted prefill service
     time. `prefix_rate` is called only when the interference term needs it."""
+    fit = prices.fit
     uncached = prompt - cached
     waiting = columns.waiting
     fresh = columns.fresh
@@ -130,16 +128,16 @@ def predict(
     per_request = np.maximum(in_flight, 1)
     context = (columns.in_flight_prompt_tokens + columns.in_flight_decode_tokens / 2) / per_request
     context = np.where(in_flight > 0, context, prices.default_prompt_tokens)
-    decode_step = np.where(batch > 0, prices.d0 + prices.d1 * batch + prices.d2 * batch * context, 0.0)
+    decode_step = np.where(batch > 0, fit.d0 + fit.d1 * batch + fit.d2 * batch * context, 0.0)
     # Queue wait: the prefill work ahead, or, when the engine admits slower than that (its sequence or
     # KV limit is reached), the waiting requests over the rate it has been finishing requests (Little).
-    prefill_wait = prices.p1 * ahead + np.ceil(ahead / prices.chunk_tokens) * decode_step
+    prefill_wait = fit.p1 * ahead + np.ceil(ahead / prices.chunk_tokens) * decode_step
     drain_rate = own.drain_rate
     admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
     service = (
-        prices.p0
-        + prices.p1 * uncached
-        + prices.p2 * uncached * (cached + uncached / 2)
+        fit.p0
+        + fit.p1 * uncached
+        + fit.p2 * uncached * (cached + uncached / 2)
         + np.ceil(uncached / prices.chunk_tokens) * decode_step
     )
     # `backlog` (own decisions) also sees prefills already admitted, which the scraped counts miss.
@@ -147,14 +145,14 @@ def predict(
     if prices.decode_weight:
         # Every sequence running, waiting or sent there shares each decode step with this one.
         sharing = np.maximum(np.where(fresh, running + waiting, 0.0), in_flight)
-        step = prices.d0 + prices.d1 * (sharing + 1) + prices.d2 * (sharing * context + prompt)
+        step = fit.d0 + fit.d1 * (sharing + 1) + fit.d2 * (sharing * context + prompt)
         cost = cost + prices.decode_weight * expected_output * step
     capacity = columns.kv_capacity_tokens
     kv = np.where(fresh, columns.kv, 0.0)
     free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
     cost = cost + np.where(uncached + ahead > free, prices.no_room_s, 0.0)
     # New KV blocks on a busy cache displace other prompts' cached blocks: price their recomputation.
-    cost = cost + prices.eviction_weight * prices.p1 * uncached * kv
+    cost = cost + prices.eviction_weight * fit.p1 * uncached * kv
     # Every sequence running or waiting there stalls while tokens are computed; only the tokens beyond
     # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
     excess = uncached - uncached.min() if uncached.size else uncached
@@ -162,5 +160,5 @@ def predict(
         others = np.where(fresh, running + waiting, in_flight)
         # A copy made now serves this prefix's next requests too: the stall is shared among them.
         reuse = 1.0 + prefix_rate() * prices.reuse_horizon_s
-        cost = cost + prices.interference_weight * others * prices.p1 * excess / reuse
+        cost = cost + prices.interference_weight * others * fit.p1 * excess / reuse
     return cost, uncached, service
