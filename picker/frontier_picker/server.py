@@ -104,8 +104,12 @@ class Picker:
         if drain_delay_s > 0:
             await asyncio.sleep(drain_delay_s)
         grace = max(0.0, drain_timeout_s - (time.monotonic() - began))
-        await self._ext_proc_server.stop(grace=grace)  # refuses new streams, lets routed ones finish
-        left = self.store.in_flight()
+        # Refuses new streams and lets routed ones finish; those still open when the grace ends are cut, so
+        # they are counted then (once cut, their completions have already refunded them).
+        stopping = asyncio.ensure_future(self._ext_proc_server.stop(grace=grace))
+        done, _ = await asyncio.wait({stopping}, timeout=grace)
+        cut = 0 if done else self.store.in_flight()
+        await stopping
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -114,7 +118,7 @@ class Picker:
         await self._health_server.stop(grace=0)
         self._metrics_server.shutdown()
         self._metrics_server.server_close()
-        log.info("event=stopped drained_s=%.2f cut_in_flight=%d", time.monotonic() - began, left)
+        log.info("event=stopped drained_s=%.2f cut_in_flight=%d", time.monotonic() - began, cut)
 
 
 async def start(

@@ -2,6 +2,7 @@
 self-signed certificate, file discovery driving readiness, Prometheus metrics."""
 
 import asyncio
+import logging
 import re
 import ssl
 import subprocess
@@ -242,3 +243,24 @@ async def test_with_a_client_ca_only_clients_holding_a_certificate_it_signed_may
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         await picker.stop()
+
+
+async def test_a_stream_still_open_when_the_drain_times_out_is_counted_as_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="frontier_picker.server")
+    endpoints_file = tmp_path / "endpoints.yaml"
+    endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    options = local_options(endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin")
+    picker = await server.start(options)
+    async with grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_port}") as channel:
+        for _ in range(200):
+            if picker.store.states():
+                break
+            await asyncio.sleep(0.01)
+        stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+        await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+        await stream.read()
+        await picker.stop(drain_delay_s=0, drain_timeout_s=0.3)  # the response never comes
+    assert "cut_in_flight=1" in caplog.text
+    assert picker.store.in_flight() == 0  # and the cut stream's charge was refunded
