@@ -129,8 +129,7 @@ class _Handle:
             return found
         spec = self._specs.get(name)
         if spec is None:
-            known = ", ".join(sorted(self._specs)) or "none"
-            raise ConfigError(f"no plugin named {name!r}; plugins: {known}")
+            raise ConfigError(f"no plugin named {name!r}; plugins: {', '.join(self.names()) or 'none'}")
         if name in self._building:
             chain = " -> ".join([*self._building[self._building.index(name) :], name])
             raise ConfigError(f"plugins refer to each other in a cycle: {chain}")

@@ -293,8 +293,3 @@ def create(type_name: str, name: str, parameters: Mapping[str, Any] | None, hand
     plugin = cls.build(name, params, handle)
     params.finish()
     return plugin
-
-
-def all_of(kind: type[Plugin], plugins: Iterable[Plugin]) -> list[Plugin]:
-    """The members of `plugins` that implement extension point `kind`."""
-    return [plugin for plugin in plugins if isinstance(plugin, kind)]
