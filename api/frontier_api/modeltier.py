@@ -128,13 +128,35 @@ class Routing(schema.Model):
     keywords: list[str] = schema.prop(
         "Prompts containing any of these words prefer this tier.", default_factory=list, max_items=64
     )
-    fallback: bool = schema.prop("Requests no hint matches go to the fallback tier.", default=False)
+    fallback: bool = schema.prop(
+        "The fallback tier: requests no hint or classifier decides go here, and requests needing a higher"
+        " rank may spill down to it when every tier at their rank is saturated.",
+        default=False,
+    )
+
+
+DEFAULT_VIRTUAL_MODEL: Final = "auto"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Tier(schema.Model):
     """Where this variant sits among the pool's tiers."""
 
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            rule="!has(self.virtualModels) || self.virtualModels.all(m, size(m) >= 1 && size(m) <= 256)",
+            message="tier.virtualModels entries must be 1 to 256 characters",
+            field_path=".virtualModels",
+        ),
+    )
+
+    virtual_models: list[str] = schema.prop(
+        "Virtual model names this tier answers for: a request naming one goes to the cheapest tier of the"
+        " pool that is good enough for it (by rank, routing hints and the picker's prompt classifier), and"
+        " spills to the next while that tier is saturated. Empty: only the served name reaches this tier.",
+        default_factory=lambda: [DEFAULT_VIRTUAL_MODEL],
+        max_items=16,
+    )
     rank: int = schema.prop(
         "Quality rank; higher ranks are preferred when cost allows.", default=0, minimum=0
     )

@@ -31,6 +31,12 @@ LLMD_ALIASES: Final = {
 # names the prefill endpoint its sidecar asks first.
 PREFILLER_HOST_PORT: Final = "x-prefiller-host-port"
 
+# Tier routing (Frontier's own): a request naming a virtual model may declare its category; the response
+# names the tier (served model) chosen and why.
+CATEGORY_HEADER: Final = "x-frontier-category"
+TIER_HEADER: Final = "x-frontier-tier"
+TIER_REASON_HEADER: Final = "x-frontier-tier-reason"
+
 # Picker ports, as the GIE EPP uses them.
 EXT_PROC_PORT: Final = 9002
 HEALTH_PORT: Final = 9003
@@ -53,6 +59,9 @@ TIER_LABEL: Final = "inference.frontier.dev/tier"
 ROLE_LABEL: Final = "inference.frontier.dev/role"
 POOL_LABEL: Final = "inference.frontier.dev/pool"
 MODEL_LABEL: Final = "inference.frontier.dev/model"
+# A label value cannot hold `meta-llama/Llama-3.1-8B-Instruct`: the exact served name travels in this pod
+# annotation, and pool discovery gives it to the picker as the endpoint's MODEL_LABEL.
+SERVED_MODEL_ANNOTATION: Final = "inference.frontier.dev/served-model"
 # Roles a model-server pod plays; "both" is an aggregated (not disaggregated) server.
 ROLE_PREFILL: Final = "prefill"
 ROLE_DECODE: Final = "decode"

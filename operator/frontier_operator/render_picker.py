@@ -4,11 +4,12 @@ The gateway finds the picker through the pool's `endpointPickerRef`, so the Serv
 Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
 collects them when the last tier of the pool is deleted, and the pool itself stays the user's. The picker's
 config is an EndpointPickerConfig (GIE's format) in a ConfigMap: the picker's built-in `frontier` config
-(Frontier's default scheduling, the text `frontier_api.scheduling_configs.text("frontier")` returns,
-copied verbatim) unless the operator is given a config (`--picker-config-file`); a pool annotated with
-`inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead and gets none generated.
-The Deployment's `inference.frontier.dev/config-hash` annotation hashes the generated text, so a changed
-config rolls the picker.
+(Frontier's default scheduling, the text `frontier_api.scheduling_configs.text("frontier")` returns, with
+the pool's tier facts filled in: each disaggregated model's `nonCachedTokens` on the P/D decider and the
+pool's virtual models on the tier router) unless the operator is given a config (`--picker-config-file`);
+a pool annotated with `inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead
+and gets none generated. The Deployment's `inference.frontier.dev/config-hash` annotation hashes the
+generated text, so a changed config rolls the picker.
 """
 
 import hashlib
@@ -44,12 +45,78 @@ PICKER_RULES: Final = [
 ]
 
 
-PD_DECIDER_TYPE: Final = "prefix-based-pd-decider"  # the picker's plugin type; the operator knows it as data
+# The picker's plugin types the operator fills in from the pool's tiers; it knows them as data.
+PD_DECIDER_TYPE: Final = "prefix-based-pd-decider"
+TIER_ROUTER_TYPE: Final = "tier-router"
+CLASSIFIER_TYPE: Final = "prompt-classifier"
 
 
 def default_config_text() -> str:
     """The picker's built-in default EndpointPickerConfig (profile `frontier`), as its package ships it."""
     return scheduling_configs.text(scheduling_configs.DEFAULT)
+
+
+def _valid_specs(owners: Sequence[Mapping[str, Any]]) -> list[modeltier.ModelTierSpec]:
+    """The specs of the tiers that parse, in name order (an invalid tier gets no endpoints; its status
+    says why)."""
+    specs = []
+    for owner in sorted(owners, key=lambda o: str((o.get("metadata") or {}).get("name", ""))):
+        try:
+            specs.append(modeltier.parse_spec(owner.get("spec")))
+        except schema.ParseError:
+            continue
+    return specs
+
+
+def virtual_models(owners: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The pool's virtual models, as the `tier-router` reads them: each name a tier declares in
+    `spec.tier.virtualModels`, mapped to the tiers declaring it (one entry per served model, first tier by
+    name wins). A name that is also a served model of the pool is left out: the served model wins."""
+    specs = _valid_specs(owners)
+    served = {spec.model.served_name for spec in specs}
+    mapping: dict[str, list[dict[str, Any]]] = {}
+    for spec in specs:
+        tier = spec.tier
+        hints = tier.routing
+        entry: dict[str, Any] = {
+            "model": spec.model.served_name,
+            "rank": tier.rank,
+            "relativeCost": tier.relative_cost,
+        }
+        if hints.min_prompt_tokens is not None:
+            entry["minPromptTokens"] = hints.min_prompt_tokens
+        if hints.max_prompt_tokens is not None:
+            entry["maxPromptTokens"] = hints.max_prompt_tokens
+        if hints.keywords:
+            entry["keywords"] = list(hints.keywords)
+        if hints.fallback:
+            entry["fallback"] = True
+        for name in tier.virtual_models:
+            listed = mapping.setdefault(name, [])
+            if name not in served and all(e["model"] != entry["model"] for e in listed):
+                listed.append(entry)
+    return {name: tiers for name, tiers in sorted(mapping.items()) if tiers}
+
+
+def with_virtual_models(text: str, owners: Sequence[Mapping[str, Any]]) -> str:
+    """`text` with the pool's virtual models set on the config's `tier-router` plugins, and a
+    `prompt-classifier` for them (added when the config has none); `text` itself when it has no router or
+    the pool declares no virtual model."""
+    document = yaml.safe_load(text)
+    routers = [p for p in document.get("plugins") or [] if p.get("type") == TIER_ROUTER_TYPE]
+    mapping = virtual_models(owners)
+    if not routers or not mapping:
+        return text
+    plugins = document["plugins"]
+    classifier = next((p for p in plugins if p.get("type") == CLASSIFIER_TYPE), None)
+    if classifier is None:
+        classifier = {"type": CLASSIFIER_TYPE}
+        plugins.insert(plugins.index(routers[0]), classifier)
+    for router in routers:
+        parameters = router.setdefault("parameters", {})
+        parameters["virtualModels"] = mapping
+        parameters.setdefault("classifier", classifier.get("name") or CLASSIFIER_TYPE)
+    return yaml.safe_dump(document, sort_keys=False)
 
 
 def with_tier_thresholds(text: str, owners: Sequence[Mapping[str, Any]]) -> str:
@@ -58,11 +125,7 @@ def with_tier_thresholds(text: str, owners: Sequence[Mapping[str, Any]]) -> str:
     document = yaml.safe_load(text)
     deciders = [p for p in document.get("plugins") or [] if p.get("type") == PD_DECIDER_TYPE]
     by_model: dict[str, int] = {}
-    for owner in owners:
-        try:
-            spec = modeltier.parse_spec(owner.get("spec"))
-        except schema.ParseError:
-            continue  # an invalid tier gets no endpoints; its status says why
+    for spec in _valid_specs(owners):
         if spec.disaggregation.enabled:
             by_model[spec.model.served_name] = spec.disaggregation.non_cached_tokens
     changed = False
@@ -130,7 +193,9 @@ def render(
         manifests.COMPONENT_LABEL: "endpoint-picker",
     }
     out: list[manifests.Manifest] = []
-    config_text = cfg.picker_config or with_tier_thresholds(default_config_text(), owners)
+    config_text = cfg.picker_config or with_virtual_models(
+        with_tier_thresholds(default_config_text(), owners), owners
+    )
     if pool.picker_config_override is None:
         out.append(
             {

@@ -135,7 +135,11 @@ def deployment(
     dep_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector},
         "template": {
-            "metadata": {"labels": pod_labels},
+            "metadata": {
+                "labels": pod_labels,
+                # The label holds the served name cut to a label value; the picker reads the exact one here.
+                "annotations": {names.SERVED_MODEL_ANNOTATION: spec.model.served_name},
+            },
             "spec": _pod_spec(spec=spec, role_name=role_name, role=role, pool=pool, cfg=cfg),
         },
     }

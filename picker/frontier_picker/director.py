@@ -75,10 +75,12 @@ class Director:
         flight = Flight(request=request, decision=decision, charge=self.store.charge(request, decision))
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+            if decision.tier is not None:
+                self._count_tier(decision.tier)
         if self.log_decisions:
             log.info(
                 "event=decision request_id=%s model=%s target_model=%s endpoints=%s prefill=%s profile=%s "
-                "priority=%d subset=%s%s",
+                "priority=%d subset=%s tier_reason=%s category=%s%s",
                 request.request_id,
                 request.model or "-",
                 request.target_model or "-",
@@ -87,9 +89,20 @@ class Director:
                 decision.profile or "-",
                 request.priority,
                 ",".join(subset) if subset is not None else "-",
+                decision.tier.reason if decision.tier is not None else "-",
+                (decision.tier.category or "-") if decision.tier is not None else "-",
                 f" {detail}" if detail else "",
             )
         return flight
+
+    def _count_tier(self, tier: types.TierChoice) -> None:
+        assert self.metrics is not None
+        label = self.metrics.model_label
+        self.metrics.child(
+            "tier_decisions", label(tier.virtual_model), label(tier.model), tier.reason, tier.category
+        ).inc()
+        if tier.classify_s:
+            self.metrics.classification_duration.observe(tier.classify_s)
 
     def complete(self, flight: Flight, completion: types.Completion) -> None:
         """Record how `flight` ended (once): refund its charge, let the plugins learn, count it."""

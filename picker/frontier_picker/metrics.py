@@ -34,6 +34,8 @@ class Metrics:
     scheduling_duration: prometheus_client.Histogram
     prompt_tokens: prometheus_client.Counter
     completion_tokens: prometheus_client.Counter
+    tier_decisions: prometheus_client.Counter
+    classification_duration: prometheus_client.Histogram
     _children: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
     _models: set[str] = dataclasses.field(default_factory=set)
 
@@ -104,6 +106,19 @@ def create() -> Metrics:
             "frontier_picker_completion_tokens",
             "Completion tokens the model servers reported, by model",
             ["model_name", "target_model_name"],
+            registry=registry,
+        ),
+        tier_decisions=prometheus_client.Counter(
+            "frontier_picker_tier_decisions",
+            "Requests for a virtual model, by virtual model, tier chosen (its served model), reason and "
+            "category",
+            ["model_name", "target_model_name", "reason", "category"],
+            registry=registry,
+        ),
+        classification_duration=prometheus_client.Histogram(
+            "frontier_picker_classification_duration_seconds",
+            "Time the prompt classifier took per classified request",
+            buckets=_SCHEDULING_BUCKETS,
             registry=registry,
         ),
     )

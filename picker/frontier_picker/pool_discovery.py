@@ -84,9 +84,13 @@ class PoolView:
         found: list[endpoints.Endpoint] = []
         for name in sorted(self.pods):
             pod = self.pods[name]
-            labels: dict[str, str] = (pod.get("metadata") or {}).get("labels") or {}
+            meta = pod.get("metadata") or {}
+            labels: dict[str, str] = meta.get("labels") or {}
             if any(labels.get(key) != value for key, value in self.selector.items()) or not _ready(pod):
                 continue
+            served = (meta.get("annotations") or {}).get(names.SERVED_MODEL_ANNOTATION)
+            if served:
+                labels = {**labels, names.MODEL_LABEL: served}  # exact; the label may be cut to fit
             address = pod["status"]["podIP"]
             for port in self.target_ports:
                 endpoint_name = name if len(self.target_ports) == 1 else f"{name}:{port}"

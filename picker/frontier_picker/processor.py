@@ -188,7 +188,7 @@ class Stream:
             self.request_id = uuid.uuid4().hex
             self.request_id_generated = True
         if message.request_headers.end_of_stream:
-            return [self._decide(b"", body_changed=False, header_phase=True)]
+            return [self._decide(b"", header_phase=True)[0]]
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit():
             self.declared_length = int(declared)
@@ -204,7 +204,7 @@ class Stream:
                 self.request_id,
                 "enable send_body_without_waiting_for_header_response to route by the body's model",
             )
-            return [self._decide(b"", body_changed=False, header_phase=True)]
+            return [self._decide(b"", header_phase=True)[0]]
         return [ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())]
 
     def _too_large(self, size: int) -> str:
@@ -257,26 +257,19 @@ class Stream:
         if len(prompt) < self.ctx.settings.early_decision_prompt_chars:
             return []
         model: str = document["model"]
-        target = request_view.target_model(self.headers, model)
         declared = self.declared_length or self.body_size
         self.request = request_view.build(
             request_id=self.request_id,
             model=model,
-            target=target,
+            target=request_view.target_model(self.headers, model),
             document=document,
             headers=self.headers,
             body_bytes=declared,
             parsed_bytes=len(prefix),
         )
-        changed = target != model
-        if changed:
-            try:
-                prefix = bodies.rewrite_model(prefix, target)
-            except bodies.BodyError as error:
-                raise types.Rejection(error.status, error.reason) from None
         self.early = True
-        length = declared + len(prefix) - self.body_size
-        out = [self._decide(prefix, body_changed=changed, header_phase=True, length=length)]
+        reply, prefix, changed = self._decide(prefix, header_phase=True, length=declared)
+        out = [reply]
         source = [prefix] if changed else self.chunks
         out.extend(
             replies.streamed(piece, end=False, response=False)
@@ -306,8 +299,8 @@ class Stream:
 
     def _body_replies(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
         original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        body, changed = self._prepare_body(original)
-        decision_reply = self._decide(body, body_changed=changed, header_phase=not self.headers_answered)
+        self.request = self._parsed_request(original)
+        decision_reply, body, changed = self._decide(original, header_phase=not self.headers_answered)
         if self.request_mode == _FULL_DUPLEX:
             source = [body] if changed else self.chunks
             pieces = [piece for chunk in source for piece in replies.pieces(chunk)] or [b""]
@@ -338,25 +331,19 @@ class Stream:
             )
         return out
 
-    def _prepare_body(self, original: bytes) -> tuple[bytes, bool]:
-        """Parse the body into `self.request` and splice a rewritten model; returns (body, changed)."""
+    def _parsed_request(self, original: bytes) -> types.Request:
+        """The scheduler's view of the request whose whole body is `original`."""
         path = self.headers.get(":path", "")
         if not original or not bodies.is_inference_path(path):
-            self.request = self._request(model="", target_model="", document=None)
-            return original, False
+            return self._request(model="", target_model="", document=None)
         try:
             document = bodies.parse(original)
         except bodies.BodyError as error:
             raise types.Rejection(error.status, error.reason) from None
         model: str = document["model"]
-        target = request_view.target_model(self.headers, model)
-        self.request = self._request(model=model, target_model=target, document=document)
-        if target == model:
-            return original, False
-        try:
-            return bodies.rewrite_model(original, target), True
-        except bodies.BodyError as error:
-            raise types.Rejection(error.status, error.reason) from None
+        return self._request(
+            model=model, target_model=request_view.target_model(self.headers, model), document=document
+        )
 
     def _request(self, *, model: str, target_model: str, document: dict[str, Any] | None) -> types.Request:
         return request_view.build(
@@ -368,10 +355,11 @@ class Stream:
         )
 
     def _decide(
-        self, body: bytes, *, body_changed: bool, header_phase: bool, length: int | None = None
-    ) -> ext_proc.ProcessingResponse:
+        self, body: bytes, *, header_phase: bool, length: int | None = None
+    ) -> tuple[ext_proc.ProcessingResponse, bytes, bool]:
         """Schedule the request and build the reply that carries the decision; `length` is the whole
-        body's when `body` is only its start."""
+        body's when `body` is only its start. Returns the reply, the body to send on (its model rewritten
+        when the decision's target model differs from the client's) and whether it changed."""
         if self.flight is not None:
             raise types.Rejection(400, "ext_proc protocol: the request was already routed on this stream")
         if self.request is None:
@@ -381,9 +369,18 @@ class Stream:
             request,
             now=self.ctx.clock(),
             subset=self.subset,
-            detail=f"body_bytes={len(body) if length is None else length} rewritten={body_changed} "
-            f"early={self.early}",
+            detail=f"body_bytes={len(body) if length is None else length} early={self.early}",
         )
+        original_size = len(body)
+        body_changed = bool(request.model) and request.target_model != request.model
+        if body_changed:
+            try:
+                body = bodies.rewrite_model(body, request.target_model)
+            except bodies.BodyError as error:
+                self.complete(aborted=True)  # refund the charge: the request never leaves
+                raise types.Rejection(error.status, error.reason) from None
+        if length is not None:
+            length += len(body) - original_size
         decision = self.flight.decision
         destination = ",".join(decision.endpoints)
         set_headers = [replies.set_header(names.DESTINATION_ENDPOINT, destination)]
@@ -411,12 +408,14 @@ class Stream:
         ].string_value = destination
         if header_phase:
             self.headers_answered = True
-            return ext_proc.ProcessingResponse(
+            reply = ext_proc.ProcessingResponse(
                 request_headers=ext_proc.HeadersResponse(response=common), dynamic_metadata=metadata
             )
-        return ext_proc.ProcessingResponse(
-            request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
-        )
+        else:
+            reply = ext_proc.ProcessingResponse(
+                request_body=ext_proc.BodyResponse(response=common), dynamic_metadata=metadata
+            )
+        return reply, body, body_changed
 
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True
@@ -445,7 +444,18 @@ class Stream:
             self.first_byte_at = self.ctx.clock()  # else at the first event: the first token's time
         if message.response_headers.end_of_stream:
             self._end_response()
-        return [replies.CONTINUE_RESPONSE_HEADERS]
+        tier = self.flight.decision.tier if self.flight is not None else None
+        if tier is None:
+            return [replies.CONTINUE_RESPONSE_HEADERS]
+        # The client asked for a virtual model: say which tier served it and why.
+        return [
+            replies.response_headers(
+                [
+                    replies.set_header(names.TIER_HEADER, tier.model),
+                    replies.set_header(names.TIER_REASON_HEADER, tier.reason),
+                ]
+            )
+        ]
 
     def _served(self, message: ext_proc.ProcessingRequest) -> str | None:
         lb = message.metadata_context.filter_metadata.get(names.LB_NAMESPACE)

@@ -72,3 +72,12 @@ CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=
 CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
 CONTINUE_REQUEST_TRAILERS: Final = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
 CONTINUE_RESPONSE_TRAILERS: Final = ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
+
+
+def response_headers(set_headers: list[base_pb2.HeaderValueOption]) -> ext_proc.ProcessingResponse:
+    """Let the response headers pass with `set_headers` added."""
+    return ext_proc.ProcessingResponse(
+        response_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(header_mutation=ext_proc.HeaderMutation(set_headers=set_headers))
+        )
+    )

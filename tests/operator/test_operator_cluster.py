@@ -238,8 +238,15 @@ def invalid_ns(control_plane, api):
             lambda s: s["engine"].update(speculative={"method": "eagle3", "numSpeculativeTokens": 3}),
             "spec.engine.speculative.draftModel",
         ),
+        (lambda s: s["tier"].update(virtualModels=[""]), "spec.tier.virtualModels"),
     ],
-    ids=["unknown-quantization", "replicas-and-autoscaling", "pd-with-one-role", "eagle3-without-draft"],
+    ids=[
+        "unknown-quantization",
+        "replicas-and-autoscaling",
+        "pd-with-one-role",
+        "eagle3-without-draft",
+        "empty-virtual-model",
+    ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
     ns = invalid_ns
@@ -252,6 +259,43 @@ def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, inva
     assert err.value.status == 422
     body = err.value.body.decode() if isinstance(err.value.body, bytes) else str(err.value.body)
     assert field in body
+
+
+def test_two_tiers_with_a_virtual_model_reach_the_pickers_config_with_exact_served_names(
+    namespace, api, control_plane, operator_factory
+):
+    from frontier_picker.scheduling import config
+    from frontier_picker.scheduling.plugins import tiers
+
+    ns = namespace("op-tiers")
+    operator_factory(ns)
+    api.create(samples.pool(namespace=ns) | {"metadata": {"name": "chat", "namespace": ns}})
+    served = {"small": "meta-llama/Llama-3.1-8B-Instruct", "large": "meta-llama/Llama-3.3-70B-Instruct"}
+    for name, rank in (("small", 0), ("large", 1)):
+        spec = samples.disaggregated_spec()
+        spec["model"]["servedName"] = served[name]
+        spec["tier"] = {"rank": rank, "relativeCost": 1 + 5 * rank, "routing": {"fallback": rank == 0}}
+        spec["prefill"]["replicas"] = spec["decode"]["replicas"] = 1
+        obj = samples.tier(name, ns, spec=spec)
+        del obj["metadata"]["uid"], obj["metadata"]["generation"]
+        api.create(obj)
+
+    def router():
+        found = api.get("v1", "ConfigMap", ns, "chat-picker-config")
+        if found is None:
+            return None
+        loaded = config.load(found["data"]["config.yaml"]).router
+        assert isinstance(loaded, tiers.TierRouter)
+        auto = loaded.virtual_models.get("auto", ())
+        return loaded if len(auto) == 2 else None
+
+    auto = {t.model: t for t in oc.wait_for("both tiers under auto", router).virtual_models["auto"]}
+    assert set(auto) == set(served.values())
+    assert auto[served["small"]].fallback and auto[served["large"]].relative_cost == 6
+    pods = oc.wait_for(
+        "tier pods", lambda: api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}=large") or None
+    )
+    assert pods[0]["metadata"]["annotations"][names.SERVED_MODEL_ANNOTATION] == served["large"]
 
 
 def test_autoscaled_role_gets_an_hpa_that_goes_when_replicas_are_fixed_again(

@@ -252,7 +252,9 @@ def test_generated_picker_config_is_the_pickers_builtin_frontier_config():
     from frontier_picker.scheduling import config
 
     pool = pools.from_object(samples.pool())
-    found = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=CFG))
+    tier = samples.tier()
+    tier["spec"]["tier"]["virtualModels"] = []  # no virtual model: nothing to fill in
+    found = _by_name(render_picker.render(pool=pool, owners=[tier], cfg=CFG))
     text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
     # The picker package's own text, whatever frontier.yaml holds today: never a copy kept in the operator.
     assert text == config.builtin_text("frontier")
@@ -278,6 +280,61 @@ def test_a_tiers_non_cached_tokens_reach_the_pickers_pd_decider_for_its_model():
     assert isinstance(handler.decider, pd_deciders.PrefixBasedDecider)
     assert handler.decider.by_model == {served: 512}
     assert handler.decider.threshold == 2048
+
+
+def _two_tier_owners() -> list[dict]:
+    small = samples.tier("small", uid="uid-s")
+    small["spec"]["model"]["servedName"] = "meta-llama/Llama-3.1-8B-Instruct"
+    small["spec"]["tier"] = {
+        "rank": 0,
+        "relativeCost": 1,
+        "routing": {"maxPromptTokens": 4000, "fallback": True},
+    }
+    large = samples.tier("large", uid="uid-l")
+    large["spec"]["model"]["servedName"] = "meta-llama/Llama-3.1-70B-Instruct"
+    large["spec"]["tier"] = {
+        "rank": 1,
+        "relativeCost": 8,
+        "virtualModels": ["auto", "smart"],
+        "routing": {"keywords": ["prove"]},
+    }
+    return [large, small]
+
+
+def test_the_pools_virtual_models_reach_the_pickers_tier_router_with_a_classifier():
+    from frontier_picker.scheduling import config
+    from frontier_picker.scheduling.plugins import classifier, tiers
+
+    pool = pools.from_object(samples.pool())
+    found = _by_name(render_picker.render(pool=pool, owners=_two_tier_owners(), cfg=CFG))
+    text = found[("ConfigMap", "chat-picker-config")]["data"][render_picker.CONFIG_KEY]
+    router = config.load(text).router
+    assert isinstance(router, tiers.TierRouter)
+    assert isinstance(router.classifier, classifier.PromptClassifier)
+    auto = {t.model: t for t in router.virtual_models["auto"]}
+    assert set(auto) == {"meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct"}
+    small, large = auto["meta-llama/Llama-3.1-8B-Instruct"], auto["meta-llama/Llama-3.1-70B-Instruct"]
+    assert (small.rank, small.relative_cost, small.max_prompt_tokens, small.fallback) == (0, 1.0, 4000, True)
+    assert (large.rank, large.relative_cost, large.fallback) == (1, 8.0, False)
+    assert large.keywords is not None and large.keywords.search("please prove it")
+    assert [t.model for t in router.virtual_models["smart"]] == ["meta-llama/Llama-3.1-70B-Instruct"]
+
+
+def test_a_virtual_model_named_like_a_served_model_is_left_to_the_served_model():
+    owners = _two_tier_owners()
+    owners[0]["spec"]["tier"]["virtualModels"] = ["meta-llama/Llama-3.1-8B-Instruct"]
+    assert "meta-llama/Llama-3.1-8B-Instruct" not in render_picker.virtual_models(owners)
+
+
+def test_tier_pods_carry_the_exact_served_name_for_the_picker():
+    owners = _two_tier_owners()
+    spec = modeltier.parse_spec(owners[1]["spec"])
+    deployment = render_tier.deployment(
+        tier=owners[1], spec=spec, role_name="prefill", pool=pools.from_object(samples.pool()), cfg=CFG
+    )
+    template = deployment["spec"]["template"]["metadata"]
+    assert template["annotations"][names.SERVED_MODEL_ANNOTATION] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert template["labels"][names.MODEL_LABEL] == "meta-llama-Llama-3.1-8B-Instruct"  # lossy: not read
 
 
 def test_operator_setting_replaces_the_generated_picker_config():

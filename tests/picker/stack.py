@@ -16,7 +16,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,8 +110,10 @@ class RecordingScheduler:
     decisions and completions, and shedding requests whose objective is `sheddable` with 429 — a stand-in
     for a scheduler's load shedding."""
 
-    def __init__(self, *, fallbacks: int, profile: str | None = "round-robin") -> None:
-        self.inner = config.load(builtin=profile, fallbacks=fallbacks)
+    def __init__(
+        self, *, fallbacks: int, profile: str | None = "round-robin", text: str | None = None
+    ) -> None:
+        self.inner = config.load(text, builtin=None if text else profile, fallbacks=fallbacks)
         self.decisions: list[tuple[types.Request, types.Decision]] = []
         self.completions: list[types.Completion] = []
 
@@ -181,10 +183,12 @@ def start(
     max_body_bytes: int = 5 * 1024 * 1024,
     secure: bool = True,
     profile: str | None = "round-robin",
+    config_text: str | None = None,
+    labels: Sequence[Mapping[str, str]] = (),
 ) -> Stack:
     """Backends on 127.2.0.1.., endpoints `dead` (ip:port with nothing listening) listed first, the picker
-    (file-less: the datastore is filled directly) with scheduling `profile` (None: the picker's default), and
-    Envoy in `mode`."""
+    (file-less: the datastore is filled directly) with scheduling `profile` (None: the picker's default) or
+    the EndpointPickerConfig `config_text`, and Envoy in `mode`. `labels[i]` are backend i's labels."""
     loop = LoopThread()
     servers = [Backend(address=f"127.2.0.{index + 1}") for index in range(backends)]
     for backend in servers:
@@ -192,11 +196,12 @@ def start(
     store = datastore.Datastore()
     listed = [(key.split(":")[0], int(key.split(":")[1])) for key in dead]
     listed += [(backend.address, backend.port) for backend in servers]
+    tags = [{} for _ in dead] + [dict(labels[i]) if i < len(labels) else {} for i in range(len(servers))]
     store.replace(
-        endpoints.Endpoint(name=f"e{index}", address=address, port=port)
+        endpoints.Endpoint(name=f"e{index}", address=address, port=port, labels=tags[index])
         for index, (address, port) in enumerate(listed)
     )
-    scheduler = RecordingScheduler(fallbacks=fallbacks, profile=profile)
+    scheduler = RecordingScheduler(fallbacks=fallbacks, profile=profile, text=config_text)
     options = server.Options(
         address=FRONT,
         grpc_port=0,

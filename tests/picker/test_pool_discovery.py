@@ -4,6 +4,7 @@ turned into the pool's ready endpoints. The shell that runs the watches is cover
 import copy
 from typing import Any
 
+from frontier_api import names
 from frontier_picker import pool_discovery
 
 
@@ -99,3 +100,16 @@ def test_events_for_other_pools_are_ignored() -> None:
     view.apply_pool("MODIFIED", pool("other", selector={"app": "web"}))
     view.apply_pod("ADDED", pod("a", "10.1.0.1"))
     assert keys(view) == ["10.1.0.1:8000"]
+
+
+def test_the_served_model_annotation_gives_the_exact_name_a_label_cannot_hold() -> None:
+    view = pool_discovery.PoolView(pool_name="chat")
+    view.apply_pool(pool_discovery.SYNCED, [pool("chat")])
+    exact = "meta-llama/Llama-3.1-8B-Instruct"
+    labelled = {"app": "vllm", names.MODEL_LABEL: "meta-llama-Llama-3.1-8B-Instruct"}
+    annotated = pod("a", "10.1.0.1", labels=labelled)
+    annotated["metadata"]["annotations"] = {names.SERVED_MODEL_ANNOTATION: exact}
+    view.apply_pod(pool_discovery.SYNCED, [annotated, pod("b", "10.1.0.2", labels=labelled)])
+    served = {e.name: e.labels[names.MODEL_LABEL] for e in view.endpoints()}
+    assert served == {"a": exact, "b": "meta-llama-Llama-3.1-8B-Instruct"}
+    assert annotated["metadata"]["labels"][names.MODEL_LABEL] != exact  # the pod object is not changed

@@ -35,14 +35,35 @@ class Request:
         return self.prompt_tokens or estimates.tokens(len(self.prompt))
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TierChoice:
+    """How a request naming a virtual model got its tier: the served model chosen, and why.
+
+    `reason` is one of `TIER_REASONS`; `category` is the classifier's label ("" when none ran) and
+    `classify_s` the seconds the classification took (0 when none ran)."""
+
+    virtual_model: str
+    model: str
+    reason: str
+    category: str = ""
+    classify_s: float = 0.0
+
+
+# Why a tier was chosen: a rule (prompt length, keyword), the client's category header, the classifier,
+# the tier holding the conversation's prefix, the fallback tier, or a spill from a saturated tier.
+TIER_REASONS = ("rule", "header", "classifier", "affinity", "fallback", "spill", "all-saturated")
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Decision:
-    """Where a request goes: `endpoints` primary first, then fallbacks; `prefill` for disaggregated tiers."""
+    """Where a request goes: `endpoints` primary first, then fallbacks; `prefill` for disaggregated tiers;
+    `tier` when the request named a virtual model (its `target_model` is then the tier's served model)."""
 
     endpoints: list[str]
     prefill: str | None = None
     profile: str = ""
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    tier: TierChoice | None = None
 
     @property
     def primary(self) -> str:

@@ -8,7 +8,8 @@
 
 Every field is checked: an unknown field, plugin type or parameter, a `pluginRef` that names no plugin, or
 a plugin consuming data that no configured plugin produces is an error naming it. Plugins are built on
-demand, so a plugin may ask the handle for one listed after it; a cycle of such requests is an error.
+demand, so a plugin may ask the handle for one listed after it; a cycle of such requests is an error. At
+most one profile handler and one tier router may be listed.
 
 What a config leaves out comes from `Defaults` (type strings the caller chooses): the picker of a profile
 that names none, the profile handler when none is configured, and admitters that always run.
@@ -288,6 +289,15 @@ def _admitters(handle: _Handle, specs: Mapping[str, _Spec], defaults: Defaults) 
     return [a for a in admitters if isinstance(a, plugin_api.Admitter)]
 
 
+def _router(handle: _Handle, specs: Mapping[str, _Spec]) -> plugin_api.TierRouter | None:
+    routers = [
+        r for r in _configured(plugin_api.TierRouter, handle, specs) if isinstance(r, plugin_api.TierRouter)
+    ]
+    if len(routers) > 1:
+        raise ConfigError(f"plugins: one tier router allowed, got {', '.join(r.name for r in routers)}")
+    return routers[0] if routers else None
+
+
 def build(
     document: Mapping[str, Any], *, defaults: Defaults, fallbacks: int = 1, seed: int | None = None
 ) -> scheduler.Scheduler:
@@ -311,25 +321,29 @@ def build(
     profiles = {raw["name"]: _profile(i, raw, handle, defaults) for i, raw in enumerate(profile_specs)}
     handler = _handler(handle, specs, profiles, defaults)
     admitters = _admitters(handle, specs, defaults)
+    router = _router(handle, specs)
+    routing = [router] if router is not None else []
     members = [member for profile in profiles.values() for member in profile.members()]
-    _check_consumed([*members, *handle.requested, handler, *admitters], specs)
+    _check_consumed([*members, *handle.requested, handler, *admitters, *routing], specs)
     # Learners: members of the profiles the handler runs, then the collaborators plugins asked for.
     learners: dict[int, plugin_api.Plugin] = {}
     run = [profiles[name] for name in handler.profiles()]
-    for member in [*(m for p in run for m in p.members()), *handle.requested, handler, *admitters]:
+    for member in [*(m for p in run for m in p.members()), *handle.requested, handler, *admitters, *routing]:
         learners.setdefault(id(member), member)
     built = scheduler.Scheduler(
         handler=handler,
         profiles=profiles,
         admitters=admitters,
+        router=router,
         learners=list(learners.values()),
         seed=seed,
     )
     log.info(
-        "event=scheduler_loaded handler=%s profiles=%s admitters=%s fallbacks=%d",
+        "event=scheduler_loaded handler=%s profiles=%s admitters=%s tier_router=%s fallbacks=%d",
         handler.name,
         ",".join(handler.profiles()),
         ",".join(a.name for a in admitters) or "-",
+        router.name if router is not None else "-",
         fallbacks,
     )
     return built

@@ -5,7 +5,8 @@ request), then *scorers* (each gives every remaining endpoint a score in [0, 1],
 *picker* (turns the weighted scores into a primary endpoint and fallbacks). A *profile handler* decides
 which profiles run for a request and turns their results into the decision (one profile; or decode, then
 prefill when disaggregating). *Admitters* run before any profile and may refuse the request or fill in what
-the scheduler reads (its priority). Any plugin may learn from decisions and completions.
+the scheduler reads (its priority). A *tier router* turns a request for a virtual model into the model tiers
+to try, best first. Any plugin may learn from decisions and completions.
 
 Each plugin type is registered under its GIE-style type string and built by its class's `build(name,
 parameters, handle)`. The *handle* is how a plugin finds its collaborators: another plugin by name, the
@@ -161,7 +162,7 @@ class Plugin:
     """Base of every plugin: a type string, an instance name, and the self-description the docs table uses."""
 
     type_name: ClassVar[str]
-    kind: ClassVar[str]  # filter | scorer | picker | handler | decider | admission
+    kind: ClassVar[str]  # filter | scorer | picker | handler | decider | admission | tier-router | ...
     formula: ClassVar[str]
     intent: ClassVar[str]
     consumes: ClassVar[frozenset[str]] = frozenset()
@@ -247,6 +248,41 @@ class Admitter(Plugin):
 
     def admit(self, request: types.Request, snapshot: endpoints.Snapshot) -> None:
         """Raise `types.Rejection` to refuse `request`; may set fields the scheduler reads (priority)."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TierOption:
+    """One tier to try for a request: the served model it stands for and why it is in the plan."""
+
+    model: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TierPlan:
+    """The tiers to try for a request naming `virtual_model`, best first, and what the classifier said."""
+
+    virtual_model: str
+    options: Sequence[TierOption]
+    category: str = ""
+    classify_s: float = 0.0
+
+
+class TierRouter(Plugin):
+    """Runs before the profiles for a request naming a *virtual model* (a set of model tiers): says which
+    tiers to try, best first; the scheduler runs the profiles once per tier until `holds` accepts one."""
+
+    kind = "tier-router"
+
+    def plan(self, cycle: "cycles.Cycle") -> TierPlan | None:
+        """The tiers to try; None when the request names a served model (it routes as it is). Raise
+        `types.Rejection` for a model nothing serves."""
+        raise NotImplementedError
+
+    def holds(self, cycle: "cycles.Cycle", decision: types.Decision) -> bool:
+        """Whether `decision`, made for the tier now in `cycle.request.target_model`, stands; False spills
+        the request to the plan's next tier."""
         raise NotImplementedError
 
 

@@ -2,7 +2,8 @@
 
 A *profile* is filters -> weighted scorers -> picker. The *scheduler* is what the director calls for every
 request (in the ext_proc server and in the virtual-time cluster alike): the admitters may refuse or prepare
-the request, then the profile handler picks profiles to run until it has what it needs and turns their
+the request, a tier router (when configured) turns a request for a virtual model into the model tiers to
+try, then the profile handler picks profiles to run until it has what it needs and turns their
 results into the decision, then every plugin that learns sees the decision (the prefix index records where
 the prompt went). The scheduler knows the extension points, never a concrete plugin.
 """
@@ -59,7 +60,8 @@ class Profile:
 
 
 class Scheduler:
-    """The `types.Scheduler` built from an EndpointPickerConfig: admitters, a profile handler, profiles."""
+    """The `types.Scheduler` built from an EndpointPickerConfig: admitters, an optional tier router, a
+    profile handler and its profiles."""
 
     def __init__(
         self,
@@ -67,12 +69,14 @@ class Scheduler:
         handler: plugin.ProfileHandler,
         profiles: Mapping[str, Profile],
         admitters: Sequence[plugin.Admitter] = (),
+        router: plugin.TierRouter | None = None,
         learners: Sequence[plugin.Plugin] = (),
         seed: int | None = None,
     ) -> None:
         self.handler = handler
         self.profiles = dict(profiles)
         self.admitters = list(admitters)
+        self.router = router
         # Only plugins that override a hook are called: most learn nothing, and this runs per request.
         self._decision_learners = [
             p for p in learners if type(p).on_decision is not plugin.Plugin.on_decision
@@ -94,14 +98,60 @@ class Scheduler:
         for admitter in self.admitters:
             admitter.admit(request, snapshot)
         cycle = cycles.Cycle(request, snapshot, rng=self._rng)
+        plan = self.router.plan(cycle) if self.router is not None else None
+        if plan is None:
+            decision = self._run(cycle)
+        else:
+            cycle, decision = self._run_plan(request, snapshot, plan)
+        for learner in self._decision_learners:
+            learner.on_decision(cycle, decision)
+        return decision
+
+    def _run(self, cycle: cycles.Cycle) -> types.Decision:
         results: dict[str, plugin.ProfileResult] = {}
         while runs := self.handler.pick(cycle, results):
             for name, count in runs:
                 results[name] = self.profiles[name].run(cycle, count)
-        decision = self.handler.process_results(cycle, results)
-        for learner in self._decision_learners:
-            learner.on_decision(cycle, decision)
-        return decision
+        return self.handler.process_results(cycle, results)
+
+    def _run_plan(
+        self, request: types.Request, snapshot: endpoints.Snapshot, plan: plugin.TierPlan
+    ) -> tuple[cycles.Cycle, types.Decision]:
+        """Run the profiles for each tier of `plan` in turn (a fresh cycle each: prefix hashes depend on the
+        model) until the router accepts a decision; when it accepts none, the first tier that had one."""
+        assert self.router is not None
+        first: tuple[cycles.Cycle, types.Decision, plugin.TierOption] | None = None
+        for index, option in enumerate(plan.options):
+            request.target_model = option.model
+            cycle = cycles.Cycle(request, snapshot, rng=self._rng)
+            try:
+                decision = self._run(cycle)
+            except types.Rejection:
+                continue  # no ready endpoint serves this tier: the next one may
+            if first is None:
+                first = (cycle, decision, option)
+            if self.router.holds(cycle, decision):
+                reason = option.reason if index == 0 else "spill"
+                decision.tier = self._choice(plan, option.model, reason)
+                return cycle, decision
+        if first is None:
+            raise types.Rejection(
+                503, f"no ready endpoint serves any tier of virtual model {plan.virtual_model!r}"
+            )
+        cycle, decision, option = first
+        request.target_model = option.model
+        decision.tier = self._choice(plan, option.model, "all-saturated")
+        return cycle, decision
+
+    @staticmethod
+    def _choice(plan: plugin.TierPlan, model: str, reason: str) -> types.TierChoice:
+        return types.TierChoice(
+            virtual_model=plan.virtual_model,
+            model=model,
+            reason=reason,
+            category=plan.category,
+            classify_s=plan.classify_s,
+        )
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion

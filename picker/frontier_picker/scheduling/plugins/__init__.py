@@ -2,6 +2,7 @@
 
 from frontier_picker.scheduling.plugins import (
     admission,
+    classifier,
     cost,
     filters,
     pd_deciders,
@@ -9,6 +10,18 @@ from frontier_picker.scheduling.plugins import (
     prefix,
     profile_handlers,
     scorers,
+    tiers,
 )
 
-__all__ = ["admission", "cost", "filters", "pd_deciders", "pickers", "prefix", "profile_handlers", "scorers"]
+__all__ = [
+    "admission",
+    "classifier",
+    "cost",
+    "filters",
+    "pd_deciders",
+    "pickers",
+    "prefix",
+    "profile_handlers",
+    "scorers",
+    "tiers",
+]

@@ -1,0 +1,299 @@
+"""Tier routing in virtual time: cost against quality, and latency under a burst on the cheap tier.
+
+The fleet: a small tier (Llama-3.1-8B on one H100 per engine) and a large tier (Llama-3.3-70B, tensor
+parallel over four H100s per engine), each simulated with its own calibrated speed. Requests name the virtual
+model `auto` (the always-* policies name a served model instead) and carry prompts from the *held-out* fifth
+of Frontier's labelled prompt set, which the shipped classifier never trained on; each request is stamped
+with its own number, so no two requests are equal (a held-out prompt appears several times, numbered apart).
+
+Measured per policy (always-small, always-large, rules from ModelTier hints, classifier, classifier with
+spill-over), over seeds:
+- *cost*: the sum over requests of the tier's `relativeCost`, as a share of always-large's; and the
+  GPU-seconds the engines were busy (busy seconds x GPUs per engine);
+- *quality proxy*: the share of requests served by a tier at or above the rank their label requires
+  (code, math, reasoning need the large tier; chit-chat, summarisation, extraction do not);
+- TTFT p90, and the share of requests within the TTFT SLO, in steady load and under a burst of cheap-tier
+  requests at three times their steady rate.
+
+    python -m frontier_bench.tiers --out bench/results
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from frontier_api import prompt_categories
+from frontier_picker.scheduling import config
+from frontier_picker.scheduling.plugins import classifier, tiers
+from frontier_sim.vt import cluster
+
+SMALL = "meta-llama/Llama-3.1-8B-Instruct"
+LARGE = "meta-llama/Llama-3.3-70B-Instruct"
+SMALL_ARGS = ("--model", SMALL)
+LARGE_ARGS = ("--model", LARGE, "--tensor-parallel-size", "4")
+GPUS = {SMALL: 1, LARGE: 4}
+RANK = {SMALL: 0, LARGE: 1}
+RELATIVE_COST = {SMALL: 1.0, LARGE: 6.0}  # the tiers' spec.tier.relativeCost in this benchmark
+# ModelTier routing hints a platform engineer might write for the large tier (the `rules` policy).
+LARGE_KEYWORDS = ["code", "function", "python", "sql", "bug", "prove", "calculate", "solve", "why", "explain"]
+# Output tokens per category: the workload's definition, not measured.
+OUTPUT_TOKENS = {
+    "code": 256,
+    "math": 192,
+    "reasoning": 256,
+    "chit-chat": 64,
+    "summarisation": 128,
+    "extraction": 96,
+}
+POLICIES = ("always-small", "always-large", "rules", "classifier", "classifier+spill")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Case:
+    """Fleet and load: `qps` steady; the burst multiplies the cheap categories' rate by `burst_factor`
+    between `burst_at_s` and `burst_at_s + burst_s`."""
+
+    small_engines: int = 4
+    large_engines: int = 2
+    qps: float = 6.0
+    duration_s: float = 120.0
+    burst_factor: float = 3.0
+    burst_at_s: float = 40.0
+    burst_s: float = 40.0
+    slo_ttft_s: float = 2.0
+
+
+def router_config(policy: str) -> str:
+    """The picker's `frontier` config with the tier router set up for `policy` (rules, classifier, spill)."""
+    document = yaml.safe_load(config.builtin_text("frontier"))
+    small: dict[str, Any] = {
+        "model": SMALL,
+        "rank": 0,
+        "relativeCost": RELATIVE_COST[SMALL],
+        "fallback": True,
+    }
+    large: dict[str, Any] = {"model": LARGE, "rank": 1, "relativeCost": RELATIVE_COST[LARGE]}
+    parameters: dict[str, Any] = {
+        "virtualModels": {"auto": [small, large]},
+        "spill": policy == "classifier+spill",
+    }
+    if policy == "rules":
+        large["keywords"] = LARGE_KEYWORDS
+    else:
+        document["plugins"].append({"type": "prompt-classifier"})
+        parameters["classifier"] = "prompt-classifier"
+    for plugin in document["plugins"]:
+        if plugin["type"] == "tier-router":
+            plugin["parameters"] = parameters
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def arrivals(
+    examples: Sequence[prompt_categories.Example], case: Case, *, model: str, seed: int, burst: bool
+) -> Iterator[tuple[cluster.Arrival, str]]:
+    """Poisson arrivals of held-out prompts (each stamped with its request number) and their labels."""
+    rng = np.random.default_rng(seed)
+    cheap = [e for e in examples if tiers.DEFAULT_CATEGORY_RANKS[e.category] == 0]
+    t, number = 0.0, 0
+    while True:
+        in_burst = burst and case.burst_at_s <= t < case.burst_at_s + case.burst_s
+        extra = case.qps * len(cheap) / len(examples) * (case.burst_factor - 1) if in_burst else 0.0
+        rate = case.qps + extra
+        t += float(rng.exponential(1.0 / rate))
+        if t >= case.duration_s:
+            return
+        pool = cheap if in_burst and rng.random() < extra / rate else examples
+        example = pool[int(rng.integers(len(pool)))]
+        number += 1
+        text = f"Request {number}.\n{example.prompt}"
+        arrival = cluster.Arrival(
+            at=t,
+            model=model,
+            messages=({"role": "user", "content": text},),
+            max_tokens=OUTPUT_TOKENS[example.category],
+        )
+        yield arrival, example.category
+
+
+def fleet(case: Case) -> list[Any]:
+    small = cluster.engines(case.small_engines, args=SMALL_ARGS, base_address="10.1.0.1", tier="small")
+    large = cluster.engines(case.large_engines, args=LARGE_ARGS, base_address="10.2.0.1", tier="large")
+    return [*small, *large]
+
+
+def run_one(
+    examples: Sequence[prompt_categories.Example], case: Case, *, policy: str, seed: int, burst: bool
+) -> dict[str, Any]:
+    """One simulated run; its cost, quality and latency numbers."""
+    model = {"always-small": SMALL, "always-large": LARGE}.get(policy, "auto")
+    pairs = list(arrivals(examples, case, model=model, seed=seed, burst=burst))
+    engines = fleet(case)
+    results = cluster.run(
+        engines=engines,
+        workload=[arrival for arrival, _ in pairs],
+        policy=router_config(policy),
+        seed=seed,
+    )
+    served = np.array([engines[i].config.served_model_name if i >= 0 else "" for i in results.engine])
+    required = np.array([tiers.DEFAULT_CATEGORY_RANKS[category] for _, category in pairs])
+    ok = results.status == 200
+    rank = np.array([RANK.get(name, -1) for name in served])
+    ttft = results.ttft[ok]
+    at = results.arrival[ok]
+    in_burst = (at >= case.burst_at_s) & (at < case.burst_at_s + case.burst_s)
+    window = ttft[in_burst] if burst and in_burst.any() else ttft
+    return {
+        "policy": policy,
+        "seed": seed,
+        "burst": burst,
+        "requests": len(pairs),
+        "completed": int(ok.sum()),
+        "relative_cost": float(sum(RELATIVE_COST.get(name, 0.0) for name in served[ok])),
+        "busy_gpu_s": float(
+            sum(
+                e.busy_s * GPUS[spec.config.served_model_name]
+                for e, spec in zip(results.engines, engines, strict=True)
+            )
+        ),
+        "quality": float((rank[ok] >= required[ok]).mean()) if ok.any() else math.nan,
+        "large_share": float((rank[ok] == 1).mean()) if ok.any() else math.nan,
+        "ttft_p90_s": float(np.percentile(window, 90)) if window.size else math.nan,
+        "within_slo": float((window <= case.slo_ttft_s).mean()) if window.size else math.nan,
+    }
+
+
+def classifier_report(examples: Sequence[prompt_categories.Example]) -> dict[str, Any]:
+    """Accuracy on the held-out split, per category, and the classification time per prompt."""
+    model = classifier.trained("", 1 << 16, 2000)
+    per: dict[str, list[int]] = {}
+    seconds = []
+    for example in examples:
+        found = model.classify(example.prompt)
+        seconds.append(found.seconds)
+        per.setdefault(example.category, []).append(int(found.category == example.category))
+    correct = sum(sum(v) for v in per.values())
+    return {
+        "held_out": len(examples),
+        "accuracy": correct / len(examples),
+        "per_category": {k: sum(v) / len(v) for k, v in sorted(per.items())},
+        "classify_p50_ms": float(np.percentile(seconds, 50) * 1e3),
+        "classify_p99_ms": float(np.percentile(seconds, 99) * 1e3),
+    }
+
+
+def spread(rows: Sequence[dict[str, Any]], key: str) -> str:
+    values = [row[key] for row in rows]
+    low, high, mean = min(values), max(values), sum(values) / len(values)
+    fmt = "{:.3f}" if abs(mean) < 10 else "{:.0f}"
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The markdown of a report: classifier accuracy, the cost/quality table, the burst table."""
+    c = report["classifier"]
+    case = report["case"]
+    lines = [
+        "# Tier routing: cost against quality, and spill-over under a burst (virtual time)",
+        "",
+        f"Command: `{report['command']}` ({report['machine']}, {report['wall_s']:.0f} s wall).",
+        "",
+        f"Fleet: {case['small_engines']} x {SMALL} (1 H100 each) and {case['large_engines']} x {LARGE} "
+        f"(TP 4 on H100), relativeCost {RELATIVE_COST[SMALL]:g} and {RELATIVE_COST[LARGE]:g}. "
+        f"Load: {case['qps']} req/s "
+        f"Poisson for {case['duration_s']:.0f} s of held-out prompts, each numbered apart; TTFT SLO "
+        f"{case['slo_ttft_s']} s. Seeds: {report['seeds']}; cells show mean [min, max].",
+        "",
+        f"## Classifier (held-out split, {c['held_out']} prompts never trained on)",
+        "",
+        f"Accuracy {c['accuracy']:.3f}; per category "
+        + ", ".join(f"{k} {v:.2f}" for k, v in c["per_category"].items())
+        + f". Classification p50 {c['classify_p50_ms']:.2f} ms, p99 {c['classify_p99_ms']:.2f} ms "
+        "on this machine.",
+        "",
+        "## Steady load",
+        "",
+        "| policy | cost vs always-large | busy GPU-s | quality proxy | share on large | TTFT p90 s "
+        "| within SLO |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    steady = [r for r in report["runs"] if not r["burst"]]
+    baseline = {r["seed"]: r["relative_cost"] for r in steady if r["policy"] == "always-large"}
+    for policy in POLICIES:
+        rows = [
+            dict(r, cost_share=r["relative_cost"] / baseline[r["seed"]])
+            for r in steady
+            if r["policy"] == policy
+        ]
+        keys = ("cost_share", "busy_gpu_s", "quality", "large_share", "ttft_p90_s", "within_slo")
+        lines.append(f"| {policy} | " + " | ".join(spread(rows, key) for key in keys) + " |")
+    lines += [
+        "",
+        f"## Burst: cheap-category requests at {case['burst_factor']:g}x their rate for "
+        f"{case['burst_s']:.0f} s (TTFT measured over requests arriving in the burst)",
+        "",
+        "| policy | TTFT p90 s | within SLO | share on large | quality proxy |",
+        "|---|---|---|---|---|",
+    ]
+    for policy in POLICIES:
+        rows = [r for r in report["runs"] if r["burst"] and r["policy"] == policy]
+        lines.append(
+            f"| {policy} | {spread(rows, 'ttft_p90_s')} | {spread(rows, 'within_slo')} "
+            f"| {spread(rows, 'large_share')} | {spread(rows, 'quality')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m frontier_bench.tiers", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--qps", type=float, default=Case().qps)
+    parser.add_argument("--duration", type=float, default=Case().duration_s)
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    args = parser.parse_args(argv)
+    case = dataclasses.replace(Case(), qps=args.qps, duration_s=args.duration)
+    began = time.perf_counter()
+    _, held_out = prompt_categories.split(prompt_categories.load())
+    report: dict[str, Any] = {
+        "command": shlex.join(
+            ["python", "-m", "frontier_bench.tiers", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "case": dataclasses.asdict(case),
+        "seeds": args.seeds,
+        "classifier": classifier_report(held_out),
+        "runs": [],
+    }
+    plan = [(p, s, b) for b in (False, True) for s in range(args.seeds) for p in args.policies]
+    for index, (policy, seed, burst) in enumerate(plan, start=1):
+        row = run_one(held_out, case, policy=policy, seed=seed, burst=burst)
+        report["runs"].append(row)
+        print(
+            f"[{index}/{len(plan)}] tiers {policy} seed={seed} burst={burst}: quality {row['quality']:.3f} "
+            f"TTFT p90 {row['ttft_p90_s']:.3f} s ({time.perf_counter() - began:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+    report["wall_s"] = time.perf_counter() - began
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tiers.json").write_text(json.dumps(report, indent=1))
+    (out / "tiers.md").write_text(render(report))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()

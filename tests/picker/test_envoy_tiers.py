@@ -1,0 +1,77 @@
+"""Tier routing through a real Envoy: `model: auto` reaches the tier the picker chose with the body's model
+rewritten to that tier's served name (a Hugging Face name, `/` and all), the response names the tier and
+why, and a model the pool does not serve is a 404 that says so."""
+
+import json
+from pathlib import Path
+
+import aiohttp
+import multidict
+import pytest
+import yaml
+
+from frontier_api import names
+from frontier_picker.scheduling import config
+
+from . import stack
+
+pytestmark = pytest.mark.envoy
+
+SMALL = "meta-llama/Llama-3.1-8B-Instruct"
+LARGE = "meta-llama/Llama-3.3-70B-Instruct"
+
+
+def tier_config() -> str:
+    tiers = [
+        {"model": SMALL, "rank": 0, "relativeCost": 1, "fallback": True},
+        {"model": LARGE, "rank": 1, "relativeCost": 8, "keywords": ["prove"]},
+    ]
+    text = yaml.safe_load(config.builtin_text("frontier"))
+    text["plugins"].append({"type": "prompt-classifier"})
+    for plugin in text["plugins"]:
+        if plugin["type"] == "tier-router":
+            plugin["parameters"] = {"virtualModels": {"auto": tiers}, "classifier": "prompt-classifier"}
+    return yaml.safe_dump(text)
+
+
+async def post(
+    url: str, document: dict, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, multidict.CIMultiDict[str]]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=json.dumps(document).encode(), headers=headers or {}) as response,
+    ):
+        return response.status, await response.read(), response.headers.copy()
+
+
+@pytest.mark.parametrize("mode", ["gie", "buffered"])
+async def test_auto_reaches_the_chosen_tier_with_its_served_name(tmp_path: Path, mode: str) -> None:
+    labels = [{names.MODEL_LABEL: SMALL}, {names.MODEL_LABEL: SMALL}, {names.MODEL_LABEL: LARGE}]
+    running = stack.start(tmp_path, mode=mode, backends=3, config_text=tier_config(), labels=labels)
+    large = running.backends[2].key
+    try:
+        cases = [
+            ("Write a Python function that reverses a linked list in place.", LARGE, "classifier"),
+            ("Hi! How was your weekend? Did you do anything fun?", SMALL, "classifier"),
+            ("Can you prove there are infinitely many primes?", LARGE, "rule"),
+        ]
+        for prompt, tier, reason in cases:
+            document = {"model": "auto", "messages": [{"role": "user", "content": prompt}]}
+            status, answer, headers = await post(running.url + "/v1/chat/completions", document)
+            assert status == 200, answer
+            assert (headers[names.TIER_HEADER], headers[names.TIER_REASON_HEADER]) == (tier, reason)
+            served = headers["x-served-by"]
+            assert (served == large) == (tier == LARGE)
+            received = running.backend(served).received[-1]
+            assert json.loads(received.body) == {**document, "model": tier}  # only the model changed
+
+        status, answer, headers = await post(
+            running.url + "/v1/chat/completions", {"model": SMALL, "prompt": "hello"}
+        )
+        assert status == 200 and names.TIER_HEADER not in headers  # a served name routes as named
+
+        status, answer, _ = await post(running.url + "/v1/completions", {"model": "gpt-9", "prompt": "x"})
+        message = json.loads(answer)["error"]["message"]
+        assert status == 404 and "gpt-9" in message and "auto" in message
+    finally:
+        running.stop()
