@@ -5,7 +5,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
 - `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`,
   `virtual-16-mixed-lengths`: the other workloads;
-- `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation.
+- `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation;
+- `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst.
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
@@ -20,7 +21,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from frontier_bench import frontdoors, harness, progress, report, sweep, virtual, workloads
+from frontier_bench import frontdoors, harness, progress, report, sweep, tiers, virtual, workloads
 
 ENGINES = 6
 TIME_SCALE = 2.0
@@ -264,6 +265,8 @@ def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> 
     for vsuite in virtual_suites(quick=quick):
         if not only or vsuite.name in only:
             run_virtual(vsuite, out=out, command=command)
+    if not only or "tiers" in only:
+        tiers.main(["--out", str(out), *(["--seeds", "1", "--duration", "40"] if quick else [])])
     for suite in suites(quick=quick):
         if only and suite.name not in only:
             continue

@@ -56,7 +56,23 @@ OUTPUT_TOKENS = {
     "summarisation": 128,
     "extraction": 96,
 }
-POLICIES = ("always-small", "always-large", "rules", "classifier", "classifier+spill")
+# Policy -> (model the client names, tier-router parameters beyond the tiers; None: no router involved).
+POLICIES: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "always-small": (SMALL, None),
+    "always-large": (LARGE, None),
+    "rules": ("auto", {"spill": False}),
+    "classifier": ("auto", {"spill": False, "classifier": "prompt-classifier"}),
+    "classifier-conf-0.6": (
+        "auto",
+        {"spill": False, "classifier": "prompt-classifier", "minConfidence": 0.6},
+    ),
+    "classifier-conf-0.8": (
+        "auto",
+        {"spill": False, "classifier": "prompt-classifier", "minConfidence": 0.8},
+    ),
+    "classifier+spill": ("auto", {"spill": True, "classifier": "prompt-classifier"}),
+}
+BURST_POLICIES = ("always-small", "always-large", "classifier", "classifier+spill")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +91,7 @@ class Case:
 
 
 def router_config(policy: str) -> str:
-    """The picker's `frontier` config with the tier router set up for `policy` (rules, classifier, spill)."""
+    """The picker's `frontier` config with the tier router set up for `policy`."""
     document = yaml.safe_load(config.builtin_text("frontier"))
     small: dict[str, Any] = {
         "model": SMALL,
@@ -84,18 +100,14 @@ def router_config(policy: str) -> str:
         "fallback": True,
     }
     large: dict[str, Any] = {"model": LARGE, "rank": 1, "relativeCost": RELATIVE_COST[LARGE]}
-    parameters: dict[str, Any] = {
-        "virtualModels": {"auto": [small, large]},
-        "spill": policy == "classifier+spill",
-    }
+    extra = POLICIES[policy][1] or {}
     if policy == "rules":
         large["keywords"] = LARGE_KEYWORDS
-    else:
+    if "classifier" in extra:
         document["plugins"].append({"type": "prompt-classifier"})
-        parameters["classifier"] = "prompt-classifier"
     for plugin in document["plugins"]:
         if plugin["type"] == "tier-router":
-            plugin["parameters"] = parameters
+            plugin["parameters"] = {"virtualModels": {"auto": [small, large]}, **extra}
     return yaml.safe_dump(document, sort_keys=False)
 
 
@@ -136,7 +148,7 @@ def run_one(
     examples: Sequence[prompt_categories.Example], case: Case, *, policy: str, seed: int, burst: bool
 ) -> dict[str, Any]:
     """One simulated run; its cost, quality and latency numbers."""
-    model = {"always-small": SMALL, "always-large": LARGE}.get(policy, "auto")
+    model = POLICIES[policy][0]
     pairs = list(arrivals(examples, case, model=model, seed=seed, burst=burst))
     engines = fleet(case)
     results = cluster.run(
@@ -235,6 +247,8 @@ def render(report: dict[str, Any]) -> str:
             for r in steady
             if r["policy"] == policy
         ]
+        if not rows:
+            continue
         keys = ("cost_share", "busy_gpu_s", "quality", "large_share", "ttft_p90_s", "within_slo")
         lines.append(f"| {policy} | " + " | ".join(spread(rows, key) for key in keys) + " |")
     lines += [
@@ -245,13 +259,50 @@ def render(report: dict[str, Any]) -> str:
         "| policy | TTFT p90 s | within SLO | share on large | quality proxy |",
         "|---|---|---|---|---|",
     ]
-    for policy in POLICIES:
+    for policy in BURST_POLICIES:
         rows = [r for r in report["runs"] if r["burst"] and r["policy"] == policy]
+        if not rows:
+            continue
         lines.append(
             f"| {policy} | {spread(rows, 'ttft_p90_s')} | {spread(rows, 'within_slo')} "
             f"| {spread(rows, 'large_share')} | {spread(rows, 'quality')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """The cost/quality frontier: each steady-load policy's mean cost share and quality, seeds as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    steady = [r for r in report["runs"] if not r["burst"]]
+    baseline = {r["seed"]: r["relative_cost"] for r in steady if r["policy"] == "always-large"}
+    figure, axes = pyplot.subplots(figsize=(7, 5))
+    for policy in POLICIES:
+        rows = [r for r in steady if r["policy"] == policy]
+        if not rows or not baseline:
+            continue
+        cost = np.array([r["relative_cost"] / baseline[r["seed"]] for r in rows])
+        quality = np.array([r["quality"] for r in rows])
+        axes.errorbar(
+            cost.mean(),
+            quality.mean(),
+            xerr=[[cost.mean() - cost.min()], [cost.max() - cost.mean()]],
+            yerr=[[quality.mean() - quality.min()], [quality.max() - quality.mean()]],
+            fmt="o",
+            capsize=3,
+            label=policy,
+        )
+    axes.set_xlabel("cost (sum of relativeCost) / always-large")
+    axes.set_ylabel("quality proxy (share served at the rank its label needs)")
+    axes.set_title("Tier routing: cost against quality (steady load, min-max over seeds)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -262,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--qps", type=float, default=Case().qps)
     parser.add_argument("--duration", type=float, default=Case().duration_s)
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     args = parser.parse_args(argv)
     case = dataclasses.replace(Case(), qps=args.qps, duration_s=args.duration)
     began = time.perf_counter()
@@ -277,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "classifier": classifier_report(held_out),
         "runs": [],
     }
-    plan = [(p, s, b) for b in (False, True) for s in range(args.seeds) for p in args.policies]
+    plan = [(p, s, False) for s in range(args.seeds) for p in args.policies]
+    plan += [(p, s, True) for s in range(args.seeds) for p in args.policies if p in BURST_POLICIES]
     for index, (policy, seed, burst) in enumerate(plan, start=1):
         row = run_one(held_out, case, policy=policy, seed=seed, burst=burst)
         report["runs"].append(row)
@@ -292,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "tiers.json").write_text(json.dumps(report, indent=1))
     (out / "tiers.md").write_text(render(report))
+    plot(report, out / "tiers.png")
     print(render(report))
 
 

@@ -3,8 +3,10 @@
 Pure: (ModelTier object, Pool, Settings) -> manifests. Names are `<tier>-serving`, `<tier>-prefill`,
 `<tier>-decode`. The Deployment selector uses only the tier and role labels (a selector is immutable, and
 those two never change for a child); pods additionally carry the pool's selector, the served model and the
-engine type. GPU placement: `nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector
-and the GPU tolerations. `replicas` is left out when an HPA owns the role, so the operator never fights it.
+engine type. Decode pods of a disaggregated tier run the routing sidecar (`frontier-sidecar`) on the
+pool's target port in front of the engine, which listens on `ENGINE_LOCAL_PORT`. GPU placement:
+`nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector and the GPU tolerations.
+`replicas` is left out when an HPA owns the role, so the operator never fights it.
 """
 
 import math
@@ -17,6 +19,9 @@ from frontier_operator import manifests, pools, render_args, settings
 ROLE_SUFFIX: Final = {names.ROLE_BOTH: "serving", names.ROLE_PREFILL: "prefill", names.ROLE_DECODE: "decode"}
 NIXL_SIDE_CHANNEL_PORT: Final = 5600
 KV_EVENTS_PORT: Final = 5557
+# A decode pod of a disaggregated tier: the routing sidecar takes the pool's target port and the engine
+# listens here, on localhost only as far as the pool is concerned.
+ENGINE_LOCAL_PORT: Final = 8200
 
 
 def child_name(tier: str, role: str) -> str:
@@ -67,6 +72,32 @@ def _env(spec: modeltier.ModelTierSpec) -> list[dict[str, Any]]:
     return env
 
 
+def _sidecar(role: modeltier.Role, *, pool: pools.Pool, cfg: settings.Settings) -> dict[str, Any]:
+    """The decode pod's routing sidecar: it takes the pool's target port, asks the prefill endpoint the
+    picker names (`x-prefiller-host-port`) for the KV, then the local engine for the answer. The probes go
+    through it, so a pod is ready only when both answer."""
+    return {
+        "name": "sidecar",
+        "image": cfg.picker_image,
+        "command": list(cfg.sidecar_command),
+        "args": [
+            "--port",
+            str(pool.target_port),
+            "--engine-url",
+            f"http://127.0.0.1:{ENGINE_LOCAL_PORT}",
+        ],
+        "ports": [{"name": "http", "containerPort": pool.target_port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        **_probes(role, pool.target_port),
+    }
+
+
 def _pod_spec(
     *,
     spec: modeltier.ModelTierSpec,
@@ -75,8 +106,11 @@ def _pod_spec(
     pool: pools.Pool,
     cfg: settings.Settings,
 ) -> dict[str, Any]:
-    port = pool.target_port
-    ports: list[dict[str, Any]] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    sidecar = spec.disaggregation.enabled and role_name == names.ROLE_DECODE
+    port = ENGINE_LOCAL_PORT if sidecar else pool.target_port
+    ports: list[dict[str, Any]] = (
+        [] if sidecar else [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    )
     if spec.engine.kv_events.enabled:
         ports.append({"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"})
     if spec.disaggregation.enabled and spec.disaggregation.kv_connector == modeltier.KvConnector.NIXL:
@@ -89,15 +123,16 @@ def _pod_spec(
         "ports": ports,
         "env": _env(spec),
         "resources": _resources(role),
-        **_probes(role, port),
+        **({} if sidecar else _probes(role, port)),
         # Tensor-parallel workers exchange tensors through shared memory.
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
+    containers = [container, _sidecar(role, pool=pool, cfg=cfg)] if sidecar else [container]
     node_selector = dict(role.placement.node_selector)
     if role.accelerator.type is not None:
         node_selector[names.GKE_ACCELERATOR_LABEL] = role.accelerator.type
     pod: dict[str, Any] = {
-        "containers": [container],
+        "containers": containers,
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
     }
     if node_selector:

@@ -24,6 +24,8 @@ class Settings:
     engine_command: tuple[str, ...] = ("vllm", "serve")
     picker_image: str = DEFAULT_PICKER_IMAGE
     picker_command: tuple[str, ...] = ("frontier-picker",)
+    # The decode pods' routing sidecar, from the picker's image (one image carries every entry point).
+    sidecar_command: tuple[str, ...] = ("frontier-sidecar",)
     picker_replicas: int = 1
     field_manager: str = FIELD_MANAGER
     gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)

@@ -108,6 +108,12 @@ def options(arguments: argparse.Namespace) -> server.Options:
     """Server options from parsed arguments."""
     if arguments.pool_name and arguments.endpoints_file:
         raise SystemExit("frontier-picker: give --pool-name or --endpoints-file, not both")
+    if not arguments.pool_name and not arguments.endpoints_file:
+        # Without discovery every request would be refused with 503: refuse to start instead.
+        raise SystemExit(
+            "frontier-picker: no endpoint discovery; give --pool-name (a Kubernetes InferencePool) or "
+            "--endpoints-file (a YAML/JSON list of endpoints)"
+        )
     if arguments.client_ca_cert is not None and not arguments.secure_serving:
         raise SystemExit("frontier-picker: --client-ca-cert needs TLS; drop --secure-serving false")
     config_text = arguments.config_text

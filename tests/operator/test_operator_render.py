@@ -106,9 +106,25 @@ def test_deployments_per_role_with_labels_gpus_placement_and_replicas():
     assert pod["nodeSelector"] == {names.GKE_ACCELERATOR_LABEL: samples.H100}
     assert {"key": names.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert engine["command"] == ["vllm", "serve"]
-    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
-    assert engine["readinessProbe"]["httpGet"]["path"] == "/v1/models"
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in engine["env"]
+    # Decode pods: the routing sidecar takes the pool's port and the probes; the engine moves behind it.
+    sidecar = pod["containers"][1]
+    assert sidecar["command"] == ["frontier-sidecar"]
+    assert sidecar["args"] == [
+        "--port",
+        "8000",
+        "--engine-url",
+        f"http://127.0.0.1:{render_tier.ENGINE_LOCAL_PORT}",
+    ]
+    assert sidecar["ports"][0]["containerPort"] == 8000
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/v1/models"
+    args = engine["args"]
+    assert args[args.index("--port") + 1] == str(render_tier.ENGINE_LOCAL_PORT)
+    assert "readinessProbe" not in engine and all(p["containerPort"] != 8000 for p in engine["ports"])
+    prefill = found[("Deployment", "llama-fast-prefill")]["spec"]["template"]["spec"]
+    (prefill_engine,) = prefill["containers"]  # prefill pods serve the pool's port themselves
+    assert prefill_engine["readinessProbe"]["httpGet"] == {"path": "/v1/models", "port": 8000}
     owner = decode["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
         "ModelTier",

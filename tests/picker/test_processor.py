@@ -184,3 +184,43 @@ def test_the_body_budget_is_shared_by_streams_refuses_past_it_and_is_returned_at
     assert third.on_message(body(b'{"model":"m","prompt":"' + b"z" * 60, end=False)) == []
     third.release_body()  # the stream closed before its body ended
     assert context.budget.used == 0
+
+
+class Tiered(Fixed):
+    """Chooses tier `big` for the virtual model `auto`, as the tier router does."""
+
+    def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
+        request.target_model = "org/big-model"
+        tier = types.TierChoice(
+            virtual_model="auto", model="org/big-model", reason="classifier", category="code"
+        )
+        return types.Decision(endpoints=["10.0.0.1:8000"], tier=tier)
+
+
+def test_the_chosen_tier_is_spliced_into_the_body_and_named_on_the_response() -> None:
+    handler, _ = stream(types.Decision(endpoints=[]))
+    handler.ctx.director.scheduler = Tiered(types.Decision(endpoints=[]))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r7")]))
+    decision, *_ = handler.on_message(body(b'{"model": "auto", "prompt": "p"}', end=True))
+    assert set_headers(decision)["content-length"] == str(len(b'{"model": "org/big-model", "prompt": "p"}'))
+    (reply,) = handler.on_message(
+        ext_proc.ProcessingRequest(
+            response_headers=ext_proc.HttpHeaders(
+                headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")])
+            )
+        )
+    )
+    mutation = reply.response_headers.response.header_mutation
+    added = {option.header.key: option.header.raw_value.decode() for option in mutation.set_headers}
+    assert added == {names.TIER_HEADER: "org/big-model", names.TIER_REASON_HEADER: "classifier"}
+
+
+def test_a_body_the_tier_cannot_be_spliced_into_is_refused_and_its_charge_refunded() -> None:
+    handler, scheduler = stream(types.Decision(endpoints=[]))
+    handler.ctx.director.scheduler = Tiered(types.Decision(endpoints=[]))
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r8")]))
+    (reply,) = handler.on_message(body(b'{"model":"auto","prompt":"p","model":"auto"}', end=True))
+    assert reply.immediate_response.status.code == 400
+    assert b"more than once" in reply.immediate_response.body
+    assert handler.ctx.director.store.in_flight() == 0
+    assert scheduler.completions == [] and handler.ctx.director.scheduler.completions[0].aborted

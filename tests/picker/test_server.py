@@ -128,9 +128,11 @@ def test_command_line_mirrors_the_gie_flags() -> None:
         False,
         2,
     )
-    assert main.options(main.parser().parse_args([])).secure_serving is True
+    assert main.options(main.parser().parse_args(["--pool-name", "a"])).secure_serving is True
     with pytest.raises(SystemExit):
         main.options(main.parser().parse_args(["--pool-name", "a", "--endpoints-file", "x.yaml"]))
+    with pytest.raises(SystemExit, match="no endpoint discovery"):
+        main.options(main.parser().parse_args([]))  # it would start and refuse every request
 
 
 def local_options(endpoints_file: Path, **overrides: Any) -> server.Options:

@@ -209,3 +209,26 @@ def test_training_is_deterministic_and_reads_a_bounded_window(examples):
     head, tail = "fix the python function bug ", " in my script please"
     padded = [head + filler * 200 + tail for filler in ("hi friend ", "how are you ")]
     assert first.classify(padded[0]).probability == pytest.approx(first.classify(padded[1]).probability)
+
+
+def test_an_unsure_classifier_buys_quality_when_told_to(examples):
+    def scheduler(confidence: float):
+        document = yaml.safe_load(
+            tier_config(
+                classifier="classify", categoryRanks={"code": 1, "chit-chat": 0}, minConfidence=confidence
+            )
+        )
+        document["plugins"].append(
+            {"name": "classify", "type": "prompt-classifier", "parameters": {"examples": examples}}
+        )
+        return config.load(yaml.safe_dump(document))
+
+    vague = "how was your week"  # chit-chat, about 2:1
+    request, decision = route(scheduler(0.0), vague)
+    assert (
+        decision.tier is not None and decision.tier.category == "chit-chat" and request.target_model == SMALL
+    )
+    request, decision = route(scheduler(0.9), vague)
+    assert (
+        decision.tier is not None and decision.tier.category == "chit-chat" and request.target_model == LARGE
+    )

@@ -6,7 +6,8 @@ the ModelTier's routing hints). For one request it decides the *rank required*, 
 1. the client's category header (`x-frontier-category`) through `categoryRanks`;
 2. a rule: a tier whose keywords appear in the prompt requires that tier's rank (prompt-length bounds
    make tiers ineligible before anything else is decided);
-3. the classifier (a `prompt-classifier` plugin found through the handle) through `categoryRanks`;
+3. the classifier (a `prompt-classifier` plugin found through the handle) through `categoryRanks`; when it
+   is less sure than `minConfidence`, the highest rank any category requires;
 4. the fallback tier's rank (the tier marked `fallback`, else rank 0).
 The tiers to try are then the eligible ones at or above that rank, cheapest first; below it only tiers that
 accept spill-down (`fallback`). A tier already holding the conversation's prefix goes first when it is
@@ -175,11 +176,17 @@ class TierRouter(plugin.TierRouter):
     KV = plugin.Param("kvCacheUtilThreshold", 0.0, "KV use that spills (0: saturationDetector's)")
     PREFIX_PLUGIN = plugin.Param("prefixPlugin", "", "prefix-cache-scorer for affinity; default: the first")
     AFFINITY = plugin.Param("affinityMinBlocks", 4, "prefix blocks a tier must hold to go first", minimum=1)
+    CONFIDENCE = plugin.Param(
+        "minConfidence",
+        0.0,
+        "below this classifier probability the highest category rank is required",
+        minimum=0,
+    )
     parameter_docs = {
         "virtualModels": "virtual model name -> list of {model, rank, relativeCost, minPromptTokens, "
         "maxPromptTokens, keywords, fallback}",
         "categoryRanks": "category -> rank required (default: code, math, reasoning 1; others 0)",
-        **plugin.documented((CLASSIFIER, SPILL, QUEUE, KV, PREFIX_PLUGIN, AFFINITY)),
+        **plugin.documented((CLASSIFIER, CONFIDENCE, SPILL, QUEUE, KV, PREFIX_PLUGIN, AFFINITY)),
     }
 
     def __init__(
@@ -189,6 +196,7 @@ class TierRouter(plugin.TierRouter):
         virtual_models: Mapping[str, Sequence[Tier]],
         category_ranks: Mapping[str, int] | None = None,
         classify: classifier.PromptClassifier | None = None,
+        min_confidence: float = 0.0,
         spill: bool = True,
         queue_depth: int = 5,
         kv_utilization: float = 0.8,
@@ -200,6 +208,7 @@ class TierRouter(plugin.TierRouter):
         self.virtual_models = {model: tuple(tiers) for model, tiers in virtual_models.items()}
         self.category_ranks = dict(DEFAULT_CATEGORY_RANKS if category_ranks is None else category_ranks)
         self.classifier = classify
+        self.min_confidence = min_confidence
         self.spill = spill
         self.queue_depth = queue_depth
         self.kv_utilization = kv_utilization
@@ -237,6 +246,7 @@ class TierRouter(plugin.TierRouter):
             virtual_models=virtual,
             category_ranks=ranks,
             classify=found,
+            min_confidence=parameters.read(cls.CONFIDENCE),
             spill=parameters.read(cls.SPILL),
             queue_depth=parameters.read(cls.QUEUE) or thresholds.queue_depth,
             kv_utilization=parameters.read(cls.KV) or thresholds.kv_utilization,
@@ -285,7 +295,10 @@ class TierRouter(plugin.TierRouter):
             return max(matched), "rule", "", 0.0
         if self.classifier is not None and request.prompt:
             found = self.classifier.classify(request)
-            return self.category_ranks.get(found.category, 0), "classifier", found.category, found.seconds
+            rank = self.category_ranks.get(found.category, 0)
+            if found.probability < self.min_confidence:
+                rank = max(self.category_ranks.values(), default=rank)  # unsure: buy quality
+            return rank, "classifier", found.category, found.seconds
         fallback = next((t for t in eligible if t.fallback), None)
         return (fallback.rank if fallback is not None else 0), "fallback", "", 0.0
 
