@@ -69,12 +69,17 @@ class Director:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))
         finally:
             if self.metrics is not None:
-                self.metrics.scheduling_duration.observe(time.perf_counter() - began)
+                took = time.perf_counter() - began
+                self.metrics.scheduling_duration.observe(took)
+                self.metrics.gie.scheduler_e2e.observe(took)
         if not decision.endpoints:
             raise types.Rejection(503, "the scheduler chose no endpoint")
         flight = Flight(request=request, decision=decision, charge=self.store.charge(request, decision))
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+            label = self.metrics.model_label
+            models = (label(request.model), label(request.target_model))
+            self.metrics.child(self.metrics.gie.requests, *models, str(request.priority)).inc()
             if decision.tier is not None:
                 self._count_tier(decision.tier)
         if self.log_decisions:
@@ -99,7 +104,11 @@ class Director:
         assert self.metrics is not None
         label = self.metrics.model_label
         self.metrics.child(
-            "tier_decisions", label(tier.virtual_model), label(tier.model), tier.reason, tier.category
+            self.metrics.tier_decisions,
+            label(tier.virtual_model),
+            label(tier.model),
+            tier.reason,
+            tier.category,
         ).inc()
         if tier.classify_s:
             self.metrics.classification_duration.observe(tier.classify_s)
@@ -122,9 +131,33 @@ class Director:
             self.metrics.model_label(flight.request.target_model),
         )
         code = "aborted" if completion.aborted else str(completion.status)
-        self.metrics.child("requests", *models, code).inc()
-        self.metrics.child("request_duration", *models).observe(completion.duration_s)
+        self.metrics.child(self.metrics.requests, *models, code).inc()
+        self.metrics.child(self.metrics.request_duration, *models).observe(completion.duration_s)
         if completion.prompt_tokens:
-            self.metrics.child("prompt_tokens", *models).inc(completion.prompt_tokens)
+            self.metrics.child(self.metrics.prompt_tokens, *models).inc(completion.prompt_tokens)
         if completion.completion_tokens:
-            self.metrics.child("completion_tokens", *models).inc(completion.completion_tokens)
+            self.metrics.child(self.metrics.completion_tokens, *models).inc(completion.completion_tokens)
+        self._count_gie(models, completion, code)
+
+    def _count_gie(self, models: tuple[str, str], completion: types.Completion, code: str) -> None:
+        """The same completion under GIE's family names."""
+        assert self.metrics is not None
+        gie = self.metrics.gie
+        child = self.metrics.child
+        if completion.aborted or completion.status >= 400:
+            child(gie.request_errors, *models, code).inc()
+            return
+        child(gie.request_duration, *models).observe(completion.duration_s)
+        if completion.ttft_s is not None:
+            child(gie.ttft, *models).observe(completion.ttft_s)
+        if completion.prompt_tokens:
+            child(gie.input_tokens, *models).observe(completion.prompt_tokens)
+        if completion.cached_tokens:
+            child(gie.cached_tokens, *models).observe(completion.cached_tokens)
+        tokens = completion.completion_tokens
+        if tokens:
+            child(gie.output_tokens, *models).observe(tokens)
+            child(gie.normalized_tpot, *models).observe(completion.duration_s / tokens)
+            if tokens > 1 and completion.ttft_s is not None:
+                tpot = (completion.duration_s - completion.ttft_s) / (tokens - 1)
+                child(gie.tpot, *models).observe(tpot)

@@ -2,18 +2,24 @@
 
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
-Per-model families carry GIE's label names: `model_name` (what the client asked for) and `target_model_name`
-(what the endpoint serves, after any rewrite). Model names come from clients, so label values are bounded:
-the first `MAX_MODEL_LABELS` distinct names of routed requests are kept; any later one, and any name only
-refused requests carried, is counted as `other`.
+GIE's own family names (`inference_objective_*`, `inference_pool_*`,
+`inference_extension_scheduler_e2e_duration_seconds`) are exported too, with GIE's labels and buckets, so
+GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's label names: `model_name`
+(what the client asked for) and `target_model_name` (what the endpoint serves, after any rewrite). Model
+names come from clients, so label values are bounded: the first `MAX_MODEL_LABELS` distinct names of routed
+requests are kept; any later one, and any name only refused requests carried, is counted as `other`.
 """
 
 import dataclasses
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import prometheus_client
+from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
+
+from frontier_picker import endpoints
 
 MAX_MODEL_LABELS: Final = 256
 OTHER_MODEL: Final = "other"
@@ -36,7 +42,8 @@ class Metrics:
     completion_tokens: prometheus_client.Counter
     tier_decisions: prometheus_client.Counter
     classification_duration: prometheus_client.Histogram
-    _children: dict[tuple[str, ...], Any] = dataclasses.field(default_factory=dict)
+    gie: "GieMetrics"
+    _children: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     _models: set[str] = dataclasses.field(default_factory=set)
 
     def model_label(self, name: str, *, admit: bool = True) -> str:
@@ -49,19 +56,156 @@ class Metrics:
         self._models.add(name)
         return name
 
-    def child(self, family: str, *labels: str) -> Any:
-        """The labelled child of collector `family` (cached: `labels()` costs microseconds per call)."""
-        key = (family, *labels)
+    def child(self, collector: Any, *labels: str) -> Any:
+        """The labelled child of `collector` (cached: `labels()` costs microseconds per call)."""
+        key = (id(collector), *labels)
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = getattr(self, family).labels(*labels)
+            found = self._children[key] = collector.labels(*labels)
         return found
+
+
+# GIE v1.5.0's buckets (pkg/epp/metrics), so its dashboards' quantiles read the same.
+_GIE_LATENCY_BUCKETS: Final = (
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
+    120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+_GIE_TPOT_BUCKETS: Final = (
+    0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1,
+    1.5, 2, 3, 4.5, 6, 12, 18, 24, 30, 36, 48, 60, 90, 120, 180, 270, 360,
+)  # fmt: skip
+_GIE_TOKEN_BUCKETS: Final = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536, 131072, 262144, 524288,
+    1048576,
+)  # fmt: skip
+_GIE_SCHEDULER_BUCKETS: Final = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
+)  # fmt: skip
+_GIE_MODEL = ["model_name", "target_model_name"]
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class GieMetrics:
+    """The families GIE's endpoint picker exports under its own names, for the dashboards that read them:
+    `inference_objective_*` per model, `inference_pool_*` per pool, `inference_extension_*`."""
+
+    requests: prometheus_client.Counter
+    request_errors: prometheus_client.Counter
+    request_duration: prometheus_client.Histogram
+    ttft: prometheus_client.Histogram
+    tpot: prometheus_client.Histogram
+    normalized_tpot: prometheus_client.Histogram
+    input_tokens: prometheus_client.Histogram
+    output_tokens: prometheus_client.Histogram
+    cached_tokens: prometheus_client.Histogram
+    scheduler_e2e: prometheus_client.Histogram
+
+
+def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
+    def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> prometheus_client.Histogram:
+        return prometheus_client.Histogram(name, doc, _GIE_MODEL, buckets=buckets, registry=registry)
+
+    return GieMetrics(
+        requests=prometheus_client.Counter(
+            "inference_objective_request",
+            "Requests routed, by model, target model and priority (GIE's name)",
+            [*_GIE_MODEL, "priority"],
+            registry=registry,
+        ),
+        request_errors=prometheus_client.Counter(
+            "inference_objective_request_error",
+            "Requests refused or failed, by model, target model and error code (GIE's name)",
+            [*_GIE_MODEL, "error_code"],
+            registry=registry,
+        ),
+        request_duration=histogram(
+            "inference_objective_request_duration_seconds",
+            "Request latency (GIE's name)",
+            _GIE_LATENCY_BUCKETS,
+        ),
+        ttft=histogram(
+            "inference_objective_request_ttft_seconds",
+            "Time to the first response byte (first SSE event when streamed) (GIE's name)",
+            _GIE_LATENCY_BUCKETS,
+        ),
+        tpot=histogram(
+            "inference_objective_request_tpot_seconds",
+            "(duration - TTFT) / (output tokens - 1) per request (GIE's name)",
+            _GIE_TPOT_BUCKETS,
+        ),
+        normalized_tpot=histogram(
+            "inference_objective_normalized_time_per_output_token_seconds",
+            "Request latency divided by its output tokens (GIE's name)",
+            _GIE_TPOT_BUCKETS,
+        ),
+        input_tokens=histogram(
+            "inference_objective_input_tokens", "Prompt tokens per request (GIE's name)", _GIE_TOKEN_BUCKETS
+        ),
+        output_tokens=histogram(
+            "inference_objective_output_tokens", "Output tokens per request (GIE's name)", _GIE_TOKEN_BUCKETS
+        ),
+        cached_tokens=histogram(
+            "inference_objective_prompt_cached_tokens",
+            "Prompt tokens served from the prefix cache per request (GIE's name)",
+            _GIE_TOKEN_BUCKETS,
+        ),
+        scheduler_e2e=prometheus_client.Histogram(
+            "inference_extension_scheduler_e2e_duration_seconds",
+            "Scheduling latency per request (GIE's name)",
+            buckets=_GIE_SCHEDULER_BUCKETS,
+            registry=registry,
+        ),
+    )
+
+
+class PoolCollector(prometheus_registry.Collector):
+    """`inference_pool_*` gauges (GIE's names), read from the endpoint states when scraped: never stale and
+    nothing to update per request."""
+
+    def __init__(self, pool: str, states: Callable[[], Sequence[endpoints.EndpointState]]) -> None:
+        self.pool = pool
+        self.states = states
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        states = self.states()
+        count = len(states)
+
+        def gauge(name: str, doc: str, value: float) -> prometheus_metrics_core.GaugeMetricFamily:
+            family = prometheus_metrics_core.GaugeMetricFamily(name, doc, labels=["name"])
+            family.add_metric([self.pool], value)
+            return family
+
+        def mean(values: Iterable[float]) -> float:
+            return sum(values) / count if count else 0.0
+
+        yield gauge("inference_pool_ready_pods", "Endpoints in the pool (GIE's name)", count)
+        yield gauge(
+            "inference_pool_average_kv_cache_utilization",
+            "Mean KV cache use over the pool's endpoints (GIE's name)",
+            mean(s.metrics.kv_usage for s in states),
+        )
+        yield gauge(
+            "inference_pool_average_queue_size",
+            "Mean waiting requests over the pool's endpoints (GIE's name)",
+            mean(s.metrics.waiting for s in states),
+        )
+        yield gauge(
+            "inference_pool_average_running_requests",
+            "Mean running requests over the pool's endpoints (GIE's name)",
+            mean(s.metrics.running for s in states),
+        )
+
+
+def watch_pool(metrics: Metrics, pool: str, states: Callable[[], Sequence[endpoints.EndpointState]]) -> None:
+    """Export the `inference_pool_*` gauges of `pool` from `states` (the datastore's)."""
+    metrics.registry.register(PoolCollector(pool, states))
 
 
 def create() -> Metrics:
     """A fresh registry with the picker's collectors."""
     registry = prometheus_registry.CollectorRegistry()
     return Metrics(
+        gie=_gie(registry),
         registry=registry,
         requests=prometheus_client.Counter(
             "frontier_picker_requests",

@@ -419,7 +419,7 @@ class Stream:
 
     def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
         self.closed = True
-        self.ctx.metrics.child("errors", str(status)).inc()
+        self.ctx.metrics.child(self.ctx.metrics.errors, str(status)).inc()
         request = self.request
         labels = self.ctx.metrics.model_label
         models = (
@@ -427,7 +427,8 @@ class Stream:
             if request is not None
             else ("", "")
         )
-        self.ctx.metrics.child("requests", *models, str(status)).inc()
+        self.ctx.metrics.child(self.ctx.metrics.requests, *models, str(status)).inc()
+        self.ctx.metrics.child(self.ctx.metrics.gie.request_errors, *models, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
         return replies.immediate(status, reason)
 

@@ -167,6 +167,7 @@ async def start(
 
     store.subscribe(on_change)
     on_change()
+    metrics.watch_pool(own_metrics, options.pool_name or "endpoints-file", store.states)
 
     ext_proc_server = grpc.aio.server(
         options=[

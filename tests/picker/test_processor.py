@@ -4,9 +4,12 @@ served endpoint reported in `envoy.lb` metadata, a chunked body over the limit, 
 
 from collections.abc import Sequence
 
+import prometheus_client
+import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from google.protobuf import struct_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from frontier_api import names
 from frontier_picker import datastore, director, endpoints, metrics, processor
@@ -224,3 +227,35 @@ def test_a_body_the_tier_cannot_be_spliced_into_is_refused_and_its_charge_refund
     assert b"more than once" in reply.immediate_response.body
     assert handler.ctx.director.store.in_flight() == 0
     assert scheduler.completions == [] and handler.ctx.director.scheduler.completions[0].aborted
+
+
+def test_gie_dashboards_find_their_metric_names() -> None:
+    handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    own = handler.ctx.metrics
+    metrics.watch_pool(own, "chat", handler.ctx.director.store.states)
+    handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r9")]))
+    handler.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    flight = handler.flight
+    assert flight is not None
+    completion = types.Completion(
+        endpoint="10.0.0.1:8000",
+        status=200,
+        prompt_tokens=40,
+        completion_tokens=11,
+        ttft_s=0.2,
+        duration_s=1.2,
+    )
+    handler.ctx.director.complete(flight, completion)
+    text = prometheus_client.generate_latest(own.registry).decode()
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    model = (("model_name", "m"), ("target_model_name", "m"))
+    assert samples[("inference_objective_request_total", (*model[:1], ("priority", "0"), *model[1:]))] == 1
+    assert samples[("inference_objective_request_ttft_seconds_count", model)] == 1
+    assert samples[("inference_objective_request_tpot_seconds_sum", model)] == pytest.approx(0.1)  # 1.0 / 10
+    assert samples[("inference_objective_input_tokens_sum", model)] == 40
+    assert samples[("inference_pool_ready_pods", (("name", "chat"),))] == 2
+    assert samples[("inference_extension_scheduler_e2e_duration_seconds_count", ())] == 1

@@ -295,15 +295,15 @@ def test_sheddable_requests_get_429_only_when_every_endpoint_is_saturated():
     ).primary == fleet.key(1)
 
 
-def test_no_endpoint_or_no_endpoint_for_the_model_is_503():
+def test_no_endpoint_is_503_and_a_model_the_pool_does_not_serve_is_404():
     scheduler = config.load()
     with pytest.raises(types.Rejection) as empty:
         scheduler.schedule(fleet.request(), fleet.snapshot([]))
     assert empty.value.status == 503
     other_model = [fleet.state(0, labels={"inference.frontier.dev/model": "qwen"})]
-    with pytest.raises(types.Rejection, match="'llama'") as wrong:
+    with pytest.raises(types.Rejection, match=r"'llama'.*qwen") as wrong:
         scheduler.schedule(fleet.request(), fleet.snapshot(other_model))
-    assert wrong.value.status == 503
+    assert wrong.value.status == 404  # the frontier config's tier router knows what the pool serves
 
 
 def test_prefill_endpoint_is_chosen_only_for_long_uncached_prompts():
