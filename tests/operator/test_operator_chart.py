@@ -1,7 +1,9 @@
 """The Helm chart: lint, what it renders, and a server-side dry-run apply on the local control plane."""
 
+import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -179,3 +181,60 @@ def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_pa
     finally:
         op.stop()
         oc.delete_namespace(api, ns)
+
+
+def _metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (identifiers that are not functions, keywords or labels)."""
+    words = set(re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", "", expr)))
+    grouping = set(re.findall(r"by \(([^)]*)\)", expr))
+    labels = {label.strip() for group in grouping for label in group.split(",")}
+    functions = {"sum", "rate", "histogram_quantile", "by", "le"}
+    return {word for word in words - functions - labels if "_" in word}
+
+
+def test_the_dashboard_only_queries_metrics_the_picker_exports(helm):
+    from prometheus_client import generate_latest
+
+    from frontier_picker import datastore, director, endpoints, metrics
+    from frontier_picker.scheduling import config, types
+
+    docs = _kinds(_template(helm, "--set", "dashboard.enabled=true"))
+    config_map = docs[("ConfigMap", "frontier-dashboard")]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["frontier-picker.json"])
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    read = set().union(*map(_metric_names, exprs))
+    assert {"inference_objective_request_total", "inference_pool_ready_pods"} <= read  # the parse finds names
+
+    # A picker that routed, refused and completed requests exports every family the dashboard reads.
+    own = metrics.create()
+    store = datastore.Datastore()
+    store.replace([endpoints.Endpoint(name="e0", address="127.7.0.1", port=8000)])
+    metrics.watch_pool(own, "chat", store.states)
+    routed = director.Director(scheduler=config.load(builtin="round-robin"), store=store, metrics=own)
+    request = types.Request(request_id="r", model="m", target_model="m", prompt="hello")
+    flight = routed.decide(request, now=0.0)
+    routed.complete(
+        flight,
+        types.Completion(
+            endpoint="127.7.0.1:8000",
+            status=200,
+            prompt_tokens=9,
+            completion_tokens=4,
+            cached_tokens=3,
+            ttft_s=0.1,
+            duration_s=0.4,
+        ),
+    )
+    own.child(own.errors, "429").inc()
+    own.child(own.gie.request_errors, "m", "m", "429").inc()
+    own.child(own.tier_decisions, "auto", "m", "classifier", "code").inc()
+    own.classification_duration.observe(0.0003)
+    exported = generate_latest(own.registry).decode()
+    families = {line.split()[2] for line in exported.splitlines() if line.startswith("# TYPE")}
+    series = families | {
+        f"{name}_{suffix}" for name in families for suffix in ("total", "bucket", "sum", "count")
+    }
+    for expr in exprs:
+        missing = _metric_names(expr) - series
+        assert not missing, f"{expr}: {missing} not exported by the picker"
