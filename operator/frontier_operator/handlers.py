@@ -155,15 +155,30 @@ async def _resync_forever(reconciler: reconcile.Reconciler, namespaces: Sequence
     while True:
         await asyncio.sleep(reconciler.cfg.resync_seconds)
         try:
-            reconciler.forget_pickers()
-            tiers = await asyncio.to_thread(
-                reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
-            )
-            for t in tiers:
-                if watched(t["metadata"]["namespace"], namespaces):
-                    await reconciler.tier(t["metadata"]["namespace"], t["metadata"]["name"])
+            await resync_once(reconciler, namespaces)
         except Exception:
-            log.exception("resync failed")
+            log.exception("event=resync_failed")  # listing failed: the next period tries again
+
+
+async def resync_once(reconciler: reconcile.Reconciler, namespaces: Sequence[str]) -> list[str]:
+    """One full pass over the watched tiers; returns the tiers (`namespace/name`) whose pass failed. Each
+    tier's pass is isolated: one broken tier never keeps the others from being repaired."""
+    reconciler.forget_pickers()
+    tiers = await asyncio.to_thread(
+        reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
+    )
+    failed = []
+    for t in tiers:
+        namespace, name = t["metadata"]["namespace"], t["metadata"]["name"]
+        if not watched(namespace, namespaces):
+            continue
+        try:
+            await reconciler.tier(namespace, name)
+        except Exception as error:
+            failed.append(f"{namespace}/{name}")
+            log.exception("event=resync_tier_failed tier=%s/%s error=%r", namespace, name, error)
+    log.info("event=resync tiers=%d failed=%d", len(tiers), len(failed))
+    return failed
 
 
 def connection_info(client: kube.Kube) -> kopf.ConnectionInfo:

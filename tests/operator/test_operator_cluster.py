@@ -11,6 +11,7 @@ import pytest
 from kubernetes.dynamic import exceptions
 
 from frontier_api import modeltier, names
+from frontier_operator import handlers, kube, reconcile, settings
 
 pytestmark = pytest.mark.cluster
 
@@ -333,3 +334,28 @@ def test_autoscaled_role_gets_an_hpa_that_goes_when_replicas_are_fixed_again(
         lambda: api.get("autoscaling/v2", "HorizontalPodAutoscaler", ns, f"{TIER}-decode") is None,
     )
     oc.wait_for("decode at 2 replicas", lambda: _deployment(api, ns, "decode")["spec"]["replicas"] == 2)
+
+
+class _BrokenFor(reconcile.Reconciler):
+    """The real reconciler, except that one tier's pass raises (as an unexpected API error would)."""
+
+    broken = "aaa-broken"
+
+    async def tier(self, namespace, name, *, body=None):
+        if name == self.broken:
+            raise RuntimeError("the API server answered something unexpected")
+        return await super().tier(namespace, name, body=body)
+
+
+async def test_one_broken_tier_does_not_stop_the_resync_of_the_others(namespace, api, control_plane):
+    ns = namespace("op-resync")
+    api.create(samples.pool(namespace=ns) | {"metadata": {"name": "chat", "namespace": ns}})
+    for name in (_BrokenFor.broken, "zzz-fine"):  # the broken one is listed first
+        obj = samples.tier(name, ns)
+        del obj["metadata"]["uid"], obj["metadata"]["generation"]
+        api.create(obj)
+    client = kube.Kube(control_plane.api_client(), field_manager="frontier-operator")
+    reconciler = _BrokenFor(client, settings.Settings())
+    failed = await handlers.resync_once(reconciler, [ns])
+    assert failed == [f"{ns}/{_BrokenFor.broken}"]
+    assert api.get("apps/v1", "Deployment", ns, "zzz-fine-decode") is not None
