@@ -232,13 +232,17 @@ class Reconciler:
         old = obj.get("status") or {}
         if all(old.get(k) == v for k, v in new.items()):
             return False
+        patch = dict(new)
+        dropped = set(old.get("roles") or {}) - set(new.get("roles") or {})
+        if dropped:  # a merge patch keeps keys it does not name: null removes a role the tier no longer has
+            patch["roles"] = {**(new.get("roles") or {}), **dict.fromkeys(sorted(dropped))}
         await asyncio.to_thread(
             self.kube.patch_status,
             TIER_API,
             names.MODEL_TIER_KIND,
             namespace=meta["namespace"],
             name=meta["name"],
-            status=new,
+            status=patch,
         )
         obj["status"] = new  # type: ignore[index]
         return True

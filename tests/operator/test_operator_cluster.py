@@ -359,3 +359,23 @@ async def test_one_broken_tier_does_not_stop_the_resync_of_the_others(namespace,
     failed = await handlers.resync_once(reconciler, [ns])
     assert failed == [f"{ns}/{_BrokenFor.broken}"]
     assert api.get("apps/v1", "Deployment", ns, "zzz-fine-decode") is not None
+
+
+def test_roles_a_tier_no_longer_has_leave_its_status(namespace, api, control_plane, operator_factory):
+    ns = namespace("op-roles")
+    operator_factory(ns)
+    _apply_pool_and_tier(api, ns)
+    assert set(_ready_tier(api, ns)["status"]["roles"]) == {names.ROLE_PREFILL, names.ROLE_DECODE}
+    aggregated = {
+        "disaggregation": {"enabled": False},
+        "prefill": None,
+        "decode": None,
+        "serving": {"replicas": 1, "accelerator": {"type": samples.H100}},
+    }
+    api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": aggregated})
+
+    def serving_only():
+        tier = _ready_tier(api, ns)
+        return tier if set(tier["status"]["roles"]) == {names.ROLE_BOTH} else None
+
+    assert oc.wait_for("status with the serving role only", serving_only)["status"]["readyRoles"] == "1/1"
