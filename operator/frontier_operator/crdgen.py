@@ -70,6 +70,16 @@ def modeltier_crd() -> dict[str, Any]:
                         {"name": "Tier", "type": "integer", "jsonPath": ".spec.tier.rank"},
                         {"name": "Model", "type": "string", "jsonPath": ".spec.model.servedName"},
                         {"name": "Ready Roles", "type": "string", "jsonPath": ".status.readyRoles"},
+                        {
+                            "name": "Ready",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                        },
+                        {
+                            "name": "Reason",
+                            "type": "string",
+                            "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                        },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": root},
