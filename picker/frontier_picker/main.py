@@ -2,39 +2,42 @@
 
 GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
 `--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
-`--cert-path`. Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`,
-`--max-body-bytes`, `--builtin-config`, `--address` and `--kubeconfig`. Every port accepts 0 (the OS
-picks; the log says which).
+`--cert-path`, `--refresh-metrics-interval` (50ms). Every other flag of the GIE v1.5.0 EPP is accepted too:
+`frontier_picker.gie_flags.FLAGS` says, flag by flag, whether it maps onto a Frontier option (`--v` and
+`--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start fails with a
+message naming what to use instead). A flag unknown to both stops the start, as in GIE. Frontier adds
+`--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`, `--builtin-config`,
+`--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the log says which).
 """
 
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 from frontier_api import names
-from frontier_picker import logs, server
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from frontier_picker import gie_flags, logs, server
 
 
 def parser() -> argparse.ArgumentParser:
-    parse = argparse.ArgumentParser(prog="frontier-picker", description=__doc__.splitlines()[0])
+    """The command line: Frontier's options plus every GIE EPP flag (`gie_flags.FLAGS`)."""
+    # No abbreviations, as in pflag: otherwise a GIE flag could silently match a longer Frontier option.
+    parse = argparse.ArgumentParser(
+        prog="frontier-picker", description=__doc__.splitlines()[0], allow_abbrev=False
+    )
     parse.add_argument("--address", default="0.0.0.0", help="address every server binds")
     parse.add_argument("--grpc-port", type=int, default=names.EXT_PROC_PORT, help="ext_proc port")
     parse.add_argument("--grpc-health-port", type=int, default=names.HEALTH_PORT, help="gRPC health port")
     parse.add_argument("--metrics-port", type=int, default=names.METRICS_PORT, help="Prometheus metrics port")
     parse.add_argument("--pool-name", help="InferencePool to serve (Kubernetes discovery)")
-    parse.add_argument("--pool-namespace", default="default", help="namespace of the InferencePool")
+    parse.add_argument(
+        "--pool-namespace",
+        default="",
+        help="namespace of the InferencePool (default: the NAMESPACE environment variable, then default)",
+    )
     parse.add_argument("--kubeconfig", type=Path, help="kubeconfig file (default: in-cluster, then ~/.kube)")
     parse.add_argument(
         "--endpoints-file", type=Path, help="YAML/JSON endpoints file (discovery without Kubernetes)"
@@ -44,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     configs.add_argument("--config-text", help="EndpointPickerConfig YAML text")
     parse.add_argument(
         "--secure-serving",
-        type=_boolean,
+        type=gie_flags.parse_bool,
         nargs="?",
         const=True,
         default=True,
@@ -96,16 +99,28 @@ def parser() -> argparse.ArgumentParser:
     )
     parse.add_argument(
         "--refresh-metrics-interval",
-        type=float,
+        type=gie_flags.parse_duration,
         default=0.05,
-        help="seconds between scrapes of each endpoint's /metrics (0: no scraping)",
+        help="interval between scrapes of each endpoint's /metrics: a Go duration (50ms, the default) or "
+        "seconds (0: no scraping)",
     )
-    parse.add_argument("--log-level", default="INFO", help="DEBUG logs one line per completed request too")
+    parse.add_argument(
+        "--log-level",
+        help="INFO unless GIE's --v or --zap-log-level says otherwise; DEBUG logs one line per completed "
+        "request too",
+    )
+    gie_flags.add_arguments(parse)
     return parse
 
 
+def log_level(arguments: argparse.Namespace) -> str:
+    """`--log-level` if given, else what GIE's `--zap-log-level` or `--v` asks for, else INFO."""
+    return str(arguments.log_level or gie_flags.log_level(arguments) or "INFO")
+
+
 def options(arguments: argparse.Namespace) -> server.Options:
-    """Server options from parsed arguments."""
+    """Server options from parsed arguments; exits when a GIE flag Frontier refuses was given."""
+    gie_flags.check(arguments)
     if arguments.pool_name and arguments.endpoints_file:
         raise SystemExit("frontier-picker: give --pool-name or --endpoints-file, not both")
     if not arguments.pool_name and not arguments.endpoints_file:
@@ -139,7 +154,8 @@ def options(arguments: argparse.Namespace) -> server.Options:
         endpoints_poll_s=arguments.endpoints_poll_interval,
         refresh_metrics_interval_s=arguments.refresh_metrics_interval,
         pool_name=arguments.pool_name,
-        pool_namespace=arguments.pool_namespace,
+        # GIE's resolution: the flag, else the pod's namespace from the downward API, else default.
+        pool_namespace=arguments.pool_namespace or os.environ.get("NAMESPACE") or "default",
         kubeconfig=arguments.kubeconfig,
     )
 
@@ -164,7 +180,7 @@ async def run(arguments: argparse.Namespace, handler: logs.BatchedStreamHandler)
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser().parse_args(argv)
-    handler = logs.configure(arguments.log_level)
+    handler = logs.configure(log_level(arguments))
     try:
         asyncio.run(run(arguments, handler))
     except ValueError as error:  # configuration errors name the field and value
