@@ -119,6 +119,20 @@ class ModelSource(schema.Model):
 class Routing(schema.Model):
     """Hints the picker uses to choose this tier for a request."""
 
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            rule="!has(self.minPromptTokens) || !has(self.maxPromptTokens)"
+            " || self.minPromptTokens <= self.maxPromptTokens",
+            message="tier.routing.minPromptTokens must not exceed maxPromptTokens",
+            field_path=".minPromptTokens",
+        ),
+        schema.Rule(
+            rule="!has(self.keywords) || self.keywords.all(k, size(k) >= 1 && size(k) <= 128)",
+            message="tier.routing.keywords entries must be 1 to 128 characters",
+            field_path=".keywords",
+        ),
+    )
+
     max_prompt_tokens: int | None = schema.prop(
         "Prefer this tier only for prompts up to this many tokens.", default=None, minimum=1
     )

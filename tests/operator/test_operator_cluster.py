@@ -240,6 +240,10 @@ def invalid_ns(control_plane, api):
             "spec.engine.speculative.draftModel",
         ),
         (lambda s: s["tier"].update(virtualModels=[""]), "spec.tier.virtualModels"),
+        (
+            lambda s: s["tier"].update(routing={"minPromptTokens": 900, "maxPromptTokens": 100}),
+            "spec.tier.routing.minPromptTokens",
+        ),
     ],
     ids=[
         "unknown-quantization",
@@ -247,6 +251,7 @@ def invalid_ns(control_plane, api):
         "pd-with-one-role",
         "eagle3-without-draft",
         "empty-virtual-model",
+        "prompt-bounds-reversed",
     ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
