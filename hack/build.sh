@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local Kubernetes control plane used by the cluster tests, from the Go module proxy only:
-#   kubecp  one multi-call binary: etcd, kube-apiserver, kube-controller-manager, kube-scheduler (hack/kubecp)
+#   kubecp  one multi-call binary: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
+#           (hack/kubecp)
 #   kwok    fake kubelets (nodes and pods become Ready without containers)
 #   helm    v4, for the chart tests
 # and copies the assets they need out of the Go module cache (never committed):
@@ -66,7 +67,7 @@ else
 	timed "kubecp-$K8S_VERSION" build_kubecp
 	echo "$kubecp_stamp" >"$bin/.kubecp.stamp"
 fi
-for name in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
 	ln -sf kubecp "$bin/$name"
 done
 

@@ -1,5 +1,6 @@
 // Command kubecp is a multi-call binary holding a whole local Kubernetes control plane: etcd, kube-apiserver,
-// kube-controller-manager and kube-scheduler, linked from the upstream Go modules because no container runtime
+// kube-controller-manager, kube-scheduler and kubectl (so tests and READMEs use `kubectl apply -f` as users
+// do), linked from the upstream Go modules because no container runtime
 // (kind) or release download is available here.
 //
 // It dispatches on the name it was invoked as (a symlink named kube-apiserver, ...) or, failing that, on its
@@ -23,6 +24,7 @@ import (
 	_ "k8s.io/component-base/metrics/prometheus/clientgo" // client-go metrics
 	_ "k8s.io/component-base/metrics/prometheus/version"  // version metric
 	_ "k8s.io/component-base/metrics/prometheus/workqueue"
+	kubectl "k8s.io/kubectl/pkg/cmd"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
@@ -33,6 +35,7 @@ var cobraCommands = map[string]func() *cobra.Command{
 	"kube-apiserver":          apiserver.NewAPIServerCommand,
 	"kube-controller-manager": controllermanager.NewControllerManagerCommand,
 	"kube-scheduler":          func() *cobra.Command { return scheduler.NewSchedulerCommand() },
+	"kubectl":                 kubectl.NewDefaultKubectlCommand,
 }
 
 func usage() {
@@ -66,5 +69,12 @@ func main() {
 	}
 	command := newCommand()
 	command.SetArgs(args)
+	if name == "kubectl" {
+		// kubectl prints its own errors; cli.Run would print them twice.
+		if err := cli.RunNoErrOutput(command); err != nil {
+			os.Exit(1)
+		}
+		return
+	}
 	os.Exit(cli.Run(command))
 }

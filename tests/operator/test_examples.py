@@ -3,12 +3,14 @@ control plane with the operator running they become Deployments and a picker who
 two-tier example's virtual model."""
 
 import pathlib
+import subprocess
 
 import operator_cluster as oc
 import pytest
 import yaml
 
 from frontier_api import modeltier, names
+from frontier_testkit import controlplane
 
 EXAMPLES = oc.REPO / "examples"
 
@@ -47,10 +49,13 @@ def test_examples_apply_and_the_two_tiers_share_auto(control_plane, tmp_path):
         kubeconfig=pathlib.Path(control_plane.kubeconfig), namespace=ns, log_path=tmp_path / "op.log"
     )
     try:
-        for path in sorted(EXAMPLES.glob("*.yaml")):
-            for doc in _documents(path):
-                doc["metadata"]["namespace"] = ns
-                api.create(doc)
+        # As a user would: kubectl (linked into the control plane's binary) applies the folder.
+        kubectl = [
+            str(controlplane.default_cache_dir() / "bin" / "kubectl"),
+            "--kubeconfig",
+            control_plane.kubeconfig,
+        ]
+        subprocess.run([*kubectl, "apply", "-n", ns, "-f", str(EXAMPLES)], check=True, capture_output=True)
 
         def router():
             found = api.get("v1", "ConfigMap", ns, "chat-picker-config")
@@ -63,6 +68,13 @@ def test_examples_apply_and_the_two_tiers_share_auto(control_plane, tmp_path):
         auto = oc.wait_for("auto over the two example tiers", router)
         assert auto["meta-llama/Llama-3.1-8B-Instruct"].fallback
         assert auto["meta-llama/Llama-3.3-70B-Instruct"].relative_cost == 6
+        listed = subprocess.run(
+            [*kubectl, "get", "modeltiers", "-n", ns], check=True, capture_output=True, text=True
+        ).stdout
+        assert listed.split("\n")[0].split()[:4] == ["NAME", "POOL", "TIER", "MODEL"]
+        assert {line.split()[0] for line in listed.strip().split("\n")[1:]} == {
+            t["metadata"]["name"] for t in _tiers()
+        }
         for tier in _tiers():
             roles = modeltier.parse_spec(tier["spec"]).roles()
             for role in roles:
