@@ -10,12 +10,15 @@ Endpoints: `/v1/completions` and `/v1/chat/completions` (SSE streaming or not, `
 `/v1/load_lora_adapter`, `/v1/unload_lora_adapter`, `/reset_prefix_cache`, plus SGLang's `/get_model_info`
 and `/get_server_info` so SGLang's router accepts the simulator as a worker.
 
-Prefill/decode disaggregation follows llm-d: a request carrying `kv_transfer_params.do_remote_decode` is
-prefilled only and answered with `kv_transfer_params` naming its KV blocks; a request with header
-`x-prefiller-host-port` makes this server play llm-d's routing sidecar: it sends the prefill endpoint the
-request (`max_tokens=1`, `stream=false`, `do_remote_decode=true`), waits the KV transfer time (uncached prompt
-KV bytes per GPU over `--sim-kv-link-gbps`), then decodes with the prompt's KV in place. TTFT counts all of
-it.
+Prefill/decode disaggregation speaks vLLM's NixlConnector protocol, as llm-d uses it: a request carrying
+`kv_transfer_params.do_remote_decode` is prefilled only and answered with `kv_transfer_params` naming its KV
+blocks (`do_remote_prefill`, `remote_block_ids`, `remote_engine_id`, `remote_host`, `remote_port`); a request
+carrying those params back (`do_remote_prefill: true`) is decoded with the prompt's KV pulled from the prefill
+endpoint: it waits the KV transfer time (uncached prompt KV bytes per GPU over `--sim-kv-link-gbps`), then
+computes only the last prompt token. `frontier-sidecar` drives that protocol in front of this server or vLLM.
+Without a sidecar, a request with header `x-prefiller-host-port` makes this server play the sidecar itself:
+it sends the prefill endpoint the request (`max_tokens=1`, `stream=false`, `do_remote_decode=true`), then
+decodes through the same path with the params it got back. TTFT counts all of it.
 
 A client that disconnects aborts its request, which frees its KV blocks.
 """
@@ -54,6 +57,15 @@ class RequestError(Exception):
         self.kind = kind
 
 
+def _remote_kv(transfer: dict[str, Any]) -> dict[str, Any] | None:
+    """`transfer` if it asks to decode with the prompt KV of a remote prefill (vLLM's NixlConnector fields).
+
+    Like vLLM, params that do not name the remote blocks leave the request to be prefilled locally.
+    """
+    pull = transfer.get("do_remote_prefill") and isinstance(transfer.get("remote_block_ids"), list)
+    return transfer if pull else None
+
+
 def error_response(err: RequestError) -> web.Response:
     body = {"object": "error", "message": err.message, "type": err.kind, "param": None, "code": err.status}
     return web.Response(status=err.status, body=orjson.dumps(body), content_type="application/json")
@@ -83,6 +95,8 @@ class _Parsed:
     stream: bool
     include_usage: bool
     prefill_only: bool
+    # kv_transfer_params naming prompt KV to pull from a prefill endpoint (None: prefill here).
+    remote_kv: dict[str, Any] | None
     body: dict[str, Any]
 
 
@@ -254,7 +268,9 @@ class Server:
             raise RequestError(400, f"max_tokens={max_tokens!r}: must be a positive integer")
         stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
-        transfer = body.get("kv_transfer_params") or {}
+        transfer = body.get("kv_transfer_params")
+        transfer = transfer if isinstance(transfer, dict) else {}
+        prefill_only = bool(transfer.get("do_remote_decode"))
         return _Parsed(
             chat=chat,
             model=model,
@@ -264,7 +280,8 @@ class Server:
             explicit_max_tokens=explicit,
             stream=stream,
             include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-            prefill_only=bool(isinstance(transfer, dict) and transfer.get("do_remote_decode")),
+            prefill_only=prefill_only,
+            remote_kv=None if prefill_only else _remote_kv(transfer),
             body=body,
         )
 
@@ -285,10 +302,10 @@ class Server:
                 raise RequestError(400, f"the request body is not valid JSON: {e}") from None
             parsed = self._parse(body, chat=chat)
             prefiller = request.headers.get(names.PREFILLER_HOST_PORT)
-            kv_transferred = False
-            if prefiller and not parsed.prefill_only:
-                await self._remote_prefill(request.path, parsed, prefiller)
-                kv_transferred = True
+            if prefiller and not parsed.prefill_only and parsed.remote_kv is None:
+                parsed.remote_kv = await self._remote_prefill(request.path, parsed, prefiller)
+            if parsed.remote_kv is not None:
+                await self._pull_kv(parsed, parsed.remote_kv)
         except RequestError as err:
             return error_response(err)
         prefix = "chatcmpl" if chat else "cmpl"
@@ -303,7 +320,7 @@ class Server:
                 max_tokens=parsed.max_tokens,
                 lora=parsed.lora,
                 prefill_only=parsed.prefill_only,
-                kv_transferred=kv_transferred,
+                kv_transferred=parsed.remote_kv is not None,
             )
         except ValueError as e:
             return error_response(RequestError(400, str(e)))
@@ -417,8 +434,8 @@ class Server:
         return response
 
     # --- prefill/decode -------------------------------------------------------------------------------------
-    async def _remote_prefill(self, path: str, parsed: _Parsed, prefiller: str) -> None:
-        """Play llm-d's routing sidecar: prefill on `prefiller`, then wait for the KV transfer."""
+    async def _remote_prefill(self, path: str, parsed: _Parsed, prefiller: str) -> dict[str, Any]:
+        """Play llm-d's routing sidecar: prefill on `prefiller`; returns the kv_transfer_params it answers."""
         body = dict(parsed.body)
         body.pop("stream_options", None)
         body.update(stream=False, max_tokens=1)
@@ -444,13 +461,25 @@ class Server:
                     )
         except aiohttp.ClientError as e:
             raise RequestError(502, f"prefill endpoint {prefiller} failed: {e}", "BadGatewayError") from None
-        params = orjson.loads(payload).get("kv_transfer_params") or {}
-        if not params.get("remote_block_ids") and params.get("remote_block_ids") != []:
+        params = orjson.loads(payload).get("kv_transfer_params")
+        remote_kv = _remote_kv(params) if isinstance(params, dict) else None
+        if remote_kv is None:
             raise RequestError(502, f"prefill endpoint {prefiller} returned no kv_transfer_params")
+        return remote_kv
+
+    async def _pull_kv(self, parsed: _Parsed, remote_kv: dict[str, Any]) -> None:
+        """The decode side of a remote prefill: wait while the prompt KV this engine lacks is transferred."""
         local = self.core.cached_prefix_tokens(parsed.prompt_ids, parsed.lora)
         pulled = max(len(parsed.prompt_ids) - local, 0)
         transfer_s = pulled * self.core.model.kv_bytes_per_token_per_gpu / self.settings.kv_link_bytes_per_s
-        log.debug("event=kv_transfer prefill=%s tokens=%d model_seconds=%.6f", prefiller, pulled, transfer_s)
+        log.debug(
+            "event=kv_transfer remote_engine=%s remote_host=%s remote_port=%s tokens=%d model_seconds=%.6f",
+            remote_kv.get("remote_engine_id"),
+            remote_kv.get("remote_host"),
+            remote_kv.get("remote_port"),
+            pulled,
+            transfer_s,
+        )
         await asyncio.sleep(transfer_s * self.settings.time_scale)
 
     # --- the rest of the surface ----------------------------------------------------------------------------

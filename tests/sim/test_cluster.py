@@ -187,7 +187,7 @@ def test_prefill_decode_disaggregation_prefills_elsewhere_and_pays_the_transfer(
 def test_rejections_are_recorded_with_their_status():
     workload = [cluster.Arrival(at=0.0, model="no-such-model", prompt="hello world " * 20, max_tokens=4)]
     results = cluster.run(engines=small(2), workload=workload, policy="frontier")
-    assert results.status.tolist() == [503]
+    assert results.status.tolist() == [404]  # the frontier config's tier router: a model nobody serves
     assert results.summary()["completed"] == 0
 
 
