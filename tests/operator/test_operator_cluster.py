@@ -104,8 +104,9 @@ def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected
     args = _engine_args(decode)
     assert args[args.index("--quantization") + 1] == "fp8"
     assert '"method":"ngram"' in args[args.index("--speculative-config") + 1]
-    container = decode["spec"]["template"]["spec"]["containers"][0]
+    container, side = decode["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["frontier-sim", "serve"]
+    assert side["command"] == ["frontier-sidecar"]  # decode pods route through the P/D sidecar
     assert container["resources"]["limits"][names.GPU_RESOURCE] == "2"
     pods = api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}={TIER}")
     assert len(pods) == 6
