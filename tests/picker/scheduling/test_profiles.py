@@ -353,3 +353,33 @@ def test_session_requests_stay_on_their_endpoint():
     for i in range(2, 10):
         request = fleet.request(f"turn {i} unrelated text " * 10, request_id=str(i), session_token="s1")
         assert scheduler.schedule(request, fleet.snapshot(states)).primary == first.primary
+
+
+def test_the_load_aware_decider_prefills_locally_when_that_is_sooner():
+    text = (
+        config.builtin_text("frontier")
+        .replace(
+            "type: prefix-based-pd-decider\n  parameters: {nonCachedTokens: 2048}",
+            "type: load-aware-pd-decider\n  parameters: {nonCachedTokens: 2048, maxPrefillBacklog: 8192}",
+        )
+        .replace(
+            "parameters: {decodeProfile: frontier, prefillProfile: frontier-prefill}",
+            "parameters: {decodeProfile: frontier, prefillProfile: frontier-prefill, "
+            "deciderPluginName: load-aware-pd-decider}",
+        )
+    )
+    long_prompt = "".join(f"document {i} ".ljust(64, "#") for i in range(160))  # ~2,560 tokens
+
+    def decide(decode_running: int, prefill_waiting: int, request_id: str):
+        scheduler = config.load(text, seed=2)
+        states = [
+            fleet.state(0, labels=fleet.role("prefill"), waiting=prefill_waiting),
+            fleet.state(1, labels=fleet.role("decode"), running=decode_running),
+        ]
+        return scheduler.schedule(fleet.request(long_prompt, request_id=request_id), fleet.snapshot(states))
+
+    assert decide(decode_running=8, prefill_waiting=0, request_id="busy").prefill == fleet.key(0)
+    assert decide(decode_running=0, prefill_waiting=0, request_id="idle").prefill is None  # no one to stall
+    assert (
+        decide(decode_running=8, prefill_waiting=5, request_id="backed-up").prefill is None
+    )  # 5 x 2048 > 8192
