@@ -170,6 +170,7 @@ class TierRouter(plugin.TierRouter):
         "cheapest first (prefix holder first), spill while the chosen endpoint is saturated"
     )
     intent = "cost (cheapest sufficient tier) and latency (spill-over)"
+    consumes = frozenset({"metrics", "labels"})
     CLASSIFIER = plugin.Param("classifier", "", "name of a prompt-classifier plugin; none: rules only")
     SPILL = plugin.Param("spill", True, "try the next tier while the chosen endpoint is saturated")
     QUEUE = plugin.Param("queueDepthThreshold", 0, "waiting requests that spill (0: saturationDetector's)")
