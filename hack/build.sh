@@ -7,6 +7,7 @@
 # and copies the assets they need out of the Go module cache (never committed):
 #   <cache>/kwok/stages.yaml     KWOK's default node and pod stages, concatenated
 #   <cache>/gie/*.yaml           the GIE CRDs (InferencePool v1, ...) at the pinned GIE version
+#   <cache>/gateway-api/*.yaml   the Gateway API CRDs (standard channel), for the examples' Gateways
 #
 # Usage: bash hack/build.sh [BIN]   (BIN defaults to $FRONTIER_CACHE/bin, else ~/.cache/frontier/bin; assets go to BIN's parent folder)
 # Idempotent: each part is stamped with its pinned version (and, for kubecp, a hash of hack/kubecp), and skipped
@@ -18,6 +19,7 @@ ETCD_VERSION=v3.6.8 # the etcd server version k8s.io/kubernetes v1.36.3 itself r
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v4.3.1
 GIE_VERSION=v1.5.0
+GATEWAY_API_VERSION=v1.4.0
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin=${1:-${FRONTIER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/frontier}/bin}
@@ -98,6 +100,14 @@ cp "$gie_dir"/config/crd/bases/*.yaml "$cache/gie/"
 chmod u+w "$cache"/gie/*.yaml
 echo "$GIE_VERSION" >"$cache/gie/VERSION"
 log "GIE $GIE_VERSION CRDs -> $cache/gie ($(ls "$cache/gie" | grep -c yaml) files)"
+
+gateway_dir=$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
+rm -rf "$cache/gateway-api"
+mkdir -p "$cache/gateway-api"
+cp "$gateway_dir"/config/crd/standard/*.yaml "$cache/gateway-api/"
+chmod u+w "$cache"/gateway-api/*.yaml
+echo "$GATEWAY_API_VERSION" >"$cache/gateway-api/VERSION"
+log "Gateway API $GATEWAY_API_VERSION CRDs -> $cache/gateway-api ($(ls "$cache/gateway-api" | grep -c yaml) files)"
 
 # Helm last: the assets above are copied even when its build fails.
 # Helm's own version string is a link-time variable too (`go install` alone reports just "v4.3").

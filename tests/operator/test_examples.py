@@ -2,6 +2,7 @@
 control plane with the operator running they become Deployments and a picker whose tier router knows the
 two-tier example's virtual model."""
 
+import os
 import pathlib
 import subprocess
 
@@ -84,3 +85,57 @@ def test_examples_apply_and_the_two_tiers_share_auto(control_plane, tmp_path):
     finally:
         operator.stop()
         oc.delete_namespace(api, ns)
+
+
+GATEWAYS = sorted((EXAMPLES / "gateway").glob("*.yaml"))
+
+
+def test_each_gateway_example_routes_the_pool_through_an_inference_pool_backend():
+    assert [path.stem for path in GATEWAYS] == ["envoy-gateway", "gke", "istio", "kgateway"]
+    for path in GATEWAYS:
+        kinds = {doc["kind"]: doc for doc in _documents(path)}
+        (backend,) = kinds["HTTPRoute"]["spec"]["rules"][0]["backendRefs"]
+        assert (backend["group"], backend["kind"], backend["name"]) == (
+            names.GIE_GROUP,
+            "InferencePool",
+            "chat",
+        )
+        assert kinds["HTTPRoute"]["spec"]["parentRefs"][0]["name"] == kinds["Gateway"]["metadata"]["name"]
+        for doc in kinds.values():
+            target = doc.get("spec", {}).get("targetRef")
+            if target is not None:  # vendor policies attach to the pool
+                assert (target["kind"], target["name"]) == ("InferencePool", "chat")
+
+
+@pytest.mark.cluster
+def test_gateway_examples_pass_server_side_dry_run_with_the_gateway_api_crds(control_plane):
+    """The Gateway API kinds are dry-run against their real CRDs; vendor kinds (GKE's policies, Istio's
+    DestinationRule) need their vendors' CRDs, which are not installed here, and are checked above only."""
+    crds = controlplane.default_cache_dir() / "gateway-api"
+    if not crds.is_dir():
+        pytest.fail("Gateway API CRDs missing: run make testbin") if os.environ.get("CI") else pytest.skip(
+            "Gateway API CRDs missing: run make testbin"
+        )
+    kubectl = [
+        str(controlplane.default_cache_dir() / "bin" / "kubectl"),
+        "--kubeconfig",
+        control_plane.kubeconfig,
+    ]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds)], check=True, capture_output=True)
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+        check=True,
+        capture_output=True,
+    )
+    ns = control_plane.namespace("op-gateways")
+    for path in GATEWAYS:
+        gateway_api = [
+            d for d in _documents(path) if d["apiVersion"].startswith("gateway.networking.k8s.io/")
+        ]
+        result = subprocess.run(
+            [*kubectl, "apply", "-n", ns, "--server-side", "--dry-run=server", "-f", "-"],
+            input=yaml.safe_dump_all(gateway_api),
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
