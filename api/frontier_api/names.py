@@ -48,6 +48,7 @@ GIE_VERSION: Final = "v1"
 INFERENCE_POOL_PLURAL: Final = "inferencepools"
 GIE_X_GROUP: Final = "inference.networking.x-k8s.io"
 INFERENCE_OBJECTIVE_PLURAL: Final = "inferenceobjectives"
+INFERENCE_OBJECTIVE_VERSION: Final = "v1alpha2"  # as GIE v1.5.0 ships it
 
 FRONTIER_GROUP: Final = "inference.frontier.dev"
 FRONTIER_VERSION: Final = "v1alpha1"

@@ -9,7 +9,7 @@ endpoint left the pool in between, so in-flight counts never leak and never go n
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from frontier_picker import endpoints
 from frontier_picker.scheduling import types
@@ -35,6 +35,8 @@ class Datastore:
         self._ordered: tuple[endpoints.EndpointState, ...] = ()
         self._listeners: list[Callable[[], None]] = []
         self.synced = False  # True once discovery delivered its first endpoint set
+        # InferenceObjective name -> priority, from the cluster (Kubernetes discovery); empty in file mode.
+        self.objectives: Mapping[str, int] = {}
 
     def states(self) -> Sequence[endpoints.EndpointState]:
         """The live state objects of the current endpoints, in discovery order."""
@@ -46,6 +48,15 @@ class Datastore:
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after every change of the endpoint set."""
         self._listeners.append(listener)
+
+    def replace_objectives(self, priorities: Mapping[str, int]) -> None:
+        """Make `priorities` the InferenceObjectives' priorities (by objective name)."""
+        if dict(priorities) != dict(self.objectives):
+            log.info(
+                "event=objectives_changed objectives=%s",
+                ",".join(f"{name}:{priority}" for name, priority in sorted(priorities.items())) or "-",
+            )
+        self.objectives = dict(priorities)
 
     def replace(self, discovered: Iterable[endpoints.Endpoint]) -> None:
         """Make `discovered` the endpoint set; unchanged keys keep their state objects."""

@@ -64,6 +64,9 @@ class Director:
                 )
         if not states:
             raise types.Rejection(503, "no ready endpoint in the pool")
+        if request.objective is not None:
+            # GIE's rule: the named InferenceObjective's priority; an unknown name keeps the default (0).
+            request.priority = self.store.objectives.get(request.objective, request.priority)
         began = time.perf_counter()
         try:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))

@@ -1,7 +1,9 @@
 """Endpoint discovery from Kubernetes: one GIE `InferencePool` and the Pods it selects.
 
 The picker watches the pool (`inference.networking.k8s.io/v1`, by name) for `spec.selector.matchLabels` and
-`spec.targetPorts[].number`, and the Pods of its namespace. An endpoint is `podIP:targetPort` for every Pod
+`spec.targetPorts[].number`, the Pods of its namespace, and the InferenceObjectives naming the pool
+(`inference.networking.x-k8s.io/v1alpha2`: their `spec.priority`, which requests naming the objective in
+`x-gateway-inference-objective` get). An endpoint is `podIP:targetPort` for every Pod
 whose labels match the selector, that is Ready (condition `Ready=True`), has an IP and is not terminating
 (no `deletionTimestamp`); a Pod gives one endpoint per target port. Pods are watched namespace-wide and
 filtered here, so a change of the pool's selector takes effect without restarting a watch.
@@ -47,6 +49,7 @@ class PoolView:
     selector: dict[str, str] | None = None
     target_ports: tuple[int, ...] = ()
     pods: dict[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    objectives: dict[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     def apply_pool(self, event_type: str, pool: Any) -> None:
         if event_type == SYNCED:
@@ -76,6 +79,27 @@ class PoolView:
             self.pods.pop(name, None)
         else:
             self.pods[name] = pod
+
+    def apply_objective(self, event_type: str, objective: Any) -> None:
+        if event_type == SYNCED:
+            self.objectives = {item["metadata"]["name"]: item for item in objective}
+            return
+        name = objective["metadata"]["name"]
+        if event_type == "DELETED":
+            self.objectives.pop(name, None)
+        else:
+            self.objectives[name] = objective
+
+    def priorities(self) -> dict[str, int]:
+        """Priority of each InferenceObjective that names this pool (unset counts as 0, as in GIE)."""
+        found: dict[str, int] = {}
+        for name, objective in self.objectives.items():
+            spec = objective.get("spec") or {}
+            if (spec.get("poolRef") or {}).get("name") != self.pool_name:
+                continue
+            priority = spec.get("priority", 0)
+            found[name] = priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
+        return found
 
     def endpoints(self) -> list[endpoints.Endpoint]:
         """The ready endpoints of the pool; none while the pool is unknown or selects nothing."""
@@ -107,8 +131,10 @@ def _watch_loop(
     deliver: Callable[[str, Any], None],
     stop: threading.Event,
     what: str,
+    retry_s: float = 1.0,
 ) -> None:
-    """List then watch, forever: deliver a SYNCED listing, then every event; relist after errors."""
+    """List then watch, forever: deliver a SYNCED listing, then every event; relist after errors (after
+    `retry_s`)."""
     from kubernetes import watch as kube_watch  # imported here: only Kubernetes mode needs the client
 
     while not stop.is_set():
@@ -133,7 +159,7 @@ def _watch_loop(
                 deliver(event["type"], event["raw_object"])
         except Exception as error:
             log.warning("event=watch_failed what=%s error=%r", what, str(error))
-            stop.wait(1.0)
+            stop.wait(retry_s)
 
 
 async def watch(
@@ -157,6 +183,10 @@ async def watch(
     stop = threading.Event()
 
     def apply(kind: str, event_type: str, obj: Any) -> None:
+        if kind == "objectives":
+            view.apply_objective(event_type, obj)
+            store.replace_objectives(view.priorities())
+            return
         if kind == "pool":
             view.apply_pool(event_type, obj)
         else:
@@ -195,6 +225,24 @@ async def watch(
                 "deliver": deliver_to("pods"),
                 "stop": stop,
                 "what": f"pods/{namespace}",
+            },
+            daemon=True,
+        ),
+        # Priorities of the pool's InferenceObjectives; a cluster without GIE's x-k8s CRDs is retried slowly.
+        threading.Thread(
+            target=_watch_loop,
+            kwargs={
+                "list_call": custom.list_namespaced_custom_object,
+                "list_kwargs": {
+                    "group": names.GIE_X_GROUP,
+                    "version": names.INFERENCE_OBJECTIVE_VERSION,
+                    "namespace": namespace,
+                    "plural": names.INFERENCE_OBJECTIVE_PLURAL,
+                },
+                "deliver": deliver_to("objectives"),
+                "stop": stop,
+                "what": f"inferenceobjectives/{namespace}",
+                "retry_s": 30.0,
             },
             daemon=True,
         ),

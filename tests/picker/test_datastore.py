@@ -1,5 +1,6 @@
 """The datastore keeps endpoint state across reloads and accounts load exactly; subset hints narrow it."""
 
+import pytest
 from google.protobuf import struct_pb2
 
 from frontier_api import names
@@ -83,3 +84,24 @@ def test_subset_restrict_matches_ip_on_any_port_or_exact_ip_port() -> None:
     keys = [s.endpoint.key for s in subsets.restrict(store.states(), ["10.0.0.2:8000", "10.0.0.9:1"])]
     assert keys == ["10.0.0.2:8000"]
     assert subsets.restrict(store.states(), []) == []
+
+
+def test_the_director_gives_a_request_its_inference_objectives_priority() -> None:
+    from frontier_picker import director
+    from frontier_picker.scheduling import config, types
+
+    store = datastore.Datastore()
+    store.replace([endpoints.Endpoint(name="e0", address="127.9.0.1", port=8000)])
+    store.replace_objectives({"batch": -1})
+    routed = director.Director(scheduler=config.load(builtin="round-robin"), store=store, log_decisions=False)
+    store.states()[0].metrics.updated_at = 0.0  # fresh and idle: nothing is saturated
+    named = types.Request(request_id="a", model="m", target_model="m", objective="batch")
+    routed.decide(named, now=0.0)
+    unknown = types.Request(request_id="b", model="m", target_model="m", objective="nobody")
+    routed.decide(unknown, now=0.0)
+    assert (named.priority, unknown.priority) == (-1, 0)
+    store.states()[0].metrics.waiting = 50  # saturated: the sheddable objective is refused, the other is not
+    with pytest.raises(types.Rejection) as shed:
+        routed.decide(types.Request(request_id="c", model="m", target_model="m", objective="batch"), now=0.0)
+    assert shed.value.status == 429
+    routed.decide(types.Request(request_id="d", model="m", target_model="m", objective="nobody"), now=0.0)

@@ -113,3 +113,23 @@ def test_the_served_model_annotation_gives_the_exact_name_a_label_cannot_hold() 
     served = {e.name: e.labels[names.MODEL_LABEL] for e in view.endpoints()}
     assert served == {"a": exact, "b": "meta-llama-Llama-3.1-8B-Instruct"}
     assert annotated["metadata"]["labels"][names.MODEL_LABEL] != exact  # the pod object is not changed
+
+
+def objective(name: str, pool_name: str, priority: object = None) -> dict:
+    spec: dict = {"poolRef": {"name": pool_name}}
+    if priority is not None:
+        spec["priority"] = priority
+    return {"metadata": {"name": name, "namespace": "serving"}, "spec": spec}
+
+
+def test_the_pools_inference_objectives_give_priorities_and_others_are_ignored() -> None:
+    view = pool_discovery.PoolView(pool_name="chat")
+    view.apply_objective(
+        pool_discovery.SYNCED,
+        [objective("batch", "chat", -1), objective("interactive", "chat", 10), objective("x", "other", 5)],
+    )
+    view.apply_objective("ADDED", objective("default", "chat"))  # unset priority counts as 0
+    assert view.priorities() == {"batch": -1, "interactive": 10, "default": 0}
+    view.apply_objective("DELETED", objective("batch", "chat", -1))
+    view.apply_objective("MODIFIED", objective("interactive", "chat", 3))
+    assert view.priorities() == {"interactive": 3, "default": 0}

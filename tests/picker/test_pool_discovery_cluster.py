@@ -1,5 +1,6 @@
 """InferencePool discovery against the local control plane (real kube-apiserver, scheduler, KWOK): the
-picker's datastore follows the pool's Ready pods as a Deployment scales and the pool's selector changes."""
+picker's datastore follows the pool's Ready pods as a Deployment scales and the pool's selector changes, and
+the priorities of the InferenceObjectives that name the pool."""
 
 import asyncio
 import time
@@ -116,6 +117,27 @@ async def test_datastore_follows_the_pools_ready_pods(control_plane: controlplan
             {"spec": {"selector": {"matchLabels": {"app": "other"}}}},
         )
         await wait_until("the pool's new selector", matches("other", 1), state)
+
+        # An InferenceObjective naming the pool gives its requests their priority (a negative one is
+        # sheddable); one naming another pool does not count.
+        for name, pool_name, priority in (("batch", "chat", -1), ("elsewhere", "other-pool", 7)):
+            custom.create_namespaced_custom_object(
+                names.GIE_X_GROUP,
+                names.INFERENCE_OBJECTIVE_VERSION,
+                namespace,
+                names.INFERENCE_OBJECTIVE_PLURAL,
+                {
+                    "apiVersion": f"{names.GIE_X_GROUP}/{names.INFERENCE_OBJECTIVE_VERSION}",
+                    "kind": "InferenceObjective",
+                    "metadata": {"name": name},
+                    "spec": {"poolRef": {"name": pool_name}, "priority": priority},
+                },
+            )
+        await wait_until(
+            "the pool's objective",
+            lambda: dict(store.objectives) == {"batch": -1},
+            lambda: str(store.objectives),
+        )
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
