@@ -2,7 +2,7 @@
 
 Arms, each on 8 simulated H100 engines (Llama-3.1-8B) routed by the picker's `frontier` scheduling:
 - `aggregated`: 8 engines that prefill and decode;
-- `pd-static-P:D`: P prefill + D decode engines (2:6 and 4:4), `prefix-based-pd-decider` (disaggregate
+- `pd-static-P:D`: P prefill + D decode engines (2:6, 4:4, 6:2), `prefix-based-pd-decider` (disaggregate
   every prompt with more than 2,048 uncached tokens);
 - `pd-load-aware-P:D`: the same splits, `load-aware-pd-decider` (local prefill when the decode endpoint is
   idle or the prefill engines are backed up).
@@ -47,11 +47,13 @@ ARMS: dict[str, tuple[int, str | None]] = {
     "pd-load-aware-2:6": (2, "load-aware-pd-decider"),
     "pd-static-4:4": (4, "prefix-based-pd-decider"),
     "pd-load-aware-4:4": (4, "load-aware-pd-decider"),
+    "pd-static-6:2": (6, "prefix-based-pd-decider"),
+    "pd-load-aware-6:2": (6, "load-aware-pd-decider"),
 }
 # Workload -> (prompt tokens, output tokens, loads in req/s).
 WORKLOADS: dict[str, tuple[int, int, tuple[float, ...]]] = {
     "long": (8000, 256, (8.0, 12.0, 16.0, 20.0, 24.0)),
-    "short": (200, 256, (60.0, 120.0, 180.0, 240.0)),
+    "short": (200, 256, (120.0, 240.0, 360.0, 480.0)),
 }
 
 
