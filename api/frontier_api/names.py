@@ -63,6 +63,8 @@ MODEL_LABEL: Final = "inference.frontier.dev/model"
 # A label value cannot hold `meta-llama/Llama-3.1-8B-Instruct`: the exact served name travels in this pod
 # annotation, and pool discovery gives it to the picker as the endpoint's MODEL_LABEL.
 SERVED_MODEL_ANNOTATION: Final = "inference.frontier.dev/served-model"
+# The LoRA adapters a pod serves (comma-separated adapter names, `--lora-modules` of its engine).
+ADAPTERS_ANNOTATION: Final = "inference.frontier.dev/lora-adapters"
 # Roles a model-server pod plays; "both" is an aggregated (not disaggregated) server.
 ROLE_PREFILL: Final = "prefill"
 ROLE_DECODE: Final = "decode"

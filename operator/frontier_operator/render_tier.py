@@ -148,6 +148,15 @@ def _pod_spec(
     return pod
 
 
+def _annotations(spec: modeltier.ModelTierSpec) -> dict[str, str]:
+    """What the picker reads off a pod: the exact served name, and the LoRA adapters it serves."""
+    found = {names.SERVED_MODEL_ANNOTATION: spec.model.served_name}
+    lora = spec.engine.lora
+    if lora is not None and lora.adapters:
+        found[names.ADAPTERS_ANNOTATION] = ",".join(adapter.name for adapter in lora.adapters)
+    return found
+
+
 def deployment(
     *,
     tier: Mapping[str, Any],
@@ -173,7 +182,7 @@ def deployment(
             "metadata": {
                 "labels": pod_labels,
                 # The label holds the served name cut to a label value; the picker reads the exact one here.
-                "annotations": {names.SERVED_MODEL_ANNOTATION: spec.model.served_name},
+                "annotations": _annotations(spec),
             },
             "spec": _pod_spec(spec=spec, role_name=role_name, role=role, pool=pool, cfg=cfg),
         },

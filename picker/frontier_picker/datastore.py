@@ -37,6 +37,7 @@ class Datastore:
         self.synced = False  # True once discovery delivered its first endpoint set
         # InferenceObjective name -> priority, from the cluster (Kubernetes discovery); empty in file mode.
         self.objectives: Mapping[str, int] = {}
+        self.adapters: frozenset[str] = frozenset()  # every LoRA adapter some endpoint serves
 
     def states(self) -> Sequence[endpoints.EndpointState]:
         """The live state objects of the current endpoints, in discovery order."""
@@ -72,6 +73,7 @@ class Datastore:
         removed = self._states.keys() - fresh.keys()
         self._states = fresh
         self._ordered = tuple(fresh.values())
+        self.adapters = frozenset(a for state in self._ordered for a in state.endpoint.adapters)
         first = not self.synced
         self.synced = True
         if added or removed or first:

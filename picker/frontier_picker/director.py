@@ -1,7 +1,9 @@
 """The director: the one decision path between a request and the scheduler, for the ext_proc server and the
 virtual-time cluster alike.
 
-`decide` narrows the datastore's endpoints to the proxy's subset hint, asks the scheduler for a decision,
+`decide` narrows the datastore's endpoints to the proxy's subset hint, resolves what the datastore knows
+about the request (its InferenceObjective's priority, whether its model is a LoRA adapter), asks the
+scheduler for a decision,
 times it, charges the primary endpoint's load and logs the decision. `complete` refunds exactly that charge,
 lets the scheduler's plugins learn from how the request ended, and counts it. The protocol layer only moves
 bytes around these two calls, so the simulator, which calls them too (its baselines wrapped as schedulers),
@@ -67,6 +69,8 @@ class Director:
         if request.objective is not None:
             # GIE's rule: the named InferenceObjective's priority; an unknown name keeps the default (0).
             request.priority = self.store.objectives.get(request.objective, request.priority)
+        if request.lora_adapter is None and request.target_model in self.store.adapters:
+            request.lora_adapter = request.target_model  # the client named an adapter, not a base model
         began = time.perf_counter()
         try:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))

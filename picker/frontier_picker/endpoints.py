@@ -20,6 +20,7 @@ class Endpoint:
     address: str
     port: int
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    adapters: frozenset[str] = frozenset()  # LoRA adapters it serves, by the model names clients use
     # `key` is read for every endpoint on every scheduling pass: formatted once, here.
     _key: str = dataclasses.field(init=False, repr=False, compare=False)
 

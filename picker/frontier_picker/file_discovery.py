@@ -1,6 +1,7 @@
 """Endpoint discovery from a file, for running the picker without Kubernetes (demo, benchmarks, tests).
 
-The file is YAML or JSON (YAML is a superset): `endpoints: [{name, address, port, labels}]`. It is re-read
+The file is YAML or JSON (YAML is a superset): `endpoints: [{name, address, port, labels, adapters}]`
+(`adapters`: the LoRA adapter names the endpoint serves, optional). It is re-read
 whenever its modification time or size changes; a file that does not parse or names an invalid endpoint is
 reported and the previous endpoint set stays, so a half-written edit never empties the pool.
 """
@@ -47,9 +48,16 @@ def _endpoint(entry: Any, *, where: str) -> endpoints.Endpoint:
     labels = entry.get("labels") or {}
     if not isinstance(labels, dict):
         raise ValueError(f"{where}.labels: expected a mapping of strings, got {labels!r}")
+    adapters = entry.get("adapters") or []
+    if not isinstance(adapters, list) or not all(isinstance(a, str) and a for a in adapters):
+        raise ValueError(f"{where}.adapters: expected a list of LoRA adapter names, got {adapters!r}")
     name = entry.get("name") or f"{address}:{port}"
     return endpoints.Endpoint(
-        name=str(name), address=address, port=port, labels={str(k): str(v) for k, v in labels.items()}
+        name=str(name),
+        address=address,
+        port=port,
+        labels={str(k): str(v) for k, v in labels.items()},
+        adapters=frozenset(adapters),
     )
 
 

@@ -112,14 +112,19 @@ class PoolView:
             labels: dict[str, str] = meta.get("labels") or {}
             if any(labels.get(key) != value for key, value in self.selector.items()) or not _ready(pod):
                 continue
-            served = (meta.get("annotations") or {}).get(names.SERVED_MODEL_ANNOTATION)
+            annotations = meta.get("annotations") or {}
+            served = annotations.get(names.SERVED_MODEL_ANNOTATION)
             if served:
                 labels = {**labels, names.MODEL_LABEL: served}  # exact; the label may be cut to fit
+            listed = annotations.get(names.ADAPTERS_ANNOTATION, "")
+            adapters = frozenset(a.strip() for a in listed.split(",") if a.strip())
             address = pod["status"]["podIP"]
             for port in self.target_ports:
                 endpoint_name = name if len(self.target_ports) == 1 else f"{name}:{port}"
                 found.append(
-                    endpoints.Endpoint(name=endpoint_name, address=address, port=port, labels=labels)
+                    endpoints.Endpoint(
+                        name=endpoint_name, address=address, port=port, labels=labels, adapters=adapters
+                    )
                 )
         return found
 

@@ -351,6 +351,17 @@ def test_tier_pods_carry_the_exact_served_name_for_the_picker():
     template = deployment["spec"]["template"]["metadata"]
     assert template["annotations"][names.SERVED_MODEL_ANNOTATION] == "meta-llama/Llama-3.1-8B-Instruct"
     assert template["labels"][names.MODEL_LABEL] == "meta-llama-Llama-3.1-8B-Instruct"  # lossy: not read
+    assert names.ADAPTERS_ANNOTATION not in template["annotations"]
+    owners[1]["spec"]["engine"]["lora"] = {
+        "maxLoras": 2,
+        "adapters": [{"name": "sql-lora", "source": "org/sql"}, {"name": "chat-lora", "source": "org/chat"}],
+    }
+    spec = modeltier.parse_spec(owners[1]["spec"])
+    deployment = render_tier.deployment(
+        tier=owners[1], spec=spec, role_name="prefill", pool=pools.from_object(samples.pool()), cfg=CFG
+    )
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations[names.ADAPTERS_ANNOTATION] == "sql-lora,chat-lora"  # the picker routes adapter names
 
 
 def test_operator_setting_replaces_the_generated_picker_config():

@@ -133,3 +133,15 @@ def test_the_pools_inference_objectives_give_priorities_and_others_are_ignored()
     view.apply_objective("DELETED", objective("batch", "chat", -1))
     view.apply_objective("MODIFIED", objective("interactive", "chat", 3))
     assert view.priorities() == {"interactive": 3, "default": 0}
+
+
+def test_the_adapters_annotation_lists_the_lora_adapters_a_pod_serves() -> None:
+    view = pool_discovery.PoolView(pool_name="chat")
+    view.apply_pool(pool_discovery.SYNCED, [pool("chat")])
+    with_adapters = pod("a", "10.1.0.1")
+    with_adapters["metadata"]["annotations"] = {names.ADAPTERS_ANNOTATION: "sql-lora, chat-lora"}
+    view.apply_pod(pool_discovery.SYNCED, [with_adapters, pod("b", "10.1.0.2")])
+    assert {e.name: e.adapters for e in view.endpoints()} == {
+        "a": frozenset({"sql-lora", "chat-lora"}),
+        "b": frozenset(),
+    }

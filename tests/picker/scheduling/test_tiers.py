@@ -232,3 +232,28 @@ def test_an_unsure_classifier_buys_quality_when_told_to(examples):
     assert (
         decision.tier is not None and decision.tier.category == "chit-chat" and request.target_model == LARGE
     )
+
+
+def test_a_lora_adapter_name_routes_to_the_endpoints_declaring_it():
+    from frontier_picker import datastore, director, endpoints
+
+    store = datastore.Datastore()
+    store.replace(
+        endpoints.Endpoint(
+            name=f"e{i}",
+            address=f"127.5.1.{i + 1}",
+            port=8000,
+            labels={names.MODEL_LABEL: SMALL},
+            adapters=frozenset({"sql-lora"}) if i == 2 else frozenset(),
+        )
+        for i in range(3)
+    )
+    for state in store.states():
+        state.metrics.updated_at = fleet.NOW
+    routed = director.Director(scheduler=config.load(tier_config()), store=store, log_decisions=False)
+    request = fleet.request("select the top customers", model="sql-lora")
+    decision = routed.decide(request, now=fleet.NOW).decision
+    assert request.lora_adapter == "sql-lora" and decision.primary == "127.5.1.3:8000"
+    with pytest.raises(types.Rejection) as unknown:
+        routed.decide(fleet.request("x", model="no-such-lora", request_id="r2"), now=fleet.NOW)
+    assert unknown.value.status == 404

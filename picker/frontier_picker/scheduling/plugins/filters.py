@@ -132,14 +132,19 @@ class StaleFilter(plugin.Filter):
 class ModelFilter(plugin.Filter):
     """Keep endpoints that serve the request's model, and for a LoRA request those that can serve the adapter.
 
-    An endpoint serves a model when its label inference.frontier.dev/model is absent or equals the request's
-    target model (after x-gateway-model-name-rewrite) or requested model. For a LoRA adapter, prefer endpoints
-    that run or queue it or have LoRA enabled (max_lora known); if none report LoRA, keep the model's
-    endpoints (the engine then answers for itself).
+    A request for a LoRA adapter (the director sets `lora_adapter` when the model names an adapter some
+    endpoint declares) keeps the endpoints declaring it. Otherwise an endpoint serves a model when its label
+    inference.frontier.dev/model is absent or equals the request's target model (after
+    x-gateway-model-name-rewrite) or requested model; for an adapter no endpoint declares, prefer those that
+    run or queue it or have LoRA enabled (max_lora known); if none report LoRA, keep the model's endpoints
+    (the engine then answers for itself).
     """
 
     type_name = "model-filter"
-    formula = "keep label(model) in {unset, target_model, model}; LoRA: adapter active/queued or max_lora set"
+    formula = (
+        "LoRA: keep endpoints declaring the adapter; else keep label(model) in {unset, target_model, model},"
+        " LoRA: adapter active/queued or max_lora set"
+    )
     intent = "correctness"
     consumes = frozenset({"labels", "metrics"})
 
@@ -152,6 +157,15 @@ class ModelFilter(plugin.Filter):
     ) -> Sequence[endpoints.EndpointState]:
         request = cycle.request
         target = request.target_model
+        adapter = request.lora_adapter
+        if adapter:
+            serving = self._same.get(
+                candidates,
+                ("adapter", adapter),
+                lambda: [s for s in candidates if adapter in s.endpoint.adapters],
+            )
+            if serving:
+                return serving
         wanted = {target, request.model}
         label = names.MODEL_LABEL
         kept = self._same.get(
@@ -159,7 +173,6 @@ class ModelFilter(plugin.Filter):
             (target, request.model),
             lambda: [state for state in candidates if state.endpoint.labels.get(label, target) in wanted],
         )
-        adapter = request.lora_adapter
         if adapter and kept:
             lora = [
                 state

@@ -326,7 +326,7 @@ class TierRouter(plugin.TierRouter):
         if not request.model:
             return  # body-less or not an inference call: nothing to check
         served = self._served.models(states)
-        if served is None or request.target_model in served:
+        if served is None or request.target_model in served or request.lora_adapter is not None:
             return
         known = sorted([*served, *self.virtual_models])
         shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
