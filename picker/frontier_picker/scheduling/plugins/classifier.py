@@ -96,7 +96,7 @@ def train(
     *,
     dimensions: int = 1 << 16,
     max_chars: int = 2000,
-    epochs: int = 300,
+    epochs: int = 100,
     l2: float = 1e-5,
     learning_rate: float = 0.5,
 ) -> Model:
