@@ -185,10 +185,12 @@ def start(
     profile: str | None = "round-robin",
     config_text: str | None = None,
     labels: Sequence[Mapping[str, str]] = (),
+    adapters: Sequence[frozenset[str]] = (),
 ) -> Stack:
     """Backends on 127.2.0.1.., endpoints `dead` (ip:port with nothing listening) listed first, the picker
     (file-less: the datastore is filled directly) with scheduling `profile` (None: the picker's default) or
-    the EndpointPickerConfig `config_text`, and Envoy in `mode`. `labels[i]` are backend i's labels."""
+    the EndpointPickerConfig `config_text`, and Envoy in `mode`. `labels[i]` are backend i's labels and
+    `adapters[i]` the LoRA adapters it declares."""
     loop = LoopThread()
     servers = [Backend(address=f"127.2.0.{index + 1}") for index in range(backends)]
     for backend in servers:
@@ -196,9 +198,16 @@ def start(
     store = datastore.Datastore()
     listed = [(key.split(":")[0], int(key.split(":")[1])) for key in dead]
     listed += [(backend.address, backend.port) for backend in servers]
-    tags = [{} for _ in dead] + [dict(labels[i]) if i < len(labels) else {} for i in range(len(servers))]
+    tags: list[dict[str, str]] = [{} for _ in dead] + [
+        dict(labels[i]) if i < len(labels) else {} for i in range(len(servers))
+    ]
+    served = [frozenset[str]() for _ in dead] + [
+        adapters[i] if i < len(adapters) else frozenset() for i in range(len(servers))
+    ]
     store.replace(
-        endpoints.Endpoint(name=f"e{index}", address=address, port=port, labels=tags[index])
+        endpoints.Endpoint(
+            name=f"e{index}", address=address, port=port, labels=tags[index], adapters=served[index]
+        )
         for index, (address, port) in enumerate(listed)
     )
     scheduler = RecordingScheduler(fallbacks=fallbacks, profile=profile, text=config_text)

@@ -1,6 +1,7 @@
 """Tier routing through a real Envoy: `model: auto` reaches the tier the picker chose with the body's model
 rewritten to that tier's served name (a Hugging Face name, `/` and all), the response names the tier and
-why, and a model the pool does not serve is a 404 that says so."""
+why, a model the pool does not serve is a 404 that says so, and a LoRA adapter's name reaches an endpoint
+that declares the adapter."""
 
 import json
 from pathlib import Path
@@ -73,5 +74,20 @@ async def test_auto_reaches_the_chosen_tier_with_its_served_name(tmp_path: Path,
         status, answer, _ = await post(running.url + "/v1/completions", {"model": "gpt-9", "prompt": "x"})
         message = json.loads(answer)["error"]["message"]
         assert status == 404 and "gpt-9" in message and "auto" in message
+    finally:
+        running.stop()
+
+
+async def test_a_lora_adapter_name_reaches_an_endpoint_declaring_it(tmp_path: Path) -> None:
+    labels = [{names.MODEL_LABEL: SMALL}] * 3
+    adapters = [frozenset(), frozenset({"sql-lora"}), frozenset()]
+    running = stack.start(tmp_path, backends=3, config_text=tier_config(), labels=labels, adapters=adapters)
+    try:
+        for i in range(3):
+            document = {"model": "sql-lora", "prompt": f"list the top customers {i}"}
+            status, answer, headers = await post(running.url + "/v1/completions", document)
+            assert status == 200, answer
+            assert headers["x-served-by"] == running.backends[1].key  # the only one serving the adapter
+            assert json.loads(running.backends[1].received[-1].body)["model"] == "sql-lora"  # unchanged
     finally:
         running.stop()
