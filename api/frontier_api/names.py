@@ -5,6 +5,7 @@ here so that the picker, the operator, the simulator and the benchmark can never
 """
 
 import dataclasses
+from types import MappingProxyType
 from typing import Final
 
 # --- GIE endpoint-picker protocol (Envoy ext_proc) -------------------------------------------------------
@@ -30,6 +31,19 @@ LLMD_ALIASES: Final = {
 # Prefill/decode disaggregation (llm-d convention): the decode endpoint is the destination; this header
 # names the prefill endpoint its sidecar asks first.
 PREFILLER_HOST_PORT: Final = "x-prefiller-host-port"
+# The `kv_transfer_params` of the prefill leg (vLLM's NixlConnector, as llm-d's sidecar sends it): prefill
+# only, keep the KV for a remote decode. The prefill answer's params (`do_remote_prefill: true`, the blocks,
+# engine id, host and port) go unchanged into the decode request.
+KV_TRANSFER_PREFILL_PARAMS: Final = MappingProxyType(
+    {
+        "do_remote_decode": True,
+        "do_remote_prefill": False,
+        "remote_engine_id": None,
+        "remote_block_ids": None,
+        "remote_host": None,
+        "remote_port": None,
+    }
+)
 
 # Tier routing (Frontier's own): a request naming a virtual model may declare its category; the response
 # names the tier (served model) chosen and why.

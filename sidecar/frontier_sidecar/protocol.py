@@ -2,9 +2,10 @@
 llm-d's routing sidecar uses it.
 
 1. The prefill endpoint gets the request with `stream: false`, no `stream_options`, `max_tokens: 1` (and
-   `max_completion_tokens: 1` for chat) and `kv_transfer_params` = `PREFILL_PARAMS` (`do_remote_decode`):
-   it computes the prompt's KV, keeps the blocks, and answers with `kv_transfer_params` naming them
-   (`do_remote_prefill: true`, `remote_engine_id`, `remote_block_ids`, `remote_host`, `remote_port`, ...).
+   `max_completion_tokens: 1` for chat) and `kv_transfer_params` = `names.KV_TRANSFER_PREFILL_PARAMS`
+   (`do_remote_decode`): it computes the prompt's KV, keeps the blocks, and answers with
+   `kv_transfer_params` naming them (`do_remote_prefill: true`, `remote_engine_id`, `remote_block_ids`,
+   `remote_host`, `remote_port`, ...).
 2. The local engine gets the original request with those params as its `kv_transfer_params`: it pulls the
    blocks and decodes.
 
@@ -16,17 +17,11 @@ from typing import Any, Final
 
 import orjson
 
+from frontier_api import names
+
 CHAT_PATH: Final = "/v1/chat/completions"
 DISAGGREGATED_PATHS: Final = frozenset({"/v1/completions", CHAT_PATH})
 
-PREFILL_PARAMS: Final[Mapping[str, Any]] = {
-    "do_remote_decode": True,
-    "do_remote_prefill": False,
-    "remote_engine_id": None,
-    "remote_block_ids": None,
-    "remote_host": None,
-    "remote_port": None,
-}
 
 # Hop-by-hop headers describe one connection, so a proxy never forwards them (nor those `Connection` names).
 HOP_BY_HOP: Final = frozenset(
@@ -69,7 +64,7 @@ def prefill_request(request: Mapping[str, Any], *, chat: bool) -> dict[str, Any]
     """The prefill endpoint's body for `request`: compute the prompt's KV and one token, keep the KV."""
     # min_tokens above max_tokens is a 400 in vLLM; the prefill leg generates one token whatever was asked.
     body = {k: v for k, v in request.items() if k not in ("stream_options", "min_tokens")}
-    body.update(stream=False, max_tokens=1, kv_transfer_params=dict(PREFILL_PARAMS))
+    body.update(stream=False, max_tokens=1, kv_transfer_params=dict(names.KV_TRANSFER_PREFILL_PARAMS))
     if chat:
         body["max_completion_tokens"] = 1
     return body

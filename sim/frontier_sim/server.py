@@ -441,14 +441,7 @@ class Server:
         body.update(stream=False, max_tokens=1)
         if parsed.chat:
             body["max_completion_tokens"] = 1
-        body["kv_transfer_params"] = {
-            "do_remote_decode": True,
-            "do_remote_prefill": False,
-            "remote_engine_id": None,
-            "remote_block_ids": None,
-            "remote_host": None,
-            "remote_port": None,
-        }
+        body["kv_transfer_params"] = dict(names.KV_TRANSFER_PREFILL_PARAMS)
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         url = f"http://{prefiller}{path}"
