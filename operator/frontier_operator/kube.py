@@ -6,10 +6,11 @@ Every write goes through `apply`, `patch_status` or `delete`, which count it (me
 counting here and by the objects' resourceVersions in the cluster.
 """
 
+import json
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 import prometheus_client
 from kubernetes import client as k8s_client
@@ -21,6 +22,28 @@ log = logging.getLogger("frontier_operator.kube")
 WRITES = prometheus_client.Counter(
     "frontier_operator_writes", "Writes the operator sent to the API server.", ["verb", "kind"]
 )
+
+
+# What the API server answers for an object it will never accept as written: bad request, forbidden (also
+# admission webhooks and quota), invalid. Conflicts, throttling and server errors are retried instead.
+REFUSALS: Final = frozenset({400, 403, 422})
+
+
+class Refused(Exception):
+    """The API server refused to apply `what` (`Kind/name`); `message` is its own explanation."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(f"{what}: {message}")
+        self.what = what
+        self.message = message
+
+
+def _api_message(error: exceptions.DynamicApiError) -> str:
+    body = error.body.decode() if isinstance(error.body, bytes) else str(error.body or "")
+    try:
+        return str(json.loads(body).get("message") or body)
+    except (ValueError, AttributeError):
+        return body or str(error)
 
 
 class Kube:
@@ -66,15 +89,21 @@ class Kube:
         return [item.to_dict() for item in found.items]
 
     def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply under the operator's field manager, taking over conflicting fields."""
+        """Server-side apply under the operator's field manager, taking over conflicting fields; raises
+        `Refused` when the API server rejects the object itself (retrying would not help)."""
         meta = manifest["metadata"]
-        result = self._dyn.server_side_apply(
-            self._resource(manifest["apiVersion"], manifest["kind"]),
-            body=dict(manifest),
-            namespace=meta.get("namespace"),
-            field_manager=self.field_manager,
-            force_conflicts=True,
-        )
+        try:
+            result = self._dyn.server_side_apply(
+                self._resource(manifest["apiVersion"], manifest["kind"]),
+                body=dict(manifest),
+                namespace=meta.get("namespace"),
+                field_manager=self.field_manager,
+                force_conflicts=True,
+            )
+        except exceptions.DynamicApiError as error:
+            if error.status in REFUSALS:
+                raise Refused(f"{manifest['kind']}/{meta['name']}", _api_message(error)) from None
+            raise
         self._count("apply", manifest["kind"], meta.get("namespace", ""), meta["name"])
         applied: dict[str, Any] = result.to_dict()
         return applied

@@ -141,12 +141,17 @@ class Reconciler:
         if spec is not None and pool is not None and outcome.invalid is None:
             roles = list(spec.roles())
             desired = render_tier.render(tier=obj, spec=spec, pool=pool, cfg=self.cfg)
-            for manifest in desired:
-                written, current = await self._ensure(manifest)
-                if written:
-                    outcome.applied.append(written)
-                if manifest["kind"] == "Deployment":
-                    observed[manifest["metadata"]["name"]] = current
+            try:
+                for manifest in desired:
+                    written, current = await self._ensure(manifest)
+                    if written:
+                        outcome.applied.append(written)
+                    if manifest["kind"] == "Deployment":
+                        observed[manifest["metadata"]["name"]] = current
+            except kube.Refused as refused:
+                # Passed admission, refused at apply: say so on the tier, in the API server's words.
+                outcome.invalid = validate.Invalid(reason="ApplyRefused", message=str(refused))
+        if spec is not None and pool is not None and outcome.invalid is None:
             # Stale children can only exist after a spec change: skip the listing when this generation was
             # already reconciled and nothing needed writing (the common case, e.g. after a restart).
             already = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")

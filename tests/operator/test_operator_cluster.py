@@ -385,3 +385,23 @@ def test_roles_a_tier_no_longer_has_leave_its_status(namespace, api, control_pla
         return tier if set(tier["status"]["roles"]) == {names.ROLE_BOTH} else None
 
     assert oc.wait_for("status with the serving role only", serving_only)["status"]["readyRoles"] == "1/1"
+
+
+def test_a_spec_the_api_server_refuses_at_apply_shows_its_message_on_the_tier(
+    namespace, api, control_plane, operator_factory
+):
+    ns = namespace("op-refused")
+    operator_factory(ns)
+    spec = samples.disaggregated_spec()
+    spec["engine"]["env"] = [{"name": "BAD=NAME", "value": "x"}]  # passes the CRD; a Pod refuses "="
+    _apply_pool_and_tier(api, ns, spec=spec)
+
+    def refused():
+        cond = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.CONFIG_VALID)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = oc.wait_for("ConfigValid=False from the apply", refused)
+    assert cond["reason"] == "ApplyRefused"
+    assert "Deployment/" in cond["message"] and "env" in cond["message"]  # the API server's own words
+    ready = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.READY)
+    assert ready is not None and ready["status"] == "False"
