@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import itertools
 import logging
-import math
 import re
 import time
 
@@ -201,10 +200,3 @@ class PromptClassifier(plugin.Plugin):
         if not request.prompt:
             return Classification("", 0.0, 0.0)
         return self.model.classify(request.prompt)
-
-
-def accuracy(model: Model, examples: list[prompt_categories.Example]) -> float:
-    """Share of `examples` the model labels correctly (nan for none)."""
-    if not examples:
-        return math.nan
-    return sum(model.classify(e.prompt).category == e.category for e in examples) / len(examples)
