@@ -1,6 +1,7 @@
 """The `vllm serve` argument list of one role of a ModelTier.
 
-Every typed engine field maps to exactly one vLLM flag (the table in DESIGN.md); the JSON-valued flags
+The model comes first, positionally: vLLM 0.11 refuses `vllm serve --model X`. Every typed engine field maps
+to exactly one vLLM flag (`TYPED_FLAGS`); the JSON-valued flags
 (`--speculative-config`, `--kv-transfer-config`, `--kv-events-config`) are written compactly with a fixed key
 order, so the same spec always renders the same bytes and a changed spec changes the pod template (rollout).
 `$(POD_IP)` in the KV-events topic is expanded by the kubelet from the container's POD_IP variable.
@@ -54,14 +55,14 @@ def kv_events_config(events: modeltier.KvEvents, served_name: str) -> dict[str, 
 
 
 def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
-    """Arguments after `vllm serve` for `role` (prefill, decode or both) listening on `port`."""
+    """Arguments after `vllm serve` for `role` (prefill, decode or both) listening on `port`: the model, then
+    flags."""
     roles = spec.roles()
     if role not in roles:
         raise KeyError(f"role {role!r} is not part of this tier (roles: {', '.join(roles)})")
     parallel = roles[role].parallelism
     engine = spec.engine
     args = [
-        "--model",
         spec.model.source,
         "--served-model-name",
         spec.model.served_name,

@@ -1,9 +1,10 @@
 """The `vllm serve` command line the simulator accepts, so that manifests rendered for vLLM run unchanged.
 
-Every flag the Frontier operator renders is accepted and modelled (see DESIGN.md's list); a few common vLLM
-flags that change nothing the simulator models (`--dtype`, `--trust-remote-code`, `--enforce-eager`, ...) are
-accepted and ignored. Anything else is rejected with an error that names the flag, because a silently ignored
-typo in a manifest would make the simulated fleet differ from the real one without anyone noticing.
+Every flag the Frontier operator renders is accepted and modelled (sim/README.md lists them); a few common
+vLLM flags that change nothing the simulator models (`--dtype`, `--trust-remote-code`, `--enforce-eager`, ...)
+are accepted and ignored. Anything else is rejected with an error that names the flag, because a silently
+ignored typo in a manifest would make the simulated fleet differ from the real one without anyone noticing;
+so is `--model`, which vLLM 0.11's `vllm serve` refuses (the model is the positional argument).
 Simulator-only flags start with `--sim-`.
 """
 
@@ -54,7 +55,6 @@ def add_engine_flags(parser: argparse.ArgumentParser, *, model_required: bool) -
     """The vLLM and --sim-* flags of one engine (shared by `serve` and `fleet`)."""
     if model_required:
         parser.add_argument("model_tag", nargs="?", help="model name (vLLM's positional MODEL)")
-    parser.add_argument("--model")
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     parser.add_argument("--max-model-len", type=int)
@@ -117,9 +117,9 @@ def parse_params(value: str | None) -> float | None:
 def settings_from(args: argparse.Namespace, *, model: str | None = None) -> settings_.Settings:
     """Settings from parsed engine flags (ValueError/FlagError naming the bad flag)."""
     served = args.served_model_name or [None]
-    name = model or args.model or getattr(args, "model_tag", None) or served[0]
+    name = model or getattr(args, "model_tag", None) or served[0]
     if not name:
-        raise FlagError("a model is required: frontier-sim serve MODEL or --model MODEL")
+        raise FlagError("a model is required: frontier-sim serve MODEL")
     try:
         spec, transfer, events = (
             settings_.parse_json_flag(flag, value) if value else None
@@ -164,7 +164,12 @@ def settings_from(args: argparse.Namespace, *, model: str | None = None) -> sett
 
 
 def parse_serve(argv: Sequence[str]) -> settings_.Settings:
-    """`frontier-sim serve` arguments to Settings; FlagError on unknown or invalid flags."""
+    """`frontier-sim serve` arguments to Settings; FlagError on unknown, refused or invalid flags."""
+    if any(arg.partition("=")[0] == "--model" for arg in argv):
+        raise FlagError(
+            "frontier-sim serve: --model is refused, as vllm serve 0.11 refuses it; give the model as the"
+            " positional argument: frontier-sim serve MODEL [flags]"
+        )
     parser = serve_parser()
     args, unknown = parser.parse_known_args(list(argv))
     if unknown:

@@ -118,7 +118,7 @@ def _settings_from_args(args: Sequence[str], *, model: str | None, prog: str) ->
     parsed, unknown = _engine_parser(prog).parse_known_args(list(args))
     if unknown:
         raise flags.FlagError(f"{prog}: unknown flag(s) {' '.join(unknown)}")
-    return flags.settings_from(parsed, model=model or parsed.model)
+    return flags.settings_from(parsed, model=model)
 
 
 def _addresses(base: str, count: int) -> list[str]:
@@ -169,6 +169,7 @@ def fleet_parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="fleet YAML (see the module doc); other flags are then ignored"
     )
     parser.add_argument("--engines", type=int, default=1)
+    parser.add_argument("--model", help="the model every engine serves (vLLM's positional MODEL)")
     parser.add_argument(
         "--prefill-engines", type=int, default=0, help="the first K engines are prefill, rest decode"
     )
@@ -196,7 +197,7 @@ def parse_args(argv: Sequence[str]) -> FleetSpec:
             f"--engines={args.engines} --prefill-engines={args.prefill_engines}: invalid counts"
         )
     base = f"{args.address_prefix}.1" if args.address_prefix else args.base_address or "127.0.0.1"
-    template = _settings_from_args(rest, model=None, prog="frontier-sim fleet")
+    template = _settings_from_args(rest, model=args.model, prog="frontier-sim fleet")
     engines = []
     for i, address in enumerate(_addresses(base, args.engines)):
         config = dataclasses.replace(template, served_model_names=list(template.served_model_names))

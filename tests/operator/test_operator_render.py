@@ -5,7 +5,7 @@ import json
 import operator_samples as samples
 import pytest
 
-from frontier_api import modeltier, names
+from frontier_api import modeltier, names, vllm_flags
 from frontier_operator import manifests, pools, render_args, render_picker, render_tier, settings, validate
 
 CFG = settings.Settings()
@@ -29,8 +29,7 @@ def _flag(args, flag):
 def test_decode_args_carry_model_quantization_speculation_kv_transfer_and_events():
     _, spec, _, _ = _render()
     args = render_args.vllm_args(spec, role=names.ROLE_DECODE, port=8000)
-    assert args[:8] == [
-        "--model",
+    assert args[:7] == [
         "meta-llama/Llama-3.1-8B-Instruct",
         "--served-model-name",
         "llama-3.1-8b",
@@ -252,6 +251,33 @@ def test_extra_args_may_not_repeat_a_typed_flag():
     assert invalid is not None
     assert invalid.reason == "ExtraArgConflict"
     assert "spec.engine.extraArgs[1]" in invalid.message and "--quantization" in invalid.message
+
+
+def _rendered_specs():
+    aggregated = samples.disaggregated_spec()
+    aggregated["disaggregation"] = {"enabled": False}
+    aggregated["serving"] = aggregated.pop("decode")
+    del aggregated["prefill"]
+    aggregated["engine"]["lora"] = {
+        "maxLoras": 2,
+        "maxLoraRank": 64,
+        "adapters": [{"name": "sql", "source": "org/sql"}, {"name": "chat", "source": "org/chat"}],
+    }
+    aggregated["engine"]["prefixCaching"] = {"enabled": False}
+    aggregated["engine"]["speculative"] = {"method": "eagle3", "numSpeculativeTokens": 3, "draftModel": "o/e"}
+    aggregated["engine"].update(dtype="bfloat16", kvCacheDtype="fp8_e5m2", gpuMemoryUtilization=0.9)
+    return [modeltier.parse_spec(samples.disaggregated_spec()), modeltier.parse_spec(aggregated)]
+
+
+@pytest.mark.parametrize("spec", _rendered_specs(), ids=["disaggregated", "aggregated"])
+def test_rendered_argv_is_one_vllm_0_11_serve_accepts(spec):
+    flags = vllm_flags.table()
+    assert flags.version == "0.11.0"
+    for role in spec.roles():
+        args = render_args.vllm_args(spec, role=role, port=8000)
+        parsed = vllm_flags.parse(args, flags)  # raises on --model, unknown flags, refused choices
+        assert parsed.positionals == ((0, spec.model.source),)
+        assert len({a.option.dest for a in parsed.args}) == len(parsed.args)  # no flag twice
 
 
 def test_label_values_from_model_names_are_made_valid():

@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 import yaml
 
-from frontier_api import names
+from frontier_api import names, vllm_flags
 from frontier_sim import flags, fleet
 
 OPERATOR_ARGS = [
-    "--model", "meta-llama/Llama-3.1-70B-Instruct",
+    "meta-llama/Llama-3.1-70B-Instruct",
     "--served-model-name", "llama-70b",
     "--tensor-parallel-size", "4",
     "--max-model-len", "32768",
@@ -64,6 +64,25 @@ def test_unknown_or_invalid_flags_are_refused_with_the_flag_named(argv):
     with pytest.raises(ValueError, match=argv[1]) as caught:
         fleet.settings.build_engine(flags.parse_serve(argv))
     assert "--" in str(caught.value)
+
+
+@pytest.mark.parametrize("argv", [["--model", "m"], ["--model=m"], ["m", "--model", "m"]])
+def test_model_flag_is_refused_as_vllm_0_11_serve_refuses_it(argv):
+    with pytest.raises(flags.FlagError, match="--model is refused") as caught:
+        flags.parse_serve(argv)
+    assert "positional" in str(caught.value)
+
+
+def test_every_vllm_flag_the_simulator_accepts_is_one_vllm_0_11_serve_accepts():
+    table = vllm_flags.table()
+    accepted = [
+        flag
+        for action in flags.serve_parser()._actions
+        for flag in action.option_strings
+        if not flag.startswith("--sim-")
+    ]
+    assert "--model" not in accepted
+    assert [flag for flag in accepted if table.option(flag) is None] == []
 
 
 def test_cli_exits_2_on_an_unknown_flag():

@@ -165,7 +165,7 @@ def engines(
     prefill: int = 0,
     tier: str | None = None,
 ) -> list[fleet.EngineSpec]:
-    """`count` identical engines from `vllm serve` / `--sim-*` flags (`--model` among them), as the fleet
+    """`count` identical engines from the fleet's `--model` and `vllm serve` / `--sim-*` flags, as the fleet
     launcher builds them (`frontier-sim fleet --engines N ...`); the first `prefill` are prefill engines,
     the rest decode engines, when `prefill` > 0. Addresses are names only: nothing binds them."""
     argv = ["--engines", str(count), "--base-address", base_address, "--prefill-engines", str(prefill)]
