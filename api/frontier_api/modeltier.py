@@ -64,17 +64,20 @@ class KvCacheDtype(enum.StrEnum):
 
 
 class SpeculativeMethod(enum.StrEnum):
-    """Speculative decoding proposers (`--speculative-config` method)."""
+    """Speculative decoding proposers (`--speculative-config` method); each one vLLM 0.11 runs (it refuses
+    `draft_model`: its V1 engine has no draft-model proposer)."""
 
     NGRAM = "ngram"
     EAGLE = "eagle"
     EAGLE3 = "eagle3"
     MTP = "mtp"
-    DRAFT_MODEL = "draft_model"
 
 
 # Methods whose proposer is a separate model that must be named.
-DRAFTED_METHODS: Final = (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3, SpeculativeMethod.DRAFT_MODEL)
+DRAFTED_METHODS: Final = (SpeculativeMethod.EAGLE, SpeculativeMethod.EAGLE3)
+
+# The `--max-lora-rank` values vLLM 0.11 accepts (it refuses any other at start-up).
+MAX_LORA_RANKS: Final = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
 class PrefixHashAlgo(enum.StrEnum):
@@ -186,8 +189,8 @@ class Speculative(schema.Model):
 
     __cel__: ClassVar[tuple[schema.Rule, ...]] = (
         schema.Rule(
-            rule="!(self.method in ['eagle', 'eagle3', 'draft_model']) || has(self.draftModel)",
-            message="speculative.draftModel is required for methods eagle, eagle3 and draft_model",
+            rule=f"!(self.method in {[m.value for m in DRAFTED_METHODS]}) || has(self.draftModel)",
+            message="speculative.draftModel is required for methods eagle and eagle3",
             field_path=".draftModel",
         ),
         schema.Rule(
@@ -204,9 +207,7 @@ class Speculative(schema.Model):
 
     method: SpeculativeMethod = schema.prop("Proposer.")
     num_speculative_tokens: int = schema.prop("Tokens proposed per step.", minimum=1, maximum=16)
-    draft_model: str | None = schema.prop(
-        "Proposer model (eagle, eagle3, draft_model).", default=None, max_length=1024
-    )
+    draft_model: str | None = schema.prop("Proposer model (eagle, eagle3).", default=None, max_length=1024)
     prompt_lookup_max: int | None = schema.prop(
         "ngram: longest n-gram matched in the prompt.", default=None, minimum=1
     )
@@ -235,9 +236,19 @@ class LoraAdapter(schema.Model):
 class Lora(schema.Model):
     """Multi-LoRA serving."""
 
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            rule=f"!has(self.maxLoraRank) || self.maxLoraRank in {list(MAX_LORA_RANKS)}",
+            message="lora.maxLoraRank must be one of " + ", ".join(map(str, MAX_LORA_RANKS)),
+            field_path=".maxLoraRank",
+        ),
+    )
+
     max_loras: int = schema.prop("Adapters resident in one batch (`--max-loras`).", default=1, minimum=1)
     max_lora_rank: int | None = schema.prop(
-        "Largest adapter rank (`--max-lora-rank`).", default=None, minimum=1
+        "Largest adapter rank (`--max-lora-rank`): 8, 16, 32, 64, 128, 256, 320 or 512.",
+        default=None,
+        minimum=1,
     )
     adapters: list[LoraAdapter] = schema.prop(
         "Adapters loaded at start-up (`--lora-modules`).", default_factory=list, max_items=64

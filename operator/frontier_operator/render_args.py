@@ -108,35 +108,31 @@ def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[st
     return args
 
 
-# Flags a typed field renders; repeating one in extraArgs would make the engine's behaviour depend on
-# argparse's last-wins order, so validation refuses it.
-TYPED_FLAGS: Final = frozenset(
-    {
-        "--model",
-        "--served-model-name",
-        "--port",
-        "--tensor-parallel-size",
-        "--pipeline-parallel-size",
-        "--data-parallel-size",
-        "--max-model-len",
-        "--max-num-seqs",
-        "--max-num-batched-tokens",
-        "--gpu-memory-utilization",
-        "--dtype",
-        "--kv-cache-dtype",
-        "--quantization",
-        "--enable-prefix-caching",
-        "--no-enable-prefix-caching",
-        "--prefix-caching-hash-algo",
-        "--speculative-config",
-        "--enable-lora",
-        "--max-loras",
-        "--max-lora-rank",
-        "--lora-modules",
-        "--kv-transfer-config",
-        "--kv-events-config",
-    }
-)
+# Flags a typed field renders, with that field; repeating one in extraArgs would make the engine's behaviour
+# depend on argparse's last-wins order, so validation refuses it.
+TYPED_FLAGS: Final = {
+    "--served-model-name": "spec.model.servedName",
+    "--port": "the pool's targetPort",
+    "--tensor-parallel-size": "the roles' parallelism.tensor",
+    "--pipeline-parallel-size": "the roles' parallelism.pipeline",
+    "--data-parallel-size": "the roles' parallelism.data",
+    "--max-model-len": "spec.engine.maxModelLen",
+    "--max-num-seqs": "spec.engine.maxNumSeqs",
+    "--max-num-batched-tokens": "spec.engine.maxNumBatchedTokens",
+    "--gpu-memory-utilization": "spec.engine.gpuMemoryUtilization",
+    "--dtype": "spec.engine.dtype",
+    "--kv-cache-dtype": "spec.engine.kvCacheDtype",
+    "--quantization": "spec.engine.quantization",
+    "--enable-prefix-caching": "spec.engine.prefixCaching.enabled",
+    "--prefix-caching-hash-algo": "spec.engine.prefixCaching.hashAlgo",
+    "--speculative-config": "spec.engine.speculative",
+    "--enable-lora": "spec.engine.lora",
+    "--max-loras": "spec.engine.lora.maxLoras",
+    "--max-lora-rank": "spec.engine.lora.maxLoraRank",
+    "--lora-modules": "spec.engine.lora.adapters",
+    "--kv-transfer-config": "spec.disaggregation",
+    "--kv-events-config": "spec.engine.kvEvents",
+}
 
 
 def args_hash(args_by_role: Mapping[str, Sequence[str]]) -> str:

@@ -1,14 +1,14 @@
 """Checks of a ModelTier that its CRD schema cannot express; a failure becomes `ConfigValid=False`.
 
 The API server already enforces types, enums and the CEL rules. What is left needs more than the object
-itself (the referenced InferencePool must exist and be servable) or is too costly for CEL (scanning free-form
-`extraArgs` for flags a typed field owns). A failed check names the field and what is allowed, and the
-operator then touches no children.
+itself (the referenced InferencePool must exist and be servable) or is too costly for CEL (reading free-form
+`extraArgs` as vLLM would, by the generated flag table of the vLLM the chart runs, `frontier_api.vllm_flags`).
+A failed check names the field and what is allowed, and the operator then touches no children.
 """
 
 import dataclasses
 
-from frontier_api import modeltier
+from frontier_api import modeltier, vllm_flags
 from frontier_operator import render_args
 
 
@@ -27,13 +27,38 @@ def check_spec(spec: modeltier.ModelTierSpec) -> Invalid | None:
             reason="EngineUnsupported",
             message=f"spec.engine.type {spec.engine.type.value!r} cannot be rendered yet; allowed: vllm",
         )
-    for i, arg in enumerate(spec.engine.extra_args):
-        flag = arg.split("=", 1)[0]
-        if flag in render_args.TYPED_FLAGS:
-            return Invalid(
-                reason="ExtraArgConflict",
-                message=f"spec.engine.extraArgs[{i}] repeats {flag}; set the typed field instead",
-            )
+    extra = check_extra_args(spec.engine.extra_args)
+    if extra is not None:
+        return extra
     if not spec.roles():
         return Invalid(reason="NoRoles", message="spec has no role: set serving, or prefill and decode")
+    return None
+
+
+def check_extra_args(extra_args: list[str]) -> Invalid | None:
+    """`spec.engine.extraArgs` as vLLM reads them: no unknown flag or refused value, no positional argument
+    and no flag a typed field renders, whichever spelling (`-tp`, `--tensor_parallel_size=2`)."""
+    flags = vllm_flags.table()
+    try:
+        parsed = vllm_flags.parse(extra_args, flags)
+    except vllm_flags.ArgError as e:
+        return Invalid(reason="ExtraArgInvalid", message=f"spec.engine.extraArgs[{e.index}]: {e}")
+    if parsed.positionals:
+        index, text = parsed.positionals[0]
+        return Invalid(
+            reason="ExtraArgInvalid",
+            message=f"spec.engine.extraArgs[{index}] {text!r} is no flag's value;"
+            " the model is spec.model.source",
+        )
+    for arg in parsed.args:
+        field = render_args.TYPED_FLAGS.get(arg.option.name)
+        if field is not None:
+            spelled = (
+                arg.written if arg.written == arg.option.name else f"{arg.written} (= {arg.option.name})"
+            )
+            return Invalid(
+                reason="ExtraArgConflict",
+                message=f"spec.engine.extraArgs[{arg.index}] {spelled} repeats what {field} renders;"
+                " set that field instead",
+            )
     return None

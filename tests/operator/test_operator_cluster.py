@@ -240,6 +240,16 @@ def invalid_ns(control_plane, api):
             lambda s: s["engine"].update(speculative={"method": "eagle3", "numSpeculativeTokens": 3}),
             "spec.engine.speculative.draftModel",
         ),
+        (
+            lambda s: s["engine"].update(
+                speculative={"method": "draft_model", "numSpeculativeTokens": 3, "draftModel": "org/small"}
+            ),
+            "spec.engine.speculative.method",
+        ),
+        (
+            lambda s: s["engine"].update(lora={"maxLoras": 2, "maxLoraRank": 48}),
+            "spec.engine.lora.maxLoraRank",
+        ),
         (lambda s: s["tier"].update(virtualModels=[""]), "spec.tier.virtualModels"),
         (
             lambda s: s["tier"].update(routing={"minPromptTokens": 900, "maxPromptTokens": 100}),
@@ -251,6 +261,8 @@ def invalid_ns(control_plane, api):
         "replicas-and-autoscaling",
         "pd-with-one-role",
         "eagle3-without-draft",
+        "draft-model-refused-by-vllm-0.11",
+        "lora-rank-outside-vllms-set",
         "empty-virtual-model",
         "prompt-bounds-reversed",
     ],

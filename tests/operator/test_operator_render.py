@@ -253,6 +253,62 @@ def test_extra_args_may_not_repeat_a_typed_flag():
     assert "spec.engine.extraArgs[1]" in invalid.message and "--quantization" in invalid.message
 
 
+def _extra_args_check(extra_args):
+    raw = samples.disaggregated_spec()
+    raw["engine"]["extraArgs"] = extra_args
+    return validate.check_spec(modeltier.parse_spec(raw))
+
+
+@pytest.mark.parametrize(
+    "extra_args",
+    [
+        ["--enforce-eager", "-tp", "2"],
+        ["--enforce-eager", "--tensor_parallel_size=2"],
+        ["--enforce-eager", "--tensor-parallel-size=2"],
+        ["--enforce-eager", "-tp=2"],
+        ["--enforce-eager", "--no-enable-prefix-caching"],
+        ["--enforce-eager", "--speculative-config.method", "eagle"],
+        ["--enforce-eager", "-q", "awq"],
+    ],
+    ids=["alias", "underscores", "equals", "alias-equals", "negated-switch", "json-key", "short-alias"],
+)
+def test_extra_args_may_not_repeat_a_typed_flag_in_any_spelling_vllm_accepts(extra_args):
+    invalid = _extra_args_check(extra_args)
+    assert invalid is not None and invalid.reason == "ExtraArgConflict"
+    written = extra_args[1].partition("=")[0]
+    assert invalid.message.startswith(f"spec.engine.extraArgs[1] {written}")
+    assert "repeats what" in invalid.message
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "index", "says"),
+    [
+        (["--enforce-eager", "--no-such-flag"], 1, "--no-such-flag is not a flag of vllm serve 0.11.0"),
+        (["--max-num-seq", "8"], 0, "--max-num-seq abbreviates --max-num-seqs"),
+        (["--block-size", "16", "--model", "m"], 2, "--model: vllm serve 0.11.0 refuses it"),
+        (["--enforce-eager", "--block-size", "24"], 1, "'24' is refused by vLLM 0.11.0; allowed: 1, 8, 16"),
+        (["--enforce-eager=1"], 0, "--enforce-eager is a switch"),
+        (["--block-size"], 0, "--block-size needs a value"),
+        (["--enforce-eager", "org/model"], 1, "'org/model' is no flag's value"),
+    ],
+    ids=["unknown", "abbreviation", "model", "refused-choice", "switch-with-value", "no-value", "positional"],
+)
+def test_extra_args_vllm_would_refuse_are_refused_naming_the_entry(extra_args, index, says):
+    invalid = _extra_args_check(extra_args)
+    assert invalid is not None and invalid.reason in ("ExtraArgInvalid", "ExtraArgConflict")
+    assert invalid.message.startswith(f"spec.engine.extraArgs[{index}]")
+    assert says in invalid.message
+
+
+def test_extra_args_vllm_accepts_pass():
+    assert (
+        _extra_args_check(
+            ["--enforce-eager", "--block-size", "32", "-O3", "--max_cpu_loras=4", "--load-format", "dummy"]
+        )
+        is None
+    )
+
+
 def _rendered_specs():
     aggregated = samples.disaggregated_spec()
     aggregated["disaggregation"] = {"enabled": False}
@@ -278,6 +334,29 @@ def test_rendered_argv_is_one_vllm_0_11_serve_accepts(spec):
         parsed = vllm_flags.parse(args, flags)  # raises on --model, unknown flags, refused choices
         assert parsed.positionals == ((0, spec.model.source),)
         assert len({a.option.dest for a in parsed.args}) == len(parsed.args)  # no flag twice
+
+
+def test_every_typed_flag_is_a_vllm_0_11_flag_under_its_long_name():
+    flags = vllm_flags.table()
+    for flag in render_args.TYPED_FLAGS:
+        option = flags.option(flag)
+        assert option is not None and option.name == flag, flag
+
+
+def test_the_crd_offers_only_values_vllm_0_11_accepts():
+    flags = vllm_flags.table()
+    assert set(modeltier.SpeculativeMethod) <= set(flags.speculative_methods)
+    assert "draft_model" not in flags.speculative_methods  # 0.11's V1 engine refuses it
+    assert flags.max_lora_ranks == modeltier.MAX_LORA_RANKS
+    assert set(modeltier.Quantization) <= set(flags.quantization_methods)
+    for flag, values in (
+        ("--dtype", modeltier.Dtype),
+        ("--kv-cache-dtype", modeltier.KvCacheDtype),
+        ("--prefix-caching-hash-algo", modeltier.PrefixHashAlgo),
+    ):
+        option = flags.option(flag)
+        assert option is not None and option.choices is not None
+        assert set(values) <= set(option.choices), flag
 
 
 def test_label_values_from_model_names_are_made_valid():
