@@ -3,14 +3,17 @@
 Every flag the Frontier operator renders is accepted and modelled (sim/README.md lists them); a few common
 vLLM flags that change nothing the simulator models (`--dtype`, `--trust-remote-code`, `--enforce-eager`, ...)
 are accepted and ignored. Anything else is rejected with an error that names the flag, because a silently
-ignored typo in a manifest would make the simulated fleet differ from the real one without anyone noticing;
-so is `--model`, which vLLM 0.11's `vllm serve` refuses (the model is the positional argument).
+ignored typo in a manifest would make the simulated fleet differ from the real one without anyone noticing.
+So is what vLLM 0.11 refuses, by its flag table (`frontier_api.vllm_flags`): `--model` (the model is the
+positional argument), a value outside a flag's choices, a `--max-lora-rank` outside its set, a
+`--quantization` it does not know, a speculative method it does not run.
 Simulator-only flags start with `--sim-`.
 """
 
 import argparse
 from collections.abc import Sequence
 
+from frontier_api import vllm_flags
 from frontier_sim import settings as settings_
 
 ACCEPTED_IGNORED_VALUE = (
@@ -20,7 +23,6 @@ ACCEPTED_IGNORED_VALUE = (
     "--download-dir",
     "--load-format",
     "--uvicorn-log-level",
-    "--max-lora-rank",
     "--lora-dtype",
     "--pipeline-parallel-size",
     "--data-parallel-size",
@@ -74,10 +76,18 @@ def add_engine_flags(parser: argparse.ArgumentParser, *, model_required: bool) -
     parser.add_argument("--kv-transfer-config")
     parser.add_argument("--kv-events-config")
     parser.add_argument("--seed", type=int, default=0)
+    table = vllm_flags.table()
+    parser.add_argument("--max-lora-rank", type=int, choices=table.max_lora_ranks, help=argparse.SUPPRESS)
     for flag in ACCEPTED_IGNORED_VALUE:
         parser.add_argument(flag, help=argparse.SUPPRESS)
     for flag in ACCEPTED_IGNORED_SWITCH:
         parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    # vLLM's own choices on the flags both have: a value vLLM refuses must not start a simulated engine.
+    for action in parser._actions:
+        option = next(filter(None, map(table.option, action.option_strings)), None)
+        if option is not None and option.choices is not None:
+            convert = action.type if callable(action.type) else str
+            action.choices = [convert(choice) for choice in option.choices]
     parser.add_argument("--sim-gpu", default="h100", choices=["h100", "h200"])
     parser.add_argument(
         "--sim-params", help="parameter count, e.g. 8e9 or 70B (default: from the model name)"
@@ -131,6 +141,15 @@ def settings_from(args: argparse.Namespace, *, model: str | None = None) -> sett
         )
     except ValueError as e:
         raise FlagError(str(e)) from None
+    table = vllm_flags.table()
+    if args.quantization is not None and args.quantization not in table.quantization_methods:
+        raise FlagError(f"--quantization={args.quantization!r} is refused by vLLM {table.version}")
+    method = settings_.speculative_method(spec) if spec is not None else None
+    if method is not None and method not in table.speculative_methods:
+        raise FlagError(
+            f"--speculative-config: method {method!r} is refused by vLLM {table.version};"
+            f" it runs: {', '.join(table.speculative_methods)}"
+        )
     if not 0.0 <= args.sim_acceptance_rate <= 1.0:
         raise FlagError(f"--sim-acceptance-rate={args.sim_acceptance_rate}; must be in [0, 1]")
     return settings_.Settings(

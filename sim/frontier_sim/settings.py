@@ -68,20 +68,28 @@ class Settings:
         return bool(cfg.get("enable_kv_cache_events")) and cfg.get("publisher", "zmq") == "zmq"
 
 
+def speculative_method(spec: dict[str, Any]) -> str:
+    """The method of a `--speculative-config`: the one named, else the one vLLM infers from the draft model's
+    name (`eagle-...`, `...eagle3...`), else `draft_model`; ngram when no model is named."""
+    if spec.get("method"):
+        return str(spec["method"])
+    model = str(spec.get("model") or "").lower()
+    if not model:
+        return "ngram"
+    if "eagle-" in model:
+        return "eagle"
+    return "eagle3" if "eagle3" in model else "draft_model"
+
+
 def step_model(settings: Settings) -> timing.StepModel:
-    spec = settings.speculative_config or {}
-    method = spec.get("method") if spec else None
-    if spec and method is None:
-        method = "draft_model" if spec.get("model") else "ngram"
-    draft_params = timing.params_from_name(str(spec["model"])) if spec.get("model") else None
+    spec = settings.speculative_config
     return timing.step_model(
         calibration=timing.load(settings.gpu),
         params=settings.model_params,
         tensor_parallel=settings.tensor_parallel_size,
         quantization=settings.quantization,
         kv_cache_dtype=settings.kv_cache_dtype,
-        speculative_method=method,
-        draft_params=draft_params,
+        speculative_method=speculative_method(spec) if spec else None,
     )
 
 

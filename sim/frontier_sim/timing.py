@@ -16,8 +16,8 @@ Llama-3.1-8B-shaped decoder in bf16 on one GPU) fit two formulas:
 - *tensor parallelism* `tp`: weight and attention terms divide by tp; every step adds two all-reduces per
   layer (a latency plus the bytes of the activations over NVLink).
 - *GPU*: the H100 or H200 calibration file.
-- *quantization*: fp8 and int8 (W8A8) halve weight bytes and run GEMMs at the measured bf16/fp8 speed ratio
-  (decode-sized M for d-terms, prefill-sized M for p-terms); int4 weight-only (int4/awq/gptq, Marlin kernels)
+- *quantization*: fp8 halves weight bytes and runs GEMMs at the measured bf16/fp8 speed ratio
+  (decode-sized M for d-terms, prefill-sized M for p-terms); int4 weight-only (awq/gptq, Marlin kernels)
   quarter the weight bytes, speed memory-bound decode GEMMs 2.5x (an assumption, not measured here) and
   leave compute-bound prefill GEMMs at 0.95x bf16. `--kv-cache-dtype fp8` halves KV bytes (more blocks,
   d2 / 2).
@@ -29,7 +29,7 @@ by the decode fit alone, so pure steps reproduce the calibration exactly.
 
 Speculative decoding verifies k = 1 + num_speculative_tokens query tokens per sequence at the measured
 multi-token cost (the d1*B*k term) plus a proposer cost per drafted token: 0 for ngram, a fraction of a decode
-step's fixed cost for EAGLE/MTP heads, the draft/target parameter ratio for a draft model.
+step's fixed cost for EAGLE/MTP heads (vLLM 0.11 runs no separate draft model).
 
 Caveat from the calibration README: short-prompt prefill was measured eagerly, so p0 is an upper bound.
 """
@@ -52,8 +52,6 @@ GPU_FILES: Final = {"h100": "h100_llama8b.json", "h200": "h200_llama8b.json"}
 QUANTIZATIONS: Final = {
     "none": (2.0, "bf16"),
     "fp8": (1.0, "fp8"),
-    "int8": (1.0, "fp8"),
-    "int4": (0.53, "int4"),
     "awq": (0.53, "int4"),
     "awq_marlin": (0.53, "int4"),
     "gptq": (0.53, "int4"),
@@ -71,7 +69,7 @@ KV_DTYPE_BYTES: Final = {
 }
 
 # Proposer cost per drafted token, as a fraction of the decode step's fixed cost d0.
-SPECULATIVE_DRAFT_COST: Final = {"ngram": 0.0, "eagle": 0.1, "eagle3": 0.1, "mtp": 0.12, "draft_model": 0.1}
+SPECULATIVE_DRAFT_COST: Final = {"ngram": 0.0, "eagle": 0.1, "eagle3": 0.1, "mtp": 0.12}
 
 # Two all-reduces per layer under tensor parallelism: a fixed latency each, plus activation bytes over NVLink.
 ALLREDUCE_LATENCY_S: Final = 12e-6
@@ -241,7 +239,6 @@ def step_model(
     quantization: str | None = None,
     kv_cache_dtype: str = "auto",
     speculative_method: str | None = None,
-    draft_params: float | None = None,
 ) -> StepModel:
     """Scale `calibration` to a model of `params` parameters on `tensor_parallel` GPUs (see module doc)."""
     quant = (quantization or "none").lower()
@@ -283,10 +280,7 @@ def step_model(
             raise ValueError(
                 f"speculative method {speculative_method!r}; allowed: {', '.join(SPECULATIVE_DRAFT_COST)}"
             )
-        fraction = SPECULATIVE_DRAFT_COST[speculative_method]
-        if speculative_method == "draft_model" and draft_params is not None:
-            fraction = draft_params / params
-        draft = fraction * d0
+        draft = SPECULATIVE_DRAFT_COST[speculative_method] * d0
     return StepModel(
         p0=calibration.p0 * layers,
         p1=calibration.p1 * scale / tp / prefill_speed,

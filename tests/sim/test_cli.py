@@ -58,6 +58,20 @@ def test_every_flag_the_operator_renders_is_accepted_and_modelled():
         ["m", "--max-num-seq", "8"],  # abbreviations of real flags are typos, not shortcuts
         ["m", "--speculative-config", "{not json"],
         ["m", "--quantization", "q3_k"],
+        # vLLM 0.11 refuses these values:
+        ["m", "--quantization", "int8"],
+        ["m", "--max-lora-rank", "24"],
+        ["m", "--block-size", "24"],
+        [
+            "m",
+            "--speculative-config",
+            '{"method":"draft_model","model":"org/small","num_speculative_tokens":3}',
+        ],
+        [
+            "m",
+            "--speculative-config",
+            '{"model":"org/small","num_speculative_tokens":3}',
+        ],  # inferred draft_model
     ],
 )
 def test_unknown_or_invalid_flags_are_refused_with_the_flag_named(argv):
@@ -83,6 +97,13 @@ def test_every_vllm_flag_the_simulator_accepts_is_one_vllm_0_11_serve_accepts():
     ]
     assert "--model" not in accepted
     assert [flag for flag in accepted if table.option(flag) is None] == []
+
+
+def test_speculative_method_is_inferred_from_the_draft_models_name_as_vllm_does():
+    eagle3 = '{"model":"yuhuili/EAGLE3-LLaMA3.1-Instruct-8B","num_speculative_tokens":3}'
+    s = flags.parse_serve(["m", "--speculative-config", eagle3, "--max-lora-rank", "64"])
+    assert fleet.settings.speculative_method(s.speculative_config) == "eagle3"
+    assert fleet.settings.build_engine(s).config.num_speculative_tokens == 3
 
 
 def test_cli_exits_2_on_an_unknown_flag():
