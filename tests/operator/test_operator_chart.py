@@ -71,6 +71,7 @@ def test_rbac_is_limited_to_the_kinds_the_operator_manages(helm):
     assert writable == {
         "modeltiers/status",
         "deployments",
+        "poddisruptionbudgets",
         "horizontalpodautoscalers",
         "services",
         "configmaps",
