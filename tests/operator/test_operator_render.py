@@ -349,9 +349,10 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
     assert owner_uids == ["uid-a", "uid-b"]
     assert not any(o["controller"] for o in found[("Role", "chat-picker")]["metadata"]["ownerReferences"])
     resources = {r for rule in found[("Role", "chat-picker")]["rules"] for r in rule["resources"]}
-    assert resources == {"pods", "inferencepools", "modeltiers", "inferenceobjectives"}
+    # Exactly what the picker's pool discovery lists and watches.
+    assert resources == {"pods", "inferencepools", "inferenceobjectives"}
     verbs = {v for rule in found[("Role", "chat-picker")]["rules"] for v in rule["verbs"]}
-    assert verbs == {"get", "list", "watch"}
+    assert verbs == {"list", "watch"}
 
 
 def test_picker_config_override_annotation_mounts_the_users_configmap():
