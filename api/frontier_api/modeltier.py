@@ -461,6 +461,58 @@ class Role(schema.Model):
         return p.tensor * p.pipeline * p.data
 
 
+class RolloutStrategy(enum.StrEnum):
+    """How a role's Deployment replaces its pods (the Deployment strategy type)."""
+
+    ROLLING_UPDATE = "RollingUpdate"
+    RECREATE = "Recreate"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Rollout(schema.Model):
+    """How the pods of every role are replaced and stopped: on a spec change, a node drain or a scale-down."""
+
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            # The has() guards are for the CRD's own default ({}), checked before defaulting fills it.
+            rule="!has(self.maxSurge) || !has(self.maxUnavailable) || self.strategy == 'Recreate'"
+            " || self.maxSurge + self.maxUnavailable >= 1",
+            message="rollout.maxSurge and rollout.maxUnavailable must not both be 0",
+            field_path=".maxUnavailable",
+        ),
+    )
+
+    strategy: RolloutStrategy = schema.prop(
+        "RollingUpdate replaces pods a few at a time (maxSurge/maxUnavailable); Recreate stops every pod of"
+        " the role before starting new ones (an outage of the role, but no extra GPUs and never two"
+        " versions at once).",
+        default=RolloutStrategy.ROLLING_UPDATE,
+    )
+    max_surge: int = schema.prop(
+        "RollingUpdate: pods started above the replica count. Default 0: a GPU pool is usually full, and a"
+        " surge pod would wait for GPUs that only the pods it replaces can free, so the rollout would stall"
+        " (Kubernetes' 25% rounds up to one such pod). Raise it only where spare GPUs exist.",
+        default=0,
+        minimum=0,
+    )
+    max_unavailable: int = schema.prop(
+        "Pods of a role that may be down at once: during a RollingUpdate (default 1: one pod stops, freeing"
+        " its GPUs for its replacement, so capacity dips by one pod) and for voluntary disruptions such as"
+        " node drains, through the role's PodDisruptionBudget (which allows at least 1, so a drain never"
+        " blocks forever). A pod count, not a percentage: Kubernetes' 25% rounds down to 0 below 4 replicas.",
+        default=1,
+        minimum=0,
+    )
+    drain_timeout_seconds: int = schema.prop(
+        "How long a stopping engine pod keeps serving its in-flight requests: after the picker has dropped"
+        " it, the pod waits until the engine's running and waiting requests reach 0, or this long, before"
+        " the engine gets SIGTERM (vLLM itself has no drain).",
+        default=120,
+        minimum=0,
+        maximum=3600,
+    )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelTierSpec(schema.Model):
     """One served model variant in an InferencePool: model, tier, engine settings and roles."""
@@ -499,6 +551,7 @@ class ModelTierSpec(schema.Model):
     )
     prefill: Role | None = schema.prop("The prefill role (disaggregation only).", default=None)
     decode: Role | None = schema.prop("The decode role (disaggregation only).", default=None)
+    rollout: Rollout = schema.prop("How every role's pods are replaced and stopped.", default_factory=Rollout)
 
     def roles(self) -> dict[str, Role]:
         """The tier's roles by label value (`both` for the aggregated serving role)."""

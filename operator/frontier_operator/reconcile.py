@@ -35,7 +35,11 @@ log = logging.getLogger("frontier_operator.reconcile")
 TIER_API: Final = f"{names.FRONTIER_GROUP}/{names.FRONTIER_VERSION}"
 POOL_API: Final = f"{names.GIE_GROUP}/{names.GIE_VERSION}"
 # Kinds a tier owns; stale ones (a role or HPA the spec dropped) are deleted.
-TIER_CHILD_KINDS: Final = (("apps/v1", "Deployment"), ("autoscaling/v2", "HorizontalPodAutoscaler"))
+TIER_CHILD_KINDS: Final = (
+    ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+)
 
 
 @dataclasses.dataclass(kw_only=True)

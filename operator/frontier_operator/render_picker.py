@@ -24,23 +24,15 @@ from frontier_operator import manifests, pools, settings
 CONFIG_KEY: Final = "config.yaml"
 CONFIG_MOUNT: Final = "/config"
 
-# What a picker reads: endpoints (pods), its pool, the tiers and the objectives (priorities).
+# What a picker reads (`frontier_picker.pool_discovery`), and nothing more: it lists and watches its pool,
+# the namespace's pods (its endpoints) and InferenceObjectives (priorities); tier facts come in its config.
 PICKER_RULES: Final = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {
-        "apiGroups": [names.GIE_GROUP],
-        "resources": [names.INFERENCE_POOL_PLURAL],
-        "verbs": ["get", "list", "watch"],
-    },
-    {
-        "apiGroups": [names.FRONTIER_GROUP],
-        "resources": [names.MODEL_TIER_PLURAL],
-        "verbs": ["get", "list", "watch"],
-    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [names.GIE_GROUP], "resources": [names.INFERENCE_POOL_PLURAL], "verbs": ["list", "watch"]},
     {
         "apiGroups": [names.GIE_X_GROUP],
         "resources": [names.INFERENCE_OBJECTIVE_PLURAL],
-        "verbs": ["get", "list", "watch"],
+        "verbs": ["list", "watch"],
     },
 ]
 

@@ -1,4 +1,5 @@
-"""Desired children of one ModelTier: a Deployment per role and a HorizontalPodAutoscaler per autoscaled role.
+"""Desired children of one ModelTier: per role a Deployment and a PodDisruptionBudget, and a
+HorizontalPodAutoscaler per autoscaled role.
 
 Pure: (ModelTier object, Pool, Settings) -> manifests. Names are `<tier>-serving`, `<tier>-prefill`,
 `<tier>-decode`. The Deployment selector uses only the tier and role labels (a selector is immutable, and
@@ -7,6 +8,10 @@ engine type. Decode pods of a disaggregated tier run the routing sidecar (`front
 pool's target port in front of the engine, which listens on `ENGINE_LOCAL_PORT`. GPU placement:
 `nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector and the GPU tolerations.
 `replicas` is left out when an HPA owns the role, so the operator never fights it.
+
+Stopping and replacing pods follows `spec.rollout`: the Deployment strategy (by default one pod at a time and
+no surge, since a surge pod on a full GPU pool waits for GPUs forever), a PodDisruptionBudget for node drains,
+and a preStop drain on engine pods (`DRAIN_SCRIPT`) within `terminationGracePeriodSeconds`.
 """
 
 import math
@@ -23,9 +28,57 @@ KV_EVENTS_PORT: Final = 5557
 # listens here, on localhost only as far as the pool is concerned.
 ENGINE_LOCAL_PORT: Final = 8200
 
+# The preStop drain of an engine pod. When it runs the pod is terminating, so the picker (which drops
+# terminating pods) sends it nothing new; it first waits ENDPOINT_REMOVAL_S for requests already on their way
+# (the picker's watch and Envoy lag behind the deletion), then polls the engine's own gauges until no request
+# runs or waits, or the drain timeout passes. vLLM has no drain endpoint and aborts what is in flight on
+# SIGTERM; a fixed sleep would hold every idle pod for the worst case. Python, because every engine image
+# (vLLM's, the simulator's) has it; an engine that does not answer has nothing left to drain.
+DRAIN_SCRIPT: Final = """\
+import re, sys, time, urllib.request
+url, settle_s, timeout_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+time.sleep(settle_s)
+deadline = time.monotonic() + timeout_s
+gauge = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\\{[^}]*\\})? (\\S+)$", re.M)
+while time.monotonic() < deadline:
+    try:
+        page = urllib.request.urlopen(url, timeout=2).read().decode()
+    except OSError:
+        break
+    if not any(float(value) for value in gauge.findall(page)):
+        break
+    time.sleep(1)
+"""
+ENDPOINT_REMOVAL_S: Final = 5
+# After the drain, the engine's own shutdown on SIGTERM (freeing GPU memory, stopping workers).
+ENGINE_STOP_S: Final = 30
+
 
 def child_name(tier: str, role: str) -> str:
     return f"{tier}-{ROLE_SUFFIX[role]}"
+
+
+def _selector(tier: str, role: str) -> dict[str, str]:
+    """The pods of one role: only the tier and role labels, which never change for a child."""
+    return {names.TIER_LABEL: manifests.label_value(tier), names.ROLE_LABEL: role}
+
+
+def _drain(engine_port: int, rollout: modeltier.Rollout) -> dict[str, Any]:
+    """The preStop hook that keeps a stopping container up while its engine still has requests."""
+    command = [
+        "python3",
+        "-c",
+        DRAIN_SCRIPT,
+        f"http://127.0.0.1:{engine_port}/metrics",
+        str(ENDPOINT_REMOVAL_S),
+        str(rollout.drain_timeout_seconds),
+    ]
+    return {"preStop": {"exec": {"command": command}}}
+
+
+def termination_grace_seconds(rollout: modeltier.Rollout) -> int:
+    """The engine pod's grace period: the whole drain, then the engine's own shutdown."""
+    return ENDPOINT_REMOVAL_S + rollout.drain_timeout_seconds + ENGINE_STOP_S
 
 
 def _resources(role: modeltier.Role) -> dict[str, Any]:
@@ -72,10 +125,13 @@ def _env(spec: modeltier.ModelTierSpec) -> list[dict[str, Any]]:
     return env
 
 
-def _sidecar(role: modeltier.Role, *, pool: pools.Pool, cfg: settings.Settings) -> dict[str, Any]:
+def _sidecar(
+    role: modeltier.Role, *, pool: pools.Pool, cfg: settings.Settings, rollout: modeltier.Rollout
+) -> dict[str, Any]:
     """The decode pod's routing sidecar: it takes the pool's target port, asks the prefill endpoint the
     picker names (`x-prefiller-host-port`) for the KV, then the local engine for the answer. The probes go
-    through it, so a pod is ready only when both answer."""
+    through it, so a pod is ready only when both answer; it drains with the engine, since the engine's
+    requests come through it."""
     return {
         "name": "sidecar",
         "image": cfg.picker_image,
@@ -87,6 +143,7 @@ def _sidecar(role: modeltier.Role, *, pool: pools.Pool, cfg: settings.Settings) 
             f"http://127.0.0.1:{ENGINE_LOCAL_PORT}",
         ],
         "ports": [{"name": "http", "containerPort": pool.target_port, "protocol": "TCP"}],
+        "lifecycle": _drain(ENGINE_LOCAL_PORT, rollout),
         "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -122,16 +179,20 @@ def _pod_spec(
         "args": render_args.vllm_args(spec, role=role_name, port=port),
         "ports": ports,
         "env": _env(spec),
+        "lifecycle": _drain(port, spec.rollout),
         "resources": _resources(role),
         **({} if sidecar else _probes(role, port)),
         # Tensor-parallel workers exchange tensors through shared memory.
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
-    containers = [container, _sidecar(role, pool=pool, cfg=cfg)] if sidecar else [container]
+    containers = (
+        [container, _sidecar(role, pool=pool, cfg=cfg, rollout=spec.rollout)] if sidecar else [container]
+    )
     node_selector = dict(role.placement.node_selector)
     if role.accelerator.type is not None:
         node_selector[names.GKE_ACCELERATOR_LABEL] = role.accelerator.type
     pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": termination_grace_seconds(spec.rollout),
         "containers": containers,
         "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
     }
@@ -157,6 +218,15 @@ def _annotations(spec: modeltier.ModelTierSpec) -> dict[str, str]:
     return found
 
 
+def _strategy(rollout: modeltier.Rollout) -> dict[str, Any]:
+    if rollout.strategy == modeltier.RolloutStrategy.RECREATE:
+        return {"type": "Recreate"}
+    return {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": rollout.max_surge, "maxUnavailable": rollout.max_unavailable},
+    }
+
+
 def deployment(
     *,
     tier: Mapping[str, Any],
@@ -168,7 +238,6 @@ def deployment(
     """The Deployment of one role."""
     meta = tier["metadata"]
     role = spec.roles()[role_name]
-    selector = {names.TIER_LABEL: manifests.label_value(meta["name"]), names.ROLE_LABEL: role_name}
     pod_labels = manifests.tier_pod_labels(
         pool_selector=pool.selector,
         tier=meta["name"],
@@ -177,7 +246,8 @@ def deployment(
         engine=spec.engine.type.value,
     )
     dep_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector},
+        "selector": {"matchLabels": _selector(meta["name"], role_name)},
+        "strategy": _strategy(spec.rollout),
         "template": {
             "metadata": {
                 "labels": pod_labels,
@@ -199,6 +269,31 @@ def deployment(
             "ownerReferences": [manifests.owner_reference(tier, controller=True)],
         },
         "spec": dep_spec,
+    }
+
+
+def disruption_budget(
+    *, tier: Mapping[str, Any], role_name: str, rollout: modeltier.Rollout
+) -> manifests.Manifest:
+    """The PodDisruptionBudget of one role: node drains evict at most `rollout.maxUnavailable` of its pods
+    at a time (at least 1, so a drain never waits forever on a role of one pod)."""
+    meta = tier["metadata"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": child_name(meta["name"], role_name),
+            "namespace": meta["namespace"],
+            "labels": manifests.common_labels(component="model-server", instance=meta["name"]),
+            "ownerReferences": [manifests.owner_reference(tier, controller=True)],
+        },
+        "spec": {
+            "selector": {"matchLabels": _selector(meta["name"], role_name)},
+            "maxUnavailable": max(1, rollout.max_unavailable),
+            # A pod still loading its model (or crash-looping) serves nothing: evicting it costs no capacity,
+            # and counting it would block every drain while a role is not fully ready.
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }
 
 
@@ -250,6 +345,7 @@ def render(
     out: list[manifests.Manifest] = []
     for role_name, role in spec.roles().items():
         out.append(deployment(tier=tier, spec=spec, role_name=role_name, pool=pool, cfg=cfg))
+        out.append(disruption_budget(tier=tier, role_name=role_name, rollout=spec.rollout))
         if role.autoscaling is not None:
             out.append(autoscaler(tier=tier, role_name=role_name, autoscaling=role.autoscaling))
     return [manifests.stamped(m) for m in out]

@@ -62,6 +62,8 @@ CONTROLLERS: Final = (
     "deployment-controller",
     "replicaset-controller",
     "garbage-collector-controller",
+    # PodDisruptionBudget status (which pods a budget covers, how many may be evicted).
+    "disruption-controller",
     "namespace-controller",
     "serviceaccount-controller",
     "serviceaccount-token-controller",

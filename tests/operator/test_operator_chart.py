@@ -1,5 +1,6 @@
 """The Helm chart: lint, what it renders, and a server-side dry-run apply on the local control plane."""
 
+import asyncio
 import json
 import os
 import pathlib
@@ -12,6 +13,8 @@ import operator_samples as samples
 import pytest
 import yaml
 from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+from kubernetes.dynamic import exceptions
 
 from frontier_api import modeltier, names
 from frontier_testkit import controlplane
@@ -63,22 +66,57 @@ def test_operator_runs_non_root_read_only_with_resources(helm):
     assert ("ServiceMonitor", "frontier") not in docs
 
 
+WRITABLE = {
+    "modeltiers/status",
+    "deployments",
+    "poddisruptionbudgets",
+    "horizontalpodautoscalers",
+    "services",
+    "configmaps",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+}
+
+
+def _writable(role):
+    return {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
+
+
 def test_rbac_is_limited_to_the_kinds_the_operator_manages(helm):
     role = _kinds(_template(helm))[("ClusterRole", "frontier")]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
-    writable = {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
-    assert writable == {
-        "modeltiers/status",
-        "deployments",
-        "horizontalpodautoscalers",
-        "services",
-        "configmaps",
-        "serviceaccounts",
-        "roles",
-        "rolebindings",
-    }
+    assert _writable(role) == WRITABLE
     assert not any("secrets" in rule["resources"] for rule in role["rules"])
+
+
+def test_with_watched_namespaces_the_operator_writes_only_there(helm):
+    docs = _template(helm, "--namespace", "frontier-system", "--set", "watchNamespaces={team-a,team-b}")
+    cluster_role = _kinds(docs)[("ClusterRole", "frontier")]
+    # Cluster-wide: reads, and kopf's events; no path to creating workloads or RBAC objects elsewhere.
+    for rule in cluster_role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"} or rule["resources"] == ["events"], rule
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert set(roles) == set(bindings) == {"team-a", "team-b"}
+    for namespace, role in roles.items():
+        assert _writable(role) == WRITABLE
+        assert bindings[namespace]["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "frontier",
+        }
+        assert bindings[namespace]["subjects"] == [
+            {"kind": "ServiceAccount", "name": "frontier", "namespace": "frontier-system"}
+        ]
+    # kopf's patterns cannot be granted a Role: the values schema takes exact names only.
+    result = subprocess.run(
+        [str(helm), "template", "frontier", str(CHART), "--set", "watchNamespaces={team-*}"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0 and "watchNamespaces" in result.stderr, result.stderr
 
 
 def test_service_monitor_is_optional(helm):
@@ -106,14 +144,17 @@ def test_chart_carries_the_generated_crd(helm):
 def test_rendered_chart_passes_server_side_dry_run_apply(helm, control_plane):
     api = oc.Api(control_plane.api_client())
     ns = control_plane.namespace("op-chart")
-    docs = _template(helm, "--include-crds", "--namespace", ns, "--set", "watchNamespaces={op-a,op-b}")
+    watched = [control_plane.namespace("op-a"), control_plane.namespace("op-b")]
+    docs = _template(
+        helm, "--include-crds", "--namespace", ns, "--set", f"watchNamespaces={{{','.join(watched)}}}"
+    )
     applied = []
     for doc in docs:
         res = api.resource(doc["apiVersion"], doc["kind"])
         api.dyn.server_side_apply(
             res,
             body=doc,
-            namespace=ns if res.namespaced else None,
+            namespace=doc["metadata"].get("namespace", ns) if res.namespaced else None,
             field_manager="helm-dry-run",
             dry_run="All",
         )
@@ -124,23 +165,51 @@ def test_rendered_chart_passes_server_side_dry_run_apply(helm, control_plane):
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "Role",
+            "RoleBinding",
+            "RoleBinding",
             "Deployment",
             "Service",
         ]
     )
 
 
+def controlplane_client(kubeconfig: pathlib.Path) -> k8s_client.ApiClient:
+    """An API client for a kubeconfig file."""
+    configuration = k8s_client.Configuration()
+    k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return k8s_client.ApiClient(configuration)
+
+
+def _token_kubeconfig(control_plane, core, service_account, namespace, path):
+    """A kubeconfig that authenticates as `namespace/service_account`."""
+    token = core.create_namespaced_service_account_token(
+        service_account, namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    controlplane.write_kubeconfig(
+        path, server=control_plane.server, ca_file=control_plane.workdir / "pki" / "ca.crt", token=token
+    )
+    return path
+
+
 @pytest.mark.cluster
-def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_path):
-    """Runs the operator as the chart's ServiceAccount (bound to the chart's ClusterRole) and serves a tier:
-    a permission the chart forgets shows up as a failed reconcile here."""
+async def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_path, caplog):
+    """Runs the operator as the chart's ServiceAccount, bound as the chart binds it when watching one
+    namespace, and serves a tier: a permission the chart forgets shows up as a failed reconcile here. The
+    same account may not create workloads or RBAC objects in a namespace it does not watch, and the
+    picker, as its own ServiceAccount, discovers its endpoints with exactly the Role the operator gave it."""
+    from frontier_picker import datastore, pool_discovery
+
     control_plane.apply_crds([oc.CRD])
     api = oc.Api(control_plane.api_client())
     system = control_plane.namespace("op-rbac-system")
     ns = control_plane.namespace("op-rbac")
+    other = control_plane.namespace("op-rbac-other")
     release = f"rbac-{ns[-6:]}"
     docs = subprocess.run(
         [str(helm), "template", release, str(CHART), "--namespace", system,
+         "--set", f"watchNamespaces={{{ns}}}",
          "--show-only", "templates/rbac.yaml", "--show-only", "templates/serviceaccount.yaml"],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
@@ -155,12 +224,8 @@ def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_pa
             if doc["kind"] == "ServiceAccount":
                 service_account = doc["metadata"]["name"]
     core = k8s_client.CoreV1Api(control_plane.api_client())
-    token = core.create_namespaced_service_account_token(
-        service_account, system, {"spec": {"expirationSeconds": 3600}}
-    ).status.token
-    kubeconfig = tmp_path / "operator-kubeconfig"
-    controlplane.write_kubeconfig(
-        kubeconfig, server=control_plane.server, ca_file=control_plane.workdir / "pki" / "ca.crt", token=token
+    kubeconfig = _token_kubeconfig(
+        control_plane, core, service_account, system, tmp_path / "operator-kubeconfig"
     )
     op = oc.Operator(kubeconfig=kubeconfig, namespace=ns, log_path=tmp_path / "operator.log")
     try:
@@ -176,8 +241,43 @@ def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, tmp_pa
 
         oc.wait_for("Ready=True under the chart's RBAC", ready, timeout_s=90)
         assert api.get("rbac.authorization.k8s.io/v1", "Role", ns, "chat-picker") is not None
+        assert api.get("policy/v1", "PodDisruptionBudget", ns, "llama-fast-decode") is not None
         # A 403 body always says "forbidden"; a bare "403" also matches log timestamps (",403").
         assert "forbidden" not in op.log().lower(), op.log()[-3000:]
+
+        as_operator = oc.Api(controlplane_client(kubeconfig))
+        elsewhere = [
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "x", "namespace": other}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "x", "namespace": other}, "rules": []},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "x", "namespace": other},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "admin"},
+             "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": system}]},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "namespace": other},
+             "spec": api.get("apps/v1", "Deployment", ns, "llama-fast-decode")["spec"]},
+        ]  # fmt: skip
+        for doc in elsewhere:
+            with pytest.raises(exceptions.DynamicApiError) as refused:
+                as_operator.create(doc)
+            assert refused.value.status == 403, doc["kind"]
+
+        picker_kubeconfig = _token_kubeconfig(
+            control_plane, core, "chat-picker", ns, tmp_path / "picker-kubeconfig"
+        )
+        store = datastore.Datastore()
+        watching = asyncio.create_task(
+            pool_discovery.watch(name="chat", namespace=ns, store=store, kubeconfig=picker_kubeconfig)
+        )
+        try:
+            for _ in range(100):
+                if len(store.states()) == 6:  # 2 prefill + 4 decode pods
+                    break
+                await asyncio.sleep(0.2)
+            assert len(store.states()) == 6
+        finally:
+            watching.cancel()
+        assert "watch_failed" not in caplog.text, caplog.text
     finally:
         op.stop()
         oc.delete_namespace(api, ns)

@@ -255,6 +255,7 @@ def invalid_ns(control_plane, api):
             lambda s: s["tier"].update(routing={"minPromptTokens": 900, "maxPromptTokens": 100}),
             "spec.tier.routing.minPromptTokens",
         ),
+        (lambda s: s.update(rollout={"maxSurge": 0, "maxUnavailable": 0}), "spec.rollout.maxUnavailable"),
     ],
     ids=[
         "unknown-quantization",
@@ -265,6 +266,7 @@ def invalid_ns(control_plane, api):
         "lora-rank-outside-vllms-set",
         "empty-virtual-model",
         "prompt-bounds-reversed",
+        "rollout-that-can-replace-no-pod",
     ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
@@ -417,3 +419,64 @@ def test_a_spec_the_api_server_refuses_at_apply_shows_its_message_on_the_tier(
     assert "Deployment/" in cond["message"] and "env" in cond["message"]  # the API server's own words
     ready = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.READY)
     assert ready is not None and ready["status"] == "False"
+
+
+def test_a_tier_filling_its_gpu_pool_rolls_out_and_has_a_disruption_budget_per_role(
+    namespace, api, control_plane, operator_factory
+):
+    """One pod takes every GPU of the one-node H200 pool: a rollout that starts a surge pod first would wait
+    for GPUs forever; the tier's rollout replaces the pod in place instead."""
+    ns = namespace("op-full-pool")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "meta-llama/Llama-3.1-70B-Instruct", "servedName": "llama-70b"},
+        "serving": {
+            "replicas": 1,
+            "parallelism": {"tensor": 8},
+            "accelerator": {"type": "nvidia-h200-141gb"},
+        },
+    }
+    _apply_pool_and_tier(api, ns, spec)
+    tier = _ready_tier(api, ns)
+
+    budget = api.get("policy/v1", "PodDisruptionBudget", ns, f"{TIER}-serving")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["metadata"]["ownerReferences"][0]["uid"] == tier["metadata"]["uid"]
+    oc.wait_for(
+        "the budget to allow evicting the one pod",
+        lambda: (
+            (api.get("policy/v1", "PodDisruptionBudget", ns, f"{TIER}-serving").get("status") or {}).get(
+                "disruptionsAllowed"
+            )
+            == 1
+        ),
+    )
+
+    def rolled_out(old_hash):
+        def check():
+            tier = _ready_tier(api, ns)
+            dep = _deployment(api, ns, "serving")
+            pods = api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}={TIER}")
+            return (
+                tier["status"]["renderedArgsHash"] != old_hash
+                and dep["status"].get("replicas") == 1
+                and (len(pods) == 1)
+            )
+
+        return check
+
+    for change in (
+        {"engine": {"maxModelLen": 4096}},  # the default rollout: no surge, one pod at a time
+        {"engine": {"maxModelLen": 2048}, "rollout": {"strategy": "Recreate"}},
+    ):
+        old_hash = _ready_tier(api, ns)["status"]["renderedArgsHash"]
+        api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": change})
+        oc.wait_for(f"rollout of {change} on the full pool", rolled_out(old_hash), timeout_s=60)
+    assert _deployment(api, ns, "serving")["spec"]["strategy"] == {"type": "Recreate"}
+
+    api.delete(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
+    oc.wait_for(
+        "budget garbage collected",
+        lambda: api.get("policy/v1", "PodDisruptionBudget", ns, f"{TIER}-serving") is None,
+    )

@@ -1,6 +1,11 @@
 """Renderers: ModelTier + InferencePool + settings -> vLLM arguments and Kubernetes manifests."""
 
+import http.server
 import json
+import subprocess
+import sys
+import threading
+import time
 
 import operator_samples as samples
 import pytest
@@ -84,7 +89,12 @@ def test_drafted_speculation_names_its_model_and_lora_flags_render():
 def test_deployments_per_role_with_labels_gpus_placement_and_replicas():
     _, _, _, rendered = _render()
     found = _by_name(rendered)
-    assert set(found) == {("Deployment", "llama-fast-prefill"), ("Deployment", "llama-fast-decode")}
+    assert set(found) == {
+        ("Deployment", "llama-fast-prefill"),
+        ("Deployment", "llama-fast-decode"),
+        ("PodDisruptionBudget", "llama-fast-prefill"),
+        ("PodDisruptionBudget", "llama-fast-decode"),
+    }
     decode = found[("Deployment", "llama-fast-decode")]
     assert decode["spec"]["replicas"] == 4
     assert found[("Deployment", "llama-fast-prefill")]["spec"]["replicas"] == 2
@@ -168,8 +178,16 @@ def test_rendering_is_deterministic_and_a_spec_change_changes_the_hash():
     raw = samples.disaggregated_spec()
     raw["engine"]["quantization"] = "awq"
     _, _, _, changed = _render(raw)
-    hashes = [m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION] for m in first]
-    changed_hashes = [m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION] for m in changed]
+    hashes = [
+        m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION]
+        for m in first
+        if m["kind"] == "Deployment"
+    ]
+    changed_hashes = [
+        m["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION]
+        for m in changed
+        if m["kind"] == "Deployment"
+    ]
     assert all(a != b for a, b in zip(hashes, changed_hashes, strict=True))
 
 
@@ -180,6 +198,113 @@ def test_scaling_decode_changes_only_the_decode_deployment():
     _, _, _, after = _render(raw)
     diff = [b["metadata"]["name"] for a, b in zip(before, after, strict=True) if a != b]
     assert diff == ["llama-fast-decode"]
+
+
+def test_roles_roll_out_without_surge_so_a_full_gpu_pool_can_replace_its_pods():
+    # Kubernetes' default (25% surge, 25% unavailable) starts a surge pod first, which waits forever for
+    # GPUs a full pool does not have.
+    _, _, _, rendered = _render()
+    for deployment in (m for m in rendered if m["kind"] == "Deployment"):
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        }
+    raw = samples.disaggregated_spec()
+    raw["rollout"] = {"strategy": "Recreate"}
+    _, _, _, recreated = _render(raw)
+    assert _by_name(recreated)[("Deployment", "llama-fast-decode")]["spec"]["strategy"] == {
+        "type": "Recreate"
+    }
+    raw["rollout"] = {"maxSurge": 2, "maxUnavailable": 0}
+    _, _, _, surged = _render(raw)
+    decode = _by_name(surged)[("Deployment", "llama-fast-decode")]
+    assert decode["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 2, "maxUnavailable": 0}
+
+
+def test_each_role_gets_a_disruption_budget_over_its_pods_owned_by_the_tier():
+    _, _, _, rendered = _render()
+    found = _by_name(rendered)
+    for role in ("prefill", "decode"):
+        budget = found[("PodDisruptionBudget", f"llama-fast-{role}")]
+        deployment = found[("Deployment", f"llama-fast-{role}")]
+        assert budget["apiVersion"] == "policy/v1"
+        assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+        assert budget["spec"]["maxUnavailable"] == 1
+        assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+        assert budget["metadata"]["ownerReferences"] == deployment["metadata"]["ownerReferences"]
+        assert budget["metadata"]["labels"][manifests.COMPONENT_LABEL] == "model-server"
+    raw = samples.disaggregated_spec()
+    raw["rollout"] = {"maxSurge": 1, "maxUnavailable": 0}  # a surge-only rollout still lets drains proceed
+    _, _, _, surged = _render(raw)
+    assert _by_name(surged)[("PodDisruptionBudget", "llama-fast-decode")]["spec"]["maxUnavailable"] == 1
+
+
+def test_engine_pods_drain_their_requests_within_the_grace_period():
+    raw = samples.disaggregated_spec()
+    raw["rollout"] = {"drainTimeoutSeconds": 300}
+    _, _, _, rendered = _render(raw)
+    found = _by_name(rendered)
+    decode = found[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
+    prefill = found[("Deployment", "llama-fast-prefill")]["spec"]["template"]["spec"]
+    for pod in (decode, prefill):
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace == render_tier.ENDPOINT_REMOVAL_S + 300 + render_tier.ENGINE_STOP_S
+    (prefill_engine,) = prefill["containers"]
+    command = prefill_engine["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[:3] == ["python3", "-c", render_tier.DRAIN_SCRIPT]
+    assert command[3:] == ["http://127.0.0.1:8000/metrics", str(render_tier.ENDPOINT_REMOVAL_S), "300"]
+    # Decode requests come through the sidecar: it stays up as long as the engine behind it drains.
+    engine, sidecar = decode["containers"]
+    local = f"http://127.0.0.1:{render_tier.ENGINE_LOCAL_PORT}/metrics"
+    assert engine["lifecycle"]["preStop"]["exec"]["command"][3] == local
+    assert sidecar["lifecycle"] == engine["lifecycle"]
+
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """A /metrics page whose requests in flight count down by one per scrape (from `busy`)."""
+
+    busy = 0
+
+    def do_GET(self):
+        page = (
+            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+            f'vllm:num_requests_running{{engine="0",model_name="m"}} {float(max(type(self).busy, 0))}\n'
+            'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+        ).encode()
+        type(self).busy -= 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def engine_metrics():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Engine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/metrics", _Engine
+    server.shutdown()
+
+
+def _drain(url, timeout_s):
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", render_tier.DRAIN_SCRIPT, url, "0", str(timeout_s)], check=True)
+    return time.monotonic() - started
+
+
+def test_the_drain_waits_for_in_flight_requests_and_no_longer_than_its_timeout(engine_metrics):
+    url, engine = engine_metrics
+    engine.busy = 2  # two scrapes see requests in flight, the third none
+    assert 2 <= _drain(url, 30) < 10
+    assert engine.busy < 0
+    engine.busy = 1000  # never idle: the timeout ends the drain
+    assert 3 <= _drain(url, 3) < 10
+    engine.busy = 0
+    assert _drain(url, 30) < 2  # idle: the drain ends at once
+    assert _drain("http://127.0.0.1:9/metrics", 30) < 5  # no engine answers: nothing to drain
 
 
 def test_picker_objects_follow_the_pools_endpoint_picker_ref():
@@ -223,9 +348,10 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
     assert owner_uids == ["uid-a", "uid-b"]
     assert not any(o["controller"] for o in found[("Role", "chat-picker")]["metadata"]["ownerReferences"])
     resources = {r for rule in found[("Role", "chat-picker")]["rules"] for r in rule["resources"]}
-    assert resources == {"pods", "inferencepools", "modeltiers", "inferenceobjectives"}
+    # Exactly what the picker's pool discovery lists and watches.
+    assert resources == {"pods", "inferencepools", "inferenceobjectives"}
     verbs = {v for rule in found[("Role", "chat-picker")]["rules"] for v in rule["verbs"]}
-    assert verbs == {"get", "list", "watch"}
+    assert verbs == {"list", "watch"}
 
 
 def test_picker_config_override_annotation_mounts_the_users_configmap():
