@@ -22,6 +22,9 @@ INFERENCE_OBJECTIVE: Final = "x-gateway-inference-objective"
 FAIRNESS_ID: Final = "x-gateway-inference-fairness-id"
 MODEL_NAME_REWRITE: Final = "x-gateway-model-name-rewrite"
 SESSION_TOKEN: Final = "x-session-token"
+TTFT_SLO: Final = (
+    "x-slo-ttft-ms"  # the request's time-to-first-token objective in milliseconds (llm-d's name)
+)
 LLMD_ALIASES: Final = {
     "x-llm-d-inference-objective": INFERENCE_OBJECTIVE,
     "x-llm-d-fairness-id": FAIRNESS_ID,

@@ -1,24 +1,34 @@
 """The director: the one decision path between a request and the scheduler, for the ext_proc server and the
 virtual-time cluster alike.
 
-`decide` narrows the datastore's endpoints to the proxy's subset hint, resolves what the datastore knows
-about the request (its InferenceObjective's priority, whether its model is a LoRA adapter), asks the
-scheduler for a decision,
-times it, charges the primary endpoint's load and logs the decision. `complete` refunds exactly that charge,
-lets the scheduler's plugins learn from how the request ended, and counts it. The protocol layer only moves
-bytes around these two calls, so the simulator, which calls them too (its baselines wrapped as schedulers),
-measures the same accounting the server does.
+`admit` resolves what the datastore knows about the request (its InferenceObjective's priority, whether
+its model is a LoRA adapter) and, when the config enables flow control, either lets it go at once or queues
+it (`flow_control`): a queued request's callbacks fire later from `pump`, which the caller runs when
+capacity may have freed (`complete(..., now=...)` does, and the server on a short timer). `decide` narrows
+the datastore's endpoints to the proxy's subset hint, asks the scheduler for a decision, times it, charges
+the primary endpoint's load and logs the decision. `complete` refunds exactly that charge, lets the
+scheduler's plugins learn from how the request ended, and counts it. The protocol layer only moves bytes
+around these calls, so the simulator, which calls them too (its baselines wrapped as schedulers), measures
+the same accounting and the same queueing the server does.
 """
 
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from frontier_picker import datastore, endpoints, metrics, subsets
 from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import flow_control
 
 log = logging.getLogger(__name__)
+
+
+def flow_of(scheduler: types.Scheduler) -> flow_control.FlowController | None:
+    """The flow control `scheduler`'s EndpointPickerConfig enables: schedulers built from one (or wrapping
+    one) carry it as `flow`; any other scheduler has none."""
+    flow = getattr(scheduler, "flow", None)
+    return flow if isinstance(flow, flow_control.FlowController) else None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -28,6 +38,7 @@ class Flight:
     request: types.Request
     decision: types.Decision
     charge: datastore.Charge | None
+    decided_at: float = 0.0  # the caller's clock
     completed: bool = False
 
 
@@ -40,12 +51,105 @@ class Director:
         scheduler: types.Scheduler,
         store: datastore.Datastore,
         metrics: metrics.Metrics | None = None,
+        flow: flow_control.FlowController | None = None,
         log_decisions: bool = True,
     ) -> None:
         self.scheduler = scheduler
         self.store = store
         self.metrics = metrics
+        self.flow = flow
         self.log_decisions = log_decisions  # off in the simulator: millions of decisions per run
+        if flow is not None:
+            flow.observe = self._flow_outcome
+
+    def admit(
+        self,
+        request: types.Request,
+        *,
+        now: float,
+        size: int = 0,
+        on_dispatch: Callable[[float], None],
+        on_reject: Callable[[types.Rejection], None],
+    ) -> flow_control.Ticket | None:
+        """None when `request` may be decided now; else the ticket flow control queued it under (one of its
+        callbacks fires later, from `pump`). Raises `types.Rejection` (429) when flow control refuses it."""
+        self._resolve(request)
+        if self.flow is None:
+            return None
+        try:
+            ticket = self.flow.submit(
+                request,
+                size=size,
+                now=now,
+                states=self.store.states(),
+                on_dispatch=on_dispatch,
+                on_reject=on_reject,
+            )
+        except types.Rejection as refusal:
+            outcome = flow_control.REJECTED_SLO if "SLO" in refusal.reason else flow_control.REJECTED_CAPACITY
+            self._count_flow(request, outcome, 0.0)
+            if self.log_decisions:
+                log.info(
+                    "event=flow_rejected request_id=%s priority=%d fairness_id=%s reason=%r",
+                    request.request_id,
+                    request.priority,
+                    request.fairness_id or "-",
+                    refusal.reason,
+                )
+            raise
+        if ticket is not None and self.log_decisions:
+            log.info(
+                "event=queued request_id=%s priority=%d fairness_id=%s queued=%d",
+                request.request_id,
+                request.priority,
+                ticket.flow,
+                self.flow.count,
+            )
+        return ticket
+
+    def pump(self, now: float) -> None:
+        """Let flow control refuse what waited too long and dispatch what now fits."""
+        if self.flow is not None:
+            self.flow.pump(now, self.store.states())
+
+    def cancel(self, ticket: flow_control.Ticket, now: float) -> None:
+        """The client of a queued request went away: it leaves the queue."""
+        if self.flow is not None:
+            self.flow.cancel(ticket, now)
+
+    def _flow_outcome(self, ticket: flow_control.Ticket, now: float) -> None:
+        self._count_flow(ticket.request, ticket.outcome, now - ticket.enqueued_at)
+        if self.log_decisions and ticket.outcome != flow_control.DISPATCHED:
+            log.info(
+                "event=flow_evicted request_id=%s outcome=%s priority=%d fairness_id=%s waited_s=%.3f",
+                ticket.request.request_id,
+                ticket.outcome,
+                ticket.request.priority,
+                ticket.flow,
+                now - ticket.enqueued_at,
+            )
+
+    def _count_flow(self, request: types.Request, outcome: str, waited: float) -> None:
+        if self.metrics is None:
+            return
+        label = self.metrics.model_label
+        self.metrics.child(
+            self.metrics.gie.flow_control_queue_duration,
+            self.metrics.fairness_label(request.fairness_id or flow_control.NO_FAIRNESS_ID),
+            str(request.priority),
+            outcome,
+            self.metrics.pool,
+            label(request.model, admit=outcome == flow_control.DISPATCHED),
+            label(request.target_model, admit=outcome == flow_control.DISPATCHED),
+        ).observe(waited)
+
+    def _resolve(self, request: types.Request) -> None:
+        """What the datastore knows about `request`: its objective's priority, whether it names an adapter."""
+        if request.objective is not None:
+            # GIE's rule: the named InferenceObjective's priority; an unknown name keeps the default (0).
+            request.priority = self.store.objectives.get(request.objective, request.priority)
+        if request.lora_adapter is None and request.target_model in self.store.adapters:
+            request.lora_adapter = request.target_model  # the client named an adapter, not a base model
 
     def decide(
         self,
@@ -66,11 +170,7 @@ class Director:
                 )
         if not states:
             raise types.Rejection(503, "no ready endpoint in the pool")
-        if request.objective is not None:
-            # GIE's rule: the named InferenceObjective's priority; an unknown name keeps the default (0).
-            request.priority = self.store.objectives.get(request.objective, request.priority)
-        if request.lora_adapter is None and request.target_model in self.store.adapters:
-            request.lora_adapter = request.target_model  # the client named an adapter, not a base model
+        self._resolve(request)
         began = time.perf_counter()
         try:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))
@@ -81,7 +181,14 @@ class Director:
                 self.metrics.gie.scheduler_e2e.observe(took)
         if not decision.endpoints:
             raise types.Rejection(503, "the scheduler chose no endpoint")
-        flight = Flight(request=request, decision=decision, charge=self.store.charge(request, decision))
+        flight = Flight(
+            request=request,
+            decision=decision,
+            charge=self.store.charge(request, decision),
+            decided_at=now,
+        )
+        if self.flow is not None and flight.charge is not None:
+            self.flow.gate.note_sent(flight.charge.state)
         if self.metrics is not None:
             self.metrics.in_flight.inc()
             label = self.metrics.model_label
@@ -120,12 +227,26 @@ class Director:
         if tier.classify_s:
             self.metrics.classification_duration.observe(tier.classify_s)
 
-    def complete(self, flight: Flight, completion: types.Completion) -> None:
-        """Record how `flight` ended (once): refund its charge, let the plugins learn, count it."""
+    def complete(self, flight: Flight, completion: types.Completion, *, now: float | None = None) -> None:
+        """Record how `flight` ended (once): refund its charge, let the plugins learn, count it; with `now`,
+        let flow control use the room it freed."""
         if flight.completed:
             return
         flight.completed = True
         datastore.Datastore.refund(flight.charge)
+        if self.flow is not None and flight.charge is not None and now is not None:
+            self.flow.gate.limits.learn(
+                flight.charge.state,
+                completion,
+                queued_s=flight.request.queued_s,
+                decided_at=flight.decided_at,
+                now=now,
+            )
+        self._learn_and_count(flight, completion)
+        if now is not None:
+            self.pump(now)
+
+    def _learn_and_count(self, flight: Flight, completion: types.Completion) -> None:
         try:
             self.scheduler.on_completion(flight.request, flight.decision, completion)
         except Exception:

@@ -43,8 +43,10 @@ class Metrics:
     tier_decisions: prometheus_client.Counter
     classification_duration: prometheus_client.Histogram
     gie: "GieMetrics"
+    pool: str = ""  # the inference_pool label value (watch_pool sets it)
     _children: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     _models: set[str] = dataclasses.field(default_factory=set)
+    _flows: set[str] = dataclasses.field(default_factory=set)
 
     def model_label(self, name: str, *, admit: bool = True) -> str:
         """`name` as a label value: itself once admitted (while fewer than MAX_MODEL_LABELS were), else
@@ -55,6 +57,15 @@ class Metrics:
             return OTHER_MODEL
         self._models.add(name)
         return name
+
+    def fairness_label(self, flow: str) -> str:
+        """`flow` (a fairness ID, client input) as a label value, bounded like model names."""
+        if flow in self._flows:
+            return flow
+        if len(self._flows) >= MAX_MODEL_LABELS:
+            return OTHER_MODEL
+        self._flows.add(flow)
+        return flow
 
     def child(self, collector: Any, *labels: str) -> Any:
         """The labelled child of `collector` (cached: `labels()` costs microseconds per call)."""
@@ -69,6 +80,9 @@ class Metrics:
 _GIE_LATENCY_BUCKETS: Final = (
     0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 45, 60,
     120, 180, 240, 300, 360, 480, 600, 900, 1200, 1800, 2700, 3600,
+)  # fmt: skip
+_GIE_FLOW_BUCKETS: Final = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 _GIE_TPOT_BUCKETS: Final = (
     0.0005, 0.00205, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1,
@@ -99,6 +113,7 @@ class GieMetrics:
     output_tokens: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
+    flow_control_queue_duration: prometheus_client.Histogram
 
 
 def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
@@ -155,6 +170,14 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
             buckets=_GIE_SCHEDULER_BUCKETS,
             registry=registry,
         ),
+        flow_control_queue_duration=prometheus_client.Histogram(
+            "inference_extension_flow_control_request_queue_duration_seconds",
+            "Time requests spent in flow control, by fairness ID, priority and outcome (Dispatched, "
+            "RejectedCapacity, RejectedSLO, EvictedTTL, EvictedContextCancelled) (GIE's name)",
+            ["fairness_id", "priority", "outcome", "inference_pool", *_GIE_MODEL],
+            buckets=_GIE_FLOW_BUCKETS,
+            registry=registry,
+        ),
     )
 
 
@@ -198,7 +221,50 @@ class PoolCollector(prometheus_registry.Collector):
 
 def watch_pool(metrics: Metrics, pool: str, states: Callable[[], Sequence[endpoints.EndpointState]]) -> None:
     """Export the `inference_pool_*` gauges of `pool` from `states` (the datastore's)."""
+    metrics.pool = pool
     metrics.registry.register(PoolCollector(pool, states))
+
+
+class FlowCollector(prometheus_registry.Collector):
+    """GIE's flow-control gauges, read from the queues when scraped: requests and bytes queued per fairness
+    ID and priority, and the pool's saturation (the share of endpoints with no room)."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        queued: Callable[[], dict[tuple[int, str], tuple[int, int]]],
+        saturation: Callable[[], float],
+    ) -> None:
+        self.metrics = metrics
+        self.queued = queued
+        self.saturation = saturation
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        labels = ["fairness_id", "priority", "inference_pool"]
+        size = prometheus_metrics_core.GaugeMetricFamily(
+            "inference_extension_flow_control_queue_size",
+            "Requests waiting in flow control (GIE's name)",
+            labels=labels,
+        )
+        size_bytes = prometheus_metrics_core.GaugeMetricFamily(
+            "inference_extension_flow_control_queue_bytes",
+            "Body bytes of the requests waiting in flow control (GIE's name)",
+            labels=labels,
+        )
+        pool = self.metrics.pool
+        for (priority, flow), (count, held) in sorted(self.queued().items()):
+            values = [self.metrics.fairness_label(flow), str(priority), pool]
+            size.add_metric(values, count)
+            size_bytes.add_metric(values, held)
+        yield size
+        yield size_bytes
+        saturation = prometheus_metrics_core.GaugeMetricFamily(
+            "inference_extension_flow_control_pool_saturation",
+            "Share of the pool's endpoints with no room for another request (GIE's name)",
+            labels=["inference_pool"],
+        )
+        saturation.add_metric([pool], self.saturation())
+        yield saturation
 
 
 def create() -> Metrics:

@@ -12,8 +12,12 @@ body chunks and trailers, then the response's. The picker answers each in order 
   chunks of at most 62,000 bytes: the original chunks when nothing changed (no copy, no re-encoding), the
   spliced body with a new `content-length` when the model name was rewritten. `STREAMED` (with Envoy's
   `send_body_without_waiting_for_header_response`) and `BUFFERED` put the decision on the body reply instead.
+- **Flow control.** When the config enables it, the director may queue the request instead of deciding
+  (`director.Director.admit`); the stream then holds Envoy's message unanswered until flow control
+  dispatches it (the decision replies go out then) or refuses it, and a client that goes away while queued
+  leaves the queue at once.
 - **Refusals** are `ImmediateResponse`s with a JSON body naming the reason: 400 (bad body), 413 (too large),
-  503 (no endpoint, empty subset), 429 (shed by the scheduler).
+  503 (no endpoint, empty subset, waited past its TTL), 429 (shed by the scheduler or flow control).
 - **Response path.** Usage comes from SSE `data:` lines or the JSON body; the served endpoint from Envoy's
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
   recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
@@ -23,6 +27,7 @@ The message handlers are synchronous and return the replies to send, so the per-
 where it must be; the servicer just moves messages between them and gRPC.
 """
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -39,6 +44,7 @@ from google.protobuf import struct_pb2
 from frontier_api import names
 from frontier_picker import bodies, director, metrics, replies, request_view, subsets, usage
 from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import flow_control
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +142,9 @@ class Stream:
         self.response_ended = False
         self.completed = False
         self.closed = False  # an immediate response was sent; nothing more to do
+        self.ticket: flow_control.Ticket | None = None  # set while flow control holds the request
+        self.parked: list[ext_proc.ProcessingResponse] = []  # replies made when it left the queue
+        self.wake: Callable[[], None] | None = None  # the servicer's, while it waits for `parked`
 
     # --- dispatch --------------------------------------------------------------------------------------
     def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
@@ -188,7 +197,7 @@ class Stream:
             self.request_id = uuid.uuid4().hex
             self.request_id_generated = True
         if message.request_headers.end_of_stream:
-            return [self._decide(b"", header_phase=True)[0]]
+            return self._gated(lambda: [self._decide(b"", header_phase=True)[0]])
         declared = self.headers.get("content-length")
         if declared is not None and declared.isdigit():
             self.declared_length = int(declared)
@@ -204,7 +213,7 @@ class Stream:
                 self.request_id,
                 "enable send_body_without_waiting_for_header_response to route by the body's model",
             )
-            return [self._decide(b"", header_phase=True)[0]]
+            return self._gated(lambda: [self._decide(b"", header_phase=True)[0]])
         return [ext_proc.ProcessingResponse(request_headers=ext_proc.HeadersResponse())]
 
     def _too_large(self, size: int) -> str:
@@ -268,6 +277,9 @@ class Stream:
             parsed_bytes=len(prefix),
         )
         self.early = True
+        return self._gated(lambda: self._early_replies(prefix, declared))
+
+    def _early_replies(self, prefix: bytes, declared: int) -> list[ext_proc.ProcessingResponse]:
         reply, prefix, changed = self._decide(prefix, header_phase=True, length=declared)
         out = [reply]
         source = [prefix] if changed else self.chunks
@@ -280,9 +292,9 @@ class Stream:
         return out
 
     def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
-        out = self._finish_request_body(end_of_stream=False) if self.flight is None else []
-        out.append(replies.CONTINUE_REQUEST_TRAILERS)
-        return out
+        if self.flight is None:
+            return self._finish_request_body(end_of_stream=False, trailers=True)
+        return [replies.CONTINUE_REQUEST_TRAILERS]
 
     def release_body(self) -> None:
         """Hand the buffered body back to the budget (its bytes are on their way to Envoy, or the stream
@@ -291,15 +303,26 @@ class Stream:
         self.buffered = 0
         self.chunks = []
 
-    def _finish_request_body(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
-        try:
-            return self._body_replies(end_of_stream=end_of_stream)
-        finally:
-            self.release_body()
-
-    def _body_replies(self, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
+    def _finish_request_body(
+        self, *, end_of_stream: bool, trailers: bool = False
+    ) -> list[ext_proc.ProcessingResponse]:
         original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.request = self._parsed_request(original)
+        try:
+            self.request = self._parsed_request(original)  # a bad body is refused before any queueing
+        except types.Rejection:
+            self.release_body()
+            raise
+
+        def decide() -> list[ext_proc.ProcessingResponse]:
+            try:
+                out = self._body_replies(original, end_of_stream=end_of_stream)
+            finally:
+                self.release_body()
+            return [*out, replies.CONTINUE_REQUEST_TRAILERS] if trailers else out
+
+        return self._gated(decide)
+
+    def _body_replies(self, original: bytes, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
         decision_reply, body, changed = self._decide(original, header_phase=not self.headers_answered)
         if self.request_mode == _FULL_DUPLEX:
             source = [body] if changed else self.chunks
@@ -354,6 +377,51 @@ class Stream:
             headers=self.headers,
         )
 
+    # --- flow control ----------------------------------------------------------------------------------
+    def _gated(
+        self, decide: Callable[[], list[ext_proc.ProcessingResponse]]
+    ) -> list[ext_proc.ProcessingResponse]:
+        """`decide()` now, or [] with the request queued: its replies are then `parked` when flow control
+        dispatches (or refuses) it, and `wake` tells the servicer."""
+        if self.request is None:
+            self.request = self._request(model="", target_model="", document=None)
+        ticket = self.ctx.director.admit(
+            self.request,
+            now=self.ctx.clock(),
+            size=self.buffered,
+            on_dispatch=lambda _now: self._leave_queue(decide),
+            on_reject=self._rejected_while_queued,
+        )
+        if ticket is None:
+            return decide()
+        self.ticket = ticket
+        return []
+
+    def _leave_queue(self, decide: Callable[[], list[ext_proc.ProcessingResponse]]) -> None:
+        try:
+            out = decide()
+        except types.Rejection as refusal:
+            out = [self._refuse(refusal.status, refusal.reason)]
+        except Exception:
+            log.exception("event=internal_error request_id=%s", self.request_id or "-")
+            out = [self._refuse(500, "internal error in the endpoint picker")]
+        self._park(out)
+
+    def _rejected_while_queued(self, refusal: types.Rejection) -> None:
+        self.release_body()
+        self._park([self._refuse(refusal.status, refusal.reason)])
+
+    def _park(self, out: list[ext_proc.ProcessingResponse]) -> None:
+        self.ticket = None
+        self.parked.extend(out)
+        if self.wake is not None:
+            self.wake()
+
+    def take_parked(self) -> list[ext_proc.ProcessingResponse]:
+        """The replies made when the request left flow control's queue (once)."""
+        out, self.parked = self.parked, []
+        return out
+
     def _decide(
         self, body: bytes, *, header_phase: bool, length: int | None = None
     ) -> tuple[ext_proc.ProcessingResponse, bytes, bool]:
@@ -362,9 +430,8 @@ class Stream:
         when the decision's target model differs from the client's) and whether it changed."""
         if self.flight is not None:
             raise types.Rejection(400, "ext_proc protocol: the request was already routed on this stream")
-        if self.request is None:
-            self.request = self._request(model="", target_model="", document=None)
         request = self.request
+        assert request is not None, "_gated builds the request before deciding"
         self.flight = self.ctx.director.decide(
             request,
             now=self.ctx.clock(),
@@ -517,7 +584,7 @@ class Stream:
             duration_s=now - self.started,
             aborted=aborted,
         )
-        self.ctx.director.complete(self.flight, completion)
+        self.ctx.director.complete(self.flight, completion, now=now)
         log.debug(
             "event=completed request_id=%s endpoint=%s status=%d aborted=%s prompt_tokens=%s "
             "completion_tokens=%s duration_s=%.4f",
@@ -547,8 +614,29 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             async for message in request_iterator:
                 for reply in stream.on_message(message):
                     await context.write(reply)
+                if stream.ticket is not None:
+                    await self._queued(stream)
+                for reply in stream.take_parked():
+                    await context.write(reply)
                 if stream.closed:
                     break
         finally:
+            if stream.ticket is not None:  # the client went away while queued
+                self.ctx.director.cancel(stream.ticket, self.ctx.clock())
             stream.release_body()  # a client gone mid-body leaves nothing counted
             stream.complete(aborted=not stream.finished())
+
+    @staticmethod
+    async def _queued(stream: Stream) -> None:
+        """Wait until flow control dispatches or refuses `stream`'s request."""
+        woken = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        stream.wake = wake
+        try:
+            await woken
+        finally:
+            stream.wake = None

@@ -64,5 +64,21 @@ def build(
         objective=header(headers, names.INFERENCE_OBJECTIVE),
         fairness_id=header(headers, names.FAIRNESS_ID),
         session_token=headers.get(names.SESSION_TOKEN),
+        ttft_slo_s=ttft_slo(headers),
         headers=headers,
     )
+
+
+def ttft_slo(headers: Mapping[str, str]) -> float | None:
+    """The `x-slo-ttft-ms` header in seconds; a value that is not a positive number is the client's error."""
+    raw = headers.get(names.TTFT_SLO)
+    if not raw:
+        return None
+    try:
+        milliseconds = float(raw)
+    except ValueError:
+        milliseconds = float("nan")
+    if not 0 < milliseconds < float("inf"):
+        reason = f"header {names.TTFT_SLO}: {raw[:64]!r} is not a positive number of milliseconds"
+        raise types.Rejection(400, reason)
+    return milliseconds / 1000.0

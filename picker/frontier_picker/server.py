@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ READINESS = "readiness"
 # What GIE's own manifests probe (liveness and readiness) on the health port; it follows readiness here.
 GIE_PROBE_SERVICE = "inference-extension"
 READINESS_SERVICES = (READINESS, GIE_PROBE_SERVICE)
+# How often flow control looks again without a completion to prompt it (metrics refresh every 50 ms).
+PUMP_INTERVAL_S = 0.01
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -135,8 +138,9 @@ async def start(
     if store is None:
         store = datastore.Datastore()
     own_metrics = metrics.create()
+    flow = director.flow_of(scheduler)
     context = processor.Context(
-        director=director.Director(scheduler=scheduler, store=store, metrics=own_metrics),
+        director=director.Director(scheduler=scheduler, store=store, metrics=own_metrics, flow=flow),
         metrics=own_metrics,
         settings=processor.Settings(
             max_body_bytes=options.max_body_bytes,
@@ -168,6 +172,14 @@ async def start(
     store.subscribe(on_change)
     on_change()
     metrics.watch_pool(own_metrics, options.pool_name or "endpoints-file", store.states)
+    if flow is not None:
+        own_metrics.registry.register(
+            metrics.FlowCollector(
+                own_metrics,
+                flow.queued,
+                lambda: flow.gate.saturation(store.states(), context.clock()),
+            )
+        )
 
     ext_proc_server = grpc.aio.server(
         options=[
@@ -207,6 +219,8 @@ async def start(
                 )
             )
         )
+    if flow is not None:
+        tasks.append(loop.create_task(_pump(context.director, context.clock)))
     if options.refresh_metrics_interval_s > 0:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))
@@ -234,6 +248,16 @@ async def start(
         _tasks=tasks,
         _metrics_server=metrics_server,
     )
+
+
+async def _pump(decider: director.Director, clock: Callable[[], float]) -> None:
+    """Let flow control see fresh metrics and expired TTLs between completions."""
+    while True:
+        await asyncio.sleep(PUMP_INTERVAL_S)
+        try:
+            decider.pump(clock())
+        except Exception:
+            log.exception("event=flow_pump_failed")
 
 
 async def serve(options: Options) -> None:

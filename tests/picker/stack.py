@@ -79,7 +79,7 @@ class Backend:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        self.port = free_port(self.address)
+        self.port = self.port or free_port(self.address)  # a pod's backend listens on the pool's port
         await web.TCPSite(self.runner, self.address, self.port).start()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -116,6 +116,7 @@ class RecordingScheduler:
         self.inner = config.load(text, builtin=None if text else profile, fallbacks=fallbacks)
         self.decisions: list[tuple[types.Request, types.Decision]] = []
         self.completions: list[types.Completion] = []
+        self.flow = self.inner.flow  # the config's flow control, which the picker drives
 
     def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
         if request.objective == "sheddable":

@@ -28,7 +28,9 @@ class Request:
     fairness_id: str | None = None
     session_token: str | None = None
     lora_adapter: str | None = None
+    ttft_slo_s: float | None = None  # x-slo-ttft-ms: flow control sheds sheddable requests that would miss it
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    queued_s: float = 0.0  # how long flow control held it before it was decided
 
     def token_count(self) -> int:
         """`prompt_tokens`, or the character estimate of `prompt` when a caller left it unset."""

@@ -417,7 +417,9 @@ class _Simulation:
         self.name, scheduler = _policy(
             policy, states=self.states, cores=self.cores, seed=seed, fallbacks=fallbacks
         )
-        self.director = director.Director(scheduler=scheduler, store=self.store, log_decisions=False)
+        self.director = director.Director(
+            scheduler=scheduler, store=self.store, flow=director.flow_of(scheduler), log_decisions=False
+        )
         self.baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
         chosen = self.baseline.policy if self.baseline else None
         self.oracle = chosen if isinstance(chosen, policies.Oracle) else None
@@ -455,21 +457,21 @@ class _Simulation:
                 t, rid, flight.token_ids, max_tokens=flight.max_tokens, block_hashes=hashes, **kind
             )
         except ValueError as error:
-            self._finish_error(flight, 400, str(error))
+            self._finish_error(flight, 400, str(error), t)
             return
         if result is not None:
             self._deliver(result, t)
         if changed:
             self._push(v)
 
-    def _finish_error(self, flight: _Flight, code: int, reason: str) -> None:
+    def _finish_error(self, flight: _Flight, code: int, reason: str, t: float) -> None:
         request = flight.flight.request
         self.flights.pop(request.request_id, None)
         self.prefills.pop(request.request_id, None)
         self.columns.status[flight.index] = code
         self.columns.end[flight.index] = math.nan
         completion = types.Completion(endpoint=flight.flight.decision.primary, status=code, duration_s=0.0)
-        self.director.complete(flight.flight, completion)
+        self.director.complete(flight.flight, completion, now=t)
         log.debug(
             "event=vt_request_failed request_id=%s status=%d reason=%r",
             request.request_id,
@@ -513,7 +515,7 @@ class _Simulation:
                 ttft_s=columns.ttft[i],
                 duration_s=t - columns.arrival_at[i],
             )
-            self.director.complete(flight.flight, completion)
+            self.director.complete(flight.flight, completion, now=t)
 
     def _transfer(self, prefill: _Flight, t: float) -> None:
         """Prefill stage done: the decode engine pulls the uncached KV over its link, then decodes."""
@@ -545,6 +547,7 @@ class _Simulation:
                 metrics.kv_usage = core.pool.usage
             metrics.running = len(core.running)
             metrics.updated_at = t
+        self.director.pump(t)  # fresh metrics may show room (and TTLs may have passed)
 
     def _fire(self, t: float, index: int, version: int) -> None:
         if index < 0:
@@ -568,8 +571,27 @@ class _Simulation:
         request = _request(arrival, f"vt-{row}")
         if request.request_id in self.flights or request.request_id in self.prefills:
             request.request_id = f"{request.request_id}-{row}"  # a client reused an x-request-id
-        rid = request.request_id
         text = _engine_text(arrival)
+
+        def reject(rejection: types.Rejection) -> None:
+            self.columns.status[row] = rejection.status
+
+        def dispatch(now: float) -> None:
+            self._dispatch(row, request, text, arrival.max_tokens, now)
+
+        try:
+            ticket = self.director.admit(
+                request, now=t, size=len(text), on_dispatch=dispatch, on_reject=reject
+            )
+        except types.Rejection as rejection:
+            reject(rejection)
+            return
+        if ticket is None:
+            dispatch(t)
+
+    def _dispatch(self, row: int, request: types.Request, text: str, max_tokens: int, t: float) -> None:
+        """Decide `request` at model time `t` (its arrival, or when flow control let it go) and submit it."""
+        rid = request.request_id
         token_ids = self.prompts.get(text)
         try:
             if self.baseline is not None:
@@ -586,7 +608,7 @@ class _Simulation:
             engine=target,
             text=text,
             token_ids=token_ids,
-            max_tokens=arrival.max_tokens,
+            max_tokens=max_tokens,
         )
         self.columns.engine_of[row] = target
         self.routed[target] += 1

@@ -5,6 +5,7 @@
     plugins: [{name?, type, parameters?}]            # name defaults to type
     schedulingProfiles: [{name, plugins: [{pluginRef, weight?}]}]
     saturationDetector: {queueDepthThreshold, kvCacheUtilThreshold, metricsStalenessThreshold}
+    flowControl: {maxRequests, maxBytes, defaultRequestTTL, sheddableRequestTTL, maxInFlightPerEndpoint}
 
 Every field is checked: an unknown field, plugin type or parameter, a `pluginRef` that names no plugin, or
 a plugin consuming data that no configured plugin produces is an error naming it. Plugins are built on
@@ -20,8 +21,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from frontier_picker.scheduling.framework import flow_control, saturation, scheduler
 from frontier_picker.scheduling.framework import plugin as plugin_api
-from frontier_picker.scheduling.framework import saturation, scheduler
 from frontier_picker.scheduling.framework.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,15 @@ API_VERSIONS = frozenset(
 )
 KIND = "EndpointPickerConfig"
 _TOP_FIELDS = frozenset(
-    {"apiVersion", "kind", "plugins", "schedulingProfiles", "saturationDetector", "featureGates"}
+    {
+        "apiVersion",
+        "kind",
+        "plugins",
+        "schedulingProfiles",
+        "saturationDetector",
+        "flowControl",
+        "featureGates",
+    }
 )
 _PLUGIN_FIELDS = frozenset({"name", "type", "parameters"})
 _PROFILE_FIELDS = frozenset({"name", "plugins"})
@@ -309,9 +318,11 @@ def build(
         for raw in (raw_profiles if isinstance(raw_profiles, list) else [])
         if isinstance(raw, Mapping) and isinstance(raw.get("name"), str)
     ]
+    thresholds = saturation.from_config(document.get("saturationDetector"))
+    flow_settings = flow_control.from_config(document.get("flowControl"))
     handle = _Handle(
         specs,
-        thresholds=saturation.from_config(document.get("saturationDetector")),
+        thresholds=thresholds,
         fallbacks=fallbacks,
         profile_names=names,
     )
@@ -338,12 +349,16 @@ def build(
         learners=list(learners.values()),
         seed=seed,
     )
+    if flow_settings is not None:
+        built.flow = flow_control.FlowController(flow_settings, thresholds, prepare=built.prepare)
     log.info(
-        "event=scheduler_loaded handler=%s profiles=%s admitters=%s tier_router=%s fallbacks=%d",
+        "event=scheduler_loaded handler=%s profiles=%s admitters=%s tier_router=%s fallbacks=%d "
+        "flow_control=%s",
         handler.name,
         ",".join(handler.profiles()),
         ",".join(a.name for a in admitters) or "-",
         router.name if router is not None else "-",
         fallbacks,
+        flow_settings if flow_settings is not None else "off",
     )
     return built

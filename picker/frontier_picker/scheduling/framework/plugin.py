@@ -250,6 +250,9 @@ class Admitter(Plugin):
         """Raise `types.Rejection` to refuse `request`; may set fields the scheduler reads (priority)."""
         raise NotImplementedError
 
+    def prepare(self, request: types.Request) -> None:
+        """Set the fields flow control reads (priority) before the request is queued; most set none."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TierOption:

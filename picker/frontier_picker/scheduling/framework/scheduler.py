@@ -16,7 +16,7 @@ import numpy as np
 
 from frontier_picker import endpoints
 from frontier_picker.scheduling import types
-from frontier_picker.scheduling.framework import cycles, plugin
+from frontier_picker.scheduling.framework import cycles, flow_control, plugin
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ class Scheduler:
         seed: int | None = None,
     ) -> None:
         self.handler = handler
+        # The config's flow control (the loader sets it; the director drives it).
+        self.flow: flow_control.FlowController | None = None
         self.profiles = dict(profiles)
         self.admitters = list(admitters)
         self.router = router
@@ -90,6 +92,11 @@ class Scheduler:
     def destination_profile(self) -> Profile:
         """The profile that chooses the request's destination (the handler's first)."""
         return self.profiles[self.handler.profiles()[0]]
+
+    def prepare(self, request: types.Request) -> None:
+        """What the admitters set before flow control queues `request` (its priority)."""
+        for admitter in self.admitters:
+            admitter.prepare(request)
 
     def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
         """Choose endpoints for `request`; raises `types.Rejection` to refuse it."""

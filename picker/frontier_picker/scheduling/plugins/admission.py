@@ -52,6 +52,9 @@ class InferenceObjectives(plugin.Admitter):
         return cls(name, priorities=priorities)
 
     def admit(self, request: types.Request, snapshot: endpoints.Snapshot) -> None:
+        self.prepare(request)
+
+    def prepare(self, request: types.Request) -> None:
         if request.objective is not None:
             request.priority = self.priorities.get(request.objective, request.priority)
 
