@@ -7,7 +7,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
   `virtual-16-mixed-lengths`: the other workloads;
 - `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation;
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
-- `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`).
+- `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
+- `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
@@ -22,7 +23,18 @@ import dataclasses
 import time
 from pathlib import Path
 
-from frontier_bench import frontdoors, harness, pd, progress, report, sweep, tiers, virtual, workloads
+from frontier_bench import (
+    frontdoors,
+    harness,
+    overload,
+    pd,
+    progress,
+    report,
+    sweep,
+    tiers,
+    virtual,
+    workloads,
+)
 
 ENGINES = 6
 TIME_SCALE = 2.0
@@ -270,6 +282,8 @@ def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> 
         tiers.main(["--out", str(out), *(["--seeds", "1", "--duration", "40"] if quick else [])])
     if not only or "pd" in only:
         pd.main(["--out", str(out), *(["--seeds", "1", "--duration", "10"] if quick else [])])
+    if not only or "overload" in only:
+        overload.main(["--out", str(out), *(["--seeds", "1", "--loads", "1.5"] if quick else [])])
     for suite in suites(quick=quick):
         if only and suite.name not in only:
             continue

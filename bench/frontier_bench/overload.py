@@ -17,7 +17,8 @@ The picker is told nothing about the fleet's speed; the TPOT target is the opera
 
 Reported per policy and load (min-max over seeds): goodput (requests within TTFT <= 1 s and TPOT <= 50 ms,
 per second), SLO attainment per class (refused requests count as misses), 429s and 503s, requests lost
-(no answer at all: must be 0), and each tenant's goodput over its max-min fair share of the total.
+(no answer at all: must be 0), and each tenant's goodput over its fair share (priority first, then within a
+class the max-min split by the tenants' demands).
 The first `WARMUP_S` seconds are left out: the learned limits start open and settle in ~35 s from a cold
 start here (reported as `settle`: the start of the first 5 s window from which critical requests meet the
 SLO >= 99% to the end of the run).
@@ -143,16 +144,30 @@ def measure(results: cluster.Results, load: Traffic, slo: stats.Slo) -> dict[str
     for name in CLASSES:
         member = kept & (load.classes == name)
         out[f"slo_{name}"] = float(good[member].mean()) if member.any() else float("nan")
-    total = float(good[kept].sum())
-    demand = {name: float((kept & (load.tenants == name)).sum()) for name in TENANTS}
-    small = min(demand, key=lambda name: demand[name])
-    fair = {small: min(demand[small], total / 2)}
-    fair.update({name: total - fair[small] for name in TENANTS if name != small})
+    fair = fair_shares(good, kept, load)
     for name in TENANTS:
         got = float(good[kept & (load.tenants == name)].sum())
         out[f"fair_{name}"] = got / fair[name] if fair[name] else float("nan")
     out["settle_s"] = settle(results, load, good)
     return out
+
+
+def fair_shares(good: np.ndarray, kept: np.ndarray, load: Traffic) -> dict[str, float]:
+    """Each tenant's fair share of the good requests: priority first, so within each class the max-min fair
+    split of that class's good requests by the tenants' demands (a tenant asking for less than an equal split
+    gets all it asked for, the other the rest), summed over the classes."""
+    shares = dict.fromkeys(TENANTS, 0.0)
+    for name in CLASSES:
+        member = kept & (load.classes == name)
+        total = float(good[member].sum())
+        demand = {tenant: float((member & (load.tenants == tenant)).sum()) for tenant in TENANTS}
+        small = min(demand, key=lambda tenant: demand[tenant])
+        share = min(demand[small], total / len(TENANTS))
+        shares[small] += share
+        for tenant in TENANTS:
+            if tenant != small:
+                shares[tenant] += total - share
+    return shares
 
 
 def settle(results: cluster.Results, load: Traffic, good: np.ndarray) -> float | None:
@@ -225,7 +240,8 @@ def markdown(rows: Sequence[dict[str, Any]], command: str) -> str:
         "  SLO 1 s) in equal parts; tenants a / b at 75% / 25%",
         f"- capacity taken as {CAPACITY_RPS:g} req/s; warm-up {WARMUP_S:g} s left out, {MEASURED_S:g} s",
         "  measured (model time); SLO: TTFT <= 1 s and TPOT <= 50 ms; refused requests count as misses",
-        "- each cell: min-max over seeds; `fair a/b`: tenant goodput over its max-min fair share;",
+        "- each cell: min-max over seeds; `fair a/b`: tenant goodput over its fair share (per class, the",
+        "  max-min split of the class's good requests by the tenants' demands, summed over classes);",
         "  `settle`: model second from which critical requests meet the SLO >= 99% (`-`: never)",
         "",
         "| load | policy | goodput req/s | critical SLO | standard SLO | batch SLO | 429 | 503 | lost "
