@@ -83,11 +83,17 @@ def _writable(role):
     return {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
 
 
+def _deletable(role):
+    return {r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]}
+
+
 def test_rbac_is_limited_to_the_kinds_the_operator_manages(helm):
     role = _kinds(_template(helm))[("ClusterRole", "frontier")]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
     assert _writable(role) == WRITABLE
+    # Stale tier children, and the picker of a pool whose tiers all left it, are deleted.
+    assert _deletable(role) == WRITABLE - {"modeltiers/status"}
     assert not any("secrets" in rule["resources"] for rule in role["rules"])
 
 
