@@ -208,12 +208,9 @@ class Reconciler:
             # already reconciled and nothing needed writing (the common case, e.g. after a restart).
             already = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")
             valid_before = _condition_status(obj, modeltier.CONFIG_VALID) == "True"
-            if outcome.applied or not (already and valid_before):
+            changed = bool(outcome.applied) or not (already and valid_before)
+            if changed:
                 outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
-                for left in await self._pools_left(obj, pool):
-                    applied, deleted = await self._leave_pool(namespace, left)
-                    outcome.applied += applied
-                    outcome.deleted += deleted
             if obj["metadata"]["uid"] not in self._picker_owners.get(
                 (pool.namespace, pool.name), frozenset()
             ):
@@ -225,6 +222,11 @@ class Reconciler:
                         message=f"the endpoint picker of InferencePool {namespace}/{pool.name}"
                         f" (spec.endpointPickerRef.name {pool.picker_name!r}) cannot be created: {taken}",
                     )
+            if changed:  # after the new pool's picker: serving first, clean-up second
+                for left in await self._pools_left(obj, pool):
+                    applied, deleted = await self._leave_pool(namespace, left)
+                    outcome.applied += applied
+                    outcome.deleted += deleted
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
         valid_before_pass = _condition(obj, modeltier.CONFIG_VALID)
         outcome.status_written = await self._write_status(

@@ -284,6 +284,28 @@ async def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, 
         finally:
             watching.cancel()
         assert "watch_failed" not in caplog.text, caplog.text
+
+        # A tier leaving its pool: the operator deletes the pool's picker; an unservable tier gets an Event.
+        api.create(samples.pool("chat2", ns))
+        mover = samples.tier("mover", ns, spec=samples.disaggregated_spec("chat2"))
+        mover["spec"]["prefill"]["replicas"] = mover["spec"]["decode"]["replicas"] = 1
+        del mover["metadata"]["uid"], mover["metadata"]["generation"]
+        api.create(mover)
+        oc.wait_for("the chat2 picker", lambda: api.get("v1", "ServiceAccount", ns, "chat2-picker"))
+        api.merge_patch(
+            oc.TIER_API, names.MODEL_TIER_KIND, ns, "mover", {"spec": {"poolRef": {"name": "absent"}}}
+        )
+        oc.wait_for(
+            "the PoolNotFound Event",
+            lambda: [e for e in api.list("v1", "Event", ns) if e["reason"] == "PoolNotFound"],
+        )
+        api.merge_patch(
+            oc.TIER_API, names.MODEL_TIER_KIND, ns, "mover", {"spec": {"poolRef": {"name": "chat"}}}
+        )
+        oc.wait_for(
+            "the chat2 picker collected", lambda: api.get("v1", "Service", ns, "chat2-picker") is None
+        )
+        assert "forbidden" not in op.log().lower(), op.log()[-3000:]
     finally:
         op.stop()
         oc.delete_namespace(api, ns)
