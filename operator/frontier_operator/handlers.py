@@ -6,12 +6,14 @@ ModelTier status (see `reconcile`). Triggers:
 
 - a ModelTier appears, or its spec changes (generation ahead of `status.observedGeneration`) → full pass;
   deleted → its pool's picker is re-owned by the remaining tiers (children go by garbage collection);
-- an owned model-server Deployment changes → the owner's status is re-derived; deleted → full pass (recreate);
-  the initial listing after a start is skipped (each tier's own event derives its status then);
+- an owned model-server Deployment changes → the owner's status is re-derived; its spec changed (generation)
+  → full pass (a hand edit is reverted, an own apply costs reads only); deleted → full pass (recreate); the
+  initial listing after a start is skipped (each tier's own event derives its status then);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
 - a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
-- every `resync_seconds` → a full pass over all tiers (repairs drift nobody watched).
+- every `resync_seconds` → a full pass over all tiers (repairs drift on children that are not watched: the
+  picker's objects, PodDisruptionBudgets, HPAs).
 """
 
 import asyncio
@@ -42,6 +44,7 @@ def registry_for(
     """A kopf registry whose handlers drive `reconciler` (one registry per operator instance)."""
     registry = kopf.OperatorRegistry()
     pool_generations: dict[tuple[str, str], int] = {}
+    deployment_generations: dict[tuple[str, str], int] = {}
     tasks: list[asyncio.Task[None]] = []
     retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -100,12 +103,19 @@ def registry_for(
         tier = _owner_tier(meta)
         if tier is None:
             return  # not ours
+        key = (meta["namespace"], meta["name"])
+        generation = int(meta.get("generation", 0))
+        before = deployment_generations.get(key)
+        deployment_generations[key] = generation
         if event["type"] is None:
             # The initial listing: the tier's own event derives its status. Logged so a restart can be
             # seen to have gone through the listing without writing anything.
             log.info("listed kind=Deployment namespace=%s name=%s", meta["namespace"], meta["name"])
             return
         if event["type"] == "DELETED":
+            deployment_generations.pop(key, None)
+            await reconcile_tier(meta["namespace"], tier)
+        elif before is not None and before != generation:
             await reconcile_tier(meta["namespace"], tier)
         else:
             await reconciler.status_only(meta["namespace"], tier)

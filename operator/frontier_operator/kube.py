@@ -1,7 +1,7 @@
 """The operator's Kubernetes client: reads, server-side apply under one field manager, status patches.
 
 A thin layer over the `kubernetes` dynamic client (blocking; handlers call it via `asyncio.to_thread`).
-Every write goes through `apply`, `patch_status` or `delete`, which count it (metric
+Every write goes through `apply`, `create` (Events), `patch_status` or `delete`, which count it (metric
 `frontier_operator_writes_total{verb,kind}`) and log one line, so "a restart makes no writes" is checked by
 counting here and by the objects' resourceVersions in the cluster.
 """
@@ -107,6 +107,28 @@ class Kube:
         self._count("apply", manifest["kind"], meta.get("namespace", ""), meta["name"])
         applied: dict[str, Any] = result.to_dict()
         return applied
+
+    def create(self, manifest: Mapping[str, Any]) -> None:
+        """Create an object (the operator's Events); a refusal is logged, not raised, since an Event is a
+        report and a pass must not fail for want of one."""
+        meta = manifest["metadata"]
+        namespace = meta.get("namespace", "")
+        try:
+            self._dyn.create(
+                self._resource(manifest["apiVersion"], manifest["kind"]),
+                body=dict(manifest),
+                namespace=namespace,
+            )
+        except exceptions.DynamicApiError as error:
+            log.warning(
+                "event=create_failed kind=%s namespace=%s status=%s message=%r",
+                manifest["kind"],
+                namespace,
+                error.status,
+                _api_message(error),
+            )
+            return
+        self._count("create", manifest["kind"], namespace, meta.get("name") or meta.get("generateName", ""))
 
     def patch_status(
         self, api_version: str, kind: str, *, namespace: str, name: str, status: Mapping[str, Any]

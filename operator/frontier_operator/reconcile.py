@@ -1,10 +1,14 @@
 """Reconciliation: bring one ModelTier's children and status in line with its spec, writing only differences.
 
 Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children, renders the
-desired children, and applies only those whose applied-hash annotation (or, for Deployments without an HPA,
-`spec.replicas`) differs from what is observed; children of roles the spec no longer has are deleted. The
-pool's picker is reconciled the same way. Status is then derived from the observed Deployments and patched
-only if it differs. A resumed operator facing an unchanged cluster therefore reads but never writes.
+desired children, and applies only those whose applied-hash annotation differs from what is observed or whose
+fields were changed by hand (`manifests.drift`, logged once per repaired child); children of roles the spec
+no longer has are deleted. A live object of a child's name that the operator did not create is never applied
+over (`manifests.foreign`): the tier reports it instead. The pool's picker is reconciled the same way, and
+the picker of a pool a tier left is re-owned by its remaining tiers or deleted with the last. Status is then
+derived from the observed Deployments and patched only if it differs; a ConfigValid=False transition is
+also posted as a Kubernetes Event on the tier. A resumed operator facing an unchanged cluster therefore
+reads but never writes.
 
 Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
 """
@@ -19,6 +23,7 @@ from typing import Any, Final
 
 from frontier_api import modeltier, names, schema
 from frontier_operator import (
+    events,
     kube,
     manifests,
     pools,
@@ -40,6 +45,24 @@ TIER_CHILD_KINDS: Final = (
     ("policy/v1", "PodDisruptionBudget"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
 )
+# Kinds of a pool's picker (`render_picker`), collected when the pool's last tier has left it.
+PICKER_KINDS: Final = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("v1", "ServiceAccount"),
+)
+
+
+class Taken(Exception):
+    """A live object has the name of a child but was not created by the operator (`manifests.foreign`)."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(
+            f"{what} exists and {why}; frontier-operator does not adopt objects it did not create"
+        )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -91,13 +114,36 @@ class Reconciler:
     async def _get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.kube.get, api_version, kind, namespace=namespace, name=name)
 
-    async def _ensure(self, desired: manifests.Manifest) -> tuple[str | None, dict[str, Any]]:
-        """Apply `desired` unless the observed object already matches; returns (`Kind/name` when written, the
-        object as it now is)."""
-        api_version, kind, namespace, name = manifests.key(desired)
-        observed = await self._get(api_version, kind, namespace, name)
-        if observed is not None and _matches(desired, observed):
-            return None, observed
+    async def _observe(self, desired: list[manifests.Manifest]) -> list[dict[str, Any] | None]:
+        """The live objects `desired` names (None where absent); raises `Taken` before anything is written
+        when one of them is not the operator's."""
+        observed = []
+        for manifest in desired:
+            api_version, kind, namespace, name = manifests.key(manifest)
+            found = await self._get(api_version, kind, namespace, name)
+            why = None if found is None else manifests.foreign(manifest, found)
+            if why is not None:
+                raise Taken(f"{kind} {namespace}/{name}", why)
+            observed.append(found)
+        return observed
+
+    async def _ensure(
+        self, desired: manifests.Manifest, observed: dict[str, Any] | None
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Apply `desired` unless the observed object already matches it; returns (`Kind/name` when written,
+        the object as it now is)."""
+        _, kind, namespace, name = manifests.key(desired)
+        if observed is not None and _applied_hash(desired) == _applied_hash(observed):
+            drifted = manifests.drift(desired, observed)
+            if not drifted:
+                return None, observed
+            log.info(
+                "event=drift_repaired kind=%s namespace=%s name=%s fields=%s",
+                kind,
+                namespace,
+                name,
+                ",".join(drifted),
+            )
         applied = await asyncio.to_thread(self.kube.apply, desired)
         return f"{kind}/{name}", applied
 
@@ -146,8 +192,8 @@ class Reconciler:
             roles = list(spec.roles())
             desired = render_tier.render(tier=obj, spec=spec, pool=pool, cfg=self.cfg)
             try:
-                for manifest in desired:
-                    written, current = await self._ensure(manifest)
+                for manifest, live in zip(desired, await self._observe(desired), strict=True):
+                    written, current = await self._ensure(manifest, live)
                     if written:
                         outcome.applied.append(written)
                     if manifest["kind"] == "Deployment":
@@ -155,21 +201,47 @@ class Reconciler:
             except kube.Refused as refused:
                 # Passed admission, refused at apply: say so on the tier, in the API server's words.
                 outcome.invalid = validate.Invalid(reason="ApplyRefused", message=str(refused))
+            except Taken as taken:
+                outcome.invalid = validate.Invalid(reason="ChildNameTaken", message=str(taken))
         if spec is not None and pool is not None and outcome.invalid is None:
             # Stale children can only exist after a spec change: skip the listing when this generation was
             # already reconciled and nothing needed writing (the common case, e.g. after a restart).
             already = (obj.get("status") or {}).get("observedGeneration") == obj["metadata"].get("generation")
             valid_before = _condition_status(obj, modeltier.CONFIG_VALID) == "True"
-            if outcome.applied or not (already and valid_before):
+            changed = bool(outcome.applied) or not (already and valid_before)
+            if changed:
                 outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
             if obj["metadata"]["uid"] not in self._picker_owners.get(
                 (pool.namespace, pool.name), frozenset()
             ):
-                outcome.applied += await self.picker(pool)
+                try:
+                    outcome.applied += await self.picker(pool)
+                except Taken as taken:
+                    outcome.invalid = validate.Invalid(
+                        reason="PickerNameTaken",
+                        message=f"the endpoint picker of InferencePool {namespace}/{pool.name}"
+                        f" (spec.endpointPickerRef.name {pool.picker_name!r}) cannot be created: {taken}",
+                    )
+            if changed:  # after the new pool's picker: serving first, clean-up second
+                for left in await self._pools_left(obj, pool):
+                    applied, deleted = await self._leave_pool(namespace, left)
+                    outcome.applied += applied
+                    outcome.deleted += deleted
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
+        valid_before_pass = _condition(obj, modeltier.CONFIG_VALID)
         outcome.status_written = await self._write_status(
             obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash, observed=observed
         )
+        if outcome.invalid is not None and events.is_transition(valid_before_pass, outcome.invalid):
+            await asyncio.to_thread(
+                self.kube.create,
+                events.warning(
+                    tier=obj,
+                    reason=outcome.invalid.reason,
+                    message=outcome.invalid.message,
+                    now=status.now_rfc3339(),
+                ),
+            )
         log.info(
             "reconcile tier=%s/%s generation=%s valid=%s applied=%s deleted=%s status_written=%s"
             " duration_ms=%.1f",
@@ -295,12 +367,78 @@ class Reconciler:
             if not owners:
                 return []
             applied: list[str] = []
-            for manifest in render_picker.render(pool=pool, owners=owners, cfg=self.cfg):
-                written, _ = await self._ensure(manifest)
+            desired = render_picker.render(pool=pool, owners=owners, cfg=self.cfg)
+            for manifest, live in zip(desired, await self._observe(desired), strict=True):
+                written, _ = await self._ensure(manifest, live)
                 if written:
                     applied.append(written)
             self._picker_owners[(pool.namespace, pool.name)] = frozenset(t["metadata"]["uid"] for t in owners)
             return applied
+
+    async def _pools_left(self, obj: Mapping[str, Any], pool: pools.Pool) -> list[str]:
+        """The pools whose picker `obj` still owns although its poolRef names `pool` now (it moved)."""
+        meta = obj["metadata"]
+        selector = (
+            f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},{manifests.COMPONENT_LABEL}=endpoint-picker"
+        )
+        # Every picker has a ServiceAccount: one listing finds every pool the tier helps own.
+        accounts = await asyncio.to_thread(
+            self.kube.list, "v1", "ServiceAccount", namespace=meta["namespace"], label_selector=selector
+        )
+        left = set()
+        for account in accounts:
+            ameta = account["metadata"]
+            owned = any(ref.get("uid") == meta["uid"] for ref in ameta.get("ownerReferences") or [])
+            served = (ameta.get("annotations") or {}).get(manifests.POOL_ANNOTATION)
+            if owned and served and served != pool.name:
+                left.add(str(served))
+        return sorted(left)
+
+    async def _leave_pool(self, namespace: str, pool_name: str) -> tuple[list[str], list[str]]:
+        """A tier left `pool_name`: its picker is re-owned by the pool's remaining tiers, or deleted when none
+        remains (its owner references would keep it alive while the departed tier lives). Returns (applied,
+        deleted)."""
+        self._picker_owners.pop((namespace, pool_name), None)
+        tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
+        remaining = [
+            t
+            for t in tiers
+            if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name
+            and not t["metadata"].get("deletionTimestamp")
+        ]
+        if remaining:
+            pool_obj = await self._pool(namespace, pool_name)
+            try:
+                pool = None if pool_obj is None else pools.from_object(pool_obj)
+            except pools.PoolError:
+                pool = None
+            # A pool gone or unservable leaves its tiers ConfigValid=False; its picker waits for them.
+            return (await self.picker(pool) if pool is not None else []), []
+        async with self._lock(self._pool_locks, (namespace, pool_name)):
+            return [], await self._collect_picker(namespace, pool_name)
+
+    async def _collect_picker(self, namespace: str, pool_name: str) -> list[str]:
+        selector = (
+            f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},"
+            f"{manifests.COMPONENT_LABEL}=endpoint-picker,"
+            f"{manifests.INSTANCE_LABEL}={manifests.label_value(pool_name)}"
+        )
+        deleted: list[str] = []
+        for api_version, kind in PICKER_KINDS:
+            found = await asyncio.to_thread(
+                self.kube.list, api_version, kind, namespace=namespace, label_selector=selector
+            )
+            for obj in found:
+                meta = obj["metadata"]
+                if (meta.get("annotations") or {}).get(manifests.POOL_ANNOTATION) != pool_name:
+                    continue  # another pool whose name cuts to the same label value
+                await asyncio.to_thread(
+                    self.kube.delete, api_version, kind, namespace=namespace, name=meta["name"]
+                )
+                deleted.append(f"{kind}/{meta['name']}")
+        if deleted:
+            log.info("event=picker_collected pool=%s/%s deleted=%s", namespace, pool_name, ",".join(deleted))
+        return deleted
 
     def forget_pickers(self) -> None:
         """Drop the verified-owner cache (the next pass of each pool re-lists its tiers)."""
@@ -316,19 +454,17 @@ class Reconciler:
                 await self.tier(namespace, t["metadata"]["name"])
 
 
-def _condition_status(obj: Mapping[str, Any], type_: str) -> str | None:
+def _condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
     for cond in (obj.get("status") or {}).get("conditions") or []:
         if cond.get("type") == type_:
-            return str(cond.get("status"))
+            return dict(cond)
     return None
 
 
-def _matches(desired: Mapping[str, Any], observed: Mapping[str, Any]) -> bool:
-    """Whether the observed object is what was last applied for `desired` (and not scaled away from it)."""
-    want = desired["metadata"]["annotations"][manifests.APPLIED_HASH_ANNOTATION]
-    have = (observed.get("metadata", {}).get("annotations") or {}).get(manifests.APPLIED_HASH_ANNOTATION)
-    if want != have:
-        return False
-    if desired["kind"] == "Deployment" and "replicas" in desired["spec"]:
-        return bool(observed.get("spec", {}).get("replicas") == desired["spec"]["replicas"])
-    return True
+def _condition_status(obj: Mapping[str, Any], type_: str) -> str | None:
+    cond = _condition(obj, type_)
+    return None if cond is None else str(cond.get("status"))
+
+
+def _applied_hash(obj: Mapping[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(manifests.APPLIED_HASH_ANNOTATION)

@@ -168,6 +168,7 @@ def _meta(pool: pools.Pool, name: str, owners: Sequence[Mapping[str, Any]]) -> d
         "name": name,
         "namespace": pool.namespace,
         "labels": manifests.common_labels(component="endpoint-picker", instance=pool.name),
+        "annotations": {manifests.POOL_ANNOTATION: pool.name},
         "ownerReferences": [
             manifests.owner_reference(o, controller=False)
             for o in sorted(owners, key=lambda o: o["metadata"]["uid"])

@@ -83,11 +83,17 @@ def _writable(role):
     return {r for rule in role["rules"] if "patch" in rule["verbs"] for r in rule["resources"]}
 
 
+def _deletable(role):
+    return {r for rule in role["rules"] if "delete" in rule["verbs"] for r in rule["resources"]}
+
+
 def test_rbac_is_limited_to_the_kinds_the_operator_manages(helm):
     role = _kinds(_template(helm))[("ClusterRole", "frontier")]
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"]
     assert _writable(role) == WRITABLE
+    # Stale tier children, and the picker of a pool whose tiers all left it, are deleted.
+    assert _deletable(role) == WRITABLE - {"modeltiers/status"}
     assert not any("secrets" in rule["resources"] for rule in role["rules"])
 
 
@@ -278,6 +284,28 @@ async def test_operator_works_with_exactly_the_charts_rbac(helm, control_plane, 
         finally:
             watching.cancel()
         assert "watch_failed" not in caplog.text, caplog.text
+
+        # A tier leaving its pool: the operator deletes the pool's picker; an unservable tier gets an Event.
+        api.create(samples.pool("chat2", ns))
+        mover = samples.tier("mover", ns, spec=samples.disaggregated_spec("chat2"))
+        mover["spec"]["prefill"]["replicas"] = mover["spec"]["decode"]["replicas"] = 1
+        del mover["metadata"]["uid"], mover["metadata"]["generation"]
+        api.create(mover)
+        oc.wait_for("the chat2 picker", lambda: api.get("v1", "ServiceAccount", ns, "chat2-picker"))
+        api.merge_patch(
+            oc.TIER_API, names.MODEL_TIER_KIND, ns, "mover", {"spec": {"poolRef": {"name": "absent"}}}
+        )
+        oc.wait_for(
+            "the PoolNotFound Event",
+            lambda: [e for e in api.list("v1", "Event", ns) if e["reason"] == "PoolNotFound"],
+        )
+        api.merge_patch(
+            oc.TIER_API, names.MODEL_TIER_KIND, ns, "mover", {"spec": {"poolRef": {"name": "chat"}}}
+        )
+        oc.wait_for(
+            "the chat2 picker collected", lambda: api.get("v1", "Service", ns, "chat2-picker") is None
+        )
+        assert "forbidden" not in op.log().lower(), op.log()[-3000:]
     finally:
         op.stop()
         oc.delete_namespace(api, ns)

@@ -223,6 +223,10 @@ def test_tier_whose_pool_is_missing_reports_config_invalid_and_creates_nothing(
     assert cond["reason"] == "PoolNotFound"
     assert "spec.poolRef.name" in cond["message"]
     assert api.list("apps/v1", "Deployment", ns) == []
+    posted = oc.wait_for("the PoolNotFound Event", lambda: _tier_events(api, ns))
+    assert [(e["type"], e["reason"], e["message"]) for e in posted] == [
+        ("Warning", "PoolNotFound", cond["message"])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -419,6 +423,9 @@ def test_a_spec_the_api_server_refuses_at_apply_shows_its_message_on_the_tier(
     assert "Deployment/" in cond["message"] and "env" in cond["message"]  # the API server's own words
     ready = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.READY)
     assert ready is not None and ready["status"] == "False"
+    posted = oc.wait_for("the ApplyRefused Event", lambda: _tier_events(api, ns))
+    assert [(e["type"], e["reason"]) for e in posted] == [("Warning", "ApplyRefused")]
+    assert posted[0]["message"] == cond["message"]
 
 
 def test_a_tier_filling_its_gpu_pool_rolls_out_and_has_a_disruption_budget_per_role(
@@ -480,3 +487,176 @@ def test_a_tier_filling_its_gpu_pool_rolls_out_and_has_a_disruption_budget_per_r
         "budget garbage collected",
         lambda: api.get("policy/v1", "PodDisruptionBudget", ns, f"{TIER}-serving") is None,
     )
+
+
+# The settings the operator subprocess runs with (`oc.Operator`), for passes run in the test itself.
+SUBPROCESS_SETTINGS = settings.Settings(
+    engine_image="frontier:test", engine_command=("frontier-sim", "serve")
+)
+
+
+def _tier_events(api, ns, tier=TIER):
+    return [e for e in api.list("v1", "Event", ns) if e["involvedObject"]["name"] == tier]
+
+
+async def test_hand_edits_of_children_are_reverted_and_logged(
+    namespace, api, control_plane, operator_factory, caplog
+):
+    ns = namespace("op-drift")
+    op = operator_factory(ns)
+    _apply_pool_and_tier(api, ns)
+    _ready_tier(api, ns)
+    desired = _deployment(api, ns, "decode")["spec"]["template"]["spec"]
+    edited = _deployment(api, ns, "decode")["spec"]["template"]["spec"]
+    engine = edited["containers"][0]
+    engine["image"] = "vllm/vllm-openai:by-hand"
+    engine["args"] = [*engine["args"], "--enforce-eager"]
+    engine["resources"]["limits"][names.GPU_RESOURCE] = "1"
+    engine["resources"]["requests"][names.GPU_RESOURCE] = "1"
+    edited["tolerations"] = [*edited["tolerations"], {"key": "spot", "operator": "Exists"}]
+    api.merge_patch(
+        "apps/v1",
+        "Deployment",
+        ns,
+        f"{TIER}-decode",
+        {
+            "spec": {
+                "template": {
+                    "spec": {"containers": edited["containers"], "tolerations": edited["tolerations"]}
+                }
+            }
+        },
+    )
+
+    def reverted():
+        now = _deployment(api, ns, "decode")["spec"]["template"]["spec"]
+        return now["containers"] == desired["containers"] and now["tolerations"] == desired["tolerations"]
+
+    # The running operator sees the Deployment's new generation and repairs it at once.
+    oc.wait_for("the decode Deployment reverted", reverted, timeout_s=30)
+    line = next(line for line in op.log().splitlines() if "event=drift_repaired kind=Deployment" in line)
+    for field in ("containers[0].image", "containers[0].args", "tolerations", names.GPU_RESOURCE):
+        assert field in line, line
+
+    # The picker's ConfigMap is not watched: the periodic resync repairs it.
+    config = api.get("v1", "ConfigMap", ns, "chat-picker-config")
+    api.merge_patch("v1", "ConfigMap", ns, "chat-picker-config", {"data": {"config.yaml": "plugins: []\n"}})
+    client = kube.Kube(control_plane.api_client(), field_manager="frontier-operator")
+    reconciler = reconcile.Reconciler(client, SUBPROCESS_SETTINGS)
+    caplog.set_level("INFO", logger="frontier_operator")
+    assert await handlers.resync_once(reconciler, [ns]) == []
+    assert api.get("v1", "ConfigMap", ns, "chat-picker-config")["data"] == config["data"]
+    assert "event=drift_repaired kind=ConfigMap" in caplog.text and "fields=data.config.yaml" in caplog.text
+    # Repaired, the next resync writes nothing.
+    writes = client.writes
+    assert await handlers.resync_once(reconciler, [ns]) == []
+    assert client.writes == writes
+
+
+PICKER_KINDS = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("v1", "ConfigMap"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("v1", "ServiceAccount"),
+)
+
+
+def _create_tier(api, ns, name, pool_name):
+    obj = samples.tier(name, ns, spec=samples.disaggregated_spec(pool_name))
+    obj["spec"]["prefill"]["replicas"] = obj["spec"]["decode"]["replicas"] = 1
+    del obj["metadata"]["uid"], obj["metadata"]["generation"]
+    return api.create(obj)
+
+
+def _config_valid(api, ns, name):
+    return oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, name), modeltier.CONFIG_VALID)
+
+
+async def test_a_picker_name_the_operator_did_not_create_is_never_adopted(namespace, api, control_plane):
+    ns = namespace("op-taken")
+    reconciler = reconcile.Reconciler(
+        kube.Kube(control_plane.api_client(), field_manager="frontier-operator"), SUBPROCESS_SETTINGS
+    )
+    # An existing GIE EPP Service under the name pool `gie` points at.
+    epp = api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": "gie-picker",
+                "namespace": ns,
+                "labels": {"app.kubernetes.io/managed-by": "Helm"},
+            },
+            "spec": {"selector": {"app": "gie-epp"}, "ports": [{"port": 9002}]},
+        }
+    )
+    api.create(samples.pool("gie", ns))
+    _create_tier(api, ns, "on-gie", "gie")
+    await reconciler.tier(ns, "on-gie")
+    cond = _config_valid(api, ns, "on-gie")
+    assert (cond["status"], cond["reason"]) == ("False", "PickerNameTaken")
+    assert f"Service {ns}/gie-picker exists and is managed by 'Helm'" in cond["message"]
+    after = api.get("v1", "Service", ns, "gie-picker")
+    assert after["metadata"]["resourceVersion"] == epp["metadata"]["resourceVersion"]
+    assert api.get("v1", "ServiceAccount", ns, "gie-picker") is None  # nothing of the picker was written
+
+    # Two pools naming one picker: the second pool's tier may not take over (and re-own) the first's.
+    api.create(samples.pool("chat", ns))
+    api.create(samples.pool("chat2", ns) | {"spec": samples.pool("chat", ns)["spec"]})
+    first = _create_tier(api, ns, "first", "chat")
+    _create_tier(api, ns, "second", "chat2")
+    await reconciler.tier(ns, "first")
+    await reconciler.tier(ns, "second")
+    cond = _config_valid(api, ns, "second")
+    assert (cond["status"], cond["reason"]) == ("False", "PickerNameTaken")
+    assert f"InferencePool {ns}/chat2 (spec.endpointPickerRef.name 'chat-picker')" in cond["message"]
+    assert "belongs to the endpoint picker of InferencePool chat;" in cond["message"]
+    account = api.get("v1", "ServiceAccount", ns, "chat-picker")
+    assert [ref["uid"] for ref in account["metadata"]["ownerReferences"]] == [first["metadata"]["uid"]]
+
+    # One Warning Event per transition, none per resync pass.
+    await handlers.resync_once(reconciler, [ns])
+    await handlers.resync_once(reconciler, [ns])
+    for tier in ("on-gie", "second"):
+        posted = _tier_events(api, ns, tier)
+        assert [(e["type"], e["reason"]) for e in posted] == [("Warning", "PickerNameTaken")], posted
+    assert _tier_events(api, ns, "first") == []
+
+
+async def test_the_picker_of_a_pool_its_tiers_left_is_collected(namespace, api, control_plane):
+    ns = namespace("op-moved")
+    reconciler = reconcile.Reconciler(
+        kube.Kube(control_plane.api_client(), field_manager="frontier-operator"), SUBPROCESS_SETTINGS
+    )
+    for pool_name in ("chat", "chat2"):
+        api.create(samples.pool(pool_name, ns))
+    staying = _create_tier(api, ns, "staying", "chat")
+    _create_tier(api, ns, "moving", "chat")
+    for name in ("staying", "moving"):
+        await reconciler.tier(ns, name)
+    owners = api.get("v1", "ServiceAccount", ns, "chat-picker")["metadata"]["ownerReferences"]
+    assert len(owners) == 2
+
+    # One of two tiers leaves: the picker stays, owned by the tier that stays.
+    api.merge_patch(
+        oc.TIER_API, names.MODEL_TIER_KIND, ns, "moving", {"spec": {"poolRef": {"name": "chat2"}}}
+    )
+    await reconciler.tier(ns, "moving")
+    assert api.get("apps/v1", "Deployment", ns, "chat2-picker") is not None
+    for api_version, kind in PICKER_KINDS:
+        name = "chat-picker-config" if kind == "ConfigMap" else "chat-picker"
+        found = api.get(api_version, kind, ns, name)
+        assert [ref["uid"] for ref in found["metadata"]["ownerReferences"]] == [staying["metadata"]["uid"]]
+
+    # The last tier leaves: every picker object of the pool goes.
+    api.merge_patch(
+        oc.TIER_API, names.MODEL_TIER_KIND, ns, "staying", {"spec": {"poolRef": {"name": "chat2"}}}
+    )
+    outcome = await reconciler.tier(ns, "staying")
+    assert outcome is not None and "Service/chat-picker" in outcome.deleted
+    for api_version, kind in PICKER_KINDS:
+        name = "chat-picker-config" if kind == "ConfigMap" else "chat-picker"
+        assert api.get(api_version, kind, ns, name) is None, kind
+    assert len(api.get("v1", "ServiceAccount", ns, "chat2-picker")["metadata"]["ownerReferences"]) == 2

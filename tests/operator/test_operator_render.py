@@ -1,5 +1,6 @@
 """Renderers: ModelTier + InferencePool + settings -> vLLM arguments and Kubernetes manifests."""
 
+import copy
 import http.server
 import json
 import subprocess
@@ -11,7 +12,16 @@ import operator_samples as samples
 import pytest
 
 from frontier_api import modeltier, names, vllm_flags
-from frontier_operator import manifests, pools, render_args, render_picker, render_tier, settings, validate
+from frontier_operator import (
+    events,
+    manifests,
+    pools,
+    render_args,
+    render_picker,
+    render_tier,
+    settings,
+    validate,
+)
 
 CFG = settings.Settings()
 
@@ -614,3 +624,90 @@ def test_pool_annotation_override_ignores_the_operator_config_and_hashes_the_con
     found = _by_name(render_picker.render(pool=pools.from_object(obj), owners=[samples.tier()], cfg=cfg))
     assert not any(kind == "ConfigMap" for kind, _ in found)
     assert _config_hash(found) == "configmap:my-config"
+
+
+def _live(manifest):
+    """`manifest` as the API server returns it: defaults and other fields added, empty values omitted."""
+    live = copy.deepcopy(manifest)
+    live["metadata"] |= {"uid": "live-uid", "resourceVersion": "7", "managedFields": []}
+    live["status"] = {"replicas": 1}
+    return live
+
+
+def test_a_live_object_as_applied_shows_no_drift_and_hand_edits_are_named():
+    _, _, _, rendered = _render()
+    decode = _by_name(rendered)[("Deployment", "llama-fast-decode")]
+    live = _live(decode)
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    container["terminationMessagePath"] = "/dev/termination-log"  # a default the API server fills in
+    assert manifests.drift(decode, live) == []
+
+    container["image"] = "vllm/vllm-openai:hacked"
+    container["resources"]["limits"][names.GPU_RESOURCE] = "1"
+    container["args"] = container["args"][:-1]
+    live["spec"]["template"]["spec"]["tolerations"].append({"key": "spot", "operator": "Exists"})
+    live["spec"]["replicas"] = 9
+    prefix = "spec.template.spec"
+    assert set(manifests.drift(decode, live)) == {
+        "spec.replicas",
+        f"{prefix}.tolerations",
+        f"{prefix}.containers[0].image",
+        f"{prefix}.containers[0].args",
+        f"{prefix}.containers[0].resources.limits.{names.GPU_RESOURCE}",
+    }
+
+
+def test_drift_of_the_picker_config_and_values_the_api_server_omits_when_empty():
+    pool = pools.from_object(samples.pool())
+    config_map = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=CFG))[
+        ("ConfigMap", "chat-picker-config")
+    ]
+    live = _live(config_map)
+    live["data"]["config.yaml"] += "# edited\n"
+    assert manifests.drift(config_map, live) == ["data.config.yaml"]
+    empty = {
+        "apiVersion": "v1",
+        "kind": "X",
+        "metadata": {"name": "x"},
+        "spec": {"a": [], "b": False, "c": {}},
+    }
+    assert manifests.drift(empty, {"metadata": {"name": "x"}, "spec": {}}) == []
+
+
+def test_objects_the_operator_did_not_create_are_foreign():
+    pool = pools.from_object(samples.pool())
+    service = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=CFG))[
+        ("Service", "chat-picker")
+    ]
+    assert manifests.foreign(service, _live(service)) is None
+    gie = {"metadata": {"name": "chat-picker", "labels": {manifests.MANAGED_BY_LABEL: "Helm"}}}
+    assert manifests.foreign(service, gie) == "is managed by 'Helm'"
+    assert "no app.kubernetes.io/managed-by" in str(manifests.foreign(service, {"metadata": {}}))
+    # Another pool's picker of the same name (two pools sharing an endpointPickerRef).
+    other = render_picker.render(
+        pool=pools.from_object(samples.pool("chat2") | {"spec": samples.pool()["spec"]}),
+        owners=[samples.tier()],
+        cfg=CFG,
+    )
+    assert manifests.foreign(service, _live(_by_name(other)[("Service", "chat-picker")])) == (
+        "belongs to the endpoint picker of InferencePool chat2"
+    )
+    # A Deployment of a tier's child name, controlled by something else.
+    _, _, _, rendered = _render()
+    decode = _by_name(rendered)[("Deployment", "llama-fast-decode")]
+    taken = _live(decode)
+    taken["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    assert manifests.foreign(decode, taken) == "is controlled by another object"
+
+
+def test_a_config_valid_false_event_is_posted_once_per_transition():
+    invalid = validate.Invalid(reason="PickerNameTaken", message="Service op-test/chat-picker exists")
+    assert events.is_transition(None, invalid)
+    assert events.is_transition({"status": "True", "reason": "Rendered", "message": ""}, invalid)
+    same = {"status": "False", "reason": "PickerNameTaken", "message": invalid.message}
+    assert not events.is_transition(same, invalid)
+    assert events.is_transition(same | {"reason": "ApplyRefused"}, invalid)
+    event = events.warning(tier=samples.tier(), reason=invalid.reason, message="x" * 5000, now="T")
+    assert event["involvedObject"]["kind"] == names.MODEL_TIER_KIND
+    assert event["involvedObject"]["uid"] == "tier-uid"
+    assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "PickerNameTaken", 1024)
