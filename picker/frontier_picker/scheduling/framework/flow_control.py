@@ -5,11 +5,12 @@ across tenants as capacity frees, and refuse what cannot wait. GIE's EPP flow-co
   joins its priority band. Bands dispatch strictly by priority, highest first.
 - Within a band, *flows* (one per `x-gateway-inference-fairness-id`) take turns, one request per turn: a
   tenant sending three times the rate gets no more than its share while both are backlogged.
-- *Capacity* (`Gate`): an endpoint has room when its metrics are fresh, its KV cache is under the threshold
-  and its reported queue plus the requests sent to it since that report is under the queue threshold (the
-  count since the report is what stops one scrape's worth of room from releasing the whole queue at once).
-  When every endpoint's metrics are stale the gate stays open: a metrics outage must not become a traffic
-  outage.
+- *Capacity* (`Gate`): the pool has room when some endpoint's engine reports room (fresh metrics, KV cache
+  under the threshold, reported queue plus the requests sent to it since that report under the queue
+  threshold: the count since the report stops one scrape's worth of room from releasing the whole queue at
+  once) and, with in-flight limits, the pool's in-flight requests are under the sum of its endpoints'
+  limits. When every endpoint's metrics are stale the engine side counts as room: a metrics outage must not
+  become a traffic outage.
 - *Concurrency limits* (`ConcurrencyLimits`, with `tpotTarget` and/or `ttftTarget`): an engine's time per
   output token grows with its batch, and with chunked prefill its time to first token grows with the
   prompts it admits at once, while its waiting queue stays short: GIE's thresholds see neither. Each
@@ -34,7 +35,6 @@ asked again.
 import dataclasses
 import heapq
 import itertools
-import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
@@ -43,8 +43,6 @@ from frontier_picker import endpoints
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import saturation
 from frontier_picker.scheduling.framework.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # GIE's outcome names, the `outcome` label of inference_extension_flow_control_request_queue_duration_seconds.
 DISPATCHED: Final = "Dispatched"
