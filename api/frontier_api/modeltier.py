@@ -614,7 +614,16 @@ PREFILL_AVAILABLE: Final = "PrefillAvailable"
 DECODE_AVAILABLE: Final = "DecodeAvailable"
 CONFIG_VALID: Final = "ConfigValid"
 DEGRADED: Final = "Degraded"
-CONDITION_TYPES: Final = (READY, PROGRESSING, PREFILL_AVAILABLE, DECODE_AVAILABLE, CONFIG_VALID, DEGRADED)
+ROUTABLE: Final = "Routable"
+CONDITION_TYPES: Final = (
+    READY,
+    PROGRESSING,
+    PREFILL_AVAILABLE,
+    DECODE_AVAILABLE,
+    CONFIG_VALID,
+    DEGRADED,
+    ROUTABLE,
+)
 
 
 def parse_spec(spec: object) -> ModelTierSpec:

@@ -3,8 +3,9 @@
 Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children, renders the
 desired children, and applies only those whose applied-hash annotation (or, for Deployments without an HPA,
 `spec.replicas`) differs from what is observed; children of roles the spec no longer has are deleted. The
-pool's picker is reconciled the same way. Status is then derived from the observed Deployments and patched
-only if it differs. A resumed operator facing an unchanged cluster therefore reads but never writes.
+pool's picker is reconciled the same way. Status is then derived from the observed Deployments (with the pods
+of roles still rolling out, and the pool's picker Deployment) and patched only if it differs. A resumed
+operator facing an unchanged cluster therefore reads but never writes.
 
 Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
 """
@@ -168,7 +169,7 @@ class Reconciler:
                 outcome.applied += await self.picker(pool)
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
         outcome.status_written = await self._write_status(
-            obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash, observed=observed
+            obj, roles=roles, pool=pool, invalid=outcome.invalid, args_hash=args_hash, observed=observed
         )
         log.info(
             "reconcile tier=%s/%s generation=%s valid=%s applied=%s deleted=%s status_written=%s"
@@ -205,8 +206,19 @@ class Reconciler:
                 spec = modeltier.parse_spec(obj.get("spec"))
             except schema.ParseError:
                 return False
+            pool_obj = await self._pool(namespace, spec.pool_ref.name)
+            try:
+                pool = pools.from_object(pool_obj) if pool_obj is not None else None
+            except pools.PoolError:
+                pool = None
+            if pool is None:
+                return False  # the next full pass reports the pool as ConfigValid=False
             written = await self._write_status(
-                obj, roles=list(spec.roles()), invalid=None, args_hash=obj["status"].get("renderedArgsHash")
+                obj,
+                roles=list(spec.roles()),
+                pool=pool,
+                invalid=None,
+                args_hash=obj["status"].get("renderedArgsHash"),
             )
             if written:
                 log.info("status tier=%s/%s readyRoles=%s", namespace, name, obj["status"].get("readyRoles"))
@@ -217,6 +229,7 @@ class Reconciler:
         obj: Mapping[str, Any],
         *,
         roles: list[str],
+        pool: pools.Pool | None,
         invalid: validate.Invalid | None,
         args_hash: str | None,
         observed: Mapping[str, dict[str, Any]] | None = None,
@@ -230,10 +243,30 @@ class Reconciler:
                 deployments[role] = observed[child]
             else:
                 deployments[role] = await self._get("apps/v1", "Deployment", meta["namespace"], child)
+        pods: dict[str, list[dict[str, Any]]] = {}
+        picker: dict[str, Any] | None = None
+        if invalid is None and pool is not None:
+            # Pods are read only while a role is unsettled: a settled tier (the common case, and every tier
+            # after a restart) costs no pod listing.
+            if status.unsettled_roles(roles, deployments):
+                found = await asyncio.to_thread(
+                    self.kube.list,
+                    "v1",
+                    "Pod",
+                    namespace=meta["namespace"],
+                    label_selector=f"{names.TIER_LABEL}={manifests.label_value(meta['name'])}",
+                )
+                for pod in found:
+                    pod_role = str(((pod.get("metadata") or {}).get("labels") or {}).get(names.ROLE_LABEL))
+                    pods.setdefault(pod_role, []).append(pod)
+            picker = await self._get("apps/v1", "Deployment", pool.namespace, pool.picker_name)
         new = status.derive(
             tier=obj,
             roles=roles,
             deployments=deployments,
+            pods=pods,
+            picker=picker,
+            picker_name=pool.picker_name if pool is not None else "",
             invalid=invalid,
             args_hash=args_hash,
             now=status.now_rfc3339(),
