@@ -256,6 +256,21 @@ def invalid_ns(control_plane, api):
             "spec.tier.routing.minPromptTokens",
         ),
         (lambda s: s.update(rollout={"maxSurge": 0, "maxUnavailable": 0}), "spec.rollout.maxUnavailable"),
+        (
+            lambda s: (
+                s["model"].update(tokenSecretRef={"name": "hf"}),
+                s["engine"].update(env=[{"name": "HF_TOKEN", "value": "hf_x"}]),
+            ),
+            "spec.engine.env",
+        ),
+        (
+            lambda s: (
+                s["model"].update(cache={"claimName": "models"}),
+                s["engine"].update(env=[{"name": "HF_HOME", "value": "/tmp"}]),
+            ),
+            "spec.engine.env",
+        ),
+        (lambda s: s["decode"]["accelerator"].update(countPerPod=0), "spec.decode.accelerator.type"),
     ],
     ids=[
         "unknown-quantization",
@@ -267,6 +282,9 @@ def invalid_ns(control_plane, api):
         "empty-virtual-model",
         "prompt-bounds-reversed",
         "rollout-that-can-replace-no-pod",
+        "hf-token-twice",
+        "hf-home-twice",
+        "cpu-only-with-an-accelerator-type",
     ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
@@ -560,3 +578,21 @@ def test_a_tier_is_ready_only_while_its_pools_picker_is_available(
         cordon(False)
     tier = _ready_tier(api, ns)
     assert oc.condition(tier, modeltier.ROUTABLE)["reason"] == "PickerAvailable"
+
+
+def test_a_cpu_only_tier_is_admitted_and_runs_on_a_cpu_node(namespace, api, control_plane, operator_factory):
+    """`accelerator.countPerPod: 0` (once refused by the CEL rule tying the count to the parallelism): no GPU
+    is requested and no GPU toleration added, so the pod lands on the CPU pool."""
+    ns = namespace("op-cpu-only")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
+        "serving": {"accelerator": {"countPerPod": 0}, "resources": {"requests": {"cpu": "1"}}},
+    }
+    _apply_pool_and_tier(api, ns, spec)
+    _ready_tier(api, ns)
+    (pod,) = api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}={TIER}")
+    node = api.get("v1", "Node", "", pod["spec"]["nodeName"])
+    assert names.GKE_ACCELERATOR_LABEL not in node["metadata"]["labels"]
+    assert names.GPU_RESOURCE not in str(pod["spec"]["containers"][0]["resources"])

@@ -614,3 +614,55 @@ def test_pool_annotation_override_ignores_the_operator_config_and_hashes_the_con
     found = _by_name(render_picker.render(pool=pools.from_object(obj), owners=[samples.tier()], cfg=cfg))
     assert not any(kind == "ConfigMap" for kind, _ in found)
     assert _config_hash(found) == "configmap:my-config"
+
+
+def test_model_access_token_cache_pull_secrets_and_service_account_reach_every_engine_pod():
+    spec = samples.disaggregated_spec()
+    spec["model"] |= {
+        "tokenSecretRef": {"name": "hf-token"},
+        "cache": {"claimName": "llama-cache", "readOnly": True},
+    }
+    spec["engine"] |= {"imagePullSecrets": ["registry-creds"], "serviceAccountName": "llama-engine"}
+    _, _, _, rendered = _render(spec)
+    for role in ("prefill", "decode"):
+        pod = _by_name(rendered)[("Deployment", f"llama-fast-{role}")]["spec"]["template"]["spec"]
+        engine = pod["containers"][0]
+        assert {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+        } in engine["env"]
+        assert {"name": "HF_HOME", "value": names.MODEL_CACHE_PATH} in engine["env"]
+        assert {"name": "model-cache", "mountPath": names.MODEL_CACHE_PATH, "readOnly": True} in engine[
+            "volumeMounts"
+        ]
+        assert {
+            "name": "model-cache",
+            "persistentVolumeClaim": {"claimName": "llama-cache", "readOnly": True},
+        } in pod["volumes"]
+        assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+        assert pod["serviceAccountName"] == "llama-engine"
+
+
+def test_without_model_access_settings_pods_carry_none_of_them():
+    _, _, _, rendered = _render()
+    pod = _by_name(rendered)[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert not env & {"HF_TOKEN", "HF_HOME"}
+    assert [v["name"] for v in pod["volumes"]] == ["shm"]
+    assert "imagePullSecrets" not in pod and "serviceAccountName" not in pod
+
+
+def test_a_cpu_only_role_requests_no_gpu_and_is_not_steered_to_gpu_nodes():
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
+        "engine": {"image": "vllm/vllm-openai-cpu:v0.11.0"},
+        "serving": {"accelerator": {"countPerPod": 0}, "resources": {"requests": {"cpu": "4"}}},
+    }
+    _, parsed, _, rendered = _render(spec)
+    assert parsed.roles()[names.ROLE_BOTH].gpus_per_pod() == 0
+    pod = _by_name(rendered)[("Deployment", "llama-fast-serving")]["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["resources"] == {"requests": {"cpu": "4"}}
+    assert engine["image"] == "vllm/vllm-openai-cpu:v0.11.0"
+    assert "tolerations" not in pod and "nodeSelector" not in pod
