@@ -422,8 +422,9 @@ class Parallelism(schema.Model):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Accelerator(schema.Model):
-    """The GPU type a role runs on (a node pool's `cloud.google.com/gke-accelerator` value); `countPerPod: 0`
-    makes a CPU-only role (no GPU request, toleration or accelerator node selector)."""
+    """The GPU type a role runs on: the value of the node label the operator matches (`--accelerator-label`:
+    GKE's `cloud.google.com/gke-accelerator` by default, or GPU Feature Discovery's `nvidia.com/gpu.product`);
+    `countPerPod: 0` makes a CPU-only role (no GPU request, toleration or accelerator node selector)."""
 
     __cel__: ClassVar[tuple[schema.Rule, ...]] = (
         schema.Rule(
@@ -434,7 +435,8 @@ class Accelerator(schema.Model):
     )
 
     type: str | None = schema.prop(
-        "Accelerator label value, e.g. nvidia-h100-80gb; unset places on any GPU node.",
+        "Accelerator label value, e.g. nvidia-h100-80gb (GKE) or NVIDIA-H100-80GB-HBM3 (GPU Feature"
+        " Discovery); unset places on any GPU node.",
         default=None,
         max_length=128,
     )

@@ -6,7 +6,8 @@ Pure: (ModelTier object, Pool, Settings) -> manifests. Names are `<tier>-serving
 those two never change for a child); pods additionally carry the pool's selector, the served model and the
 engine type. Decode pods of a disaggregated tier run the routing sidecar (`frontier-sidecar`) on the
 pool's target port in front of the engine, which listens on `ENGINE_LOCAL_PORT`. GPU placement:
-`nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector and the GPU tolerations.
+`nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector (`accelerator.type` as the
+value of the operator's accelerator label) and the GPU tolerations.
 Model access: the Hugging Face token from a Secret (`HF_TOKEN`), a model cache PersistentVolumeClaim mounted
 as `HF_HOME`, image pull secrets and the pods' ServiceAccount.
 `replicas` is left out when an HPA owns the role, so the operator never fights it.
@@ -211,7 +212,7 @@ def _pod_spec(
     )
     node_selector = dict(role.placement.node_selector)
     if role.accelerator.type is not None:
-        node_selector[names.GKE_ACCELERATOR_LABEL] = role.accelerator.type
+        node_selector[cfg.accelerator_label] = role.accelerator.type
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": termination_grace_seconds(spec.rollout),
         "containers": containers,

@@ -1,5 +1,6 @@
 """Renderers: ModelTier + InferencePool + settings -> vLLM arguments and Kubernetes manifests."""
 
+import dataclasses
 import http.server
 import json
 import subprocess
@@ -666,3 +667,15 @@ def test_a_cpu_only_role_requests_no_gpu_and_is_not_steered_to_gpu_nodes():
     assert engine["resources"] == {"requests": {"cpu": "4"}}
     assert engine["image"] == "vllm/vllm-openai-cpu:v0.11.0"
     assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_on_a_cluster_labelled_by_gpu_feature_discovery_the_type_selects_its_product_label():
+    spec = samples.disaggregated_spec()
+    spec["decode"]["accelerator"] = {"type": "NVIDIA-H100-80GB-HBM3"}
+    obj = samples.tier(spec=spec)
+    gfd = dataclasses.replace(CFG, accelerator_label="nvidia.com/gpu.product")
+    rendered = render_tier.render(
+        tier=obj, spec=modeltier.parse_spec(obj["spec"]), pool=pools.from_object(samples.pool()), cfg=gfd
+    )
+    pod = _by_name(rendered)[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
