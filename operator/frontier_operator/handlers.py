@@ -69,6 +69,12 @@ def registry_for(
         # reconcile writes nothing.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 600
+        # The pod watch asks the API server for pending model-server pods only (handler label filters are
+        # applied here, after the whole stream arrived); a pod that starts running leaves the stream.
+        settings.watching.label_selectors["", "v1", "pods"] = (
+            f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},{manifests.COMPONENT_LABEL}=model-server"
+        )
+        settings.watching.field_selectors["", "v1", "pods"] = "status.phase=Pending"
         tasks.append(asyncio.create_task(_resync_forever(reconciler, namespaces)))
 
     @kopf.on.cleanup(registry=registry)
@@ -124,7 +130,7 @@ def registry_for(
     async def _pod_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         # Only a pending pod can change whether the tier is schedulable; running pods show in the
         # Deployment's counts, which have their own events.
-        if event["type"] is None or (body.get("status") or {}).get("phase") != "Pending":
+        if event["type"] in (None, "DELETED") or (body.get("status") or {}).get("phase") != "Pending":
             return
         meta = dict(body["metadata"])
         # The tier label is the tier's name: names are at most 50 characters (CEL), so never cut.
