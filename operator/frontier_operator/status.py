@@ -155,7 +155,7 @@ def derive(
         return out
 
     counts = {r: role_counts(deployments.get(r)) for r in roles}
-    settled = {r: _settled(deployments.get(r), counts[r]) for r in roles}
+    unsettled = unsettled_roles(roles, deployments)
     failures = {r: f for r in roles if (f := _failure(deployments.get(r))) is not None}
 
     def available(work: str) -> tuple[bool, str]:
@@ -165,7 +165,6 @@ def derive(
 
     prefill_ok, prefill_msg = available(names.ROLE_PREFILL)
     decode_ok, decode_msg = available(names.ROLE_DECODE)
-    unsettled = [r for r in roles if not settled[r]]
     routable, routable_reason, routable_msg = _routable(picker, picker_name)
     replicas_ready = not unsettled and all(counts[r]["replicas"] > 0 for r in roles)
     ready = replicas_ready and routable
@@ -214,7 +213,7 @@ def derive(
         cond(modeltier.READY, ready, ready_reason, ready_msg),
         cond(modeltier.DEGRADED, degraded_reason != "AsExpected", degraded_reason, degraded_msg),
     ]
-    ready_roles = sum(1 for r in roles if settled[r] and counts[r]["replicas"] > 0)
+    ready_roles = sum(1 for r in roles if r not in unsettled and counts[r]["replicas"] > 0)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "conditions": conditions,
