@@ -103,6 +103,30 @@ class PoolRef(schema.Model):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class SecretKeyRef(schema.Model):
+    """One key of a Secret in the tier's namespace."""
+
+    name: str = schema.prop("Secret name.", min_length=1, max_length=253)
+    key: str = schema.prop(
+        "Key of the Secret holding the value.", default="token", min_length=1, max_length=253
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelCache(schema.Model):
+    """A PersistentVolumeClaim holding the Hugging Face cache (`HF_HOME`): the model downloads once, and pods
+    that restart or scale out load it from there."""
+
+    claim_name: str = schema.prop(
+        "PersistentVolumeClaim in the tier's namespace (ReadWriteMany, or ReadOnlyMany when filled"
+        " beforehand, for more than one pod).",
+        min_length=1,
+        max_length=253,
+    )
+    read_only: bool = schema.prop("Mount it read-only (a cache filled beforehand).", default=False)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelSource(schema.Model):
     """What the engine loads and the name clients request it by."""
 
@@ -115,6 +139,15 @@ class ModelSource(schema.Model):
         "Model name clients put in the request's `model` field (`--served-model-name`).",
         min_length=1,
         max_length=256,
+    )
+    token_secret_ref: SecretKeyRef | None = schema.prop(
+        "Secret key holding the Hugging Face token for gated models; the engine gets it as `HF_TOKEN`.",
+        default=None,
+    )
+    cache: ModelCache | None = schema.prop(
+        f"Model cache volume, mounted at {names.MODEL_CACHE_PATH} and set as `HF_HOME`; unset, each pod"
+        " downloads the model into its own filesystem.",
+        default=None,
     )
 
 
@@ -317,6 +350,17 @@ class Engine(schema.Model):
         max_items=128,
     )
     env: list[EnvVar] = schema.prop("Engine environment variables.", default_factory=list, max_items=128)
+    image_pull_secrets: list[str] = schema.prop(
+        "Secrets (names) for pulling the engine image from a private registry.",
+        default_factory=list,
+        max_items=16,
+    )
+    service_account_name: str | None = schema.prop(
+        "ServiceAccount of the engine pods (e.g. for workload identity to a model bucket); the namespace's"
+        " default when unset.",
+        default=None,
+        max_length=253,
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -378,15 +422,30 @@ class Parallelism(schema.Model):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Accelerator(schema.Model):
-    """The GPU type a role runs on (a node pool's `cloud.google.com/gke-accelerator` value)."""
+    """The GPU type a role runs on: the value of the node label the operator matches (`--accelerator-label`:
+    GKE's `cloud.google.com/gke-accelerator` by default, or GPU Feature Discovery's `nvidia.com/gpu.product`);
+    `countPerPod: 0` makes a CPU-only role (no GPU request, toleration or accelerator node selector)."""
+
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            rule="!has(self.type) || !has(self.countPerPod) || self.countPerPod > 0",
+            message="a CPU-only role (accelerator.countPerPod: 0) has no accelerator.type",
+            field_path=".type",
+        ),
+    )
 
     type: str | None = schema.prop(
-        "Accelerator label value, e.g. nvidia-h100-80gb; unset places on any GPU node.",
+        "Accelerator label value, e.g. nvidia-h100-80gb (GKE) or NVIDIA-H100-80GB-HBM3 (GPU Feature"
+        " Discovery); unset places on any GPU node.",
         default=None,
         max_length=128,
     )
     count_per_pod: int | None = schema.prop(
-        "GPUs per pod; defaults to tensor x pipeline x data.", default=None, minimum=0, maximum=64
+        "GPUs per pod; defaults to tensor x pipeline x data; 0 runs the role on CPU nodes (with a CPU build"
+        " of the engine, spec.engine.image).",
+        default=None,
+        minimum=0,
+        maximum=64,
     )
 
 
@@ -436,9 +495,9 @@ class Role(schema.Model):
         ),
         schema.Rule(
             rule="!has(self.accelerator) || !has(self.accelerator.countPerPod) || !has(self.parallelism)"
-            " || self.accelerator.countPerPod >="
+            " || self.accelerator.countPerPod == 0 || self.accelerator.countPerPod >="
             " self.parallelism.tensor * self.parallelism.pipeline * self.parallelism.data",
-            message="accelerator.countPerPod must be at least tensor x pipeline x data",
+            message="accelerator.countPerPod must be 0 (CPU-only) or at least tensor x pipeline x data",
             field_path=".accelerator.countPerPod",
         ),
     )
@@ -537,6 +596,18 @@ class ModelTierSpec(schema.Model):
             rule="self.disaggregation.enabled || has(self.serving)",
             message="spec.serving is required when disaggregation is not enabled",
         ),
+        schema.Rule(
+            rule="!has(self.model.tokenSecretRef) || !has(self.engine) || !has(self.engine.env)"
+            " || !self.engine.env.exists(e, e.name == 'HF_TOKEN')",
+            message="spec.engine.env must not set HF_TOKEN: spec.model.tokenSecretRef renders it",
+            field_path=".engine.env",
+        ),
+        schema.Rule(
+            rule="!has(self.model.cache) || !has(self.engine) || !has(self.engine.env)"
+            " || !self.engine.env.exists(e, e.name == 'HF_HOME')",
+            message="spec.engine.env must not set HF_HOME: spec.model.cache renders it",
+            field_path=".engine.env",
+        ),
     )
 
     pool_ref: PoolRef = schema.prop("The InferencePool this tier serves in.")
@@ -614,7 +685,16 @@ PREFILL_AVAILABLE: Final = "PrefillAvailable"
 DECODE_AVAILABLE: Final = "DecodeAvailable"
 CONFIG_VALID: Final = "ConfigValid"
 DEGRADED: Final = "Degraded"
-CONDITION_TYPES: Final = (READY, PROGRESSING, PREFILL_AVAILABLE, DECODE_AVAILABLE, CONFIG_VALID, DEGRADED)
+ROUTABLE: Final = "Routable"
+CONDITION_TYPES: Final = (
+    READY,
+    PROGRESSING,
+    PREFILL_AVAILABLE,
+    DECODE_AVAILABLE,
+    CONFIG_VALID,
+    DEGRADED,
+    ROUTABLE,
+)
 
 
 def parse_spec(spec: object) -> ModelTierSpec:

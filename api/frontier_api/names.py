@@ -89,6 +89,8 @@ ROLE_BOTH: Final = "both"
 
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 GKE_ACCELERATOR_LABEL: Final = "cloud.google.com/gke-accelerator"
+# Where an engine pod mounts the tier's model cache volume (its `HF_HOME`).
+MODEL_CACHE_PATH: Final = "/var/cache/huggingface"
 
 # --- Model-server metrics (Prometheus text on the serving port) ------------------------------------------
 ENGINE_VLLM: Final = "vllm"

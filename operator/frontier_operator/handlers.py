@@ -9,6 +9,10 @@ ModelTier status (see `reconcile`). Triggers:
 - an owned model-server Deployment changes → the owner's status is re-derived; its spec changed (generation)
   → full pass (a hand edit is reverted, an own apply costs reads only); deleted → full pass (recreate); the
   initial listing after a start is skipped (each tier's own event derives its status then);
+- a pending model-server pod changes (the scheduler could not place it, or now has) → the owner's status is
+  re-derived, so an unschedulable shape shows the scheduler's reason at once;
+- the pool's endpoint picker Deployment changes → the status of every tier owning it is re-derived
+  (`Routable`);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
 - a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
@@ -68,6 +72,12 @@ def registry_for(
         # reconcile writes nothing.
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 600
+        # The pod watch asks the API server for pending model-server pods only (handler label filters are
+        # applied here, after the whole stream arrived); a pod that starts running leaves the stream.
+        settings.watching.label_selectors["", "v1", "pods"] = (
+            f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},{manifests.COMPONENT_LABEL}=model-server"
+        )
+        settings.watching.field_selectors["", "v1", "pods"] = "status.phase=Pending"
         tasks.append(asyncio.create_task(_resync_forever(reconciler, namespaces)))
 
     @kopf.on.cleanup(registry=registry)
@@ -119,6 +129,42 @@ def registry_for(
             await reconcile_tier(meta["namespace"], tier)
         else:
             await reconciler.status_only(meta["namespace"], tier)
+
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={manifests.MANAGED_BY_LABEL: manifests.MANAGED_BY, manifests.COMPONENT_LABEL: "model-server"},
+        registry=registry,
+    )
+    async def _pod_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        # Only a pending pod can change whether the tier is schedulable; running pods show in the
+        # Deployment's counts, which have their own events.
+        if event["type"] in (None, "DELETED") or (body.get("status") or {}).get("phase") != "Pending":
+            return
+        meta = dict(body["metadata"])
+        # The tier label is the tier's name: names are at most 50 characters (CEL), so never cut.
+        tier = (meta.get("labels") or {}).get(names.TIER_LABEL)
+        if tier:
+            await reconciler.status_only(meta["namespace"], str(tier))
+
+    @kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        labels={
+            manifests.MANAGED_BY_LABEL: manifests.MANAGED_BY,
+            manifests.COMPONENT_LABEL: "endpoint-picker",
+        },
+        registry=registry,
+    )
+    async def _picker_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        if event["type"] is None:
+            return  # the initial listing: each tier's own event derives its status
+        meta = dict(body["metadata"])
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == names.MODEL_TIER_KIND:
+                await reconciler.status_only(meta["namespace"], str(ref["name"]))
 
     @kopf.on.event(names.GIE_GROUP, names.GIE_VERSION, names.INFERENCE_POOL_PLURAL, registry=registry)
     async def _pool_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:

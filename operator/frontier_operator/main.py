@@ -46,6 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--picker-config-file", default=None, help="EndpointPickerConfig for generated picker ConfigMaps"
     )
+    p.add_argument(
+        "--accelerator-label",
+        default=None,
+        help="node label accelerator.type is matched against (default cloud.google.com/gke-accelerator;"
+        " nvidia.com/gpu.product with GPU Feature Discovery)",
+    )
     p.add_argument("--resync-seconds", type=float, default=None, help="full resync period")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: off)")
     p.add_argument(
@@ -65,6 +71,8 @@ def settings_from(args: argparse.Namespace) -> settings.Settings:
         cfg = dataclasses.replace(cfg, picker_image=args.picker_image)
     if args.picker_config_file:
         cfg = dataclasses.replace(cfg, picker_config=pathlib.Path(args.picker_config_file).read_text())
+    if args.accelerator_label:
+        cfg = dataclasses.replace(cfg, accelerator_label=args.accelerator_label)
     if args.resync_seconds is not None:
         cfg = dataclasses.replace(cfg, resync_seconds=args.resync_seconds)
     return cfg

@@ -6,9 +6,9 @@ fields were changed by hand (`manifests.drift`, logged once per repaired child);
 no longer has are deleted. A live object of a child's name that the operator did not create is never applied
 over (`manifests.foreign`): the tier reports it instead. The pool's picker is reconciled the same way, and
 the picker of a pool a tier left is re-owned by its remaining tiers or deleted with the last. Status is then
-derived from the observed Deployments and patched only if it differs; a ConfigValid=False transition is
-also posted as a Kubernetes Event on the tier. A resumed operator facing an unchanged cluster therefore
-reads but never writes.
+derived from the observed Deployments (with the pods of roles still rolling out, and the pool's picker
+Deployment) and patched only if it differs; a ConfigValid=False transition is also posted as a Kubernetes
+Event on the tier. A resumed operator facing an unchanged cluster therefore reads but never writes.
 
 Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
 """
@@ -230,7 +230,7 @@ class Reconciler:
             args_hash = render_args.args_hash(render_tier.rendered_args(spec=spec, pool=pool))
         valid_before_pass = _condition(obj, modeltier.CONFIG_VALID)
         outcome.status_written = await self._write_status(
-            obj, roles=roles, invalid=outcome.invalid, args_hash=args_hash, observed=observed
+            obj, roles=roles, pool=pool, invalid=outcome.invalid, args_hash=args_hash, observed=observed
         )
         if outcome.invalid is not None and events.is_transition(valid_before_pass, outcome.invalid):
             await asyncio.to_thread(
@@ -277,8 +277,19 @@ class Reconciler:
                 spec = modeltier.parse_spec(obj.get("spec"))
             except schema.ParseError:
                 return False
+            pool_obj = await self._pool(namespace, spec.pool_ref.name)
+            try:
+                pool = pools.from_object(pool_obj) if pool_obj is not None else None
+            except pools.PoolError:
+                pool = None
+            if pool is None:
+                return False  # the next full pass reports the pool as ConfigValid=False
             written = await self._write_status(
-                obj, roles=list(spec.roles()), invalid=None, args_hash=obj["status"].get("renderedArgsHash")
+                obj,
+                roles=list(spec.roles()),
+                pool=pool,
+                invalid=None,
+                args_hash=obj["status"].get("renderedArgsHash"),
             )
             if written:
                 log.info("status tier=%s/%s readyRoles=%s", namespace, name, obj["status"].get("readyRoles"))
@@ -289,6 +300,7 @@ class Reconciler:
         obj: Mapping[str, Any],
         *,
         roles: list[str],
+        pool: pools.Pool | None,
         invalid: validate.Invalid | None,
         args_hash: str | None,
         observed: Mapping[str, dict[str, Any]] | None = None,
@@ -302,10 +314,30 @@ class Reconciler:
                 deployments[role] = observed[child]
             else:
                 deployments[role] = await self._get("apps/v1", "Deployment", meta["namespace"], child)
+        pods: dict[str, list[dict[str, Any]]] = {}
+        picker: dict[str, Any] | None = None
+        if invalid is None and pool is not None:
+            # Pods are read only while a role is unsettled: a settled tier (the common case, and every tier
+            # after a restart) costs no pod listing.
+            if status.unsettled_roles(roles, deployments):
+                found = await asyncio.to_thread(
+                    self.kube.list,
+                    "v1",
+                    "Pod",
+                    namespace=meta["namespace"],
+                    label_selector=f"{names.TIER_LABEL}={manifests.label_value(meta['name'])}",
+                )
+                for pod in found:
+                    pod_role = str(((pod.get("metadata") or {}).get("labels") or {}).get(names.ROLE_LABEL))
+                    pods.setdefault(pod_role, []).append(pod)
+            picker = await self._get("apps/v1", "Deployment", pool.namespace, pool.picker_name)
         new = status.derive(
             tier=obj,
             roles=roles,
             deployments=deployments,
+            pods=pods,
+            picker=picker,
+            picker_name=pool.picker_name if pool is not None else "",
             invalid=invalid,
             args_hash=args_hash,
             now=status.now_rfc3339(),

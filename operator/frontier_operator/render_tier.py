@@ -6,7 +6,10 @@ Pure: (ModelTier object, Pool, Settings) -> manifests. Names are `<tier>-serving
 those two never change for a child); pods additionally carry the pool's selector, the served model and the
 engine type. Decode pods of a disaggregated tier run the routing sidecar (`frontier-sidecar`) on the
 pool's target port in front of the engine, which listens on `ENGINE_LOCAL_PORT`. GPU placement:
-`nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector and the GPU tolerations.
+`nvidia.com/gpu` requests = limits = GPUs per pod, the accelerator node selector (`accelerator.type` as the
+value of the operator's accelerator label) and the GPU tolerations.
+Model access: the Hugging Face token from a Secret (`HF_TOKEN`), a model cache PersistentVolumeClaim mounted
+as `HF_HOME`, image pull secrets and the pods' ServiceAccount.
 `replicas` is left out when an HPA owns the role, so the operator never fights it.
 
 Stopping and replacing pods follows `spec.rollout`: the Deployment strategy (by default one pod at a time and
@@ -121,6 +124,13 @@ def _env(spec: modeltier.ModelTierSpec) -> list[dict[str, Any]]:
             {"name": "VLLM_NIXL_SIDE_CHANNEL_HOST", "value": render_args.POD_IP_REF},
             {"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(NIXL_SIDE_CHANNEL_PORT)},
         ]
+    token = spec.model.token_secret_ref
+    if token is not None:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}}}
+        )
+    if spec.model.cache is not None:
+        env.append({"name": "HF_HOME", "value": names.MODEL_CACHE_PATH})
     env += [{"name": e.name, "value": e.value} for e in spec.engine.env]
     return env
 
@@ -185,17 +195,33 @@ def _pod_spec(
         # Tensor-parallel workers exchange tensors through shared memory.
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
     }
+    volumes: list[dict[str, Any]] = [{"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    cache = spec.model.cache
+    if cache is not None:
+        container["volumeMounts"].append(
+            {"name": "model-cache", "mountPath": names.MODEL_CACHE_PATH, "readOnly": cache.read_only}
+        )
+        volumes.append(
+            {
+                "name": "model-cache",
+                "persistentVolumeClaim": {"claimName": cache.claim_name, "readOnly": cache.read_only},
+            }
+        )
     containers = (
         [container, _sidecar(role, pool=pool, cfg=cfg, rollout=spec.rollout)] if sidecar else [container]
     )
     node_selector = dict(role.placement.node_selector)
     if role.accelerator.type is not None:
-        node_selector[names.GKE_ACCELERATOR_LABEL] = role.accelerator.type
+        node_selector[cfg.accelerator_label] = role.accelerator.type
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": termination_grace_seconds(spec.rollout),
         "containers": containers,
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": volumes,
     }
+    if spec.engine.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": name} for name in spec.engine.image_pull_secrets]
+    if spec.engine.service_account_name is not None:
+        pod["serviceAccountName"] = spec.engine.service_account_name
     if node_selector:
         pod["nodeSelector"] = node_selector
     tolerations = [dict(t) for t in cfg.gpu_tolerations] if role.gpus_per_pod() > 0 else []

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
+from frontier_api import names
+
 FIELD_MANAGER: Final = "frontier-operator"
 DEFAULT_ENGINE_IMAGE: Final = "vllm/vllm-openai:v0.11.0"
 DEFAULT_PICKER_IMAGE: Final = "ghcr.io/frontier-dev/frontier:0.1.0"
@@ -29,6 +31,9 @@ class Settings:
     picker_replicas: int = 1
     field_manager: str = FIELD_MANAGER
     gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
+    # The node label `accelerator.type` is matched against: GKE's, or GPU Feature Discovery's
+    # `nvidia.com/gpu.product` on other clusters (one labelling scheme per cluster).
+    accelerator_label: str = names.GKE_ACCELERATOR_LABEL
     # EndpointPickerConfig text for every pool's generated picker ConfigMap (None: the picker's built-in
     # `frontier` config).
     picker_config: str | None = None
@@ -38,8 +43,8 @@ class Settings:
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings with `FRONTIER_ENGINE_IMAGE`, `FRONTIER_ENGINE_COMMAND` (space-separated),
-    `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS` and
-    `FRONTIER_RESYNC_SECONDS` applied."""
+    `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS`,
+    `FRONTIER_ACCELERATOR_LABEL` and `FRONTIER_RESYNC_SECONDS` applied."""
     env = os.environ if environ is None else environ
     base = Settings()
     return dataclasses.replace(
@@ -53,5 +58,6 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if env.get("FRONTIER_PICKER_COMMAND")
         else base.picker_command,
         picker_replicas=int(env.get("FRONTIER_PICKER_REPLICAS", base.picker_replicas)),
+        accelerator_label=env.get("FRONTIER_ACCELERATOR_LABEL") or base.accelerator_label,
         resync_seconds=float(env.get("FRONTIER_RESYNC_SECONDS", base.resync_seconds)),
     )

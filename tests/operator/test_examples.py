@@ -37,6 +37,7 @@ def test_every_example_tier_parses_and_the_set_covers_what_the_readme_promises()
     auto = [name for name, spec in specs.items() if "auto" in spec.tier.virtual_models]
     assert sorted(auto) == ["large", "small"]  # two tiers behind the virtual model
     assert any("/" in spec.model.served_name for spec in specs.values())  # a Hugging Face name
+    assert any(spec.model.token_secret_ref is not None for spec in specs.values())  # a gated model
 
 
 @pytest.mark.cluster

@@ -66,6 +66,16 @@ def test_operator_runs_non_root_read_only_with_resources(helm):
     assert ("ServiceMonitor", "frontier") not in docs
 
 
+def test_the_accelerator_label_is_the_operators_setting(helm):
+    def env(*args):
+        docs = _kinds(_template(helm, *args))
+        container = docs[("Deployment", "frontier")]["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e["value"] for e in container["env"]}["FRONTIER_ACCELERATOR_LABEL"]
+
+    assert env() == names.GKE_ACCELERATOR_LABEL
+    assert env("--set", "acceleratorLabel=nvidia.com/gpu.product") == "nvidia.com/gpu.product"
+
+
 WRITABLE = {
     "modeltiers/status",
     "deployments",

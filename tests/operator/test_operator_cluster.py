@@ -260,6 +260,21 @@ def invalid_ns(control_plane, api):
             "spec.tier.routing.minPromptTokens",
         ),
         (lambda s: s.update(rollout={"maxSurge": 0, "maxUnavailable": 0}), "spec.rollout.maxUnavailable"),
+        (
+            lambda s: (
+                s["model"].update(tokenSecretRef={"name": "hf"}),
+                s["engine"].update(env=[{"name": "HF_TOKEN", "value": "hf_x"}]),
+            ),
+            "spec.engine.env",
+        ),
+        (
+            lambda s: (
+                s["model"].update(cache={"claimName": "models"}),
+                s["engine"].update(env=[{"name": "HF_HOME", "value": "/tmp"}]),
+            ),
+            "spec.engine.env",
+        ),
+        (lambda s: s["decode"]["accelerator"].update(countPerPod=0), "spec.decode.accelerator.type"),
     ],
     ids=[
         "unknown-quantization",
@@ -271,6 +286,9 @@ def invalid_ns(control_plane, api):
         "empty-virtual-model",
         "prompt-bounds-reversed",
         "rollout-that-can-replace-no-pod",
+        "hf-token-twice",
+        "hf-home-twice",
+        "cpu-only-with-an-accelerator-type",
     ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):
@@ -660,3 +678,101 @@ async def test_the_picker_of_a_pool_its_tiers_left_is_collected(namespace, api, 
         name = "chat-picker-config" if kind == "ConfigMap" else "chat-picker"
         assert api.get(api_version, kind, ns, name) is None, kind
     assert len(api.get("v1", "ServiceAccount", ns, "chat2-picker")["metadata"]["ownerReferences"]) == 2
+
+
+def _tier_condition(api, ns, type_, *, status, reason):
+    def check():
+        cond = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), type_)
+        return cond if cond and cond["status"] == status and cond["reason"] == reason else None
+
+    return check
+
+
+def test_an_unschedulable_gpu_shape_shows_the_schedulers_reason(
+    namespace, api, control_plane, operator_factory
+):
+    """Two pods of 8 GPUs on the one-node H200 pool: the second cannot be placed, and the tier says why in
+    the scheduler's words at once (not "RollingOut" until the Deployment's 10-minute progress deadline)."""
+    ns = namespace("op-unschedulable")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "meta-llama/Llama-3.1-70B-Instruct", "servedName": "llama-70b"},
+        "serving": {
+            "replicas": 2,
+            "parallelism": {"tensor": 8},
+            "accelerator": {"type": "nvidia-h200-141gb"},
+        },
+    }
+    _apply_pool_and_tier(api, ns, spec)
+    progressing = oc.wait_for(
+        "Progressing=False reason Unschedulable",
+        _tier_condition(api, ns, modeltier.PROGRESSING, status="False", reason="Unschedulable"),
+        timeout_s=60,
+    )
+    assert progressing["message"].startswith(f"{names.ROLE_BOTH}: 0/")
+    assert f"Insufficient {names.GPU_RESOURCE}" in progressing["message"]
+    ready = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.READY)
+    assert ready["status"] == "False" and ready["reason"] == "Unschedulable"
+
+    api.merge_patch(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"serving": {"replicas": 1}}})
+    tier = _ready_tier(api, ns)
+    assert oc.condition(tier, modeltier.PROGRESSING)["reason"] == "Settled"
+
+
+def test_a_tier_is_ready_only_while_its_pools_picker_is_available(
+    namespace, api, control_plane, operator_factory
+):
+    """Ready replicas behind a picker that cannot run serve nothing: the picker has no GPU toleration, so
+    with the one CPU node cordoned it stays pending and the tier is `1/1` but not Ready (Routable=False)."""
+    ns = namespace("op-routable")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama-8b"},
+        "serving": {"replicas": 1, "accelerator": {"type": samples.H100}},
+    }
+    cpu_nodes = [
+        n["metadata"]["name"]
+        for n in api.list("v1", "Node", "")
+        if names.GKE_ACCELERATOR_LABEL not in (n["metadata"].get("labels") or {})
+    ]
+
+    def cordon(flag):
+        for node in cpu_nodes:
+            api.merge_patch("v1", "Node", "", node, {"spec": {"unschedulable": flag}})
+
+    cordon(True)
+    try:
+        _apply_pool_and_tier(api, ns, spec)
+        ready = oc.wait_for(
+            "Ready=False reason PickerUnavailable",
+            _tier_condition(api, ns, modeltier.READY, status="False", reason="PickerUnavailable"),
+            timeout_s=60,
+        )
+        assert ready["message"] == "endpoint picker chat-picker: 0 of 1 replica(s) available"
+        tier = api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
+        assert tier["status"]["readyRoles"] == "1/1"
+        assert oc.condition(tier, modeltier.ROUTABLE)["status"] == "False"
+    finally:
+        cordon(False)
+    tier = _ready_tier(api, ns)
+    assert oc.condition(tier, modeltier.ROUTABLE)["reason"] == "PickerAvailable"
+
+
+def test_a_cpu_only_tier_is_admitted_and_runs_on_a_cpu_node(namespace, api, control_plane, operator_factory):
+    """`accelerator.countPerPod: 0` (once refused by the CEL rule tying the count to the parallelism): no GPU
+    is requested and no GPU toleration added, so the pod lands on the CPU pool."""
+    ns = namespace("op-cpu-only")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
+        "serving": {"accelerator": {"countPerPod": 0}, "resources": {"requests": {"cpu": "1"}}},
+    }
+    _apply_pool_and_tier(api, ns, spec)
+    _ready_tier(api, ns)
+    (pod,) = api.list("v1", "Pod", ns, label_selector=f"{names.TIER_LABEL}={TIER}")
+    node = api.get("v1", "Node", "", pod["spec"]["nodeName"])
+    assert names.GKE_ACCELERATOR_LABEL not in node["metadata"]["labels"]
+    assert names.GPU_RESOURCE not in str(pod["spec"]["containers"][0]["resources"])

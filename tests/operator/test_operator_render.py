@@ -1,6 +1,7 @@
 """Renderers: ModelTier + InferencePool + settings -> vLLM arguments and Kubernetes manifests."""
 
 import copy
+import dataclasses
 import http.server
 import json
 import subprocess
@@ -711,3 +712,67 @@ def test_a_config_valid_false_event_is_posted_once_per_transition():
     assert event["involvedObject"]["kind"] == names.MODEL_TIER_KIND
     assert event["involvedObject"]["uid"] == "tier-uid"
     assert (event["type"], event["reason"], len(event["message"])) == ("Warning", "PickerNameTaken", 1024)
+
+
+def test_model_access_token_cache_pull_secrets_and_service_account_reach_every_engine_pod():
+    spec = samples.disaggregated_spec()
+    spec["model"] |= {
+        "tokenSecretRef": {"name": "hf-token"},
+        "cache": {"claimName": "llama-cache", "readOnly": True},
+    }
+    spec["engine"] |= {"imagePullSecrets": ["registry-creds"], "serviceAccountName": "llama-engine"}
+    _, _, _, rendered = _render(spec)
+    for role in ("prefill", "decode"):
+        pod = _by_name(rendered)[("Deployment", f"llama-fast-{role}")]["spec"]["template"]["spec"]
+        engine = pod["containers"][0]
+        assert {
+            "name": "HF_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+        } in engine["env"]
+        assert {"name": "HF_HOME", "value": names.MODEL_CACHE_PATH} in engine["env"]
+        assert {"name": "model-cache", "mountPath": names.MODEL_CACHE_PATH, "readOnly": True} in engine[
+            "volumeMounts"
+        ]
+        assert {
+            "name": "model-cache",
+            "persistentVolumeClaim": {"claimName": "llama-cache", "readOnly": True},
+        } in pod["volumes"]
+        assert pod["imagePullSecrets"] == [{"name": "registry-creds"}]
+        assert pod["serviceAccountName"] == "llama-engine"
+
+
+def test_without_model_access_settings_pods_carry_none_of_them():
+    _, _, _, rendered = _render()
+    pod = _by_name(rendered)[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert not env & {"HF_TOKEN", "HF_HOME"}
+    assert [v["name"] for v in pod["volumes"]] == ["shm"]
+    assert "imagePullSecrets" not in pod and "serviceAccountName" not in pod
+
+
+def test_a_cpu_only_role_requests_no_gpu_and_is_not_steered_to_gpu_nodes():
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "Qwen/Qwen2.5-0.5B-Instruct", "servedName": "qwen-0.5b"},
+        "engine": {"image": "vllm/vllm-openai-cpu:v0.11.0"},
+        "serving": {"accelerator": {"countPerPod": 0}, "resources": {"requests": {"cpu": "4"}}},
+    }
+    _, parsed, _, rendered = _render(spec)
+    assert parsed.roles()[names.ROLE_BOTH].gpus_per_pod() == 0
+    pod = _by_name(rendered)[("Deployment", "llama-fast-serving")]["spec"]["template"]["spec"]
+    engine = pod["containers"][0]
+    assert engine["resources"] == {"requests": {"cpu": "4"}}
+    assert engine["image"] == "vllm/vllm-openai-cpu:v0.11.0"
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+
+
+def test_on_a_cluster_labelled_by_gpu_feature_discovery_the_type_selects_its_product_label():
+    spec = samples.disaggregated_spec()
+    spec["decode"]["accelerator"] = {"type": "NVIDIA-H100-80GB-HBM3"}
+    obj = samples.tier(spec=spec)
+    gfd = dataclasses.replace(CFG, accelerator_label="nvidia.com/gpu.product")
+    rendered = render_tier.render(
+        tier=obj, spec=modeltier.parse_spec(obj["spec"]), pool=pools.from_object(samples.pool()), cfg=gfd
+    )
+    pod = _by_name(rendered)[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

@@ -10,8 +10,10 @@ def test_environment_sets_images_and_commands():
             "FRONTIER_ENGINE_COMMAND": "frontier-sim serve",
             "FRONTIER_PICKER_REPLICAS": "2",
             "FRONTIER_RESYNC_SECONDS": "30",
+            "FRONTIER_ACCELERATOR_LABEL": "nvidia.com/gpu.product",
         }
     )
+    assert cfg.accelerator_label == "nvidia.com/gpu.product"
     assert cfg.engine_image == "frontier:dev"
     assert cfg.engine_command == ("frontier-sim", "serve")
     assert cfg.picker_replicas == 2
@@ -24,6 +26,8 @@ def test_flags_override_the_environment(monkeypatch):
     args = main.parser().parse_args(["--engine-image", "from-flag", "--engine-command", "frontier-sim serve"])
     cfg = main.settings_from(args)
     assert (cfg.engine_image, cfg.engine_command) == ("from-flag", ("frontier-sim", "serve"))
+    args = main.parser().parse_args(["--accelerator-label", "nvidia.com/gpu.product"])
+    assert main.settings_from(args).accelerator_label == "nvidia.com/gpu.product"
 
 
 def test_scoped_operator_resyncs_only_its_namespaces():

@@ -27,10 +27,39 @@ def _conditions(st):
     return {c["type"]: c for c in st["conditions"]}
 
 
-def _derive(tier, deployments, *, invalid=None, now="2026-01-01T00:00:00Z"):
+PICKER = "chat-picker"
+
+
+def _picker(available=1):
+    return {"spec": {"replicas": 1}, "status": {"availableReplicas": available}}
+
+
+def _derive(
+    tier, deployments, *, invalid=None, now="2026-01-01T00:00:00Z", pods=None, picker=None, roles=ROLES
+):
     return status.derive(
-        tier=tier, roles=ROLES, deployments=deployments, invalid=invalid, args_hash="h", now=now
+        tier=tier,
+        roles=roles,
+        deployments=deployments,
+        pods=pods or {},
+        picker=_picker() if picker is None else picker,
+        picker_name=PICKER,
+        invalid=invalid,
+        args_hash="h",
+        now=now,
     )
+
+
+def _pending_pod(message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."):
+    return {
+        "metadata": {"name": "p"},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}
+            ],
+        },
+    }
 
 
 def test_all_replicas_ready_is_ready_with_counts():
@@ -106,3 +135,73 @@ def test_replica_failure_is_degraded():
     cond = _conditions(_derive(samples.tier(), deployments))
     assert cond[modeltier.DEGRADED]["status"] == "True"
     assert "FailedCreate" in cond[modeltier.DEGRADED]["message"]
+
+
+def test_a_pod_the_scheduler_cannot_place_shows_its_reason_not_rolling_out():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=3),
+    }
+    scheduled = {
+        "metadata": {"name": "q"},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+    cond = _conditions(
+        _derive(samples.tier(), deployments, pods={names.ROLE_DECODE: [scheduled, _pending_pod()]})
+    )
+    for type_ in (modeltier.PROGRESSING, modeltier.READY):
+        assert cond[type_]["status"] == "False"
+        assert cond[type_]["reason"] == "Unschedulable"
+        assert cond[type_]["message"] == "decode: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    assert cond[modeltier.DEGRADED]["reason"] == "Unschedulable"
+
+
+def test_unschedulable_pods_of_a_settled_role_or_deleted_pods_do_not_count():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=3),
+    }
+    going = _pending_pod()
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    cond = _conditions(
+        _derive(
+            samples.tier(),
+            deployments,
+            pods={names.ROLE_PREFILL: [_pending_pod()], names.ROLE_DECODE: [going]},
+        )
+    )
+    assert cond[modeltier.PROGRESSING]["reason"] == "RollingOut"
+    assert cond[modeltier.READY]["reason"] == "ReplicasNotReady"
+
+
+def test_ready_replicas_behind_an_unavailable_picker_are_not_ready():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=2),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=4),
+    }
+    st = _derive(samples.tier(), deployments, picker=_picker(available=0))
+    cond = _conditions(st)
+    assert cond[modeltier.ROUTABLE]["status"] == "False"
+    assert cond[modeltier.READY]["status"] == "False"
+    assert cond[modeltier.READY]["reason"] == "PickerUnavailable"
+    assert cond[modeltier.READY]["message"] == "endpoint picker chat-picker: 0 of 1 replica(s) available"
+    assert st["readyRoles"] == "2/2"  # the replicas are ready; the tier is not routable
+
+    missing = _conditions(
+        status.derive(
+            tier=samples.tier(),
+            roles=ROLES,
+            deployments=deployments,
+            pods={},
+            picker=None,
+            picker_name=PICKER,
+            invalid=None,
+            args_hash="h",
+            now="2026-01-01T00:00:00Z",
+        )
+    )
+    assert missing[modeltier.ROUTABLE]["reason"] == "PickerUnavailable"
+    assert "does not exist" in missing[modeltier.ROUTABLE]["message"]
+    routed = _conditions(_derive(samples.tier(), deployments))
+    assert routed[modeltier.ROUTABLE]["status"] == "True"
+    assert routed[modeltier.READY]["status"] == "True"
