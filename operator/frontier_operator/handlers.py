@@ -177,6 +177,9 @@ def registry_for(
             pool_generations.pop(key, None)
             await reconciler.pool_changed(*key)  # its tiers become ConfigValid=False (PoolNotFound)
             return
+        if event["type"] is None and reconciler.awaited(*key):
+            # Listed after a tier's pass found it missing (the pool watch started late): pass them now.
+            await reconciler.pool_changed(*key)
         reconciler.remember_pool(event["object"])
         if event["type"] is None:
             log.info("listed kind=InferencePool namespace=%s name=%s", *key)

@@ -89,10 +89,17 @@ class Reconciler:
         self._picker_owners: dict[tuple[str, str], frozenset[str]] = {}
         # InferencePools as last seen on the watch (GIE's objects change rarely); a miss reads the API.
         self._pools: dict[tuple[str, str], dict[str, Any]] = {}
+        # Pools a tier named and a pass found missing: the pool's first appearance on the watch, even in its
+        # initial listing (a watch that started after the tier's pass), must give those tiers a pass.
+        self._awaited_pools: set[tuple[str, str]] = set()
 
     def remember_pool(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         self._pools[(meta["namespace"], meta["name"])] = copy.deepcopy(dict(obj))
+
+    def awaited(self, namespace: str, name: str) -> bool:
+        """Whether a tier's pass found pool `name` missing since the pool was last reconciled."""
+        return (namespace, name) in self._awaited_pools
 
     def forget_pool(self, namespace: str, name: str) -> None:
         self._pools.pop((namespace, name), None)
@@ -176,6 +183,7 @@ class Reconciler:
             pool_name = spec.pool_ref.name
             pool_obj = await self._pool(namespace, pool_name)
             if pool_obj is None:
+                self._awaited_pools.add((namespace, pool_name))
                 outcome.invalid = validate.Invalid(
                     reason="PoolNotFound",
                     message=f"spec.poolRef.name: InferencePool {namespace}/{pool_name} does not exist",
@@ -479,6 +487,7 @@ class Reconciler:
     async def pool_changed(self, namespace: str, pool_name: str) -> None:
         """Re-reconcile every tier of a pool (its selector, port or picker changed, or a tier left)."""
         self._picker_owners.pop((namespace, pool_name), None)
+        self._awaited_pools.discard((namespace, pool_name))
         self.forget_pool(namespace, pool_name)
         tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
         for t in tiers:
