@@ -225,7 +225,8 @@ class PredictedTTFTScorer(plugin.Scorer):
         self, request: types.Request, decision: types.Decision, completion: types.Completion
     ) -> None:
         self.output_length.learn(request, completion)
-        self.ledger.settle(request.request_id, completion.duration_s)
+        prefilled = completion.ttft_s if completion.ttft_s is not None else completion.duration_s
+        self.ledger.settle(request.request_id, prefilled, completion.duration_s)
 
 
 def prices_of(values: dict[str, object]) -> cost_model.Prices:

@@ -4,7 +4,9 @@ Scraped metrics lag and miss work the engine already admitted; the picker's own 
 endpoint the ledger keeps the uncached prompt tokens and requests in flight, the sends since the last scrape
 (not yet in its waiting count), completions in the last `rate_window_s` (the drain rate), and a *fluid prefill
 queue*: each send adds its predicted prefill time after the predicted end of the previous one
-(`busy_until`); a request that completes before its predicted prefill end pulls the whole queue forward.
+(`busy_until`); a request whose first token comes before its predicted prefill end pulls the whole queue
+forward, and one whose first token comes after it pushes the queue back (the engine is slower than
+predicted: what was sent after it is late too).
 """
 
 import collections
@@ -28,7 +30,7 @@ class _Pending:
     recent: collections.deque[tuple[float, float]] = dataclasses.field(default_factory=collections.deque)
     recent_tokens: float = 0.0  # sum of the tokens in `recent`
     busy_until: float = 0.0  # when the prefills this picker sent there are predicted to be done
-    advanced: float = 0.0  # total time `busy_until` was pulled in by requests that finished early
+    advanced: float = 0.0  # net time `busy_until` was pulled in (negative: pushed back) by settled requests
     finished: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
 
 
@@ -112,19 +114,19 @@ class Ledger:
         pending.recent_tokens += tokens
         self._requests.setdefault(request_id, []).append((key, sent, pending.busy_until, pending.advanced))
 
-    def settle(self, request_id: str, duration_s: float) -> None:
-        """The request finished `duration_s` after it was sent: take it out of every queue it was in."""
+    def settle(self, request_id: str, prefilled_s: float, duration_s: float) -> None:
+        """The request's first token came `prefilled_s` and its end `duration_s` after it was sent: correct
+        the prefill queue by it and take it out of every queue it was in."""
         for key, sent, done_at, advanced in self._requests.pop(request_id, ()):
             pending = self._pending.get(key)
             if pending is None:
                 continue
-            # A finished request was prefilled: if that was predicted for later, so was everything queued
-            # behind it, and the whole predicted backlog moves forward by the difference.
+            # Its first token marks its prefill's end: everything queued behind it was predicted relative to
+            # that, so the whole predicted backlog moves by the difference, forward or back.
+            early = done_at - (pending.advanced - advanced) - (sent[0] + prefilled_s)
+            pending.busy_until -= early
+            pending.advanced += early
             now = sent[0] + duration_s
-            early = done_at - (pending.advanced - advanced) - now
-            if early > 0:
-                pending.busy_until -= early
-                pending.advanced += early
             pending.finished.append(now)
             # A finished request is in no queue, even if no scrape has seen it yet.
             with contextlib.suppress(ValueError):
