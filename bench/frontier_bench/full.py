@@ -41,7 +41,7 @@ class Suite:
     notes: tuple[str, ...] = ()
 
 
-def shared_prefix_6() -> workloads.Workload:
+def shared_prefix_6() -> workloads.SharedPrefix:
     """The real-time shared-prefix shape: the llm-d study's inputs scaled to 6 engines, 100-token outputs."""
     return workloads.shared_prefix(
         num_groups=workloads.llmd_groups(ENGINES),
@@ -83,9 +83,7 @@ def suites(*, quick: bool) -> list[Suite]:
             name="no-sharing",
             title="No sharing (control): policies through Envoy",
             plan=sweep.Plan(
-                workload=workloads.no_sharing(
-                    num_prompts=2000, prompt_len=7200, output_len=OUTPUT_LEN, seed=0
-                ),
+                workload=workloads.no_sharing(prompt_len=7200, output_len=OUTPUT_LEN, seed=0),
                 policies=policies,
                 loads=(10.0, 20.0),
                 duration_s=short,
@@ -163,7 +161,6 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             workload=workloads.long_documents(
                 num_documents=2 * small,
                 document_len=16000,
-                num_questions=4000,
                 question_len=100,
                 output_len=200,
                 seed=0,
@@ -177,7 +174,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0, 4.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
-            workload=workloads.no_sharing(num_prompts=4000, prompt_len=2000, output_len=200, seed=0),
+            workload=workloads.no_sharing(prompt_len=2000, output_len=200, seed=0),
             description="unique 2,000-token prompts, 200-token output (the control)",
         ),
         VirtualSuite(
@@ -186,9 +183,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(3.0, 6.0, 9.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
-            workload=workloads.mixed_lengths(
-                num_prompts=4000, median_prompt_len=1500, median_output_len=150, seed=0
-            ),
+            workload=workloads.mixed_lengths(median_prompt_len=1500, median_output_len=150, seed=0),
             description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
             " 16,000), outputs median 150 (sigma 0.8, up to 1,000)",
         ),
@@ -210,7 +205,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
 
 
 def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
-    source: virtual.Source = suite.workload or virtual.llmd_study(engines=suite.engines)
+    source = suite.workload or workloads.llmd_study(engines=suite.engines)
     loads = tuple(per * suite.engines for per in suite.loads_per_engine)
     bar = progress.Bar(steps=len(loads) * len(suite.policies) * suite.seeds)
     started = time.monotonic()

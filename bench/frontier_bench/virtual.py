@@ -9,16 +9,13 @@ same metrics math as the real-time sweeps (`stats.summarize`); the cluster does 
 gaps, so ITL is absent here and TPOT stands for it.
 
 Workloads at 1,024 engines are big (the llm-d shape scaled to 1,024 engines is 19,200 groups of 6,000-token
-system prompts); prompts are therefore built lazily from per-group seeds (`LazySharedPrefix`), which gives the
-same kind of text as `workloads.shared_prefix` without holding every prompt in memory.
+system prompts); the workloads make each prompt on demand (`workloads.Workload.prompt_for`), so nothing is
+held in memory up front.
 """
 
-import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -30,59 +27,9 @@ log = logging.getLogger(__name__)
 POLICIES = ("round-robin", "least-request", "random", "gie-default", "frontier", "oracle")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LazySharedPrefix:
-    """inference-perf's shared-prefix shape with prompts made on demand: request i asks prompt i mod N of a
-    seeded shuffle; a prompt is its group's system prompt + ' ' + its own question (both seeded)."""
-
-    num_groups: int
-    num_prompts_per_group: int
-    system_prompt_len: int
-    question_len: int
-    output_len: int
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return "shared-prefix"
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self)}
-
-    @functools.cached_property
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng(self.seed).permutation(self.num_groups * self.num_prompts_per_group)
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - bounded, and the workload lives as long as the sweep
-    def _system(self, group: int) -> str:
-        return workloads.words(np.random.default_rng([self.seed, 1, group]), self.system_prompt_len)
-
-    def prompt_for(self, index: int) -> workloads.Prompt:
-        prompt_id = int(self._order[index % len(self._order)])
-        group = prompt_id // self.num_prompts_per_group
-        question = workloads.words(np.random.default_rng([self.seed, 2, prompt_id]), self.question_len)
-        return workloads.Prompt(
-            prompt=f"{self._system(group)} {question}", max_tokens=self.output_len, group=f"g{group}"
-        )
-
-
-Source = workloads.Workload | LazySharedPrefix
-
-
-def llmd_study(*, engines: int, output_len: int = 1000, seed: int = 0) -> LazySharedPrefix:
-    """The llm-d study's shape (150 x 5, 6,000 + 1,200 in, 1,000 out), groups scaled to `engines`."""
-    return LazySharedPrefix(
-        num_groups=workloads.llmd_groups(engines),
-        num_prompts_per_group=5,
-        system_prompt_len=6000,
-        question_len=1200,
-        output_len=output_len,
-        seed=seed,
-    )
-
-
-def arrivals(source: Source, schedule: workloads.Schedule, *, model: str) -> Iterator[cluster.Arrival]:
+def arrivals(
+    source: workloads.Workload, schedule: workloads.Schedule, *, model: str
+) -> Iterator[cluster.Arrival]:
     for index, offset in enumerate(schedule.offsets_s):
         prompt = source.prompt_for(index)
         yield cluster.Arrival(
@@ -119,7 +66,7 @@ def traces(results: cluster.Results) -> list[stats.RequestTrace]:
 def sweep(
     *,
     engines: int,
-    source: Source,
+    source: workloads.Workload,
     policies: Sequence[str],
     loads: Sequence[float],
     duration_s: float,
