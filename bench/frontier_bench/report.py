@@ -110,7 +110,7 @@ def table(rows: Sequence[Row]) -> str:
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (workload, policy, qps), runs in cells(rows).items():
         figures = [_cell([get(r.summary) for r in runs], fmt) for _, get, fmt in columns]
-        lines.append(f"| {workload} | {policy} | {qps:g} | " + " | ".join(figures) + f" | {len(runs)} |")
+        lines.append(f"| {workload} | {policy} | {qps:.4g} | " + " | ".join(figures) + f" | {len(runs)} |")
     return "\n".join(lines)
 
 
