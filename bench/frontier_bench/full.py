@@ -5,7 +5,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
 - `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`,
   `virtual-16-mixed-lengths`: the other workloads;
-- `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, up to and past saturation;
+- `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, each policy's peak goodput found
+  by search (`knee.py`), up to and past its knee;
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
@@ -22,10 +23,12 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 from frontier_bench import (
     frontdoors,
     harness,
+    knee,
     overload,
     pd,
     progress,
@@ -53,7 +56,7 @@ class Suite:
     notes: tuple[str, ...] = ()
 
 
-def shared_prefix_6() -> workloads.Workload:
+def shared_prefix_6() -> workloads.SharedPrefix:
     """The real-time shared-prefix shape: the llm-d study's inputs scaled to 6 engines, 100-token outputs."""
     return workloads.shared_prefix(
         num_groups=workloads.llmd_groups(ENGINES),
@@ -95,9 +98,7 @@ def suites(*, quick: bool) -> list[Suite]:
             name="no-sharing",
             title="No sharing (control): policies through Envoy",
             plan=sweep.Plan(
-                workload=workloads.no_sharing(
-                    num_prompts=2000, prompt_len=7200, output_len=OUTPUT_LEN, seed=0
-                ),
+                workload=workloads.no_sharing(prompt_len=7200, output_len=OUTPUT_LEN, seed=0),
                 policies=policies,
                 loads=(10.0, 20.0),
                 duration_s=short,
@@ -114,12 +115,14 @@ class VirtualSuite:
 
     engines: int
     policies: tuple[str, ...]
-    loads_per_engine: tuple[float, ...]
     duration_s: float
     warmup_s: float
+    seeds: int  # arrival draws per (policy, load): the tables show their median and range
+    loads_per_engine: tuple[float, ...] = ()
+    # the knee search instead of the fixed loads: per policy and draw, up the ladder to past its knee
+    ladder: knee.Ladder | None = None
     workload: workloads.Workload | None = None
     description: str = ""
-    seeds: int = 1  # arrival seeds; with more than one, each seed's runs are reported as their own workload
 
     @property
     def name(self) -> str:
@@ -128,6 +131,8 @@ class VirtualSuite:
 
 def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
     scale = 0.5 if quick else 1.0
+    # One run's p90 swings with the arrival draw (several-fold near saturation): three draws per cell.
+    draws = 1 if quick else 3
     small = 16
     return [
         VirtualSuite(
@@ -136,6 +141,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(1.0, 2.0, 3.0, 4.0, 5.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
+            seeds=draws,
         ),
         # The larger fleets cost minutes of wall time per run (about 25 ms per request at 128 engines on the
         # shared 2-core machine, far more once round-robin saturates): one load below saturation, and the
@@ -146,6 +152,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0,),
             duration_s=20.0 * scale,
             warmup_s=10.0,
+            seeds=draws,
         ),
         VirtualSuite(
             engines=1024,
@@ -153,6 +160,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0,),
             duration_s=5.0 * scale,
             warmup_s=5.0,
+            seeds=draws,
         ),
         VirtualSuite(
             engines=small,
@@ -160,6 +168,7 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0, 4.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
+            seeds=draws,
             workload=workloads.multi_turn_chat(
                 num_sessions=8 * small, turns=5, system_prompt_len=2000, user_len=200, output_len=200, seed=0
             ),
@@ -172,10 +181,10 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0, 4.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
+            seeds=draws,
             workload=workloads.long_documents(
                 num_documents=2 * small,
                 document_len=16000,
-                num_questions=4000,
                 question_len=100,
                 output_len=200,
                 seed=0,
@@ -189,7 +198,8 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(2.0, 4.0, 6.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
-            workload=workloads.no_sharing(num_prompts=4000, prompt_len=2000, output_len=200, seed=0),
+            seeds=draws,
+            workload=workloads.no_sharing(prompt_len=2000, output_len=200, seed=0),
             description="unique 2,000-token prompts, 200-token output (the control)",
         ),
         VirtualSuite(
@@ -198,53 +208,62 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             loads_per_engine=(3.0, 6.0, 9.0),
             duration_s=30.0 * scale,
             warmup_s=10.0,
-            workload=workloads.mixed_lengths(
-                num_prompts=4000, median_prompt_len=1500, median_output_len=150, seed=0
-            ),
+            seeds=draws,
+            workload=workloads.mixed_lengths(median_prompt_len=1500, median_output_len=150, seed=0),
             description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
             " 16,000), outputs median 150 (sigma 0.8, up to 1,000)",
         ),
-        # The real-time shared-prefix sweep's fleet and shape, carried past the loads two cores can drive:
-        # where greedy TTFT routing collapsed (80 req/s) and where the fleet saturates (~130-150).
+        # The real-time shared-prefix sweep's fleet and shape, carried up to and past each policy's own knee
+        # by search (fresh 1,200-token questions make it prefill-bound: `frontier` holds ~60 req/s).
         VirtualSuite(
             engines=ENGINES,
             policies=virtual.POLICIES,
-            loads_per_engine=tuple(qps / ENGINES for qps in (55.0, 80.0, 110.0, 130.0, 150.0)),
+            ladder=knee.Ladder(start=40.0, factor=1.25, tolerance=0.05, max_loads=10),
             duration_s=30.0 * scale,
             warmup_s=10.0,
+            seeds=draws,
             workload=shared_prefix_6(),
-            description=f"{workloads.llmd_groups(ENGINES)} groups x 5 prompts, 6,000-token system prompt,"
-            f" 1,200-token question, {OUTPUT_LEN}-token output (the real-time shared-prefix shape)",
-            # Near saturation one run's p90 swings several-fold with the arrival draw: three draws.
-            seeds=1 if quick else 3,
+            description=f"{workloads.llmd_groups(ENGINES)} groups x 5 requests per block, 6,000-token system"
+            f" prompt, a fresh 1,200-token question per request, {OUTPUT_LEN}-token output (the real-time"
+            " shared-prefix shape)",
         ),
     ]
 
 
 def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
-    source: virtual.Source = suite.workload or virtual.llmd_study(engines=suite.engines)
+    source = suite.workload or workloads.llmd_study(engines=suite.engines)
+    setup = virtual.Setup(
+        engines=suite.engines,
+        source=source,
+        duration_s=suite.duration_s,
+        warmup_s=suite.warmup_s,
+        model=MODEL,
+    )
+    seeds = range(suite.seeds)
     loads = tuple(per * suite.engines for per in suite.loads_per_engine)
-    bar = progress.Bar(steps=len(loads) * len(suite.policies) * suite.seeds)
+    runs_per_draw = suite.ladder.max_loads if suite.ladder else len(loads)  # a search's at most
+    bar = progress.Bar(steps=runs_per_draw * len(suite.policies) * suite.seeds)
     started = time.monotonic()
     # The picker and sim code run in this process, imported before the first run: their state at start.
     source_at_start = harness.source()
-    rows = []
-    for seed in range(suite.seeds):
-        rows += virtual.sweep(
-            engines=suite.engines,
-            source=source,
-            policies=suite.policies,
-            loads=loads,
-            duration_s=suite.duration_s,
-            warmup_s=suite.warmup_s,
-            model=MODEL,
-            seed=100 * seed,
-            label=f" seed {seed}" if suite.seeds > 1 else "",
-            bar=bar,
+    knees: list[dict[str, Any]] = []
+    if suite.ladder:
+        rows, knees = virtual.knee_search(
+            setup, policies=suite.policies, ladder=suite.ladder, seeds=seeds, bar=bar
         )
+    else:
+        rows = virtual.sweep(setup, policies=suite.policies, loads=loads, seeds=seeds, bar=bar)
     shape = suite.description or (
-        f"{source.params['num_groups']} groups x 5 prompts (150 x 5 scaled by {suite.engines}/8 engines),"
-        " 6,000-token system prompt, 1,200-token question, 1,000-token output"
+        f"{source.params['num_groups']} groups x 5 requests per block (150 x 5 scaled by {suite.engines}/8"
+        " engines), 6,000-token system prompt, a fresh 1,200-token question per request, 1,000-token output"
+    )
+    ladder = suite.ladder
+    loads_note = (
+        f"loads by knee search per policy and draw: the ladder {ladder.start:g} x {ladder.factor:g}^k req/s"
+        f" up to the first load where goodput < {ladder.floor:.0%} of offered or SLO attainment <"
+        f" {ladder.floor:.0%}, then bisection to {ladder.tolerance:.0%}"
+        if ladder
+        else f"loads {', '.join(f'{q:g}' for q in loads)} req/s"
     )
     meta = {
         "title": f"Virtual time: {source.name} on {suite.engines} engines, with the perfect-signal oracle",
@@ -253,23 +272,26 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
             shape,
             f"{suite.warmup_s:g} s of warm-up arrivals left out, then {suite.duration_s:g} s measured"
             " (model time)",
+            loads_note,
+            f"{suite.seeds} arrival draws per (policy, load): figures are the median with the min-max range"
+            " in brackets; a comparison's verdict is a win or a loss only where the ranges do not overlap",
             "ITL is not recorded in virtual time: the ITL column repeats TPOT",
-            *(
-                [f"{suite.seeds} arrival draws per load (seed 0, 1, ...), each reported as its own workload"]
-                if suite.seeds > 1
-                else []
-            ),
         ],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
         "source": source_at_start,
         "workload": source.params,
         "loads_qps": list(loads),
+        "ladder": dataclasses.asdict(suite.ladder) if suite.ladder else None,
+        "knees": knees,
     }
     paths = report.write(rows, out, name=suite.name, command=command, meta=meta)
     print(report.table(rows))
     print()
     print(report.comparisons_markdown(report.comparisons(rows)))
+    if knees:
+        print()
+        print(report.knees_markdown(knees))
     for kind, path in paths.items():
         print(f"{kind}: {path}")
 

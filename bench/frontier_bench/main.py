@@ -51,21 +51,18 @@ def build_workload(args: argparse.Namespace, *, engines: int) -> workloads.Workl
         return workloads.long_documents(
             num_documents=args.num_groups or 2 * engines,
             document_len=args.system_prompt_len,
-            num_questions=2000,
             question_len=args.question_len,
             output_len=args.output_len,
             seed=args.seed,
         )
     if name == "no-sharing":
         return workloads.no_sharing(
-            num_prompts=2000,
             prompt_len=args.system_prompt_len + args.question_len,
             output_len=args.output_len,
             seed=args.seed,
         )
     if name == "mixed-lengths":
         return workloads.mixed_lengths(
-            num_prompts=2000,
             median_prompt_len=args.question_len,
             median_output_len=args.output_len,
             seed=args.seed,

@@ -146,3 +146,27 @@ def summarize(
         "prefix_hit_rate": cached / prompt if prompt > 0 else None,
         "imbalance": imbalance(endpoint_work) if endpoint_work is not None else None,
     }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Spread:
+    """A quantity over repeated draws (arrival seeds): its median and its range."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    def overlaps(self, other: "Spread") -> bool:
+        """Whether the two ranges share any value: if they do, neither side is a clear win."""
+        return self.low <= other.high and other.low <= self.high
+
+
+def spread(values: Sequence[float]) -> Spread:
+    """Median and min-max of `values` (at least one)."""
+    if len(values) == 0:
+        raise ValueError("no values")
+    array = np.asarray(values, dtype=float)
+    return Spread(
+        median=float(np.median(array)), low=float(array.min()), high=float(array.max()), n=len(array)
+    )

@@ -9,12 +9,11 @@ same metrics math as the real-time sweeps (`stats.summarize`); the cluster does 
 gaps, so ITL is absent here and TPOT stands for it.
 
 Workloads at 1,024 engines are big (the llm-d shape scaled to 1,024 engines is 19,200 groups of 6,000-token
-system prompts); prompts are therefore built lazily from per-group seeds (`LazySharedPrefix`), which gives the
-same kind of text as `workloads.shared_prefix` without holding every prompt in memory.
+system prompts); the workloads make each prompt on demand (`workloads.Workload.prompt_for`), so nothing is
+held in memory up front.
 """
 
 import dataclasses
-import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from frontier_bench import progress, report, stats, workloads
+from frontier_bench import knee, progress, report, stats, workloads
 from frontier_sim.vt import cluster
 
 log = logging.getLogger(__name__)
@@ -30,59 +29,9 @@ log = logging.getLogger(__name__)
 POLICIES = ("round-robin", "least-request", "random", "gie-default", "frontier", "oracle")
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LazySharedPrefix:
-    """inference-perf's shared-prefix shape with prompts made on demand: request i asks prompt i mod N of a
-    seeded shuffle; a prompt is its group's system prompt + ' ' + its own question (both seeded)."""
-
-    num_groups: int
-    num_prompts_per_group: int
-    system_prompt_len: int
-    question_len: int
-    output_len: int
-    seed: int = 0
-
-    @property
-    def name(self) -> str:
-        return "shared-prefix"
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self)}
-
-    @functools.cached_property
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng(self.seed).permutation(self.num_groups * self.num_prompts_per_group)
-
-    @functools.lru_cache(maxsize=4096)  # noqa: B019 - bounded, and the workload lives as long as the sweep
-    def _system(self, group: int) -> str:
-        return workloads.words(np.random.default_rng([self.seed, 1, group]), self.system_prompt_len)
-
-    def prompt_for(self, index: int) -> workloads.Prompt:
-        prompt_id = int(self._order[index % len(self._order)])
-        group = prompt_id // self.num_prompts_per_group
-        question = workloads.words(np.random.default_rng([self.seed, 2, prompt_id]), self.question_len)
-        return workloads.Prompt(
-            prompt=f"{self._system(group)} {question}", max_tokens=self.output_len, group=f"g{group}"
-        )
-
-
-Source = workloads.Workload | LazySharedPrefix
-
-
-def llmd_study(*, engines: int, output_len: int = 1000, seed: int = 0) -> LazySharedPrefix:
-    """The llm-d study's shape (150 x 5, 6,000 + 1,200 in, 1,000 out), groups scaled to `engines`."""
-    return LazySharedPrefix(
-        num_groups=workloads.llmd_groups(engines),
-        num_prompts_per_group=5,
-        system_prompt_len=6000,
-        question_len=1200,
-        output_len=output_len,
-        seed=seed,
-    )
-
-
-def arrivals(source: Source, schedule: workloads.Schedule, *, model: str) -> Iterator[cluster.Arrival]:
+def arrivals(
+    source: workloads.Workload, schedule: workloads.Schedule, *, model: str
+) -> Iterator[cluster.Arrival]:
     for index, offset in enumerate(schedule.offsets_s):
         prompt = source.prompt_for(index)
         yield cluster.Arrival(
@@ -116,63 +65,119 @@ def traces(results: cluster.Results) -> list[stats.RequestTrace]:
     return out
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Setup:
+    """What every run of a sweep shares: the fleet, the workload, the run's timing and the SLO."""
+
+    engines: int
+    source: workloads.Workload
+    duration_s: float
+    warmup_s: float
+    model: str
+    engine_args: Sequence[str] = ()
+    label: str = ""
+    slo: stats.Slo | None = None
+
+
+def arrival_seed(seed: int, qps: float) -> int:
+    """The arrival draw of (`seed`, load): every policy at that load and draw faces the same arrivals."""
+    return int(np.random.SeedSequence([seed, round(qps * 1000)]).generate_state(1)[0])
+
+
+def run_once(
+    setup: Setup, *, policy: str, qps: float, seed: int, bar: progress.Bar | None = None
+) -> report.Row:
+    """One policy at one load and arrival draw on fresh engines; the steady-state summary as a row."""
+    schedule = workloads.poisson_schedule(
+        qps=qps, duration_s=setup.warmup_s + setup.duration_s, seed=arrival_seed(seed, qps)
+    )
+    if bar:
+        bar.step += 1
+        bar.label = f"virtual {setup.engines} engines {policy} @ {qps:.4g} req/s seed {seed}"
+        bar.counters.total, bar.counters.done = len(schedule), 0
+        bar.draw()
+    began = time.monotonic()
+    specs = cluster.engines(setup.engines, args=["--model", setup.model, *setup.engine_args])
+    results = cluster.run(
+        engines=specs, workload=arrivals(setup.source, schedule, model=setup.model), policy=policy
+    )
+    kept = [t for t in traces(results) if t.sent >= setup.warmup_s]
+    work = {e.name: float(e.generation_tokens) for e in results.engines}
+    summary = stats.summarize(kept, slo=setup.slo, endpoint_work=work, window_s=setup.duration_s)
+    summary["itl_s"] = summary["tpot_s"]  # no per-token gaps in virtual time: TPOT stands for ITL
+    summary["preemptions"] = int(sum(e.preemptions for e in results.engines))
+    summary["wall_s"] = round(time.monotonic() - began, 1)
+    workload = f"{setup.source.name}@{setup.engines}{setup.label}"
+    log.info(
+        "event=virtual_run_done engines=%d policy=%s qps=%g seed=%d ttft_p90=%s goodput=%.3g hit=%s"
+        " wall_s=%s",
+        setup.engines,
+        policy,
+        qps,
+        seed,
+        summary["ttft_s"]["p90"],
+        summary["goodput_rps"],
+        summary["prefix_hit_rate"],
+        summary["wall_s"],
+    )
+    if bar:
+        bar.counters.done = len(schedule)
+        bar.finish()
+    return report.Row(policy=policy, workload=workload, qps=qps, summary=summary, seed=seed)
+
+
 def sweep(
+    setup: Setup,
     *,
-    engines: int,
-    source: Source,
     policies: Sequence[str],
     loads: Sequence[float],
-    duration_s: float,
-    warmup_s: float,
-    model: str,
-    engine_args: Sequence[str] = (),
-    seed: int = 0,
-    label: str = "",
-    slo: stats.Slo | None = None,
+    seeds: Sequence[int] = (0,),
     bar: progress.Bar | None = None,
     on_row: Callable[[report.Row], None] | None = None,
 ) -> list[report.Row]:
-    """policies x loads on `engines` virtual engines; loads in requests/s of model time. Rows are labelled
-    `<workload>@<engines>` followed by `label`; `seed` picks the arrival times."""
+    """policies x loads x arrival draws on `setup.engines` virtual engines; loads in requests/s of model
+    time. Rows are labelled `<workload>@<engines>` followed by `setup.label`."""
     rows = []
-    specs = cluster.engines(engines, args=["--model", model, *engine_args])
-    for load_index, qps in enumerate(loads):
-        schedule = workloads.poisson_schedule(
-            qps=qps, duration_s=warmup_s + duration_s, seed=seed + load_index
-        )
-        for policy in policies:
-            if bar:
-                bar.step += 1
-                bar.label = f"virtual {engines} engines {policy} @ {qps:g} req/s"
-                bar.counters.total, bar.counters.done = len(schedule), 0
-                bar.draw()
-            began = time.monotonic()
-            results = cluster.run(
-                engines=specs, workload=arrivals(source, schedule, model=model), policy=policy
-            )
-            kept = [t for t in traces(results) if t.sent >= warmup_s]
-            work = {e.name: float(e.generation_tokens) for e in results.engines}
-            summary = stats.summarize(kept, slo=slo, endpoint_work=work, window_s=duration_s)
-            summary["itl_s"] = summary["tpot_s"]  # no per-token gaps in virtual time: TPOT stands for ITL
-            summary["preemptions"] = int(sum(e.preemptions for e in results.engines))
-            summary["wall_s"] = round(time.monotonic() - began, 1)
-            workload = f"{source.name}@{engines}{label}"
-            row = report.Row(policy=policy, workload=workload, qps=qps, summary=summary)
-            log.info(
-                "event=virtual_run_done engines=%d policy=%s qps=%g ttft_p90=%s goodput=%.3g hit=%s"
-                " wall_s=%s",
-                engines,
-                policy,
-                qps,
-                summary["ttft_s"]["p90"],
-                summary["goodput_rps"],
-                summary["prefix_hit_rate"],
-                summary["wall_s"],
-            )
-            if bar:
-                bar.counters.done = len(schedule)
-                bar.finish()
-            rows.append(row)
-            if on_row:
-                on_row(row)
+    for seed in seeds:
+        for qps in loads:
+            for policy in policies:
+                row = run_once(setup, policy=policy, qps=qps, seed=seed, bar=bar)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
     return rows
+
+
+def knee_search(
+    setup: Setup,
+    *,
+    policies: Sequence[str],
+    ladder: knee.Ladder,
+    seeds: Sequence[int] = (0,),
+    bar: progress.Bar | None = None,
+) -> tuple[list[report.Row], list[dict[str, Any]]]:
+    """Per policy and arrival draw, the knee search (`knee.search`); every run as a row, and per search
+    its result as a dict (policy, workload, seed and `knee.Knee`'s fields)."""
+    rows: list[report.Row] = []
+    found: list[dict[str, Any]] = []
+    for seed in seeds:
+        for policy in policies:
+
+            def measure(qps: float, policy: str = policy, seed: int = seed) -> knee.Point:
+                row = run_once(setup, policy=policy, qps=qps, seed=seed, bar=bar)
+                rows.append(row)
+                s = row.summary
+                return knee.Point(qps=qps, goodput_rps=s["goodput_rps"], good_fraction=s["good_fraction"])
+
+            result = knee.search(measure, ladder)
+            workload = f"{setup.source.name}@{setup.engines}{setup.label}"
+            found.append({"policy": policy, "workload": workload, "seed": seed, **dataclasses.asdict(result)})
+            log.info(
+                "event=virtual_knee policy=%s seed=%d peak=%.3g knee=%s first_failed=%s",
+                policy,
+                seed,
+                result.peak_goodput_rps,
+                result.knee_qps,
+                result.first_failed_qps,
+            )
+    return rows, found

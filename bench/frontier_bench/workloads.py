@@ -1,31 +1,39 @@
 """Benchmark workloads: what the clients ask for, and when.
 
-A *workload* is an ordered list of prompts that the load generator sends in turn (cycling when the run needs
-more requests than there are prompts), exactly as inference-perf's data generators do. A *schedule* pairs a
-workload with open-loop Poisson arrival times at one offered load (QPS); the same seed gives the same prompts
-and the same arrival times, so every policy in a sweep faces the identical request sequence.
+A *workload* makes the `index`-th request's prompt on demand (`prompt_for(index)`), from its seed and the
+index alone, so hours of traffic cost nothing up front and every policy in a sweep sees the same requests. No
+request repeats an earlier one unless the workload's definition says so: each request's question (or prompt)
+is drawn fresh, seeded by its index, after whatever prefix its shape shares (a group's system prompt, a
+document, a conversation so far). A `Trace` is the one workload that repeats by definition: a fixed list of
+prompts, cycled. A *schedule* pairs a workload with open-loop Poisson arrival times at one offered load (QPS);
+the same seed gives the same prompts and the same arrival times.
 
 Text is made of three-letter words separated by spaces: four characters per word, so one word is one token
 both for a whitespace tokenizer and for the ~4-characters-per-token estimate that the simulator and the
 picker use, and prompt lengths stated in tokens hold on either side.
 
 Shapes:
-- `shared_prefix`: inference-perf's `shared_prefix` generator — `num_groups` system prompts of
-  `system_prompt_len` tokens, `num_prompts_per_group` questions of `question_len` tokens each, completions of
-  `output_len` tokens, prompts shuffled once and then sent in order. `llmd_study` is the llm-d study's shape
-  (150 groups x 5 prompts, 6,000 + 1,200 tokens in, 1,000 out) with the number of groups scaled to the fleet.
-- `multi_turn_chat`: chat sessions whose every turn resends the whole conversation so far (scripted assistant
-  replies), as a replayed chat dataset does.
-- `long_documents`: a few long shared documents, each asked many short questions, popularity Zipf-like.
-- `no_sharing`: the control — every prompt unique, lengths as in the shared-prefix shape.
-- `mixed_lengths`: unique prompts whose prompt and output lengths are log-normal, as in API traffic (a few
+- `shared_prefix`: inference-perf's `shared_prefix` shape — `num_groups` system prompts of
+  `system_prompt_len` tokens, completions of `output_len` tokens; every block of
+  `num_groups x num_prompts_per_group` requests sends each group's system prompt `num_prompts_per_group`
+  times in a seeded shuffled order (a fresh shuffle per block), each time followed by a fresh question of
+  `question_len` tokens. `llmd_study` is the llm-d study's shape (150 groups x 5 prompts, 6,000 + 1,200 tokens
+  in, 1,000 out) with the number of groups scaled to the fleet.
+- `multi_turn_chat`: `num_sessions` chat sessions at a time, each of `turns` turns; turn k resends the whole
+  conversation so far (its system prompt, earlier user turns and scripted assistant replies) plus a fresh
+  user turn. Every block of `num_sessions x turns` requests is a fresh set of sessions.
+- `long_documents`: a few long shared documents, each request a fresh short question about one of them,
+  popularity Zipf-like.
+- `no_sharing`: the control — every prompt fresh, lengths as in the shared-prefix shape.
+- `mixed_lengths`: fresh prompts whose prompt and output lengths are log-normal, as in API traffic (a few
   long prompts among many short ones), so that a picker that knows what each request costs can do better
   than an even spread.
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
@@ -39,6 +47,12 @@ _VOCABULARY: Final = np.array(
 # The llm-d study's fleet: its 150 groups are spread over this many engines when scaled to another fleet
 # (an assumption of this benchmark, written down so the scaling is explicit and adjustable).
 LLMD_REFERENCE_ENGINES: Final = 8
+
+# Seed streams: what each seeded generator draws, so that two kinds of text never share a stream.
+_SYSTEM, _REQUEST, _ORDER, _USER, _REPLY = 1, 2, 3, 4, 5
+# Shared texts (system prompts, documents) kept made; a bounded cache, as a fleet of 1,024 engines has
+# 19,200 groups of 6,000 tokens.
+_SHARED_CACHE: Final = 4096
 
 Api = Literal["completions", "chat"]
 
@@ -69,16 +83,28 @@ class Prompt:
         return body
 
 
+class Workload(Protocol):
+    """A named, parameterised, reproducible request stream: the `index`-th request's prompt on demand."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+    def prompt_for(self, index: int) -> Prompt: ...
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Workload:
-    """A named, parameterised, reproducible list of prompts."""
+class Trace:
+    """A fixed list of prompts sent in turn and cycled: the workload that repeats requests by definition."""
 
     name: str
     params: dict[str, Any]
     prompts: Sequence[Prompt]
 
     def prompt_for(self, index: int) -> Prompt:
-        """The prompt of the `index`-th request: the list cycled, as inference-perf does."""
+        """The prompt of the `index`-th request: the list cycled."""
         return self.prompts[index % len(self.prompts)]
 
 
@@ -101,6 +127,65 @@ def words(rng: np.random.Generator, count: int) -> str:
     return " ".join(_VOCABULARY[rng.integers(0, len(_VOCABULARY), size=count)])
 
 
+def _params(workload: Any) -> dict[str, Any]:
+    return {f.name: getattr(workload, f.name) for f in dataclasses.fields(workload) if f.name != "name"}
+
+
+@functools.lru_cache(maxsize=_SHARED_CACHE)
+def _shared_text(seed: int, key: int, length: int) -> str:
+    """The shared text number `key` of a workload seeded `seed` (a system prompt, a document)."""
+    return words(np.random.default_rng([seed, _SYSTEM, key]), length)
+
+
+@functools.lru_cache(maxsize=2)
+def _block_order(seed: int, block: int, slots: int, repeats: int) -> np.ndarray:
+    """Block `block`'s order: each of `slots` slots `repeats` times, seeded-shuffled."""
+    return np.random.default_rng([seed, _ORDER, block]).permutation(np.repeat(np.arange(slots), repeats))
+
+
+@functools.lru_cache(maxsize=2)
+def _block_turns(seed: int, block: int, slots: int, repeats: int) -> np.ndarray:
+    """How often each position's slot came earlier in its block (a chat turn's number)."""
+    order = _block_order(seed, block, slots, repeats)
+    turns = np.empty_like(order)
+    seen = np.zeros(slots, dtype=int)
+    for position, slot in enumerate(order):
+        turns[position] = seen[slot]
+        seen[slot] += 1
+    return turns
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SharedPrefix:
+    """inference-perf's shared-prefix shape with a fresh question per request (see the module docstring)."""
+
+    num_groups: int
+    num_prompts_per_group: int
+    system_prompt_len: int
+    question_len: int
+    output_len: int
+    seed: int = 0
+    name: str = "shared-prefix"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    def group_of(self, index: int) -> int:
+        """The group whose system prompt the `index`-th request starts with."""
+        block, offset = divmod(index, self.num_groups * self.num_prompts_per_group)
+        order = _block_order(self.seed, block, self.num_groups, self.num_prompts_per_group)
+        return int(order[offset])
+
+    def prompt_for(self, index: int) -> Prompt:
+        """The group's system prompt, then a question seeded by `index` alone."""
+        group = self.group_of(index)
+        system = _shared_text(self.seed, group, self.system_prompt_len)
+        question = words(np.random.default_rng([self.seed, _REQUEST, index]), self.question_len)
+        text = f"{system} {question}" if system else question
+        return Prompt(prompt=text, max_tokens=self.output_len, group=f"g{group}")
+
+
 def shared_prefix(
     *,
     num_groups: int,
@@ -109,30 +194,18 @@ def shared_prefix(
     question_len: int,
     output_len: int,
     seed: int = 0,
-) -> Workload:
-    """inference-perf's shared-prefix shape: each prompt is its group's system prompt + ' ' + a question."""
+) -> SharedPrefix:
+    """inference-perf's shared-prefix shape: a group's system prompt + ' ' + a fresh question per request."""
     _require_positive(
         num_groups=num_groups, num_prompts_per_group=num_prompts_per_group, output_len=output_len
     )
-    rng = np.random.default_rng(seed)
-    prompts = []
-    for group in range(num_groups):
-        system = words(rng, system_prompt_len)
-        for _ in range(num_prompts_per_group):
-            text = f"{system} {words(rng, question_len)}" if system else words(rng, question_len)
-            prompts.append(Prompt(prompt=text, max_tokens=output_len, group=f"g{group}"))
-    order = rng.permutation(len(prompts))
-    return Workload(
-        name="shared-prefix",
-        params={
-            "num_groups": num_groups,
-            "num_prompts_per_group": num_prompts_per_group,
-            "system_prompt_len": system_prompt_len,
-            "question_len": question_len,
-            "output_len": output_len,
-            "seed": seed,
-        },
-        prompts=[prompts[i] for i in order],
+    return SharedPrefix(
+        num_groups=num_groups,
+        num_prompts_per_group=num_prompts_per_group,
+        system_prompt_len=system_prompt_len,
+        question_len=question_len,
+        output_len=output_len,
+        seed=seed,
     )
 
 
@@ -141,7 +214,7 @@ def llmd_groups(engines: int, *, reference_engines: int = LLMD_REFERENCE_ENGINES
     return max(1, round(150 * engines / reference_engines))
 
 
-def llmd_study(*, engines: int, output_len: int = 1000, seed: int = 0) -> Workload:
+def llmd_study(*, engines: int, output_len: int = 1000, seed: int = 0) -> SharedPrefix:
     """The llm-d study: 150 groups x 5 prompts, 6,000-token system prompt, 1,200-token question, scaled."""
     workload = shared_prefix(
         num_groups=llmd_groups(engines),
@@ -151,7 +224,44 @@ def llmd_study(*, engines: int, output_len: int = 1000, seed: int = 0) -> Worklo
         output_len=output_len,
         seed=seed,
     )
-    return dataclasses.replace(workload, name="llmd-study", params={**workload.params, "engines": engines})
+    return dataclasses.replace(workload, name="llmd-study")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MultiTurnChat:
+    """Chat sessions that grow turn by turn (see the module docstring)."""
+
+    num_sessions: int
+    turns: int
+    system_prompt_len: int
+    user_len: int
+    output_len: int
+    seed: int = 0
+    name: str = "multi-turn-chat"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    def prompt_for(self, index: int) -> Prompt:
+        """The next turn of a session: its conversation so far, then a fresh user turn.
+
+        Requests interleave sessions in a seeded random order while keeping each session's turns in order,
+        so a session's next turn usually arrives after several other requests (open loop: not after its
+        reply); the replies are scripted, `output_len` tokens each.
+        """
+        block, offset = divmod(index, self.num_sessions * self.turns)
+        order = _block_order(self.seed, block, self.num_sessions, self.turns)
+        session = block * self.num_sessions + int(order[offset])
+        turn = int(_block_turns(self.seed, block, self.num_sessions, self.turns)[offset])
+        history = [("system", _shared_text(self.seed, session, self.system_prompt_len))]
+        for k in range(turn + 1):
+            user = words(np.random.default_rng([self.seed, _USER, session, k]), self.user_len)
+            history.append(("user", user))
+            if k < turn:
+                reply = words(np.random.default_rng([self.seed, _REPLY, session, k]), self.output_len)
+                history.append(("assistant", reply))
+        return Prompt(messages=tuple(history), max_tokens=self.output_len, group=f"s{session}")
 
 
 def multi_turn_chat(
@@ -162,99 +272,125 @@ def multi_turn_chat(
     user_len: int,
     output_len: int,
     seed: int = 0,
-) -> Workload:
-    """Chat sessions; turn k resends the system prompt and all earlier turns (scripted assistant replies).
-
-    Requests interleave sessions in a seeded random order while keeping each session's turns in order, so a
-    session's next turn usually arrives after several other requests (open loop: not after its reply).
-    """
+) -> MultiTurnChat:
+    """`num_sessions` concurrent chat sessions of `turns` turns, fresh sessions in every block."""
     _require_positive(num_sessions=num_sessions, turns=turns, output_len=output_len)
-    rng = np.random.default_rng(seed)
-    conversations: list[list[Prompt]] = []
-    for session in range(num_sessions):
-        history: list[tuple[str, str]] = [("system", words(rng, system_prompt_len))]
-        session_prompts = []
-        for _ in range(turns):
-            history.append(("user", words(rng, user_len)))
-            session_prompts.append(
-                Prompt(messages=tuple(history), max_tokens=output_len, group=f"s{session}")
-            )
-            history.append(("assistant", words(rng, output_len)))
-        conversations.append(session_prompts)
-    # Each session contributes `turns` slots; a random permutation of the slots, read in order, picks the
-    # session whose next turn comes next.
-    slots = rng.permutation(np.repeat(np.arange(num_sessions), turns))
-    next_turn = [0] * num_sessions
-    prompts = []
-    for session in slots:
-        prompts.append(conversations[session][next_turn[session]])
-        next_turn[session] += 1
-    return Workload(
-        name="multi-turn-chat",
-        params={
-            "num_sessions": num_sessions,
-            "turns": turns,
-            "system_prompt_len": system_prompt_len,
-            "user_len": user_len,
-            "output_len": output_len,
-            "seed": seed,
-        },
-        prompts=prompts,
+    return MultiTurnChat(
+        num_sessions=num_sessions,
+        turns=turns,
+        system_prompt_len=system_prompt_len,
+        user_len=user_len,
+        output_len=output_len,
+        seed=seed,
     )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LongDocuments:
+    """Fresh questions about a few long documents; document d is asked with probability ∝ 1/(d+1)^zipf_s."""
+
+    num_documents: int
+    document_len: int
+    question_len: int
+    output_len: int
+    zipf_s: float = 1.0
+    seed: int = 0
+    name: str = "long-documents"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    @functools.cached_property
+    def _popularity(self) -> np.ndarray:
+        weights = 1.0 / np.arange(1, self.num_documents + 1) ** self.zipf_s
+        return np.asarray(weights / weights.sum())
+
+    def prompt_for(self, index: int) -> Prompt:
+        """A document drawn by popularity, then a question, both seeded by `index`."""
+        rng = np.random.default_rng([self.seed, _REQUEST, index])
+        document = int(rng.choice(self.num_documents, p=self._popularity))
+        text = f"{_shared_text(self.seed, document, self.document_len)} {words(rng, self.question_len)}"
+        return Prompt(prompt=text, max_tokens=self.output_len, group=f"d{document}")
 
 
 def long_documents(
     *,
     num_documents: int,
     document_len: int,
-    num_questions: int,
     question_len: int,
     output_len: int,
     zipf_s: float = 1.0,
     seed: int = 0,
-) -> Workload:
-    """Questions about a few long documents; document d is asked with probability ∝ 1/(d+1)^zipf_s."""
-    _require_positive(num_documents=num_documents, num_questions=num_questions, output_len=output_len)
-    rng = np.random.default_rng(seed)
-    documents = [words(rng, document_len) for _ in range(num_documents)]
-    weights = 1.0 / np.arange(1, num_documents + 1) ** zipf_s
-    chosen = rng.choice(num_documents, size=num_questions, p=weights / weights.sum())
-    prompts = [
-        Prompt(prompt=f"{documents[d]} {words(rng, question_len)}", max_tokens=output_len, group=f"d{d}")
-        for d in chosen
-    ]
-    return Workload(
-        name="long-documents",
-        params={
-            "num_documents": num_documents,
-            "document_len": document_len,
-            "num_questions": num_questions,
-            "question_len": question_len,
-            "output_len": output_len,
-            "zipf_s": zipf_s,
-            "seed": seed,
-        },
-        prompts=prompts,
+) -> LongDocuments:
+    """Questions about a few long documents, Zipf-like popularity."""
+    _require_positive(num_documents=num_documents, output_len=output_len)
+    return LongDocuments(
+        num_documents=num_documents,
+        document_len=document_len,
+        question_len=question_len,
+        output_len=output_len,
+        zipf_s=zipf_s,
+        seed=seed,
     )
 
 
-def no_sharing(*, num_prompts: int, prompt_len: int, output_len: int, seed: int = 0) -> Workload:
-    """The control: unique prompts, nothing for a prefix cache to reuse (beyond chance)."""
-    _require_positive(num_prompts=num_prompts, output_len=output_len)
-    rng = np.random.default_rng(seed)
-    prompts = [
-        Prompt(prompt=words(rng, prompt_len), max_tokens=output_len, group="") for _ in range(num_prompts)
-    ]
-    return Workload(
-        name="no-sharing",
-        params={"num_prompts": num_prompts, "prompt_len": prompt_len, "output_len": output_len, "seed": seed},
-        prompts=prompts,
-    )
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NoSharing:
+    """The control: fresh prompts, nothing for a prefix cache to reuse (beyond chance)."""
+
+    prompt_len: int
+    output_len: int
+    seed: int = 0
+    name: str = "no-sharing"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    def prompt_for(self, index: int) -> Prompt:
+        """A prompt seeded by `index` alone."""
+        text = words(np.random.default_rng([self.seed, _REQUEST, index]), self.prompt_len)
+        return Prompt(prompt=text, max_tokens=self.output_len, group="")
+
+
+def no_sharing(*, prompt_len: int, output_len: int, seed: int = 0) -> NoSharing:
+    """The control: fresh prompts of `prompt_len` tokens."""
+    _require_positive(prompt_len=prompt_len, output_len=output_len)
+    return NoSharing(prompt_len=prompt_len, output_len=output_len, seed=seed)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MixedLengths:
+    """Fresh prompts with log-normal lengths (`sigma` of the log), clipped to [1/30 median, max]."""
+
+    median_prompt_len: int
+    median_output_len: int
+    prompt_sigma: float = 0.9
+    output_sigma: float = 0.8
+    max_prompt_len: int = 16000
+    max_output_len: int = 1000
+    seed: int = 0
+    name: str = "mixed-lengths"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    def prompt_for(self, index: int) -> Prompt:
+        """Lengths and text seeded by `index` alone."""
+        rng = np.random.default_rng([self.seed, _REQUEST, index])
+
+        def length(median: int, sigma: float, most: int) -> int:
+            return int(np.clip(rng.lognormal(np.log(median), sigma), max(1, median // 30), most))
+
+        prompt_len = length(self.median_prompt_len, self.prompt_sigma, self.max_prompt_len)
+        output_len = length(self.median_output_len, self.output_sigma, self.max_output_len)
+        return Prompt(prompt=words(rng, prompt_len), max_tokens=output_len, group="")
 
 
 def mixed_lengths(
     *,
-    num_prompts: int,
     median_prompt_len: int,
     median_output_len: int,
     prompt_sigma: float = 0.9,
@@ -262,36 +398,17 @@ def mixed_lengths(
     max_prompt_len: int = 16000,
     max_output_len: int = 1000,
     seed: int = 0,
-) -> Workload:
-    """Unique prompts with log-normal lengths (`sigma` of the log), clipped to [1/30 median, max]."""
-    _require_positive(
-        num_prompts=num_prompts, median_prompt_len=median_prompt_len, median_output_len=median_output_len
-    )
-    rng = np.random.default_rng(seed)
-
-    def lengths(median: int, sigma: float, most: int) -> np.ndarray:
-        drawn = rng.lognormal(np.log(median), sigma, num_prompts)
-        return np.clip(drawn, max(1, median // 30), most).astype(int)
-
-    prompt_lens = lengths(median_prompt_len, prompt_sigma, max_prompt_len)
-    output_lens = lengths(median_output_len, output_sigma, max_output_len)
-    prompts = [
-        Prompt(prompt=words(rng, int(n)), max_tokens=int(m), group="")
-        for n, m in zip(prompt_lens, output_lens, strict=True)
-    ]
-    return Workload(
-        name="mixed-lengths",
-        params={
-            "num_prompts": num_prompts,
-            "median_prompt_len": median_prompt_len,
-            "median_output_len": median_output_len,
-            "prompt_sigma": prompt_sigma,
-            "output_sigma": output_sigma,
-            "max_prompt_len": max_prompt_len,
-            "max_output_len": max_output_len,
-            "seed": seed,
-        },
-        prompts=prompts,
+) -> MixedLengths:
+    """Fresh prompts with log-normal prompt and output lengths."""
+    _require_positive(median_prompt_len=median_prompt_len, median_output_len=median_output_len)
+    return MixedLengths(
+        median_prompt_len=median_prompt_len,
+        median_output_len=median_output_len,
+        prompt_sigma=prompt_sigma,
+        output_sigma=output_sigma,
+        max_prompt_len=max_prompt_len,
+        max_output_len=max_output_len,
+        seed=seed,
     )
 
 

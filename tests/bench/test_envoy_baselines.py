@@ -29,7 +29,7 @@ async def route(policy: str, tmp_path, *, requests: int, address: str, backends:
             traces = await loadgen.run(
                 url=door.url,
                 model="m",
-                workload=workloads.no_sharing(num_prompts=3, prompt_len=4, output_len=2, seed=0),
+                workload=workloads.no_sharing(prompt_len=4, output_len=2, seed=0),
                 schedule=workloads.Schedule(qps=100.0, offsets_s=[i * 0.01 for i in range(requests)], seed=0),
             )
             assert group.children  # still running until the group closes
@@ -76,7 +76,7 @@ async def test_sglang_router_cache_aware_keeps_a_repeated_prompt_on_one_engine(t
     for i, b in enumerate(backends):
         await b.start(f"127.4.4.{10 + i}")
     engines = [(f"127.4.4.{10 + i}", b.port) for i, b in enumerate(backends)]
-    one_prompt = workloads.Workload(
+    one_prompt = workloads.Trace(
         name="one", params={}, prompts=[workloads.Prompt(prompt="abc " * 500, max_tokens=2, group="g")]
     )
     try:

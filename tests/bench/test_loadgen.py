@@ -10,7 +10,7 @@ from .backends import Backend
 
 
 def workload(output_len: int = 5) -> workloads.Workload:
-    return workloads.no_sharing(num_prompts=4, prompt_len=10, output_len=output_len, seed=0)
+    return workloads.no_sharing(prompt_len=10, output_len=output_len, seed=0)
 
 
 async def test_ttft_itl_and_usage_match_what_the_server_did():

@@ -79,3 +79,49 @@ def test_against_the_oracle_the_target_is_the_hit_rate_fraction():
     [entry] = [e for e in report.comparisons([*rows(), oracle]) if e["baseline"] == "oracle"]
     assert entry["matched"][0]["hit_rate_ratio"] == pytest.approx(1.0)  # 50 of 100 cached tokens each
     assert entry["met"] == {"hit_rate_fraction": "1/1 loads"}
+
+
+def drawn(policy: str, seed: int, ttft: float) -> report.Row:
+    r = row(policy, 1.0, ttft=[ttft] * 3)
+    r.seed = seed
+    return r
+
+
+def test_table_shows_the_median_and_range_over_draws():
+    text = report.table([drawn("frontier", s, t) for s, t in enumerate([0.2, 0.3, 0.6])])
+    assert "| shared-prefix | frontier | 1 | 300 (200-600) | 300 (200-600) |" in text
+    assert text.rstrip().endswith("| 3 |")  # three draws
+
+
+def test_a_win_needs_ranges_that_do_not_overlap():
+    clear = [drawn("frontier", s, t) for s, t in enumerate([0.2, 0.25, 0.3])]
+    clear += [drawn("round-robin", s, t) for s, t in enumerate([0.4, 0.5, 0.6])]
+    [entry] = report.comparisons(clear)
+    assert entry["matched"][0]["verdict"] == "win"
+    assert entry["matched"][0]["ttft_p90_reduction"] == pytest.approx(0.5)  # median of 1/2, 1/2, 1/2
+    mixed = [drawn("frontier", s, t) for s, t in enumerate([0.2, 0.25, 0.45])]
+    mixed += [drawn("round-robin", s, t) for s, t in enumerate([0.4, 0.5, 0.6])]
+    [entry] = report.comparisons(mixed)
+    assert entry["matched"][0]["verdict"] == "tie"  # 0.45 lies inside round-robin's 0.4-0.6
+    assert report.verdict(stats.spread([3.0]), stats.spread([1.0, 2.0]), lower_is_better=True) == "loss"
+
+
+def test_knees_table_states_the_spread_and_the_verdict_on_the_peak():
+    def found(policy: str, seed: int, peak: float) -> dict[str, object]:
+        return {
+            "policy": policy,
+            "workload": "w",
+            "seed": seed,
+            "peak_goodput_rps": peak,
+            "peak_qps": peak,
+            "knee_qps": peak,
+            "first_failed_qps": peak * 1.25,
+            "saturated": True,
+        }
+
+    text = report.knees_markdown(
+        [found("frontier", s, p) for s, p in enumerate([60.0, 62.0, 65.0])]
+        + [found("round-robin", s, p) for s, p in enumerate([30.0, 32.0, 35.0])]
+    )
+    assert "| w | frontier | 62 (60-65) |" in text
+    assert "| w | round-robin | 32 (30-35) |" in text and "| 3/3 | win |" in text

@@ -12,70 +12,86 @@ def tokens(text: str) -> int:
     return len(text.split())
 
 
+def shared(seed: int = 0, **overrides: int) -> workloads.SharedPrefix:
+    params = {"num_groups": 3, "num_prompts_per_group": 4, "system_prompt_len": 50, "question_len": 10}
+    return workloads.shared_prefix(**{**params, **overrides}, output_len=7, seed=seed)
+
+
 def test_shared_prefix_is_identical_for_the_same_seed_and_differs_for_another():
-    a = workloads.shared_prefix(
-        num_groups=3, num_prompts_per_group=4, system_prompt_len=50, question_len=10, output_len=7, seed=1
-    )
-    b = workloads.shared_prefix(
-        num_groups=3, num_prompts_per_group=4, system_prompt_len=50, question_len=10, output_len=7, seed=1
-    )
-    c = workloads.shared_prefix(
-        num_groups=3, num_prompts_per_group=4, system_prompt_len=50, question_len=10, output_len=7, seed=2
-    )
-    assert a.prompts == b.prompts
-    assert [p.prompt for p in a.prompts] != [p.prompt for p in c.prompts]
+    a, b, c = shared(seed=1), shared(seed=1), shared(seed=2)
+    assert [a.prompt_for(i) for i in range(30)] == [b.prompt_for(i) for i in range(30)]
+    assert [a.prompt_for(i).prompt for i in range(30)] != [c.prompt_for(i).prompt for i in range(30)]
 
 
-def test_shared_prefix_prompts_share_exactly_their_groups_system_prompt():
-    w = workloads.shared_prefix(
-        num_groups=3, num_prompts_per_group=4, system_prompt_len=50, question_len=10, output_len=7, seed=0
-    )
-    assert len(w.prompts) == 12
+def test_no_two_requests_of_a_shared_prefix_run_are_identical():
+    # 2,000 requests from 12 (group, question) slots: the old cycling list repeated each prompt ~166 times.
+    w = shared(seed=0, system_prompt_len=20, question_len=8)
+    prompts = [w.prompt_for(i).prompt for i in range(2000)]
+    assert len(set(prompts)) == 2000
+    assert len({" ".join(p.split()[20:]) for p in prompts}) == 2000  # the questions themselves are fresh
+
+
+def test_shared_prefix_sharing_matches_its_parameters():
+    w = shared(seed=0)
+    blocks = 50
+    prompts = [w.prompt_for(i) for i in range(12 * blocks)]
     by_group: dict[str, list[str]] = {}
-    for p in w.prompts:
+    for p in prompts:
         assert tokens(p.prompt) == 60
         assert len(p.prompt) == 60 * 4 - 1  # four characters per token
         assert p.max_tokens == 7
         by_group.setdefault(p.group, []).append(p.prompt)
     assert sorted(by_group) == ["g0", "g1", "g2"]
-    systems = {g: {" ".join(t.split()[:50]) for t in texts} for g, texts in by_group.items()}
-    assert all(len(s) == 1 for s in systems.values())
-    assert len({next(iter(s)) for s in systems.values()}) == 3
-    # questions differ inside a group
-    assert all(len(set(texts)) == 4 for texts in by_group.values())
+    # every block of groups x prompts-per-group requests sends each group's prefix exactly that often
+    for block in range(blocks):
+        groups = [p.group for p in prompts[12 * block : 12 * (block + 1)]]
+        assert sorted(groups) == sorted(["g0", "g1", "g2"] * 4)
+    # the shared length is exactly the system prompt: the group's requests share 50 tokens, and no more
+    for texts in by_group.values():
+        split = [t.split() for t in texts]
+        assert len({tuple(t[:50]) for t in split}) == 1
+        assert len({tuple(t[50:52]) for t in split}) == len(split)  # questions differ from their start
+    assert len({texts[0].split()[0] for texts in by_group.values()}) == 3
 
 
-def test_shared_prefix_order_is_shuffled_and_cycled():
-    w = workloads.shared_prefix(
-        num_groups=5, num_prompts_per_group=5, system_prompt_len=5, question_len=5, output_len=1, seed=3
-    )
-    groups = [p.group for p in w.prompts]
-    assert groups != sorted(groups)
-    assert w.prompt_for(0) == w.prompt_for(25) == w.prompts[0]
+def test_shared_prefix_order_is_shuffled_afresh_every_block():
+    w = shared(seed=3, num_groups=5, num_prompts_per_group=5)
+    first = [w.prompt_for(i).group for i in range(25)]
+    second = [w.prompt_for(i).group for i in range(25, 50)]
+    assert first != sorted(first) and first != second
+
+
+def test_a_trace_repeats_by_definition():
+    prompts = [workloads.Prompt(prompt=text, max_tokens=1, group="") for text in ("abc", "def")]
+    trace = workloads.Trace(name="trace", params={}, prompts=prompts)
+    assert [trace.prompt_for(i).prompt for i in range(4)] == ["abc", "def", "abc", "def"]
 
 
 def test_llmd_study_keeps_the_shape_and_scales_groups_with_the_fleet():
     w = workloads.llmd_study(engines=2, seed=0)
+    assert w.name == "llmd-study"
     assert (
         w.params["num_groups"]
         == workloads.llmd_groups(2)
         == round(150 * 2 / workloads.LLMD_REFERENCE_ENGINES)
     )
     assert w.params["num_prompts_per_group"] == 5
-    assert tokens(w.prompts[0].prompt) == 7200
-    assert w.prompts[0].max_tokens == 1000
+    assert tokens(w.prompt_for(0).prompt) == 7200
+    assert w.prompt_for(0).max_tokens == 1000
     assert workloads.llmd_groups(workloads.LLMD_REFERENCE_ENGINES) == 150
+    assert workloads.llmd_study(engines=1024).num_groups == 19200
 
 
-def test_multi_turn_chat_resends_the_conversation_in_order():
+def test_multi_turn_chat_grows_each_conversation_in_order():
     w = workloads.multi_turn_chat(
         num_sessions=4, turns=3, system_prompt_len=20, user_len=5, output_len=6, seed=0
     )
-    assert len(w.prompts) == 12
+    prompts = [w.prompt_for(i) for i in range(36)]  # three blocks of 12
     seen: dict[str, list[workloads.Prompt]] = {}
-    for p in w.prompts:
+    for p in prompts:
         assert p.api == "chat"
         seen.setdefault(p.group, []).append(p)
+    assert len(seen) == 12  # every block brings fresh sessions
     for turns in seen.values():
         assert [len(p.messages) for p in turns] == [2, 4, 6]  # system + (user, assistant) pairs
         for earlier, later in itertools.pairwise(turns):
@@ -88,36 +104,41 @@ def test_multi_turn_chat_resends_the_conversation_in_order():
             "assistant",
             "user",
         ]
+    assert len({p.messages for p in prompts}) == 36
+    assert len({p.messages[0] for p in prompts}) == 12  # a system prompt per session
     again = workloads.multi_turn_chat(
         num_sessions=4, turns=3, system_prompt_len=20, user_len=5, output_len=6, seed=0
     )
-    assert again.prompts == w.prompts
+    assert [again.prompt_for(i) for i in range(36)] == prompts
 
 
-def test_long_documents_prefers_the_first_documents():
+def test_long_documents_prefers_the_first_documents_with_fresh_questions():
     w = workloads.long_documents(
-        num_documents=5, document_len=30, num_questions=400, question_len=3, output_len=2, zipf_s=1.0, seed=0
+        num_documents=5, document_len=30, question_len=3, output_len=2, zipf_s=1.0, seed=0
     )
-    counts = {g: sum(p.group == g for p in w.prompts) for g in ("d0", "d4")}
+    prompts = [w.prompt_for(i) for i in range(400)]
+    counts = {g: sum(p.group == g for p in prompts) for g in ("d0", "d4")}
     assert counts["d0"] > 2 * counts["d4"] > 0
-    assert all(tokens(p.prompt) == 33 for p in w.prompts)
+    assert all(tokens(p.prompt) == 33 for p in prompts)
+    assert len({p.prompt for p in prompts}) == 400
 
 
-def test_no_sharing_prompts_are_unique_from_the_first_block():
-    w = workloads.no_sharing(num_prompts=50, prompt_len=40, output_len=3, seed=0)
-    assert len({p.prompt[:64] for p in w.prompts}) == 50
+def test_no_sharing_prompts_are_all_fresh():
+    w = workloads.no_sharing(prompt_len=40, output_len=3, seed=0)
+    assert len({w.prompt_for(i).prompt[:64] for i in range(500)}) == 500
 
 
-def test_mixed_lengths_are_unique_log_normal_and_clipped():
-    w = workloads.mixed_lengths(num_prompts=2000, median_prompt_len=300, median_output_len=50, seed=1)
-    prompt_lens = np.array([tokens(p.prompt) for p in w.prompts])
-    output_lens = np.array([p.max_tokens for p in w.prompts])
-    assert len({p.prompt[:64] for p in w.prompts}) == 2000
+def test_mixed_lengths_are_fresh_log_normal_and_clipped():
+    w = workloads.mixed_lengths(median_prompt_len=300, median_output_len=50, seed=1)
+    prompts = [w.prompt_for(i) for i in range(2000)]
+    prompt_lens = np.array([tokens(p.prompt) for p in prompts])
+    output_lens = np.array([p.max_tokens for p in prompts])
+    assert len({p.prompt[:64] for p in prompts}) == 2000
     assert 270 < np.median(prompt_lens) < 330 and 45 <= np.median(output_lens) <= 55
     assert prompt_lens.max() > 5 * 300 and prompt_lens.min() >= 10  # a long tail, and the clip at median/30
     assert output_lens.max() <= 1000
-    again = workloads.mixed_lengths(num_prompts=2000, median_prompt_len=300, median_output_len=50, seed=1)
-    assert again.prompts == w.prompts
+    again = workloads.mixed_lengths(median_prompt_len=300, median_output_len=50, seed=1)
+    assert [again.prompt_for(i) for i in range(50)] == prompts[:50]
 
 
 def test_body_streams_with_usage_and_fixed_length():
