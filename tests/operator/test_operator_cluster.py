@@ -565,7 +565,10 @@ async def test_hand_edits_of_children_are_reverted_and_logged(
     assert await handlers.resync_once(reconciler, [ns]) == []
     assert api.get("v1", "ConfigMap", ns, "chat-picker-config")["data"] == config["data"]
     assert "event=drift_repaired kind=ConfigMap" in caplog.text and "fields=data.config.yaml" in caplog.text
-    # Repaired, the next resync writes nothing.
+    # Repaired and rolled out again (the revert is a new pod template), a resync writes nothing: the status
+    # may still move while the rollout runs, so settle first.
+    _ready_tier(api, ns)
+    assert await handlers.resync_once(reconciler, [ns]) == []
     writes = client.writes
     assert await handlers.resync_once(reconciler, [ns]) == []
     assert client.writes == writes
