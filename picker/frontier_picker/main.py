@@ -7,7 +7,8 @@ GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--
 `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start fails with a
 message naming what to use instead). A flag unknown to both stops the start, as in GIE. Frontier adds
 `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`, `--builtin-config`,
-`--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the log says which).
+`--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`. Every port accepts 0
+(the OS picks; the log says which).
 """
 
 import argparse
@@ -88,6 +89,20 @@ def parser() -> argparse.ArgumentParser:
         help="request-body bytes all streams may hold before their decision; past it chunks get 503",
     )
     parse.add_argument(
+        "--stream-idle-timeout",
+        type=gie_flags.parse_duration,
+        default=300.0,
+        help="close an ext_proc stream whose client sends nothing for this long, refunding its charge: a Go "
+        "duration or seconds (default 5m, Envoy's own stream idle timeout; 0: never)",
+    )
+    parse.add_argument(
+        "--max-streams-per-peer",
+        type=int,
+        default=4096,
+        help="ext_proc streams one peer host may hold open; more are refused with RESOURCE_EXHAUSTED "
+        "(default 4096, above any one gateway replica's concurrent and queued requests; 0: no cap)",
+    )
+    parse.add_argument(
         "--early-decision-prompt-chars",
         type=int,
         default=65_536,
@@ -149,6 +164,8 @@ def options(arguments: argparse.Namespace) -> server.Options:
         drain_timeout_s=arguments.drain_timeout,
         max_body_bytes=arguments.max_body_bytes,
         max_buffered_body_bytes=arguments.max_buffered_body_bytes,
+        stream_idle_timeout_s=arguments.stream_idle_timeout,
+        max_streams_per_peer=arguments.max_streams_per_peer,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,

@@ -62,6 +62,8 @@ class Options:
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
     max_buffered_body_bytes: int = 256 * 1024 * 1024
+    stream_idle_timeout_s: float = 300.0
+    max_streams_per_peer: int = 4096
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -145,6 +147,8 @@ async def start(
         settings=processor.Settings(
             max_body_bytes=options.max_body_bytes,
             max_buffered_body_bytes=options.max_buffered_body_bytes,
+            stream_idle_timeout_s=options.stream_idle_timeout_s,
+            max_streams_per_peer=options.max_streams_per_peer,
             early_decision_prompt_chars=options.early_decision_prompt_chars,
         ),
     )

@@ -259,3 +259,20 @@ def test_gie_dashboards_find_their_metric_names() -> None:
     assert samples[("inference_objective_input_tokens_sum", model)] == 40
     assert samples[("inference_pool_ready_pods", (("name", "chat"),))] == 2
     assert samples[("inference_extension_scheduler_e2e_duration_seconds_count", ())] == 1
+
+
+def test_a_peer_is_its_host_and_its_refusals_are_logged_once_per_interval() -> None:
+    assert processor.peer_host("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
+    assert processor.peer_host("ipv6:[::1]:51234") == "ipv6:[::1]"
+    assert processor.peer_host("unix:/run/picker.sock") == "unix:/run/picker.sock"
+    peers = processor.PeerStreams(cap=1)
+    assert peers.enter("a") and not peers.enter("a") and peers.enter("b")
+    assert peers.refused("a", now=100.0) == 1  # the first refusal is logged at once
+    assert peers.refused("a", now=101.0) == 0
+    assert peers.refused("a", now=102.0) == 0
+    assert peers.refused("a", now=100.0 + processor.REFUSAL_LOG_INTERVAL_S) == 3  # then the count so far
+    peers.leave("a")
+    peers.leave("b")
+    assert peers.open == {}  # peers gone leave nothing behind
+    unlimited = processor.PeerStreams(cap=0)
+    assert all(unlimited.enter("a") for _ in range(10_000))
