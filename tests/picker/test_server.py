@@ -293,7 +293,7 @@ async def test_a_stream_silent_for_the_idle_timeout_is_closed_and_its_charge_ref
     endpoints_file = tmp_path / "endpoints.yaml"
     endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
     options = local_options(
-        endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin", stream_idle_timeout_s=0.4
+        endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin", stream_idle_timeout_s=1.0
     )
     picker = await _started(options)
     try:
@@ -302,14 +302,14 @@ async def test_a_stream_silent_for_the_idle_timeout_is_closed_and_its_charge_ref
             # A stream whose messages keep coming within the timeout lives past it.
             active = await _routed_stream(channel)
             assert picker.store.in_flight() == 2
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.6)
             response_headers = _headers_message({":status": "200"}, response=True)
             response_headers.response_headers.end_of_stream = False  # the body follows
             await active.write(response_headers)
             await active.read()
             assert await idle.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert picker.store.in_flight() == 1  # the idle stream's charge went back
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.3)  # past the first timeout, well within the second
             body = ext_proc.HttpBody(body=b"{}", end_of_stream=True)
             await active.write(ext_proc.ProcessingRequest(response_body=body))
             await active.read()
