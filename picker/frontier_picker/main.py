@@ -54,6 +54,15 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
     )
+    parse.add_argument(
+        "--metrics-endpoint-auth",
+        type=gie_flags.parse_bool,
+        nargs="?",
+        const=True,
+        help="serve /metrics only to bearer tokens the API server authenticates and authorizes for get on "
+        "/metrics (TokenReview, SubjectAccessReview); default true with --pool-name, false with "
+        "--endpoints-file (no API server)",
+    )
     parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
     parse.add_argument(
         "--client-ca-cert",
@@ -174,6 +183,11 @@ def options(arguments: argparse.Namespace) -> server.Options:
         # GIE's resolution: the flag, else the pod's namespace from the downward API, else default.
         pool_namespace=arguments.pool_namespace or os.environ.get("NAMESPACE") or "default",
         kubeconfig=arguments.kubeconfig,
+        metrics_auth=(
+            arguments.metrics_endpoint_auth
+            if arguments.metrics_endpoint_auth is not None
+            else arguments.pool_name is not None
+        ),
     )
 
 

@@ -1,4 +1,5 @@
-"""The picker's own Prometheus metrics, served on the metrics port (9090 by default).
+"""The picker's own Prometheus metrics, served on the metrics port (9090 by default), behind `metrics_auth`
+when scrapes must be authenticated.
 
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
@@ -11,15 +12,18 @@ requests are kept; any later one, and any name only refused requests carried, is
 """
 
 import dataclasses
+import socket
 import threading
+import wsgiref.simple_server
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import prometheus_client
+from prometheus_client import exposition as prometheus_exposition
 from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
 
-from frontier_picker import endpoints
+from frontier_picker import endpoints, metrics_auth
 
 MAX_MODEL_LABELS: Final = 256
 OTHER_MODEL: Final = "other"
@@ -334,7 +338,26 @@ def create() -> Metrics:
     )
 
 
-def serve(metrics: Metrics, *, address: str, port: int) -> tuple[int, threading.Thread, object]:
-    """Serve `metrics` over HTTP on a background thread; returns the bound port, the thread and server."""
-    server, thread = prometheus_client.start_http_server(port, addr=address, registry=metrics.registry)
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    """No access log on stderr: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(
+    metrics: Metrics, *, address: str, port: int, gate: metrics_auth.Gate | None = None
+) -> tuple[int, threading.Thread, wsgiref.simple_server.WSGIServer]:
+    """Serve `metrics` over HTTP on a background thread, behind `gate` when given (authenticated scrapes);
+    returns the bound port, the thread and the server."""
+    app = prometheus_client.make_wsgi_app(metrics.registry)
+    if gate is not None:
+        app = metrics_auth.guard(app, gate)
+
+    class Server(prometheus_exposition.ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    server = wsgiref.simple_server.make_server(address, port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return int(server.server_port), thread, server
