@@ -498,11 +498,7 @@ class Stream:
         self.ctx.metrics.child(self.ctx.metrics.errors, str(status)).inc()
         request = self.request
         labels = self.ctx.metrics.model_label
-        models = (
-            (labels(request.model, admit=False), labels(request.target_model, admit=False))
-            if request is not None
-            else ("", "")
-        )
+        models = (labels(request.model), labels(request.target_model)) if request is not None else ("", "")
         self.ctx.metrics.child(self.ctx.metrics.requests, *models, str(status)).inc()
         self.ctx.metrics.child(self.ctx.metrics.gie.request_errors, *models, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
