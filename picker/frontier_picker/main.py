@@ -2,13 +2,14 @@
 
 GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
 `--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
-`--cert-path`, `--refresh-metrics-interval` (50ms). Every other flag of the GIE v1.5.0 EPP is accepted too:
-`frontier_picker.gie_flags.FLAGS` says, flag by flag, whether it maps onto a Frontier option (`--v` and
-`--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start fails with a
-message naming what to use instead). A flag unknown to both stops the start, as in GIE. Frontier adds
-`--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`, `--builtin-config`,
-`--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`. Every port accepts 0
-(the OS picks; the log says which).
+`--cert-path`, `--refresh-metrics-interval` (50ms), `--metrics-endpoint-auth` (true, but only with
+`--pool-name`: a file-mode picker has no API server to review tokens). Every other flag of the GIE v1.5.0
+EPP is accepted too: `frontier_picker.gie_flags.FLAGS` says, flag by flag, whether it maps onto a Frontier
+option (`--v` and `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start
+fails with a message naming what to use instead). A flag unknown to both stops the start, as in GIE.
+Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`,
+`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`.
+Every port accepts 0 (the OS picks; the log says which).
 """
 
 import argparse

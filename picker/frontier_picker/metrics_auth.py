@@ -30,6 +30,8 @@ ALLOW_TTL_S: Final = 60.0
 DENY_TTL_S: Final = 10.0
 # Tokens are client input: the cache holds at most this many outcomes, dropping the oldest first.
 MAX_CACHED: Final = 1024
+# A review the API server has not answered by then is a 500 for that scrape, not a hung metrics thread.
+REVIEW_TIMEOUT_S: Final = 5.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,7 +144,8 @@ class KubeReviewer:
 
     def authenticate(self, token: str) -> User | None:
         review = self._authentication.create_token_review(
-            self._client.V1TokenReview(spec=self._client.V1TokenReviewSpec(token=token))
+            self._client.V1TokenReview(spec=self._client.V1TokenReviewSpec(token=token)),
+            _request_timeout=REVIEW_TIMEOUT_S,
         )
         status = review.status
         if status is None or not status.authenticated or status.user is None:
@@ -164,7 +167,7 @@ class KubeReviewer:
             non_resource_attributes=self._client.V1NonResourceAttributes(path=path, verb=verb),
         )
         review = self._authorization.create_subject_access_review(
-            self._client.V1SubjectAccessReview(spec=spec)
+            self._client.V1SubjectAccessReview(spec=spec), _request_timeout=REVIEW_TIMEOUT_S
         )
         return bool(review.status is not None and review.status.allowed)
 
