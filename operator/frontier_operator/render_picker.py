@@ -160,6 +160,9 @@ def picker_args(pool: pools.Pool) -> list[str]:
         str(DRAIN_DELAY_S),
         "--drain-timeout",
         str(DRAIN_TIMEOUT_S),
+        # Reviewing scrapers' tokens needs a ClusterRoleBinding to system:auth-delegator per picker, which
+        # this operator's namespaced, least-privilege RBAC cannot create; the metrics port stays open here.
+        "--metrics-endpoint-auth=false",
     ]
 
 

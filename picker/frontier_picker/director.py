@@ -40,6 +40,7 @@ class Flight:
     charge: datastore.Charge | None
     decided_at: float = 0.0  # the caller's clock
     completed: bool = False
+    counted: bool = False  # in GIE's request counter (deferred to completion while its model is no label)
 
 
 class Director:
@@ -139,8 +140,8 @@ class Director:
             str(request.priority),
             outcome,
             self.metrics.pool,
-            label(request.model, admit=outcome == flow_control.DISPATCHED),
-            label(request.target_model, admit=outcome == flow_control.DISPATCHED),
+            label(request.model),
+            label(request.target_model),
         ).observe(waited)
 
     def _resolve(self, request: types.Request) -> None:
@@ -191,9 +192,8 @@ class Director:
             self.flow.gate.note_sent(flight.charge.state)
         if self.metrics is not None:
             self.metrics.in_flight.inc()
-            label = self.metrics.model_label
-            models = (label(request.model), label(request.target_model))
-            self.metrics.child(self.metrics.gie.requests, *models, str(request.priority)).inc()
+            if self.metrics.admitted(request.model) and self.metrics.admitted(request.target_model):
+                self._count_request(flight, admit=False)
             if decision.tier is not None:
                 self._count_tier(decision.tier)
         if self.log_decisions:
@@ -214,13 +214,26 @@ class Director:
             )
         return flight
 
+    def _count_request(self, flight: Flight, *, admit: bool) -> None:
+        """Count `flight` in GIE's request counter: at the decision when its model names are label values
+        already, else at completion, when a 2xx answer admits them (an unserved name counts as `other`)."""
+        assert self.metrics is not None
+        flight.counted = True
+        request = flight.request
+        models = (
+            self.metrics.model_label(request.model, admit=admit),
+            self.metrics.model_label(request.target_model, admit=admit),
+        )
+        self.metrics.child(self.metrics.gie.requests, *models, str(request.priority)).inc()
+
     def _count_tier(self, tier: types.TierChoice) -> None:
         assert self.metrics is not None
         label = self.metrics.model_label
         self.metrics.child(
             self.metrics.tier_decisions,
-            label(tier.virtual_model),
-            label(tier.model),
+            # Both names come from the tier config (a virtual model it declares, a model a tier serves).
+            label(tier.virtual_model, admit=True),
+            label(tier.model, admit=True),
             tier.reason,
             tier.category,
         ).inc()
@@ -254,10 +267,14 @@ class Director:
         if self.metrics is None:
             return
         self.metrics.in_flight.dec()
+        # A model an endpoint answered with 2xx is one the pool serves: only such names become label values.
+        served = not completion.aborted and 200 <= completion.status < 300
         models = (
-            self.metrics.model_label(flight.request.model),
-            self.metrics.model_label(flight.request.target_model),
+            self.metrics.model_label(flight.request.model, admit=served),
+            self.metrics.model_label(flight.request.target_model, admit=served),
         )
+        if not flight.counted:
+            self._count_request(flight, admit=served)
         code = "aborted" if completion.aborted else str(completion.status)
         self.metrics.child(self.metrics.requests, *models, code).inc()
         self.metrics.child(self.metrics.request_duration, *models).observe(completion.duration_s)

@@ -157,13 +157,9 @@ FLAGS: Final[Mapping[str, GieFlag]] = {
         harmless=(False,),
     ),
     "secure-serving": GieFlag(Kind.BOOL, SAME, "TLS on the ext_proc port (true)"),
-    # GIE's default is true, and its Helm chart passes false only when metrics auth is turned off.
+    # GIE's default is true; Frontier's only in Kubernetes mode (a file-mode picker has no API server).
     "metrics-endpoint-auth": GieFlag(
-        Kind.BOOL,
-        REFUSED,
-        "Frontier's /metrics has no authentication yet; pass --metrics-endpoint-auth=false and limit who "
-        "reaches the metrics port (a NetworkPolicy)",
-        harmless=(False,),
+        Kind.BOOL, SAME, "bearer tokens reviewed against the API server on /metrics (true with --pool-name)"
     ),
     "config-file": GieFlag(Kind.STRING, SAME, "EndpointPickerConfig YAML file"),
     "config-text": GieFlag(Kind.STRING, SAME, "EndpointPickerConfig YAML text"),

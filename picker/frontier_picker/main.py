@@ -2,12 +2,14 @@
 
 GIE's spellings and defaults: `--grpc-port 9002`, `--grpc-health-port 9003`, `--metrics-port 9090`,
 `--pool-name`, `--pool-namespace`, `--config-file`/`--config-text`, `--secure-serving` (true),
-`--cert-path`, `--refresh-metrics-interval` (50ms). Every other flag of the GIE v1.5.0 EPP is accepted too:
-`frontier_picker.gie_flags.FLAGS` says, flag by flag, whether it maps onto a Frontier option (`--v` and
-`--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start fails with a
-message naming what to use instead). A flag unknown to both stops the start, as in GIE. Frontier adds
-`--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`, `--builtin-config`,
-`--address` and `--kubeconfig`. Every port accepts 0 (the OS picks; the log says which).
+`--cert-path`, `--refresh-metrics-interval` (50ms), `--metrics-endpoint-auth` (true, but only with
+`--pool-name`: a file-mode picker has no API server to review tokens). Every other flag of the GIE v1.5.0
+EPP is accepted too: `frontier_picker.gie_flags.FLAGS` says, flag by flag, whether it maps onto a Frontier
+option (`--v` and `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start
+fails with a message naming what to use instead). A flag unknown to both stops the start, as in GIE.
+Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`,
+`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`.
+Every port accepts 0 (the OS picks; the log says which).
 """
 
 import argparse
@@ -53,6 +55,15 @@ def parser() -> argparse.ArgumentParser:
         default=True,
         help="serve ext_proc over TLS (default true; a self-signed certificate unless --cert-path)",
     )
+    parse.add_argument(
+        "--metrics-endpoint-auth",
+        type=gie_flags.parse_bool,
+        nargs="?",
+        const=True,
+        help="serve /metrics only to bearer tokens the API server authenticates and authorizes for get on "
+        "/metrics (TokenReview, SubjectAccessReview); default true with --pool-name, false with "
+        "--endpoints-file (no API server)",
+    )
     parse.add_argument("--cert-path", type=Path, help="directory holding tls.crt and tls.key")
     parse.add_argument(
         "--client-ca-cert",
@@ -86,6 +97,20 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=256 * 1024 * 1024,
         help="request-body bytes all streams may hold before their decision; past it chunks get 503",
+    )
+    parse.add_argument(
+        "--stream-idle-timeout",
+        type=gie_flags.parse_duration,
+        default=300.0,
+        help="close an ext_proc stream whose client sends nothing for this long, refunding its charge: a Go "
+        "duration or seconds (default 5m, Envoy's own stream idle timeout; 0: never)",
+    )
+    parse.add_argument(
+        "--max-streams-per-peer",
+        type=int,
+        default=4096,
+        help="ext_proc streams one peer host may hold open; more are refused with RESOURCE_EXHAUSTED "
+        "(default 4096, above any one gateway replica's concurrent and queued requests; 0: no cap)",
     )
     parse.add_argument(
         "--early-decision-prompt-chars",
@@ -149,6 +174,8 @@ def options(arguments: argparse.Namespace) -> server.Options:
         drain_timeout_s=arguments.drain_timeout,
         max_body_bytes=arguments.max_body_bytes,
         max_buffered_body_bytes=arguments.max_buffered_body_bytes,
+        stream_idle_timeout_s=arguments.stream_idle_timeout,
+        max_streams_per_peer=arguments.max_streams_per_peer,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,
@@ -157,6 +184,11 @@ def options(arguments: argparse.Namespace) -> server.Options:
         # GIE's resolution: the flag, else the pod's namespace from the downward API, else default.
         pool_namespace=arguments.pool_namespace or os.environ.get("NAMESPACE") or "default",
         kubeconfig=arguments.kubeconfig,
+        metrics_auth=(
+            arguments.metrics_endpoint_auth
+            if arguments.metrics_endpoint_auth is not None
+            else arguments.pool_name is not None
+        ),
     )
 
 

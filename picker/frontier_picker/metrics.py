@@ -1,4 +1,5 @@
-"""The picker's own Prometheus metrics, served on the metrics port (9090 by default).
+"""The picker's own Prometheus metrics, served on the metrics port (9090 by default), behind `metrics_auth`
+when scrapes must be authenticated.
 
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
@@ -6,22 +7,29 @@ GIE's own family names (`inference_objective_*`, `inference_pool_*`,
 `inference_extension_scheduler_e2e_duration_seconds`) are exported too, with GIE's labels and buckets, so
 GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's label names: `model_name`
 (what the client asked for) and `target_model_name` (what the endpoint serves, after any rewrite). Model
-names come from clients, so label values are bounded: the first `MAX_MODEL_LABELS` distinct names of routed
-requests are kept; any later one, and any name only refused requests carried, is counted as `other`.
+names come from clients, so label values are bounded: a name becomes one only once an endpoint has answered a
+request for it with 2xx (a model the pool serves: vLLM answers 404 for any other), only if it is at most
+`MAX_LABEL_CHARS` long, and only for the first `MAX_MODEL_LABELS` such names; every other name is counted
+as `other`. Fairness IDs (a header) are bounded the same way, by length and number.
 """
 
 import dataclasses
+import socket
 import threading
+import wsgiref.simple_server
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import prometheus_client
+from prometheus_client import exposition as prometheus_exposition
 from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
 
-from frontier_picker import endpoints
+from frontier_picker import endpoints, metrics_auth
 
 MAX_MODEL_LABELS: Final = 256
+# Longer than any served model name (Hugging Face ids stay under 100 characters).
+MAX_LABEL_CHARS: Final = 256
 OTHER_MODEL: Final = "other"
 _LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _SCHEDULING_BUCKETS: Final = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
@@ -48,21 +56,26 @@ class Metrics:
     _models: set[str] = dataclasses.field(default_factory=set)
     _flows: set[str] = dataclasses.field(default_factory=set)
 
-    def model_label(self, name: str, *, admit: bool = True) -> str:
-        """`name` as a label value: itself once admitted (while fewer than MAX_MODEL_LABELS were), else
-        `other`. Refused requests pass `admit=False`: a name no request was ever routed for takes no slot."""
+    def model_label(self, name: str, *, admit: bool = False) -> str:
+        """`name` as a label value: itself once admitted, else `other`. `admit=True` (an endpoint answered
+        a request for it with 2xx) admits it while fewer than MAX_MODEL_LABELS were and it is no longer than
+        MAX_LABEL_CHARS."""
         if name in self._models:
             return name
-        if not admit or len(self._models) >= MAX_MODEL_LABELS:
+        if not admit or len(self._models) >= MAX_MODEL_LABELS or len(name) > MAX_LABEL_CHARS:
             return OTHER_MODEL
         self._models.add(name)
         return name
+
+    def admitted(self, name: str) -> bool:
+        """Whether `name` is a label value already."""
+        return name in self._models
 
     def fairness_label(self, flow: str) -> str:
         """`flow` (a fairness ID, client input) as a label value, bounded like model names."""
         if flow in self._flows:
             return flow
-        if len(self._flows) >= MAX_MODEL_LABELS:
+        if len(self._flows) >= MAX_MODEL_LABELS or len(flow) > MAX_LABEL_CHARS:
             return OTHER_MODEL
         self._flows.add(flow)
         return flow
@@ -334,7 +347,26 @@ def create() -> Metrics:
     )
 
 
-def serve(metrics: Metrics, *, address: str, port: int) -> tuple[int, threading.Thread, object]:
-    """Serve `metrics` over HTTP on a background thread; returns the bound port, the thread and server."""
-    server, thread = prometheus_client.start_http_server(port, addr=address, registry=metrics.registry)
+class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+    """No access log on stderr: Prometheus scrapes every few seconds."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(
+    metrics: Metrics, *, address: str, port: int, gate: metrics_auth.Gate | None = None
+) -> tuple[int, threading.Thread, wsgiref.simple_server.WSGIServer]:
+    """Serve `metrics` over HTTP on a background thread, behind `gate` when given (authenticated scrapes);
+    returns the bound port, the thread and the server."""
+    app = prometheus_client.make_wsgi_app(metrics.registry)
+    if gate is not None:
+        app = metrics_auth.guard(app, gate)
+
+    class Server(prometheus_exposition.ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+
+    server = wsgiref.simple_server.make_server(address, port, app, Server, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return int(server.server_port), thread, server

@@ -22,6 +22,9 @@ body chunks and trailers, then the response's. The picker answers each in order 
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
   recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
   or is reset (client gone). Reply messages are built by `replies`.
+- **Stream limits.** A stream whose client stays silent for `stream_idle_timeout_s` ends with
+  `DEADLINE_EXCEEDED` (its charge refunded), and one peer host may hold at most `max_streams_per_peer`
+  streams (more get `RESOURCE_EXHAUSTED`): idle streams from whoever reaches the port cannot pin load.
 
 The message handlers are synchronous and return the replies to send, so the per-message cost is Python only
 where it must be; the servicer just moves messages between them and gRPC.
@@ -70,6 +73,12 @@ class Settings:
     # Request-body bytes all streams together may hold before their decision; past it a new chunk is refused
     # with 503 (the picker's memory stays bounded under many concurrent large uploads).
     max_buffered_body_bytes: int = 256 * 1024 * 1024
+    # A stream that sends nothing for this long while the picker waits on it is closed (0: never). Envoy's
+    # own default stream idle timeout, so a request Envoy keeps waiting for is never cut here first.
+    stream_idle_timeout_s: float = 300.0
+    # Streams one peer host may hold open at once (0: no cap); keep it above a gateway replica's concurrent
+    # requests, queued ones included (each is one stream).
+    max_streams_per_peer: int = 4096
 
 
 @dataclasses.dataclass(slots=True)
@@ -489,11 +498,7 @@ class Stream:
         self.ctx.metrics.child(self.ctx.metrics.errors, str(status)).inc()
         request = self.request
         labels = self.ctx.metrics.model_label
-        models = (
-            (labels(request.model, admit=False), labels(request.target_model, admit=False))
-            if request is not None
-            else ("", "")
-        )
+        models = (labels(request.model), labels(request.target_model)) if request is not None else ("", "")
         self.ctx.metrics.child(self.ctx.metrics.requests, *models, str(status)).inc()
         self.ctx.metrics.child(self.ctx.metrics.gie.request_errors, *models, str(status)).inc()
         log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
@@ -598,33 +603,133 @@ class Stream:
         )
 
 
+def peer_host(peer: str) -> str:
+    """The host of a gRPC peer string (`ipv4:10.0.0.7:51234` -> `ipv4:10.0.0.7`): a client's every
+    connection and port count as one peer."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return f"{kind}:{rest.rpartition(':')[0]}"
+    return peer
+
+
+# A peer refused again and again is logged once at first, then at most once per this many seconds.
+REFUSAL_LOG_INTERVAL_S: Final = 10.0
+
+
+@dataclasses.dataclass(slots=True)
+class PeerStreams:
+    """The streams each peer host holds open, against a cap (0: none), and its refusals not yet logged."""
+
+    cap: int
+    open: dict[str, int] = dataclasses.field(default_factory=dict)
+    _refused: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
+
+    def enter(self, peer: str) -> bool:
+        """Count one more stream of `peer`; False (counting nothing) when it holds its cap already."""
+        held = self.open.get(peer, 0)
+        if 0 < self.cap <= held:
+            return False
+        self.open[peer] = held + 1
+        return True
+
+    def leave(self, peer: str) -> None:
+        held = self.open[peer] - 1
+        if held:
+            self.open[peer] = held
+        else:  # forget the peer: peers come and go, the table must not grow with them
+            del self.open[peer]
+            self._refused.pop(peer, None)
+
+    def refused(self, peer: str, now: float) -> int:
+        """Count a refusal of `peer`; the refusals to log now (0: stay quiet, one was logged recently)."""
+        pending, logged_at = self._refused.get(peer, (0, -REFUSAL_LOG_INTERVAL_S))
+        pending += 1
+        if now - logged_at < REFUSAL_LOG_INTERVAL_S:
+            self._refused[peer] = (pending, logged_at)
+            return 0
+        self._refused[peer] = (0, now)
+        return pending
+
+
 class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """The gRPC servicer: moves messages between Envoy and one `Stream` per request."""
+    """The gRPC servicer: moves messages between Envoy and one `Stream` per request, closing streams idle
+    past the idle timeout and refusing a peer's streams past its cap."""
 
     def __init__(self, context: Context) -> None:
         self.ctx = context
+        self.peers = PeerStreams(context.settings.max_streams_per_peer)
 
     async def Process(
         self,
         request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> None:
+        peer = peer_host(context.peer())
+        if not self.peers.enter(peer):
+            refusals = self.peers.refused(peer, self.ctx.clock())
+            if refusals:
+                log.warning(
+                    "event=stream_refused peer=%s reason=peer_stream_cap max_streams_per_peer=%d refused=%d",
+                    peer,
+                    self.peers.cap,
+                    refusals,
+                )
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"peer {peer} holds {self.peers.cap} ext_proc streams, the most one peer may",
+            )
         stream = Stream(self.ctx)
         try:
-            async for message in request_iterator:
-                for reply in stream.on_message(message):
-                    await context.write(reply)
-                if stream.ticket is not None:
-                    await self._queued(stream)
-                for reply in stream.take_parked():
-                    await context.write(reply)
-                if stream.closed:
-                    break
+            if await self._serve(stream, request_iterator, context):
+                log.warning(
+                    "event=stream_idle_timeout peer=%s request_id=%s routed=%s idle_timeout_s=%g",
+                    peer,
+                    stream.request_id or "-",
+                    stream.flight is not None,
+                    self.ctx.settings.stream_idle_timeout_s,
+                )
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message for {self.ctx.settings.stream_idle_timeout_s:g}s",
+                )
         finally:
+            self.peers.leave(peer)
             if stream.ticket is not None:  # the client went away while queued
                 self.ctx.director.cancel(stream.ticket, self.ctx.clock())
             stream.release_body()  # a client gone mid-body leaves nothing counted
             stream.complete(aborted=not stream.finished())
+
+    async def _serve(
+        self,
+        stream: Stream,
+        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> bool:
+        """Answer `stream`'s messages until the client ends; True when instead it stayed silent for the
+        idle timeout (time its request waits in flow control's queue is the picker's, and does not count)."""
+        limit = self.ctx.settings.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        idle = asyncio.timeout_at(loop.time() + limit if limit > 0 else None)
+        try:
+            async with idle:
+                async for message in request_iterator:
+                    for reply in stream.on_message(message):
+                        await context.write(reply)
+                    if stream.ticket is not None:
+                        if limit > 0:
+                            idle.reschedule(None)
+                        await self._queued(stream)
+                    for reply in stream.take_parked():
+                        await context.write(reply)
+                    if stream.closed:
+                        break
+                    if limit > 0:
+                        idle.reschedule(loop.time() + limit)
+        except TimeoutError:
+            if not idle.expired():
+                raise
+            return True
+        return False
 
     @staticmethod
     async def _queued(stream: Stream) -> None:

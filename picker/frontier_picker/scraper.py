@@ -1,7 +1,9 @@
 """The model-server metrics scraper: keeps every endpoint's `EndpointState.metrics` fresh.
 
 Each endpoint gets its own asyncio task that GETs `http://ip:port/metrics` every `interval_s` (50 ms, as GIE
-polls), with a per-request timeout and, after failures, exponential backoff up to `max_backoff_s`. A vLLM
+polls), with a per-request timeout and, after transport errors, error statuses or oversized bodies,
+exponential backoff up to `max_backoff_s` (an untrusted but prompt body keeps the interval: it costs what a
+good one does, and the endpoint is back within one interval of sane metrics). A vLLM
 /metrics body is tens to hundreds of kilobytes, most of it histogram buckets the picker never reads, so the
 body is not parsed: for each wanted family (engine-specific names from `frontier_api.names.ENGINE_METRICS`,
 engine chosen by the endpoint's label) the scraper searches the raw bytes for lines starting with that name
@@ -41,6 +43,10 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # a vLLM /metrics page is tens to hundreds of 
 
 class ScrapeError(ValueError):
     """A /metrics body the picker will not trust; the message says why."""
+
+
+class BodyTooLarge(ScrapeError):
+    """A /metrics body past the size cap: costly to fetch, so it is backed off like a transport error."""
 
 
 def metrics_url(endpoint: endpoints.Endpoint) -> str:
@@ -232,7 +238,14 @@ class Scraper:
                         error,
                         exc_info=not expected,
                     )
-                delay = min(self.max_backoff_s, self.interval_s * 2**consecutive)
+                # A prompt answer the picker will not trust costs what a good one does: keep the interval, so
+                # the endpoint is back within one interval of sane metrics. Anything else backs off.
+                untrusted = isinstance(error, ScrapeError) and not isinstance(error, BodyTooLarge)
+                delay = (
+                    self.interval_s
+                    if untrusted
+                    else min(self.max_backoff_s, self.interval_s * 2**consecutive)
+                )
             else:
                 if consecutive:
                     log.info("event=scrape_recovered endpoint=%s failures=%d", key, consecutive)
@@ -251,7 +264,7 @@ class Scraper:
             async for chunk in response.content.iter_chunked(64 * 1024):
                 size += len(chunk)
                 if size > self.max_body_bytes:
-                    raise ScrapeError(f"/metrics body exceeds {self.max_body_bytes} bytes")
+                    raise BodyTooLarge(f"/metrics body exceeds {self.max_body_bytes} bytes")
                 chunks.append(chunk)
             body = b"".join(chunks)
         state.metrics = parse(body, state.endpoint.engine_type, now=self._clock())

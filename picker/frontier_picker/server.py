@@ -28,6 +28,7 @@ from frontier_picker import (
     director,
     file_discovery,
     metrics,
+    metrics_auth,
     pool_discovery,
     processor,
     scraper,
@@ -62,6 +63,8 @@ class Options:
     fallbacks: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
     max_buffered_body_bytes: int = 256 * 1024 * 1024
+    stream_idle_timeout_s: float = 300.0
+    max_streams_per_peer: int = 4096
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -69,6 +72,8 @@ class Options:
     pool_name: str | None = None
     pool_namespace: str = "default"
     kubeconfig: Path | None = None
+    # /metrics only for bearer tokens the API server accepts and authorizes (`metrics_auth`).
+    metrics_auth: bool = False
     # SIGTERM: readiness turns NOT_SERVING and new streams are still taken for `drain_delay_s` (while
     # proxies and Service endpoints move traffic away), then in-flight streams get up to `drain_timeout_s`.
     drain_delay_s: float = 1.0
@@ -145,6 +150,8 @@ async def start(
         settings=processor.Settings(
             max_body_bytes=options.max_body_bytes,
             max_buffered_body_bytes=options.max_buffered_body_bytes,
+            stream_idle_timeout_s=options.stream_idle_timeout_s,
+            max_streams_per_peer=options.max_streams_per_peer,
             early_decision_prompt_chars=options.early_decision_prompt_chars,
         ),
     )
@@ -202,7 +209,10 @@ async def start(
     await ext_proc_server.start()
     await health_server.start()
     metrics_port, _thread, metrics_server = metrics.serve(
-        own_metrics, address=options.address, port=options.metrics_port
+        own_metrics,
+        address=options.address,
+        port=options.metrics_port,
+        gate=metrics_auth.kube_gate(options.kubeconfig) if options.metrics_auth else None,
     )
     tasks: list[asyncio.Task[None]] = []
     if options.endpoints_file is not None:
@@ -226,12 +236,13 @@ async def start(
         tasks.append(loop.create_task(engine_scraper.run()))
     log.info(
         "event=listening address=%s grpc_port=%d grpc_health_port=%d metrics_port=%d secure_serving=%s "
-        "discovery=%s fallbacks=%d",
+        "metrics_auth=%s discovery=%s fallbacks=%d",
         options.address,
         grpc_port,
         health_port,
         metrics_port,
         options.secure_serving,
+        options.metrics_auth,
         "file" if options.endpoints_file else ("kubernetes" if options.pool_name else "none"),
         options.fallbacks,
     )

@@ -351,6 +351,7 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
         "1",
         "--drain-timeout",
         "30",
+        "--metrics-endpoint-auth=false",
     ]
     # The pod outlives the picker's drain: routed streams finish before the kubelet kills it.
     pod = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]

@@ -57,7 +57,7 @@ def test_the_table_is_complete_without_the_go_cache() -> None:
     for flag in gie_flags.FLAGS.values():
         counts[flag.handling] += 1
     # picker/README.md ("Running it") quotes these counts.
-    assert [counts[handling] for handling in gie_flags.Handling] == [10, 2, 10, 15]
+    assert [counts[handling] for handling in gie_flags.Handling] == [11, 2, 10, 14]
     own = {option for action in main.parser()._actions for option in action.option_strings}
     for name, flag in gie_flags.FLAGS.items():
         assert f"--{name}" in own, name
@@ -108,6 +108,7 @@ def test_a_helm_rendered_gie_command_line_starts(tmp_path: Path) -> None:
     assert (options.pool_name, options.pool_namespace, options.secure_serving) == ("chat", "serving", True)
     assert options.config_text == config.read_text()
     assert options.refresh_metrics_interval_s == pytest.approx(0.05)
+    assert options.metrics_auth is False  # the chart turned it off
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,6 @@ REPLACEMENTS = {
     "model-server-metrics-path": ("/prometheus/metrics", "/metrics"),
     "model-server-metrics-port": ("8080", "target"),
     "enable-cert-reload": ("true", "restart"),
-    "metrics-endpoint-auth": ("true", "--metrics-endpoint-auth=false"),
 }
 
 
@@ -233,7 +233,7 @@ def test_refused_flags_exit_naming_the_replacement(name: str) -> None:
         ["--disable-endpoint-subset-filter", "false"],
         ["--model-server-metrics-scheme=http", "--model-server-metrics-path=/metrics"],
         ["--model-server-metrics-port", "0"],
-        ["--enable-cert-reload=false", "--metrics-endpoint-auth=false"],
+        ["--enable-cert-reload=false"],
     ],
 )
 def test_refused_flags_asking_for_what_frontier_does_are_accepted(argv: list[str]) -> None:
@@ -263,3 +263,10 @@ def test_pool_namespace_defaults_as_in_gie(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("NAMESPACE", "serving")
     assert parse("--pool-name", "a").pool_namespace == "serving"
     assert parse("--pool-name", "a", "--pool-namespace", "other").pool_namespace == "other"
+
+
+def test_metrics_auth_is_on_by_default_only_where_there_is_an_api_server() -> None:
+    assert parse("--pool-name", "a").metrics_auth is True  # GIE's default
+    assert parse("--endpoints-file", "e.yaml").metrics_auth is False
+    assert parse("--pool-name", "a", "--metrics-endpoint-auth=false").metrics_auth is False
+    assert parse("--endpoints-file", "e.yaml", "--metrics-endpoint-auth").metrics_auth is True

@@ -161,10 +161,28 @@ def test_a_scheduler_bug_answers_500_and_names_the_picker() -> None:
 
 def test_model_names_from_clients_are_bounded_label_values() -> None:
     own = metrics.create()
-    assert own.model_label("refused-only", admit=False) == metrics.OTHER_MODEL  # refusals take no slot
-    seen = {own.model_label(f"model-{i}") for i in range(metrics.MAX_MODEL_LABELS + 50)}
+    assert own.model_label("never-served") == metrics.OTHER_MODEL  # only a 2xx answer admits a name
+    assert own.model_label("x" * (metrics.MAX_LABEL_CHARS + 1), admit=True) == metrics.OTHER_MODEL
+    seen = {own.model_label(f"model-{i}", admit=True) for i in range(metrics.MAX_MODEL_LABELS + 50)}
     assert len(seen) == metrics.MAX_MODEL_LABELS + 1  # the first 256, then everything else is "other"
     assert own.model_label("model-3") == "model-3"
+    assert own.fairness_label("t" * (metrics.MAX_LABEL_CHARS + 1)) == metrics.OTHER_MODEL
+
+
+def test_only_a_model_an_endpoint_answered_with_2xx_becomes_a_label_value() -> None:
+    for status, expected in ((404, metrics.OTHER_MODEL), (200, "served-model")):
+        handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+        handler.on_message(headers([(":path", "/v1/completions")]))
+        handler.on_message(body(b'{"model":"served-model","prompt":"p"}', end=True))
+        handler.on_message(
+            ext_proc.ProcessingRequest(
+                response_headers=ext_proc.HttpHeaders(
+                    headers=headers([(":status", str(status))]).request_headers.headers, end_of_stream=True
+                )
+            )
+        )
+        text = prometheus_client.generate_latest(handler.ctx.metrics.registry).decode()
+        assert f'frontier_picker_requests_total{{code="{status}",model_name="{expected}"' in text
 
 
 def test_the_body_budget_is_shared_by_streams_refuses_past_it_and_is_returned_at_the_decision() -> None:
@@ -259,3 +277,20 @@ def test_gie_dashboards_find_their_metric_names() -> None:
     assert samples[("inference_objective_input_tokens_sum", model)] == 40
     assert samples[("inference_pool_ready_pods", (("name", "chat"),))] == 2
     assert samples[("inference_extension_scheduler_e2e_duration_seconds_count", ())] == 1
+
+
+def test_a_peer_is_its_host_and_its_refusals_are_logged_once_per_interval() -> None:
+    assert processor.peer_host("ipv4:10.0.0.7:51234") == "ipv4:10.0.0.7"
+    assert processor.peer_host("ipv6:[::1]:51234") == "ipv6:[::1]"
+    assert processor.peer_host("unix:/run/picker.sock") == "unix:/run/picker.sock"
+    peers = processor.PeerStreams(cap=1)
+    assert peers.enter("a") and not peers.enter("a") and peers.enter("b")
+    assert peers.refused("a", now=100.0) == 1  # the first refusal is logged at once
+    assert peers.refused("a", now=101.0) == 0
+    assert peers.refused("a", now=102.0) == 0
+    assert peers.refused("a", now=100.0 + processor.REFUSAL_LOG_INTERVAL_S) == 3  # then the count so far
+    peers.leave("a")
+    peers.leave("b")
+    assert peers.open == {}  # peers gone leave nothing behind
+    unlimited = processor.PeerStreams(cap=0)
+    assert all(unlimited.enter("a") for _ in range(10_000))

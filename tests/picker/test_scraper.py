@@ -304,6 +304,25 @@ async def test_a_poisoned_metrics_page_makes_the_endpoint_stale_and_it_recovers_
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_after_a_long_poisoned_spell_the_endpoint_is_fresh_within_an_interval_of_sane_metrics(servers):
+    server = servers[0]
+    state = server.state()
+    instance = scraper.Scraper(lambda: [state], interval_s=0.05, max_backoff_s=2.0)
+    task = await running(instance)
+    try:
+        await until(lambda: state.metrics.updated_at > 0)
+        server.body = b"<html>maintenance</html>"
+        await asyncio.sleep(1.0)  # backing off, the scraper would now wait 0.8 s and then 1.6 s
+        assert state.scrape_failures >= 10  # it kept the interval
+        server.body = vllm_body(waiting=4)
+        healed = time.monotonic()
+        await until(lambda: state.metrics.waiting == 4)
+        assert time.monotonic() - healed < 0.5
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_an_oversized_metrics_page_is_refused(servers):
     server = servers[0]
     server.body = vllm_body() + b"#" * 300_000 + b"\n"

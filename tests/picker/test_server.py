@@ -266,3 +266,89 @@ async def test_a_stream_still_open_when_the_drain_times_out_is_counted_as_cut(
         await picker.stop(drain_delay_s=0, drain_timeout_s=0.3)  # the response never comes
     assert "cut_in_flight=1" in caplog.text
     assert picker.store.in_flight() == 0  # and the cut stream's charge was refunded
+
+
+async def _routed_stream(channel: grpc.aio.Channel) -> Any:
+    """An ext_proc stream whose GET request the picker has routed (and charged to an endpoint)."""
+    stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
+    await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+    decided = await stream.read()
+    assert decided.request_headers.response.header_mutation.set_headers
+    return stream
+
+
+async def _started(options: server.Options) -> server.Picker:
+    picker = await server.start(options)
+    for _ in range(200):
+        if picker.store.states():
+            break
+        await asyncio.sleep(0.01)
+    return picker
+
+
+async def test_a_stream_silent_for_the_idle_timeout_is_closed_and_its_charge_refunded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="frontier_picker.processor")
+    endpoints_file = tmp_path / "endpoints.yaml"
+    endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    options = local_options(
+        endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin", stream_idle_timeout_s=1.0
+    )
+    picker = await _started(options)
+    try:
+        async with grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_port}") as channel:
+            idle = await _routed_stream(channel)
+            # A stream whose messages keep coming within the timeout lives past it.
+            active = await _routed_stream(channel)
+            assert picker.store.in_flight() == 2
+            await asyncio.sleep(0.6)
+            response_headers = _headers_message({":status": "200"}, response=True)
+            response_headers.response_headers.end_of_stream = False  # the body follows
+            await active.write(response_headers)
+            await active.read()
+            assert await idle.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert picker.store.in_flight() == 1  # the idle stream's charge went back
+            await asyncio.sleep(0.3)  # past the first timeout, well within the second
+            body = ext_proc.HttpBody(body=b"{}", end_of_stream=True)
+            await active.write(ext_proc.ProcessingRequest(response_body=body))
+            await active.read()
+            await active.done_writing()
+            assert await active.code() == grpc.StatusCode.OK
+            assert picker.store.in_flight() == 0
+    finally:
+        await picker.stop()
+    assert re.search(
+        r"event=stream_idle_timeout peer=ipv4:127\.0\.0\.1 request_id=\S+ routed=True", caplog.text
+    )
+
+
+async def test_a_peer_past_its_stream_cap_is_refused_with_resource_exhausted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="frontier_picker.processor")
+    endpoints_file = tmp_path / "endpoints.yaml"
+    endpoints_file.write_text("endpoints: [{address: 127.2.0.1, port: 8000}]\n")
+    options = local_options(
+        endpoints_file, refresh_metrics_interval_s=0, builtin_config="round-robin", max_streams_per_peer=2
+    )
+    picker = await _started(options)
+    try:
+        async with (
+            grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_port}") as channel,
+            grpc.aio.insecure_channel(f"{ADDRESS}:{picker.grpc_port}") as second_connection,
+        ):
+            held = [await _routed_stream(channel), await _routed_stream(channel)]
+            # Another connection from the same host is the same peer.
+            refused = ext_proc_grpc.ExternalProcessorStub(second_connection).Process()
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await refused.write(_headers_message({":path": "/v1/models"}, response=False))
+                await refused.read()
+            assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert picker.store.in_flight() == 2
+            await held[0].done_writing()
+            assert await held[0].code() == grpc.StatusCode.OK
+            await _routed_stream(second_connection)  # a freed slot is taken again
+    finally:
+        await picker.stop()
+    assert "event=stream_refused peer=ipv4:127.0.0.1 reason=peer_stream_cap" in caplog.text

@@ -1,0 +1,640 @@
+"""The picker's fault suite (issue 20) as a benchmark: each fault injected under open-loop load through a real
+Envoy, measured against the issue's targets.
+
+    python -m frontier_bench.faults --out bench/results
+
+Every scenario starts a fresh stack on loopback: three stand-in engines (separate processes answering
+`/v1/completions` after `ENGINE_LATENCY_S` and serving vLLM's metric names on `/metrics`, which a fault can
+make hostile), the picker (`frontier-picker`, file discovery, its default scheduling config and flags unless
+the scenario says otherwise) and Envoy in GIE's full-duplex mode with a static cluster of the engines.
+Clients send `RATE` req/s (Poisson) for `DURATION_S`; each request carries an `x-request-id`, and the
+picker's `event=decision` log lines say where each was routed, so misrouting is counted from the picker's own
+decisions rather than guessed from responses. Faults:
+
+- `control`: none; the reference shares.
+- `engine_killed`: one engine SIGKILLed; errors beyond its in-flight requests, decisions to it after one
+  scrape interval (misrouted), the time from the kill to the last decision to it.
+- `metrics_nan`, `metrics_html`: one engine's `/metrics` turns to NaN values, or to an HTML page with status
+  200, then healthy again; decisions to it while hostile (after one interval), the time to its last decision
+  once hostile (stale) and to its first once healthy again (recovered).
+- `idle_streams_300`: 300 ext_proc streams opened straight to the picker, pinned by a subset hint to one
+  engine and then silent; the real traffic's shares against control, with the default stream idle timeout
+  (5 min, longer than the run) and with `--stream-idle-timeout 8s`.
+- `model_names_1000`: 1,000 requests each naming a distinct 10 KB model, after 1,000 ordinary ones; the
+  picker's `/metrics` size and RSS before and after.
+
+The engines are stand-ins (fixed latency, no tokens), so the numbers say how the picker routes around faults,
+not how a model server fails.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import re
+import shlex
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import grpc
+from aiohttp import web
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from google.protobuf import struct_pb2
+
+from frontier_api import names
+from frontier_bench import frontdoors, harness, processes
+from frontier_picker import envoy_bootstrap
+
+ADDRESS: Final = "127.6.0.100"
+ENGINE_ADDRESSES: Final = ("127.6.0.1", "127.6.0.2", "127.6.0.3")
+RATE: Final = 20.0
+DURATION_S: Final = 24.0
+FAULT_AT_S: Final = 6.0
+HEAL_AT_S: Final = 15.0
+ENGINE_LATENCY_S: Final = 0.1
+SCRAPE_INTERVAL_S: Final = 0.05
+IDLE_STREAMS: Final = 300
+MODEL_NAMES: Final = 1000
+MODEL_NAME_BYTES: Final = 10 * 1024
+MODEL: Final = "faults-model"
+_DECISION = re.compile(r"event=decision request_id=(\S+) .*? endpoints=([^ ,]+)")
+
+
+# --- the stand-in engine ------------------------------------------------------------------------------
+def _healthy_metrics(running: int) -> str:
+    return (
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{model_name="{MODEL}"}} {running}\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f'vllm:num_requests_waiting{{model_name="{MODEL}"}} 0\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} {min(1.0, 0.05 * running)}\n'
+    )
+
+
+HOSTILE_METRICS: Final = {
+    "nan": (
+        f'vllm:num_requests_running{{model_name="{MODEL}"}} NaN\n'
+        f'vllm:num_requests_waiting{{model_name="{MODEL}"}} +Inf\n'
+        f'vllm:kv_cache_usage_perc{{model_name="{MODEL}"}} NaN\n'
+    ),
+    "html": "<!doctype html><html><body><h1>Welcome</h1></body></html>\n",
+}
+
+
+@dataclasses.dataclass(slots=True)
+class EngineState:
+    mode: str = "healthy"  # or a key of HOSTILE_METRICS
+    running: int = 0
+
+
+async def serve_engine(address: str, port: int) -> None:
+    """A stand-in engine: completions after ENGINE_LATENCY_S, vLLM metrics, `POST /fault/<mode>`."""
+    state = EngineState()
+
+    async def complete(request: web.Request) -> web.Response:
+        document = await request.json()
+        if document.get("model") != MODEL:  # as vLLM answers a model it does not serve
+            message = f"The model `{str(document.get('model'))[:64]}` does not exist."
+            return web.json_response({"error": {"message": message, "code": 404}}, status=404)
+        state.running += 1
+        try:
+            await asyncio.sleep(ENGINE_LATENCY_S)
+        finally:
+            state.running -= 1
+        usage = {"prompt_tokens": 8, "completion_tokens": 8}
+        return web.json_response({"served_by": f"{address}:{port}", "usage": usage})
+
+    async def metrics(_request: web.Request) -> web.Response:
+        mode = state.mode
+        if mode == "healthy":
+            return web.Response(text=_healthy_metrics(state.running))
+        return web.Response(text=HOSTILE_METRICS[mode], content_type="text/html" if mode == "html" else None)
+
+    async def fault(request: web.Request) -> web.Response:
+        state.mode = request.match_info["mode"]
+        return web.Response(text="ok\n")
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", complete)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_post("/fault/{mode}", fault)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    await asyncio.Event().wait()
+
+
+# --- the stack ----------------------------------------------------------------------------------------
+@dataclasses.dataclass(slots=True, kw_only=True)
+class Stack:
+    url: str
+    engines: list[str]  # address:port
+    engine_children: list[processes.Child]
+    picker: processes.Child
+    grpc_port: int
+    metrics_url: str
+
+
+async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Sequence[str]) -> Stack:
+    """Engines, the picker and Envoy, each waited for."""
+    engines, children = [], []
+    for index, address in enumerate(ENGINE_ADDRESSES):
+        port = processes.free_port(address)
+        argv = [sys.executable, "-m", "frontier_bench.faults", "engine", address, str(port)]
+        children.append(group.start(f"engine-{index}", argv))
+        engines.append(f"{address}:{port}")
+    for child, key in zip(children, engines, strict=True):
+        await processes.wait_http(f"http://{key}/metrics", child=child)
+    endpoints_file = run_dir / "endpoints.yaml"
+    listed = ", ".join(f"{{address: {key.split(':')[0]}, port: {key.split(':')[1]}}}" for key in engines)
+    endpoints_file.write_text(f"endpoints: [{listed}]\n")
+    grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
+    picker = group.start(
+        "picker",
+        [
+            sys.executable,
+            "-m",
+            "frontier_picker.main",
+            "--endpoints-file",
+            str(endpoints_file),
+            "--secure-serving=false",
+            "--address",
+            ADDRESS,
+            "--grpc-port",
+            str(grpc_port),
+            "--grpc-health-port",
+            str(health_port),
+            "--metrics-port",
+            str(metrics_port),
+            *picker_flags,
+        ],
+    )
+    await processes.wait_port(ADDRESS, grpc_port, child=picker)
+    port = processes.free_port(ADDRESS)
+    config = envoy_bootstrap.bootstrap(
+        mode="gie",
+        listen_address=ADDRESS,
+        listen_port=port,
+        picker_address=ADDRESS,
+        picker_port=grpc_port,
+        picker_tls=False,
+        endpoints=[(key.split(":")[0], int(key.split(":")[1])) for key in engines],
+    )
+    config_path = run_dir / "envoy.json"
+    config_path.write_text(json.dumps(config))
+    argv = [frontdoors.envoy_binary(), "--config-path", str(config_path), "--concurrency", "1"]
+    envoy = group.start("envoy", [*argv, "--disable-hot-restart", "--log-level", "warn"])
+    await processes.wait_port(ADDRESS, port, child=envoy)
+    stack = Stack(
+        url=f"http://{ADDRESS}:{port}",
+        engines=engines,
+        engine_children=children,
+        picker=picker,
+        grpc_port=grpc_port,
+        metrics_url=f"http://{ADDRESS}:{metrics_port}/metrics",
+    )
+    await _wait_routable(stack)
+    return stack
+
+
+async def _wait_routable(stack: Stack, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.post(f"{stack.url}/v1/completions", json=_body(MODEL)) as answer:
+                    if answer.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the stack did not route a request within {timeout_s}s:\n{stack.picker.tail()}")
+
+
+# --- load ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(slots=True)
+class Sent:
+    request_id: str
+    at: float  # seconds since the load began
+    status: int = 0  # 0: no HTTP answer (connection error)
+    latency_s: float = 0.0
+
+
+def _body(model: str) -> dict[str, Any]:
+    return {"model": model, "prompt": "Say something about faults.", "max_tokens": 8}
+
+
+async def open_loop(
+    url: str, *, rate: float, duration_s: float, began: float, models: Sequence[str] = (MODEL,)
+) -> list[Sent]:
+    """Poisson arrivals at `rate` for `duration_s`; request i names `models[i % len(models)]`."""
+    rng = random.Random(20)
+    sent: list[Sent] = []
+    tasks: list[asyncio.Task[None]] = []
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(entry: Sent, model: str) -> None:
+            started = time.monotonic()
+            try:
+                headers = {"x-request-id": entry.request_id}
+                async with session.post(
+                    f"{url}/v1/completions", json=_body(model), headers=headers
+                ) as answer:
+                    await answer.read()
+                    entry.status = answer.status
+            except (aiohttp.ClientError, TimeoutError):
+                entry.status = 0
+            entry.latency_s = time.monotonic() - started
+
+        at = 0.0
+        index = 0
+        while True:
+            at += rng.expovariate(rate)
+            if at >= duration_s:
+                break
+            delay = began + at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            entry = Sent(uuid.uuid4().hex, at)
+            sent.append(entry)
+            tasks.append(asyncio.create_task(one(entry, models[index % len(models)])))
+            index += 1
+        await asyncio.gather(*tasks)
+    return sent
+
+
+async def decisions(picker: processes.Child) -> dict[str, str]:
+    """Request id -> primary endpoint, from the picker's `event=decision` log lines."""
+    await asyncio.sleep(1.0)  # the picker writes its log in batches
+    found = {}
+    for line in picker.log_path.read_text(errors="replace").splitlines():
+        match = _DECISION.search(line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def shares(
+    sent: Sequence[Sent], routed: dict[str, str], engines: Sequence[str], window: tuple[float, float]
+) -> dict[str, float]:
+    """Each engine's share of the decisions for requests sent within `window`, by engine address (the
+    same in every scenario; ports are not)."""
+    keys = [routed[s.request_id] for s in sent if window[0] <= s.at < window[1] and s.request_id in routed]
+    return {_host(engine): round(keys.count(engine) / len(keys), 3) if keys else 0.0 for engine in engines}
+
+
+def _host(engine: str) -> str:
+    return engine.partition(":")[0]
+
+
+def errors(sent: Sequence[Sent]) -> int:
+    return sum(1 for s in sent if s.status != 200)
+
+
+async def _fault(engine: str, mode: str) -> None:
+    async with aiohttp.ClientSession() as session, session.post(f"http://{engine}/fault/{mode}") as answer:
+        answer.raise_for_status()
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def metrics_bytes(url: str) -> int:
+    async with aiohttp.ClientSession() as session, session.get(url) as answer:
+        return len(await answer.read())
+
+
+# --- scenarios ----------------------------------------------------------------------------------------
+async def control(stack: Stack) -> dict[str, Any]:
+    began = time.monotonic()
+    sent = await open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began)
+    routed = await decisions(stack.picker)
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "shares": shares(sent, routed, stack.engines, (0, DURATION_S)),
+    }
+
+
+async def engine_killed(stack: Stack) -> dict[str, Any]:
+    began = time.monotonic()
+    victim = stack.engines[1]
+    load = asyncio.create_task(open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began))
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    child = stack.engine_children[1]
+    os.killpg(child.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic() - began
+    sent = await load
+    routed = await decisions(stack.picker)
+    # In flight at the kill: sent within one engine latency before it and routed to the victim.
+    in_flight = [
+        s
+        for s in sent
+        if killed_at - ENGINE_LATENCY_S * 2 <= s.at < killed_at and routed.get(s.request_id) == victim
+    ]
+    after = [s for s in sent if s.at >= killed_at + SCRAPE_INTERVAL_S]
+    misrouted = [s for s in after if routed.get(s.request_id) == victim]
+    to_victim_after_kill = [s.at for s in sent if s.at >= killed_at and routed.get(s.request_id) == victim]
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "in_flight_at_kill": len(in_flight),
+        "errors_beyond_in_flight": max(0, errors(sent) - len(in_flight)),
+        "decisions_to_dead_after_one_interval": len(misrouted),
+        "recovery_s": round(max(to_victim_after_kill) - killed_at, 3) if to_victim_after_kill else 0.0,
+        "shares_after": shares(sent, routed, stack.engines, (killed_at + 1, DURATION_S)),
+    }
+
+
+async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
+    began = time.monotonic()
+    victim = stack.engines[1]
+    load = asyncio.create_task(open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began))
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    await _fault(victim, mode)
+    hostile_at = time.monotonic() - began
+    await asyncio.sleep(began + HEAL_AT_S - time.monotonic())
+    await _fault(victim, "healthy")
+    healed_at = time.monotonic() - began
+    sent = await load
+    routed = await decisions(stack.picker)
+    to_victim = sorted(s.at for s in sent if routed.get(s.request_id) == victim)
+    while_hostile = [at for at in to_victim if hostile_at <= at < healed_at]
+    after_heal = [at for at in to_victim if at >= healed_at]
+    late = [at for at in while_hostile if at >= hostile_at + SCRAPE_INTERVAL_S]
+    picker_alive = stack.picker.process.poll() is None
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "decisions_to_it_while_hostile_after_one_interval": len(late),
+        "stale_after_s": round(max(while_hostile) - hostile_at, 3) if while_hostile else 0.0,
+        "recovered_after_s": round(after_heal[0] - healed_at, 3) if after_heal else None,
+        "share_while_hostile": shares(sent, routed, stack.engines, (hostile_at + 1, healed_at))[
+            _host(victim)
+        ],
+        "share_after_heal": shares(sent, routed, stack.engines, (healed_at + 1, DURATION_S))[_host(victim)],
+        "picker_alive": picker_alive,
+    }
+
+
+def _pinned_headers(subset: str) -> ext_proc.ProcessingRequest:
+    headers = [(":method", "POST"), (":path", "/v1/models"), (":authority", "faults")]
+    header_map = base_pb2.HeaderMap(
+        headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
+    )
+    hint = struct_pb2.Struct()
+    hint.fields[names.DESTINATION_SUBSET].string_value = subset
+    metadata = base_pb2.Metadata()
+    metadata.filter_metadata[names.SUBSET_HINT_NAMESPACE].CopyFrom(hint)
+    return ext_proc.ProcessingRequest(
+        request_headers=ext_proc.HttpHeaders(headers=header_map, end_of_stream=True),
+        metadata_context=metadata,
+    )
+
+
+async def idle_streams(stack: Stack, control_shares: dict[str, float]) -> dict[str, Any]:
+    began = time.monotonic()
+    target = stack.engines[0]
+    load = asyncio.create_task(open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began))
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    opened_at = time.monotonic() - began
+    routed_streams = 0
+    async with grpc.aio.insecure_channel(f"{ADDRESS}:{stack.grpc_port}") as channel:
+        stub = ext_proc_grpc.ExternalProcessorStub(channel)
+        streams = []
+        for _ in range(IDLE_STREAMS):
+            stream = stub.Process()
+            await stream.write(_pinned_headers(target))
+            streams.append(stream)
+        for stream in streams:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stream.read()
+                routed_streams += int(reply is not grpc.aio.EOF and reply.HasField("request_headers"))
+        sent = await load
+        closed = sum(1 for stream in streams if stream.done())
+        for stream in streams:
+            stream.cancel()
+    routed = await decisions(stack.picker)
+    held = shares(sent, routed, stack.engines, (opened_at + 1, DURATION_S))
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "streams_routed": routed_streams,
+        "streams_closed_by_picker": closed,
+        "pinned_engine_share": held[_host(target)],
+        "control_share": control_shares[_host(target)],
+        "shift_points": round(100 * abs(held[_host(target)] - control_shares[_host(target)]), 1),
+        "shares_last_8s": shares(sent, routed, stack.engines, (DURATION_S - 8, DURATION_S)),
+    }
+
+
+async def model_names(stack: Stack) -> dict[str, Any]:
+    rate = 50.0
+    duration = MODEL_NAMES / rate
+    # The same number of requests first, so that the baseline has paid for warm-up: ordinary ones and, ten in
+    # a hundred, one of ten unknown names (so the series of an unserved name, `other` with 404, exist).
+    warm_up = [MODEL] * 9 + [f"unknown-{index}" for index in range(10)] + [MODEL] * 81
+    await open_loop(stack.url, rate=rate, duration_s=duration, began=time.monotonic(), models=warm_up)
+    before = {
+        "metrics_bytes": await metrics_bytes(stack.metrics_url),
+        "rss_mib": rss_mib(stack.picker.process.pid),
+    }
+    rng = random.Random(7)
+    names_sent = [
+        f"m{index}-" + "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=MODEL_NAME_BYTES))
+        for index in range(MODEL_NAMES)
+    ]
+    sent = await open_loop(
+        stack.url, rate=rate, duration_s=duration * 1.2, began=time.monotonic(), models=names_sent
+    )
+    await asyncio.sleep(2)
+    after = {
+        "metrics_bytes": await metrics_bytes(stack.metrics_url),
+        "rss_mib": rss_mib(stack.picker.process.pid),
+    }
+    return {
+        "requests": len(sent),
+        "distinct_models": len({names_sent[i % MODEL_NAMES] for i in range(len(sent))}),
+        "client_errors": errors(sent),
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "before": before,
+        "after": after,
+        "metrics_growth_pct": round(100 * (after["metrics_bytes"] / before["metrics_bytes"] - 1), 1),
+        "rss_growth_pct": round(100 * (after["rss_mib"] / before["rss_mib"] - 1), 1),
+    }
+
+
+# --- the suite ----------------------------------------------------------------------------------------
+def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each target of the issue that was run, met or missed, with the numbers that decide."""
+    out: dict[str, str] = {}
+    if "engine_killed" in rows:
+        killed = rows["engine_killed"]
+        out["engine_killed"] = _verdict(
+            killed["errors_beyond_in_flight"] == 0 and killed["decisions_to_dead_after_one_interval"] == 0,
+            f"{killed['errors_beyond_in_flight']} errors beyond {killed['in_flight_at_kill']} in flight, "
+            f"{killed['decisions_to_dead_after_one_interval']} decisions to it after one interval, last "
+            f"{killed['recovery_s']} s after the kill",
+        )
+    for mode in ("metrics_nan", "metrics_html"):
+        if mode not in rows:
+            continue
+        row = rows[mode]
+        recovered = row["recovered_after_s"]
+        # Decisions only happen at arrivals: the victim's next request comes ~3/RATE after any instant.
+        met = (
+            row["picker_alive"]
+            and row["decisions_to_it_while_hostile_after_one_interval"] == 0
+            and recovered is not None
+            and recovered <= SCRAPE_INTERVAL_S + 3 / RATE
+        )
+        out[mode] = _verdict(
+            met,
+            f"{row['decisions_to_it_while_hostile_after_one_interval']} decisions to it after one interval "
+            f"of hostile metrics; first decision to it {recovered} s after healing",
+        )
+    for name in ("idle_streams_300", "idle_streams_300_timeout_8s"):
+        if name in rows:
+            row = rows[name]
+            out[name] = _verdict(
+                row["shift_points"] <= 5,
+                f"pinned engine's share {row['pinned_engine_share']:.0%} vs {row['control_share']:.0%} in "
+                f"control ({row['shift_points']} points); last 8 s: {row['shares_last_8s']}",
+            )
+    if "model_names_1000" in rows:
+        names_row = rows["model_names_1000"]
+        out["model_names_1000"] = _verdict(
+            abs(names_row["metrics_growth_pct"]) <= 5 and abs(names_row["rss_growth_pct"]) <= 5,
+            f"/metrics {names_row['metrics_growth_pct']:+}%, RSS {names_row['rss_growth_pct']:+}%",
+        )
+    return out
+
+
+def _verdict(met: bool, detail: str) -> str:
+    return f"{'met' if met else 'MISSED'}: {detail}"
+
+
+SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
+    ("control", ()),
+    ("engine_killed", ()),
+    ("metrics_nan", ()),
+    ("metrics_html", ()),
+    ("idle_streams_300", ()),
+    ("idle_streams_300_timeout_8s", ("--stream-idle-timeout", "8s")),
+    ("model_names_1000", ()),
+]
+
+
+async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Run the scenarios named in `only` (all when empty; control too when an idle-stream one needs it)."""
+    wanted = set(only) | ({"control"} if any(n.startswith("idle_streams") for n in only) else set())
+    rows: dict[str, dict[str, Any]] = {}
+    for name, flags in SCENARIOS:
+        if wanted and name not in wanted:
+            continue
+        where = run_dir / name
+        where.mkdir(parents=True, exist_ok=True)
+        with processes.Group(where) as group:
+            stack = await start_stack(group, where, flags)
+            if name == "control":
+                row = await control(stack)
+            elif name == "engine_killed":
+                row = await engine_killed(stack)
+            elif name.startswith("metrics_"):
+                row = await hostile_metrics(stack, name.removeprefix("metrics_"))
+            elif name.startswith("idle_streams"):
+                row = await idle_streams(stack, rows["control"]["shares"])
+            else:
+                row = await model_names(stack)
+        row["picker_flags"] = list(flags)
+        rows[name] = row
+        print(f"{name}: {json.dumps(row)}", flush=True)
+    return rows
+
+
+def markdown(document: dict[str, Any]) -> str:
+    rows, verdict = document["rows"], document["verdicts"]
+    dirty = " (uncommitted changes)" if document["source"]["uncommitted"] else ""
+    control = ""
+    if "control" in rows:
+        row = rows["control"]
+        shown = ", ".join(f"{engine} {share:.0%}" for engine, share in row["shares"].items())
+        control = f"Control shares: {shown} ({row['client_errors']} errors of {row['requests']})."
+    lines = [
+        "# Fault suite (issue 20)",
+        "",
+        f"Command: `{document['command']}`  ",
+        f"Source: {document['source']['commit']}{dirty}  ",
+        f"Machine: {document['machine']}",
+        "",
+        f"Load: Poisson {RATE:g} req/s for {DURATION_S:g} s per scenario through Envoy (GIE full-duplex) to "
+        f"three stand-in engines ({ENGINE_LATENCY_S * 1000:g} ms per request); faults at {FAULT_AT_S:g} s, "
+        f"healed at {HEAL_AT_S:g} s; scrape interval {SCRAPE_INTERVAL_S * 1000:g} ms. {control}",
+        "",
+        "| fault | target | result |",
+        "|---|---|---|",
+    ]
+    targets = {
+        "engine_killed": "0 errors beyond its in-flight streams, 0 decisions to it after one interval",
+        "metrics_nan": "stale within one interval, back within one interval of healthy metrics, task alive",
+        "metrics_html": "same as NaN",
+        "idle_streams_300": "real traffic within 5 points of control (default flags)",
+        "idle_streams_300_timeout_8s": "same, with --stream-idle-timeout 8s",
+        "model_names_1000": "/metrics size and RSS within 5%",
+    }
+    for name, target in targets.items():
+        if name in verdict:
+            lines.append(f"| `{name}` | {target} | {verdict[name]} |")
+    lines += ["", "Raw rows:", "", "```json", json.dumps(rows, indent=1), "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["engine"]:
+        asyncio.run(serve_engine(arguments[1], int(arguments[2])))
+        return
+    parser = argparse.ArgumentParser(prog="frontier_bench.faults", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/frontier-faults"))
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated scenarios (default all): " + ", ".join(n for n, _ in SCENARIOS),
+    )
+    args = parser.parse_args(arguments)
+    command = shlex.join(["python", "-m", "frontier_bench.faults", *arguments])
+    rows = asyncio.run(run_suite(args.run_dir, [name for name in args.only.split(",") if name]))
+    document = {
+        "command": command,
+        "source": harness.source(),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "rows": rows,
+        "verdicts": verdicts(rows),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "faults.json").write_text(json.dumps(document, indent=1) + "\n")
+    (args.out / "faults.md").write_text(markdown(document))
+    print((args.out / "faults.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
