@@ -41,6 +41,15 @@ class BodyError(ValueError):
         self.reason = reason
 
 
+# The model list: the picker answers it for the whole pool (one engine knows only its own models).
+MODELS_PATH: Final = "/v1/models"
+
+
+def is_models_listing(method: str, path: str) -> bool:
+    """Whether the request is `GET /v1/models` (query string allowed)."""
+    return method == "GET" and path.split("?", 1)[0] == MODELS_PATH
+
+
 def is_inference_path(path: str) -> bool:
     """Whether `path` (query string allowed) is one of the APIs whose body must name a model."""
     return path.split("?", 1)[0] in INFERENCE_PATHS

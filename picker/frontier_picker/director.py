@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from frontier_api import names
 from frontier_picker import datastore, endpoints, metrics, subsets
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import flow_control
@@ -117,6 +118,19 @@ class Director:
         """The client of a queued request went away: it leaves the queue."""
         if self.flow is not None:
             self.flow.cancel(ticket, now)
+
+    def models(self) -> list[str]:
+        """Every model name a request may ask for: the endpoints' served models and LoRA adapters, and the
+        scheduler's virtual models (what `GET /v1/models` through the gateway lists)."""
+        found: set[str] = set()
+        for state in self.store.states():
+            served = state.endpoint.labels.get(names.MODEL_LABEL)
+            if served:
+                found.add(served)
+            found.update(state.endpoint.adapters)
+        if isinstance(self.scheduler, types.ListsModels):
+            found.update(self.scheduler.virtual_models())
+        return sorted(found)
 
     def _flow_outcome(self, ticket: flow_control.Ticket, now: float) -> None:
         self._count_flow(ticket.request, ticket.outcome, now - ticket.enqueued_at)

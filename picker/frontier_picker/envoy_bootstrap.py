@@ -36,7 +36,7 @@ from frontier_api import names
 from frontier_picker import bodies
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
-ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), "/v1/models")
+ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), bodies.MODELS_PATH)
 OWNED_HEADERS: Final = (
     names.DESTINATION_ENDPOINT,
     names.DESTINATION_ENDPOINT_SERVED,

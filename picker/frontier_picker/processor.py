@@ -16,6 +16,8 @@ body chunks and trailers, then the response's. The picker answers each in order 
   (`director.Director.admit`); the stream then holds Envoy's message unanswered until flow control
   dispatches it (the decision replies go out then) or refuses it, and a client that goes away while queued
   leaves the queue at once.
+- **`GET /v1/models`** is answered by the picker itself: the pool's served models, LoRA adapters and
+  virtual models (one engine would list only its own).
 - **Refusals** are `ImmediateResponse`s with a JSON body naming the reason: 400 (bad body), 413 (too large),
   503 (no endpoint, empty subset, waited past its TTL), 429 (shed by the scheduler or flow control).
 - **Response path.** Usage comes from SSE `data:` lines or the JSON body; the served endpoint from Envoy's
@@ -205,6 +207,11 @@ class Stream:
         if not self.request_id:
             self.request_id = uuid.uuid4().hex
             self.request_id_generated = True
+        if bodies.is_models_listing(self.headers.get(":method", ""), self.headers.get(":path", "")):
+            self.closed = True
+            listed = self.ctx.director.models()
+            log.info("event=models_listed request_id=%s models=%d", self.request_id, len(listed))
+            return [replies.models(listed)]
         if message.request_headers.end_of_stream:
             return self._gated(lambda: [self._decide(b"", header_phase=True)[0]])
         declared = self.headers.get("content-length")

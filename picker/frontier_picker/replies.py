@@ -5,6 +5,7 @@ send. In `FULL_DUPLEX_STREAMED` every body byte goes back as `streamed_response`
 bytes (the GIE protocol's limit per message).
 """
 
+from collections.abc import Sequence
 from typing import Final
 
 import orjson
@@ -32,6 +33,26 @@ def immediate(status: int, reason: str) -> ext_proc.ProcessingResponse:
             headers=ext_proc.HeaderMutation(set_headers=[set_header("content-type", "application/json")]),
             body=body,
             details=f"frontier_picker_{status}",
+        )
+    )
+
+
+def models(model_names: Sequence[str]) -> ext_proc.ProcessingResponse:
+    """An ImmediateResponse of 200 with an OpenAI `/v1/models` list of `model_names`."""
+    body = orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "frontier"} for name in model_names
+            ],
+        }
+    )
+    return ext_proc.ProcessingResponse(
+        immediate_response=ext_proc.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=200),
+            headers=ext_proc.HeaderMutation(set_headers=[set_header("content-type", "application/json")]),
+            body=body,
+            details="frontier_picker_models",
         )
     )
 

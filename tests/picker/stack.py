@@ -118,6 +118,9 @@ class RecordingScheduler:
         self.completions: list[types.Completion] = []
         self.flow = self.inner.flow  # the config's flow control, which the picker drives
 
+    def virtual_models(self) -> list[str]:
+        return self.inner.virtual_models()
+
     def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
         if request.objective == "sheddable":
             raise types.Rejection(429, "shed: sheddable request while the pool is saturated")

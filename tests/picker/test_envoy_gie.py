@@ -135,7 +135,7 @@ async def test_shed_request_gets_429_with_reason(gie: stack.Stack) -> None:
 
 
 async def test_body_less_request_is_scheduled_among_ready_endpoints(gie: stack.Stack) -> None:
-    async with aiohttp.ClientSession() as session, session.get(gie.url + "/v1/models") as response:
+    async with aiohttp.ClientSession() as session, session.get(gie.url + "/v1/completions") as response:
         assert response.status == 200
         served = response.headers["x-served-by"]
     request, decision = gie.scheduler.decisions[-1]

@@ -91,3 +91,21 @@ async def test_a_lora_adapter_name_reaches_an_endpoint_declaring_it(tmp_path: Pa
             assert json.loads(running.backends[1].received[-1].body)["model"] == "sql-lora"  # unchanged
     finally:
         running.stop()
+
+
+async def test_the_model_list_through_the_gateway_is_the_whole_pools(tmp_path: Path) -> None:
+    labels = [{names.MODEL_LABEL: SMALL}, {names.MODEL_LABEL: SMALL}, {names.MODEL_LABEL: LARGE}]
+    adapters = [frozenset(), frozenset({"sql-lora"}), frozenset()]
+    running = stack.start(tmp_path, backends=3, config_text=tier_config(), labels=labels, adapters=adapters)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(running.url + "/v1/models") as response,
+        ):
+            assert response.status == 200
+            listing = await response.json()
+        assert listing["object"] == "list"
+        assert [model["id"] for model in listing["data"]] == sorted(["auto", SMALL, LARGE, "sql-lora"])
+        assert all(not backend.received for backend in running.backends)  # no engine was asked
+    finally:
+        running.stop()

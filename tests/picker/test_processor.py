@@ -68,7 +68,7 @@ def set_headers(reply: ext_proc.ProcessingResponse) -> dict[str, str]:
 
 def test_missing_request_id_is_generated_and_sent_upstream() -> None:
     handler, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
-    (reply,) = handler.on_message(headers([(":path", "/v1/models"), (":method", "GET")], end=True))
+    (reply,) = handler.on_message(headers([(":path", "/v1/completions"), (":method", "GET")], end=True))
     sent = set_headers(reply)
     assert len(sent[names.REQUEST_ID]) == 32
     assert sent[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"

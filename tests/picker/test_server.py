@@ -193,7 +193,7 @@ async def test_sigterm_drain_turns_readiness_off_and_lets_a_routed_stream_finish
                 break
             await asyncio.sleep(0.01)
         stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-        await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+        await stream.write(_headers_message({":path": "/v1/completions", ":method": "GET"}, response=False))
         decided = await stream.read()
         assert decided.request_headers.response.header_mutation.set_headers  # routed
         assert picker.store.in_flight() == 1
@@ -261,7 +261,7 @@ async def test_a_stream_still_open_when_the_drain_times_out_is_counted_as_cut(
                 break
             await asyncio.sleep(0.01)
         stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-        await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+        await stream.write(_headers_message({":path": "/v1/completions", ":method": "GET"}, response=False))
         await stream.read()
         await picker.stop(drain_delay_s=0, drain_timeout_s=0.3)  # the response never comes
     assert "cut_in_flight=1" in caplog.text
@@ -271,7 +271,7 @@ async def test_a_stream_still_open_when_the_drain_times_out_is_counted_as_cut(
 async def _routed_stream(channel: grpc.aio.Channel) -> Any:
     """An ext_proc stream whose GET request the picker has routed (and charged to an endpoint)."""
     stream = ext_proc_grpc.ExternalProcessorStub(channel).Process()
-    await stream.write(_headers_message({":path": "/v1/models", ":method": "GET"}, response=False))
+    await stream.write(_headers_message({":path": "/v1/completions", ":method": "GET"}, response=False))
     decided = await stream.read()
     assert decided.request_headers.response.header_mutation.set_headers
     return stream

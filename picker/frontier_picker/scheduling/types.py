@@ -7,7 +7,7 @@ exception carrying the HTTP status the client gets.
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from frontier_api import estimates
 from frontier_picker import endpoints
@@ -93,6 +93,16 @@ class Rejection(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+@runtime_checkable
+class ListsModels(Protocol):
+    """A scheduler that answers for model names no endpoint serves as such (a tier router's virtual
+    models), so `GET /v1/models` can list them."""
+
+    def virtual_models(self) -> list[str]:
+        """Those names."""
+        ...
 
 
 class Scheduler(Protocol):

@@ -288,6 +288,10 @@ class TierRouter(Plugin):
         the request to the plan's next tier."""
         raise NotImplementedError
 
+    def model_names(self) -> Sequence[str]:
+        """The virtual model names this router answers for (listed in `GET /v1/models`)."""
+        raise NotImplementedError
+
 
 class ProfileResult:
     """What one profile chose: endpoints best first, with their weighted scores."""

@@ -93,6 +93,10 @@ class Scheduler:
         """The profile that chooses the request's destination (the handler's first)."""
         return self.profiles[self.handler.profiles()[0]]
 
+    def virtual_models(self) -> list[str]:
+        """The virtual model names the config's tier router answers for (none without one)."""
+        return list(self.router.model_names()) if self.router is not None else []
+
     def prepare(self, request: types.Request) -> None:
         """What the admitters set before flow control queues `request` (its priority)."""
         for admitter in self.admitters:

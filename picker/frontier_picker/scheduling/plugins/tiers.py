@@ -256,6 +256,9 @@ class TierRouter(plugin.TierRouter):
             affinity_min_blocks=parameters.read(cls.AFFINITY),
         )
 
+    def model_names(self) -> list[str]:
+        return sorted(self.virtual_models)
+
     def plan(self, cycle: cycles.Cycle) -> plugin.TierPlan | None:
         request = cycle.request
         tiers = self.virtual_models.get(request.model)
