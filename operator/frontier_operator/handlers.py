@@ -78,6 +78,12 @@ def registry_for(
             f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},{manifests.COMPONENT_LABEL}=model-server"
         )
         settings.watching.field_selectors["", "v1", "pods"] = "status.phase=Pending"
+        # Before the watches start (kopf runs startup handlers first): one listing per kind feeds the passes
+        # of the initial listing instead of a few GETs per tier and a tier listing per pool.
+        try:
+            await reconciler.prime(scopes(namespaces))
+        except Exception as error:  # e.g. no permission to list cluster-wide: every read asks the API server
+            log.warning("event=cache_prime_failed error=%r", error)
         tasks.append(asyncio.create_task(_resync_forever(reconciler, namespaces)))
 
     @kopf.on.cleanup(registry=registry)
@@ -92,14 +98,26 @@ def registry_for(
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if event["type"] == "DELETED":
+            reconciler.cache.gone(event["object"])
             pool = (body.get("spec") or {}).get("poolRef", {}).get("name")
             if pool:
                 await reconciler.pool_changed(namespace, pool)
             return
+        reconciler.cache.seen(event["object"])
         observed = (body.get("status") or {}).get("observedGeneration")
         if event["type"] == "MODIFIED" and observed == meta.get("generation"):
             return  # a status or metadata change (often our own write); children are already current
         await reconcile_tier(namespace, name, dict(event["object"]))
+
+    # Registered before the Deployment handlers below: kopf runs an event's handlers in this order, so the
+    # passes they start read the Deployment as this event delivered it. Unfiltered, so a Deployment relabelled
+    # away from the operator leaves the cache.
+    @kopf.on.event("apps", "v1", "deployments", registry=registry)
+    async def _deployment_seen(*, event: kopf.RawEvent, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            reconciler.cache.gone(event["object"])
+        else:
+            reconciler.cache.seen(event["object"])
 
     @kopf.on.event(
         "apps",
@@ -196,6 +214,14 @@ def watched(namespace: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
 
 
+def scopes(patterns: Sequence[str]) -> list[str]:
+    """Where to list to cover the watched namespaces: each named namespace, or "" (every namespace) when
+    there are no patterns or one is a glob."""
+    if not patterns or any(ch in p for p in patterns for ch in "*?["):
+        return [""]
+    return list(patterns)
+
+
 async def _retry(reconciler: reconcile.Reconciler, namespace: str, name: str) -> None:
     delay = 1.0
     while True:
@@ -226,13 +252,14 @@ async def resync_once(reconciler: reconcile.Reconciler, namespaces: Sequence[str
     tiers = await asyncio.to_thread(
         reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
     )
+    await reconciler.relist(scopes(namespaces))
     failed = []
     for t in tiers:
         namespace, name = t["metadata"]["namespace"], t["metadata"]["name"]
         if not watched(namespace, namespaces):
             continue
         try:
-            await reconciler.tier(namespace, name)
+            await reconciler.tier(namespace, name, body=t)
         except Exception as error:
             failed.append(f"{namespace}/{name}")
             log.exception("event=resync_tier_failed tier=%s/%s error=%r", namespace, name, error)
