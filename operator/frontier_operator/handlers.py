@@ -11,8 +11,8 @@ ModelTier status (see `reconcile`). Triggers:
   initial listing after a start is skipped (each tier's own event derives its status then);
 - a pending model-server pod changes (the scheduler could not place it, or now has) → the owner's status is
   re-derived, so an unschedulable shape shows the scheduler's reason at once;
-- the pool's endpoint picker Deployment changes → the status of every tier owning it is re-derived
-  (`Routable`);
+- the pool's endpoint picker Deployment changes what the tiers show of it (available and desired replicas,
+  or it is deleted) → the status of every tier owning it is re-derived (`Routable`);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
 - a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
@@ -25,14 +25,16 @@ import contextlib
 import fnmatch
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import kopf
 
 from frontier_api import names
-from frontier_operator import kube, manifests, reconcile
+from frontier_operator import kube, manifests, reconcile, status
 
 log = logging.getLogger("frontier_operator.handlers")
+
+_UNSEEN: Final = (-1, -1)  # a picker no event has shown yet
 
 
 def _owner_tier(meta: dict[str, Any]) -> str | None:
@@ -49,6 +51,7 @@ def registry_for(
     registry = kopf.OperatorRegistry()
     pool_generations: dict[tuple[str, str], int] = {}
     deployment_generations: dict[tuple[str, str], int] = {}
+    picker_availability: dict[tuple[str, str], tuple[int, int] | None] = {}
     tasks: list[asyncio.Task[None]] = []
     retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -177,9 +180,17 @@ def registry_for(
         registry=registry,
     )
     async def _picker_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        meta = dict(body["metadata"])
+        key = (meta["namespace"], meta["name"])
+        shown = None if event["type"] == "DELETED" else status.picker_availability(event["object"])
+        before = picker_availability.get(key, _UNSEEN)
+        picker_availability[key] = shown
         if event["type"] is None:
             return  # the initial listing: each tier's own event derives its status
-        meta = dict(body["metadata"])
+        if shown == before:
+            # What the tiers show of their picker is unchanged (a re-owning or config rollout that kept a
+            # replica available): re-deriving every owner's status would cost the pool's tier count in reads.
+            return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == names.MODEL_TIER_KIND:
                 await reconciler.status_only(meta["namespace"], str(ref["name"]))
