@@ -15,6 +15,8 @@ ModelTier status (see `reconcile`). Triggers:
   or it is deleted) → the status of every tier owning it is re-derived (`Routable`);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
+- startup, before the watches open → one listing per kind primes the reconciler's cache, which the tier and
+  Deployment events then keep current (`cache`), so the initial listing's passes send no reads;
 - a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
 - every `resync_seconds` → a full pass over all tiers (repairs drift on children that are not watched: the
   picker's objects, PodDisruptionBudgets, HPAs).

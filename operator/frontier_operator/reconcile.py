@@ -1,14 +1,15 @@
 """Reconciliation: bring one ModelTier's children and status in line with its spec, writing only differences.
 
-Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children, renders the
-desired children, and applies only those whose applied-hash annotation differs from what is observed or whose
-fields were changed by hand (`manifests.drift`, logged once per repaired child); children of roles the spec
-no longer has are deleted. A live object of a child's name that the operator did not create is never applied
-over (`manifests.foreign`): the tier reports it instead. The pool's picker is reconciled the same way, and
-the picker of a pool a tier left is re-owned by its remaining tiers or deleted with the last. Status is then
-derived from the observed Deployments (with the pods of roles still rolling out, and the pool's picker
-Deployment) and patched only if it differs; a ConfigValid=False transition is also posted as a Kubernetes
-Event on the tier. A resumed operator facing an unchanged cluster therefore reads but never writes.
+Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children (from the cache
+where it holds them, see `cache`), renders the desired children, and applies only those whose applied-hash
+annotation differs from what is observed or whose fields were changed by hand (`manifests.drift`, logged once
+per repaired child); children of roles the spec no longer has are deleted. A live object of a child's name
+that the operator did not create is never applied over (`manifests.foreign`): the tier reports it instead. The
+pool's picker is reconciled the same way, and the picker of a pool a tier left is re-owned by its remaining
+tiers or deleted with the last. Status is then derived from the observed Deployments (with the pods of roles
+still rolling out, and the pool's picker Deployment) and patched only if it differs; a ConfigValid=False
+transition is also posted as a Kubernetes Event on the tier. A resumed operator facing an unchanged cluster
+therefore reads but never writes.
 
 Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
 """
