@@ -177,17 +177,16 @@ class Reconciler:
         self.cache.relist(await asyncio.to_thread(self._list_kinds, cache.LISTED_KINDS, scopes))
 
     async def _observe(self, desired: list[manifests.Manifest]) -> list[dict[str, Any] | None]:
-        """The live objects `desired` names (None where absent); raises `Taken` before anything is written
-        when one of them is not the operator's."""
-        observed = []
-        for manifest in desired:
-            api_version, kind, namespace, name = manifests.key(manifest)
-            found = await self._get(api_version, kind, namespace, name)
+        """The live objects `desired` names (None where absent), read concurrently (a new tier's first write
+        waits for these reads); raises `Taken` before anything is written when one of them is not the
+        operator's."""
+        observed = await asyncio.gather(*(self._get(*manifests.key(m)) for m in desired))
+        for manifest, found in zip(desired, observed, strict=True):
             why = None if found is None else manifests.foreign(manifest, found)
             if why is not None:
+                _, kind, namespace, name = manifests.key(manifest)
                 raise Taken(f"{kind} {namespace}/{name}", why)
-            observed.append(found)
-        return observed
+        return list(observed)
 
     async def _ensure(
         self, desired: manifests.Manifest, observed: dict[str, Any] | None
