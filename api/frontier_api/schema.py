@@ -268,12 +268,23 @@ def _check(c: Constraints, value: Any, path: str) -> None:
         raise ParseError(path, f"at most {c.max_items} items allowed")
 
 
+# Resolved field types per model: resolving annotations dominated parsing (the operator parses every spec).
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    found = _HINTS.get(cls)
+    if found is None:
+        found = _HINTS[cls] = typing.get_type_hints(cls)
+    return found
+
+
 def parse(cls: type[M], data: Any, *, path: str = "spec") -> M:
     """A model instance from API JSON; missing fields take the model's defaults, unknown ones are dropped
     (the API server prunes them too)."""
     if not isinstance(data, Mapping):
         raise ParseError(path, f"expected an object, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         key = camel(field.name)

@@ -11,10 +11,12 @@ ModelTier status (see `reconcile`). Triggers:
   initial listing after a start is skipped (each tier's own event derives its status then);
 - a pending model-server pod changes (the scheduler could not place it, or now has) → the owner's status is
   re-derived, so an unschedulable shape shows the scheduler's reason at once;
-- the pool's endpoint picker Deployment changes → the status of every tier owning it is re-derived
-  (`Routable`);
+- the pool's endpoint picker Deployment changes what the tiers show of it (available and desired replicas,
+  or it is deleted) → the status of every tier owning it is re-derived (`Routable`);
 - an InferencePool appears, changes spec or is deleted → every tier of the pool gets a full pass; pools are
   remembered from their watch so passes need not read them;
+- startup, before the watches open → one listing per kind primes the reconciler's cache, which the tier and
+  Deployment events then keep current (`cache`), so the initial listing's passes send no reads;
 - a failed pass (API error, conflict) → retried with exponential backoff, 1 s doubling to 60 s;
 - every `resync_seconds` → a full pass over all tiers (repairs drift on children that are not watched: the
   picker's objects, PodDisruptionBudgets, HPAs).
@@ -25,14 +27,16 @@ import contextlib
 import fnmatch
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import kopf
 
 from frontier_api import names
-from frontier_operator import kube, manifests, reconcile
+from frontier_operator import kube, manifests, reconcile, status
 
 log = logging.getLogger("frontier_operator.handlers")
+
+_UNSEEN: Final = (-1, -1)  # a picker no event has shown yet
 
 
 def _owner_tier(meta: dict[str, Any]) -> str | None:
@@ -49,6 +53,7 @@ def registry_for(
     registry = kopf.OperatorRegistry()
     pool_generations: dict[tuple[str, str], int] = {}
     deployment_generations: dict[tuple[str, str], int] = {}
+    picker_availability: dict[tuple[str, str], tuple[int, int] | None] = {}
     tasks: list[asyncio.Task[None]] = []
     retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
@@ -78,6 +83,12 @@ def registry_for(
             f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY},{manifests.COMPONENT_LABEL}=model-server"
         )
         settings.watching.field_selectors["", "v1", "pods"] = "status.phase=Pending"
+        # Before the watches start (kopf runs startup handlers first): one listing per kind feeds the passes
+        # of the initial listing instead of a few GETs per tier and a tier listing per pool.
+        try:
+            await reconciler.prime(scopes(namespaces))
+        except Exception as error:  # e.g. no permission to list cluster-wide: every read asks the API server
+            log.warning("event=cache_prime_failed error=%r", error)
         tasks.append(asyncio.create_task(_resync_forever(reconciler, namespaces)))
 
     @kopf.on.cleanup(registry=registry)
@@ -92,14 +103,26 @@ def registry_for(
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         if event["type"] == "DELETED":
+            reconciler.cache.gone(event["object"])
             pool = (body.get("spec") or {}).get("poolRef", {}).get("name")
             if pool:
                 await reconciler.pool_changed(namespace, pool)
             return
+        reconciler.cache.seen(event["object"])
         observed = (body.get("status") or {}).get("observedGeneration")
         if event["type"] == "MODIFIED" and observed == meta.get("generation"):
             return  # a status or metadata change (often our own write); children are already current
         await reconcile_tier(namespace, name, dict(event["object"]))
+
+    # Registered before the Deployment handlers below: kopf runs an event's handlers in this order, so the
+    # passes they start read the Deployment as this event delivered it. Unfiltered, so a Deployment relabelled
+    # away from the operator leaves the cache.
+    @kopf.on.event("apps", "v1", "deployments", registry=registry)
+    async def _deployment_seen(*, event: kopf.RawEvent, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            reconciler.cache.gone(event["object"])
+        else:
+            reconciler.cache.seen(event["object"])
 
     @kopf.on.event(
         "apps",
@@ -159,9 +182,17 @@ def registry_for(
         registry=registry,
     )
     async def _picker_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+        meta = dict(body["metadata"])
+        key = (meta["namespace"], meta["name"])
+        shown = None if event["type"] == "DELETED" else status.picker_availability(event["object"])
+        before = picker_availability.get(key, _UNSEEN)
+        picker_availability[key] = shown
         if event["type"] is None:
             return  # the initial listing: each tier's own event derives its status
-        meta = dict(body["metadata"])
+        if shown == before:
+            # What the tiers show of their picker is unchanged (a re-owning or config rollout that kept a
+            # replica available): re-deriving every owner's status would cost the pool's tier count in reads.
+            return
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == names.MODEL_TIER_KIND:
                 await reconciler.status_only(meta["namespace"], str(ref["name"]))
@@ -196,6 +227,14 @@ def watched(namespace: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
 
 
+def scopes(patterns: Sequence[str]) -> list[str]:
+    """Where to list to cover the watched namespaces: each named namespace, or "" (every namespace) when
+    there are no patterns or one is a glob."""
+    if not patterns or any(ch in p for p in patterns for ch in "*?["):
+        return [""]
+    return list(patterns)
+
+
 async def _retry(reconciler: reconcile.Reconciler, namespace: str, name: str) -> None:
     delay = 1.0
     while True:
@@ -226,13 +265,14 @@ async def resync_once(reconciler: reconcile.Reconciler, namespaces: Sequence[str
     tiers = await asyncio.to_thread(
         reconciler.kube.list, reconcile.TIER_API, names.MODEL_TIER_KIND, namespace=""
     )
+    await reconciler.relist(scopes(namespaces))
     failed = []
     for t in tiers:
         namespace, name = t["metadata"]["namespace"], t["metadata"]["name"]
         if not watched(namespace, namespaces):
             continue
         try:
-            await reconciler.tier(namespace, name)
+            await reconciler.tier(namespace, name, body=t)
         except Exception as error:
             failed.append(f"{namespace}/{name}")
             log.exception("event=resync_tier_failed tier=%s/%s error=%r", namespace, name, error)

@@ -1,14 +1,15 @@
 """Reconciliation: bring one ModelTier's children and status in line with its spec, writing only differences.
 
-Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children, renders the
-desired children, and applies only those whose applied-hash annotation differs from what is observed or whose
-fields were changed by hand (`manifests.drift`, logged once per repaired child); children of roles the spec
-no longer has are deleted. A live object of a child's name that the operator did not create is never applied
-over (`manifests.foreign`): the tier reports it instead. The pool's picker is reconciled the same way, and
-the picker of a pool a tier left is re-owned by its remaining tiers or deleted with the last. Status is then
-derived from the observed Deployments (with the pods of roles still rolling out, and the pool's picker
-Deployment) and patched only if it differs; a ConfigValid=False transition is also posted as a Kubernetes
-Event on the tier. A resumed operator facing an unchanged cluster therefore reads but never writes.
+Level-triggered and idempotent: every pass reads the tier, its InferencePool and its children (from the cache
+where it holds them, see `cache`), renders the desired children, and applies only those whose applied-hash
+annotation differs from what is observed or whose fields were changed by hand (`manifests.drift`, logged once
+per repaired child); children of roles the spec no longer has are deleted. A live object of a child's name
+that the operator did not create is never applied over (`manifests.foreign`): the tier reports it instead. The
+pool's picker is reconciled the same way, and the picker of a pool a tier left is re-owned by its remaining
+tiers or deleted with the last. Status is then derived from the observed Deployments (with the pods of roles
+still rolling out, and the pool's picker Deployment) and patched only if it differs; a ConfigValid=False
+transition is also posted as a Kubernetes Event on the tier. A resumed operator facing an unchanged cluster
+therefore reads but never writes.
 
 Passes for one tier are serialised by a per-tier lock (spec events and Deployment status events race).
 """
@@ -18,11 +19,12 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from frontier_api import modeltier, names, schema
 from frontier_operator import (
+    cache,
     events,
     kube,
     manifests,
@@ -92,6 +94,8 @@ class Reconciler:
         # Pools a tier named and a pass found missing: the pool's first appearance on the watch, even in its
         # initial listing (a watch that started after the tier's pass), must give those tiers a pass.
         self._awaited_pools: set[tuple[str, str]] = set()
+        # What the watches and the startup listing showed (`cache`): reads that hit it cost no request.
+        self.cache = cache.Cache()
 
     def remember_pool(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
@@ -118,21 +122,71 @@ class Reconciler:
             found = table[key] = asyncio.Lock()
         return found
 
-    async def _get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _get(
+        self, api_version: str, kind: str, namespace: str, name: str, *, cached: bool = True
+    ) -> dict[str, Any] | None:
+        found = self.cache.take(api_version, kind, namespace, name) if cached else None
+        if found is not None:
+            return found
         return await asyncio.to_thread(self.kube.get, api_version, kind, namespace=namespace, name=name)
 
+    async def _tiers(self, namespace: str) -> list[dict[str, Any]]:
+        """The ModelTiers of `namespace`, from the watch when the cache has them."""
+        found = self.cache.tiers(namespace)
+        if found is not None:
+            return found
+        return await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
+
+    def _list_kinds(self, kinds: Sequence[tuple[str, str]], scopes: Sequence[str]) -> list[dict[str, Any]]:
+        selector = f"{manifests.MANAGED_BY_LABEL}={manifests.MANAGED_BY}"
+        return [
+            obj
+            for namespace in scopes
+            for api_version, kind in kinds
+            for obj in self.kube.list(api_version, kind, namespace=namespace, label_selector=selector)
+        ]
+
+    async def prime(self, scopes: Sequence[str]) -> None:
+        """Fill the cache from one listing per kind per scope (a namespace, or "" for all) before the watches
+        start: from then on the watches keep its tiers and Deployments current."""
+        started = time.perf_counter()
+        tiers = await asyncio.to_thread(
+            lambda: [
+                t for ns in scopes for t in self.kube.list(TIER_API, names.MODEL_TIER_KIND, namespace=ns)
+            ]
+        )
+        pool_objs = await asyncio.to_thread(
+            lambda: [p for ns in scopes for p in self.kube.list(POOL_API, "InferencePool", namespace=ns)]
+        )
+        deployments = await asyncio.to_thread(self._list_kinds, [cache.WATCHED_DEPLOYMENT], scopes)
+        listed = await asyncio.to_thread(self._list_kinds, cache.LISTED_KINDS, scopes)
+        for pool_obj in pool_objs:
+            self.remember_pool(pool_obj)
+        self.cache.fill(tiers=tiers, deployments=deployments, listed=listed)
+        log.info(
+            "event=cache_primed tiers=%d pools=%d deployments=%d listed=%d duration_ms=%.1f",
+            len(tiers),
+            len(pool_objs),
+            len(deployments),
+            len(listed),
+            (time.perf_counter() - started) * 1000,
+        )
+
+    async def relist(self, scopes: Sequence[str]) -> None:
+        """Refresh the cache's single-use objects of the unwatched kinds (before a resync's passes)."""
+        self.cache.relist(await asyncio.to_thread(self._list_kinds, cache.LISTED_KINDS, scopes))
+
     async def _observe(self, desired: list[manifests.Manifest]) -> list[dict[str, Any] | None]:
-        """The live objects `desired` names (None where absent); raises `Taken` before anything is written
-        when one of them is not the operator's."""
-        observed = []
-        for manifest in desired:
-            api_version, kind, namespace, name = manifests.key(manifest)
-            found = await self._get(api_version, kind, namespace, name)
+        """The live objects `desired` names (None where absent), read concurrently (a new tier's first write
+        waits for these reads); raises `Taken` before anything is written when one of them is not the
+        operator's."""
+        observed = await asyncio.gather(*(self._get(*manifests.key(m)) for m in desired))
+        for manifest, found in zip(desired, observed, strict=True):
             why = None if found is None else manifests.foreign(manifest, found)
             if why is not None:
+                _, kind, namespace, name = manifests.key(manifest)
                 raise Taken(f"{kind} {namespace}/{name}", why)
-            observed.append(found)
-        return observed
+        return list(observed)
 
     async def _ensure(
         self, desired: manifests.Manifest, observed: dict[str, Any] | None
@@ -219,11 +273,9 @@ class Reconciler:
             changed = bool(outcome.applied) or not (already and valid_before)
             if changed:
                 outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
-            if obj["metadata"]["uid"] not in self._picker_owners.get(
-                (pool.namespace, pool.name), frozenset()
-            ):
+            if not self._picker_owned_by(pool, obj["metadata"]["uid"]):
                 try:
-                    outcome.applied += await self.picker(pool)
+                    outcome.applied += await self.picker(pool, unless_owned_by=obj["metadata"]["uid"])
                 except Taken as taken:
                     outcome.invalid = validate.Invalid(
                         reason="PickerNameTaken",
@@ -292,12 +344,14 @@ class Reconciler:
                 pool = None
             if pool is None:
                 return False  # the next full pass reports the pool as ConfigValid=False
+            # Read fresh: a burst of Deployment status events then writes the latest state once, not each one.
             written = await self._write_status(
                 obj,
                 roles=list(spec.roles()),
                 pool=pool,
                 invalid=None,
                 args_hash=obj["status"].get("renderedArgsHash"),
+                cached=False,
             )
             if written:
                 log.info("status tier=%s/%s readyRoles=%s", namespace, name, obj["status"].get("readyRoles"))
@@ -312,8 +366,10 @@ class Reconciler:
         invalid: validate.Invalid | None,
         args_hash: str | None,
         observed: Mapping[str, dict[str, Any]] | None = None,
+        cached: bool = True,
     ) -> bool:
-        """Derive and, if it differs, patch the status; `observed` holds Deployments already read by name."""
+        """Derive and, if it differs, patch the status; `observed` holds Deployments already read by name;
+        `cached=False` reads the others from the API server rather than the cache."""
         meta = obj["metadata"]
         deployments: dict[str, Mapping[str, Any] | None] = {}
         for role in roles:
@@ -321,7 +377,9 @@ class Reconciler:
             if observed is not None and child in observed:
                 deployments[role] = observed[child]
             else:
-                deployments[role] = await self._get("apps/v1", "Deployment", meta["namespace"], child)
+                deployments[role] = await self._get(
+                    "apps/v1", "Deployment", meta["namespace"], child, cached=cached
+                )
         pods: dict[str, list[dict[str, Any]]] = {}
         picker: dict[str, Any] | None = None
         if invalid is None and pool is not None:
@@ -338,7 +396,7 @@ class Reconciler:
                 for pod in found:
                     pod_role = str(((pod.get("metadata") or {}).get("labels") or {}).get(names.ROLE_LABEL))
                     pods.setdefault(pod_role, []).append(pod)
-            picker = await self._get("apps/v1", "Deployment", pool.namespace, pool.picker_name)
+            picker = await self._get("apps/v1", "Deployment", pool.namespace, pool.picker_name, cached=cached)
         new = status.derive(
             tier=obj,
             roles=roles,
@@ -392,12 +450,17 @@ class Reconciler:
                     deleted.append(f"{kind}/{cmeta['name']}")
         return deleted
 
-    async def picker(self, pool: pools.Pool) -> list[str]:
-        """Ensure the pool's picker objects, owned by every live ModelTier that serves in the pool."""
+    def _picker_owned_by(self, pool: pools.Pool, uid: str) -> bool:
+        return uid in self._picker_owners.get((pool.namespace, pool.name), frozenset())
+
+    async def picker(self, pool: pools.Pool, *, unless_owned_by: str | None = None) -> list[str]:
+        """Ensure the pool's picker objects, owned by every live ModelTier that serves in the pool; skipped
+        when they were verified to be owned by tier `unless_owned_by` meanwhile."""
         async with self._lock(self._pool_locks, (pool.namespace, pool.name)):
-            tiers = await asyncio.to_thread(
-                self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=pool.namespace
-            )
+            # The tiers of one pool wait here together after a start: the first verifies for all of them.
+            if unless_owned_by is not None and self._picker_owned_by(pool, unless_owned_by):
+                return []
+            tiers = await self._tiers(pool.namespace)
             owners = [
                 t
                 for t in tiers
@@ -439,7 +502,7 @@ class Reconciler:
         remains (its owner references would keep it alive while the departed tier lives). Returns (applied,
         deleted)."""
         self._picker_owners.pop((namespace, pool_name), None)
-        tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
+        tiers = await self._tiers(namespace)
         remaining = [
             t
             for t in tiers
@@ -489,7 +552,7 @@ class Reconciler:
         self._picker_owners.pop((namespace, pool_name), None)
         self._awaited_pools.discard((namespace, pool_name))
         self.forget_pool(namespace, pool_name)
-        tiers = await asyncio.to_thread(self.kube.list, TIER_API, names.MODEL_TIER_KIND, namespace=namespace)
+        tiers = await self._tiers(namespace)
         for t in tiers:
             if (t.get("spec") or {}).get("poolRef", {}).get("name") == pool_name:
                 await self.tier(namespace, t["metadata"]["name"])

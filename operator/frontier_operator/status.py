@@ -77,12 +77,20 @@ def unschedulable(pods: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
+def picker_availability(picker: Mapping[str, Any]) -> tuple[int, int]:
+    """(available, desired) replicas of the pool's endpoint picker Deployment: what a tier's status shows.
+    Available counts at most the desired replicas: a rollout's surge replica (each tier joining the pool
+    rolls the picker's config) would otherwise rewrite the status of every tier of the pool twice."""
+    available = int((picker.get("status") or {}).get("availableReplicas") or 0)
+    desired = int((picker.get("spec") or {}).get("replicas", 1))
+    return min(available, desired), desired
+
+
 def _routable(picker: Mapping[str, Any] | None, picker_name: str) -> tuple[bool, str, str]:
     """(routable, reason, message) from the pool's endpoint picker Deployment."""
     if picker is None:
         return False, "PickerUnavailable", f"endpoint picker Deployment {picker_name} does not exist yet"
-    available = int((picker.get("status") or {}).get("availableReplicas") or 0)
-    desired = int((picker.get("spec") or {}).get("replicas", 1))
+    available, desired = picker_availability(picker)
     message = f"endpoint picker {picker_name}: {available} of {desired} replica(s) available"
     return (True, "PickerAvailable", message) if available > 0 else (False, "PickerUnavailable", message)
 

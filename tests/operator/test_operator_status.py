@@ -205,3 +205,17 @@ def test_ready_replicas_behind_an_unavailable_picker_are_not_ready():
     routed = _conditions(_derive(samples.tier(), deployments))
     assert routed[modeltier.ROUTABLE]["status"] == "True"
     assert routed[modeltier.READY]["status"] == "True"
+
+
+def test_a_picker_rollouts_surge_replica_leaves_the_status_unchanged():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=1, ready=1),
+        names.ROLE_DECODE: _deployment(replicas=1, ready=1),
+    }
+    settled = _derive(samples.tier(), deployments, picker=_picker(available=1))
+    surging = _derive(samples.tier(), deployments, picker=_picker(available=2))
+    assert surging == settled
+    assert (
+        _conditions(surging)[modeltier.ROUTABLE]["message"]
+        == "endpoint picker chat-picker: 1 of 1 replica(s) available"
+    )
