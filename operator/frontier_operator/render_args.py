@@ -1,4 +1,4 @@
-"""The `vllm serve` argument list of one role of a ModelTier.
+"""The engine argument list of one role of a ModelTier: `vllm serve`'s, or SGLang's `launch_server`'s.
 
 The model comes first, positionally: vLLM 0.11 refuses `vllm serve --model X`. Every typed engine field maps
 to exactly one vLLM flag (`TYPED_FLAGS`); the JSON-valued flags
@@ -8,6 +8,9 @@ order, so the same spec always renders the same bytes and a changed spec changes
 
 Role differences: speculative decoding only helps token generation, so a `prefill` role does not load the
 proposer; both disaggregated roles get the KV connector in `kv_both` mode (llm-d's convention with NIXL).
+
+SGLang (`sglang_args`) renders only the fields it has a flag of the same meaning for; `validate.check_sglang`
+refuses the others (`SGLANG_REFUSED`) before anything is rendered.
 """
 
 import hashlib
@@ -108,6 +111,54 @@ def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[st
     return args
 
 
+def sglang_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
+    """Arguments after `python3 -m sglang.launch_server` for `role` listening on `port` (SGLang 0.5)."""
+    roles = spec.roles()
+    if role not in roles:
+        raise KeyError(f"role {role!r} is not part of this tier (roles: {', '.join(roles)})")
+    parallel = roles[role].parallelism
+    engine = spec.engine
+    args = [
+        "--model-path",
+        spec.model.source,
+        "--served-model-name",
+        spec.model.served_name,
+        # SGLang listens on 127.0.0.1 unless told otherwise; the pool reaches it on the pod IP.
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--tp-size",
+        str(parallel.tensor),
+    ]
+    if parallel.pipeline > 1:
+        args += ["--pp-size", str(parallel.pipeline)]
+    if parallel.data > 1:
+        args += ["--dp-size", str(parallel.data)]
+    for flag, value in (
+        ("--context-length", engine.max_model_len),
+        ("--max-running-requests", engine.max_num_seqs),
+        ("--mem-fraction-static", engine.gpu_memory_utilization),
+        ("--dtype", engine.dtype),
+        ("--kv-cache-dtype", engine.kv_cache_dtype),
+        ("--quantization", engine.quantization),
+    ):
+        if value is not None:
+            args += [flag, str(value)]
+    # SGLang's prefix cache (the radix cache) is on by default.
+    if not engine.prefix_caching.enabled:
+        args.append("--disable-radix-cache")
+    args += engine.extra_args
+    return args
+
+
+def engine_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
+    """The engine arguments of `role` for the tier's engine type."""
+    if spec.engine.type == modeltier.EngineType.SGLANG:
+        return sglang_args(spec, role=role, port=port)
+    return vllm_args(spec, role=role, port=port)
+
+
 # Flags a typed field renders, with that field; repeating one in extraArgs would make the engine's behaviour
 # depend on argparse's last-wins order, so validation refuses it.
 TYPED_FLAGS: Final = {
@@ -133,6 +184,38 @@ TYPED_FLAGS: Final = {
     "--kv-transfer-config": "spec.disaggregation",
     "--kv-events-config": "spec.engine.kvEvents",
 }
+
+
+# SGLang's flags a typed field renders (every spelling SGLang 0.5 accepts), with that field.
+SGLANG_TYPED_FLAGS: Final = {
+    "--model-path": "spec.model.source",
+    "--model": "spec.model.source",
+    "--served-model-name": "spec.model.servedName",
+    "--host": "the operator (0.0.0.0)",
+    "--port": "the pool's targetPort",
+    "--tp-size": "the roles' parallelism.tensor",
+    "--tensor-parallel-size": "the roles' parallelism.tensor",
+    "--tp": "the roles' parallelism.tensor",
+    "--pp-size": "the roles' parallelism.pipeline",
+    "--pipeline-parallel-size": "the roles' parallelism.pipeline",
+    "--dp-size": "the roles' parallelism.data",
+    "--data-parallel-size": "the roles' parallelism.data",
+    "--dp": "the roles' parallelism.data",
+    "--context-length": "spec.engine.maxModelLen",
+    "--max-running-requests": "spec.engine.maxNumSeqs",
+    "--mem-fraction-static": "spec.engine.gpuMemoryUtilization",
+    "--dtype": "spec.engine.dtype",
+    "--kv-cache-dtype": "spec.engine.kvCacheDtype",
+    "--quantization": "spec.engine.quantization",
+    "--disable-radix-cache": "spec.engine.prefixCaching.enabled",
+}
+
+# Values of typed fields SGLang 0.5 has no equivalent of: vLLM's bare `fp8` KV cache dtype (SGLang names
+# fp8_e4m3 or fp8_e5m2) and the quantization methods missing from SGLang's `--quantization` choices.
+SGLANG_KV_CACHE_DTYPES: Final = frozenset({"auto", "fp8_e4m3", "fp8_e5m2"})
+SGLANG_QUANTIZATION: Final = frozenset(
+    {"fp8", "modelopt", "awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes", "gguf", "mxfp4"}
+)
 
 
 def args_hash(args_by_role: Mapping[str, Sequence[str]]) -> str:

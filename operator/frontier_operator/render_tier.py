@@ -34,15 +34,17 @@ ENGINE_LOCAL_PORT: Final = 8200
 # The preStop drain of an engine pod. When it runs the pod is terminating, so the picker (which drops
 # terminating pods) sends it nothing new; it first waits ENDPOINT_REMOVAL_S for requests already on their way
 # (the picker's watch and Envoy lag behind the deletion), then polls the engine's own gauges until no request
-# runs or waits, or the drain timeout passes. vLLM has no drain endpoint and aborts what is in flight on
-# SIGTERM; a fixed sleep would hold every idle pod for the worst case. Python, because every engine image
-# (vLLM's, the simulator's) has it; an engine that does not answer has nothing left to drain.
+# runs or waits (vLLM's or SGLang's gauges), or the drain timeout passes. vLLM has no drain endpoint and
+# aborts what is in flight on SIGTERM; a fixed sleep would hold every idle pod for the worst case. Python,
+# because every engine image (vLLM's, SGLang's, the simulator's) has it; an engine that does not answer has
+# nothing left to drain.
 DRAIN_SCRIPT: Final = """\
 import re, sys, time, urllib.request
 url, settle_s, timeout_s = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 time.sleep(settle_s)
 deadline = time.monotonic() + timeout_s
-gauge = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\\{[^}]*\\})? (\\S+)$", re.M)
+names = r"vllm:num_requests_(?:running|waiting)|sglang:num_(?:running|queue)_reqs"
+gauge = re.compile(r"^(?:" + names + r")(?:\\{[^}]*\\})? (\\S+)$", re.M)
 while time.monotonic() < deadline:
     try:
         page = urllib.request.urlopen(url, timeout=2).read().decode()
@@ -184,9 +186,9 @@ def _pod_spec(
         ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "engine",
-        "image": spec.engine.image or cfg.engine_image,
-        "command": list(cfg.engine_command),
-        "args": render_args.vllm_args(spec, role=role_name, port=port),
+        "image": spec.engine.image or cfg.image_of(spec.engine.type),
+        "command": list(cfg.command_of(spec.engine.type)),
+        "args": render_args.engine_args(spec, role=role_name, port=port),
         "ports": ports,
         "env": _env(spec),
         "lifecycle": _drain(port, spec.rollout),
@@ -379,4 +381,4 @@ def render(
 
 def rendered_args(*, spec: modeltier.ModelTierSpec, pool: pools.Pool) -> dict[str, list[str]]:
     """Each role's engine arguments (for status.renderedArgsHash)."""
-    return {r: render_args.vllm_args(spec, role=r, port=pool.target_port) for r in spec.roles()}
+    return {r: render_args.engine_args(spec, role=r, port=pool.target_port) for r in spec.roles()}

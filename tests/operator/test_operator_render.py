@@ -275,13 +275,19 @@ class _Engine(http.server.BaseHTTPRequestHandler):
     """A /metrics page whose requests in flight count down by one per scrape (from `busy`)."""
 
     busy = 0
+    sglang = False  # SGLang's gauge names instead of vLLM's
 
     def do_GET(self):
+        busy = float(max(type(self).busy, 0))
         page = (
-            "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
-            f'vllm:num_requests_running{{engine="0",model_name="m"}} {float(max(type(self).busy, 0))}\n'
-            'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
-        ).encode()
+            f'sglang:num_running_reqs{{model="m"}} {busy}\nsglang:num_queue_reqs{{model="m"}} 0.0\n'.encode()
+            if type(self).sglang
+            else (
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+                f'vllm:num_requests_running{{engine="0",model_name="m"}} {busy}\n'
+                'vllm:num_requests_waiting{engine="0",model_name="m"} 0.0\n'
+            ).encode()
+        )
         type(self).busy -= 1
         self.send_response(200)
         self.end_headers()
@@ -298,6 +304,7 @@ def engine_metrics():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/metrics", _Engine
     server.shutdown()
+    _Engine.sglang = False
 
 
 def _drain(url, timeout_s):
@@ -777,3 +784,116 @@ def test_on_a_cluster_labelled_by_gpu_feature_discovery_the_type_selects_its_pro
     )
     pod = _by_name(rendered)[("Deployment", "llama-fast-decode")]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def _sglang_spec(**engine):
+    return {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama-3.1-8b"},
+        "tier": {"rank": 1, "relativeCost": 1.0},
+        "engine": {"type": "sglang", **engine},
+        "serving": {
+            "replicas": 2,
+            "parallelism": {"tensor": 2, "data": 2},
+            "accelerator": {"type": samples.H100},
+        },
+    }
+
+
+def test_an_sglang_tier_renders_launch_server_with_its_flags_image_label_and_probes():
+    raw = _sglang_spec(
+        maxModelLen=8192,
+        maxNumSeqs=128,
+        gpuMemoryUtilization=0.85,
+        quantization="fp8",
+        kvCacheDtype="fp8_e4m3",
+        prefixCaching={"enabled": False},
+        extraArgs=["--chunked-prefill-size", "4096"],
+    )
+    spec = modeltier.parse_spec(raw)
+    assert validate.check_spec(spec) is None
+    _, _, _, rendered = _render(raw)
+    dep = _by_name(rendered)[("Deployment", "llama-fast-serving")]
+    pod = dep["spec"]["template"]
+    (engine,) = pod["spec"]["containers"]
+    assert engine["image"] == settings.DEFAULT_SGLANG_IMAGE
+    assert engine["command"] == ["python3", "-m", "sglang.launch_server"]
+    assert engine["args"] == [
+        "--model-path", "meta-llama/Llama-3.1-8B-Instruct",
+        "--served-model-name", "llama-3.1-8b",
+        "--host", "0.0.0.0",
+        "--port", "8000",
+        "--tp-size", "2",
+        "--dp-size", "2",
+        "--context-length", "8192",
+        "--max-running-requests", "128",
+        "--mem-fraction-static", "0.85",
+        "--kv-cache-dtype", "fp8_e4m3",
+        "--quantization", "fp8",
+        "--disable-radix-cache",
+        "--chunked-prefill-size", "4096",
+    ]  # fmt: skip
+    assert pod["metadata"]["labels"][names.ENGINE_TYPE_LABEL] == "sglang"
+    assert engine["livenessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert engine["startupProbe"]["httpGet"]["path"] == "/health"
+    assert engine["resources"]["limits"][names.GPU_RESOURCE] == "4"
+    # Data parallelism of one is SGLang's default: not rendered.
+    raw["serving"]["parallelism"] = {"tensor": 1}
+    _, _, _, rendered = _render(raw)
+    args = rendered[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--dp-size" not in args and _flag(args, "--tp-size") == "1"
+
+
+def test_an_sglang_tiers_image_and_command_come_from_the_sglang_settings():
+    spec = modeltier.parse_spec(_sglang_spec())
+    cfg = settings.from_env(
+        {"FRONTIER_SGLANG_IMAGE": "frontier:dev", "FRONTIER_SGLANG_COMMAND": "frontier-sim sglang"}
+    )
+    rendered = render_tier.render(tier=samples.tier(spec=_sglang_spec()), spec=spec, pool=pools.from_object(
+        samples.pool()), cfg=cfg)  # fmt: skip
+    engine = rendered[0]["spec"]["template"]["spec"]["containers"][0]
+    assert (engine["image"], engine["command"]) == ("frontier:dev", ["frontier-sim", "sglang"])
+    assert cfg.engine_command == ("vllm", "serve")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"disaggregation": {"enabled": True}}, "spec.disaggregation.enabled"),
+        (
+            {"engine": {"speculative": {"method": "ngram", "numSpeculativeTokens": 4}}},
+            "spec.engine.speculative",
+        ),
+        ({"engine": {"lora": {"maxLoras": 2}}}, "spec.engine.lora"),
+        ({"engine": {"maxNumBatchedTokens": 8192}}, "spec.engine.maxNumBatchedTokens"),
+        ({"engine": {"prefixCaching": {"hashAlgo": "sha256"}}}, "spec.engine.prefixCaching.hashAlgo"),
+        ({"engine": {"kvEvents": {"enabled": True}}}, "spec.engine.kvEvents.enabled"),
+        ({"engine": {"kvCacheDtype": "fp8"}}, "spec.engine.kvCacheDtype 'fp8'"),
+        ({"engine": {"quantization": "experts_int8"}}, "spec.engine.quantization 'experts_int8'"),
+    ],
+)
+def test_what_sglang_has_no_equivalent_of_is_refused_naming_the_field(change, field):
+    raw = _sglang_spec()
+    for key, value in change.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    invalid = validate.check_spec(modeltier.parse_spec(raw))
+    assert invalid is not None and invalid.reason == "EngineUnsupported"
+    assert field in invalid.message
+
+
+@pytest.mark.parametrize("extra", [["--tp", "4"], ["--context-length=4096"], ["--model-path", "x"]])
+def test_sglang_extra_args_may_not_repeat_a_typed_flag(extra):
+    invalid = validate.check_spec(
+        modeltier.parse_spec(_sglang_spec(extraArgs=["--trust-remote-code", *extra]))
+    )
+    assert invalid is not None and invalid.reason == "ExtraArgConflict"
+    assert "spec.engine.extraArgs[1]" in invalid.message
+
+
+def test_the_drain_waits_for_an_sglang_engines_requests_too(engine_metrics):
+    url, engine = engine_metrics
+    engine.sglang = True
+    engine.busy = 2
+    assert 2 <= _drain(url, 30) < 10
+    engine.busy = 0
+    assert _drain(url, 30) < 2
