@@ -8,6 +8,9 @@ So is what vLLM 0.11 refuses, by its flag table (`frontier_api.vllm_flags`): `--
 positional argument), a value outside a flag's choices, a `--max-lora-rank` outside its set, a
 `--quantization` it does not know, a speculative method it does not run.
 Simulator-only flags start with `--sim-`.
+
+`frontier-sim sglang` accepts instead the `python3 -m sglang.launch_server` flags the operator renders for an
+`engine.type: sglang` tier (`parse_sglang`), runs the same engine model, and names its metrics as SGLang does.
 """
 
 import argparse
@@ -88,6 +91,11 @@ def add_engine_flags(parser: argparse.ArgumentParser, *, model_required: bool) -
         if option is not None and option.choices is not None:
             convert = action.type if callable(action.type) else str
             action.choices = [convert(choice) for choice in option.choices]
+    add_sim_flags(parser)
+
+
+def add_sim_flags(parser: argparse.ArgumentParser) -> None:
+    """The simulator's own --sim-* engine flags (every engine command line)."""
     parser.add_argument("--sim-gpu", default="h100", choices=["h100", "h200"])
     parser.add_argument(
         "--sim-params", help="parameter count, e.g. 8e9 or 70B (default: from the model name)"
@@ -109,6 +117,88 @@ def serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--sim-time-scale", type=float, default=1.0, help="wall seconds per model second")
     return parser
+
+
+# SGLang 0.5's `--kv-cache-dtype` and `--quantization` choices that the simulator models (the operator renders
+# no others).
+SGLANG_KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
+SGLANG_QUANTIZATION = ("fp8", "modelopt", "awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes", "gguf",
+                       "mxfp4")  # fmt: skip
+SGLANG_IGNORED_VALUE = ("--dtype", "--tokenizer-path", "--revision", "--download-dir", "--load-format",
+                        "--chunked-prefill-size", "--log-level", "--api-key", "--chat-template")  # fmt: skip
+SGLANG_IGNORED_SWITCH = (
+    "--trust-remote-code",
+    "--disable-cuda-graph",
+    "--enable-metrics",
+    "--skip-server-warmup",
+)
+
+
+def sglang_parser() -> argparse.ArgumentParser:
+    """`frontier-sim sglang`: SGLang's `launch_server` flags (the same spellings SGLang 0.5 accepts)."""
+    parser = _Parser(
+        prog="frontier-sim sglang",
+        description="a simulated SGLang server (python3 -m sglang.launch_server flags)",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--model-path", "--model", required=True)
+    parser.add_argument("--served-model-name")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--tp-size", "--tensor-parallel-size", "--tp", type=int, default=1)
+    parser.add_argument("--context-length", type=int)
+    parser.add_argument("--max-running-requests", type=int, default=256)
+    parser.add_argument("--mem-fraction-static", type=float, default=0.9)
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=SGLANG_KV_CACHE_DTYPES)
+    parser.add_argument("--quantization", choices=SGLANG_QUANTIZATION)
+    parser.add_argument("--disable-radix-cache", action="store_true")
+    parser.add_argument("--random-seed", type=int, default=0)
+    # Data and pipeline replicas inside one server: the simulator models one engine per endpoint.
+    for flag in ("--dp-size", "--data-parallel-size", "--dp", "--pp-size", "--pipeline-parallel-size"):
+        parser.add_argument(flag, type=int, help=argparse.SUPPRESS)
+    for flag in SGLANG_IGNORED_VALUE:
+        parser.add_argument(flag, help=argparse.SUPPRESS)
+    for flag in SGLANG_IGNORED_SWITCH:
+        parser.add_argument(flag, action="store_true", help=argparse.SUPPRESS)
+    add_sim_flags(parser)
+    parser.add_argument("--sim-time-scale", type=float, default=1.0, help="wall seconds per model second")
+    return parser
+
+
+def parse_sglang(argv: Sequence[str]) -> settings_.Settings:
+    """`frontier-sim sglang` arguments to Settings of an engine that reports SGLang's metric names; FlagError
+    on unknown or invalid flags."""
+    parser = sglang_parser()
+    args, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+        raise FlagError(
+            f"frontier-sim sglang: unknown flag(s) {' '.join(unknown)}; the simulator accepts the "
+            "sglang.launch_server flags Frontier renders and --sim-* (see frontier-sim sglang --help)"
+        )
+    if not 0.0 <= args.sim_acceptance_rate <= 1.0:
+        raise FlagError(f"--sim-acceptance-rate={args.sim_acceptance_rate}; must be in [0, 1]")
+    return settings_.Settings(
+        model=args.model_path,
+        served_model_names=[args.served_model_name] if args.served_model_name else [],
+        host=args.host,
+        port=args.port,
+        tensor_parallel_size=args.tp_size,
+        max_model_len=args.context_length,
+        max_num_seqs=args.max_running_requests,
+        gpu_memory_utilization=args.mem_fraction_static,
+        quantization=args.quantization,
+        kv_cache_dtype=args.kv_cache_dtype,
+        enable_prefix_caching=not args.disable_radix_cache,
+        seed=args.random_seed,
+        gpu=args.sim_gpu,
+        params=parse_params(args.sim_params),
+        acceptance_rate=args.sim_acceptance_rate,
+        kv_link_bytes_per_s=args.sim_kv_link_gbps * 1e9 / 8,
+        lora_load_s=args.sim_lora_load_ms / 1000,
+        default_max_tokens=args.sim_default_max_tokens,
+        time_scale=args.sim_time_scale,
+        engine_type="sglang",
+    )
 
 
 def parse_params(value: str | None) -> float | None:

@@ -1,6 +1,7 @@
-"""`frontier-sim`: run simulated vLLM servers.
+"""`frontier-sim`: run simulated vLLM (or SGLang) servers.
 
     frontier-sim serve MODEL [vllm serve flags] [--sim-* flags]   one server, like `vllm serve`
+    frontier-sim sglang --model-path MODEL [flags] [--sim-* flags]  one server, like SGLang's launch_server
     frontier-sim fleet --config fleet.yaml                        many servers in one process
     frontier-sim fleet --engines 16 --model M --base-address 127.3.0.1 --port 8000 --time-scale 10 \\
         --endpoints-file out/endpoints.yaml [vllm serve flags for every engine]
@@ -50,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flags.serve_parser().print_help()
                 return 0
             asyncio.run(_serve(flags.parse_serve(rest)))
+        elif command == "sglang":
+            if "-h" in rest or "--help" in rest:
+                flags.sglang_parser().print_help()
+                return 0
+            asyncio.run(_serve(flags.parse_sglang(rest)))
         elif command == "fleet":
             if "-h" in rest or "--help" in rest:
                 fleet.fleet_parser().print_help()
@@ -57,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_fleet(fleet.parse_args(rest)))
         else:
             print(
-                f"frontier-sim: unknown command {command!r}; expected serve or fleet\n\n{USAGE}",
+                f"frontier-sim: unknown command {command!r}; expected serve, sglang or fleet\n\n{USAGE}",
                 file=sys.stderr,
             )
             return 2

@@ -1,4 +1,5 @@
-"""The Prometheus page a simulated server exposes, with vLLM's metric names and labels.
+"""The Prometheus page a simulated server exposes, with vLLM's metric names and labels (or SGLang's, for a
+server started as `frontier-sim sglang`).
 
 Gauges and counters are read from the engine core at scrape time (never cached), so a scrape always agrees
 with the engine's state; latency histograms are observed by the server as requests progress, in model
@@ -122,6 +123,58 @@ def render(
         ("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", server.ttft),
         ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", server.itl),
         ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", server.e2e),
+    )
+    for name, text, hist in histograms:
+        _help(out, name, "histogram", text)
+        hist.render(name, labels, out)
+    out.append("")
+    return "\n".join(out)
+
+
+def render_sglang(
+    *,
+    core: engine_.Engine,
+    server: ServerMetrics,
+    model_name: str,
+    gpu_memory_utilization: float,
+    lora_timestamp: float,
+) -> str:
+    """The /metrics page of an SGLang server: the same engine state under SGLang's names (`sglang:` prefix,
+    `model_name` label; the KV cache as pages). Same signature as `render`, so the server picks either."""
+    del gpu_memory_utilization, lora_timestamp  # vLLM-only labels and families
+    labels = f'model_name="{model_name}"'
+    cfg = core.config
+    stats = core.stats
+    out: list[str] = []
+    gauges = (
+        ("sglang:num_running_reqs", "The number of running requests.", core.num_running),
+        ("sglang:num_queue_reqs", "The number of requests in the waiting queue.", core.num_waiting),
+        ("sglang:token_usage", "The token usage.", core.kv_usage),
+    )
+    for name, text, value in gauges:
+        _help(out, name, "gauge", text)
+        out.append(f"{name}{{{labels}}} {value!r}")
+    _help(out, "sglang:cache_config_info", "gauge", "KV cache configuration.")
+    out.append(
+        f'sglang:cache_config_info{{num_pages="{cfg.num_gpu_blocks}",page_size="{cfg.block_size}"}} 1.0'
+    )
+    counters = (
+        ("sglang:prompt_tokens_total", "Number of prefill tokens processed.", stats.prompt_tokens),
+        ("sglang:generation_tokens_total", "Number of generation tokens processed.", stats.generation_tokens),
+        ("sglang:cached_tokens_total", "Number of cached prompt tokens.", stats.prefix_cache_hits),
+        ("sglang:num_requests_total", "Number of requests processed.", sum(server.success.values())),
+    )
+    for name, text, value in counters:
+        _help(out, name, "counter", text)
+        out.append(f"{name}{{{labels}}} {value}")
+    histograms = (
+        ("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", server.ttft),
+        ("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", server.itl),
+        (
+            "sglang:e2e_request_latency_seconds",
+            "Histogram of End-to-end request latency in seconds",
+            server.e2e,
+        ),
     )
     for name, text, hist in histograms:
         _help(out, name, "histogram", text)

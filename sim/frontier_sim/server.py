@@ -509,7 +509,8 @@ class Server:
         return web.Response(status=200)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        text = metrics.render(
+        render = metrics.render_sglang if self.settings.engine_type == "sglang" else metrics.render
+        text = render(
             core=self.core,
             server=self.metrics,
             model_name=self.settings.served_model_name,

@@ -47,6 +47,8 @@ class Settings:
     lora_load_s: float = 0.02
     default_max_tokens: int = 256
     engine_id: str = ""
+    # Whose command line it was, and so whose metric names /metrics uses: "vllm" or "sglang".
+    engine_type: str = "vllm"
 
     @property
     def served_model_name(self) -> str:
