@@ -63,6 +63,7 @@ def test_operator_runs_non_root_read_only_with_resources(helm):
     assert container["command"] == ["frontier-operator"]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["FRONTIER_ENGINE_COMMAND"] == "vllm serve"
+    assert env["FRONTIER_SGLANG_COMMAND"] == "python3 -m sglang.launch_server"
     assert ("ServiceMonitor", "frontier") not in docs
 
 
