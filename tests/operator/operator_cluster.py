@@ -1,6 +1,7 @@
 """Helpers for the operator's tests on the local control plane: run `frontier-operator` as a subprocess
 against the test kubeconfig, read and write objects as dicts, and wait for conditions without busy-looping."""
 
+import os
 import pathlib
 import signal
 import subprocess
@@ -45,6 +46,12 @@ class Operator:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # SGLang tiers run on the simulator too (the settings have no command-line flags).
+            env={
+                **os.environ,
+                "FRONTIER_SGLANG_IMAGE": "frontier:test",
+                "FRONTIER_SGLANG_COMMAND": "frontier-sim sglang",
+            },
         )
 
     def log(self) -> str:

@@ -779,3 +779,44 @@ def test_a_cpu_only_tier_is_admitted_and_runs_on_a_cpu_node(namespace, api, cont
     node = api.get("v1", "Node", "", pod["spec"]["nodeName"])
     assert names.GKE_ACCELERATOR_LABEL not in node["metadata"]["labels"]
     assert names.GPU_RESOURCE not in str(pod["spec"]["containers"][0]["resources"])
+
+
+def test_an_sglang_tier_runs_like_a_vllm_one_and_an_unmappable_field_is_refused_by_name(
+    namespace, api, control_plane, operator_factory
+):
+    ns = namespace("op-sglang")
+    operator_factory(ns)
+    spec = {
+        "poolRef": {"name": "chat"},
+        "model": {"source": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama-3.1-8b"},
+        "engine": {"type": "sglang", "maxModelLen": 8192, "quantization": "fp8"},
+        "serving": {"replicas": 2, "parallelism": {"tensor": 2}, "accelerator": {"type": samples.H100}},
+    }
+    _apply_pool_and_tier(api, ns, spec)
+    tier = _ready_tier(api, ns)
+    assert tier["status"]["roles"][names.ROLE_BOTH]["ready"] == 2
+    assert oc.condition(tier, modeltier.CONFIG_VALID)["status"] == "True"
+    dep = _deployment(api, ns, "serving")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert (container["image"], container["command"]) == ("frontier:test", ["frontier-sim", "sglang"])
+    args = _engine_args(dep)
+    assert args[:2] == ["--model-path", "meta-llama/Llama-3.1-8B-Instruct"]
+    assert args[args.index("--context-length") + 1] == "8192" and "--tp-size" in args
+    pods = api.list("v1", "Pod", ns, label_selector=f"{names.ENGINE_TYPE_LABEL}=sglang")
+    assert len(pods) == 2
+
+    api.merge_patch(
+        oc.TIER_API,
+        names.MODEL_TIER_KIND,
+        ns,
+        TIER,
+        {"spec": {"engine": {"speculative": {"method": "ngram", "numSpeculativeTokens": 4}}}},
+    )
+
+    def invalid():
+        cond = oc.condition(api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER), modeltier.CONFIG_VALID)
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = oc.wait_for("ConfigValid=False", invalid)
+    assert cond["reason"] == "EngineUnsupported" and "spec.engine.speculative" in cond["message"]
+    assert _engine_args(_deployment(api, ns, "serving")) == args  # the running role is left as it was
