@@ -164,23 +164,14 @@ async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Seque
     grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
     picker = group.start(
         "picker",
-        [
-            sys.executable,
-            "-m",
-            "frontier_picker.main",
-            "--endpoints-file",
-            str(endpoints_file),
-            "--secure-serving=false",
-            "--address",
-            ADDRESS,
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            str(health_port),
-            "--metrics-port",
-            str(metrics_port),
-            *picker_flags,
-        ],
+        frontdoors.picker_argv(
+            endpoints_file=endpoints_file,
+            address=ADDRESS,
+            grpc_port=grpc_port,
+            health_port=health_port,
+            metrics_port=metrics_port,
+            extra=picker_flags,
+        ),
     )
     await processes.wait_port(ADDRESS, grpc_port, child=picker)
     port = processes.free_port(ADDRESS)

@@ -138,6 +138,35 @@ def picker_config(profile: str, *, time_scale: float) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
+def picker_argv(
+    *,
+    endpoints_file: Path,
+    address: str,
+    grpc_port: int,
+    health_port: int,
+    metrics_port: int,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a picker without TLS on an endpoints file, on the given ports, then `extra`."""
+    return [
+        sys.executable,
+        "-m",
+        "frontier_picker.main",
+        "--endpoints-file",
+        str(endpoints_file),
+        "--secure-serving=false",
+        "--address",
+        address,
+        "--grpc-port",
+        str(grpc_port),
+        "--grpc-health-port",
+        str(health_port),
+        "--metrics-port",
+        str(metrics_port),
+        *extra,
+    ]
+
+
 async def _start_picker(
     profile: str,
     *,
@@ -155,24 +184,14 @@ async def _start_picker(
     metrics_port = processes.free_port(address)
     picker = group.start(
         f"picker-{profile}",
-        [
-            sys.executable,
-            "-m",
-            "frontier_picker.main",
-            "--endpoints-file",
-            str(endpoints_file),
-            "--config-file",
-            str(config_path),
-            "--secure-serving=false",
-            "--address",
-            address,
-            "--grpc-port",
-            str(grpc_port),
-            "--grpc-health-port",
-            str(health_port),
-            "--metrics-port",
-            str(metrics_port),
-        ],
+        picker_argv(
+            endpoints_file=endpoints_file,
+            address=address,
+            grpc_port=grpc_port,
+            health_port=health_port,
+            metrics_port=metrics_port,
+            extra=["--config-file", str(config_path)],
+        ),
     )
     await processes.wait_port(address, grpc_port, child=picker)
     port = processes.free_port(address)
