@@ -57,13 +57,17 @@ def kv_events_config(events: modeltier.KvEvents, served_name: str) -> dict[str, 
     }
 
 
-def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
-    """Arguments after `vllm serve` for `role` (prefill, decode or both) listening on `port`: the model, then
-    flags."""
+def _parallelism(spec: modeltier.ModelTierSpec, role: str) -> modeltier.Parallelism:
     roles = spec.roles()
     if role not in roles:
         raise KeyError(f"role {role!r} is not part of this tier (roles: {', '.join(roles)})")
-    parallel = roles[role].parallelism
+    return roles[role].parallelism
+
+
+def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
+    """Arguments after `vllm serve` for `role` (prefill, decode or both) listening on `port`: the model, then
+    flags."""
+    parallel = _parallelism(spec, role)
     engine = spec.engine
     args = [
         spec.model.source,
@@ -113,10 +117,7 @@ def vllm_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[st
 
 def sglang_args(spec: modeltier.ModelTierSpec, *, role: str, port: int) -> list[str]:
     """Arguments after `python3 -m sglang.launch_server` for `role` listening on `port` (SGLang 0.5)."""
-    roles = spec.roles()
-    if role not in roles:
-        raise KeyError(f"role {role!r} is not part of this tier (roles: {', '.join(roles)})")
-    parallel = roles[role].parallelism
+    parallel = _parallelism(spec, role)
     engine = spec.engine
     args = [
         "--model-path",

@@ -87,9 +87,8 @@ class Director:
                 on_dispatch=on_dispatch,
                 on_reject=on_reject,
             )
-        except types.Rejection as refusal:
-            outcome = flow_control.REJECTED_SLO if "SLO" in refusal.reason else flow_control.REJECTED_CAPACITY
-            self._count_flow(request, outcome, 0.0)
+        except flow_control.Refused as refusal:
+            self._count_flow(request, refusal.outcome, 0.0)
             if self.log_decisions:
                 log.info(
                     "event=flow_rejected request_id=%s priority=%d fairness_id=%s reason=%r",

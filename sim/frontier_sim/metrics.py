@@ -62,6 +62,19 @@ def _help(out: list[str], name: str, kind: str, text: str) -> None:
     out.append(f"# TYPE {name} {kind}")
 
 
+def _samples(out: list[str], kind: str, labels: str, rows: tuple[tuple[str, str, float], ...]) -> None:
+    """One family per (name, help, value) row, each a single sample under `labels`."""
+    for name, text, value in rows:
+        _help(out, name, kind, text)
+        out.append(f"{name}{{{labels}}} {value}")
+
+
+def _histograms(out: list[str], labels: str, rows: tuple[tuple[str, str, Histogram], ...]) -> None:
+    for name, text, hist in rows:
+        _help(out, name, "histogram", text)
+        hist.render(name, labels, out)
+
+
 def render(
     *,
     core: engine_.Engine,
@@ -75,12 +88,12 @@ def render(
     cfg = core.config
     stats = core.stats
     out: list[str] = []
-    _help(out, "vllm:num_requests_running", "gauge", "Number of requests in model execution batches.")
-    out.append(f"vllm:num_requests_running{{{labels}}} {core.num_running}")
-    _help(out, "vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.")
-    out.append(f"vllm:num_requests_waiting{{{labels}}} {core.num_waiting}")
-    _help(out, "vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.")
-    out.append(f"vllm:kv_cache_usage_perc{{{labels}}} {core.kv_usage!r}")
+    gauges = (
+        ("vllm:num_requests_running", "Number of requests in model execution batches.", core.num_running),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", core.num_waiting),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", core.kv_usage),
+    )
+    _samples(out, "gauge", labels, gauges)
     _help(out, "vllm:cache_config_info", "gauge", "Information of the LLMEngine CacheConfig")
     out.append(
         f'vllm:cache_config_info{{block_size="{cfg.block_size}",cache_dtype="auto",'
@@ -110,9 +123,7 @@ def render(
             stats.preemptions,
         ),
     )
-    for name, text, value in counters:
-        _help(out, name, "counter", text)
-        out.append(f"{name}{{{labels}}} {value}")
+    _samples(out, "counter", labels, counters)
     _help(out, "vllm:request_success_total", "counter", "Count of successfully processed requests.")
     for reason in ("stop", "length", "abort"):
         out.append(
@@ -124,9 +135,7 @@ def render(
         ("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", server.itl),
         ("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", server.e2e),
     )
-    for name, text, hist in histograms:
-        _help(out, name, "histogram", text)
-        hist.render(name, labels, out)
+    _histograms(out, labels, histograms)
     out.append("")
     return "\n".join(out)
 
@@ -151,9 +160,7 @@ def render_sglang(
         ("sglang:num_queue_reqs", "The number of requests in the waiting queue.", core.num_waiting),
         ("sglang:token_usage", "The token usage.", core.kv_usage),
     )
-    for name, text, value in gauges:
-        _help(out, name, "gauge", text)
-        out.append(f"{name}{{{labels}}} {value!r}")
+    _samples(out, "gauge", labels, gauges)
     _help(out, "sglang:cache_config_info", "gauge", "KV cache configuration.")
     out.append(
         f'sglang:cache_config_info{{num_pages="{cfg.num_gpu_blocks}",page_size="{cfg.block_size}"}} 1.0'
@@ -164,9 +171,7 @@ def render_sglang(
         ("sglang:cached_tokens_total", "Number of cached prompt tokens.", stats.prefix_cache_hits),
         ("sglang:num_requests_total", "Number of requests processed.", sum(server.success.values())),
     )
-    for name, text, value in counters:
-        _help(out, name, "counter", text)
-        out.append(f"{name}{{{labels}}} {value}")
+    _samples(out, "counter", labels, counters)
     histograms = (
         ("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", server.ttft),
         ("sglang:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", server.itl),
@@ -176,8 +181,6 @@ def render_sglang(
             server.e2e,
         ),
     )
-    for name, text, hist in histograms:
-        _help(out, name, "histogram", text)
-        hist.render(name, labels, out)
+    _histograms(out, labels, histograms)
     out.append("")
     return "\n".join(out)

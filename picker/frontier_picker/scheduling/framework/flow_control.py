@@ -105,6 +105,14 @@ def from_config(raw: Mapping[str, Any] | None) -> Settings | None:
     return Settings(**values)
 
 
+class Refused(types.Rejection):
+    """A 429 from `FlowController.submit`; `outcome` is its GIE outcome name (the metrics' label)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(429, reason)
+        self.outcome = outcome
+
+
 @dataclasses.dataclass(slots=True, eq=False, kw_only=True)
 class Ticket:
     """A request held by flow control until `on_dispatch(now)` or `on_reject(rejection)` is called."""
@@ -223,13 +231,7 @@ class Gate:
 
     def has_room(self, state: endpoints.EndpointState, now: float) -> bool:
         """`state`'s engine reports room for one more request (GIE's saturation thresholds)."""
-        limits = self.thresholds
-        metrics = state.metrics
-        return (
-            now - metrics.updated_at < limits.staleness_s
-            and metrics.kv_usage < limits.kv_utilization
-            and metrics.waiting + self._since_report(state) < limits.queue_depth
-        )
+        return not self.thresholds.is_saturated(state, now, unreported=self._since_report(state))
 
     def saturation(self, states: Sequence[endpoints.EndpointState], now: float) -> float:
         """The share of endpoints with no room (1.0 for an empty pool)."""
@@ -350,8 +352,8 @@ class FlowController:
         on_dispatch: Callable[[float], None],
         on_reject: Callable[[types.Rejection], None],
     ) -> Ticket | None:
-        """None when `request` may go now; else its queued ticket. Raises `types.Rejection` (429) when the
-        queues are full or a sheddable request is predicted to miss its TTFT SLO."""
+        """None when `request` may go now; else its queued ticket. Raises `Refused` (429) when the queues
+        are full or a sheddable request is predicted to miss its TTFT SLO."""
         if self.prepare is not None:
             self.prepare(request)
         priority = request.priority
@@ -359,8 +361,8 @@ class FlowController:
             self._count_dispatch(now)
             return None
         if self.count + 1 > self.settings.max_requests or self.bytes + size > self.settings.max_bytes:
-            raise types.Rejection(
-                429,
+            raise Refused(
+                REJECTED_CAPACITY,
                 f"flow control queues are full ({self.count} requests, {self.bytes} bytes queued; limits "
                 f"{self.settings.max_requests} requests, {self.settings.max_bytes} bytes)",
             )
@@ -368,8 +370,8 @@ class FlowController:
         if request.priority < 0 and slo is not None:
             wait = self.predicted_wait(priority, now)
             if wait > slo:
-                raise types.Rejection(
-                    429,
+                raise Refused(
+                    REJECTED_SLO,
                     f"sheddable request would wait ~{wait:.2f} s in flow control, past its TTFT SLO of "
                     f"{slo:g} s",
                 )

@@ -31,11 +31,12 @@ class Thresholds:
     def is_stale(self, state: endpoints.EndpointState, now: float) -> bool:
         return now - state.metrics.updated_at >= self.staleness_s
 
-    def is_saturated(self, state: endpoints.EndpointState, now: float) -> bool:
+    def is_saturated(self, state: endpoints.EndpointState, now: float, *, unreported: int = 0) -> bool:
+        """`unreported`: requests sent to it since its metrics report, counted as waiting."""
         metrics = state.metrics
         return (
             now - metrics.updated_at >= self.staleness_s
-            or metrics.waiting >= self.queue_depth
+            or metrics.waiting + unreported >= self.queue_depth
             or metrics.kv_usage >= self.kv_utilization
         )
 
