@@ -29,11 +29,13 @@ from frontier_picker import (
     file_discovery,
     metrics,
     metrics_auth,
+    peering,
     pool_discovery,
     processor,
     scraper,
     tls,
 )
+from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
 from frontier_picker.scheduling import config, types
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,13 @@ class Options:
     # proxies and Service endpoints move traffic away), then in-flight streams get up to `drain_timeout_s`.
     drain_delay_s: float = 1.0
     drain_timeout_s: float = 30.0
+    # Peering (`peering`): where this picker publishes its flights, and the peers it follows.
+    peer_port: int | None = None  # TCP, for replicas; None: not served over TCP
+    peer_socket: Path | None = None  # a Unix socket, for the workers of one pod
+    peers: tuple[str, ...] = ()  # gRPC targets to follow (host:port, unix:path); this picker may be one
+    peer_service: str | None = None  # host:port whose DNS names every replica (a headless Service)
+    metrics_from_peers: bool = False  # do not scrape: use what a peer scraped (the workers but one)
+    peer_id: str | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -95,6 +104,9 @@ class Picker:
     _health: health.aio.HealthServicer
     _tasks: list["asyncio.Task[None]"]
     _metrics_server: Any
+    peers: peering.Peering | None = None
+    peer_port: int | None = None
+    _peer_server: grpc.aio.Server | None = None
 
     async def stop(self, *, drain_delay_s: float = 0.0, drain_timeout_s: float = 0.5) -> None:
         """Drain, then stop: readiness NOT_SERVING at once, new streams still taken for `drain_delay_s`,
@@ -123,6 +135,10 @@ class Picker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.peers is not None:
+            await self.peers.stop()
+        if self._peer_server is not None:
+            await self._peer_server.stop(grace=0)
         await self._health_server.stop(grace=0)
         self._metrics_server.shutdown()
         self._metrics_server.server_close()
@@ -231,7 +247,8 @@ async def start(
         )
     if flow is not None:
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
-    if options.refresh_metrics_interval_s > 0:
+    peers, peer_server, peer_port = await _start_peering(options, context, store, tasks)
+    if options.refresh_metrics_interval_s > 0 and not options.metrics_from_peers:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))
     log.info(
@@ -258,7 +275,52 @@ async def start(
         _health=health_servicer,
         _tasks=tasks,
         _metrics_server=metrics_server,
+        peers=peers,
+        peer_port=peer_port,
+        _peer_server=peer_server,
     )
+
+
+async def _start_peering(
+    options: Options,
+    context: processor.Context,
+    store: datastore.Datastore,
+    tasks: list["asyncio.Task[None]"],
+) -> tuple[peering.Peering | None, grpc.aio.Server | None, int | None]:
+    """The peering server and the tasks that follow peers, when `options` ask for any."""
+    if not (options.peer_port is not None or options.peer_socket or options.peers or options.peer_service):
+        return None, None, None
+    peers = peering.Peering(
+        decider=context.director,
+        store=store,
+        clock=context.clock,
+        peer_id=options.peer_id,
+        metrics_from_peers=options.metrics_from_peers,
+        metrics_interval_s=options.refresh_metrics_interval_s or 0.05,
+    )
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    wire_grpc.add_PeeringServicer_to_server(peers, server)  # type: ignore[no-untyped-call]
+    admin = peering.Admin(store=store, decider=context.director, clock=context.clock)
+    wire_grpc.add_AdminServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
+    port = None
+    if options.peer_port is not None:
+        port = server.add_insecure_port(f"{options.address}:{options.peer_port}")
+    if options.peer_socket is not None:
+        server.add_insecure_port(f"unix:{options.peer_socket}")
+    await server.start()
+    peers.follow(options.peers)
+    if options.peer_service:
+        tasks.append(asyncio.get_running_loop().create_task(peers.follow_service(options.peer_service)))
+    log.info(
+        "event=peering peer_id=%s peer_port=%s peer_socket=%s peers=%s peer_service=%s metrics_from_peers=%s",
+        peers.peer_id,
+        port if port is not None else "-",
+        options.peer_socket or "-",
+        ",".join(options.peers) or "-",
+        options.peer_service or "-",
+        options.metrics_from_peers,
+    )
+    return peers, server, port
 
 
 async def _pump(decider: director.Director, clock: Callable[[], float]) -> None:
