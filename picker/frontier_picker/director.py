@@ -337,6 +337,10 @@ class Director:
             except Exception:
                 log.exception("event=learn_shared_failed peer=%s flight_id=%s", peer, flight_id)
 
+    def peer_flights_of(self, peer: str) -> list[Flight]:
+        """The open flights learned from `peer`."""
+        return list(self._peer_flights.get(peer, {}).values())
+
     def peer_flight(self, peer: str, flight_id: str) -> Flight | None:
         """The open flight `flight_id` learned from `peer`, if any."""
         return self._peer_flights.get(peer, {}).get(flight_id)

@@ -12,8 +12,9 @@ from frontier_picker.proto.v1 import picker_pb2 as wire
 from frontier_picker.scheduling import types
 
 
-def decided(flight: director.Flight, *, now: float) -> wire.Delta:
-    """The delta telling peers that `flight` was decided here (`now`: this picker's clock)."""
+def decided(flight: director.Flight, *, now: float, origin: str = "") -> wire.Delta:
+    """The delta telling peers that `flight` was decided here (`now`: this picker's clock), or by sibling
+    `origin` when relaying its flight."""
     request, decision = flight.request, flight.decision
     return wire.Delta(
         decided=wire.Decided(
@@ -26,8 +27,17 @@ def decided(flight: director.Flight, *, now: float) -> wire.Delta:
             target_model=request.target_model,
             age_s=max(0.0, now - flight.decided_at),
             learned=decision.learned,
+            origin=origin,
         )
     )
+
+
+def relayed(delta: wire.Delta, origin: str) -> wire.Delta:
+    """A sibling's decided or completed delta, marked with the sibling it came from, for other pods."""
+    copy = wire.Delta()
+    copy.CopyFrom(delta)
+    getattr(copy, copy.WhichOneof("change")).origin = origin
+    return copy
 
 
 def peer_request(peer: str, message: wire.Decided) -> tuple[types.Request, types.Decision]:

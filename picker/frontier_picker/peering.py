@@ -2,19 +2,25 @@
 
 Every picker process (a worker of a multi-process picker pod, or a replica of the pool's picker) publishes
 its flights: each decision, with what its plugins learned from it (prefix block hashes, cost-ledger
-charges), and each completion. Every peer subscribes to every other and applies what it hears through its
+charges), and each completion. Peers subscribe to each other and apply what they hear through their
 director (`learn_peer_decision` / `learn_peer_completion`), so in-flight accounting, the prefix index and
 the cost ledger cover the whole pool's traffic, not one process's share.
 
-- A subscription starts with a snapshot of the publisher's open flights, so a peer that starts or restarts
-  converges at once on the load; the learned prefix index fills from the decisions that follow.
+- *Siblings* are the worker processes of one pod; they follow each other directly (Unix sockets). A
+  replica in another pod follows any one worker of each other pod (the pods' shared peer port) and asks for
+  its siblings' flights too: that worker relays them, each marked with the worker that decided it (its
+  *origin*). Every flight is thus learned exactly once everywhere, with no loops: a relay forwards only
+  siblings' flights, and only to subscribers from other pods.
+- A subscription starts with a snapshot of the publisher's open flights (and its siblings' when asked), so a
+  peer that starts or restarts converges at once on the load; the learned prefix index fills from the
+  decisions that follow.
 - When a subscription ends (the peer stopped, crashed, or fell too far behind), the subscriber drops every
-  flight it learned from that peer (`forget_peer`) and subscribes again with backoff: a lost peer costs
-  nothing but its own in-flight requests, and a peer that restarted is a new publisher id.
+  flight it learned through it (`forget_peer` for each origin) and subscribes again with backoff: a lost peer
+  costs nothing but its own in-flight requests, and a peer that restarted is a new origin.
 - A publisher keeps a bounded backlog per subscriber; a subscriber that falls behind it is cut off and
   resubscribes (a fresh snapshot) instead of growing the publisher's memory.
-- The workers of one pod share one scraper: the worker that scrapes also publishes the endpoint metrics it
-  scraped to subscribers that ask for them.
+- The workers of a pod share one scraper: the worker that scrapes also publishes the endpoint metrics it
+  scraped (never metrics it was sent) to subscribers that ask for them.
 
 `Admin.ListEndpoints` answers what this picker knows of each endpoint (tests and operators read it).
 """
@@ -26,7 +32,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import grpc
 
@@ -51,6 +57,7 @@ def new_peer_id() -> str:
 class _Subscriber:
     name: str
     wants_metrics: bool
+    wants_siblings: bool
     pending: list[wire.Delta] = dataclasses.field(default_factory=list)
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     overflowed: bool = False
@@ -66,31 +73,36 @@ class Peering(wire_grpc.PeeringServicer):
         store: datastore.Datastore,
         clock: Callable[[], float],
         peer_id: str | None = None,
-        metrics_from_peers: bool = False,
+        pod: str | None = None,
+        scrapes: bool = True,
         metrics_interval_s: float = 0.05,
     ) -> None:
         self.peer_id = peer_id or new_peer_id()
+        self.pod = pod or self.peer_id  # a single-process picker is its own pod
         self.director = decider
         self.store = store
         self.clock = clock
-        self.metrics_from_peers = metrics_from_peers  # this picker does not scrape: a peer's scrapes
+        self.scrapes = scrapes  # False: this worker's endpoint metrics come from a sibling that scrapes
         self.metrics_interval_s = metrics_interval_s
         self._subscribers: set[_Subscriber] = set()
-        self._following: dict[str, asyncio.Task[None]] = {}
+        self._following: dict[tuple[str, bool], asyncio.Task[None]] = {}  # (address, sibling) -> task
+        self._sibling_origins: set[str] = set()
         decider.share_with(self)
 
-    # Publisher: what this picker decided, to every subscriber.
+    # Publisher: what this picker decided (and its siblings, for other pods), to every subscriber.
 
     def decided(self, flight: director.Flight) -> None:
         if self._subscribers:
-            self._publish(peer_deltas.decided(flight, now=self.clock()))
+            self._publish(peer_deltas.decided(flight, now=self.clock()), relayed=False)
 
     def completed(self, flight: director.Flight, completion: types.Completion) -> None:
         if self._subscribers:
-            self._publish(peer_deltas.completed(flight, completion))
+            self._publish(peer_deltas.completed(flight, completion), relayed=False)
 
-    def _publish(self, delta: wire.Delta) -> None:
+    def _publish(self, delta: wire.Delta, *, relayed: bool) -> None:
         for subscriber in self._subscribers:
+            if relayed and not subscriber.wants_siblings:
+                continue
             if len(subscriber.pending) >= BACKLOG_LIMIT:
                 subscriber.overflowed = True
             else:
@@ -102,28 +114,40 @@ class Peering(wire_grpc.PeeringServicer):
     ) -> AsyncIterator[wire.DeltaBatch]:
         """The open flights, then every delta as it happens (see the module doc)."""
         subscriber = _Subscriber(
-            name=request.subscriber or context.peer(), wants_metrics=request.endpoint_metrics
+            name=request.subscriber or context.peer(),
+            wants_metrics=request.endpoint_metrics and self.scrapes,
+            wants_siblings=request.siblings,
         )
         self._subscribers.add(subscriber)
-        flights = self.director.open_flights()
-        log.info("event=peer_subscribed subscriber=%s open_flights=%d", subscriber.name, len(flights))
         try:
-            now = self.clock()
-            snapshot = [peer_deltas.decided(flight, now=now) for flight in flights]
-            if subscriber.wants_metrics:
-                snapshot.extend(self._metrics_deltas())
+            snapshot = self._snapshot(subscriber)
+            log.info("event=peer_subscribed subscriber=%s snapshot=%d", subscriber.name, len(snapshot))
             for start in range(0, max(len(snapshot), 1), SNAPSHOT_BATCH):
-                done = start + SNAPSHOT_BATCH >= len(snapshot)
-                yield wire.DeltaBatch(
-                    publisher=self.peer_id,
-                    deltas=snapshot[start : start + SNAPSHOT_BATCH],
-                    snapshot_done=done,
+                yield self._batch(
+                    snapshot[start : start + SNAPSHOT_BATCH],
+                    snapshot_done=start + SNAPSHOT_BATCH >= len(snapshot),
                 )
             async for batch in self._batches(subscriber):
                 yield batch
         finally:
             self._subscribers.discard(subscriber)
             log.info("event=peer_unsubscribed subscriber=%s", subscriber.name)
+
+    def _batch(self, deltas: Iterable[wire.Delta], *, snapshot_done: bool = False) -> wire.DeltaBatch:
+        return wire.DeltaBatch(
+            publisher=self.peer_id, pod=self.pod, deltas=deltas, snapshot_done=snapshot_done
+        )
+
+    def _snapshot(self, subscriber: _Subscriber) -> list[wire.Delta]:
+        now = self.clock()
+        snapshot = [peer_deltas.decided(flight, now=now) for flight in self.director.open_flights()]
+        if subscriber.wants_siblings:
+            for origin in self._sibling_origins:
+                for flight in self.director.peer_flights_of(origin):
+                    snapshot.append(peer_deltas.decided(flight, now=now, origin=origin))
+        if subscriber.wants_metrics:
+            snapshot.extend(self._metrics_deltas())
+        return snapshot
 
     async def _batches(self, subscriber: _Subscriber) -> AsyncIterator[wire.DeltaBatch]:
         timeout = self.metrics_interval_s if subscriber.wants_metrics else None
@@ -140,7 +164,7 @@ class Peering(wire_grpc.PeeringServicer):
             if subscriber.wants_metrics:
                 deltas.extend(self._metrics_deltas())
             if deltas:
-                yield wire.DeltaBatch(publisher=self.peer_id, deltas=deltas)
+                yield self._batch(deltas)
 
     def _metrics_deltas(self) -> list[wire.Delta]:
         now = self.clock()
@@ -149,15 +173,34 @@ class Peering(wire_grpc.PeeringServicer):
 
     # Subscriber: every peer's decisions, applied here.
 
-    def follow(self, addresses: Sequence[str]) -> None:
-        """Subscribe to exactly `addresses` (gRPC targets: `host:port`, `unix:path`): new ones start,
-        ones no longer listed stop (and their flights are forgotten)."""
-        wanted = set(addresses)
-        for address in self._following.keys() - wanted:
-            self._following.pop(address).cancel()
+    def follow(self, addresses: Sequence[str], *, siblings: bool = False) -> None:
+        """Follow exactly `addresses` (gRPC targets: `host:port`, `unix:path`) of one kind, the sibling
+        workers of this pod or the replicas of other pods: new ones start, ones no longer listed stop."""
+        wanted = {(address, siblings) for address in addresses}
+        for key in [key for key in self._following if key[1] == siblings and key not in wanted]:
+            self._following.pop(key).cancel()
         loop = asyncio.get_running_loop()
-        for address in sorted(wanted - self._following.keys()):
-            self._following[address] = loop.create_task(self._follow(address), name=f"peer {address}")
+        for key in sorted(wanted - self._following.keys()):
+            self._following[key] = loop.create_task(self._follow(*key), name=f"peer {key[0]}")
+
+    async def follow_service(self, target: str, *, interval_s: float = 5.0) -> None:
+        """Follow every address `target` (`host:port`, a headless Service's name) resolves to, looked up
+        again every `interval_s` (this pod's own address among them is recognised and left)."""
+        host, _, port = target.rpartition(":")
+        loop = asyncio.get_running_loop()
+        known: list[str] = []
+        while True:
+            try:
+                found = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            except OSError as error:
+                log.warning("event=peer_lookup_failed target=%s error=%r", target, error)
+            else:
+                addresses = sorted({f"{info[4][0]}:{info[4][1]}" for info in found})
+                if addresses != known:
+                    log.info("event=peers_resolved target=%s peers=%s", target, ",".join(addresses) or "-")
+                    known = addresses
+                self.follow(addresses)
+            await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
         """Stop following every peer."""
@@ -167,82 +210,83 @@ class Peering(wire_grpc.PeeringServicer):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _follow(self, address: str) -> None:
+    async def _follow(self, address: str, sibling: bool) -> None:
         delay = RETRY_S[0]
         while True:
-            publisher: str | None = None
+            origins: set[str] = set()
             try:
                 async with grpc.aio.insecure_channel(address) as channel:
-                    call = wire_grpc.PeeringStub(channel).Subscribe(  # type: ignore[no-untyped-call]
-                        wire.SubscribeRequest(
-                            subscriber=self.peer_id, endpoint_metrics=self.metrics_from_peers
-                        )
+                    request = wire.SubscribeRequest(
+                        subscriber=self.peer_id,
+                        endpoint_metrics=sibling and not self.scrapes,
+                        siblings=not sibling,
                     )
-                    async for batch in call:
-                        if batch.publisher == self.peer_id:
-                            log.info("event=peer_is_self address=%s", address)
-                            return  # a peer list that names this picker too (a headless Service's)
-                        if batch.publisher != publisher:
-                            if publisher is not None:
-                                self._lost(address, publisher, "restarted")
-                            publisher = batch.publisher
-                            log.info("event=peer_followed address=%s peer=%s", address, publisher)
-                        self.apply(batch.publisher, batch)
+                    stub = wire_grpc.PeeringStub(channel)  # type: ignore[no-untyped-call]
+                    async for batch in stub.Subscribe(request):
+                        if not origins:  # the first batch: who answered (one process per stream)
+                            if not self._accepts(address, batch, sibling):
+                                return
+                            log.info("event=peer_followed address=%s peer=%s", address, batch.publisher)
+                        self.apply(batch, origins, sibling=sibling)
                         delay = RETRY_S[0]
             except grpc.aio.AioRpcError as error:
-                if publisher is not None or delay >= RETRY_S[1]:
+                if origins or delay >= RETRY_S[1]:
                     log.warning("event=peer_unreachable address=%s code=%s", address, error.code().name)
             finally:
-                if publisher is not None:
-                    self._lost(address, publisher, "stream ended")
+                self._lost(address, origins, "stream ended")
             await asyncio.sleep(delay)
             delay = min(RETRY_S[1], delay * 2)
 
-    async def follow_service(self, target: str, *, interval_s: float = 5.0) -> None:
-        """Follow every address `target` (`host:port`, a headless Service's name) resolves to, looked up
-        again every `interval_s` (this picker's own address among them is recognised and left)."""
-        host, _, port = target.rpartition(":")
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                found = await loop.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            except OSError as error:
-                log.warning("event=peer_lookup_failed target=%s error=%r", target, error)
-            else:
-                addresses = sorted({f"{info[4][0]}:{info[4][1]}" for info in found})
-                if set(addresses) != set(self._following):
-                    log.info("event=peers_resolved target=%s peers=%s", target, ",".join(addresses) or "-")
-                self.follow(addresses)
-            await asyncio.sleep(interval_s)
+    def _accepts(self, address: str, batch: wire.DeltaBatch, sibling: bool) -> bool:
+        """Whether to follow the publisher of `batch`: not this pod through a replica address (a peer
+        list or a Service that names this pod too), whose workers are followed as siblings."""
+        if batch.publisher == self.peer_id or (not sibling and batch.pod == self.pod):
+            log.info("event=peer_is_self address=%s", address)
+            return False
+        return True
 
-    def _lost(self, address: str, publisher: str, why: str) -> None:
-        dropped = self.director.forget_peer(publisher)
-        log.info(
-            "event=peer_lost address=%s peer=%s reason=%r dropped_flights=%d",
-            address,
-            publisher,
-            why,
-            dropped,
-        )
+    def _lost(self, address: str, origins: set[str], why: str) -> None:
+        for origin in origins:
+            dropped = self.director.forget_peer(origin)
+            self._sibling_origins.discard(origin)
+            log.info(
+                "event=peer_lost address=%s peer=%s reason=%r dropped_flights=%d",
+                address,
+                origin,
+                why,
+                dropped,
+            )
+        origins.clear()
 
-    def apply(self, publisher: str, batch: wire.DeltaBatch) -> None:
-        """Apply one batch from peer `publisher` through the director."""
+    def apply(self, batch: wire.DeltaBatch, origins: set[str], *, sibling: bool) -> None:
+        """Apply one batch through the director, noting in `origins` every peer it named; a sibling's
+        flights are relayed to subscribers from other pods."""
         now = self.clock()
+        origins.add(batch.publisher)
+        if sibling:
+            self._sibling_origins.add(batch.publisher)
         for delta in batch.deltas:
             change = delta.WhichOneof("change")
             if change == "decided":
                 message = delta.decided
-                request, decision = peer_deltas.peer_request(publisher, message)
+                origin = message.origin or batch.publisher
+                origins.add(origin)
+                request, decision = peer_deltas.peer_request(origin, message)
                 self.director.learn_peer_decision(
-                    publisher, message.flight_id, request, decision, now=now - message.age_s
+                    origin, message.flight_id, request, decision, now=now - message.age_s
                 )
+                if sibling:
+                    self._publish(peer_deltas.relayed(delta, origin), relayed=True)
             elif change == "completed":
                 done = delta.completed
-                flight = self.director.peer_flight(publisher, done.flight_id)
+                origin = done.origin or batch.publisher
+                flight = self.director.peer_flight(origin, done.flight_id)
                 if flight is not None:
                     completion = peer_deltas.completion(done, flight.decision.primary)
-                    self.director.learn_peer_completion(publisher, done.flight_id, completion)
-            elif change == "endpoint_metrics" and self.metrics_from_peers:
+                    self.director.learn_peer_completion(origin, done.flight_id, completion)
+                if sibling:
+                    self._publish(peer_deltas.relayed(delta, origin), relayed=True)
+            elif change == "endpoint_metrics" and sibling and not self.scrapes:
                 state = self.store.get(delta.endpoint_metrics.endpoint)
                 if state is not None:
                     state.metrics = peer_deltas.scraped(delta.endpoint_metrics, now=now)

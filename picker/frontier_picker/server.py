@@ -54,6 +54,7 @@ class Options:
     """Everything the command line sets; defaults are the GIE EPP's."""
 
     address: str = "0.0.0.0"
+    metrics_address: str | None = None  # None: `address`
     grpc_port: int = names.EXT_PROC_PORT
     grpc_health_port: int = names.HEALTH_PORT
     metrics_port: int = names.METRICS_PORT
@@ -67,6 +68,9 @@ class Options:
     max_buffered_body_bytes: int = 256 * 1024 * 1024
     stream_idle_timeout_s: float = 300.0
     max_streams_per_peer: int = 4096
+    # HTTP/2 streams one ext_proc connection may carry (0: gRPC's default, no limit). Workers share the port
+    # per connection, so a limit makes a busy gateway open several connections that spread over them.
+    max_streams_per_connection: int = 0
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -83,10 +87,13 @@ class Options:
     # Peering (`peering`): where this picker publishes its flights, and the peers it follows.
     peer_port: int | None = None  # TCP, for replicas; None: not served over TCP
     peer_socket: Path | None = None  # a Unix socket, for the workers of one pod
-    peers: tuple[str, ...] = ()  # gRPC targets to follow (host:port, unix:path); this picker may be one
+    peers: tuple[str, ...] = ()  # other pods' pickers to follow (host:port); this one may be listed too
     peer_service: str | None = None  # host:port whose DNS names every replica (a headless Service)
-    metrics_from_peers: bool = False  # do not scrape: use what a peer scraped (the workers but one)
+    siblings: tuple[str, ...] = ()  # the other workers of this pod (unix:path)
+    metrics_from_siblings: bool = False  # do not scrape: use what a sibling worker scraped
     peer_id: str | None = None
+    pod: str | None = None  # shared by the workers of one pod (None: this process is the pod)
+    worker: int = 0  # this process's index among the pod's workers (`workers`)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -204,12 +211,13 @@ async def start(
             )
         )
 
-    ext_proc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ]
-    )
+    server_options = [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ]
+    if options.max_streams_per_connection > 0:
+        server_options.append(("grpc.max_concurrent_streams", options.max_streams_per_connection))
+    ext_proc_server = grpc.aio.server(options=server_options)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor.Processor(context), ext_proc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ext_proc_server)
     bind = f"{options.address}:{options.grpc_port}"
@@ -225,8 +233,8 @@ async def start(
     await ext_proc_server.start()
     await health_server.start()
     metrics_port, _thread, metrics_server = metrics.serve(
-        own_metrics,
-        address=options.address,
+        own_metrics.registry,
+        address=options.metrics_address or options.address,
         port=options.metrics_port,
         gate=metrics_auth.kube_gate(options.kubeconfig) if options.metrics_auth else None,
     )
@@ -248,7 +256,7 @@ async def start(
     if flow is not None:
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
     peers, peer_server, peer_port = await _start_peering(options, context, store, tasks)
-    if options.refresh_metrics_interval_s > 0 and not options.metrics_from_peers:
+    if options.refresh_metrics_interval_s > 0 and not options.metrics_from_siblings:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))
     log.info(
@@ -288,14 +296,16 @@ async def _start_peering(
     tasks: list["asyncio.Task[None]"],
 ) -> tuple[peering.Peering | None, grpc.aio.Server | None, int | None]:
     """The peering server and the tasks that follow peers, when `options` ask for any."""
-    if not (options.peer_port is not None or options.peer_socket or options.peers or options.peer_service):
+    listens = options.peer_port is not None or options.peer_socket is not None
+    if not (listens or options.peers or options.peer_service or options.siblings):
         return None, None, None
     peers = peering.Peering(
         decider=context.director,
         store=store,
         clock=context.clock,
         peer_id=options.peer_id,
-        metrics_from_peers=options.metrics_from_peers,
+        pod=options.pod,
+        scrapes=not options.metrics_from_siblings,
         metrics_interval_s=options.refresh_metrics_interval_s or 0.05,
     )
     server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
@@ -308,17 +318,21 @@ async def _start_peering(
     if options.peer_socket is not None:
         server.add_insecure_port(f"unix:{options.peer_socket}")
     await server.start()
+    peers.follow(options.siblings, siblings=True)
     peers.follow(options.peers)
     if options.peer_service:
         tasks.append(asyncio.get_running_loop().create_task(peers.follow_service(options.peer_service)))
     log.info(
-        "event=peering peer_id=%s peer_port=%s peer_socket=%s peers=%s peer_service=%s metrics_from_peers=%s",
+        "event=peering peer_id=%s pod=%s peer_port=%s peer_socket=%s siblings=%d peers=%s peer_service=%s "
+        "scrapes=%s",
         peers.peer_id,
+        peers.pod,
         port if port is not None else "-",
         options.peer_socket or "-",
+        len(options.siblings),
         ",".join(options.peers) or "-",
         options.peer_service or "-",
-        options.metrics_from_peers,
+        peers.scrapes,
     )
     return peers, server, port
 

@@ -7,22 +7,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubscribeRequest(_message.Message):
-    __slots__ = ("subscriber", "endpoint_metrics")
+    __slots__ = ("subscriber", "endpoint_metrics", "siblings")
     SUBSCRIBER_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    SIBLINGS_FIELD_NUMBER: _ClassVar[int]
     subscriber: str
     endpoint_metrics: bool
-    def __init__(self, subscriber: _Optional[str] = ..., endpoint_metrics: _Optional[bool] = ...) -> None: ...
+    siblings: bool
+    def __init__(self, subscriber: _Optional[str] = ..., endpoint_metrics: _Optional[bool] = ..., siblings: _Optional[bool] = ...) -> None: ...
 
 class DeltaBatch(_message.Message):
-    __slots__ = ("publisher", "deltas", "snapshot_done")
+    __slots__ = ("publisher", "deltas", "snapshot_done", "pod")
     PUBLISHER_FIELD_NUMBER: _ClassVar[int]
     DELTAS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_DONE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
     publisher: str
     deltas: _containers.RepeatedCompositeFieldContainer[Delta]
     snapshot_done: bool
-    def __init__(self, publisher: _Optional[str] = ..., deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ..., snapshot_done: _Optional[bool] = ...) -> None: ...
+    pod: str
+    def __init__(self, publisher: _Optional[str] = ..., deltas: _Optional[_Iterable[_Union[Delta, _Mapping]]] = ..., snapshot_done: _Optional[bool] = ..., pod: _Optional[str] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("decided", "completed", "endpoint_metrics")
@@ -35,7 +39,7 @@ class Delta(_message.Message):
     def __init__(self, decided: _Optional[_Union[Decided, _Mapping]] = ..., completed: _Optional[_Union[Completed, _Mapping]] = ..., endpoint_metrics: _Optional[_Union[EndpointMetrics, _Mapping]] = ...) -> None: ...
 
 class Decided(_message.Message):
-    __slots__ = ("flight_id", "primary", "prefill", "prompt_tokens", "max_tokens", "model", "target_model", "age_s", "learned")
+    __slots__ = ("flight_id", "primary", "prefill", "prompt_tokens", "max_tokens", "model", "target_model", "age_s", "learned", "origin")
     class LearnedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +56,7 @@ class Decided(_message.Message):
     TARGET_MODEL_FIELD_NUMBER: _ClassVar[int]
     AGE_S_FIELD_NUMBER: _ClassVar[int]
     LEARNED_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     flight_id: str
     primary: str
     prefill: str
@@ -61,10 +66,11 @@ class Decided(_message.Message):
     target_model: str
     age_s: float
     learned: _containers.ScalarMap[str, bytes]
-    def __init__(self, flight_id: _Optional[str] = ..., primary: _Optional[str] = ..., prefill: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., model: _Optional[str] = ..., target_model: _Optional[str] = ..., age_s: _Optional[float] = ..., learned: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    origin: str
+    def __init__(self, flight_id: _Optional[str] = ..., primary: _Optional[str] = ..., prefill: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., model: _Optional[str] = ..., target_model: _Optional[str] = ..., age_s: _Optional[float] = ..., learned: _Optional[_Mapping[str, bytes]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Completed(_message.Message):
-    __slots__ = ("flight_id", "status", "aborted", "duration_s", "ttft_s", "prompt_tokens", "completion_tokens", "cached_tokens")
+    __slots__ = ("flight_id", "status", "aborted", "duration_s", "ttft_s", "prompt_tokens", "completion_tokens", "cached_tokens", "origin")
     FLIGHT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORTED_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +79,7 @@ class Completed(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     flight_id: str
     status: int
     aborted: bool
@@ -81,7 +88,8 @@ class Completed(_message.Message):
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
-    def __init__(self, flight_id: _Optional[str] = ..., status: _Optional[int] = ..., aborted: _Optional[bool] = ..., duration_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ...) -> None: ...
+    origin: str
+    def __init__(self, flight_id: _Optional[str] = ..., status: _Optional[int] = ..., aborted: _Optional[bool] = ..., duration_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class EndpointMetrics(_message.Message):
     __slots__ = ("endpoint", "waiting", "running", "kv_usage", "block_size", "num_gpu_blocks", "running_loras", "waiting_loras", "max_loras", "age_s", "scrape_failures")

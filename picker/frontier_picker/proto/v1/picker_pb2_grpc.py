@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class PeeringStub:
-    """Peering: one peer's decisions, as they happen, for another peer to learn.
+    """Peering: one peer's decisions, as they happen, for another peer to learn. The workers of a pod follow each
+    other (Unix sockets); a replica follows any one worker of every other pod, asking for its siblings' flights.
     """
 
     def __init__(self, channel):
@@ -43,7 +44,8 @@ class PeeringStub:
 
 
 class PeeringServicer:
-    """Peering: one peer's decisions, as they happen, for another peer to learn.
+    """Peering: one peer's decisions, as they happen, for another peer to learn. The workers of a pod follow each
+    other (Unix sockets); a replica follows any one worker of every other pod, asking for its siblings' flights.
     """
 
     def Subscribe(self, request, context):
@@ -73,7 +75,8 @@ def add_PeeringServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Peering:
-    """Peering: one peer's decisions, as they happen, for another peer to learn.
+    """Peering: one peer's decisions, as they happen, for another peer to learn. The workers of a pod follow each
+    other (Unix sockets); a replica follows any one worker of every other pod, asking for its siblings' flights.
     """
 
     @staticmethod
