@@ -141,8 +141,9 @@ def parser() -> argparse.ArgumentParser:
         "--max-streams-per-connection",
         type=int,
         default=0,
-        help="HTTP/2 streams one ext_proc connection may carry (default: no limit with one worker, 16 with "
-        "several, so that a gateway's connections spread over them)",
+        help="HTTP/2 streams one ext_proc connection may carry, advertised to the gateway (default 0: no "
+        "limit; a gateway that sends a burst before reading it sees streams refused: prefer a cap on the "
+        "gateway's side, see workers.py)",
     )
     parse.add_argument(
         "--peer-port",

@@ -5,8 +5,13 @@ One Python process runs one request's code at a time, so a picker pod with N cor
 process itself when there is more than one worker:
 
 - Every worker is a whole picker (`server.start`) binding the ext_proc, health and peer ports with
-  SO_REUSEPORT (gRPC's default on Linux): the kernel spreads incoming connections over the workers, and
-  each connection carries at most `STREAMS_PER_CONNECTION` streams, so a busy gateway opens several.
+  SO_REUSEPORT (gRPC's default on Linux): the kernel spreads incoming *connections* over the workers. A
+  gateway multiplexes its ext_proc streams over few HTTP/2 connections (Envoy: one per worker thread), so
+  the gateway should cap the streams per connection to its picker cluster (Frontier's Envoy bootstrap sets
+  `max_concurrent_streams`; `envoy_bootstrap.PICKER_STREAMS_PER_CONNECTION`) and a busy one opens several.
+  The picker can advertise a cap itself (`--max-streams-per-connection`), but a gateway that sends a burst
+  before it reads the picker's HTTP/2 settings then sees streams refused, which Envoy's ext_proc client does
+  not retry: it is off by default.
 - The workers are siblings (`peering`): each follows the others over a Unix socket in a private directory, so
   every worker's in-flight accounting, prefix index and cost ledger cover the whole pod's traffic. Worker 0
   scrapes the endpoints' metrics and the others use its scrapes (one scraper per pod).
@@ -44,9 +49,6 @@ from frontier_picker import logs, metrics, metrics_auth, metrics_merge, peering,
 
 log = logging.getLogger(__name__)
 
-# A gateway multiplexes its ext_proc streams over few HTTP/2 connections, and the kernel spreads connections,
-# not streams, over the workers: this many streams per connection makes a busy gateway open several.
-STREAMS_PER_CONNECTION = 16
 RESTART_DELAY_S = 1.0  # before a dead worker is started again
 PAGE_TIMEOUT_S = 2.0  # for one worker's metrics page
 
@@ -91,7 +93,6 @@ def plan(options: server.Options, count: int, run_dir: Path, pod: str) -> list[s
             metrics_from_siblings=index > 0,
             pod=pod,
             worker=index,
-            max_streams_per_connection=options.max_streams_per_connection or STREAMS_PER_CONNECTION,
         )
         for index in range(count)
     ]
