@@ -32,17 +32,17 @@ def endpoints_file(tmp_path: Path) -> Path:
 
 
 def options(tmp_path: Path, **overrides: Any) -> server.Options:
-    return server.Options(
-        address=ADDRESS,
-        grpc_port=0,
-        grpc_health_port=0,
-        metrics_port=0,
-        secure_serving=False,
-        endpoints_file=endpoints_file(tmp_path),
-        refresh_metrics_interval_s=0,  # no engines behind the addresses: load is the pickers' accounting
-        peer_port=0,
-        **overrides,
-    )
+    chosen: dict[str, Any] = {
+        "address": ADDRESS,
+        "grpc_port": 0,
+        "grpc_health_port": 0,
+        "metrics_port": 0,
+        "secure_serving": False,
+        "endpoints_file": endpoints_file(tmp_path),
+        "refresh_metrics_interval_s": 0,  # no engines behind the addresses: load is the pickers' accounting
+        "peer_port": 0,
+    }
+    return server.Options(**(chosen | overrides))
 
 
 async def started(opts: server.Options) -> server.Picker:
@@ -194,3 +194,41 @@ async def test_a_peer_list_that_names_this_picker_is_not_double_counted(tmp_path
         await routed.finish()
     finally:
         await picker.stop()
+
+
+async def test_a_replica_learns_every_worker_of_another_pod_through_any_one_of_them(tmp_path: Path) -> None:
+    """Pod A: two workers on one peer port, siblings over Unix sockets. Replica B follows A's peer port once
+    and learns both workers' flights (the worker it reached relays its sibling's); A's workers learn B's."""
+    sockets = [tmp_path / "a0.sock", tmp_path / "a1.sock"]
+    a0 = await started(
+        options(tmp_path, pod="pod-a", peer_socket=sockets[0], siblings=(f"unix:{sockets[1]}",))
+    )
+    a1 = await started(
+        options(
+            tmp_path,
+            pod="pod-a",
+            peer_port=a0.peer_port,  # the pod's shared peer port (SO_REUSEPORT)
+            peer_socket=sockets[1],
+            siblings=(f"unix:{sockets[0]}",),
+            metrics_from_siblings=True,
+        )
+    )
+    b = await started(options(tmp_path, peers=(peer_address(a0),)))
+    try:
+        assert a0.peers is not None and a1.peers is not None
+        for worker in (a0, a1):
+            worker.peers.follow([peer_address(b), peer_address(a0)])  # the pod's own address: recognised
+        first = await route(a0, "from worker zero " * 30)
+        second = await route(a1, "from worker one " * 30)
+        third = await route(b, "from replica b " * 30)
+        everything = [first.endpoint, second.endpoint, third.endpoint]
+        expected = {key: everything.count(key) for key in everything}
+        for picker in (a0, a1, b):
+            assert await eventually(lambda picker=picker: in_flight(picker) == expected), in_flight(picker)
+        for routed in (first, second, third):
+            await routed.finish()
+        for picker in (a0, a1, b):
+            assert await eventually(lambda picker=picker: in_flight(picker) == {}), in_flight(picker)
+    finally:
+        for picker in (b, a1, a0):
+            await picker.stop()
