@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from frontier_api import names
-from frontier_picker import datastore, director, endpoints, request_view
+from frontier_picker import datastore, director, endpoints, peer_deltas, request_view
 from frontier_picker.scheduling import config, types
 from frontier_sim import engine, fleet, settings, tokenizer
 from frontier_sim.vt import policies, virtual_engine
@@ -181,6 +181,7 @@ class _Flight:
     index: int  # row in the results
     flight: director.Flight
     engine: int
+    replica: int  # the picker replica that decided it
     text: str
     token_ids: list[int]
     max_tokens: int
@@ -326,6 +327,8 @@ def run(
     token_cache: int = TOKEN_CACHE_SIZE,
     fast_forward: bool = True,
     max_wall_s: float | None = None,
+    replicas: int = 1,
+    peering: bool = True,
 ) -> Results:
     """Simulate `workload` (arrivals in time order) on `engines` routed by `policy`, until every request
     has finished. `policy`: a picker profile (`frontier`, `gie-default`), an EndpointPickerConfig text, a
@@ -333,7 +336,11 @@ def run(
     `on_completion` (`policies.Policy`) or `schedule`/`on_completion` (`types.Scheduler`).
     `fast_forward=False` takes every engine step through the core (slow; the reference for runs).
     `max_wall_s`: stop after this much wall time, leaving later arrivals out and requests in flight
-    unfinished (`Results.stopped_at` says how far the model clock got)."""
+    unfinished (`Results.stopped_at` says how far the model clock got).
+    `replicas`: picker replicas (a picker profile or config only), taking arrivals in turn, each with its own
+    datastore and scheduler; with `peering` each learns the others' decisions at once (the real peering's
+    path through `frontier.picker.v1` messages, without its network delay), without it each is blind to the
+    others'."""
     simulation = _Simulation(
         engines=engines,
         policy=policy,
@@ -343,8 +350,31 @@ def run(
         seed=seed,
         token_cache=token_cache,
         fast_forward=fast_forward,
+        replicas=replicas,
+        peering=peering,
     )
     return simulation.run(workload, max_wall_s=max_wall_s)
+
+
+class _Peers:
+    """In-process peering of picker replicas: what one decides, the others learn at once, converted to and
+    from the wire messages as the real peering does (`peer_deltas`)."""
+
+    def __init__(self, origin: str, others: Sequence[director.Director]) -> None:
+        self.origin = origin
+        self.others = others
+
+    def decided(self, flight: director.Flight) -> None:
+        message = peer_deltas.decided(flight, now=flight.decided_at).decided
+        for other in self.others:
+            request, decision = peer_deltas.peer_request(self.origin, message)
+            other.learn_peer_decision(
+                self.origin, message.flight_id, request, decision, now=flight.decided_at
+            )
+
+    def completed(self, flight: director.Flight, completion: types.Completion) -> None:
+        for other in self.others:
+            other.learn_peer_completion(self.origin, flight.flight_id, completion)
 
 
 @dataclasses.dataclass(slots=True)
@@ -391,9 +421,13 @@ class _Simulation:
         seed: int,
         token_cache: int,
         fast_forward: bool,
+        replicas: int = 1,
+        peering: bool = True,
     ) -> None:
         if not engines:
             raise ValueError("engines: at least one engine is required")
+        if replicas < 1:
+            raise ValueError(f"replicas={replicas}: at least one")
         self.store = datastore.Datastore()
         self.specs = list(engines)
         self.store.replace(
@@ -421,6 +455,29 @@ class _Simulation:
             scheduler=scheduler, store=self.store, flow=director.flow_of(scheduler), log_decisions=False
         )
         self.baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
+        if replicas > 1 and (self.baseline is not None or not isinstance(policy, str)):
+            raise ValueError("replicas: only a picker profile or config runs as several replicas")
+        # Replica 0 is the director above; the others, each its own datastore (load accounting) and scheduler.
+        self.directors = [self.director]
+        self.replica_states = [self.states]
+        for replica in range(1, replicas):
+            store = datastore.Datastore()
+            store.replace(state.endpoint for state in self.states)
+            states = list(store.states())
+            for state, core in zip(states, self.cores, strict=True):
+                state.metrics.block_size = core.config.block_size
+                state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
+            _, own = _policy(
+                policy, states=states, cores=self.cores, seed=seed + replica, fallbacks=fallbacks
+            )
+            self.directors.append(
+                director.Director(scheduler=own, store=store, flow=director.flow_of(own), log_decisions=False)
+            )
+            self.replica_states.append(states)
+        if replicas > 1 and peering:
+            for index, own_director in enumerate(self.directors):
+                others = [d for d in self.directors if d is not own_director]
+                own_director.share_with(_Peers(f"replica-{index}", others))
         chosen = self.baseline.policy if self.baseline else None
         self.oracle = chosen if isinstance(chosen, policies.Oracle) else None
         self.prompts = _Prompts(token_cache)
@@ -471,7 +528,7 @@ class _Simulation:
         self.columns.status[flight.index] = code
         self.columns.end[flight.index] = math.nan
         completion = types.Completion(endpoint=flight.flight.decision.primary, status=code, duration_s=0.0)
-        self.director.complete(flight.flight, completion, now=t)
+        self.directors[flight.replica].complete(flight.flight, completion, now=t)
         log.debug(
             "event=vt_request_failed request_id=%s status=%d reason=%r",
             request.request_id,
@@ -515,7 +572,7 @@ class _Simulation:
                 ttft_s=columns.ttft[i],
                 duration_s=t - columns.arrival_at[i],
             )
-            self.director.complete(flight.flight, completion, now=t)
+            self.directors[flight.replica].complete(flight.flight, completion, now=t)
 
     def _transfer(self, prefill: _Flight, t: float) -> None:
         """Prefill stage done: the decode engine pulls the uncached KV over its link, then decodes."""
@@ -533,21 +590,23 @@ class _Simulation:
         run_phase = virtual_engine.Phase.RUN
         kv_usage_mid_run = virtual_engine.kv_usage_mid_run
         vengines = self.vengines
-        states = self.states
         for i in self.members[group]:
             v = vengines[i]
             core = v.core
-            metrics = states[i].metrics
             if v.phase is run_phase:
                 assert v.run is not None
-                metrics.waiting = 0
-                metrics.kv_usage = kv_usage_mid_run(core, v.run, t)
+                waiting, kv_usage = 0, kv_usage_mid_run(core, v.run, t)
             else:
-                metrics.waiting = len(core.waiting)
-                metrics.kv_usage = core.pool.usage
-            metrics.running = len(core.running)
-            metrics.updated_at = t
-        self.director.pump(t)  # fresh metrics may show room (and TTLs may have passed)
+                waiting, kv_usage = len(core.waiting), core.pool.usage
+            running = len(core.running)
+            for states in self.replica_states:  # every replica scrapes the same engines
+                metrics = states[i].metrics
+                metrics.waiting = waiting
+                metrics.kv_usage = kv_usage
+                metrics.running = running
+                metrics.updated_at = t
+        for replica in self.directors:
+            replica.pump(t)  # fresh metrics may show room (and TTLs may have passed)
 
     def _fire(self, t: float, index: int, version: int) -> None:
         if index < 0:
@@ -576,11 +635,13 @@ class _Simulation:
         def reject(rejection: types.Rejection) -> None:
             self.columns.status[row] = rejection.status
 
+        replica = row % len(self.directors)  # the gateway spreads streams over the replicas in turn
+
         def dispatch(now: float) -> None:
-            self._dispatch(row, request, text, arrival.max_tokens, now)
+            self._dispatch(row, request, text, arrival.max_tokens, now, replica)
 
         try:
-            ticket = self.director.admit(
+            ticket = self.directors[replica].admit(
                 request, now=t, size=len(text), on_dispatch=dispatch, on_reject=reject
             )
         except types.Rejection as rejection:
@@ -589,14 +650,17 @@ class _Simulation:
         if ticket is None:
             dispatch(t)
 
-    def _dispatch(self, row: int, request: types.Request, text: str, max_tokens: int, t: float) -> None:
-        """Decide `request` at model time `t` (its arrival, or when flow control let it go) and submit it."""
+    def _dispatch(
+        self, row: int, request: types.Request, text: str, max_tokens: int, t: float, replica: int = 0
+    ) -> None:
+        """Decide `request` at model time `t` (its arrival, or when flow control let it go) by picker
+        replica `replica`, and submit it."""
         rid = request.request_id
         token_ids = self.prompts.get(text)
         try:
             if self.baseline is not None:
                 self.baseline.token_ids = token_ids
-            decided = self.director.decide(request, now=t)
+            decided = self.directors[replica].decide(request, now=t)
         except types.Rejection as rejection:
             self.columns.status[row] = rejection.status
             return
@@ -609,6 +673,7 @@ class _Simulation:
             text=text,
             token_ids=token_ids,
             max_tokens=max_tokens,
+            replica=replica,
         )
         self.columns.engine_of[row] = target
         self.routed[target] += 1
