@@ -292,3 +292,28 @@ def test_requests_reusing_an_x_request_id_are_kept_apart():
     results = cluster.run(engines=small(1), workload=workload, policy="frontier")
     assert results.status.tolist() == [200, 200]
     assert results.completion_tokens.tolist() == [30, 30]
+
+
+def test_peered_replicas_keep_the_prefix_locality_that_blind_replicas_lose():
+    # Caches of 200 blocks (3,200 tokens, five of the twelve system prompts): copies of a prefix cost others.
+    engines = small(4, "--num-gpu-blocks-override", "200")
+    workload = shared_prefix(requests=400, qps=40, groups=12, system=600)
+
+    def hit_rate(results: cluster.Results) -> float:
+        return sum(e.prefix_cache_hits for e in results.engines) / sum(
+            e.prefix_cache_queries for e in results.engines
+        )
+
+    one = cluster.run(engines=engines, workload=workload, policy="frontier")
+    peered = cluster.run(engines=engines, workload=workload, policy="frontier", replicas=3)
+    blind = cluster.run(engines=engines, workload=workload, policy="frontier", replicas=3, peering=False)
+    for results in (one, peered, blind):
+        assert (results.status == 200).all()
+    # Each blind replica learns a third of the decisions: it spreads each group's prefix over more engines.
+    assert hit_rate(peered) > hit_rate(blind) + 0.05
+    assert hit_rate(peered) >= 0.95 * hit_rate(one)
+
+
+def test_only_a_picker_runs_as_several_replicas():
+    with pytest.raises(ValueError, match="replicas"):
+        cluster.run(engines=small(2), workload=[], policy="least-request", replicas=2)
