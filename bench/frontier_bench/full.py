@@ -6,7 +6,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 - `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`,
   `virtual-16-mixed-lengths`: the other workloads;
 - `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, each policy's peak goodput found
-  by search (`knee.py`), up to and past its knee;
+  by search (`knee.py`), up to and past its knee; `virtual-6-shared-prefix-bursty-cv3` the same with bursty
+  arrivals (Gamma gaps, CV 3);
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
@@ -123,10 +124,12 @@ class VirtualSuite:
     ladder: knee.Ladder | None = None
     workload: workloads.Workload | None = None
     description: str = ""
+    arrival_cv: float = 1.0  # 1: Poisson; more: bursty arrivals (Gamma gaps with this CV)
 
     @property
     def name(self) -> str:
-        return f"virtual-{self.engines}" + (f"-{self.workload.name}" if self.workload else "")
+        bursty = f"-bursty-cv{self.arrival_cv:g}" if self.arrival_cv != 1.0 else ""
+        return f"virtual-{self.engines}" + (f"-{self.workload.name}" if self.workload else "") + bursty
 
 
 def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
@@ -227,6 +230,20 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             f" prompt, a fresh 1,200-token question per request, {OUTPUT_LEN}-token output (the real-time"
             " shared-prefix shape)",
         ),
+        # The same, with bursty arrivals (Gamma gaps, CV 3): real gateways see bursts, not Poisson.
+        VirtualSuite(
+            engines=ENGINES,
+            policies=virtual.POLICIES,
+            ladder=knee.Ladder(start=30.0, factor=1.25, tolerance=0.05, max_loads=10),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            seeds=draws,
+            workload=shared_prefix_6(),
+            arrival_cv=3.0,
+            description=f"{workloads.llmd_groups(ENGINES)} groups x 5 requests per block, 6,000-token system"
+            f" prompt, a fresh 1,200-token question per request, {OUTPUT_LEN}-token output; bursty arrivals:"
+            " Gamma-distributed gaps with a coefficient of variation of 3",
+        ),
     ]
 
 
@@ -238,6 +255,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         duration_s=suite.duration_s,
         warmup_s=suite.warmup_s,
         model=MODEL,
+        arrival_cv=suite.arrival_cv,
     )
     seeds = range(suite.seeds)
     loads = tuple(per * suite.engines for per in suite.loads_per_engine)
@@ -273,6 +291,9 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
             f"{suite.warmup_s:g} s of warm-up arrivals left out, then {suite.duration_s:g} s measured"
             " (model time)",
             loads_note,
+            "arrivals: Poisson"
+            if suite.arrival_cv == 1.0
+            else f"arrivals: bursty, Gamma-distributed gaps with coefficient of variation {suite.arrival_cv:g}",
             f"{suite.seeds} arrival draws per (policy, load): figures are the median with the min-max range"
             " in brackets; a comparison's verdict is a win or a loss only where the ranges do not overlap",
             "ITL is not recorded in virtual time: the ITL column repeats TPOT",

@@ -77,6 +77,7 @@ class Setup:
     engine_args: Sequence[str] = ()
     label: str = ""
     slo: stats.Slo | None = None
+    arrival_cv: float = 1.0  # 1: Poisson arrivals; more: bursty (`workloads.gamma_schedule`)
 
 
 def arrival_seed(seed: int, qps: float) -> int:
@@ -88,8 +89,11 @@ def run_once(
     setup: Setup, *, policy: str, qps: float, seed: int, bar: progress.Bar | None = None
 ) -> report.Row:
     """One policy at one load and arrival draw on fresh engines; the steady-state summary as a row."""
-    schedule = workloads.poisson_schedule(
-        qps=qps, duration_s=setup.warmup_s + setup.duration_s, seed=arrival_seed(seed, qps)
+    schedule = workloads.schedule(
+        qps=qps,
+        duration_s=setup.warmup_s + setup.duration_s,
+        seed=arrival_seed(seed, qps),
+        cv=setup.arrival_cv,
     )
     if bar:
         bar.step += 1

@@ -424,6 +424,27 @@ def poisson_schedule(*, qps: float, duration_s: float, seed: int) -> Schedule:
     return Schedule(qps=qps, offsets_s=offsets[offsets < duration_s], seed=seed)
 
 
+def gamma_schedule(*, qps: float, duration_s: float, seed: int, cv: float) -> Schedule:
+    """Open-loop bursty arrivals at mean rate `qps`: Gamma-distributed gaps whose coefficient of variation
+    is `cv` (1 is Poisson; 2-4 is the burstiness production LLM traces show: many arrivals close together,
+    then lulls). Seeded; cut at `duration_s`."""
+    if qps <= 0 or duration_s <= 0 or cv <= 0:
+        raise ValueError(f"qps, duration_s and cv must be positive, got {qps}, {duration_s}, {cv}")
+    rng = np.random.default_rng(seed)
+    shape = 1.0 / cv**2  # a Gamma's CV is 1/sqrt(shape); its mean shape * scale is 1/qps
+    expected = qps * duration_s
+    gaps = rng.gamma(shape, 1.0 / (qps * shape), size=int(expected + 10 * cv * np.sqrt(expected) + 20))
+    offsets = np.cumsum(gaps)
+    return Schedule(qps=qps, offsets_s=offsets[offsets < duration_s], seed=seed)
+
+
+def schedule(*, qps: float, duration_s: float, seed: int, cv: float = 1.0) -> Schedule:
+    """Poisson arrivals when `cv` is 1, else bursty ones (`gamma_schedule`)."""
+    if cv == 1.0:
+        return poisson_schedule(qps=qps, duration_s=duration_s, seed=seed)
+    return gamma_schedule(qps=qps, duration_s=duration_s, seed=seed, cv=cv)
+
+
 def _require_positive(**values: int) -> None:
     for name, value in values.items():
         if value <= 0:

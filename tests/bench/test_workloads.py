@@ -166,6 +166,18 @@ def test_poisson_schedule_is_reproducible_and_has_the_offered_rate():
     assert abs(np.std(gaps) / np.mean(gaps) - 1.0) < 0.1  # exponential gaps: coefficient of variation 1
 
 
+def test_bursty_arrivals_keep_the_offered_rate_with_the_asked_burstiness():
+    bursty = workloads.schedule(qps=20.0, duration_s=500.0, seed=5, cv=3.0)
+    assert 9000 < len(bursty) < 11000
+    gaps = np.diff(bursty.offsets_s)
+    assert abs(np.std(gaps) / np.mean(gaps) - 3.0) < 0.3
+    # A CV of 1 is the Poisson schedule itself.
+    poisson = workloads.poisson_schedule(qps=20.0, duration_s=50.0, seed=5)
+    np.testing.assert_array_equal(
+        workloads.schedule(qps=20.0, duration_s=50.0, seed=5).offsets_s, poisson.offsets_s
+    )
+
+
 def test_invalid_parameters_name_the_field():
     with pytest.raises(ValueError, match="num_groups"):
         workloads.shared_prefix(
