@@ -33,10 +33,9 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from frontier_api import names
-from frontier_picker import bodies
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
-ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), bodies.MODELS_PATH)
+ROUTED_PATHS: Final = (*sorted(names.INFERENCE_PATHS), names.MODELS_PATH)
 OWNED_HEADERS: Final = (
     names.DESTINATION_ENDPOINT,
     names.DESTINATION_ENDPOINT_SERVED,
