@@ -65,6 +65,9 @@ MODELS_PATH: Final = "/v1/models"
 EXT_PROC_PORT: Final = 9002
 HEALTH_PORT: Final = 9003
 METRICS_PORT: Final = 9090
+# A standalone picker's Envoy sidecar (GIE's standalone chart): the clients' HTTP port and its readiness port.
+STANDALONE_HTTP_PORT: Final = 8081
+STANDALONE_READY_PORT: Final = 19001
 
 # --- Kubernetes -----------------------------------------------------------------------------------------
 GIE_GROUP: Final = "inference.networking.k8s.io"
