@@ -195,6 +195,8 @@ class Director:
                 self.metrics.gie.scheduler_e2e.observe(took)
         if not decision.endpoints:
             raise types.Rejection(503, "the scheduler chose no endpoint")
+        if self.metrics is not None and decision.prefix is not None:
+            metrics.record_prefix_match(self.metrics, decision.prefix)
         flight = Flight(
             request=request,
             decision=decision,

@@ -4,13 +4,15 @@ when scrapes must be authenticated.
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
 GIE's own family names (`inference_objective_*`, `inference_pool_*`,
-`inference_extension_scheduler_e2e_duration_seconds`) are exported too, with GIE's labels and buckets, so
-GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's label names: `model_name`
-(what the client asked for) and `target_model_name` (what the endpoint serves, after any rewrite). Model
-names come from clients, so label values are bounded: a name becomes one only once an endpoint has answered a
-request for it with 2xx (a model the pool serves: vLLM answers 404 for any other), only if it is at most
-`MAX_LABEL_CHARS` long, and only for the first `MAX_MODEL_LABELS` such names; every other name is counted
-as `other`. Fairness IDs (a header) are bounded the same way, by length and number.
+`inference_extension_scheduler_e2e_duration_seconds`, `inference_extension_plugin_duration_seconds`,
+`inference_extension_prefix_indexer_*`) are exported too, with GIE's labels and buckets (GIE v1.5.0's
+`pkg/epp/metrics`), so GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's
+label names: `model_name` (what the client asked for) and `target_model_name` (what the endpoint serves,
+after any rewrite). Model names come from clients, so label values are bounded: a name becomes one only
+once an endpoint has answered a request for it with 2xx (a model the pool serves: vLLM answers 404 for any
+other), only if it is at most `MAX_LABEL_CHARS` long, and only for the first `MAX_MODEL_LABELS` such names;
+every other name is counted as `other`. Fairness IDs (a header) are bounded the same way, by length and
+number. Plugin labels come from the loaded config, so they are bounded by it.
 """
 
 import dataclasses
@@ -26,6 +28,8 @@ from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
 
 from frontier_picker import endpoints, metrics_auth
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import plugin
 
 MAX_MODEL_LABELS: Final = 256
 # Longer than any served model name (Hugging Face ids stay under 100 characters).
@@ -108,6 +112,8 @@ _GIE_TOKEN_BUCKETS: Final = (
 _GIE_SCHEDULER_BUCKETS: Final = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 )  # fmt: skip
+_GIE_HIT_RATIO_BUCKETS: Final = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_GIE_HIT_BYTES_BUCKETS: Final = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _GIE_MODEL = ["model_name", "target_model_name"]
 
 
@@ -126,6 +132,9 @@ class GieMetrics:
     output_tokens: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
+    plugin_duration: prometheus_client.Histogram
+    prefix_hit_ratio: prometheus_client.Histogram
+    prefix_hit_bytes: prometheus_client.Histogram
     flow_control_queue_duration: prometheus_client.Histogram
 
 
@@ -183,6 +192,27 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
             buckets=_GIE_SCHEDULER_BUCKETS,
             registry=registry,
         ),
+        plugin_duration=prometheus_client.Histogram(
+            "inference_extension_plugin_duration_seconds",
+            "Time of each plugin call, by extension point, plugin type and plugin name (GIE's name)",
+            ["extension_point", "plugin_type", "plugin_name"],
+            buckets=_GIE_SCHEDULER_BUCKETS,
+            registry=registry,
+        ),
+        prefix_hit_ratio=prometheus_client.Histogram(
+            "inference_extension_prefix_indexer_hit_ratio",
+            "Share of the prompt's prefix blocks the chosen endpoint held, per scheduled request "
+            "(GIE's name)",
+            buckets=_GIE_HIT_RATIO_BUCKETS,
+            registry=registry,
+        ),
+        prefix_hit_bytes=prometheus_client.Histogram(
+            "inference_extension_prefix_indexer_hit_bytes",
+            "Prompt characters in the prefix blocks the chosen endpoint held, per scheduled request (GIE's "
+            "name)",
+            buckets=_GIE_HIT_BYTES_BUCKETS,
+            registry=registry,
+        ),
         flow_control_queue_duration=prometheus_client.Histogram(
             "inference_extension_flow_control_request_queue_duration_seconds",
             "Time requests spent in flow control, by fairness ID, priority and outcome (Dispatched, "
@@ -229,6 +259,46 @@ class PoolCollector(prometheus_registry.Collector):
             "inference_pool_average_running_requests",
             "Mean running requests over the pool's endpoints (GIE's name)",
             mean(s.metrics.running for s in states),
+        )
+
+
+class PluginDurations(plugin.PluginTimer):
+    """The scheduler's plugin timer: each call into `inference_extension_plugin_duration_seconds`."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._children: dict[tuple[str, int], Any] = {}
+
+    def record(self, extension_point: str, plugin: plugin.Plugin, seconds: float) -> None:
+        key = (extension_point, id(plugin))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.metrics.gie.plugin_duration.labels(
+                extension_point, plugin.type_name, plugin.name
+            )
+        child.observe(seconds)
+
+
+def record_prefix_match(metrics: Metrics, match: types.PrefixMatch) -> None:
+    """GIE's prefix-indexer hit metrics for one scheduled request: the matched length always, the ratio when
+    the prompt has at least one block."""
+    metrics.gie.prefix_hit_bytes.observe(match.matched_blocks * match.block_chars)
+    if match.total_blocks:
+        metrics.gie.prefix_hit_ratio.observe(match.matched_blocks / match.total_blocks)
+
+
+class PrefixIndexCollector(prometheus_registry.Collector):
+    """`inference_extension_prefix_indexer_size` (GIE's name): entries held over every endpoint, read from
+    the index when scraped."""
+
+    def __init__(self, entries: Callable[[], int]) -> None:
+        self.entries = entries
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        yield prometheus_metrics_core.GaugeMetricFamily(
+            "inference_extension_prefix_indexer_size",
+            "Prefix hashes the picker's prefix index holds over all endpoints (GIE's name)",
+            value=self.entries(),
         )
 
 

@@ -56,6 +56,16 @@ class TierChoice:
 TIER_REASONS = ("rule", "header", "classifier", "affinity", "fallback", "spill", "all-saturated")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """How much of the request's prompt the prefix index believed the primary endpoint held when it was
+    chosen: leading blocks matched, blocks in the prompt, characters per block."""
+
+    matched_blocks: int
+    total_blocks: int
+    block_chars: int
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Decision:
     """Where a request goes: `endpoints` primary first, then fallbacks; `prefill` for disaggregated tiers;
@@ -66,6 +76,7 @@ class Decision:
     profile: str = ""
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
     tier: TierChoice | None = None
+    prefix: PrefixMatch | None = None  # set by a prefix-cache plugin, for the hit-ratio metrics
 
     @property
     def primary(self) -> str:
