@@ -136,7 +136,9 @@ def observe_plugins(scheduler: types.Scheduler, own_metrics: metrics.Metrics) ->
     duration, and the size of every prefix index its plugins keep (another scheduler has no plugins)."""
     if not isinstance(scheduler, framework.Scheduler):
         return
-    scheduler.timer = metrics.PluginDurations(own_metrics)
+    timer = metrics.PluginDurations()
+    scheduler.timer = timer
+    own_metrics.registry.register(timer)
     indexes = {
         id(member.index): member.index
         for member in scheduler.members()
