@@ -78,6 +78,7 @@ class Director:
         self._resolve(request)
         if self.flow is None:
             return None
+        began = time.perf_counter()
         try:
             ticket = self.flow.submit(
                 request,
@@ -88,6 +89,7 @@ class Director:
                 on_reject=on_reject,
             )
         except flow_control.Refused as refusal:
+            self._count_enqueue(request, refusal.outcome, time.perf_counter() - began)
             self._count_flow(request, refusal.outcome, 0.0)
             if self.log_decisions:
                 log.info(
@@ -98,6 +100,9 @@ class Director:
                     refusal.reason,
                 )
             raise
+        # GIE's outcome of a request flow control holds: not yet finalized.
+        outcome = flow_control.DISPATCHED if ticket is None else "NotYetFinalized"
+        self._count_enqueue(request, outcome, time.perf_counter() - began)
         if ticket is not None and self.log_decisions:
             log.info(
                 "event=queued request_id=%s priority=%d fairness_id=%s queued=%d",
@@ -111,7 +116,10 @@ class Director:
     def pump(self, now: float) -> None:
         """Let flow control refuse what waited too long and dispatch what now fits."""
         if self.flow is not None:
+            began = time.perf_counter()
             self.flow.pump(now, self.store.states())
+            if self.metrics is not None:
+                self.metrics.gie.flow_control_dispatch_cycle.observe(time.perf_counter() - began)
 
     def cancel(self, ticket: flow_control.Ticket, now: float) -> None:
         """The client of a queued request went away: it leaves the queue."""
@@ -142,6 +150,16 @@ class Director:
                 ticket.flow,
                 now - ticket.enqueued_at,
             )
+
+    def _count_enqueue(self, request: types.Request, outcome: str, took: float) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.child(
+            self.metrics.gie.flow_control_enqueue_duration,
+            self.metrics.fairness_label(request.fairness_id or flow_control.NO_FAIRNESS_ID),
+            str(request.priority),
+            outcome,
+        ).observe(took)
 
     def _count_flow(self, request: types.Request, outcome: str, waited: float) -> None:
         if self.metrics is None:
@@ -304,6 +322,10 @@ class Director:
         assert self.metrics is not None
         gie = self.metrics.gie
         child = self.metrics.child
+        if completion.request_bytes:
+            child(gie.request_sizes, *models).observe(completion.request_bytes)
+        if completion.response_bytes is not None and not completion.aborted:
+            child(gie.response_sizes, *models).observe(completion.response_bytes)
         if completion.aborted or completion.status >= 400:
             child(gie.request_errors, *models, code).inc()
             return

@@ -114,6 +114,13 @@ _GIE_TOKEN_BUCKETS: Final = (
 _GIE_SCHEDULER_BUCKETS: Final = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 )  # fmt: skip
+_GIE_REQUEST_SIZE_BUCKETS: Final = (
+    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576,
+    2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456, 536870912, 1073741824,
+)  # fmt: skip
+_GIE_RESPONSE_SIZE_BUCKETS: Final = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536,
+)  # fmt: skip
 _GIE_HIT_RATIO_BUCKETS: Final = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 _GIE_HIT_BYTES_BUCKETS: Final = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _GIE_MODEL = ["model_name", "target_model_name"]
@@ -132,11 +139,15 @@ class GieMetrics:
     normalized_tpot: prometheus_client.Histogram
     input_tokens: prometheus_client.Histogram
     output_tokens: prometheus_client.Histogram
+    request_sizes: prometheus_client.Histogram
+    response_sizes: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
     prefix_hit_ratio: prometheus_client.Histogram
     prefix_hit_bytes: prometheus_client.Histogram
     flow_control_queue_duration: prometheus_client.Histogram
+    flow_control_enqueue_duration: prometheus_client.Histogram
+    flow_control_dispatch_cycle: prometheus_client.Histogram
 
 
 def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
@@ -182,6 +193,14 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
         output_tokens=histogram(
             "inference_objective_output_tokens", "Output tokens per request (GIE's name)", _GIE_TOKEN_BUCKETS
         ),
+        request_sizes=histogram(
+            "inference_objective_request_sizes", "Request body bytes (GIE's name)", _GIE_REQUEST_SIZE_BUCKETS
+        ),
+        response_sizes=histogram(
+            "inference_objective_response_sizes",
+            "Response body bytes, when the proxy sends the response body (GIE's name)",
+            _GIE_RESPONSE_SIZE_BUCKETS,
+        ),
         cached_tokens=histogram(
             "inference_objective_prompt_cached_tokens",
             "Prompt tokens served from the prefix cache per request (GIE's name)",
@@ -213,6 +232,20 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
             "RejectedCapacity, RejectedSLO, EvictedTTL, EvictedContextCancelled) (GIE's name)",
             ["fairness_id", "priority", "outcome", "inference_pool", *_GIE_MODEL],
             buckets=_GIE_FLOW_BUCKETS,
+            registry=registry,
+        ),
+        flow_control_enqueue_duration=prometheus_client.Histogram(
+            "inference_extension_flow_control_request_enqueue_duration_seconds",
+            "Time flow control took to take in a request, by fairness ID, priority and outcome "
+            "(NotYetFinalized: queued; Dispatched; or the refusal) (GIE's name)",
+            ["fairness_id", "priority", "outcome"],
+            buckets=_GIE_SCHEDULER_BUCKETS,
+            registry=registry,
+        ),
+        flow_control_dispatch_cycle=prometheus_client.Histogram(
+            "inference_extension_flow_control_dispatch_cycle_duration_seconds",
+            "Time of each flow-control pass over the queues (expiries and dispatches) (GIE's name)",
+            buckets=_GIE_SCHEDULER_BUCKETS,
             registry=registry,
         ),
     )
@@ -249,6 +282,14 @@ class PoolCollector(prometheus_registry.Collector):
             "Mean waiting requests over the pool's endpoints (GIE's name)",
             mean(s.metrics.waiting for s in states),
         )
+        per_pod = prometheus_metrics_core.GaugeMetricFamily(
+            "inference_pool_per_pod_queue_size",
+            "Waiting requests of each endpoint of the pool (GIE's name)",
+            labels=["name", "model_server_pod"],
+        )
+        for state in states:
+            per_pod.add_metric([self.pool, state.endpoint.name], state.metrics.waiting)
+        yield per_pod
         yield gauge(
             "inference_pool_average_running_requests",
             "Mean running requests over the pool's endpoints (GIE's name)",

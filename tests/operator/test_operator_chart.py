@@ -353,7 +353,7 @@ def _metric_names(expr: str) -> set[str]:
 def test_the_dashboard_only_queries_metrics_the_picker_exports(helm):
     from prometheus_client import generate_latest
 
-    from frontier_picker import datastore, director, endpoints, metrics
+    from frontier_picker import datastore, director, endpoints, metrics, server
     from frontier_picker.scheduling import config, types
 
     docs = _kinds(_template(helm, "--set", "dashboard.enabled=true"))
@@ -369,7 +369,9 @@ def test_the_dashboard_only_queries_metrics_the_picker_exports(helm):
     store = datastore.Datastore()
     store.replace([endpoints.Endpoint(name="e0", address="127.7.0.1", port=8000)])
     metrics.watch_pool(own, "chat", store.states)
-    routed = director.Director(scheduler=config.load(builtin="round-robin"), store=store, metrics=own)
+    scheduler = config.load(builtin="gie-default")  # with a prefix index, as the picker serves it
+    server.observe_plugins(scheduler, own)
+    routed = director.Director(scheduler=scheduler, store=store, metrics=own)
     request = types.Request(request_id="r", model="m", target_model="m", prompt="hello")
     flight = routed.decide(request, now=0.0)
     routed.complete(

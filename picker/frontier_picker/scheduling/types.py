@@ -95,6 +95,8 @@ class Completion:
     ttft_s: float | None = None
     duration_s: float = 0.0
     aborted: bool = False
+    request_bytes: int = 0
+    response_bytes: int | None = None  # None when the picker does not see the response body
 
 
 class Rejection(Exception):
