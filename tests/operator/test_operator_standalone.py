@@ -1,6 +1,7 @@
 """Standalone mode on the local control plane: a pool annotated `inference.frontier.dev/standalone: "true"`
 gets a picker pod with an Envoy sidecar, and a client's request to that pod's port 8081 reaches the engine
-serving the Hugging Face name it asks for; annotating it back to "false" removes the sidecar and its
+serving the Hugging Face name it asks for, or the LoRA adapter the tier declares (the operator's pod
+annotations carry both to the picker); annotating the pool back to "false" removes the sidecar and its
 ConfigMap.
 
 KWOK runs no containers, so the test plays the pods' processes from what the operator rendered, at the pods'
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.cluster
 
 TIER = "llama"
 SERVED = "meta-llama/Llama-3.1-8B-Instruct"
+ADAPTER = "sql-lora"
 BIN = pathlib.Path(sys.executable).parent
 
 
@@ -117,6 +119,7 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
         spec={
             "poolRef": {"name": "chat"},
             "model": {"source": SERVED, "servedName": SERVED},
+            "engine": {"lora": {"maxLoras": 2, "adapters": [{"name": ADAPTER, "source": "org/sql-lora"}]}},
             "serving": {"replicas": 1, "accelerator": {"type": samples.H100}},
         },
     )
@@ -207,8 +210,12 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
         timeout_s=60,
     )
     assert json.loads(payload)["model"] == SERVED
+    status, payload = _post(f"{url}/v1/chat/completions", {**chat, "model": ADAPTER})
+    assert status == 200 and json.loads(payload)["model"] == ADAPTER, payload
     status, payload = _get(f"{url}/v1/models")
-    assert status == 200 and SERVED in [m["id"] for m in json.loads(payload)["data"]]
+    assert status == 200 and {SERVED, ADAPTER} <= {m["id"] for m in json.loads(payload)["data"]}
+    status, _ = _post(f"{url}/v1/chat/completions", {**chat, "model": "not-served/model"})
+    assert status == 503  # no endpoint serves it: refused by the picker before an engine sees it
 
     # Back to a Gateway-fronted picker: the annotation alone (no generation change) removes the sidecar.
     api.merge_patch(
