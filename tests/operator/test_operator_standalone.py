@@ -215,7 +215,7 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
     status, payload = _get(f"{url}/v1/models")
     assert status == 200 and {SERVED, ADAPTER} <= {m["id"] for m in json.loads(payload)["data"]}
     status, _ = _post(f"{url}/v1/chat/completions", {**chat, "model": "not-served/model"})
-    assert status == 503  # no endpoint serves it: refused by the picker before an engine sees it
+    assert status == 404  # the tier router: no endpoint serves it and no virtual model stands for it
 
     # Back to a Gateway-fronted picker: the annotation alone (no generation change) removes the sidecar.
     api.merge_patch(

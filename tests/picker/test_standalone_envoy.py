@@ -127,7 +127,7 @@ def test_the_rendered_sidecar_envoy_routes_a_request_through_the_picker(tmp_path
             assert json.loads(payload)["served_by"] == serving.key
         assert [r.path for r in other.received] == []
         status, _ = post(f"{url}/v1/chat/completions", {"model": "unknown/model", "messages": []})
-        assert status == 503  # no endpoint serves it: refused before any engine sees it
+        assert status == 404  # the tier router: no endpoint serves it and no virtual model stands for it
         status, _ = post(f"{url}/reset_prefix_cache", {})
         assert status == 404 and len(serving.received) == 3
         loop.run(picker.stop())
