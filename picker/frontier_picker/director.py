@@ -151,6 +151,18 @@ class Director:
                 now - ticket.enqueued_at,
             )
 
+    def _count_attempt(self, request: types.Request, primary: endpoints.EndpointState | None) -> None:
+        """GIE's scheduler_attempts_total: `failure` with no endpoint, else `success` naming the primary."""
+        if self.metrics is None:
+            return
+        target = self.metrics.model_label(request.target_model)
+        if primary is None:
+            labels = ("failure", target, "", "", "")
+        else:
+            endpoint = primary.endpoint
+            labels = ("success", target, endpoint.name, self.metrics.namespace, str(endpoint.port))
+        self.metrics.child(self.metrics.gie.scheduler_attempts, *labels).inc()
+
     def _count_enqueue(self, request: types.Request, outcome: str, took: float) -> None:
         if self.metrics is None:
             return
@@ -206,13 +218,16 @@ class Director:
         began = time.perf_counter()
         try:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))
+            if not decision.endpoints:
+                raise types.Rejection(503, "the scheduler chose no endpoint")
+        except types.Rejection:
+            self._count_attempt(request, None)
+            raise
         finally:
             if self.metrics is not None:
                 took = time.perf_counter() - began
                 self.metrics.scheduling_duration.observe(took)
                 self.metrics.gie.scheduler_e2e.observe(took)
-        if not decision.endpoints:
-            raise types.Rejection(503, "the scheduler chose no endpoint")
         if self.metrics is not None and decision.prefix is not None:
             metrics.record_prefix_match(self.metrics, decision.prefix)
         flight = Flight(
@@ -221,6 +236,7 @@ class Director:
             charge=self.store.charge(request, decision),
             decided_at=now,
         )
+        self._count_attempt(request, flight.charge.state if flight.charge is not None else None)
         if self.flow is not None and flight.charge is not None:
             self.flow.gate.note_sent(flight.charge.state)
         if self.metrics is not None:

@@ -58,6 +58,7 @@ class Metrics:
     classification_duration: prometheus_client.Histogram
     gie: "GieMetrics"
     pool: str = ""  # the inference_pool label value (watch_pool sets it)
+    namespace: str = ""  # the pool's namespace, a label of scheduler attempts ("" without Kubernetes)
     _children: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     _models: set[str] = dataclasses.field(default_factory=set)
     _flows: set[str] = dataclasses.field(default_factory=set)
@@ -143,6 +144,7 @@ class GieMetrics:
     response_sizes: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
+    scheduler_attempts: prometheus_client.Counter
     prefix_hit_ratio: prometheus_client.Histogram
     prefix_hit_bytes: prometheus_client.Histogram
     flow_control_queue_duration: prometheus_client.Histogram
@@ -210,6 +212,13 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
             "inference_extension_scheduler_e2e_duration_seconds",
             "Scheduling latency per request (GIE's name)",
             buckets=_GIE_SCHEDULER_BUCKETS,
+            registry=registry,
+        ),
+        scheduler_attempts=prometheus_client.Counter(
+            "inference_extension_scheduler_attempts",
+            "Scheduling attempts, by status (success, failure), target model and the chosen endpoint's pod "
+            "name, namespace and port (empty on failure) (GIE's name)",
+            ["status", "target_model_name", "pod_name", "namespace", "port"],
             registry=registry,
         ),
         prefix_hit_ratio=prometheus_client.Histogram(

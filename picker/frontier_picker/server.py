@@ -201,6 +201,8 @@ async def start(
     store.subscribe(on_change)
     on_change()
     metrics.watch_pool(own_metrics, options.pool_name or "endpoints-file", store.states)
+    if options.pool_name:
+        own_metrics.namespace = options.pool_namespace
     if flow is not None:
         own_metrics.registry.register(
             metrics.FlowCollector(
