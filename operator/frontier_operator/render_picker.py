@@ -34,6 +34,7 @@ CONFIG_KEY: Final = "config.yaml"
 CONFIG_MOUNT: Final = "/config"
 ENVOY_CONFIG_KEY: Final = "envoy.yaml"
 ENVOY_CONFIG_MOUNT: Final = "/etc/envoy"
+ENVOY_VOLUME: Final = "envoy-config"
 # Envoy's own uid in its distroless images; set explicitly so `runAsNonRoot` can be verified.
 ENVOY_UID: Final = 65532
 
@@ -166,7 +167,7 @@ def standalone(pool: pools.Pool, cfg: settings.Settings) -> bool:
 def has_envoy(deployment: Mapping[str, Any]) -> bool:
     """Whether a live picker Deployment runs the Envoy sidecar (mounts its ConfigMap)."""
     volumes = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
-    return any(volume.get("name") == "envoy-config" for volume in volumes)
+    return any(volume.get("name") == ENVOY_VOLUME for volume in volumes)
 
 
 def envoy_config() -> dict[str, Any]:
@@ -215,7 +216,7 @@ def envoy_container(cfg: settings.Settings) -> dict[str, Any]:
             "runAsUser": ENVOY_UID,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "envoy-config", "mountPath": ENVOY_CONFIG_MOUNT, "readOnly": True}],
+        "volumeMounts": [{"name": ENVOY_VOLUME, "mountPath": ENVOY_CONFIG_MOUNT, "readOnly": True}],
     }
 
 
@@ -354,7 +355,7 @@ def render(
     ]
     if with_envoy:
         containers.append(envoy_container(cfg))
-        volumes.append({"name": "envoy-config", "configMap": {"name": envoy_config_map_name(pool)}})
+        volumes.append({"name": ENVOY_VOLUME, "configMap": {"name": envoy_config_map_name(pool)}})
         service_ports.append(
             {
                 "name": "http",

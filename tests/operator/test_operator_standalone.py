@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from frontier_api import modeltier, names
-from frontier_operator import manifests, pools, render_picker
+from frontier_operator import manifests, pools, render_picker, settings
 
 pytestmark = pytest.mark.cluster
 
@@ -141,6 +141,17 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
     envoy_map = api.get("v1", "ConfigMap", ns, "chat-picker-envoy")
     config_map = api.get("v1", "ConfigMap", ns, "chat-picker-config")
     assert envoy_map is not None and config_map is not None
+    # What the API server stored is what the operator renders: its next pass finds nothing to repair.
+    live_pool = api.get(f"{names.GIE_GROUP}/{names.GIE_VERSION}", "InferencePool", ns, "chat")
+    live_tier = api.get(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
+    assert live_pool is not None and live_tier is not None
+    desired = render_picker.render(
+        pool=pools.from_object(live_pool), owners=[live_tier], cfg=settings.Settings()
+    )
+    for manifest in desired:
+        _, kind, _, name = manifests.key(manifest)
+        stored = api.get(manifest["apiVersion"], kind, ns, name)
+        assert stored is not None and manifests.drift(manifest, stored) == [], (kind, name)
 
     # The pods' processes, from what the operator rendered.
     engine_ip = _pod_ip(api, ns, f"{names.TIER_LABEL}={TIER}")
