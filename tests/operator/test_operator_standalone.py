@@ -1,8 +1,8 @@
 """Standalone mode on the local control plane: a pool annotated `inference.frontier.dev/standalone: "true"`
-gets a picker pod with an Envoy sidecar, and a client's request to that pod's port 8081 reaches the engine
-serving the Hugging Face name it asks for, or the LoRA adapter the tier declares (the operator's pod
-annotations carry both to the picker); annotating the pool back to "false" removes the sidecar and its
-ConfigMap.
+(with kubectl, as the README says) gets a picker pod with an Envoy sidecar, and a client's request to that
+pod's port 8081 reaches the engine serving the Hugging Face name it asks for, or the LoRA adapter the tier
+declares (the operator's pod annotations carry both to the picker); annotating the pool back to "false"
+removes the sidecar and its ConfigMap.
 
 KWOK runs no containers, so the test plays the pods' processes from what the operator rendered, at the pods'
 own (loopback) IPs: the engine's argv on the simulator, the picker's argv (its discovery reading the cluster
@@ -26,6 +26,7 @@ import yaml
 
 from frontier_api import modeltier, names
 from frontier_operator import manifests, pools, render_picker, settings
+from frontier_testkit import controlplane
 
 pytestmark = pytest.mark.cluster
 
@@ -99,6 +100,17 @@ def _pod_ip(api: oc.Api, ns: str, selector: str) -> str:
     return str(oc.wait_for(f"one pod with an IP ({selector})", found))
 
 
+def kubectl(control_plane: Any, namespace: str, *args: str) -> None:
+    """Run the control plane's kubectl on the test's namespace, as a user would."""
+    binary = controlplane.default_cache_dir() / "bin" / "kubectl"
+    subprocess.run(
+        [str(binary), "--kubeconfig", str(control_plane.kubeconfig), "-n", namespace, *args],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 def _spawn(argv: list[str], log: pathlib.Path, started: list[subprocess.Popen[bytes]]) -> None:
     started.append(subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT))
 
@@ -110,9 +122,7 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
     tmp_path: pathlib.Path,
 ) -> None:
     api, ns = cluster
-    pool = samples.pool(namespace=ns)
-    pool["metadata"] = {"name": "chat", "namespace": ns, "annotations": {pools.STANDALONE_ANNOTATION: "true"}}
-    api.create(pool)
+    api.create(samples.pool(namespace=ns) | {"metadata": {"name": "chat", "namespace": ns}})
     tier = samples.tier(
         TIER,
         ns,
@@ -131,10 +141,17 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
         return (oc.condition(found, modeltier.READY) or {}).get("status") == "True"
 
     oc.wait_for(f"ModelTier {ns}/{TIER} Ready", ready)
-    picker = api.get("apps/v1", "Deployment", ns, "chat-picker")
-    assert picker is not None
-    containers = {c["name"]: c for c in picker["spec"]["template"]["spec"]["containers"]}
-    assert sorted(containers) == ["envoy", "picker"]
+
+    def containers_now() -> dict[str, dict[str, Any]]:
+        found = api.get("apps/v1", "Deployment", ns, "chat-picker") or {}
+        return {c["name"]: c for c in found["spec"]["template"]["spec"]["containers"]}
+
+    assert sorted(containers_now()) == ["picker"]  # a Gateway-fronted picker until the pool says otherwise
+    # As the README says, with kubectl: the annotation alone (no generation change) adds the sidecar.
+    kubectl(control_plane, ns, "annotate", "inferencepool", "chat", f"{pools.STANDALONE_ANNOTATION}=true")
+    oc.wait_for("the Envoy sidecar", lambda: sorted(containers_now()) == ["envoy", "picker"], timeout_s=60)
+    oc.wait_for(f"ModelTier {ns}/{TIER} Ready again", ready)
+    containers = containers_now()
     service = api.get("v1", "Service", ns, "chat-picker")
     assert service is not None
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]}["http"] == names.STANDALONE_HTTP_PORT
@@ -228,13 +245,15 @@ def test_a_standalone_pool_serves_a_client_through_its_pickers_envoy_sidecar(
     status, _ = _post(f"{url}/v1/chat/completions", {**chat, "model": "not-served/model"})
     assert status == 404  # the tier router: no endpoint serves it and no virtual model stands for it
 
-    # Back to a Gateway-fronted picker: the annotation alone (no generation change) removes the sidecar.
-    api.merge_patch(
-        names.GIE_GROUP + "/" + names.GIE_VERSION,
-        "InferencePool",
+    # Back to a Gateway-fronted picker: the sidecar, its ConfigMap and the Service port go.
+    kubectl(
+        control_plane,
         ns,
+        "annotate",
+        "--overwrite",
+        "inferencepool",
         "chat",
-        {"metadata": {"annotations": {pools.STANDALONE_ANNOTATION: "false"}}},
+        f"{pools.STANDALONE_ANNOTATION}=false",
     )
 
     def sidecar_gone() -> bool:
