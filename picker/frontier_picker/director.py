@@ -42,6 +42,7 @@ class Flight:
     decided_at: float = 0.0  # the caller's clock
     completed: bool = False
     counted: bool = False  # in GIE's request counter (deferred to completion while its model is no label)
+    running_label: str = ""  # its model's label in GIE's running-requests gauge while it runs
 
 
 class Director:
@@ -241,6 +242,8 @@ class Director:
             self.flow.gate.note_sent(flight.charge.state)
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+            flight.running_label = self.metrics.model_label(request.model)
+            self.metrics.child(self.metrics.gie.running_requests, flight.running_label).inc()
             if self.metrics.admitted(request.model) and self.metrics.admitted(request.target_model):
                 self._count_request(flight, admit=False)
             if decision.tier is not None:
@@ -316,6 +319,7 @@ class Director:
         if self.metrics is None:
             return
         self.metrics.in_flight.dec()
+        self.metrics.child(self.metrics.gie.running_requests, flight.running_label).dec()
         # A model an endpoint answered with 2xx is one the pool serves: only such names become label values.
         served = not completion.aborted and 200 <= completion.status < 300
         models = (

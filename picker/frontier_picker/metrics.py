@@ -141,6 +141,7 @@ class GieMetrics:
     input_tokens: prometheus_client.Histogram
     output_tokens: prometheus_client.Histogram
     request_sizes: prometheus_client.Histogram
+    running_requests: prometheus_client.Gauge
     response_sizes: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
@@ -197,6 +198,12 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
         ),
         request_sizes=histogram(
             "inference_objective_request_sizes", "Request body bytes (GIE's name)", _GIE_REQUEST_SIZE_BUCKETS
+        ),
+        running_requests=prometheus_client.Gauge(
+            "inference_objective_running_requests",
+            "Requests decided and not yet completed, by requested model (GIE's name)",
+            ["model_name"],
+            registry=registry,
         ),
         response_sizes=histogram(
             "inference_objective_response_sizes",

@@ -118,6 +118,9 @@ def test_plugin_durations_and_prefix_hits_are_exported_under_gies_names(tmp_path
             (*chosen, ("target_model_name", "m")): 1,
         }
         assert found[("inference_objective_request_sizes_sum", model)] == 2 * len(sent)
+        # Both answered: nothing runs, under whichever label each request started.
+        assert found[("inference_objective_running_requests", (("model_name", "other"),))] == 0
+        assert found[("inference_objective_running_requests", (("model_name", "m"),))] == 0
         assert found[("inference_objective_response_sizes_sum", model)] == answered  # gie mode: bodies seen
     finally:
         if envoy is not None:
