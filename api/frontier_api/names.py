@@ -54,12 +54,22 @@ CATEGORY_HEADER: Final = "x-frontier-category"
 TIER_HEADER: Final = "x-frontier-tier"
 TIER_REASON_HEADER: Final = "x-frontier-tier-reason"
 
+# The OpenAI-compatible APIs whose bodies name a model (other paths are scheduled without one), and the model
+# list, which the picker answers for the whole pool (one engine knows only its own models).
+INFERENCE_PATHS: Final = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"}
+)
+MODELS_PATH: Final = "/v1/models"
+
 # Picker ports, as the GIE EPP uses them.
 EXT_PROC_PORT: Final = 9002
 HEALTH_PORT: Final = 9003
 METRICS_PORT: Final = 9090
 # Frontier's own: replicas of a pool's picker learn each other's decisions here (frontier.picker.v1).
 PEER_PORT: Final = 9004
+# A standalone picker's Envoy sidecar (GIE's standalone chart): the clients' HTTP port and its readiness port.
+STANDALONE_HTTP_PORT: Final = 8081
+STANDALONE_READY_PORT: Final = 19001
 
 # --- Kubernetes -----------------------------------------------------------------------------------------
 GIE_GROUP: Final = "inference.networking.k8s.io"

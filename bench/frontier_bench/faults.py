@@ -53,9 +53,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from google.protobuf import struct_pb2
 
-from frontier_api import names
+from frontier_api import envoy_bootstrap, names
 from frontier_bench import frontdoors, harness, processes
-from frontier_picker import envoy_bootstrap
 
 ADDRESS: Final = "127.6.0.100"
 ENGINE_ADDRESSES: Final = ("127.6.0.1", "127.6.0.2", "127.6.0.3")

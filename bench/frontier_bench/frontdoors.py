@@ -4,7 +4,7 @@ Every policy routes over the same engines and is reached at one base URL:
 - `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
 - `frontier`, `gie-default`, `frontier-3-workers` (three worker processes sharing their decisions): the
   picker (file discovery of the fleet, that scheduling profile) behind an
-  Envoy that calls it over ext_proc, rendered by `frontier_picker.envoy_bootstrap`; `frontier`'s cost model
+  Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap`; `frontier`'s cost model
   is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's speed: its predictions are
   in seconds of the clock it lives on;
 - `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
@@ -30,8 +30,8 @@ from typing import Any, Final
 import aiohttp
 import yaml
 
+from frontier_api import envoy_bootstrap
 from frontier_bench import envoy_lb, processes
-from frontier_picker import envoy_bootstrap
 from frontier_picker.scheduling import config as scheduling_config
 from frontier_picker.scheduling.plugins import cost
 

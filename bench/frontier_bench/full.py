@@ -293,7 +293,7 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
             loads_note,
             "arrivals: Poisson"
             if suite.arrival_cv == 1.0
-            else f"arrivals: bursty, Gamma-distributed gaps with coefficient of variation {suite.arrival_cv:g}",
+            else f"arrivals: bursty, Gamma gaps with coefficient of variation {suite.arrival_cv:g}",
             f"{suite.seeds} arrival draws per (policy, load): figures are the median with the min-max range"
             " in brackets; a comparison's verdict is a win or a loss only where the ranges do not overlap",
             "ITL is not recorded in virtual time: the ITL column repeats TPOT",

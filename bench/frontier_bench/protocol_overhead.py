@@ -46,8 +46,8 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
+from frontier_api import envoy_bootstrap
 from frontier_bench import envoy_lb, processes
-from frontier_picker import envoy_bootstrap
 
 log = logging.getLogger(__name__)
 

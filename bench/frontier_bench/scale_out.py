@@ -31,8 +31,8 @@ from typing import Any, Final
 
 import aiohttp
 
+from frontier_api import envoy_bootstrap
 from frontier_bench import processes, protocol_overhead
-from frontier_picker import envoy_bootstrap
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from typing import Any, Final
 import kopf
 
 from frontier_api import names
-from frontier_operator import kube, manifests, reconcile, status
+from frontier_operator import kube, manifests, pools, reconcile, status
 
 log = logging.getLogger("frontier_operator.handlers")
 
@@ -51,7 +51,8 @@ def registry_for(
 ) -> kopf.OperatorRegistry:
     """A kopf registry whose handlers drive `reconciler` (one registry per operator instance)."""
     registry = kopf.OperatorRegistry()
-    pool_generations: dict[tuple[str, str], int] = {}
+    # Per pool: its generation and the values of the annotations the operator renders from.
+    pool_generations: dict[tuple[str, str], tuple[int | str | None, ...]] = {}
     deployment_generations: dict[tuple[str, str], int] = {}
     picker_availability: dict[tuple[str, str], tuple[int, int] | None] = {}
     tasks: list[asyncio.Task[None]] = []
@@ -201,7 +202,10 @@ def registry_for(
     async def _pool_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        generation = int(meta.get("generation", 0))
+        # What the renderers read: the spec (its generation) and the Frontier annotations, which change no
+        # generation.
+        annotations = meta.get("annotations") or {}
+        generation = (int(meta.get("generation", 0)), *(annotations.get(a) for a in pools.ANNOTATIONS))
         before = pool_generations.get(key)
         pool_generations[key] = generation
         if event["type"] == "DELETED":
@@ -216,7 +220,7 @@ def registry_for(
             log.info("listed kind=InferencePool namespace=%s name=%s", *key)
             return  # the initial listing: tier events cover it
         if before == generation:
-            return  # a status-only change
+            return  # a status-only change (or one to annotations the operator does not read)
         await reconciler.pool_changed(*key)
 
     return registry

@@ -44,6 +44,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-command", default=None, help="model-server command, space-separated")
     p.add_argument("--picker-image", default=None, help="endpoint picker image")
     p.add_argument(
+        "--picker-standalone",
+        choices=("true", "false"),
+        default=None,
+        help="true: every pool's picker runs with an Envoy sidecar serving clients on port 8081 (GIE's "
+        "standalone mode) unless its inference.frontier.dev/standalone annotation says false",
+    )
+    p.add_argument("--envoy-image", default=None, help="image of the standalone pickers' Envoy sidecar")
+    p.add_argument(
         "--picker-config-file", default=None, help="EndpointPickerConfig for generated picker ConfigMaps"
     )
     p.add_argument(
@@ -69,6 +77,10 @@ def settings_from(args: argparse.Namespace) -> settings.Settings:
         cfg = dataclasses.replace(cfg, engine_command=tuple(args.engine_command.split()))
     if args.picker_image:
         cfg = dataclasses.replace(cfg, picker_image=args.picker_image)
+    if args.picker_standalone is not None:
+        cfg = dataclasses.replace(cfg, picker_standalone=args.picker_standalone == "true")
+    if args.envoy_image:
+        cfg = dataclasses.replace(cfg, envoy_image=args.envoy_image)
     if args.picker_config_file:
         cfg = dataclasses.replace(cfg, picker_config=pathlib.Path(args.picker_config_file).read_text())
     if args.accelerator_label:

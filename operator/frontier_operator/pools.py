@@ -13,6 +13,11 @@ from frontier_api import names
 
 # Annotation on the pool naming a ConfigMap (key config.yaml) that replaces the generated picker config.
 PICKER_CONFIG_ANNOTATION: Final = "inference.frontier.dev/picker-config"
+# Annotation on the pool, "true" or "false": whether its picker runs standalone (with an Envoy sidecar that
+# serves clients itself), overriding the operator's default (`--picker-standalone`).
+STANDALONE_ANNOTATION: Final = "inference.frontier.dev/standalone"
+# The pool annotations the operator renders from: a change to one re-renders the pool's picker.
+ANNOTATIONS: Final = (PICKER_CONFIG_ANNOTATION, STANDALONE_ANNOTATION)
 DEFAULT_PICKER_PORT: Final = names.EXT_PROC_PORT
 
 
@@ -32,6 +37,7 @@ class Pool:
     picker_name: str
     picker_port: int
     picker_config_override: str | None = None
+    standalone: bool | None = None  # the pool's annotation; None: the operator's default
 
 
 def from_object(obj: Mapping[str, Any]) -> Pool:
@@ -53,6 +59,12 @@ def from_object(obj: Mapping[str, Any]) -> Pool:
         raise PoolError(f"InferencePool {name}: spec.endpointPickerRef must name a core Service, got {kind}")
     port = (ref.get("port") or {}).get("number", DEFAULT_PICKER_PORT)
     annotations = meta.get("annotations") or {}
+    standalone = annotations.get(STANDALONE_ANNOTATION)
+    if standalone is not None and standalone not in ("true", "false"):
+        raise PoolError(
+            f"InferencePool {name}: annotation {STANDALONE_ANNOTATION} is {standalone!r};"
+            " allowed: true, false"
+        )
     return Pool(
         name=name,
         namespace=str(meta.get("namespace", "")),
@@ -62,4 +74,5 @@ def from_object(obj: Mapping[str, Any]) -> Pool:
         picker_name=str(ref["name"]),
         picker_port=int(port),
         picker_config_override=annotations.get(PICKER_CONFIG_ANNOTATION),
+        standalone=None if standalone is None else standalone == "true",
     )

@@ -472,12 +472,35 @@ class Reconciler:
                 return []
             applied: list[str] = []
             desired = render_picker.render(pool=pool, owners=owners, cfg=self.cfg)
+            had_envoy = False
             for manifest, live in zip(desired, await self._observe(desired), strict=True):
+                if live is not None and live["kind"] == "Deployment":
+                    had_envoy = render_picker.has_envoy(live)
                 written, _ = await self._ensure(manifest, live)
                 if written:
                     applied.append(written)
+            if had_envoy and not render_picker.standalone(pool, self.cfg):
+                await self._drop_envoy_config(pool)
             self._picker_owners[(pool.namespace, pool.name)] = frozenset(t["metadata"]["uid"] for t in owners)
             return applied
+
+    async def _drop_envoy_config(self, pool: pools.Pool) -> None:
+        """Delete the Envoy ConfigMap of a picker that is no longer standalone (only one this operator made
+        for this pool). Called when the picker Deployment had its sidecar, so a pool that never was
+        standalone costs no read."""
+        name = render_picker.envoy_config_map_name(pool)
+        found = await self._get("v1", "ConfigMap", pool.namespace, name)
+        if found is None:
+            return
+        meta = found["metadata"]
+        labels = meta.get("labels") or {}
+        if (
+            labels.get(manifests.MANAGED_BY_LABEL) != manifests.MANAGED_BY
+            or (meta.get("annotations") or {}).get(manifests.POOL_ANNOTATION) != pool.name
+        ):
+            return
+        await asyncio.to_thread(self.kube.delete, "v1", "ConfigMap", namespace=pool.namespace, name=name)
+        log.info("event=envoy_config_deleted pool=%s/%s name=%s", pool.namespace, pool.name, name)
 
     async def _pools_left(self, obj: Mapping[str, Any], pool: pools.Pool) -> list[str]:
         """The pools whose picker `obj` still owns although its poolRef names `pool` now (it moved)."""

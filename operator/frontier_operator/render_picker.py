@@ -11,6 +11,15 @@ pool's virtual models on the tier router) unless the operator is given a config 
 a pool annotated with `inference.frontier.dev/picker-config: <configmap>` mounts that ConfigMap instead
 and gets none generated. The Deployment's `inference.frontier.dev/config-hash` annotation hashes the
 generated text, so a changed config rolls the picker.
+
+A *standalone* picker (GIE's standalone chart shape, for clusters without an inference-capable Gateway) runs
+an Envoy sidecar in the same pod: clients send OpenAI requests to the picker's Service on port 8081
+(`names.STANDALONE_HTTP_PORT`), Envoy asks the picker over ext_proc on localhost (TLS, as a gateway does)
+and forwards each request to the endpoint it names (an `ORIGINAL_DST` cluster reading
+`x-gateway-destination-endpoint`). That cluster takes one address, so a standalone picker names no
+fallbacks (`--fallbacks 0`). The bootstrap is `frontier_api.envoy_bootstrap`'s, in a ConfigMap
+`<picker>-envoy`; the pod's `inference.frontier.dev/envoy-config-hash` rolls it when the bootstrap changes.
+The pool's `inference.frontier.dev/standalone` annotation chooses, else the operator's `--picker-standalone`.
 """
 
 import hashlib
@@ -19,11 +28,16 @@ from typing import Any, Final
 
 import yaml
 
-from frontier_api import modeltier, names, scheduling_configs, schema
+from frontier_api import envoy_bootstrap, modeltier, names, scheduling_configs, schema
 from frontier_operator import manifests, pools, settings
 
 CONFIG_KEY: Final = "config.yaml"
 CONFIG_MOUNT: Final = "/config"
+ENVOY_CONFIG_KEY: Final = "envoy.yaml"
+ENVOY_CONFIG_MOUNT: Final = "/etc/envoy"
+ENVOY_VOLUME: Final = "envoy-config"
+# Envoy's own uid in its distroless images; set explicitly so `runAsNonRoot` can be verified.
+ENVOY_UID: Final = 65532
 
 # What a picker reads (`frontier_picker.pool_discovery`), and nothing more: it lists and watches its pool,
 # the namespace's pods (its endpoints) and InferenceObjectives (priorities); tier facts come in its config.
@@ -147,9 +161,76 @@ def peers_service_name(pool: pools.Pool) -> str:
     return f"{pool.picker_name}-peers"
 
 
-def picker_args(pool: pools.Pool, cfg: settings.Settings) -> list[str]:
-    """The picker's command-line arguments (mirroring the GIE EPP's flags, then Frontier's own: its worker
-    processes, and the peers it learns decisions from, every replica of the pool's picker)."""
+def envoy_config_map_name(pool: pools.Pool) -> str:
+    return f"{pool.picker_name}-envoy"
+
+
+def standalone(pool: pools.Pool, cfg: settings.Settings) -> bool:
+    """Whether `pool`'s picker runs with an Envoy sidecar: its annotation, else the operator's default."""
+    return cfg.picker_standalone if pool.standalone is None else pool.standalone
+
+
+def has_envoy(deployment: Mapping[str, Any]) -> bool:
+    """Whether a live picker Deployment runs the Envoy sidecar (mounts its ConfigMap)."""
+    volumes = (((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
+    return any(volume.get("name") == ENVOY_VOLUME for volume in volumes)
+
+
+def envoy_config() -> dict[str, Any]:
+    """The sidecar Envoy's bootstrap: clients on every address of the pod, the picker on localhost."""
+    return envoy_bootstrap.bootstrap(
+        listen_address="0.0.0.0",
+        listen_port=names.STANDALONE_HTTP_PORT,
+        picker_address="127.0.0.1",
+        picker_port=names.EXT_PROC_PORT,
+        mode="gie",
+        picker_tls=True,
+        ready_port=names.STANDALONE_READY_PORT,
+    )
+
+
+def envoy_container(cfg: settings.Settings) -> dict[str, Any]:
+    """The Envoy sidecar of a standalone picker."""
+    return {
+        "name": "envoy",
+        "image": cfg.envoy_image,
+        "command": list(cfg.envoy_command),
+        # No hot restart: it needs shared memory and a second Envoy; a new pod replaces this one.
+        "args": [
+            "--config-path",
+            f"{ENVOY_CONFIG_MOUNT}/{ENVOY_CONFIG_KEY}",
+            "--log-level",
+            "warn",
+            "--disable-hot-restart",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": names.STANDALONE_HTTP_PORT, "protocol": "TCP"},
+            {"name": "envoy-ready", "containerPort": names.STANDALONE_READY_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": envoy_bootstrap.READY_PATH, "port": names.STANDALONE_READY_PORT},
+            "periodSeconds": 2,
+        },
+        # Envoy stops at once on SIGTERM: keep it up while the pod leaves the Service's endpoints and the
+        # requests in flight finish (the picker drains as long).
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_TIMEOUT_S}}},
+        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": ENVOY_UID,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": ENVOY_VOLUME, "mountPath": ENVOY_CONFIG_MOUNT, "readOnly": True}],
+    }
+
+
+def picker_args(pool: pools.Pool, cfg: settings.Settings, *, with_envoy: bool = False) -> list[str]:
+    """The picker's command-line arguments: Frontier's own first (its worker processes, and the peers it
+    learns decisions from: every replica of the pool's picker), then the GIE EPP's flags; `with_envoy`: a
+    standalone picker's, which names no fallbacks (its Envoy's original-destination cluster takes one
+    address)."""
     return [
         "--workers",
         str(cfg.picker_workers),
@@ -176,6 +257,7 @@ def picker_args(pool: pools.Pool, cfg: settings.Settings) -> list[str]:
         # Reviewing scrapers' tokens needs a ClusterRoleBinding to system:auth-delegator per picker, which
         # this operator's namespaced, least-privilege RBAC cannot create; the metrics port stays open here.
         "--metrics-endpoint-auth=false",
+        *(["--fallbacks", "0"] if with_envoy else []),
     ]
 
 
@@ -218,6 +300,21 @@ def render(
     else:
         # Changes to a user-owned ConfigMap are the picker's to reload; the operator does not watch it.
         config_hash = f"configmap:{pool.picker_config_override}"
+    with_envoy = standalone(pool, cfg)
+    pod_annotations = {"inference.frontier.dev/config-hash": config_hash}
+    if with_envoy:
+        envoy_text = yaml.safe_dump(envoy_config(), sort_keys=False)
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(pool, envoy_config_map_name(pool), owners),
+                "data": {ENVOY_CONFIG_KEY: envoy_text},
+            }
+        )
+        pod_annotations["inference.frontier.dev/envoy-config-hash"] = hashlib.sha256(
+            envoy_text.encode()
+        ).hexdigest()[:16]
     out.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(pool, name, owners)})
     out.append(
         {
@@ -241,7 +338,7 @@ def render(
         "name": "picker",
         "image": cfg.picker_image,
         "command": list(cfg.picker_command),
-        "args": picker_args(pool, cfg),
+        "args": picker_args(pool, cfg, with_envoy=with_envoy),
         "ports": [
             {"name": "grpc", "containerPort": names.EXT_PROC_PORT, "protocol": "TCP"},
             {"name": "grpc-health", "containerPort": names.HEALTH_PORT, "protocol": "TCP"},
@@ -264,6 +361,30 @@ def render(
         },
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
     }
+    containers = [container]
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": config_map_name(pool)}}]
+    service_ports: list[dict[str, Any]] = [
+        {
+            "name": "grpc-ext-proc",
+            "port": pool.picker_port,
+            "targetPort": names.EXT_PROC_PORT,
+            "protocol": "TCP",
+            "appProtocol": "http2",
+        },
+        {"name": "metrics", "port": names.METRICS_PORT, "targetPort": names.METRICS_PORT, "protocol": "TCP"},
+    ]
+    if with_envoy:
+        containers.append(envoy_container(cfg))
+        volumes.append({"name": ENVOY_VOLUME, "configMap": {"name": envoy_config_map_name(pool)}})
+        service_ports.append(
+            {
+                "name": "http",
+                "port": names.STANDALONE_HTTP_PORT,
+                "targetPort": names.STANDALONE_HTTP_PORT,
+                "protocol": "TCP",
+                "appProtocol": "http",
+            }
+        )
     out.append(
         {
             "apiVersion": "apps/v1",
@@ -273,10 +394,7 @@ def render(
                 "replicas": cfg.picker_replicas,
                 "selector": {"matchLabels": selector},
                 "template": {
-                    "metadata": {
-                        "labels": pod_labels,
-                        "annotations": {"inference.frontier.dev/config-hash": config_hash},
-                    },
+                    "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                     "spec": {
                         "serviceAccountName": name,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
@@ -294,8 +412,8 @@ def render(
                                 ]
                             }
                         },
-                        "containers": [container],
-                        "volumes": [{"name": "config", "configMap": {"name": config_map_name(pool)}}],
+                        "containers": containers,
+                        "volumes": volumes,
                     },
                 },
             },
@@ -306,24 +424,7 @@ def render(
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": _meta(pool, name, owners),
-            "spec": {
-                "selector": selector,
-                "ports": [
-                    {
-                        "name": "grpc-ext-proc",
-                        "port": pool.picker_port,
-                        "targetPort": names.EXT_PROC_PORT,
-                        "protocol": "TCP",
-                        "appProtocol": "http2",
-                    },
-                    {
-                        "name": "metrics",
-                        "port": names.METRICS_PORT,
-                        "targetPort": names.METRICS_PORT,
-                        "protocol": "TCP",
-                    },
-                ],
-            },
+            "spec": {"selector": selector, "ports": service_ports},
         }
     )
     out.append(

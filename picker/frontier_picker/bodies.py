@@ -16,12 +16,7 @@ from typing import Any, Final
 
 import orjson
 
-from frontier_api import estimates
-
-# The OpenAI-compatible APIs whose bodies name a model; other paths are scheduled without one.
-INFERENCE_PATHS: Final = frozenset(
-    {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"}
-)
+from frontier_api import estimates, names
 
 # A quote or a structural character; strings are then skipped with `bytes.find` (memchr speed), so a 4 MB
 # prompt costs one search, and a string the body cuts off is recognised without scanning it twice.
@@ -41,18 +36,14 @@ class BodyError(ValueError):
         self.reason = reason
 
 
-# The model list: the picker answers it for the whole pool (one engine knows only its own models).
-MODELS_PATH: Final = "/v1/models"
-
-
 def is_models_listing(method: str, path: str) -> bool:
     """Whether the request is `GET /v1/models` (query string allowed)."""
-    return method == "GET" and path.split("?", 1)[0] == MODELS_PATH
+    return method == "GET" and path.split("?", 1)[0] == names.MODELS_PATH
 
 
 def is_inference_path(path: str) -> bool:
     """Whether `path` (query string allowed) is one of the APIs whose body must name a model."""
-    return path.split("?", 1)[0] in INFERENCE_PATHS
+    return path.split("?", 1)[0] in names.INFERENCE_PATHS
 
 
 def parse(body: bytes) -> dict[str, Any]:

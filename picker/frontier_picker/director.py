@@ -48,6 +48,7 @@ class Flight:
     flight_id: str = ""  # unique in this director; how peers name it
     completed: bool = False
     counted: bool = False  # in GIE's request counter (deferred to completion while its model is no label)
+    running_label: str = ""  # its model's label in GIE's running-requests gauge while it runs
 
 
 class PeerObserver(Protocol):
@@ -102,6 +103,7 @@ class Director:
         self._resolve(request)
         if self.flow is None:
             return None
+        began = time.perf_counter()
         try:
             ticket = self.flow.submit(
                 request,
@@ -112,6 +114,7 @@ class Director:
                 on_reject=on_reject,
             )
         except flow_control.Refused as refusal:
+            self._count_enqueue(request, refusal.outcome, time.perf_counter() - began)
             self._count_flow(request, refusal.outcome, 0.0)
             if self.log_decisions:
                 log.info(
@@ -122,6 +125,9 @@ class Director:
                     refusal.reason,
                 )
             raise
+        # GIE's outcome of a request flow control holds: not yet finalized.
+        outcome = flow_control.DISPATCHED if ticket is None else "NotYetFinalized"
+        self._count_enqueue(request, outcome, time.perf_counter() - began)
         if ticket is not None and self.log_decisions:
             log.info(
                 "event=queued request_id=%s priority=%d fairness_id=%s queued=%d",
@@ -135,7 +141,10 @@ class Director:
     def pump(self, now: float) -> None:
         """Let flow control refuse what waited too long and dispatch what now fits."""
         if self.flow is not None:
+            began = time.perf_counter()
             self.flow.pump(now, self.store.states())
+            if self.metrics is not None:
+                self.metrics.gie.flow_control_dispatch_cycle.observe(time.perf_counter() - began)
 
     def cancel(self, ticket: flow_control.Ticket, now: float) -> None:
         """The client of a queued request went away: it leaves the queue."""
@@ -166,6 +175,28 @@ class Director:
                 ticket.flow,
                 now - ticket.enqueued_at,
             )
+
+    def _count_attempt(self, request: types.Request, primary: endpoints.EndpointState | None) -> None:
+        """GIE's scheduler_attempts_total: `failure` with no endpoint, else `success` naming the primary."""
+        if self.metrics is None:
+            return
+        target = self.metrics.model_label(request.target_model)
+        if primary is None:
+            labels = ("failure", target, "", "", "")
+        else:
+            endpoint = primary.endpoint
+            labels = ("success", target, endpoint.name, self.metrics.namespace, str(endpoint.port))
+        self.metrics.child(self.metrics.gie.scheduler_attempts, *labels).inc()
+
+    def _count_enqueue(self, request: types.Request, outcome: str, took: float) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.child(
+            self.metrics.gie.flow_control_enqueue_duration,
+            self.metrics.fairness_label(request.fairness_id or flow_control.NO_FAIRNESS_ID),
+            str(request.priority),
+            outcome,
+        ).observe(took)
 
     def _count_flow(self, request: types.Request, outcome: str, waited: float) -> None:
         if self.metrics is None:
@@ -212,19 +243,25 @@ class Director:
         began = time.perf_counter()
         try:
             decision = self.scheduler.schedule(request, endpoints.Snapshot(now, states))
+            if not decision.endpoints:
+                raise types.Rejection(503, "the scheduler chose no endpoint")
+        except types.Rejection:
+            self._count_attempt(request, None)
+            raise
         finally:
             if self.metrics is not None:
                 took = time.perf_counter() - began
                 self.metrics.scheduling_duration.observe(took)
                 self.metrics.gie.scheduler_e2e.observe(took)
-        if not decision.endpoints:
-            raise types.Rejection(503, "the scheduler chose no endpoint")
+        if self.metrics is not None and decision.prefix is not None:
+            metrics.record_prefix_match(self.metrics, decision.prefix)
         flight = Flight(
             request=request,
             decision=decision,
             charge=self.store.charge(request, decision),
             decided_at=now,
         )
+        self._count_attempt(request, flight.charge.state if flight.charge is not None else None)
         if self.flow is not None and flight.charge is not None:
             self.flow.gate.note_sent(flight.charge.state)
         if self.observer is not None:
@@ -233,6 +270,8 @@ class Director:
             self.observer.decided(flight)
         if self.metrics is not None:
             self.metrics.in_flight.inc()
+            flight.running_label = self.metrics.model_label(request.model)
+            self.metrics.child(self.metrics.gie.running_requests, flight.running_label).inc()
             if self.metrics.admitted(request.model) and self.metrics.admitted(request.target_model):
                 self._count_request(flight, admit=False)
             if decision.tier is not None:
@@ -375,6 +414,7 @@ class Director:
         if self.metrics is None:
             return
         self.metrics.in_flight.dec()
+        self.metrics.child(self.metrics.gie.running_requests, flight.running_label).dec()
         # A model an endpoint answered with 2xx is one the pool serves: only such names become label values.
         served = not completion.aborted and 200 <= completion.status < 300
         models = (
@@ -397,6 +437,10 @@ class Director:
         assert self.metrics is not None
         gie = self.metrics.gie
         child = self.metrics.child
+        if completion.request_bytes:
+            child(gie.request_sizes, *models).observe(completion.request_bytes)
+        if completion.response_bytes is not None and not completion.aborted:
+            child(gie.response_sizes, *models).observe(completion.response_bytes)
         if completion.aborted or completion.status >= 400:
             child(gie.request_errors, *models, code).inc()
             return

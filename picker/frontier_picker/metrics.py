@@ -4,16 +4,20 @@ when scrapes must be authenticated.
 Each picker owns a `CollectorRegistry` (not the process-global one), so several pickers can run in one
 process (tests, benchmarks) without colliding. Names follow Prometheus conventions under `frontier_picker_`.
 GIE's own family names (`inference_objective_*`, `inference_pool_*`,
-`inference_extension_scheduler_e2e_duration_seconds`) are exported too, with GIE's labels and buckets, so
-GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's label names: `model_name`
-(what the client asked for) and `target_model_name` (what the endpoint serves, after any rewrite). Model
-names come from clients, so label values are bounded: a name becomes one only once an endpoint has answered a
-request for it with 2xx (a model the pool serves: vLLM answers 404 for any other), only if it is at most
-`MAX_LABEL_CHARS` long, and only for the first `MAX_MODEL_LABELS` such names; every other name is counted
-as `other`. Fairness IDs (a header) are bounded the same way, by length and number.
+`inference_extension_scheduler_e2e_duration_seconds`, `inference_extension_plugin_duration_seconds`,
+`inference_extension_prefix_indexer_*`) are exported too, with GIE's labels and buckets (GIE v1.5.0's
+`pkg/epp/metrics`), so GIE dashboards read a Frontier picker unchanged. Per-model families carry GIE's
+label names: `model_name` (what the client asked for) and `target_model_name` (what the endpoint serves,
+after any rewrite). Model names come from clients, so label values are bounded: a name becomes one only
+once an endpoint has answered a request for it with 2xx (a model the pool serves: vLLM answers 404 for any
+other), only if it is at most `MAX_LABEL_CHARS` long, and only for the first `MAX_MODEL_LABELS` such names;
+every other name is counted as `other`. Fairness IDs (a header) are bounded the same way, by length and
+number. Plugin labels come from the loaded config, so they are bounded by it.
 """
 
+import bisect
 import dataclasses
+import itertools
 import socket
 import threading
 import wsgiref.simple_server
@@ -26,6 +30,8 @@ from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
 
 from frontier_picker import endpoints, metrics_auth
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import plugin
 
 MAX_MODEL_LABELS: Final = 256
 # Longer than any served model name (Hugging Face ids stay under 100 characters).
@@ -52,6 +58,7 @@ class Metrics:
     classification_duration: prometheus_client.Histogram
     gie: "GieMetrics"
     pool: str = ""  # the inference_pool label value (watch_pool sets it)
+    namespace: str = ""  # the pool's namespace, a label of scheduler attempts ("" without Kubernetes)
     _children: dict[tuple[Any, ...], Any] = dataclasses.field(default_factory=dict)
     _models: set[str] = dataclasses.field(default_factory=set)
     _flows: set[str] = dataclasses.field(default_factory=set)
@@ -108,6 +115,15 @@ _GIE_TOKEN_BUCKETS: Final = (
 _GIE_SCHEDULER_BUCKETS: Final = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 )  # fmt: skip
+_GIE_REQUEST_SIZE_BUCKETS: Final = (
+    64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288, 1048576,
+    2097152, 4194304, 8388608, 16777216, 33554432, 67108864, 134217728, 268435456, 536870912, 1073741824,
+)  # fmt: skip
+_GIE_RESPONSE_SIZE_BUCKETS: Final = (
+    1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32778, 65536,
+)  # fmt: skip
+_GIE_HIT_RATIO_BUCKETS: Final = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+_GIE_HIT_BYTES_BUCKETS: Final = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 _GIE_MODEL = ["model_name", "target_model_name"]
 
 
@@ -124,9 +140,17 @@ class GieMetrics:
     normalized_tpot: prometheus_client.Histogram
     input_tokens: prometheus_client.Histogram
     output_tokens: prometheus_client.Histogram
+    request_sizes: prometheus_client.Histogram
+    running_requests: prometheus_client.Gauge
+    response_sizes: prometheus_client.Histogram
     cached_tokens: prometheus_client.Histogram
     scheduler_e2e: prometheus_client.Histogram
+    scheduler_attempts: prometheus_client.Counter
+    prefix_hit_ratio: prometheus_client.Histogram
+    prefix_hit_bytes: prometheus_client.Histogram
     flow_control_queue_duration: prometheus_client.Histogram
+    flow_control_enqueue_duration: prometheus_client.Histogram
+    flow_control_dispatch_cycle: prometheus_client.Histogram
 
 
 def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
@@ -172,6 +196,20 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
         output_tokens=histogram(
             "inference_objective_output_tokens", "Output tokens per request (GIE's name)", _GIE_TOKEN_BUCKETS
         ),
+        request_sizes=histogram(
+            "inference_objective_request_sizes", "Request body bytes (GIE's name)", _GIE_REQUEST_SIZE_BUCKETS
+        ),
+        running_requests=prometheus_client.Gauge(
+            "inference_objective_running_requests",
+            "Requests decided and not yet completed, by requested model (GIE's name)",
+            ["model_name"],
+            registry=registry,
+        ),
+        response_sizes=histogram(
+            "inference_objective_response_sizes",
+            "Response body bytes, when the proxy sends the response body (GIE's name)",
+            _GIE_RESPONSE_SIZE_BUCKETS,
+        ),
         cached_tokens=histogram(
             "inference_objective_prompt_cached_tokens",
             "Prompt tokens served from the prefix cache per request (GIE's name)",
@@ -183,12 +221,47 @@ def _gie(registry: prometheus_registry.CollectorRegistry) -> GieMetrics:
             buckets=_GIE_SCHEDULER_BUCKETS,
             registry=registry,
         ),
+        scheduler_attempts=prometheus_client.Counter(
+            "inference_extension_scheduler_attempts",
+            "Scheduling attempts, by status (success, failure), target model and the chosen endpoint's pod "
+            "name, namespace and port (empty on failure) (GIE's name)",
+            ["status", "target_model_name", "pod_name", "namespace", "port"],
+            registry=registry,
+        ),
+        prefix_hit_ratio=prometheus_client.Histogram(
+            "inference_extension_prefix_indexer_hit_ratio",
+            "Share of the prompt's prefix blocks the chosen endpoint held, per scheduled request "
+            "(GIE's name)",
+            buckets=_GIE_HIT_RATIO_BUCKETS,
+            registry=registry,
+        ),
+        prefix_hit_bytes=prometheus_client.Histogram(
+            "inference_extension_prefix_indexer_hit_bytes",
+            "Prompt characters in the prefix blocks the chosen endpoint held, per scheduled request (GIE's "
+            "name)",
+            buckets=_GIE_HIT_BYTES_BUCKETS,
+            registry=registry,
+        ),
         flow_control_queue_duration=prometheus_client.Histogram(
             "inference_extension_flow_control_request_queue_duration_seconds",
             "Time requests spent in flow control, by fairness ID, priority and outcome (Dispatched, "
             "RejectedCapacity, RejectedSLO, EvictedTTL, EvictedContextCancelled) (GIE's name)",
             ["fairness_id", "priority", "outcome", "inference_pool", *_GIE_MODEL],
             buckets=_GIE_FLOW_BUCKETS,
+            registry=registry,
+        ),
+        flow_control_enqueue_duration=prometheus_client.Histogram(
+            "inference_extension_flow_control_request_enqueue_duration_seconds",
+            "Time flow control took to take in a request, by fairness ID, priority and outcome "
+            "(NotYetFinalized: queued; Dispatched; or the refusal) (GIE's name)",
+            ["fairness_id", "priority", "outcome"],
+            buckets=_GIE_SCHEDULER_BUCKETS,
+            registry=registry,
+        ),
+        flow_control_dispatch_cycle=prometheus_client.Histogram(
+            "inference_extension_flow_control_dispatch_cycle_duration_seconds",
+            "Time of each flow-control pass over the queues (expiries and dispatches) (GIE's name)",
+            buckets=_GIE_SCHEDULER_BUCKETS,
             registry=registry,
         ),
     )
@@ -225,10 +298,87 @@ class PoolCollector(prometheus_registry.Collector):
             "Mean waiting requests over the pool's endpoints (GIE's name)",
             mean(s.metrics.waiting for s in states),
         )
+        per_pod = prometheus_metrics_core.GaugeMetricFamily(
+            "inference_pool_per_pod_queue_size",
+            "Waiting requests of each endpoint of the pool (GIE's name)",
+            labels=["name", "model_server_pod"],
+        )
+        for state in states:
+            per_pod.add_metric([self.pool, state.endpoint.name], state.metrics.waiting)
+        yield per_pod
         yield gauge(
             "inference_pool_average_running_requests",
             "Mean running requests over the pool's endpoints (GIE's name)",
             mean(s.metrics.running for s in states),
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class _Timings:
+    """One plugin at one extension point: its labels and its histogram's per-bucket counts and sum."""
+
+    labels: list[str]
+    counts: list[int]
+    total: float = 0.0
+
+
+class PluginDurations(plugin.PluginTimer, prometheus_registry.Collector):
+    """The scheduler's plugin timer, exported as `inference_extension_plugin_duration_seconds{
+    extension_point, plugin_type, plugin_name}` (GIE's name and buckets). A call costs a bisect and two
+    additions (no lock, unlike a prometheus_client histogram's `observe`); buckets are summed when scraped.
+    What timing costs `schedule()`: bench/results/plugin_timer_cost.md."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, int], _Timings] = {}
+
+    def record(self, extension_point: str, plugin: plugin.Plugin, seconds: float) -> None:
+        key = (extension_point, id(plugin))
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Timings(
+                [extension_point, plugin.type_name, plugin.name], [0] * (len(_GIE_SCHEDULER_BUCKETS) + 1)
+            )
+        series.counts[bisect.bisect_left(_GIE_SCHEDULER_BUCKETS, seconds)] += 1
+        series.total += seconds
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        family = prometheus_metrics_core.HistogramMetricFamily(
+            "inference_extension_plugin_duration_seconds",
+            "Time of each plugin call, by extension point, plugin type and plugin name (GIE's name)",
+            labels=["extension_point", "plugin_type", "plugin_name"],
+        )
+        for series in list(self._series.values()):
+            counts = list(series.counts)
+            cumulative = list(itertools.accumulate(counts))
+            buckets = [
+                (str(bound), float(count))
+                for bound, count in zip(_GIE_SCHEDULER_BUCKETS, cumulative, strict=False)
+            ]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            family.add_metric(series.labels, buckets, sum_value=series.total)
+        yield family
+
+
+def record_prefix_match(metrics: Metrics, match: types.PrefixMatch) -> None:
+    """GIE's prefix-indexer hit metrics for one scheduled request: the matched length always, the ratio when
+    the prompt has at least one block."""
+    metrics.gie.prefix_hit_bytes.observe(match.matched_blocks * match.block_chars)
+    if match.total_blocks:
+        metrics.gie.prefix_hit_ratio.observe(match.matched_blocks / match.total_blocks)
+
+
+class PrefixIndexCollector(prometheus_registry.Collector):
+    """`inference_extension_prefix_indexer_size` (GIE's name): entries held over every endpoint, read from
+    the index when scraped."""
+
+    def __init__(self, entries: Callable[[], int]) -> None:
+        self.entries = entries
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        yield prometheus_metrics_core.GaugeMetricFamily(
+            "inference_extension_prefix_indexer_size",
+            "Prefix hashes the picker's prefix index holds over all endpoints (GIE's name)",
+            value=self.entries(),
         )
 
 

@@ -150,6 +150,7 @@ class Stream:
         self.served: str | None = None
         self.reader: usage.SseReader | usage.JsonReader | None = None
         self.first_byte_at: float | None = None
+        self.response_size = 0
         self.response_ended = False
         self.completed = False
         self.closed = False  # an immediate response was sent; nothing more to do
@@ -548,6 +549,7 @@ class Stream:
 
     def _on_response_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk = body.body
+        self.response_size += len(chunk)
         if self.first_byte_at is None and chunk:
             self.first_byte_at = self.ctx.clock()
         if self.reader is not None:
@@ -595,6 +597,8 @@ class Stream:
             ttft_s=(self.first_byte_at - self.started) if self.first_byte_at is not None else None,
             duration_s=now - self.started,
             aborted=aborted,
+            request_bytes=self.declared_length or self.body_size,
+            response_bytes=None if self.response_mode == _NONE else self.response_size,
         )
         self.ctx.director.complete(self.flight, completion, now=now)
         log.debug(

@@ -37,6 +37,8 @@ from frontier_picker import (
 )
 from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
 from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.framework import scheduler as framework
+from frontier_picker.scheduling.plugins import prefix
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,25 @@ class Picker:
         log.info("event=stopped drained_s=%.2f cut_in_flight=%d", time.monotonic() - began, cut)
 
 
+def observe_plugins(scheduler: types.Scheduler, own_metrics: metrics.Metrics) -> None:
+    """GIE's per-plugin metrics for a scheduler built from an EndpointPickerConfig: each plugin call's
+    duration, and the size of every prefix index its plugins keep (another scheduler has no plugins)."""
+    if not isinstance(scheduler, framework.Scheduler):
+        return
+    timer = metrics.PluginDurations()
+    scheduler.timer = timer
+    own_metrics.registry.register(timer)
+    indexes = {
+        id(member.index): member.index
+        for member in scheduler.members()
+        if isinstance(member, prefix.PrefixCacheScorer)
+    }
+    if indexes:
+        own_metrics.registry.register(
+            metrics.PrefixIndexCollector(lambda: sum(index.entries() for index in indexes.values()))
+        )
+
+
 async def start(
     options: Options,
     *,
@@ -166,6 +187,7 @@ async def start(
     if store is None:
         store = datastore.Datastore()
     own_metrics = metrics.create()
+    observe_plugins(scheduler, own_metrics)
     flow = director.flow_of(scheduler)
     context = processor.Context(
         director=director.Director(scheduler=scheduler, store=store, metrics=own_metrics, flow=flow),
@@ -202,6 +224,8 @@ async def start(
     store.subscribe(on_change)
     on_change()
     metrics.watch_pool(own_metrics, options.pool_name or "endpoints-file", store.states)
+    if options.pool_name:
+        own_metrics.namespace = options.pool_namespace
     if flow is not None:
         own_metrics.registry.register(
             metrics.FlowCollector(

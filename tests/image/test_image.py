@@ -10,7 +10,7 @@ goes into the wheel changed; what it cannot see is PyPI (dependencies are resolv
 
 Processes: the picker and the engine (`frontier-sim serve`) both run INSIDE the image, each in its own
 working container (`buildah from`), through `buildah run --isolation=chroot --network=host` as the image's
-user; Envoy is the venv's (.venv/bin/envoy), configured by `frontier_picker.envoy_bootstrap`. The endpoints
+user; Envoy is the venv's (.venv/bin/envoy), configured by `frontier_api.envoy_bootstrap`. The endpoints
 file is bind-mounted read-only. Addresses: 127.8.0.1 Envoy and the picker, 127.8.0.2 the engine; ports from
 the OS. Without buildah the tests skip, unless CI is set, where they fail; they also need root (debootstrap,
 buildah's storage).
@@ -37,7 +37,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from frontier_picker import envoy_bootstrap
+from frontier_api import envoy_bootstrap
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]  # a cold build (debootstrap, PyPI) takes minutes
 

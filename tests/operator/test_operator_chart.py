@@ -17,6 +17,7 @@ from kubernetes import config as k8s_config
 from kubernetes.dynamic import exceptions
 
 from frontier_api import modeltier, names
+from frontier_operator import settings
 from frontier_testkit import controlplane
 
 CHART = oc.REPO / "charts" / "frontier"
@@ -75,6 +76,24 @@ def test_the_accelerator_label_is_the_operators_setting(helm):
 
     assert env() == names.GKE_ACCELERATOR_LABEL
     assert env("--set", "acceleratorLabel=nvidia.com/gpu.product") == "nvidia.com/gpu.product"
+
+
+def test_standalone_pickers_and_their_envoy_image_are_chart_values_the_operator_reads(helm):
+    def cfg(*args):
+        docs = _kinds(_template(helm, *args))
+        container = docs[("Deployment", "frontier")]["spec"]["template"]["spec"]["containers"][0]
+        return settings.from_env({e["name"]: e["value"] for e in container["env"]})
+
+    default = cfg()
+    assert default.picker_standalone is False
+    assert (default.envoy_image, default.envoy_command) == (settings.DEFAULT_ENVOY_IMAGE, ("envoy",))
+    chosen = cfg(
+        "--set",
+        "picker.standalone.enabled=true",
+        "--set",
+        "picker.standalone.envoyImage=mirror.local/envoy:v1.40.0",
+    )
+    assert (chosen.picker_standalone, chosen.envoy_image) == (True, "mirror.local/envoy:v1.40.0")
 
 
 WRITABLE = {
@@ -334,7 +353,7 @@ def _metric_names(expr: str) -> set[str]:
 def test_the_dashboard_only_queries_metrics_the_picker_exports(helm):
     from prometheus_client import generate_latest
 
-    from frontier_picker import datastore, director, endpoints, metrics
+    from frontier_picker import datastore, director, endpoints, metrics, server
     from frontier_picker.scheduling import config, types
 
     docs = _kinds(_template(helm, "--set", "dashboard.enabled=true"))
@@ -350,7 +369,9 @@ def test_the_dashboard_only_queries_metrics_the_picker_exports(helm):
     store = datastore.Datastore()
     store.replace([endpoints.Endpoint(name="e0", address="127.7.0.1", port=8000)])
     metrics.watch_pool(own, "chat", store.states)
-    routed = director.Director(scheduler=config.load(builtin="round-robin"), store=store, metrics=own)
+    scheduler = config.load(builtin="gie-default")  # with a prefix index, as the picker serves it
+    server.observe_plugins(scheduler, own)
+    routed = director.Director(scheduler=scheduler, store=store, metrics=own)
     request = types.Request(request_id="r", model="m", target_model="m", prompt="hello")
     flight = routed.decide(request, now=0.0)
     routed.complete(

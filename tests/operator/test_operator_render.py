@@ -11,6 +11,7 @@ import time
 
 import operator_samples as samples
 import pytest
+import yaml
 
 from frontier_api import modeltier, names, vllm_flags
 from frontier_operator import (
@@ -931,3 +932,91 @@ def test_the_drain_waits_for_an_sglang_engines_requests_too(engine_metrics):
     assert 2 <= _drain(url, 30) < 10
     engine.busy = 0
     assert _drain(url, 30) < 2
+
+
+def _standalone_pool(value: str | None = "true"):
+    obj = samples.pool()
+    if value is not None:
+        obj["metadata"]["annotations"] = {pools.STANDALONE_ANNOTATION: value}
+    return pools.from_object(obj)
+
+
+def test_a_standalone_pools_picker_runs_an_envoy_sidecar_that_clients_reach_on_the_service():
+    found = _by_name(render_picker.render(pool=_standalone_pool(), owners=[samples.tier()], cfg=CFG))
+    assert ("ConfigMap", "chat-picker-envoy") in found
+    pod = found[("Deployment", "chat-picker")]["spec"]["template"]
+    picker, envoy = pod["spec"]["containers"]
+    assert (envoy["name"], envoy["image"], envoy["command"]) == (
+        "envoy",
+        settings.DEFAULT_ENVOY_IMAGE,
+        ["envoy"],
+    )
+    assert envoy["args"][:2] == ["--config-path", "/etc/envoy/envoy.yaml"]
+    assert {"name": "envoy-config", "configMap": {"name": "chat-picker-envoy"}} in pod["spec"]["volumes"]
+    assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": names.STANDALONE_READY_PORT}
+    # Envoy outlives the requests in flight, within the pod's grace period.
+    assert envoy["lifecycle"]["preStop"]["sleep"]["seconds"] < pod["spec"]["terminationGracePeriodSeconds"]
+    assert envoy["securityContext"]["runAsNonRoot"] and envoy["securityContext"]["runAsUser"] > 0
+    # Its original-destination cluster takes one address: the picker names no fallbacks.
+    assert _flag(picker["args"], "--fallbacks") == "0"
+    assert pod["metadata"]["annotations"]["inference.frontier.dev/envoy-config-hash"]
+    ports = {p["name"]: p for p in found[("Service", "chat-picker")]["spec"]["ports"]}
+    assert ports["http"]["port"] == ports["http"]["targetPort"] == names.STANDALONE_HTTP_PORT
+    assert ports["grpc-ext-proc"]["port"] == 9002  # a Gateway may still call the same picker
+
+
+def test_the_sidecars_envoy_asks_the_picker_on_localhost_and_routes_to_the_endpoint_it_names():
+    found = _by_name(render_picker.render(pool=_standalone_pool(), owners=[samples.tier()], cfg=CFG))
+    config = yaml.safe_load(found[("ConfigMap", "chat-picker-envoy")]["data"][render_picker.ENVOY_CONFIG_KEY])
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    picker = clusters["frontier_picker"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    assert picker["endpoint"]["address"]["socket_address"] == {
+        "address": "127.0.0.1",
+        "port_value": names.EXT_PROC_PORT,
+    }
+    assert "transport_socket" in clusters["frontier_picker"]  # the picker serves TLS, as for a gateway
+    assert clusters["inference_pool"]["type"] == "ORIGINAL_DST"
+    listeners = {
+        listener["address"]["socket_address"]["port_value"]
+        for listener in config["static_resources"]["listeners"]
+    }
+    assert listeners == {names.STANDALONE_HTTP_PORT, names.STANDALONE_READY_PORT}
+    assert "admin" not in config  # nothing in the pod network can stop Envoy
+
+
+@pytest.mark.parametrize(
+    ("annotation", "default", "expected"),
+    [(None, False, False), (None, True, True), ("true", False, True), ("false", True, False)],
+)
+def test_the_pools_annotation_overrides_the_operators_standalone_default(annotation, default, expected):
+    cfg = dataclasses.replace(CFG, picker_standalone=default)
+    found = _by_name(
+        render_picker.render(pool=_standalone_pool(annotation), owners=[samples.tier()], cfg=cfg)
+    )
+    containers = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == (["picker", "envoy"] if expected else ["picker"])
+    assert (("ConfigMap", "chat-picker-envoy") in found) is expected
+
+
+def test_a_standalone_annotation_that_is_not_true_or_false_is_refused_naming_it():
+    with pytest.raises(pools.PoolError, match=r"inference.frontier.dev/standalone is 'yes'; allowed: true"):
+        _standalone_pool("yes")
+
+
+def test_the_envoy_image_and_standalone_default_come_from_the_environment():
+    cfg = settings.from_env(
+        {
+            "FRONTIER_PICKER_STANDALONE": "true",
+            "FRONTIER_ENVOY_IMAGE": "registry.local/envoy:1.40",
+            "FRONTIER_ENVOY_COMMAND": "/usr/local/bin/envoy",
+        }
+    )
+    assert (cfg.picker_standalone, cfg.envoy_image, cfg.envoy_command) == (
+        True,
+        "registry.local/envoy:1.40",
+        ("/usr/local/bin/envoy",),
+    )
+    with pytest.raises(
+        ValueError, match="FRONTIER_PICKER_STANDALONE='on': allowed values are true and false"
+    ):
+        settings.from_env({"FRONTIER_PICKER_STANDALONE": "on"})

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from frontier_picker import datastore, endpoints, envoy_bootstrap, server
+from frontier_api import envoy_bootstrap
+from frontier_picker import datastore, endpoints, server
 from frontier_picker.scheduling import config, types
 
 FRONT = "127.2.0.100"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from frontier_picker import envoy_bootstrap
+from frontier_api import envoy_bootstrap
 
 from . import stack
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from frontier_picker import envoy_bootstrap
+from frontier_api import envoy_bootstrap
 
 from . import stack
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s_client
 
-from frontier_api import names
-from frontier_picker import envoy_bootstrap, server
+from frontier_api import envoy_bootstrap, names
+from frontier_picker import server
 from frontier_picker.scheduling import config
 from frontier_testkit import controlplane
 

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 import yaml
 
-from frontier_api import names
-from frontier_picker import datastore, endpoints, envoy_bootstrap, server
+from frontier_api import envoy_bootstrap, names
+from frontier_picker import datastore, endpoints, server
 from frontier_picker.scheduling import config
 
 from .harness import MODEL, engine, sidecar, text, url

@@ -56,6 +56,16 @@ class TierChoice:
 TIER_REASONS = ("rule", "header", "classifier", "affinity", "fallback", "spill", "all-saturated")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PrefixMatch:
+    """How much of the request's prompt the prefix index believed the primary endpoint held when it was
+    chosen: leading blocks matched, blocks in the prompt, characters per block."""
+
+    matched_blocks: int
+    total_blocks: int
+    block_chars: int
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Decision:
     """Where a request goes: `endpoints` primary first, then fallbacks; `prefill` for disaggregated tiers;
@@ -66,6 +76,7 @@ class Decision:
     profile: str = ""
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
     tier: TierChoice | None = None
+    prefix: PrefixMatch | None = None  # set by a prefix-cache plugin, for the hit-ratio metrics
     # Plugin name -> what it learned from this decision, for peer pickers; filled only while sharing.
     learned: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
@@ -86,6 +97,8 @@ class Completion:
     ttft_s: float | None = None
     duration_s: float = 0.0
     aborted: bool = False
+    request_bytes: int = 0
+    response_bytes: int | None = None  # None when the picker does not see the response body
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

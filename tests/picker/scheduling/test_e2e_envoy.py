@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from frontier_picker import datastore, endpoints, envoy_bootstrap, server
+from frontier_api import envoy_bootstrap
+from frontier_picker import datastore, endpoints, server
 from frontier_picker.scheduling import config
 
 from .. import stack

@@ -196,6 +196,15 @@ class Plugin:
         """Learn a peer's decision from what this plugin's twin there `share`d."""
 
 
+class PluginTimer(Protocol):
+    """Where the scheduler reports how long each plugin call took (the picker's
+    `inference_extension_plugin_duration_seconds`); a scheduler without one times nothing."""
+
+    def record(self, extension_point: str, plugin: Plugin, seconds: float) -> None:
+        """One call of `plugin` at `extension_point` (GIE's names: `Filter`, `Scorer`, ...) took `seconds`."""
+        ...
+
+
 class Filter(Plugin):
     """Drops candidates that must not get the request."""
 

@@ -6,11 +6,19 @@ the request, a tier router (when configured) turns a request for a virtual model
 try, then the profile handler picks profiles to run until it has what it needs and turns their
 results into the decision, then every plugin that learns sees the decision (the prefix index records where
 the prompt went). The scheduler knows the extension points, never a concrete plugin.
+
+Given a `timer` (the ext_proc server sets one; the virtual-time cluster does not), every plugin call is
+timed under GIE's extension-point names: `Filter`, `Scorer`, `Picker`, `ProfilePicker` (the handler
+choosing profiles), `ProcessProfilesResults`, `PreRequest` (learning from the decision) and
+`ResponseComplete` (learning from the completion); and Frontier's own `Admission` (admitters) and
+`TierRouter` (the tier plan and each tier's acceptance).
 """
 
 import dataclasses
 import logging
+import time
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 import numpy as np
 
@@ -19,6 +27,27 @@ from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, flow_control, plugin
 
 log = logging.getLogger(__name__)
+
+ADMISSION: Final = "Admission"
+TIER_ROUTER: Final = "TierRouter"
+PROFILE_PICKER: Final = "ProfilePicker"
+FILTER: Final = "Filter"
+SCORER: Final = "Scorer"
+PICKER: Final = "Picker"
+PROCESS_PROFILES_RESULTS: Final = "ProcessProfilesResults"
+PRE_REQUEST: Final = "PreRequest"
+RESPONSE_COMPLETE: Final = "ResponseComplete"
+EXTENSION_POINTS: Final = (
+    ADMISSION,
+    TIER_ROUTER,
+    PROFILE_PICKER,
+    FILTER,
+    SCORER,
+    PICKER,
+    PROCESS_PROFILES_RESULTS,
+    PRE_REQUEST,
+    RESPONSE_COMPLETE,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,17 +71,30 @@ class Profile:
         """Every plugin the profile runs, in order."""
         return [*self.filters, *(weighted.scorer for weighted in self.scorers), self.picker]
 
-    def run(self, cycle: cycles.Cycle, count: int) -> plugin.ProfileResult:
-        """The chosen endpoints (best first, at most `count`) of the whole snapshot, with their scores."""
+    def run(
+        self, cycle: cycles.Cycle, count: int, timer: plugin.PluginTimer | None = None
+    ) -> plugin.ProfileResult:
+        """The chosen endpoints (best first, at most `count`) of the whole snapshot, with their scores; each
+        plugin call reported to `timer` when given."""
+        clock = time.perf_counter
         cycle.candidates = cycle.snapshot.endpoints
         for stage in self.filters:
+            began = clock()
             cycle.candidates = stage.filter(cycle, cycle.candidates)
+            if timer is not None:
+                timer.record(FILTER, stage, clock() - began)
             if not cycle.candidates:
                 return plugin.ProfileResult([], {})
         total = np.zeros(len(cycle.candidates), dtype=np.float64)
         for weighted in self.scorers:
+            began = clock()
             total += weighted.weight * weighted.scorer.score(cycle)
+            if timer is not None:
+                timer.record(SCORER, weighted.scorer, clock() - began)
+        began = clock()
         picked = self.picker.pick(cycle, total, count)
+        if timer is not None:
+            timer.record(PICKER, self.picker, clock() - began)
         return plugin.ProfileResult(
             [cycle.candidates[i] for i in picked],
             {cycle.candidates[i].endpoint.key: float(total[i]) for i in picked},
@@ -90,6 +132,19 @@ class Scheduler:
         self._sharer_names = {p.name: p for p in self._sharers}
         self.sharing = False  # the director turns it on when the picker has peers
         self._rng = np.random.default_rng(seed)
+        # Where plugin call durations go (the ext_proc server sets it); None: nothing is timed.
+        self.timer: plugin.PluginTimer | None = None
+
+    def members(self) -> list[plugin.Plugin]:
+        """Every plugin the scheduler calls, each once: admitters, tier router, handler, the profiles'
+        members, learners."""
+        found: dict[int, plugin.Plugin] = {}
+        router = [self.router] if self.router is not None else []
+        profiled = [member for profile in self.profiles.values() for member in profile.members()]
+        learning = [*self._decision_learners, *self._completion_learners]
+        for member in (*self.admitters, *router, self.handler, *profiled, *learning):
+            found.setdefault(id(member), member)
+        return list(found.values())
 
     @property
     def destination_profile(self) -> Profile:
@@ -100,25 +155,41 @@ class Scheduler:
         """The virtual model names the config's tier router answers for (none without one)."""
         return list(self.router.model_names()) if self.router is not None else []
 
+    def _record(self, extension_point: str, member: plugin.Plugin, began: float) -> None:
+        if self.timer is not None:
+            self.timer.record(extension_point, member, time.perf_counter() - began)
+
     def prepare(self, request: types.Request) -> None:
         """What the admitters set before flow control queues `request` (its priority)."""
         for admitter in self.admitters:
+            began = time.perf_counter()
             admitter.prepare(request)
+            self._record(ADMISSION, admitter, began)
 
     def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
         """Choose endpoints for `request`; raises `types.Rejection` to refuse it."""
         if not snapshot.endpoints:
             raise types.Rejection(503, "no ready endpoint")
         for admitter in self.admitters:
-            admitter.admit(request, snapshot)
+            began = time.perf_counter()
+            try:
+                admitter.admit(request, snapshot)
+            finally:
+                self._record(ADMISSION, admitter, began)
         cycle = cycles.Cycle(request, snapshot, rng=self._rng)
-        plan = self.router.plan(cycle) if self.router is not None else None
+        plan = None
+        if self.router is not None:
+            began = time.perf_counter()
+            plan = self.router.plan(cycle)
+            self._record(TIER_ROUTER, self.router, began)
         if plan is None:
             decision = self._run(cycle)
         else:
             cycle, decision = self._run_plan(request, snapshot, plan)
         for learner in self._decision_learners:
+            began = time.perf_counter()
             learner.on_decision(cycle, decision)
+            self._record(PRE_REQUEST, learner, began)
         if self.sharing:
             learned = {}
             for sharer in self._sharers:
@@ -138,10 +209,19 @@ class Scheduler:
 
     def _run(self, cycle: cycles.Cycle) -> types.Decision:
         results: dict[str, plugin.ProfileResult] = {}
-        while runs := self.handler.pick(cycle, results):
+        while True:
+            began = time.perf_counter()
+            runs = self.handler.pick(cycle, results)
+            self._record(PROFILE_PICKER, self.handler, began)
+            if not runs:
+                break
             for name, count in runs:
-                results[name] = self.profiles[name].run(cycle, count)
-        return self.handler.process_results(cycle, results)
+                results[name] = self.profiles[name].run(cycle, count, self.timer)
+        began = time.perf_counter()
+        try:
+            return self.handler.process_results(cycle, results)
+        finally:
+            self._record(PROCESS_PROFILES_RESULTS, self.handler, began)
 
     def _run_plan(
         self, request: types.Request, snapshot: endpoints.Snapshot, plan: plugin.TierPlan
@@ -159,7 +239,10 @@ class Scheduler:
                 continue  # no ready endpoint serves this tier: the next one may
             if first is None:
                 first = (cycle, decision, option)
-            if self.router.holds(cycle, decision):
+            began = time.perf_counter()
+            held = self.router.holds(cycle, decision)
+            self._record(TIER_ROUTER, self.router, began)
+            if held:
                 reason = option.reason if index == 0 else "spill"
                 decision.tier = self._choice(plan, option.model, reason)
                 return cycle, decision
@@ -187,4 +270,6 @@ class Scheduler:
     ) -> None:
         """Let every learning plugin see how the request ended."""
         for learner in self._completion_learners:
+            began = time.perf_counter()
             learner.on_completion(request, decision, completion)
+            self._record(RESPONSE_COMPLETE, learner, began)

@@ -325,6 +325,20 @@ class Index:
         """Hashes held over all endpoints (an entry per endpoint per hash)."""
         return sum(holdings.size for holdings in self._by_number)
 
+    def matched_by(self, cycle: cycles.Cycle, key: str) -> int:
+        """How many leading blocks of the request endpoint `key` holds: from the match the scorer computed
+        when `key` is among the cycle's candidates, else by walking its holdings."""
+        matched = cycle.read(self.matched_key)
+        position = cycle.positions().get(key) if matched is not None else None
+        if matched is not None and position is not None:
+            return int(matched[position])
+        depth = 0
+        for value in self.hashes(cycle):
+            if not self.holds(key, value):
+                break
+            depth += 1
+        return depth
+
     def learn(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         """Record the request's blocks on the endpoints the decision sends it to (destination and prefill)."""
         hashes = self.hashes(cycle)
@@ -379,6 +393,12 @@ class PrefixCacheScorer(plugin.Scorer):
         return self.index.matched_blocks(cycle) / total
 
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
+        if decision.prefix is None:  # the first prefix plugin to see the decision reports its match
+            decision.prefix = types.PrefixMatch(
+                matched_blocks=self.index.matched_by(cycle, decision.primary),
+                total_blocks=len(self.index.hashes(cycle)),
+                block_chars=self.index.block_size,
+            )
         self.index.learn(cycle, decision)
 
     def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:

@@ -33,15 +33,16 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from frontier_api import names
-from frontier_picker import bodies
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
-ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), bodies.MODELS_PATH)
+ROUTED_PATHS: Final = (*sorted(names.INFERENCE_PATHS), names.MODELS_PATH)
 OWNED_HEADERS: Final = (
     names.DESTINATION_ENDPOINT,
     names.DESTINATION_ENDPOINT_SERVED,
     names.PREFILLER_HOST_PORT,
 )
+
+READY_PATH: Final = "/ready"
 
 _PICKER_CLUSTER: Final = "frontier_picker"
 _ENDPOINTS_CLUSTER: Final = "inference_pool"
@@ -97,6 +98,7 @@ def bootstrap(
     endpoints: Sequence[tuple[str, int]] | None = None,
     retries: int = 1,
     admin_port: int | None = None,
+    ready_port: int | None = None,
     subset_from_header: bool = False,
     message_timeout_s: float = 30.0,
     request_timeout_s: float = 0.0,
@@ -109,7 +111,8 @@ def bootstrap(
     `subset_from_header` copies a client's `x-gateway-destination-endpoint-subset` header into the
     `envoy.lb.subset_hint` metadata the picker reads, standing in for a gateway that computes the subset.
     `request_timeout_s` 0 means no route timeout (long streams); `message_timeout_s` bounds each ext_proc
-    reply.
+    reply. `ready_port` adds a listener answering `GET /ready` with 200 while Envoy runs and is not
+    draining (a pod's readiness probe; the admin port, which can stop Envoy, stays on loopback or off).
     """
     http_filters: list[dict[str, Any]] = [_strip_owned_headers()]
     if subset_from_header:
@@ -168,11 +171,48 @@ def bootstrap(
             ],
         }
     }
+    if ready_port is not None:
+        config["static_resources"]["listeners"].append(_ready_listener(listen_address, ready_port))
     if admin_port is not None:
         config["admin"] = {
             "address": {"socket_address": {"address": listen_address, "port_value": admin_port}}
         }
     return config
+
+
+def _ready_listener(address: str, port: int) -> dict[str, Any]:
+    """A listener that only answers `GET /ready` (Envoy's health-check filter, not passed through)."""
+    manager = {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager",
+            "stat_prefix": "ready",
+            "route_config": {"name": "ready", "virtual_hosts": [{"name": "ready", "domains": ["*"]}]},
+            "http_filters": [
+                {
+                    "name": "envoy.filters.http.health_check",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3"
+                        ".HealthCheck",
+                        "pass_through_mode": False,
+                        "headers": [{"name": ":path", "string_match": {"exact": READY_PATH}}],
+                    },
+                },
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                    },
+                },
+            ],
+        },
+    }
+    return {
+        "name": "ready",
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": [{"filters": [manager]}],
+    }
 
 
 def _ext_proc_filter(*, mode: str, message_timeout_s: float) -> dict[str, Any]:
