@@ -112,18 +112,23 @@ class Point:
     seed: int
 
 
+def with_decider(text: str, decider: str) -> str:
+    """A scheduling config `text` with `decider` as the P/D profile handler's decider."""
+    document = yaml.safe_load(text)
+    for plugin in document["plugins"]:
+        if plugin["type"] == "prefix-based-pd-decider":
+            plugin["type"] = decider
+            plugin["name"] = decider
+        if plugin["type"] == "pd-profile-handler":
+            plugin["parameters"]["deciderPluginName"] = decider
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 def scheduler_config(arm: str) -> str:
     """The `frontier` config with the arm's decider in the P/D profile handler."""
-    document = yaml.safe_load(config.builtin_text("frontier"))
     decider = ARMS[arm][1]
-    if decider is not None:
-        for plugin in document["plugins"]:
-            if plugin["type"] == "prefix-based-pd-decider":
-                plugin["type"] = decider
-                plugin["name"] = decider
-            if plugin["type"] == "pd-profile-handler":
-                plugin["parameters"]["deciderPluginName"] = decider
-    return yaml.safe_dump(document, sort_keys=False)
+    text = config.builtin_text("frontier")
+    return text if decider is None else with_decider(text, decider)
 
 
 def slo_key(tpot_s: float) -> str:
