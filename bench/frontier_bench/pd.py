@@ -5,7 +5,9 @@ Arms, each on 8 simulated H100 engines (Llama-3.1-8B) routed by the picker's `fr
 - `pd-static-P:D`: P prefill + D decode engines (every split from 2:6 to 6:2), `prefix-based-pd-decider`
   (disaggregate every prompt with more than 2,048 uncached tokens);
 - `pd-load-aware-P:D`: the same splits, `load-aware-pd-decider` (local prefill when the decode endpoint is
-  idle or the prefill engines are backed up).
+  idle or the prefill engines are backed up);
+- `pd-load-aware-local-P:D`: the same, and a request kept local is served on any endpoint, prefill engines
+  included (the P/D profile handler's `localProfile`), so traffic that is not disaggregated uses every GPU.
 The KV transfer of a disaggregated request is priced by the simulator (uncached prompt KV over a 200 Gbit/s
 link) and counted in its TTFT.
 
@@ -47,13 +49,18 @@ SLO_TTFT_S = 1.0
 # The issue's TPOT SLO first, then DistServe-style tighter ones; goodput is reported at each.
 SLO_TPOT_S = (0.05, 0.03, 0.02)
 SPLITS = (2, 3, 4, 5, 6)  # prefill engines of a P/D arm; the rest of the 8 decode
-# Arm -> (prefill engines, decider type; None: no prefill engines, the decider never runs).
-ARMS: dict[str, tuple[int, str | None]] = {
-    "aggregated": (0, None),
+DECIDERS = (
+    ("static", "prefix-based-pd-decider", False),
+    ("load-aware", "load-aware-pd-decider", False),
+    ("load-aware-local", "load-aware-pd-decider", True),
+)
+# Arm -> (prefill engines, decider type or None when there are no prefill engines, local profile on).
+ARMS: dict[str, tuple[int, str | None, bool]] = {
+    "aggregated": (0, None, False),
     **{
-        f"pd-{kind}-{p}:{ENGINES - p}": (p, decider)
+        f"pd-{kind}-{p}:{ENGINES - p}": (p, decider, local)
         for p in SPLITS
-        for kind, decider in (("static", "prefix-based-pd-decider"), ("load-aware", "load-aware-pd-decider"))
+        for kind, decider, local in DECIDERS
     },
 }
 
@@ -124,11 +131,32 @@ def with_decider(text: str, decider: str) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
+def with_local_profile(text: str) -> str:
+    """A `frontier` config whose P/D handler serves a request it keeps local on any role's endpoint: the
+    decode profile with a role filter keeping every role, as its `localProfile`."""
+    document = yaml.safe_load(text)
+    document["plugins"].append(
+        {"name": "any-role-filter", "type": "role-filter", "parameters": {"role": "any"}}
+    )
+    for plugin in document["plugins"]:
+        if plugin["type"] == "pd-profile-handler":
+            plugin["parameters"]["localProfile"] = "frontier-local"
+    decode = next(p for p in document["schedulingProfiles"] if p["name"] == "frontier")
+    refs = [
+        {"pluginRef": "any-role-filter"} if r["pluginRef"] == "decode-filter" else r
+        for r in decode["plugins"]
+    ]
+    document["schedulingProfiles"].append({"name": "frontier-local", "plugins": refs})
+    return yaml.safe_dump(document, sort_keys=False)
+
+
 def scheduler_config(arm: str) -> str:
-    """The `frontier` config with the arm's decider in the P/D profile handler."""
-    decider = ARMS[arm][1]
+    """The `frontier` config with the arm's decider in the P/D profile handler (and its local profile)."""
+    _, decider, local = ARMS[arm]
     text = config.builtin_text("frontier")
-    return text if decider is None else with_decider(text, decider)
+    if decider is not None:
+        text = with_decider(text, decider)
+    return with_local_profile(text) if local else text
 
 
 def slo_key(tpot_s: float) -> str:
