@@ -12,7 +12,9 @@ Every run starts all of it fresh.
 Workload: the `long` shape of `pd` (8,000 unique tokens in, 256 out), open-loop Poisson at `--qps` requests
 per model second. The arms alternate, first arm swapped each round. Reported in model seconds (wall / S):
 TTFT p50/p90, TPOT p50/p90, goodput at TTFT <= 1 s with TPOT <= 50 and <= 20 ms, and from the sidecars'
-counters how many requests were prefilled remotely and how many fell back.
+counters how many requests were prefilled remotely and how many fell back. Next to each run, its virtual-time
+twin: the same engines, scheduling config, arrivals and prompts in the virtual-time cluster (`pd`'s
+simulator), so the real-process stack can be compared with the model it is measured against.
 
     python -m frontier_bench.pd_realtime --out bench/results
 """
@@ -32,11 +34,13 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import numpy as np
 import yaml
 
 from frontier_api import names
 from frontier_bench import frontdoors, loadgen, pd, processes, stats, workloads
 from frontier_picker import envoy_bootstrap
+from frontier_sim.vt import cluster
 
 MODEL: Final = pd.MODEL
 ENGINES: Final = 4
@@ -46,6 +50,39 @@ ENGINE_PREFIX: Final = "127.13.1"
 ARMS: Final = ("aggregated", f"pd-load-aware-{PREFILL}:{ENGINES - PREFILL}")
 TPOT_SLOS_S: Final = (0.05, 0.02)
 _SIDECAR_COUNTER = re.compile(r"^(frontier_sidecar_\w+_total)(\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
+
+
+def scheduling(time_scale: float) -> str:
+    """The picker's config: `frontier`, its cost model told the time scale, the load-aware decider."""
+    return pd.with_decider(
+        frontdoors.picker_config("frontier", time_scale=time_scale), "load-aware-pd-decider"
+    )
+
+
+def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int) -> dict[str, float]:
+    """The run's numbers in virtual time: same engines, config (at time scale 1), arrivals and prompts."""
+    schedule = workloads.poisson_schedule(qps=qps, duration_s=duration_s, seed=seed)
+    workload = pd.WORKLOADS["long"].make(seed)
+    arrivals = []
+    for index, at in enumerate(schedule.offsets_s):
+        prompt = workload.prompt_for(index)
+        arrivals.append(
+            cluster.Arrival(at=float(at), model=MODEL, prompt=prompt.prompt, max_tokens=prompt.max_tokens)
+        )
+    prefill = PREFILL if arm != "aggregated" else 0
+    engines = cluster.engines(ENGINES, args=("--model", MODEL), prefill=prefill)
+    results = cluster.run(engines=engines, workload=arrivals, policy=scheduling(1.0), seed=seed)
+    ok = (results.status == 200) & ~np.isnan(results.end)
+    ttft, tpot = results.ttft[ok], results.tpot[ok]
+    twin = {
+        "ttft_p50_s": float(np.percentile(ttft, 50)),
+        "ttft_p90_s": float(np.percentile(ttft, 90)),
+        "tpot_p50_s": float(np.nanpercentile(tpot, 50)),
+        "tpot_p90_s": float(np.nanpercentile(tpot, 90)),
+    }
+    for slo in TPOT_SLOS_S:
+        twin[pd.slo_key(slo)] = float(((ttft <= pd.SLO_TTFT_S) & ~(tpot > slo)).sum()) / duration_s
+    return twin
 
 
 @contextlib.asynccontextmanager
@@ -85,8 +122,7 @@ async def stack(arm: str, *, run_dir: Path, time_scale: float) -> AsyncIterator[
         endpoints_file = run_dir / "endpoints.yaml"
         endpoints_file.write_text(yaml.safe_dump({"endpoints": listed}, sort_keys=False))
         config_file = run_dir / "picker.yaml"
-        text = frontdoors.picker_config("frontier", time_scale=time_scale)
-        config_file.write_text(pd.with_decider(text, "load-aware-pd-decider"))
+        config_file.write_text(scheduling(time_scale))
         grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
         picker = group.start(
             "picker",
@@ -162,6 +198,7 @@ async def run_one(arm: str, *, qps: float, duration_s: float, time_scale: float,
             wall_s = time.perf_counter() - began
             counters = await sidecar_counters(sidecar_metrics) if sidecar_metrics else {}
     row: dict[str, Any] = {"arm": arm, "qps": qps, "seed": seed, "wall_s": wall_s, "sidecars": counters}
+    row["virtual"] = virtual_twin(arm, qps=qps, duration_s=duration_s, seed=seed)
     for slo in TPOT_SLOS_S:
         summary = stats.summarize(
             traces,
@@ -185,6 +222,8 @@ def render(report: dict[str, Any]) -> str:
         f"8,000 unique tokens in, 256 out, {report['duration_s']:g} model s of Poisson arrivals at "
         f"{report['qps']:g} req/s. Goodput: req/s with TTFT <= {pd.SLO_TTFT_S:g} s and TPOT within the SLO.",
         "",
+        "Each cell: real time through the stack / its virtual-time twin.",
+        "",
         "| round | arm | requests (failed) | TTFT p50 s | TTFT p90 s | TPOT p50 ms | TPOT p90 ms "
         "| goodput @50 ms | goodput @20 ms | remote prefills | fallbacks |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -198,10 +237,15 @@ def render(report: dict[str, Any]) -> str:
             v for k, v in row["sidecars"].items() if k.startswith("frontier_sidecar_prefill_fallbacks")
         )
         side = f"{remote:.0f} | {fallback:.0f}" if row["sidecars"] else "- | -"
+        v = row["virtual"]
         lines.append(
-            f"| {row['round']} | {row['arm']} | {s['requests']} ({s['failed']}) | {s['ttft_s']['p50']:.2f} "
-            f"| {s['ttft_s']['p90']:.2f} | {s['tpot_s']['p50'] * 1e3:.1f} | {s['tpot_s']['p90'] * 1e3:.1f} "
-            f"| {row[pd.slo_key(0.05)]:.2f} | {row[pd.slo_key(0.02)]:.2f} | {side} |"
+            f"| {row['round']} | {row['arm']} | {s['requests']} ({s['failed']}) "
+            f"| {s['ttft_s']['p50']:.2f} / {v['ttft_p50_s']:.2f} "
+            f"| {s['ttft_s']['p90']:.2f} / {v['ttft_p90_s']:.2f} "
+            f"| {s['tpot_s']['p50'] * 1e3:.1f} / {v['tpot_p50_s'] * 1e3:.1f} "
+            f"| {s['tpot_s']['p90'] * 1e3:.1f} / {v['tpot_p90_s'] * 1e3:.1f} "
+            f"| {row[pd.slo_key(0.05)]:.2f} / {v[pd.slo_key(0.05)]:.2f} "
+            f"| {row[pd.slo_key(0.02)]:.2f} / {v[pd.slo_key(0.02)]:.2f} | {side} |"
         )
     return "\n".join(lines) + "\n"
 
