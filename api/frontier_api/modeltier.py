@@ -673,6 +673,11 @@ class ModelTierStatus(schema.Model):
     conditions: list[Condition] | None = schema.prop("Ready, Progressing, ... conditions.", default=None)
     roles: dict[str, RoleStatus] | None = schema.prop("Per-role replica counts.", default=None)
     ready_roles: str | None = schema.prop("Roles with all replicas ready, as ready/total.", default=None)
+    split: str | None = schema.prop(
+        "A disaggregated tier's available prefill:decode endpoints (e.g. 2:4), the split the picker routes "
+        "over; absent for a tier that prefills and decodes on the same endpoints.",
+        default=None,
+    )
     rendered_args_hash: str | None = schema.prop(
         "Hash of the rendered engine arguments of all roles.", default=None
     )

@@ -70,6 +70,7 @@ def modeltier_crd() -> dict[str, Any]:
                         {"name": "Tier", "type": "integer", "jsonPath": ".spec.tier.rank"},
                         {"name": "Model", "type": "string", "jsonPath": ".spec.model.servedName"},
                         {"name": "Ready Roles", "type": "string", "jsonPath": ".status.readyRoles"},
+                        {"name": "P:D", "type": "string", "jsonPath": ".status.split"},
                         {
                             "name": "Ready",
                             "type": "string",

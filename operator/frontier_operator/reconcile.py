@@ -86,10 +86,11 @@ class Reconciler:
         self.cfg = cfg
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._pool_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        # Per pool, the tier uids the picker objects were last verified to be owned by. A tier pass skips the
-        # picker when its own uid is already there, so a pool of N tiers costs one tier LIST, not N (a restart
-        # with 200 tiers would otherwise list all 200 tiers 200 times).
-        self._picker_owners: dict[tuple[str, str], frozenset[str]] = {}
+        # Per pool, the (uid, generation) of the tiers the picker objects were last rendered from. A tier pass
+        # skips the picker when its own pair is already there, so a pool of N tiers costs one tier LIST, not N
+        # (a restart with 200 tiers would otherwise list all 200 tiers 200 times); a tier's new generation
+        # renders the picker again, since its config carries tier facts (nonCachedTokens, virtual models).
+        self._picker_owners: dict[tuple[str, str], frozenset[tuple[str, int]]] = {}
         # InferencePools as last seen on the watch (GIE's objects change rarely); a miss reads the API.
         self._pools: dict[tuple[str, str], dict[str, Any]] = {}
         # Pools a tier named and a pass found missing: the pool's first appearance on the watch, even in its
@@ -274,9 +275,9 @@ class Reconciler:
             changed = bool(outcome.applied) or not (already and valid_before)
             if changed:
                 outcome.deleted = await self._delete_stale(obj, {manifests.key(m) for m in desired})
-            if not self._picker_owned_by(pool, obj["metadata"]["uid"]):
+            if not self._picker_rendered_from(pool, obj):
                 try:
-                    outcome.applied += await self.picker(pool, unless_owned_by=obj["metadata"]["uid"])
+                    outcome.applied += await self.picker(pool, current=obj)
                 except Taken as taken:
                     outcome.invalid = validate.Invalid(
                         reason="PickerNameTaken",
@@ -451,17 +452,22 @@ class Reconciler:
                     deleted.append(f"{kind}/{cmeta['name']}")
         return deleted
 
-    def _picker_owned_by(self, pool: pools.Pool, uid: str) -> bool:
-        return uid in self._picker_owners.get((pool.namespace, pool.name), frozenset())
+    def _picker_rendered_from(self, pool: pools.Pool, tier: Mapping[str, Any]) -> bool:
+        """Whether the pool's picker objects were last rendered from this generation of `tier`."""
+        return _generation_key(tier) in self._picker_owners.get((pool.namespace, pool.name), frozenset())
 
-    async def picker(self, pool: pools.Pool, *, unless_owned_by: str | None = None) -> list[str]:
-        """Ensure the pool's picker objects, owned by every live ModelTier that serves in the pool; skipped
-        when they were verified to be owned by tier `unless_owned_by` meanwhile."""
+    async def picker(self, pool: pools.Pool, *, current: Mapping[str, Any] | None = None) -> list[str]:
+        """Ensure the pool's picker objects, owned by every live ModelTier that serves in the pool and
+        rendered from their specs; `current` is the tier being reconciled (newer than the cache may be), and
+        the render is skipped when another pass already rendered from its generation meanwhile."""
         async with self._lock(self._pool_locks, (pool.namespace, pool.name)):
             # The tiers of one pool wait here together after a start: the first verifies for all of them.
-            if unless_owned_by is not None and self._picker_owned_by(pool, unless_owned_by):
+            if current is not None and self._picker_rendered_from(pool, current):
                 return []
             tiers = await self._tiers(pool.namespace)
+            if current is not None:
+                uid = current["metadata"]["uid"]
+                tiers = [t for t in tiers if t["metadata"]["uid"] != uid] + [dict(current)]
             owners = [
                 t
                 for t in tiers
@@ -481,7 +487,7 @@ class Reconciler:
                     applied.append(written)
             if had_envoy and not render_picker.standalone(pool, self.cfg):
                 await self._drop_envoy_config(pool)
-            self._picker_owners[(pool.namespace, pool.name)] = frozenset(t["metadata"]["uid"] for t in owners)
+            self._picker_owners[(pool.namespace, pool.name)] = frozenset(_generation_key(t) for t in owners)
             return applied
 
     async def _drop_envoy_config(self, pool: pools.Pool) -> None:
@@ -587,6 +593,11 @@ def _condition(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
         if cond.get("type") == type_:
             return dict(cond)
     return None
+
+
+def _generation_key(tier: Mapping[str, Any]) -> tuple[str, int]:
+    meta = tier["metadata"]
+    return meta["uid"], int(meta.get("generation", 0))
 
 
 def _condition_status(obj: Mapping[str, Any], type_: str) -> str | None:

@@ -227,6 +227,12 @@ def derive(
         "conditions": conditions,
         "roles": counts,
         "readyRoles": f"{ready_roles}/{len(roles)}",
+        # None (a merge patch's delete) once a tier stops being disaggregated.
+        "split": (
+            f"{counts[names.ROLE_PREFILL]['available']}:{counts[names.ROLE_DECODE]['available']}"
+            if names.ROLE_PREFILL in roles and names.ROLE_DECODE in roles
+            else None
+        ),
     }
     if args_hash is not None:
         status["renderedArgsHash"] = args_hash

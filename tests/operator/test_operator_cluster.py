@@ -97,6 +97,7 @@ def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected
     assert tier["status"]["roles"]["prefill"] == {"replicas": 2, "ready": 2, "updated": 2, "available": 2}
     assert tier["status"]["roles"]["decode"] == {"replicas": 4, "ready": 4, "updated": 4, "available": 4}
     assert tier["status"]["readyRoles"] == "2/2"
+    assert tier["status"]["split"] == "2:4"  # available prefill:decode endpoints
     for type_ in (modeltier.PREFILL_AVAILABLE, modeltier.DECODE_AVAILABLE, modeltier.CONFIG_VALID):
         assert oc.condition(tier, type_)["status"] == "True"
 
@@ -142,6 +143,7 @@ def test_disaggregated_tier_runs_on_h100_nodes_rolls_out_scales_and_is_collected
     assert after["metadata"]["generation"] == prefill["metadata"]["generation"]
     assert after["spec"] == prefill["spec"]
     assert _deployment(api, ns, "decode")["spec"]["replicas"] == 3
+    assert _ready_tier(api, ns)["status"]["split"] == "2:3"
 
     # Delete: owner references let the garbage collector remove every child.
     api.delete(oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER)
@@ -403,6 +405,57 @@ async def test_one_broken_tier_does_not_stop_the_resync_of_the_others(namespace,
     assert api.get("apps/v1", "Deployment", ns, "zzz-fine-decode") is not None
 
 
+def _pd_decision(api, ns, prompt_tokens):
+    """What the pool's picker, configured by the operator's ConfigMap and seeing the pool's real pods (as its
+    pool discovery would), decides for a fresh prompt of `prompt_tokens` to the tier's model."""
+    from frontier_picker import endpoints, pool_discovery
+    from frontier_picker.scheduling import config, types
+
+    view = pool_discovery.PoolView(pool_name="chat")
+    view.apply_pool(pool_discovery.SYNCED, [api.get(oc.POOL_API, "InferencePool", ns, "chat")])
+    view.apply_pod(pool_discovery.SYNCED, api.list("v1", "Pod", ns))
+    now = 1000.0
+    states = [
+        endpoints.EndpointState(
+            endpoint=endpoint,
+            metrics=endpoints.EndpointMetrics(running=2, updated_at=now),
+            load=endpoints.EndpointLoad(),
+        )
+        for endpoint in view.endpoints()
+    ]
+    assert {s.endpoint.labels[names.ROLE_LABEL] for s in states} == {names.ROLE_PREFILL, names.ROLE_DECODE}
+    text = api.get("v1", "ConfigMap", ns, "chat-picker-config")["data"]["config.yaml"]
+    served = samples.disaggregated_spec()["model"]["servedName"]
+    prompt = " ".join(f"w{i:03d}" for i in range(prompt_tokens))  # 4 characters a token, nothing cached
+    request = types.Request(
+        request_id="pd", model=served, target_model=served, prompt=prompt, prompt_tokens=prompt_tokens
+    )
+    decision = config.load(text, seed=1).schedule(request, endpoints.Snapshot(now=now, endpoints=states))
+    roles = {f"{s.endpoint.address}:{s.endpoint.port}": s.endpoint.labels[names.ROLE_LABEL] for s in states}
+    assert roles[decision.primary] == names.ROLE_DECODE
+    return None if decision.prefill is None else roles[decision.prefill]
+
+
+def test_a_tiers_non_cached_tokens_change_the_pickers_prefill_decision(
+    namespace, api, control_plane, operator_factory
+):
+    ns = namespace("op-pd-threshold")
+    operator_factory(ns)
+    spec = samples.disaggregated_spec()
+    spec["disaggregation"]["nonCachedTokens"] = 4096
+    _apply_pool_and_tier(api, ns, spec=spec)
+    _ready_tier(api, ns)
+    assert _pd_decision(api, ns, prompt_tokens=3000) is None  # 3,000 uncached <= 4,096: prefilled locally
+
+    api.merge_patch(
+        oc.TIER_API, names.MODEL_TIER_KIND, ns, TIER, {"spec": {"disaggregation": {"nonCachedTokens": 1024}}}
+    )
+    assert oc.wait_for(
+        "the picker's config to disaggregate 3,000 uncached tokens",
+        lambda: _pd_decision(api, ns, prompt_tokens=3000) == names.ROLE_PREFILL,
+    )
+
+
 def test_roles_a_tier_no_longer_has_leave_its_status(namespace, api, control_plane, operator_factory):
     ns = namespace("op-roles")
     operator_factory(ns)
@@ -420,7 +473,9 @@ def test_roles_a_tier_no_longer_has_leave_its_status(namespace, api, control_pla
         tier = _ready_tier(api, ns)
         return tier if set(tier["status"]["roles"]) == {names.ROLE_BOTH} else None
 
-    assert oc.wait_for("status with the serving role only", serving_only)["status"]["readyRoles"] == "1/1"
+    aggregated_status = oc.wait_for("status with the serving role only", serving_only)["status"]
+    assert aggregated_status["readyRoles"] == "1/1"
+    assert "split" not in aggregated_status  # no longer disaggregated: the split is removed, not left stale
 
 
 def test_a_spec_the_api_server_refuses_at_apply_shows_its_message_on_the_tier(

@@ -77,6 +77,7 @@ def test_all_replicas_ready_is_ready_with_counts():
     assert cond[modeltier.DEGRADED]["status"] == "False"
     assert st["roles"][names.ROLE_DECODE] == {"replicas": 4, "ready": 4, "updated": 4, "available": 4}
     assert st["readyRoles"] == "2/2"
+    assert st["split"] == "2:4"
     assert st["observedGeneration"] == 1
 
 
@@ -219,3 +220,13 @@ def test_a_picker_rollouts_surge_replica_leaves_the_status_unchanged():
         _conditions(surging)[modeltier.ROUTABLE]["message"]
         == "endpoint picker chat-picker: 1 of 1 replica(s) available"
     )
+
+
+def test_the_split_counts_available_endpoints_and_an_aggregated_tier_has_none():
+    deployments = {
+        names.ROLE_PREFILL: _deployment(replicas=2, ready=1),
+        names.ROLE_DECODE: _deployment(replicas=4, ready=3),
+    }
+    assert _derive(samples.tier(), deployments)["split"] == "1:3"
+    both = {names.ROLE_BOTH: _deployment(replicas=3, ready=3)}
+    assert _derive(samples.tier(), both, roles=[names.ROLE_BOTH])["split"] is None

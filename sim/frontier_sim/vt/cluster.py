@@ -103,6 +103,7 @@ class Results:
     cached_tokens: np.ndarray
     engine: np.ndarray  # index into `engines`, -1 when rejected
     status: np.ndarray  # 200, or the rejection status
+    transfer: np.ndarray  # KV transfer time of a disaggregated request; NaN when it was prefilled locally
     engines: list[EngineResult]
     wall_s: float
     stopped_at: float | None  # model time where `max_wall_s` stopped the run; None when it ran to the end
@@ -389,6 +390,7 @@ class _Columns:
     cached_tokens: list[int] = dataclasses.field(default_factory=list)
     engine_of: list[int] = dataclasses.field(default_factory=list)
     status: list[int] = dataclasses.field(default_factory=list)
+    transfer: list[float] = dataclasses.field(default_factory=list)
 
     def add(self, t: float) -> int:
         """A new row for an arrival at `t` (not finished, status 200 until told otherwise); its index."""
@@ -400,6 +402,7 @@ class _Columns:
         self.cached_tokens.append(0)
         self.engine_of.append(-1)
         self.status.append(200)
+        self.transfer.append(math.nan)
         return len(self.arrival_at) - 1
 
 
@@ -581,6 +584,7 @@ class _Simulation:
         pulled = max(len(prefill.token_ids) - local, 0)
         link = self.specs[prefill.engine].config.kv_link_bytes_per_s
         transfer_s = pulled * decode.core.model.kv_bytes_per_token_per_gpu / link
+        self.columns.transfer[prefill.index] = transfer_s
         self.order += 1
         self.transfers[self.order] = prefill
         heapq.heappush(self.heap, (t + transfer_s, self.order, -1, self.order))
@@ -756,6 +760,7 @@ class _Simulation:
             cached_tokens=np.array(columns.cached_tokens, dtype=np.int64),
             engine=np.array(columns.engine_of, dtype=np.int64),
             status=np.array(columns.status, dtype=np.int64),
+            transfer=np.array(columns.transfer, dtype=np.float64),
             engines=engine_results,
             wall_s=wall,
             stopped_at=stopped_at,

@@ -5,6 +5,7 @@ import collections
 import textwrap
 
 import pytest
+import yaml
 
 from frontier_picker.scheduling import config, types
 
@@ -383,3 +384,43 @@ def test_the_load_aware_decider_prefills_locally_when_that_is_sooner():
     assert (
         decide(decode_running=8, prefill_waiting=5, request_id="backed-up").prefill is None
     )  # 5 x 2048 > 8192
+
+
+def _with_local_profile(text: str) -> str:
+    """The `frontier` config whose P/D handler serves requests it keeps local on any role's endpoint."""
+    document = yaml.safe_load(text)
+    any_role = {"name": "any-role-filter", "type": "role-filter", "parameters": {"role": "any"}}
+    document["plugins"].append(any_role)
+    for item in document["plugins"]:
+        if item["type"] == "pd-profile-handler":
+            item["parameters"]["localProfile"] = "frontier-local"
+    decode = next(p for p in document["schedulingProfiles"] if p["name"] == "frontier")
+    local = [
+        {"pluginRef": "any-role-filter"} if ref["pluginRef"] == "decode-filter" else ref
+        for ref in decode["plugins"]
+    ]
+    document["schedulingProfiles"].append({"name": "frontier-local", "plugins": local})
+    return yaml.safe_dump(document)
+
+
+def test_a_local_profile_serves_requests_kept_local_on_idle_prefill_endpoints_too():
+    scheduler = config.load(_with_local_profile(config.builtin_text("frontier")), seed=2)
+    states = [
+        fleet.state(0, labels=fleet.role("prefill")),
+        fleet.state(1, labels=fleet.role("decode"), running=40, waiting=3),
+    ]
+    short = scheduler.schedule(fleet.request("hello " * 50, request_id="s"), fleet.snapshot(states))
+    assert (short.primary, short.prefill) == (fleet.key(0), None)  # the idle prefill engine serves it whole
+    long_prompt = "".join(f"document {i} ".ljust(64, "#") for i in range(160))  # ~2,560 tokens
+    long = scheduler.schedule(fleet.request(long_prompt, request_id="l"), fleet.snapshot(states))
+    assert (long.primary, long.prefill) == (fleet.key(1), fleet.key(0))  # disaggregated as before
+
+
+def test_without_a_local_profile_requests_kept_local_stay_on_decode_endpoints():
+    scheduler = config.load(seed=2)
+    states = [
+        fleet.state(0, labels=fleet.role("prefill")),
+        fleet.state(1, labels=fleet.role("decode"), running=40, waiting=3),
+    ]
+    short = scheduler.schedule(fleet.request("hello " * 50, request_id="s"), fleet.snapshot(states))
+    assert (short.primary, short.prefill) == (fleet.key(1), None)

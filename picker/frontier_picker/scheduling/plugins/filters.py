@@ -190,15 +190,20 @@ class RoleFilter(plugin.Filter):
     """Keep endpoints that can play a prefill/decode role (label inference.frontier.dev/role, default both).
 
     role=decode keeps decode and both endpoints (destinations of a request); role=prefill keeps only
-    prefill endpoints (the prefill side of a disaggregated request).
+    prefill endpoints (the prefill side of a disaggregated request); role=any keeps every endpoint (where a
+    P/D pool serves a request it does not disaggregate, prefill engines included).
     """
 
     type_name = "role-filter"
-    formula = "decode: keep role in {decode, both}; prefill: keep role == prefill"
+    formula = "decode: keep role in {decode, both}; prefill: keep role == prefill; any: keep all"
     intent = "correctness"
     consumes = frozenset({"labels"})
+    ANY = "any"
     ROLE = plugin.Param(
-        "role", names.ROLE_DECODE, "decode or prefill", allowed=(names.ROLE_DECODE, names.ROLE_PREFILL)
+        "role",
+        names.ROLE_DECODE,
+        "decode, prefill or any",
+        allowed=(names.ROLE_DECODE, names.ROLE_PREFILL, ANY),
     )
     parameter_docs = plugin.documented((ROLE,))
 
@@ -206,11 +211,11 @@ class RoleFilter(plugin.Filter):
         super().__init__(name)
         self.role = role
         self._same = _SameInput()
-        self._roles = (
-            frozenset({names.ROLE_DECODE, names.ROLE_BOTH})
-            if role == names.ROLE_DECODE
-            else frozenset({role})
-        )
+        self._roles = {
+            names.ROLE_DECODE: frozenset({names.ROLE_DECODE, names.ROLE_BOTH}),
+            names.ROLE_PREFILL: frozenset({names.ROLE_PREFILL}),
+            self.ANY: frozenset({names.ROLE_DECODE, names.ROLE_BOTH, names.ROLE_PREFILL}),
+        }[role]
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:

@@ -82,17 +82,28 @@ class SingleProfileHandler(plugin.ProfileHandler):
 
 @plugin.register
 class PDProfileHandler(plugin.ProfileHandler):
-    """Choose a decode endpoint, then a prefill endpoint when the decider says to disaggregate."""
+    """Choose a decode endpoint, then a prefill endpoint when the decider says to disaggregate.
+
+    With `localProfile`, a request the decider keeps local is served where that profile chooses (a profile
+    over every role, prefill endpoints included): a prefill endpoint is a whole engine (vLLM's `kv_both`), so
+    traffic that is not disaggregated can use the prefill GPUs instead of leaving them idle.
+    """
 
     type_name = "pd-profile-handler"
-    formula = "decode profile -> destination; decider(request, destination) -> prefill profile -> prefiller"
+    formula = (
+        "decode profile -> destination; decider(request, destination) -> prefill profile -> prefiller; "
+        "kept local: local profile (if set) -> destination"
+    )
     intent = "orchestration"
     DECODE_PROFILE = plugin.Param("decodeProfile", "decode", "profile choosing the decode endpoint")
     PREFILL_PROFILE = plugin.Param("prefillProfile", "prefill", "profile choosing the prefill endpoint")
     DECIDER = plugin.Param(
         "deciderPluginName", pd_deciders.PrefixBasedDecider.type_name, "the decider plugin"
     )
-    parameter_docs = plugin.documented((DECODE_PROFILE, PREFILL_PROFILE, DECIDER))
+    LOCAL_PROFILE = plugin.Param(
+        "localProfile", "", "profile serving a request kept local (empty: the decode profile's endpoint)"
+    )
+    parameter_docs = plugin.documented((DECODE_PROFILE, PREFILL_PROFILE, DECIDER, LOCAL_PROFILE))
 
     def __init__(
         self,
@@ -102,12 +113,14 @@ class PDProfileHandler(plugin.ProfileHandler):
         prefill_profile: str,
         decider: pd_deciders.Decider,
         count: int,
+        local_profile: str = "",
     ) -> None:
         super().__init__(name)
         self.decode_profile = decode_profile
         self.prefill_profile = prefill_profile
         self.decider = decider
         self.count = count
+        self.local_profile = local_profile
         self._role_scan: tuple[Sequence[endpoints.EndpointState] | None, bool] = (None, False)
 
     @classmethod
@@ -125,10 +138,12 @@ class PDProfileHandler(plugin.ProfileHandler):
             prefill_profile=parameters.read(cls.PREFILL_PROFILE),
             decider=decider,
             count=1 + handle.fallbacks,
+            local_profile=parameters.read(cls.LOCAL_PROFILE),
         )
 
     def profiles(self) -> Sequence[str]:
-        return [self.decode_profile, self.prefill_profile]
+        local = [self.local_profile] if self.local_profile else []
+        return [self.decode_profile, self.prefill_profile, *local]
 
     def _has_prefill_endpoints(self, states: Sequence[endpoints.EndpointState]) -> bool:
         # The datastore hands out the same sequence object until the endpoint set changes; holding a
@@ -142,7 +157,7 @@ class PDProfileHandler(plugin.ProfileHandler):
     ) -> Sequence[tuple[str, int]]:
         if not results:
             return [(self.decode_profile, self.count)]
-        if self.prefill_profile in results:
+        if self.prefill_profile in results or self.local_profile in results:
             return []
         decode = results[self.decode_profile]
         if not decode.chosen:
@@ -152,13 +167,16 @@ class PDProfileHandler(plugin.ProfileHandler):
             return []
         if not self._has_prefill_endpoints(cycle.snapshot.endpoints):
             return []
-        if not self.decider.disaggregate(cycle, destination):
-            return []
-        return [(self.prefill_profile, 1)]
+        if self.decider.disaggregate(cycle, destination):
+            return [(self.prefill_profile, 1)]
+        return [(self.local_profile, self.count)] if self.local_profile else []
 
     def process_results(
         self, cycle: cycles.Cycle, results: Mapping[str, plugin.ProfileResult]
     ) -> types.Decision:
+        local = results.get(self.local_profile) if self.local_profile else None
+        if local is not None and local.chosen:
+            return _decision(cycle, self.local_profile, local, None)
         decode = _destination(self.decode_profile, cycle, results)
         prefill = results.get(self.prefill_profile)
         chosen = prefill.chosen[0] if prefill is not None and prefill.chosen else None
