@@ -179,8 +179,7 @@ async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Seque
         mode="gie",
         listen_address=ADDRESS,
         listen_port=port,
-        picker_address=ADDRESS,
-        picker_port=grpc_port,
+        pickers=[f"{ADDRESS}:{grpc_port}"],
         picker_tls=False,
         endpoints=[(key.split(":")[0], int(key.split(":")[1])) for key in engines],
     )

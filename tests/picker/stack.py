@@ -230,8 +230,7 @@ def start(
     bootstrap = envoy_bootstrap.bootstrap(
         listen_address=FRONT,
         listen_port=listen_port,
-        picker_address=FRONT,
-        picker_port=picker.grpc_port,
+        pickers=[f"{FRONT}:{picker.grpc_port}"],
         picker_tls=secure,
         mode=mode,
         endpoints=listed,
