@@ -22,6 +22,11 @@ decisions rather than guessed from responses. Faults:
   (5 min, longer than the run) and with `--stream-idle-timeout 8s`.
 - `model_names_1000`: 1,000 requests each naming a distinct 10 KB model, after 1,000 ordinary ones; the
   picker's `/metrics` size and RSS before and after.
+- `picker_restart_rolling_2`: two picker replicas behind Envoy (which health-checks their readiness); each
+  in turn gets SIGTERM, drains (`--drain-delay 1`, `--drain-timeout 30`, the defaults), exits and is started
+  again on its ports, the next only once Envoy has seen it ready. Every tenth request lasts LONG_S, so the
+  drains wait for long streams. Client errors, split by when the request was sent.
+- `picker_restart_single`: the same with one replica: what clients see while no picker takes streams.
 
 The engines are stand-ins (fixed latency, no tokens), so the numbers say how the picker routes around faults,
 not how a model server fails.
@@ -52,6 +57,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frontier_api import names
 from frontier_bench import frontdoors, harness, processes
@@ -69,6 +75,13 @@ IDLE_STREAMS: Final = 300
 MODEL_NAMES: Final = 1000
 MODEL_NAME_BYTES: Final = 10 * 1024
 MODEL: Final = "faults-model"
+LATENCY_HEADER: Final = "x-faults-latency-s"  # a request's own engine latency (long requests)
+LONG_EVERY: Final = 10  # in the restart scenarios, every tenth request is long
+LONG_S: Final = 3.0
+# The picker's drain (frontier-picker's defaults, what the operator renders): readiness NOT_SERVING and new
+# streams still taken for DRAIN_DELAY_S, routed streams get up to DRAIN_TIMEOUT_S in all.
+DRAIN_DELAY_S: Final = 1.0
+DRAIN_TIMEOUT_S: Final = 30.0
 _DECISION = re.compile(r"event=decision request_id=(\S+) .*? endpoints=([^ ,]+)")
 
 
@@ -101,7 +114,8 @@ class EngineState:
 
 
 async def serve_engine(address: str, port: int) -> None:
-    """A stand-in engine: completions after ENGINE_LATENCY_S, vLLM metrics, `POST /fault/<mode>`."""
+    """A stand-in engine: completions after ENGINE_LATENCY_S (or the request's LATENCY_HEADER), vLLM
+    metrics, `POST /fault/<mode>`."""
     state = EngineState()
 
     async def complete(request: web.Request) -> web.Response:
@@ -111,7 +125,7 @@ async def serve_engine(address: str, port: int) -> None:
             return web.json_response({"error": {"message": message, "code": 404}}, status=404)
         state.running += 1
         try:
-            await asyncio.sleep(ENGINE_LATENCY_S)
+            await asyncio.sleep(float(request.headers.get(LATENCY_HEADER, ENGINE_LATENCY_S)))
         finally:
             state.running -= 1
         usage = {"prompt_tokens": 8, "completion_tokens": 8}
@@ -139,17 +153,43 @@ async def serve_engine(address: str, port: int) -> None:
 
 # --- the stack ----------------------------------------------------------------------------------------
 @dataclasses.dataclass(slots=True, kw_only=True)
+class Replica:
+    """One picker replica: its command line and ports (kept across restarts) and its current process."""
+
+    name: str
+    argv: list[str]
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    child: processes.Child
+    restarts: int = 0
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
 class Stack:
     url: str
     engines: list[str]  # address:port
     engine_children: list[processes.Child]
-    picker: processes.Child
-    grpc_port: int
-    metrics_url: str
+    replicas: list[Replica]
+    picker_logs: list[Path]  # every picker process's log, restarts included
+
+    @property
+    def picker(self) -> processes.Child:
+        return self.replicas[0].child
+
+    @property
+    def grpc_port(self) -> int:
+        return self.replicas[0].grpc_port
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{ADDRESS}:{self.replicas[0].metrics_port}/metrics"
 
 
-async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Sequence[str]) -> Stack:
-    """Engines, the picker and Envoy, each waited for."""
+async def start_stack(
+    group: processes.Group, run_dir: Path, picker_flags: Sequence[str], *, replicas: int = 1
+) -> Stack:
+    """Engines, `replicas` pickers and Envoy (health-checking the pickers), each waited for."""
     engines, children = [], []
     for index, address in enumerate(ENGINE_ADDRESSES):
         port = processes.free_port(address)
@@ -161,25 +201,36 @@ async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Seque
     endpoints_file = run_dir / "endpoints.yaml"
     listed = ", ".join(f"{{address: {key.split(':')[0]}, port: {key.split(':')[1]}}}" for key in engines)
     endpoints_file.write_text(f"endpoints: [{listed}]\n")
-    grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
-    picker = group.start(
-        "picker",
-        frontdoors.picker_argv(
+    started = []
+    for index in range(replicas):
+        grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
+        argv = frontdoors.picker_argv(
             endpoints_file=endpoints_file,
             address=ADDRESS,
             grpc_port=grpc_port,
             health_port=health_port,
             metrics_port=metrics_port,
             extra=picker_flags,
-        ),
-    )
-    await processes.wait_port(ADDRESS, grpc_port, child=picker)
+        )
+        name = f"picker-{index}"
+        started.append(
+            Replica(
+                name=name,
+                argv=argv,
+                grpc_port=grpc_port,
+                health_port=health_port,
+                metrics_port=metrics_port,
+                child=group.start(name, argv),
+            )
+        )
+    for replica in started:
+        await wait_ready(replica)
     port = processes.free_port(ADDRESS)
     config = envoy_bootstrap.bootstrap(
         mode="gie",
         listen_address=ADDRESS,
         listen_port=port,
-        pickers=[f"{ADDRESS}:{grpc_port}"],
+        pickers=[f"{ADDRESS}:{replica.grpc_port}" for replica in started],
         picker_tls=False,
         endpoints=[(key.split(":")[0], int(key.split(":")[1])) for key in engines],
     )
@@ -192,12 +243,27 @@ async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Seque
         url=f"http://{ADDRESS}:{port}",
         engines=engines,
         engine_children=children,
-        picker=picker,
-        grpc_port=grpc_port,
-        metrics_url=f"http://{ADDRESS}:{metrics_port}/metrics",
+        replicas=started,
+        picker_logs=[replica.child.log_path for replica in started],
     )
     await _wait_routable(stack)
     return stack
+
+
+async def wait_ready(replica: Replica, timeout_s: float = 30.0) -> None:
+    """Wait until the replica's gRPC health says `readiness` SERVING (its endpoints are loaded)."""
+    deadline = time.monotonic() + timeout_s
+    request = health_pb2.HealthCheckRequest(service="readiness")
+    async with grpc.aio.insecure_channel(f"{ADDRESS}:{replica.health_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            replica.child.check_alive()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await stub.Check(request, timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{replica.name} not ready after {timeout_s}s:\n{replica.child.tail()}")
 
 
 async def _wait_routable(stack: Stack, timeout_s: float = 30.0) -> None:
@@ -219,6 +285,12 @@ class Sent:
     at: float  # seconds since the load began
     status: int = 0  # 0: no HTTP answer (connection error)
     latency_s: float = 0.0
+    long: bool = False  # asked the engine for LONG_S
+
+    @property
+    def ended(self) -> float:
+        """Seconds since the load began when the answer (or the error) came."""
+        return self.at + self.latency_s
 
 
 def _body(model: str) -> dict[str, Any]:
@@ -226,9 +298,16 @@ def _body(model: str) -> dict[str, Any]:
 
 
 async def open_loop(
-    url: str, *, rate: float, duration_s: float, began: float, models: Sequence[str] = (MODEL,)
+    url: str,
+    *,
+    rate: float,
+    duration_s: float,
+    began: float,
+    models: Sequence[str] = (MODEL,),
+    long_every: int = 0,
 ) -> list[Sent]:
-    """Poisson arrivals at `rate` for `duration_s`; request i names `models[i % len(models)]`."""
+    """Poisson arrivals at `rate` for `duration_s`; request i names `models[i % len(models)]`, and every
+    `long_every`-th asks the engine for LONG_S (0: none)."""
     rng = random.Random(20)
     sent: list[Sent] = []
     tasks: list[asyncio.Task[None]] = []
@@ -239,6 +318,8 @@ async def open_loop(
             started = time.monotonic()
             try:
                 headers = {"x-request-id": entry.request_id}
+                if entry.long:
+                    headers[LATENCY_HEADER] = str(LONG_S)
                 async with session.post(
                     f"{url}/v1/completions", json=_body(model), headers=headers
                 ) as answer:
@@ -257,7 +338,7 @@ async def open_loop(
             delay = began + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            entry = Sent(uuid.uuid4().hex, at)
+            entry = Sent(uuid.uuid4().hex, at, long=long_every > 0 and index % long_every == 0)
             sent.append(entry)
             tasks.append(asyncio.create_task(one(entry, models[index % len(models)])))
             index += 1
@@ -265,14 +346,15 @@ async def open_loop(
     return sent
 
 
-async def decisions(picker: processes.Child) -> dict[str, str]:
-    """Request id -> primary endpoint, from the picker's `event=decision` log lines."""
+async def decisions(stack: Stack) -> dict[str, str]:
+    """Request id -> primary endpoint, from the `event=decision` log lines of every picker process."""
     await asyncio.sleep(1.0)  # the picker writes its log in batches
     found = {}
-    for line in picker.log_path.read_text(errors="replace").splitlines():
-        match = _DECISION.search(line)
-        if match:
-            found[match.group(1)] = match.group(2)
+    for path in stack.picker_logs:
+        for line in path.read_text(errors="replace").splitlines():
+            match = _DECISION.search(line)
+            if match:
+                found[match.group(1)] = match.group(2)
     return found
 
 
@@ -314,7 +396,7 @@ async def metrics_bytes(url: str) -> int:
 async def control(stack: Stack) -> dict[str, Any]:
     began = time.monotonic()
     sent = await open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began)
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     return {
         "requests": len(sent),
         "client_errors": errors(sent),
@@ -331,7 +413,7 @@ async def engine_killed(stack: Stack) -> dict[str, Any]:
     os.killpg(child.process.pid, signal.SIGKILL)
     killed_at = time.monotonic() - began
     sent = await load
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     # In flight at the kill: sent within one engine latency before it and routed to the victim.
     in_flight = [
         s
@@ -363,7 +445,7 @@ async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
     await _fault(victim, "healthy")
     healed_at = time.monotonic() - began
     sent = await load
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     to_victim = sorted(s.at for s in sent if routed.get(s.request_id) == victim)
     while_hostile = [at for at in to_victim if hostile_at <= at < healed_at]
     after_heal = [at for at in to_victim if at >= healed_at]
@@ -380,6 +462,78 @@ async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
         ],
         "share_after_heal": shares(sent, routed, stack.engines, (healed_at + 1, DURATION_S))[_host(victim)],
         "picker_alive": picker_alive,
+    }
+
+
+async def restart(group: processes.Group, stack: Stack, replica: Replica, *, began: float) -> dict[str, Any]:
+    """SIGTERM one picker replica, wait for its drain and exit, start it again on the same ports and wait
+    until it is ready; when each step happened (seconds since `began`)."""
+    sigterm_at = time.monotonic() - began
+    old = replica.child
+    await asyncio.to_thread(group.stop, old, grace_s=DRAIN_TIMEOUT_S + 5)
+    exited_at = time.monotonic() - began
+    replica.restarts += 1
+    replica.child = group.start(f"{replica.name}-restart-{replica.restarts}", replica.argv)
+    stack.picker_logs.append(replica.child.log_path)
+    await wait_ready(replica)
+    ready_at = time.monotonic() - began
+    stopped = re.search(r"event=stopped drained_s=(\S+) cut_in_flight=(\d+)", old.log_path.read_text())
+    return {
+        "replica": replica.name,
+        "sigterm_at": round(sigterm_at, 2),
+        "exited_at": round(exited_at, 2),
+        "ready_at": round(ready_at, 2),
+        "exit_code": old.process.returncode,
+        "drained_s": float(stopped.group(1)) if stopped else None,
+        "cut_in_flight": int(stopped.group(2)) if stopped else None,
+    }
+
+
+async def picker_restart(group: processes.Group, stack: Stack) -> dict[str, Any]:
+    """Restart every picker replica in turn under load (each one ready again, and seen ready by Envoy,
+    before the next gets SIGTERM); every LONG_EVERY-th request lasts LONG_S, so drains have long streams
+    to wait for."""
+    began = time.monotonic()
+    load = asyncio.create_task(
+        open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began, long_every=LONG_EVERY)
+    )
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    steps = []
+    for replica in stack.replicas:
+        steps.append(await restart(group, stack, replica, began=began))
+        # Envoy health-checks each replica every interval (plus the check's timeout): let it see this one.
+        await asyncio.sleep(
+            2 * (envoy_bootstrap.PICKER_HEALTH_INTERVAL_S + envoy_bootstrap.PICKER_HEALTH_TIMEOUT_S)
+        )
+    sent = await load
+    routed = await decisions(stack)
+
+    def failed(window: Sequence[Sent]) -> int:
+        return sum(1 for s in window if s.status != 200)
+
+    in_flight = [s for s in sent if any(s.at < step["sigterm_at"] < s.ended for step in steps)]
+    in_delay = [s for s in sent if any(0 <= s.at - step["sigterm_at"] < DRAIN_DELAY_S for step in steps)]
+    while_down = [
+        s
+        for s in sent
+        if any(step["sigterm_at"] + DRAIN_DELAY_S <= s.at < step["ready_at"] for step in steps)
+    ]
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "restarts": steps,
+        "in_flight_at_sigterm": len(in_flight),
+        "long_in_flight_at_sigterm": sum(1 for s in in_flight if s.long),
+        "errors_in_flight_at_sigterm": failed(in_flight),
+        "sent_in_drain_delay": len(in_delay),
+        "errors_in_drain_delay": failed(in_delay),
+        "sent_while_down": len(while_down),
+        "errors_while_down": failed(while_down),
+        "slowest_s": round(max(s.latency_s for s in sent), 2),
+        "routed": sum(1 for s in sent if s.request_id in routed),
     }
 
 
@@ -420,7 +574,7 @@ async def idle_streams(stack: Stack, control_shares: dict[str, float]) -> dict[s
         closed = sum(1 for stream in streams if stream.done())
         for stream in streams:
             stream.cancel()
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     held = shares(sent, routed, stack.engines, (opened_at + 1, DURATION_S))
     return {
         "requests": len(sent),
@@ -509,6 +663,25 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
                 f"pinned engine's share {row['pinned_engine_share']:.0%} vs {row['control_share']:.0%} in "
                 f"control ({row['shift_points']} points); last 8 s: {row['shares_last_8s']}",
             )
+    if "picker_restart_rolling_2" in rows:
+        row = rows["picker_restart_rolling_2"]
+        out["picker_restart_rolling_2"] = _verdict(
+            row["client_errors"] == 0,
+            f"{row['client_errors']} client errors of {row['requests']} (statuses {row['statuses']}); "
+            f"{row['in_flight_at_sigterm']} in flight at the SIGTERMs ({row['long_in_flight_at_sigterm']} "
+            f"of {LONG_S:g} s), slowest {row['slowest_s']} s",
+        )
+    if "picker_restart_single" in rows:
+        row = rows["picker_restart_single"]
+        (step,) = row["restarts"]
+        out["picker_restart_single"] = _verdict(
+            row["errors_in_flight_at_sigterm"] == 0 and row["errors_in_drain_delay"] == 0,
+            f"{row['errors_in_flight_at_sigterm']} errors of {row['in_flight_at_sigterm']} in flight at "
+            f"SIGTERM, {row['errors_in_drain_delay']} of {row['sent_in_drain_delay']} sent in the drain "
+            f"delay; but {row['errors_while_down']} of {row['sent_while_down']} sent while no picker took "
+            f"streams ({step['ready_at'] - step['sigterm_at'] - DRAIN_DELAY_S:.1f} s) failed "
+            f"(statuses {row['statuses']})",
+        )
     if "model_names_1000" in rows:
         names_row = rows["model_names_1000"]
         out["model_names_1000"] = _verdict(
@@ -530,6 +703,8 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("idle_streams_300", ()),
     ("idle_streams_300_timeout_8s", ("--stream-idle-timeout", "8s")),
     ("model_names_1000", ()),
+    ("picker_restart_rolling_2", ()),
+    ("picker_restart_single", ()),
 ]
 
 
@@ -543,7 +718,8 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
         where = run_dir / name
         where.mkdir(parents=True, exist_ok=True)
         with processes.Group(where) as group:
-            stack = await start_stack(group, where, flags)
+            replicas = 2 if name == "picker_restart_rolling_2" else 1
+            stack = await start_stack(group, where, flags, replicas=replicas)
             if name == "control":
                 row = await control(stack)
             elif name == "engine_killed":
@@ -552,6 +728,8 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
                 row = await hostile_metrics(stack, name.removeprefix("metrics_"))
             elif name.startswith("idle_streams"):
                 row = await idle_streams(stack, rows["control"]["shares"])
+            elif name.startswith("picker_restart"):
+                row = await picker_restart(group, stack)
             else:
                 row = await model_names(stack)
         row["picker_flags"] = list(flags)
@@ -589,6 +767,9 @@ def markdown(document: dict[str, Any]) -> str:
         "idle_streams_300": "real traffic within 5 points of control (default flags)",
         "idle_streams_300_timeout_8s": "same, with --stream-idle-timeout 8s",
         "model_names_1000": "/metrics size and RSS within 5%",
+        "picker_restart_rolling_2": "rolling restart of two replicas: 0 client errors",
+        "picker_restart_single": "one replica with drain: 0 errors for requests in flight or in the drain "
+        "delay (what clients see while it is down: reported)",
     }
     for name, target in targets.items():
         if name in verdict:
