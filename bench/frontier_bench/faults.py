@@ -22,6 +22,8 @@ decisions rather than guessed from responses. Faults:
   (5 min, longer than the run) and with `--stream-idle-timeout 8s`.
 - `model_names_1000`: 1,000 requests each naming a distinct 10 KB model, after 1,000 ordinary ones; the
   picker's `/metrics` size and RSS before and after.
+- `uploads_10x15mb`: 10 concurrent chunked uploads (no content-length) of 15 MB bodies; the picker's RSS
+  before, at its peak (sampled every 10 ms) and after.
 - `picker_restart_rolling_2`: two picker replicas behind Envoy (which health-checks their readiness); each
   in turn gets SIGTERM, drains (`--drain-delay 1`, `--drain-timeout 30`, the defaults), exits and is started
   again on its ports, the next only once Envoy has seen it ready. Every tenth request lasts LONG_S, so the
@@ -46,7 +48,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -75,6 +77,10 @@ IDLE_STREAMS: Final = 300
 MODEL_NAMES: Final = 1000
 MODEL_NAME_BYTES: Final = 10 * 1024
 MODEL: Final = "faults-model"
+UPLOADS: Final = 10
+UPLOAD_BYTES: Final = 15 * 1024 * 1024
+UPLOAD_CHUNK_BYTES: Final = 64 * 1024
+UPLOAD_ROUNDS: Final = 3  # one after the other: memory kept for good would grow round by round
 LATENCY_HEADER: Final = "x-faults-latency-s"  # a request's own engine latency (long requests)
 LONG_EVERY: Final = 10  # in the restart scenarios, every tenth request is long
 LONG_S: Final = 3.0
@@ -141,7 +147,7 @@ async def serve_engine(address: str, port: int) -> None:
         state.mode = request.match_info["mode"]
         return web.Response(text="ok\n")
 
-    app = web.Application()
+    app = web.Application(client_max_size=2 * UPLOAD_BYTES)
     app.router.add_post("/v1/completions", complete)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/fault/{mode}", fault)
@@ -387,6 +393,12 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def metrics_bytes(url: str) -> int:
     async with aiohttp.ClientSession() as session, session.get(url) as answer:
         return len(await answer.read())
@@ -395,11 +407,14 @@ async def metrics_bytes(url: str) -> int:
 # --- scenarios ----------------------------------------------------------------------------------------
 async def control(stack: Stack) -> dict[str, Any]:
     began = time.monotonic()
+    cpu_before = cpu_s(stack.picker.process.pid)
     sent = await open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began)
+    cpu = cpu_s(stack.picker.process.pid) - cpu_before
     routed = await decisions(stack)
     return {
         "requests": len(sent),
         "client_errors": errors(sent),
+        "picker_cpu_ms_per_request": round(1000 * cpu / len(sent), 2),
         "shares": shares(sent, routed, stack.engines, (0, DURATION_S)),
     }
 
@@ -462,6 +477,83 @@ async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
         ],
         "share_after_heal": shares(sent, routed, stack.engines, (healed_at + 1, DURATION_S))[_host(victim)],
         "picker_alive": picker_alive,
+    }
+
+
+def upload_body(index: int) -> bytes:
+    """A completions body of UPLOAD_BYTES: the model, then a prompt of ASCII text (distinct per upload)."""
+    head = b'{"model": "%s", "max_tokens": 8, "prompt": "upload %d ' % (MODEL.encode(), index)
+    tail = b'"}'
+    filler = b"the quick brown fox jumps over the lazy dog "
+    size = UPLOAD_BYTES - len(head) - len(tail)
+    return head + (filler * (size // len(filler) + 1))[:size] + tail
+
+
+async def uploads(stack: Stack) -> dict[str, Any]:
+    """UPLOADS concurrent chunked uploads of UPLOAD_BYTES each (no content-length: the picker cannot know
+    the size before the end), while the picker's RSS is sampled every 10 ms."""
+    await asyncio.sleep(2)  # settle after the warm-up request
+    pid = stack.picker.process.pid
+    before = rss_mib(pid)
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_mib(pid))
+            await asyncio.sleep(0.01)
+
+    async def send(session: aiohttp.ClientSession, index: int) -> Sent:
+        body = upload_body(index)
+        entry = Sent(uuid.uuid4().hex, 0.0)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), UPLOAD_CHUNK_BYTES):
+                yield body[start : start + UPLOAD_CHUNK_BYTES]
+
+        started = time.monotonic()
+        try:
+            headers = {"x-request-id": entry.request_id, "content-type": "application/json"}
+            async with session.post(f"{stack.url}/v1/completions", data=chunks(), headers=headers) as answer:
+                await answer.read()
+                entry.status = answer.status
+        except (aiohttp.ClientError, TimeoutError):
+            entry.status = 0
+        entry.latency_s = time.monotonic() - started
+        return entry
+
+    sampler = asyncio.create_task(sample())
+    cpu_before = cpu_s(pid)
+    timeout = aiohttp.ClientTimeout(total=120)
+    sent: list[Sent] = []
+    after_rounds = []
+    for _ in range(UPLOAD_ROUNDS):
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+            sent += await asyncio.gather(*(send(session, index) for index in range(UPLOADS)))
+        await asyncio.sleep(3)  # let the picker free what it held
+        after_rounds.append(rss_mib(pid))
+    sampling = False
+    await sampler
+    after = after_rounds[-1]
+    cpu = cpu_s(pid) - cpu_before
+    total_mib = UPLOADS * UPLOAD_BYTES / 2**20
+    return {
+        "uploads": UPLOADS,
+        "upload_mib": round(UPLOAD_BYTES / 2**20, 1),
+        "total_mib": round(total_mib, 1),
+        "rounds": UPLOAD_ROUNDS,
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "slowest_s": round(max(s.latency_s for s in sent), 2),
+        "picker_cpu_s": round(cpu, 2),
+        "rss_before_mib": before,
+        "rss_peak_mib": peak,
+        "rss_after_mib": after,
+        "rss_after_each_round_mib": after_rounds,
+        "peak_growth_over_total": round((peak - before) / total_mib, 2),
+        "retained_mib": round(after - before, 1),
     }
 
 
@@ -663,6 +755,16 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
                 f"pinned engine's share {row['pinned_engine_share']:.0%} vs {row['control_share']:.0%} in "
                 f"control ({row['shift_points']} points); last 8 s: {row['shares_last_8s']}",
             )
+    if "uploads_10x15mb" in rows:
+        row = rows["uploads_10x15mb"]
+        out["uploads_10x15mb"] = _verdict(
+            row["statuses"] == {"200": UPLOADS * row["rounds"]}
+            and row["peak_growth_over_total"] <= 1.3
+            and row["retained_mib"] <= 0.05 * row["total_mib"],
+            f"RSS {row['rss_before_mib']} -> peak {row['rss_peak_mib']} -> {row['rss_after_mib']} MiB: peak "
+            f"growth {row['peak_growth_over_total']}x the {row['total_mib']} MiB of bodies, "
+            f"{row['retained_mib']} MiB retained; statuses {row['statuses']}",
+        )
     if "picker_restart_rolling_2" in rows:
         row = rows["picker_restart_rolling_2"]
         out["picker_restart_rolling_2"] = _verdict(
@@ -703,6 +805,7 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("idle_streams_300", ()),
     ("idle_streams_300_timeout_8s", ("--stream-idle-timeout", "8s")),
     ("model_names_1000", ()),
+    ("uploads_10x15mb", ()),
     ("picker_restart_rolling_2", ()),
     ("picker_restart_single", ()),
 ]
@@ -728,6 +831,8 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
                 row = await hostile_metrics(stack, name.removeprefix("metrics_"))
             elif name.startswith("idle_streams"):
                 row = await idle_streams(stack, rows["control"]["shares"])
+            elif name == "uploads_10x15mb":
+                row = await uploads(stack)
             elif name.startswith("picker_restart"):
                 row = await picker_restart(group, stack)
             else:
@@ -767,6 +872,7 @@ def markdown(document: dict[str, Any]) -> str:
         "idle_streams_300": "real traffic within 5 points of control (default flags)",
         "idle_streams_300_timeout_8s": "same, with --stream-idle-timeout 8s",
         "model_names_1000": "/metrics size and RSS within 5%",
+        "uploads_10x15mb": "peak RSS growth <= 1.3x the bodies' total, all returned (<= 5% kept), all 200",
         "picker_restart_rolling_2": "rolling restart of two replicas: 0 client errors",
         "picker_restart_single": "one replica with drain: 0 errors for requests in flight or in the drain "
         "delay (what clients see while it is down: reported)",

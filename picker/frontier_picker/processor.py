@@ -72,6 +72,10 @@ class Settings:
     # prefix scorer's horizon (blocks to match x 64 characters: GIE's 256 -> 16,384; the built-in `frontier`
     # profile's 1,024 -> 65,536), so that the scheduler sees all of the prompt it would have used.
     early_decision_prompt_chars: int = 65_536
+    # A chunked body (no content-length) is decided on its first part only once this much of it is in: up to
+    # here the picker sees the whole size it schedules by (1 MiB, about 260k tokens, past most models'
+    # context), and past it holds no more of the body than this while it streams through.
+    chunked_decision_bytes: int = 1024 * 1024
     # Request-body bytes all streams together may hold before their decision; past it a new chunk is refused
     # with 503 (the picker's memory stays bounded under many concurrent large uploads).
     max_buffered_body_bytes: int = 256 * 1024 * 1024
@@ -110,6 +114,7 @@ class Context:
     settings: Settings
     clock: Callable[[], float] = time.monotonic
     budget: BodyBudget = dataclasses.field(init=False)
+    body_bytes: int = 0  # request-body bytes every stream has received, a running count (`memory`)
 
     def __post_init__(self) -> None:
         self.budget = BodyBudget(self.settings.max_buffered_body_bytes)
@@ -219,6 +224,8 @@ class Stream:
             self.declared_length = int(declared)
             if self.declared_length > self.ctx.settings.max_body_bytes:
                 raise types.Rejection(413, self._too_large(self.declared_length))
+        elif self.next_early_attempt > 0:
+            self.next_early_attempt = max(self.next_early_attempt, self.ctx.settings.chunked_decision_bytes)
         if self.body_before_headers:
             return []
         # BUFFERED, or STREAMED without early body: headers go on now; the decision rides on the body reply.
@@ -237,6 +244,7 @@ class Stream:
 
     def _on_request_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk = body.body
+        self.ctx.body_bytes += len(chunk)
         if self.flight is not None:
             # Body after the decision (STREAMED without early body): pass it on unchanged.
             if self.request_mode == _FULL_DUPLEX:
@@ -266,14 +274,14 @@ class Stream:
     def _may_decide_early(self) -> bool:
         return (
             self.request_mode == _FULL_DUPLEX
-            and self.declared_length is not None
             and not self.headers_answered
             and bodies.is_inference_path(self.headers.get(":path", ""))
         )
 
     def _decide_early(self) -> list[ext_proc.ProcessingResponse]:
         """Decide on a body prefix holding the whole model value and enough of the prompt, then let the
-        rest of the body stream through; [] when the prefix does not tell yet."""
+        rest of the body stream through; [] when the prefix does not tell yet. A chunked body's size is
+        then only known to be at least what came so far."""
         prefix = b"".join(self.chunks)
         document = bodies.parse_prefix(prefix)
         if document is None:
@@ -293,10 +301,10 @@ class Stream:
             parsed_bytes=len(prefix),
         )
         self.early = True
-        return self._gated(lambda: self._early_replies(prefix, declared))
+        return self._gated(lambda: self._early_replies(prefix))
 
-    def _early_replies(self, prefix: bytes, declared: int) -> list[ext_proc.ProcessingResponse]:
-        reply, prefix, changed = self._decide(prefix, header_phase=True, length=declared)
+    def _early_replies(self, prefix: bytes) -> list[ext_proc.ProcessingResponse]:
+        reply, prefix, changed = self._decide(prefix, header_phase=True, length=self.declared_length)
         out = [reply]
         source = [prefix] if changed else self.chunks
         out.extend(
@@ -441,18 +449,21 @@ class Stream:
     def _decide(
         self, body: bytes, *, header_phase: bool, length: int | None = None
     ) -> tuple[ext_proc.ProcessingResponse, bytes, bool]:
-        """Schedule the request and build the reply that carries the decision; `length` is the whole
-        body's when `body` is only its start. Returns the reply, the body to send on (its model rewritten
-        when the decision's target model differs from the client's) and whether it changed."""
+        """Schedule the request and build the reply that carries the decision; `body` is the whole body
+        unless `self.early`, when it is the start of a body of `length` bytes (None: chunked, not known).
+        Returns the reply, the body to send on (its model rewritten when the decision's target model
+        differs from the client's) and whether it changed."""
         if self.flight is not None:
             raise types.Rejection(400, "ext_proc protocol: the request was already routed on this stream")
         request = self.request
         assert request is not None, "_gated builds the request before deciding"
+        if not self.early:
+            length = len(body)
         self.flight = self.ctx.director.decide(
             request,
             now=self.ctx.clock(),
             subset=self.subset,
-            detail=f"body_bytes={len(body) if length is None else length} early={self.early}",
+            detail=f"body_bytes={'-' if length is None else length} early={self.early}",
         )
         original_size = len(body)
         body_changed = bool(request.model) and request.target_model != request.model
@@ -469,10 +480,8 @@ class Stream:
         set_headers = [replies.set_header(names.DESTINATION_ENDPOINT, destination)]
         if decision.prefill:
             set_headers.append(replies.set_header(names.PREFILLER_HOST_PORT, decision.prefill))
-        if body_changed:
-            set_headers.append(
-                replies.set_header("content-length", str(len(body) if length is None else length))
-            )
+        if body_changed and length is not None:  # a chunked body stays chunked: no length to correct
+            set_headers.append(replies.set_header("content-length", str(length)))
         if self.request_id_generated:
             set_headers.append(replies.set_header(names.REQUEST_ID, self.request_id))
         # A client's own copy of a header the picker owns never passes: a forged prefiller address would
