@@ -112,6 +112,43 @@ def test_chunked_body_over_the_limit_is_refused_with_413() -> None:
     assert handler.closed
 
 
+def test_bodies_past_the_pickers_buffering_budget_get_503_and_a_finished_body_frees_its_share() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    first.ctx.budget.limit = 100  # all streams of one picker share it
+    second = processor.Stream(first.ctx)
+    for handler in (first, second):
+        handler.on_message(headers([(":path", "/v1/completions")]))
+    assert first.on_message(body(b'{"model":"m","prompt":"' + b"x" * 40, end=False)) == []
+    (refused,) = second.on_message(body(b'{"model":"m","prompt":"' + b"y" * 60, end=False))
+    assert refused.immediate_response.status.code == 503
+    assert b"buffering its limit of 100 request-body bytes" in refused.immediate_response.body
+    decided, *_ = first.on_message(body(b'"}', end=True))
+    assert set_headers(decided)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    assert first.ctx.budget.used == 0
+    third = processor.Stream(first.ctx)
+    third.on_message(headers([(":path", "/v1/completions")]))
+    decided, *_ = third.on_message(body(b'{"model":"m","prompt":"' + b"z" * 60 + b'"}', end=True))
+    assert set_headers(decided)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+
+
+def test_a_chunked_body_is_decided_once_its_first_part_is_in_and_the_rest_passes_through() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]), max_body_bytes=1 << 22)
+    first.ctx.settings.early_decision_prompt_chars = 100
+    first.ctx.settings.chunked_decision_bytes = 1000
+    handler = processor.Stream(first.ctx)
+    handler.on_message(headers([(":path", "/v1/completions"), (names.MODEL_NAME_REWRITE, "m2")]))
+    assert handler.on_message(body(b'{"model":"m","prompt":"' + b"x" * 600, end=False)) == []  # < 1000
+    decided, *passed = handler.on_message(body(b"x" * 600, end=False))
+    sent = set_headers(decided)
+    assert sent[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    assert "content-length" not in sent  # the size is unknown: the body stays chunked
+    echoed = b"".join(c.request_body.response.body_mutation.streamed_response.body for c in passed)
+    assert echoed == b'{"model":"m2","prompt":"' + b"x" * 1200
+    assert handler.ctx.budget.used == 0  # nothing held once decided
+    (rest,) = handler.on_message(body(b'"}', end=True))
+    assert rest.request_body.response.body_mutation.streamed_response.body == b'"}'
+
+
 def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:
     handler, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000", "10.0.0.2:8000"]))
     handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r2")]))
