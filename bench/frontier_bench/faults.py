@@ -29,6 +29,9 @@ decisions rather than guessed from responses. Faults:
   again on its ports, the next only once Envoy has seen it ready. Every tenth request lasts LONG_S, so the
   drains wait for long streams. Client errors, split by when the request was sent.
 - `picker_restart_single`: the same with one replica: what clients see while no picker takes streams.
+- `cpu_starved`: the picker pinned to one core (`taskset`), which HOGS busy loops share with it from the
+  fault to the heal; every tenth request long. Routed requests that failed, statuses while starved, Envoy's
+  ext_proc counters.
 
 The engines are stand-ins (fixed latency, no tokens), so the numbers say how the picker routes around faults,
 not how a model server fails.
@@ -81,6 +84,9 @@ UPLOADS: Final = 10
 UPLOAD_BYTES: Final = 15 * 1024 * 1024
 UPLOAD_CHUNK_BYTES: Final = 64 * 1024
 UPLOAD_ROUNDS: Final = 3  # one after the other: memory kept for good would grow round by round
+# CPU starvation: the picker pinned to one core that this many busy loops share with it while the fault lasts.
+STARVED_CORE: Final = "0"
+HOGS: Final = 40
 LATENCY_HEADER: Final = "x-faults-latency-s"  # a request's own engine latency (long requests)
 LONG_EVERY: Final = 10  # in the restart scenarios, every tenth request is long
 LONG_S: Final = 3.0
@@ -174,6 +180,7 @@ class Replica:
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Stack:
     url: str
+    admin_url: str  # Envoy's admin interface
     engines: list[str]  # address:port
     engine_children: list[processes.Child]
     replicas: list[Replica]
@@ -193,9 +200,15 @@ class Stack:
 
 
 async def start_stack(
-    group: processes.Group, run_dir: Path, picker_flags: Sequence[str], *, replicas: int = 1
+    group: processes.Group,
+    run_dir: Path,
+    picker_flags: Sequence[str],
+    *,
+    replicas: int = 1,
+    picker_prefix: Sequence[str] = (),
 ) -> Stack:
-    """Engines, `replicas` pickers and Envoy (health-checking the pickers), each waited for."""
+    """Engines, `replicas` pickers (each run under `picker_prefix`, e.g. `taskset`) and Envoy
+    (health-checking the pickers), each waited for."""
     engines, children = [], []
     for index, address in enumerate(ENGINE_ADDRESSES):
         port = processes.free_port(address)
@@ -210,14 +223,17 @@ async def start_stack(
     started = []
     for index in range(replicas):
         grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
-        argv = frontdoors.picker_argv(
-            endpoints_file=endpoints_file,
-            address=ADDRESS,
-            grpc_port=grpc_port,
-            health_port=health_port,
-            metrics_port=metrics_port,
-            extra=picker_flags,
-        )
+        argv = [
+            *picker_prefix,
+            *frontdoors.picker_argv(
+                endpoints_file=endpoints_file,
+                address=ADDRESS,
+                grpc_port=grpc_port,
+                health_port=health_port,
+                metrics_port=metrics_port,
+                extra=picker_flags,
+            ),
+        ]
         name = f"picker-{index}"
         started.append(
             Replica(
@@ -231,11 +247,12 @@ async def start_stack(
         )
     for replica in started:
         await wait_ready(replica)
-    port = processes.free_port(ADDRESS)
+    port, admin_port = processes.free_port(ADDRESS), processes.free_port(ADDRESS)
     config = envoy_bootstrap.bootstrap(
         mode="gie",
         listen_address=ADDRESS,
         listen_port=port,
+        admin_port=admin_port,
         pickers=[f"{ADDRESS}:{replica.grpc_port}" for replica in started],
         picker_tls=False,
         endpoints=[(key.split(":")[0], int(key.split(":")[1])) for key in engines],
@@ -247,6 +264,7 @@ async def start_stack(
     await processes.wait_port(ADDRESS, port, child=envoy)
     stack = Stack(
         url=f"http://{ADDRESS}:{port}",
+        admin_url=f"http://{ADDRESS}:{admin_port}",
         engines=engines,
         engine_children=children,
         replicas=started,
@@ -391,6 +409,21 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def ext_proc_stats(stack: Stack) -> dict[str, int]:
+    """Envoy's ext_proc counters that are not zero (streams started, failed, message timeouts, ...)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.admin_url}/stats", params={"filter": "ext_proc"}) as answer,
+    ):
+        text = await answer.text()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit() and int(value) > 0:
+            found[name.removeprefix("http.ingress.ext_proc.")] = int(value)
+    return found
 
 
 def cpu_s(pid: int) -> float:
@@ -629,6 +662,56 @@ async def picker_restart(group: processes.Group, stack: Stack) -> dict[str, Any]
     }
 
 
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3) if ordered else 0.0
+
+
+async def cpu_starved(group: processes.Group, stack: Stack) -> dict[str, Any]:
+    """The picker (pinned to STARVED_CORE) shares its core with HOGS busy loops from FAULT_AT_S to HEAL_AT_S;
+    every LONG_EVERY-th request lasts LONG_S, so routed streams stay open through the starvation."""
+    began = time.monotonic()
+    load = asyncio.create_task(
+        open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began, long_every=LONG_EVERY)
+    )
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    busy = [sys.executable, "-c", "while True: pass"]
+    hogs = [group.start(f"hog-{index}", ["taskset", "-c", STARVED_CORE, *busy]) for index in range(HOGS)]
+    starved_at = time.monotonic() - began
+    await asyncio.sleep(began + HEAL_AT_S - time.monotonic())
+    for hog in hogs:
+        await asyncio.to_thread(group.stop, hog, grace_s=1.0)
+    healed_at = time.monotonic() - began
+    sent = await load
+    routed = await decisions(stack)
+    log = "\n".join(path.read_text(errors="replace") for path in stack.picker_logs)
+    events = {
+        event: len(re.findall(rf"event={event}\b", log))
+        for event in ("refused", "stream_refused", "stream_idle_timeout", "internal_error", "overloaded")
+    }
+    starved = [s for s in sent if starved_at <= s.at < healed_at]
+    routed_failed = [s for s in sent if s.request_id in routed and s.status != 200]
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "starved_s": round(healed_at - starved_at, 2),
+        "sent_while_starved": len(starved),
+        "statuses_while_starved": {
+            str(code): sum(1 for s in starved if s.status == code)
+            for code in sorted({s.status for s in starved})
+        },
+        "routed_then_failed": len(routed_failed),
+        "routed_then_failed_statuses": sorted({s.status for s in routed_failed}),
+        "latency_p50_s_while_starved": _percentile([s.latency_s for s in starved if not s.long], 0.5),
+        "latency_p99_s_while_starved": _percentile([s.latency_s for s in starved if not s.long], 0.99),
+        "picker_events": events,
+        "envoy_ext_proc": await ext_proc_stats(stack),
+    }
+
+
 def _pinned_headers(subset: str) -> ext_proc.ProcessingRequest:
     headers = [(":method", "POST"), (":path", "/v1/models"), (":authority", "faults")]
     header_map = base_pb2.HeaderMap(
@@ -784,6 +867,14 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
             f"streams ({step['ready_at'] - step['sigterm_at'] - DRAIN_DELAY_S:.1f} s) failed "
             f"(statuses {row['statuses']})",
         )
+    if "cpu_starved" in rows:
+        row = rows["cpu_starved"]
+        out["cpu_starved"] = _verdict(
+            row["routed_then_failed"] == 0 and set(row["statuses"]) <= {"200", "429", "503"},
+            f"{row['routed_then_failed']} routed requests failed; statuses while starved "
+            f"{row['statuses_while_starved']} (latency p50 {row['latency_p50_s_while_starved']} s, p99 "
+            f"{row['latency_p99_s_while_starved']} s); Envoy ext_proc {row['envoy_ext_proc']}",
+        )
     if "model_names_1000" in rows:
         names_row = rows["model_names_1000"]
         out["model_names_1000"] = _verdict(
@@ -808,6 +899,7 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("uploads_10x15mb", ()),
     ("picker_restart_rolling_2", ()),
     ("picker_restart_single", ()),
+    ("cpu_starved", ()),
 ]
 
 
@@ -822,7 +914,8 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
         where.mkdir(parents=True, exist_ok=True)
         with processes.Group(where) as group:
             replicas = 2 if name == "picker_restart_rolling_2" else 1
-            stack = await start_stack(group, where, flags, replicas=replicas)
+            prefix = ("taskset", "-c", STARVED_CORE) if name == "cpu_starved" else ()
+            stack = await start_stack(group, where, flags, replicas=replicas, picker_prefix=prefix)
             if name == "control":
                 row = await control(stack)
             elif name == "engine_killed":
@@ -835,6 +928,8 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
                 row = await uploads(stack)
             elif name.startswith("picker_restart"):
                 row = await picker_restart(group, stack)
+            elif name == "cpu_starved":
+                row = await cpu_starved(group, stack)
             else:
                 row = await model_names(stack)
         row["picker_flags"] = list(flags)
@@ -874,6 +969,8 @@ def markdown(document: dict[str, Any]) -> str:
         "model_names_1000": "/metrics size and RSS within 5%",
         "uploads_10x15mb": "peak RSS growth <= 1.3x the bodies' total, all returned (<= 5% kept), all 200",
         "picker_restart_rolling_2": "rolling restart of two replicas: 0 client errors",
+        "cpu_starved": f"picker on one core with {HOGS} busy loops: no routed request fails; refusals only "
+        "503/429",
         "picker_restart_single": "one replica with drain: 0 errors for requests in flight or in the drain "
         "delay (what clients see while it is down: reported)",
     }
