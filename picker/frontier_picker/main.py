@@ -8,7 +8,8 @@ EPP is accepted too: `frontier_picker.gie_flags.FLAGS` says, flag by flag, wheth
 option (`--v` and `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start
 fails with a message naming what to use instead). A flag unknown to both stops the start, as in GIE.
 Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`,
-`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`.
+`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--overload-lag`, `--address` and
+`--kubeconfig`.
 Every port accepts 0 (the OS picks; the log says which).
 """
 
@@ -113,6 +114,13 @@ def parser() -> argparse.ArgumentParser:
         "(default 4096, above any one gateway replica's concurrent and queued requests; 0: no cap)",
     )
     parse.add_argument(
+        "--overload-lag",
+        type=gie_flags.parse_duration,
+        default=0.5,
+        help="while the picker's event loop runs this far behind (it lacks CPU), refuse new requests with "
+        "503 and keep serving routed ones: a Go duration or seconds (default 500ms; 0: never refuse)",
+    )
+    parse.add_argument(
         "--early-decision-prompt-chars",
         type=int,
         default=65_536,
@@ -176,6 +184,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         max_buffered_body_bytes=arguments.max_buffered_body_bytes,
         stream_idle_timeout_s=arguments.stream_idle_timeout,
         max_streams_per_peer=arguments.max_streams_per_peer,
+        overload_lag_s=arguments.overload_lag,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,

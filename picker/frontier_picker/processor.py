@@ -24,6 +24,8 @@ body chunks and trailers, then the response's. The picker answers each in order 
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
   recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
   or is reset (client gone). Reply messages are built by `replies`.
+- **Overload.** While the event loop runs more than `overload_lag_s` behind (the process lacks CPU), new
+  requests are refused with 503 at their headers, before any work; routed ones go on (`overload`).
 - **Stream limits.** A stream whose client stays silent for `stream_idle_timeout_s` ends with
   `DEADLINE_EXCEEDED` (its charge refunded), and one peer host may hold at most `max_streams_per_peer`
   streams (more get `RESOURCE_EXHAUSTED`): idle streams from whoever reaches the port cannot pin load.
@@ -47,7 +49,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import bodies, director, metrics, replies, request_view, subsets, usage
+from frontier_picker import bodies, director, metrics, overload, replies, request_view, subsets, usage
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import flow_control
 
@@ -85,6 +87,8 @@ class Settings:
     # Streams one peer host may hold open at once (0: no cap); keep it above a gateway replica's concurrent
     # requests, queued ones included (each is one stream).
     max_streams_per_peer: int = 4096
+    # New requests get 503 while the event loop runs this far behind (0: never); routed ones go on.
+    overload_lag_s: float = 0.5
 
 
 @dataclasses.dataclass(slots=True)
@@ -114,10 +118,12 @@ class Context:
     settings: Settings
     clock: Callable[[], float] = time.monotonic
     budget: BodyBudget = dataclasses.field(init=False)
+    loop_lag: overload.LoopLag = dataclasses.field(init=False)
     body_bytes: int = 0  # request-body bytes every stream has received, a running count (`memory`)
 
     def __post_init__(self) -> None:
         self.budget = BodyBudget(self.settings.max_buffered_body_bytes)
+        self.loop_lag = overload.LoopLag(self.settings.overload_lag_s)
 
 
 def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
@@ -198,6 +204,11 @@ class Stream:
             # schedule, and charge an endpoint, twice for one request.
             raise types.Rejection(400, "ext_proc protocol: request headers sent twice on one stream")
         self.headers_seen = True
+        if self.ctx.loop_lag.overloaded():
+            # Before any work: no scheduling, no body, no response to echo; counted, logged in aggregate.
+            self.closed = True
+            self.ctx.metrics.child(self.ctx.metrics.errors, "503").inc()
+            return [replies.immediate(503, self.ctx.loop_lag.refuse())]
         if message.HasField("protocol_config"):
             config = message.protocol_config
             self.request_mode = config.request_body_mode

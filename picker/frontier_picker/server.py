@@ -30,6 +30,7 @@ from frontier_picker import (
     memory,
     metrics,
     metrics_auth,
+    overload,
     pool_discovery,
     processor,
     scraper,
@@ -68,6 +69,7 @@ class Options:
     max_buffered_body_bytes: int = 256 * 1024 * 1024
     stream_idle_timeout_s: float = 300.0
     max_streams_per_peer: int = 4096
+    overload_lag_s: float = 0.5  # new requests get 503 while the event loop lags this much (0: never)
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -155,6 +157,7 @@ async def start(
             max_buffered_body_bytes=options.max_buffered_body_bytes,
             stream_idle_timeout_s=options.stream_idle_timeout_s,
             max_streams_per_peer=options.max_streams_per_peer,
+            overload_lag_s=options.overload_lag_s,
             early_decision_prompt_chars=options.early_decision_prompt_chars,
         ),
     )
@@ -240,6 +243,7 @@ async def start(
     if flow is not None:
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
     tasks.append(loop.create_task(memory.trim_after_bodies(lambda: context.body_bytes)))
+    tasks.append(loop.create_task(overload.watch(context.loop_lag)))
     if options.refresh_metrics_interval_s > 0:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))

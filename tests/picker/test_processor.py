@@ -149,6 +149,27 @@ def test_a_chunked_body_is_decided_once_its_first_part_is_in_and_the_rest_passes
     assert rest.request_body.response.body_mutation.streamed_response.body == b'"}'
 
 
+def test_while_overloaded_new_requests_get_503_and_a_routed_one_goes_on_to_its_completion() -> None:
+    routed, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    routed.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r1")]))
+    routed.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    routed.ctx.loop_lag.lag_s = 2 * routed.ctx.loop_lag.limit_s  # the picker falls behind
+    new = processor.Stream(routed.ctx)
+    (refused,) = new.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r2")]))
+    assert refused.immediate_response.status.code == 503
+    assert b"overloaded" in refused.immediate_response.body
+    assert new.closed and new.flight is None
+    # The routed request's response still passes and completes it.
+    response = ext_proc.ProcessingRequest(
+        response_headers=ext_proc.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")]),
+            end_of_stream=True,
+        )
+    )
+    assert routed.on_message(response)
+    assert [(c.status, c.aborted) for c in scheduler.completions] == [(200, False)]
+
+
 def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:
     handler, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000", "10.0.0.2:8000"]))
     handler.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r2")]))
