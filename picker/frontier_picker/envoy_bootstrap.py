@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from frontier_api import names
-from frontier_picker import bodies
+from frontier_picker import bodies, overload
 
 MODES: Final = ("gie", "cheap", "streamed", "buffered")
 ROUTED_PATHS: Final = (*sorted(bodies.INFERENCE_PATHS), bodies.MODELS_PATH)
@@ -201,6 +201,8 @@ def _ext_proc_filter(*, mode: str, message_timeout_s: float) -> dict[str, Any]:
             },
             # The endpoint that actually served the request (after retries), reported on the response path.
             "response_attributes": ["upstream.address"],
+            # When the gateway got the request: the picker refuses new requests that reach it too late.
+            "request_attributes": [overload.REQUEST_TIME],
         },
     }
 

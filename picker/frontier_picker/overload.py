@@ -1,27 +1,52 @@
 """Overload: when the picker cannot keep up, it refuses new requests and keeps serving the ones it routed.
 
-Every ext_proc message waits in the picker's one event loop; when the process gets less CPU than its load
-needs (a busy node, a CPU limit, a burst), the loop falls behind and every message waits longer, routed
-requests' response chunks as much as new requests' headers. Measured in the fault suite (the picker on one
-core shared with 40 busy loops, 20 req/s): latency p50 5.2 s, p99 8.7 s, nothing refused. A new request is
-the one thing the picker can decline cheaply: answering its headers with 503 costs no scheduling, no body
-and no response to echo, and frees the loop for the requests already on their way.
+When the picker gets less CPU than its load needs (a busy node, a CPU limit, a burst), every ext_proc
+message waits longer, routed requests' response chunks as much as new requests' headers. Measured in the
+fault suite (the picker on one core shared with 40 busy loops, 20 req/s): latency p50 5.2 s, p99 8.7 s,
+nothing refused. A new request is the one thing the picker can decline cheaply: answering its headers with
+503 costs no scheduling, no body and no response to echo, and frees the picker for the requests already on
+their way.
 
-The signal is the loop's own lag: a heartbeat that asks to wake every `HEARTBEAT_S` measures how late it
-wakes. While that lag exceeds the limit (`--overload-lag`), new requests get 503 (GIE's status for no
-capacity, which a gateway may retry elsewhere); routed streams are never touched. Refusals are counted and
-logged when overload starts and ends and at most once a second in between, not once each: under overload,
-log lines are load too.
+How far behind the picker is, two ways (the larger counts):
+
+- how late a new request arrives: Envoy's `request.time` attribute (when the gateway got the request's
+  first byte; the bootstrap asks for it) against the picker's clock. Most of the wait under starvation is
+  here, before Python sees the message: in the fault suite's run the event loop lagged at most 0.2 s while
+  requests waited 4-7 s. Gateway and picker clocks must agree to well within the limit (NTP does);
+- the event loop's own lag: a heartbeat that asks to wake every `HEARTBEAT_S` measures how late it wakes,
+  for gateways that do not send the attribute.
+
+Past the limit (`--overload-lag`), new requests get 503 (GIE's status for no capacity, which a gateway may
+retry elsewhere); routed streams are never touched. Refusals are counted and logged when overload starts
+and ends and at most once a second in between, not once each: under overload, log lines are load too.
 """
 
 import asyncio
 import dataclasses
+import datetime
 import logging
 from typing import Final
+
+from google.protobuf import struct_pb2
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S: Final = 0.05
+REQUEST_TIME: Final = "request.time"  # the Envoy attribute: when the gateway got the request's first byte
+
+
+def since_gateway(attributes: struct_pb2.Struct | None, now: float) -> float:
+    """Seconds from the gateway's `request.time` (in the ext_proc attributes) to `now` (wall clock); 0 when
+    the gateway did not send it or sent something else."""
+    if attributes is None or REQUEST_TIME not in attributes.fields:
+        return 0.0
+    try:
+        sent = datetime.datetime.fromisoformat(attributes.fields[REQUEST_TIME].string_value)
+    except ValueError:
+        return 0.0
+    if sent.tzinfo is None:
+        return 0.0
+    return max(0.0, now - sent.timestamp())
 
 
 @dataclasses.dataclass(slots=True)
@@ -32,30 +57,35 @@ class LoopLag:
     lag_s: float = 0.0
     refused: int = 0
 
-    def overloaded(self) -> bool:
-        return 0 < self.limit_s < self.lag_s
+    def overloaded(self, late_s: float = 0.0) -> bool:
+        """Whether a new request that reached the picker `late_s` after the gateway got it is refused."""
+        return 0 < self.limit_s < max(self.lag_s, late_s)
 
-    def refuse(self) -> str:
+    def refuse(self, late_s: float = 0.0) -> str:
         """Count a refusal; the reason the client gets."""
         self.refused += 1
+        behind = max(self.lag_s, late_s)
         return (
-            f"the endpoint picker is overloaded (its event loop is {self.lag_s * 1000:.0f} ms behind, limit "
+            f"the endpoint picker is overloaded ({behind * 1000:.0f} ms behind, limit "
             f"{self.limit_s * 1000:.0f} ms); retry"
         )
 
 
 async def watch(state: LoopLag, *, heartbeat_s: float = HEARTBEAT_S, log_every_s: float = 1.0) -> None:
-    """Run until cancelled: measure the loop's lag every `heartbeat_s`; log when overload starts and ends,
-    and at most every `log_every_s` while it lasts, with the refusals since the last line."""
+    """Run until cancelled: measure the loop's lag every `heartbeat_s`; log when overload starts (the loop
+    lags, or a request was refused) and ends (neither for `log_every_s`), and at most every `log_every_s`
+    while it lasts, with the refusals since the last line."""
     loop = asyncio.get_running_loop()
     was_overloaded = False
-    logged_at = loop.time()
+    logged_at = refused_at = -log_every_s
     while True:
         due = loop.time() + heartbeat_s
         await asyncio.sleep(heartbeat_s)
         now = loop.time()
         state.lag_s = max(0.0, now - due)
-        overloaded = state.overloaded()
+        if state.refused:
+            refused_at = now
+        overloaded = state.overloaded() or now - refused_at < log_every_s
         if overloaded != was_overloaded or (state.refused and now - logged_at >= log_every_s):
             log.warning(
                 "event=%s loop_lag_s=%.3f overload_lag_s=%g refused=%d",

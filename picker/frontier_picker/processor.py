@@ -24,8 +24,9 @@ body chunks and trailers, then the response's. The picker answers each in order 
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
   recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
   or is reset (client gone). Reply messages are built by `replies`.
-- **Overload.** While the event loop runs more than `overload_lag_s` behind (the process lacks CPU), new
-  requests are refused with 503 at their headers, before any work; routed ones go on (`overload`).
+- **Overload.** When a new request reaches the picker more than `overload_lag_s` after the gateway got it
+  (Envoy's `request.time` attribute), or the event loop runs that far behind, it is refused with 503 at its
+  headers, before any work; routed ones go on (`overload`).
 - **Stream limits.** A stream whose client stays silent for `stream_idle_timeout_s` ends with
   `DEADLINE_EXCEEDED` (its charge refunded), and one peer host may hold at most `max_streams_per_peer`
   streams (more get `RESOURCE_EXHAUSTED`): idle streams from whoever reaches the port cannot pin load.
@@ -117,6 +118,7 @@ class Context:
     metrics: metrics.Metrics
     settings: Settings
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # to compare with the gateway's `request.time`
     budget: BodyBudget = dataclasses.field(init=False)
     loop_lag: overload.LoopLag = dataclasses.field(init=False)
     body_bytes: int = 0  # request-body bytes every stream has received, a running count (`memory`)
@@ -204,11 +206,12 @@ class Stream:
             # schedule, and charge an endpoint, twice for one request.
             raise types.Rejection(400, "ext_proc protocol: request headers sent twice on one stream")
         self.headers_seen = True
-        if self.ctx.loop_lag.overloaded():
+        late_s = overload.since_gateway(message.attributes.get(EXT_PROC_ATTRIBUTES), self.ctx.wall_clock())
+        if self.ctx.loop_lag.overloaded(late_s):
             # Before any work: no scheduling, no body, no response to echo; counted, logged in aggregate.
             self.closed = True
             self.ctx.metrics.child(self.ctx.metrics.errors, "503").inc()
-            return [replies.immediate(503, self.ctx.loop_lag.refuse())]
+            return [replies.immediate(503, self.ctx.loop_lag.refuse(late_s))]
         if message.HasField("protocol_config"):
             config = message.protocol_config
             self.request_mode = config.request_body_mode
