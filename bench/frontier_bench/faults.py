@@ -86,6 +86,7 @@ UPLOAD_CHUNK_BYTES: Final = 64 * 1024
 UPLOAD_ROUNDS: Final = 3  # one after the other: memory kept for good would grow round by round
 # CPU starvation: the picker pinned to one core that this many busy loops share with it while the fault lasts.
 STARVED_CORE: Final = "0"
+OTHER_CORE: Final = "1"  # Envoy, the engines and the load generator
 HOGS: Final = 40
 LATENCY_HEADER: Final = "x-faults-latency-s"  # a request's own engine latency (long requests)
 LONG_EVERY: Final = 10  # in the restart scenarios, every tenth request is long
@@ -206,14 +207,15 @@ async def start_stack(
     *,
     replicas: int = 1,
     picker_prefix: Sequence[str] = (),
+    others_prefix: Sequence[str] = (),
 ) -> Stack:
-    """Engines, `replicas` pickers (each run under `picker_prefix`, e.g. `taskset`) and Envoy
-    (health-checking the pickers), each waited for."""
+    """Engines, `replicas` pickers and Envoy (health-checking the pickers), each waited for; the pickers run
+    under `picker_prefix` and the others under `others_prefix` (e.g. `taskset`)."""
     engines, children = [], []
     for index, address in enumerate(ENGINE_ADDRESSES):
         port = processes.free_port(address)
         argv = [sys.executable, "-m", "frontier_bench.faults", "engine", address, str(port)]
-        children.append(group.start(f"engine-{index}", argv))
+        children.append(group.start(f"engine-{index}", [*others_prefix, *argv]))
         engines.append(f"{address}:{port}")
     for child, key in zip(children, engines, strict=True):
         await processes.wait_http(f"http://{key}/metrics", child=child)
@@ -260,7 +262,7 @@ async def start_stack(
     config_path = run_dir / "envoy.json"
     config_path.write_text(json.dumps(config))
     argv = [frontdoors.envoy_binary(), "--config-path", str(config_path), "--concurrency", "1"]
-    envoy = group.start("envoy", [*argv, "--disable-hot-restart", "--log-level", "warn"])
+    envoy = group.start("envoy", [*others_prefix, *argv, "--disable-hot-restart", "--log-level", "warn"])
     await processes.wait_port(ADDRESS, port, child=envoy)
     stack = Stack(
         url=f"http://{ADDRESS}:{port}",
@@ -867,9 +869,11 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
             f"streams ({step['ready_at'] - step['sigterm_at'] - DRAIN_DELAY_S:.1f} s) failed "
             f"(statuses {row['statuses']})",
         )
-    if "cpu_starved" in rows:
-        row = rows["cpu_starved"]
-        out["cpu_starved"] = _verdict(
+    for name in ("cpu_starved", "cpu_starved_no_shedding"):
+        if name not in rows:
+            continue
+        row = rows[name]
+        out[name] = _verdict(
             row["routed_then_failed"] == 0 and set(row["statuses"]) <= {"200", "429", "503"},
             f"{row['routed_then_failed']} routed requests failed; statuses while starved "
             f"{row['statuses_while_starved']} (latency p50 {row['latency_p50_s_while_starved']} s, p99 "
@@ -900,6 +904,7 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("picker_restart_rolling_2", ()),
     ("picker_restart_single", ()),
     ("cpu_starved", ()),
+    ("cpu_starved_no_shedding", ("--overload-lag", "0")),
 ]
 
 
@@ -914,8 +919,20 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
         where.mkdir(parents=True, exist_ok=True)
         with processes.Group(where) as group:
             replicas = 2 if name == "picker_restart_rolling_2" else 1
-            prefix = ("taskset", "-c", STARVED_CORE) if name == "cpu_starved" else ()
-            stack = await start_stack(group, where, flags, replicas=replicas, picker_prefix=prefix)
+            starved = name.startswith("cpu_starved")
+            # Starved: the picker on its core with the busy loops, everything else (this process too) on
+            # the other, so that only the picker lacks CPU.
+            affinity = os.sched_getaffinity(0)
+            if starved:
+                os.sched_setaffinity(0, {int(OTHER_CORE)})
+            stack = await start_stack(
+                group,
+                where,
+                flags,
+                replicas=replicas,
+                picker_prefix=("taskset", "-c", STARVED_CORE) if starved else (),
+                others_prefix=("taskset", "-c", OTHER_CORE) if starved else (),
+            )
             if name == "control":
                 row = await control(stack)
             elif name == "engine_killed":
@@ -928,10 +945,11 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
                 row = await uploads(stack)
             elif name.startswith("picker_restart"):
                 row = await picker_restart(group, stack)
-            elif name == "cpu_starved":
+            elif starved:
                 row = await cpu_starved(group, stack)
             else:
                 row = await model_names(stack)
+        os.sched_setaffinity(0, affinity)
         row["picker_flags"] = list(flags)
         rows[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
@@ -971,6 +989,7 @@ def markdown(document: dict[str, Any]) -> str:
         "picker_restart_rolling_2": "rolling restart of two replicas: 0 client errors",
         "cpu_starved": f"picker on one core with {HOGS} busy loops: no routed request fails; refusals only "
         "503/429",
+        "cpu_starved_no_shedding": "same with --overload-lag 0 (no refusals): the comparison",
         "picker_restart_single": "one replica with drain: 0 errors for requests in flight or in the drain "
         "delay (what clients see while it is down: reported)",
     }
