@@ -10,9 +10,10 @@ their way.
 How far behind the picker is, two ways (the larger counts):
 
 - how late a new request arrives: Envoy's `request.time` attribute (when the gateway got the request's
-  first byte; the bootstrap asks for it) against the picker's clock. Most of the wait under starvation is
-  here, before Python sees the message: in the fault suite's run the event loop lagged at most 0.2 s while
-  requests waited 4-7 s. Gateway and picker clocks must agree to well within the limit (NTP does);
+  first byte; the bootstrap asks for it) against the picker's clock, beyond the quickest arrival of the last
+  minute or two (`Transit`: the clocks need not agree). Most of the wait under starvation is here, before
+  Python sees the message: in the fault suite's run the event loop lagged at most 0.2 s while requests
+  waited 4-7 s;
 - the event loop's own lag: a heartbeat that asks to wake every `HEARTBEAT_S` measures how late it wakes,
   for gateways that do not send the attribute.
 
@@ -35,18 +36,40 @@ HEARTBEAT_S: Final = 0.05
 REQUEST_TIME: Final = "request.time"  # the Envoy attribute: when the gateway got the request's first byte
 
 
-def since_gateway(attributes: struct_pb2.Struct | None, now: float) -> float:
-    """Seconds from the gateway's `request.time` (in the ext_proc attributes) to `now` (wall clock); 0 when
-    the gateway did not send it or sent something else."""
+def since_gateway(attributes: struct_pb2.Struct | None, now: float) -> float | None:
+    """Seconds from the gateway's `request.time` (in the ext_proc attributes) to `now`, both wall clocks
+    (negative when the picker's is behind); None when the gateway did not send it or sent something else."""
     if attributes is None or REQUEST_TIME not in attributes.fields:
-        return 0.0
+        return None
     try:
         sent = datetime.datetime.fromisoformat(attributes.fields[REQUEST_TIME].string_value)
     except ValueError:
-        return 0.0
+        return None
     if sent.tzinfo is None:
-        return 0.0
-    return max(0.0, now - sent.timestamp())
+        return None
+    return now - sent.timestamp()
+
+
+@dataclasses.dataclass(slots=True)
+class Transit:
+    """How late requests reach the picker, against the least transit seen lately: the gateway's and the
+    picker's clocks may disagree (by more than the limit, on a badly synchronised node), so lateness is
+    measured from the quickest arrival of the last one to two `window_s`, which is clock offset plus the
+    network. A starvation longer than that becomes the new normal here (the loop lag still sees it)."""
+
+    window_s: float = 60.0
+    current: float = float("inf")
+    previous: float = float("inf")
+    started: float = float("-inf")
+
+    def late(self, transit_s: float, now: float) -> float:
+        """Seconds beyond the quickest recent transit that a request with `transit_s` was late (at `now`,
+        a monotonic clock)."""
+        if now - self.started >= self.window_s:
+            self.previous, self.current, self.started = self.current, transit_s, now
+        else:
+            self.current = min(self.current, transit_s)
+        return transit_s - min(self.current, self.previous)
 
 
 @dataclasses.dataclass(slots=True)

@@ -121,6 +121,7 @@ class Context:
     wall_clock: Callable[[], float] = time.time  # to compare with the gateway's `request.time`
     budget: BodyBudget = dataclasses.field(init=False)
     loop_lag: overload.LoopLag = dataclasses.field(init=False)
+    transit: overload.Transit = dataclasses.field(default_factory=overload.Transit)
     body_bytes: int = 0  # request-body bytes every stream has received, a running count (`memory`)
 
     def __post_init__(self) -> None:
@@ -206,7 +207,8 @@ class Stream:
             # schedule, and charge an endpoint, twice for one request.
             raise types.Rejection(400, "ext_proc protocol: request headers sent twice on one stream")
         self.headers_seen = True
-        late_s = overload.since_gateway(message.attributes.get(EXT_PROC_ATTRIBUTES), self.ctx.wall_clock())
+        transit_s = overload.since_gateway(message.attributes.get(EXT_PROC_ATTRIBUTES), self.ctx.wall_clock())
+        late_s = 0.0 if transit_s is None else self.ctx.transit.late(transit_s, self.ctx.clock())
         if self.ctx.loop_lag.overloaded(late_s):
             # Before any work: no scheduling, no body, no response to echo; counted, logged in aggregate.
             self.closed = True

@@ -44,14 +44,25 @@ def test_a_request_that_reaches_the_picker_late_is_overload_and_a_missing_time_i
     attributes = struct_pb2.Struct()
     sent = datetime.datetime(2026, 12, 4, 8, 0, 0, tzinfo=datetime.UTC)
     attributes.fields[overload.REQUEST_TIME].string_value = sent.isoformat()
-    late = overload.since_gateway(attributes, sent.timestamp() + 0.8)
-    assert late == pytest.approx(0.8)
-    assert state.overloaded(late)
-    assert "800 ms behind" in state.refuse(late)
-    assert not state.overloaded(overload.since_gateway(attributes, sent.timestamp() + 0.1))
-    assert overload.since_gateway(None, 0.0) == 0.0
+    assert overload.since_gateway(attributes, sent.timestamp() + 0.8) == pytest.approx(0.8)
+    assert overload.since_gateway(attributes, sent.timestamp() - 3) == pytest.approx(-3)  # clocks disagree
+    assert state.overloaded(0.8)
+    assert "800 ms behind" in state.refuse(0.8)
+    assert not state.overloaded(0.1)
+    assert overload.since_gateway(None, 0.0) is None
     attributes.fields[overload.REQUEST_TIME].string_value = "yesterday"
-    assert overload.since_gateway(attributes, 0.0) == 0.0
+    assert overload.since_gateway(attributes, 0.0) is None
+
+
+def test_lateness_is_measured_from_the_quickest_recent_transit_so_clock_offsets_do_not_count() -> None:
+    transit = overload.Transit(window_s=10)
+    # The picker's clock is 3 s ahead of the gateway's: every transit reads 3 s and more.
+    assert transit.late(3.002, now=0) == 0
+    assert transit.late(3.001, now=1) == 0
+    assert transit.late(3.9, now=2) == pytest.approx(0.899)  # this one waited 0.9 s
+    # The quickest arrival is remembered for one to two windows, then forgotten.
+    assert transit.late(3.9, now=12) == pytest.approx(0.899)
+    assert transit.late(3.9, now=22) == 0
 
 
 def test_a_zero_limit_never_refuses() -> None:

@@ -2,6 +2,7 @@
 paths an Envoy in these tests does not take — a request without x-request-id (Envoy always adds one), the
 served endpoint reported in `envoy.lb` metadata, a chunked body over the limit, a prefill decision."""
 
+import datetime
 from collections.abc import Sequence
 
 import prometheus_client
@@ -168,6 +169,24 @@ def test_while_overloaded_new_requests_get_503_and_a_routed_one_goes_on_to_its_c
     )
     assert routed.on_message(response)
     assert [(c.status, c.aborted) for c in scheduler.completions] == [(200, False)]
+
+
+def test_a_request_reaching_the_picker_long_after_the_gateway_got_it_is_refused_with_503() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    now = 1_800_000_000.0
+    first.ctx.wall_clock = lambda: now
+
+    def arriving(transit_s: float) -> ext_proc.ProcessingRequest:
+        message = headers([(":path", "/v1/completions"), (":method", "GET")], end=True)
+        sent = datetime.datetime.fromtimestamp(now - transit_s, tz=datetime.UTC).isoformat()
+        message.attributes["envoy.filters.http.ext_proc"].fields["request.time"].string_value = sent
+        return message
+
+    (routed,) = first.on_message(arriving(0.01))
+    assert set_headers(routed)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    (refused,) = processor.Stream(first.ctx).on_message(arriving(2.0))
+    assert refused.immediate_response.status.code == 503
+    assert b"overloaded" in refused.immediate_response.body
 
 
 def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:
