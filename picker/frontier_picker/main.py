@@ -116,9 +116,10 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "--overload-lag",
         type=gie_flags.parse_duration,
-        default=0.5,
-        help="while the picker's event loop runs this far behind (it lacks CPU), refuse new requests with "
-        "503 and keep serving routed ones: a Go duration or seconds (default 500ms; 0: never refuse)",
+        default=1.0,
+        help="refuse new requests with 503 (and keep serving routed ones) while the picker runs this far "
+        "behind: requests reach it this late after the gateway got them, or its event loop lags this much; "
+        "a Go duration or seconds (default 1s; 0: never refuse)",
     )
     parse.add_argument(
         "--early-decision-prompt-chars",

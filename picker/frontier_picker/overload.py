@@ -15,7 +15,8 @@ How far behind the picker is, two ways (the larger counts):
   Python sees the message: in the fault suite's run the event loop lagged at most 0.2 s while requests
   waited 4-7 s;
 - the event loop's own lag: a heartbeat that asks to wake every `HEARTBEAT_S` measures how late it wakes,
-  for gateways that do not send the attribute.
+  for gateways that do not send the attribute; the lesser of two heartbeats in a row counts, so that one
+  stall (a large body parsed at once) is not taken for overload.
 
 Past the limit (`--overload-lag`), new requests get 503 (GIE's status for no capacity, which a gateway may
 retry elsewhere); routed streams are never touched. Refusals are counted and logged when overload starts
@@ -101,11 +102,13 @@ async def watch(state: LoopLag, *, heartbeat_s: float = HEARTBEAT_S, log_every_s
     loop = asyncio.get_running_loop()
     was_overloaded = False
     logged_at = refused_at = -log_every_s
+    previous_s = 0.0
     while True:
         due = loop.time() + heartbeat_s
         await asyncio.sleep(heartbeat_s)
         now = loop.time()
-        state.lag_s = max(0.0, now - due)
+        lag_s = max(0.0, now - due)
+        state.lag_s, previous_s = min(lag_s, previous_s), lag_s
         if state.refused:
             refused_at = now
         overloaded = state.overloaded() or now - refused_at < log_every_s

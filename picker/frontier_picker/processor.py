@@ -88,8 +88,8 @@ class Settings:
     # Streams one peer host may hold open at once (0: no cap); keep it above a gateway replica's concurrent
     # requests, queued ones included (each is one stream).
     max_streams_per_peer: int = 4096
-    # New requests get 503 while the event loop runs this far behind (0: never); routed ones go on.
-    overload_lag_s: float = 0.5
+    # New requests get 503 while the picker runs this far behind (0: never); routed ones go on.
+    overload_lag_s: float = 1.0
 
 
 @dataclasses.dataclass(slots=True)

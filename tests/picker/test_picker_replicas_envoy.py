@@ -30,6 +30,9 @@ def _picker(
         secure_serving=False,
         fallbacks=0,
         refresh_metrics_interval_s=0,  # the echo backends serve no /metrics
+        # The backends share the picker's loop on a shared test machine: its noise must not refuse requests
+        # (overload has its own tests).
+        overload_lag_s=0,
     )
     return loop.run(server.start(options, scheduler=scheduler, store=store)), scheduler
 
