@@ -903,7 +903,7 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("uploads_10x15mb", ()),
     ("picker_restart_rolling_2", ()),
     ("picker_restart_single", ()),
-    ("cpu_starved", ()),
+    ("cpu_starved", ("--overload-lag", "1s")),
     ("cpu_starved_no_shedding", ("--overload-lag", "0")),
 ]
 

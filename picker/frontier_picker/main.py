@@ -116,10 +116,10 @@ def parser() -> argparse.ArgumentParser:
     parse.add_argument(
         "--overload-lag",
         type=gie_flags.parse_duration,
-        default=1.0,
+        default=5.0,
         help="refuse new requests with 503 (and keep serving routed ones) while the picker runs this far "
         "behind: requests reach it this late after the gateway got them, or its event loop lags this much; "
-        "a Go duration or seconds (default 1s; 0: never refuse)",
+        "a Go duration or seconds (default 5s: past any interactive SLO, where slow beats failed; 0: never)",
     )
     parse.add_argument(
         "--early-decision-prompt-chars",

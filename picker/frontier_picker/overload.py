@@ -18,9 +18,12 @@ How far behind the picker is, two ways (the larger counts):
   for gateways that do not send the attribute; the lesser of two heartbeats in a row counts, so that one
   stall (a large body parsed at once) is not taken for overload.
 
-Past the limit (`--overload-lag`), new requests get 503 (GIE's status for no capacity, which a gateway may
-retry elsewhere); routed streams are never touched. Refusals are counted and logged when overload starts
-and ends and at most once a second in between, not once each: under overload, log lines are load too.
+Past the limit (`--overload-lag`), new requests get 503 (GIE's status for no capacity); routed streams are
+never touched. The default, 5 s, refuses only what already waited past any interactive SLO: below that a
+slow answer beats a 503, which the gateway does not retry on another replica (in the fault suite, a 1 s
+limit also refused 16 of 30 concurrent 15 MB uploads, queued behind each other's bodies). Refusals are
+counted and logged when overload starts and ends and at most once a second in between, not once each:
+under overload, log lines are load too.
 """
 
 import asyncio

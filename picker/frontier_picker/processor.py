@@ -89,7 +89,7 @@ class Settings:
     # requests, queued ones included (each is one stream).
     max_streams_per_peer: int = 4096
     # New requests get 503 while the picker runs this far behind (0: never); routed ones go on.
-    overload_lag_s: float = 1.0
+    overload_lag_s: float = 5.0
 
 
 @dataclasses.dataclass(slots=True)

@@ -69,7 +69,7 @@ class Options:
     max_buffered_body_bytes: int = 256 * 1024 * 1024
     stream_idle_timeout_s: float = 300.0
     max_streams_per_peer: int = 4096
-    overload_lag_s: float = 1.0  # new requests get 503 while the picker runs this far behind (0: never)
+    overload_lag_s: float = 5.0  # new requests get 503 while the picker runs this far behind (0: never)
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
