@@ -184,7 +184,7 @@ def test_a_request_reaching_the_picker_long_after_the_gateway_got_it_is_refused_
 
     (routed,) = first.on_message(arriving(0.01))
     assert set_headers(routed)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
-    (refused,) = processor.Stream(first.ctx).on_message(arriving(2.0))
+    (refused,) = processor.Stream(first.ctx).on_message(arriving(6.0))  # past the 5 s default
     assert refused.immediate_response.status.code == 503
     assert b"overloaded" in refused.immediate_response.body
 
