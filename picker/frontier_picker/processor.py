@@ -210,10 +210,8 @@ class Stream:
         transit_s = overload.since_gateway(message.attributes.get(EXT_PROC_ATTRIBUTES), self.ctx.wall_clock())
         late_s = 0.0 if transit_s is None else self.ctx.transit.late(transit_s, self.ctx.clock())
         if self.ctx.loop_lag.overloaded(late_s):
-            # Before any work: no scheduling, no body, no response to echo; counted, logged in aggregate.
-            self.closed = True
-            self.ctx.metrics.child(self.ctx.metrics.errors, "503").inc()
-            return [replies.immediate(503, self.ctx.loop_lag.refuse(late_s))]
+            # Before any work: no scheduling, no body, no response to echo; logged in aggregate (`overload`).
+            return [self._refuse(503, self.ctx.loop_lag.refuse(late_s), logged=False)]
         if message.HasField("protocol_config"):
             config = message.protocol_config
             self.request_mode = config.request_body_mode
@@ -525,7 +523,8 @@ class Stream:
             )
         return reply, body, body_changed
 
-    def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
+    def _refuse(self, status: int, reason: str, *, logged: bool = True) -> ext_proc.ProcessingResponse:
+        """The refusal reply, counted in the metrics; logged unless the caller logs in aggregate."""
         self.closed = True
         self.ctx.metrics.child(self.ctx.metrics.errors, str(status)).inc()
         request = self.request
@@ -533,7 +532,10 @@ class Stream:
         models = (labels(request.model), labels(request.target_model)) if request is not None else ("", "")
         self.ctx.metrics.child(self.ctx.metrics.requests, *models, str(status)).inc()
         self.ctx.metrics.child(self.ctx.metrics.gie.request_errors, *models, str(status)).inc()
-        log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
+        if logged:
+            log.info(
+                "event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason
+            )
         return replies.immediate(status, reason)
 
     # --- response path ---------------------------------------------------------------------------------
