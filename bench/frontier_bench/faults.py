@@ -22,16 +22,18 @@ decisions rather than guessed from responses. Faults:
   (5 min, longer than the run) and with `--stream-idle-timeout 8s`.
 - `model_names_1000`: 1,000 requests each naming a distinct 10 KB model, after 1,000 ordinary ones; the
   picker's `/metrics` size and RSS before and after.
-- `uploads_10x15mb`: 10 concurrent chunked uploads (no content-length) of 15 MB bodies; the picker's RSS
-  before, at its peak (sampled every 10 ms) and after.
+- `uploads_10x15mb`: 10 concurrent chunked uploads (no content-length) of 15 MB bodies, three rounds one
+  after the other; the picker's RSS before, at its peak (sampled every 10 ms) and after each round, and its
+  CPU.
 - `picker_restart_rolling_2`: two picker replicas behind Envoy (which health-checks their readiness); each
   in turn gets SIGTERM, drains (`--drain-delay 1`, `--drain-timeout 30`, the defaults), exits and is started
   again on its ports, the next only once Envoy has seen it ready. Every tenth request lasts LONG_S, so the
   drains wait for long streams. Client errors, split by when the request was sent.
 - `picker_restart_single`: the same with one replica: what clients see while no picker takes streams.
 - `cpu_starved`: the picker pinned to one core (`taskset`), which HOGS busy loops share with it from the
-  fault to the heal; every tenth request long. Routed requests that failed, statuses while starved, Envoy's
-  ext_proc counters.
+  fault to the heal, while Envoy, the engines and the load generator run on the other core; every tenth
+  request long. Routed requests that failed, statuses and latency while starved, Envoy's ext_proc counters;
+  with `--overload-lag 1s` (refusals) and, as `cpu_starved_no_shedding`, with `--overload-lag 0`.
 
 The engines are stand-ins (fixed latency, no tokens), so the numbers say how the picker routes around faults,
 not how a model server fails.
