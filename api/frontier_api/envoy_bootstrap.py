@@ -26,6 +26,14 @@ gateway. Every mode also first removes a client's copies of the headers the pick
 (`x-gateway-destination-endpoint`, its `-served` twin, `x-prefiller-host-port`), before ext_proc runs: with
 `ORIGINAL_DST` and a picker that fails open, a forged destination would otherwise choose the upstream.
 
+The picker cluster holds every picker replica given (`pickers`, a list of `host:port`) and health-checks
+each over gRPC for its `readiness` service every `PICKER_HEALTH_INTERVAL_S`: Envoy opens each request's stream
+to a replica that answers SERVING, so a draining replica (readiness NOT_SERVING from SIGTERM on, while it
+still takes streams for its drain delay) stops getting new ones before it refuses them. When no replica is
+ready (one replica, draining or without endpoints yet), Envoy's panic mode asks them all anyway: the picker's
+own answer (503 with a reason) beats Envoy failing the request without asking. Keep the picker's
+`--drain-delay` above the interval plus the check's timeout.
+
 Everything here is a pure function returning the bootstrap as a dict (write it as JSON or YAML).
 """
 
@@ -53,6 +61,11 @@ _ROUND_ROBIN_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"
 )
 _NO_LIMIT: Final = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
+# Active health checking of the picker replicas: every 0.5 s (below the picker's default 1 s drain delay), one
+# failed or NOT_SERVING answer marks a replica unready, one SERVING answer ready again.
+PICKER_HEALTH_INTERVAL_S: Final = 0.5
+PICKER_HEALTH_TIMEOUT_S: Final = 0.25
+PICKER_HEALTH_SERVICE: Final = "readiness"
 
 
 def processing_mode(mode: str) -> dict[str, str]:
@@ -91,8 +104,7 @@ def bootstrap(
     *,
     listen_address: str,
     listen_port: int,
-    picker_address: str,
-    picker_port: int,
+    pickers: Sequence[str],
     mode: str = "gie",
     picker_tls: bool = True,
     endpoints: Sequence[tuple[str, int]] | None = None,
@@ -104,8 +116,9 @@ def bootstrap(
     request_timeout_s: float = 0.0,
     connect_timeout_s: float = 1.0,
 ) -> dict[str, Any]:
-    """The bootstrap of an Envoy that asks the picker at `picker_address:picker_port` where each request goes.
+    """The bootstrap of an Envoy that asks the picker where each request goes.
 
+    `pickers` are the picker replicas as `host:port` (one or more; each request's stream goes to a ready one).
     `endpoints` (address, port) switches from `ORIGINAL_DST` to a static cluster that honours fallbacks;
     `retries` is how many times the router retries a failed connection or reset (one per fallback).
     `subset_from_header` copies a client's `x-gateway-destination-endpoint-subset` header into the
@@ -162,8 +175,7 @@ def bootstrap(
             ],
             "clusters": [
                 _picker_cluster(
-                    address=picker_address,
-                    port=picker_port,
+                    pickers=pickers,
                     tls=picker_tls,
                     connect_timeout_s=connect_timeout_s,
                 ),
@@ -232,6 +244,8 @@ def _ext_proc_filter(*, mode: str, message_timeout_s: float) -> dict[str, Any]:
             },
             # The endpoint that actually served the request (after retries), reported on the response path.
             "response_attributes": ["upstream.address"],
+            # When the gateway got the request: the picker refuses new requests that reach it too late.
+            "request_attributes": [names.REQUEST_TIME_ATTRIBUTE],
         },
     }
 
@@ -256,7 +270,15 @@ def _subset_hint_filter() -> dict[str, Any]:
     }
 
 
-def _picker_cluster(*, address: str, port: int, tls: bool, connect_timeout_s: float) -> dict[str, Any]:
+def _picker_cluster(*, pickers: Sequence[str], tls: bool, connect_timeout_s: float) -> dict[str, Any]:
+    if not pickers:
+        raise ValueError("pickers is empty; give at least one picker replica as host:port")
+    replicas = []
+    for picker in pickers:
+        host, _, port = picker.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"picker {picker!r} is not host:port")
+        replicas.append(_lb_endpoint(host.strip("[]"), int(port)))
     cluster: dict[str, Any] = {
         "name": _PICKER_CLUSTER,
         "type": "STATIC",
@@ -272,8 +294,20 @@ def _picker_cluster(*, address: str, port: int, tls: bool, connect_timeout_s: fl
         },
         "load_assignment": {
             "cluster_name": _PICKER_CLUSTER,
-            "endpoints": [{"lb_endpoints": [_lb_endpoint(address, port)]}],
+            "endpoints": [{"lb_endpoints": replicas}],
         },
+        "health_checks": [
+            {
+                "timeout": f"{PICKER_HEALTH_TIMEOUT_S}s",
+                "interval": f"{PICKER_HEALTH_INTERVAL_S}s",
+                # Envoy checks a cluster that has carried no traffic only once a minute by default: a replica
+                # that restarts while the other takes every stream must be seen ready again promptly.
+                "no_traffic_interval": f"{PICKER_HEALTH_INTERVAL_S}s",
+                "unhealthy_threshold": 1,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": PICKER_HEALTH_SERVICE},
+            }
+        ],
     }
     if tls:
         # The picker serves a self-signed certificate by default; like the GIE gateways, do not verify it.

@@ -61,6 +61,10 @@ INFERENCE_PATHS: Final = frozenset(
 )
 MODELS_PATH: Final = "/v1/models"
 
+# The Envoy attribute the bootstrap asks for: when the gateway got the request's first byte (the picker's
+# overload check measures how late a request reaches it from this).
+REQUEST_TIME_ATTRIBUTE: Final = "request.time"
+
 # Picker ports, as the GIE EPP uses them.
 EXT_PROC_PORT: Final = 9002
 HEALTH_PORT: Final = 9003

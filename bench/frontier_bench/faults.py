@@ -22,6 +22,18 @@ decisions rather than guessed from responses. Faults:
   (5 min, longer than the run) and with `--stream-idle-timeout 8s`.
 - `model_names_1000`: 1,000 requests each naming a distinct 10 KB model, after 1,000 ordinary ones; the
   picker's `/metrics` size and RSS before and after.
+- `uploads_10x15mb`: 10 concurrent chunked uploads (no content-length) of 15 MB bodies, three rounds one
+  after the other; the picker's RSS before, at its peak (sampled every 10 ms) and after each round, and its
+  CPU.
+- `picker_restart_rolling_2`: two picker replicas behind Envoy (which health-checks their readiness); each
+  in turn gets SIGTERM, drains (`--drain-delay 1`, `--drain-timeout 30`, the defaults), exits and is started
+  again on its ports, the next only once Envoy has seen it ready. Every tenth request lasts LONG_S, so the
+  drains wait for long streams. Client errors, split by when the request was sent.
+- `picker_restart_single`: the same with one replica: what clients see while no picker takes streams.
+- `cpu_starved`: the picker pinned to one core (`taskset`), which HOGS busy loops share with it from the
+  fault to the heal, while Envoy, the engines and the load generator run on the other core; every tenth
+  request long. Routed requests that failed, statuses and latency while starved, Envoy's ext_proc counters;
+  with `--overload-lag 1s` (refusals) and, as `cpu_starved_no_shedding`, with `--overload-lag 0`.
 
 The engines are stand-ins (fixed latency, no tokens), so the numbers say how the picker routes around faults,
 not how a model server fails.
@@ -41,7 +53,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -52,6 +64,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from frontier_api import envoy_bootstrap, names
 from frontier_bench import frontdoors, harness, processes
@@ -68,6 +81,21 @@ IDLE_STREAMS: Final = 300
 MODEL_NAMES: Final = 1000
 MODEL_NAME_BYTES: Final = 10 * 1024
 MODEL: Final = "faults-model"
+UPLOADS: Final = 10
+UPLOAD_BYTES: Final = 15 * 1024 * 1024
+UPLOAD_CHUNK_BYTES: Final = 64 * 1024
+UPLOAD_ROUNDS: Final = 3  # one after the other: memory kept for good would grow round by round
+# CPU starvation: the picker pinned to one core that this many busy loops share with it while the fault lasts.
+STARVED_CORE: Final = "0"
+OTHER_CORE: Final = "1"  # Envoy, the engines and the load generator
+HOGS: Final = 40
+LATENCY_HEADER: Final = "x-faults-latency-s"  # a request's own engine latency (long requests)
+LONG_EVERY: Final = 10  # in the restart scenarios, every tenth request is long
+LONG_S: Final = 3.0
+# The picker's drain (frontier-picker's defaults, what the operator renders): readiness NOT_SERVING and new
+# streams still taken for DRAIN_DELAY_S, routed streams get up to DRAIN_TIMEOUT_S in all.
+DRAIN_DELAY_S: Final = 1.0
+DRAIN_TIMEOUT_S: Final = 30.0
 _DECISION = re.compile(r"event=decision request_id=(\S+) .*? endpoints=([^ ,]+)")
 
 
@@ -100,7 +128,8 @@ class EngineState:
 
 
 async def serve_engine(address: str, port: int) -> None:
-    """A stand-in engine: completions after ENGINE_LATENCY_S, vLLM metrics, `POST /fault/<mode>`."""
+    """A stand-in engine: completions after ENGINE_LATENCY_S (or the request's LATENCY_HEADER), vLLM
+    metrics, `POST /fault/<mode>`."""
     state = EngineState()
 
     async def complete(request: web.Request) -> web.Response:
@@ -110,7 +139,7 @@ async def serve_engine(address: str, port: int) -> None:
             return web.json_response({"error": {"message": message, "code": 404}}, status=404)
         state.running += 1
         try:
-            await asyncio.sleep(ENGINE_LATENCY_S)
+            await asyncio.sleep(float(request.headers.get(LATENCY_HEADER, ENGINE_LATENCY_S)))
         finally:
             state.running -= 1
         usage = {"prompt_tokens": 8, "completion_tokens": 8}
@@ -126,7 +155,7 @@ async def serve_engine(address: str, port: int) -> None:
         state.mode = request.match_info["mode"]
         return web.Response(text="ok\n")
 
-    app = web.Application()
+    app = web.Application(client_max_size=2 * UPLOAD_BYTES)
     app.router.add_post("/v1/completions", complete)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/fault/{mode}", fault)
@@ -138,66 +167,130 @@ async def serve_engine(address: str, port: int) -> None:
 
 # --- the stack ----------------------------------------------------------------------------------------
 @dataclasses.dataclass(slots=True, kw_only=True)
+class Replica:
+    """One picker replica: its command line and ports (kept across restarts) and its current process."""
+
+    name: str
+    argv: list[str]
+    grpc_port: int
+    health_port: int
+    metrics_port: int
+    child: processes.Child
+    restarts: int = 0
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
 class Stack:
     url: str
+    admin_url: str  # Envoy's admin interface
     engines: list[str]  # address:port
     engine_children: list[processes.Child]
-    picker: processes.Child
-    grpc_port: int
-    metrics_url: str
+    replicas: list[Replica]
+    picker_logs: list[Path]  # every picker process's log, restarts included
+
+    @property
+    def picker(self) -> processes.Child:
+        return self.replicas[0].child
+
+    @property
+    def grpc_port(self) -> int:
+        return self.replicas[0].grpc_port
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{ADDRESS}:{self.replicas[0].metrics_port}/metrics"
 
 
-async def start_stack(group: processes.Group, run_dir: Path, picker_flags: Sequence[str]) -> Stack:
-    """Engines, the picker and Envoy, each waited for."""
+async def start_stack(
+    group: processes.Group,
+    run_dir: Path,
+    picker_flags: Sequence[str],
+    *,
+    replicas: int = 1,
+    picker_prefix: Sequence[str] = (),
+    others_prefix: Sequence[str] = (),
+) -> Stack:
+    """Engines, `replicas` pickers and Envoy (health-checking the pickers), each waited for; the pickers run
+    under `picker_prefix` and the others under `others_prefix` (e.g. `taskset`)."""
     engines, children = [], []
     for index, address in enumerate(ENGINE_ADDRESSES):
         port = processes.free_port(address)
         argv = [sys.executable, "-m", "frontier_bench.faults", "engine", address, str(port)]
-        children.append(group.start(f"engine-{index}", argv))
+        children.append(group.start(f"engine-{index}", [*others_prefix, *argv]))
         engines.append(f"{address}:{port}")
     for child, key in zip(children, engines, strict=True):
         await processes.wait_http(f"http://{key}/metrics", child=child)
     endpoints_file = run_dir / "endpoints.yaml"
     listed = ", ".join(f"{{address: {key.split(':')[0]}, port: {key.split(':')[1]}}}" for key in engines)
     endpoints_file.write_text(f"endpoints: [{listed}]\n")
-    grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
-    picker = group.start(
-        "picker",
-        frontdoors.picker_argv(
-            endpoints_file=endpoints_file,
-            address=ADDRESS,
-            grpc_port=grpc_port,
-            health_port=health_port,
-            metrics_port=metrics_port,
-            extra=picker_flags,
-        ),
-    )
-    await processes.wait_port(ADDRESS, grpc_port, child=picker)
-    port = processes.free_port(ADDRESS)
+    started = []
+    for index in range(replicas):
+        grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
+        argv = [
+            *picker_prefix,
+            *frontdoors.picker_argv(
+                endpoints_file=endpoints_file,
+                address=ADDRESS,
+                grpc_port=grpc_port,
+                health_port=health_port,
+                metrics_port=metrics_port,
+                extra=picker_flags,
+            ),
+        ]
+        name = f"picker-{index}"
+        started.append(
+            Replica(
+                name=name,
+                argv=argv,
+                grpc_port=grpc_port,
+                health_port=health_port,
+                metrics_port=metrics_port,
+                child=group.start(name, argv),
+            )
+        )
+    for replica in started:
+        await wait_ready(replica)
+    port, admin_port = processes.free_port(ADDRESS), processes.free_port(ADDRESS)
     config = envoy_bootstrap.bootstrap(
         mode="gie",
         listen_address=ADDRESS,
         listen_port=port,
-        picker_address=ADDRESS,
-        picker_port=grpc_port,
+        admin_port=admin_port,
+        pickers=[f"{ADDRESS}:{replica.grpc_port}" for replica in started],
         picker_tls=False,
         endpoints=[(key.split(":")[0], int(key.split(":")[1])) for key in engines],
     )
     config_path = run_dir / "envoy.json"
     config_path.write_text(json.dumps(config))
     argv = [frontdoors.envoy_binary(), "--config-path", str(config_path), "--concurrency", "1"]
-    envoy = group.start("envoy", [*argv, "--disable-hot-restart", "--log-level", "warn"])
+    envoy = group.start("envoy", [*others_prefix, *argv, "--disable-hot-restart", "--log-level", "warn"])
     await processes.wait_port(ADDRESS, port, child=envoy)
     stack = Stack(
         url=f"http://{ADDRESS}:{port}",
+        admin_url=f"http://{ADDRESS}:{admin_port}",
         engines=engines,
         engine_children=children,
-        picker=picker,
-        grpc_port=grpc_port,
-        metrics_url=f"http://{ADDRESS}:{metrics_port}/metrics",
+        replicas=started,
+        picker_logs=[replica.child.log_path for replica in started],
     )
     await _wait_routable(stack)
     return stack
+
+
+async def wait_ready(replica: Replica, timeout_s: float = 30.0) -> None:
+    """Wait until the replica's gRPC health says `readiness` SERVING (its endpoints are loaded)."""
+    deadline = time.monotonic() + timeout_s
+    request = health_pb2.HealthCheckRequest(service="readiness")
+    async with grpc.aio.insecure_channel(f"{ADDRESS}:{replica.health_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            replica.child.check_alive()
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                answer = await stub.Check(request, timeout=1.0)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.05)
+    raise TimeoutError(f"{replica.name} not ready after {timeout_s}s:\n{replica.child.tail()}")
 
 
 async def _wait_routable(stack: Stack, timeout_s: float = 30.0) -> None:
@@ -219,6 +312,12 @@ class Sent:
     at: float  # seconds since the load began
     status: int = 0  # 0: no HTTP answer (connection error)
     latency_s: float = 0.0
+    long: bool = False  # asked the engine for LONG_S
+
+    @property
+    def ended(self) -> float:
+        """Seconds since the load began when the answer (or the error) came."""
+        return self.at + self.latency_s
 
 
 def _body(model: str) -> dict[str, Any]:
@@ -226,9 +325,16 @@ def _body(model: str) -> dict[str, Any]:
 
 
 async def open_loop(
-    url: str, *, rate: float, duration_s: float, began: float, models: Sequence[str] = (MODEL,)
+    url: str,
+    *,
+    rate: float,
+    duration_s: float,
+    began: float,
+    models: Sequence[str] = (MODEL,),
+    long_every: int = 0,
 ) -> list[Sent]:
-    """Poisson arrivals at `rate` for `duration_s`; request i names `models[i % len(models)]`."""
+    """Poisson arrivals at `rate` for `duration_s`; request i names `models[i % len(models)]`, and every
+    `long_every`-th asks the engine for LONG_S (0: none)."""
     rng = random.Random(20)
     sent: list[Sent] = []
     tasks: list[asyncio.Task[None]] = []
@@ -239,6 +345,8 @@ async def open_loop(
             started = time.monotonic()
             try:
                 headers = {"x-request-id": entry.request_id}
+                if entry.long:
+                    headers[LATENCY_HEADER] = str(LONG_S)
                 async with session.post(
                     f"{url}/v1/completions", json=_body(model), headers=headers
                 ) as answer:
@@ -257,7 +365,7 @@ async def open_loop(
             delay = began + at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            entry = Sent(uuid.uuid4().hex, at)
+            entry = Sent(uuid.uuid4().hex, at, long=long_every > 0 and index % long_every == 0)
             sent.append(entry)
             tasks.append(asyncio.create_task(one(entry, models[index % len(models)])))
             index += 1
@@ -265,14 +373,15 @@ async def open_loop(
     return sent
 
 
-async def decisions(picker: processes.Child) -> dict[str, str]:
-    """Request id -> primary endpoint, from the picker's `event=decision` log lines."""
+async def decisions(stack: Stack) -> dict[str, str]:
+    """Request id -> primary endpoint, from the `event=decision` log lines of every picker process."""
     await asyncio.sleep(1.0)  # the picker writes its log in batches
     found = {}
-    for line in picker.log_path.read_text(errors="replace").splitlines():
-        match = _DECISION.search(line)
-        if match:
-            found[match.group(1)] = match.group(2)
+    for path in stack.picker_logs:
+        for line in path.read_text(errors="replace").splitlines():
+            match = _DECISION.search(line)
+            if match:
+                found[match.group(1)] = match.group(2)
     return found
 
 
@@ -305,6 +414,27 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+async def ext_proc_stats(stack: Stack) -> dict[str, int]:
+    """Envoy's ext_proc counters that are not zero (streams started, failed, message timeouts, ...)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{stack.admin_url}/stats", params={"filter": "ext_proc"}) as answer,
+    ):
+        text = await answer.text()
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if value.strip().isdigit() and int(value) > 0:
+            found[name.removeprefix("http.ingress.ext_proc.")] = int(value)
+    return found
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def metrics_bytes(url: str) -> int:
     async with aiohttp.ClientSession() as session, session.get(url) as answer:
         return len(await answer.read())
@@ -313,11 +443,14 @@ async def metrics_bytes(url: str) -> int:
 # --- scenarios ----------------------------------------------------------------------------------------
 async def control(stack: Stack) -> dict[str, Any]:
     began = time.monotonic()
+    cpu_before = cpu_s(stack.picker.process.pid)
     sent = await open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began)
-    routed = await decisions(stack.picker)
+    cpu = cpu_s(stack.picker.process.pid) - cpu_before
+    routed = await decisions(stack)
     return {
         "requests": len(sent),
         "client_errors": errors(sent),
+        "picker_cpu_ms_per_request": round(1000 * cpu / len(sent), 2),
         "shares": shares(sent, routed, stack.engines, (0, DURATION_S)),
     }
 
@@ -331,7 +464,7 @@ async def engine_killed(stack: Stack) -> dict[str, Any]:
     os.killpg(child.process.pid, signal.SIGKILL)
     killed_at = time.monotonic() - began
     sent = await load
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     # In flight at the kill: sent within one engine latency before it and routed to the victim.
     in_flight = [
         s
@@ -363,7 +496,7 @@ async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
     await _fault(victim, "healthy")
     healed_at = time.monotonic() - began
     sent = await load
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     to_victim = sorted(s.at for s in sent if routed.get(s.request_id) == victim)
     while_hostile = [at for at in to_victim if hostile_at <= at < healed_at]
     after_heal = [at for at in to_victim if at >= healed_at]
@@ -380,6 +513,205 @@ async def hostile_metrics(stack: Stack, mode: str) -> dict[str, Any]:
         ],
         "share_after_heal": shares(sent, routed, stack.engines, (healed_at + 1, DURATION_S))[_host(victim)],
         "picker_alive": picker_alive,
+    }
+
+
+def upload_body(index: int) -> bytes:
+    """A completions body of UPLOAD_BYTES: the model, then a prompt of ASCII text (distinct per upload)."""
+    head = b'{"model": "%s", "max_tokens": 8, "prompt": "upload %d ' % (MODEL.encode(), index)
+    tail = b'"}'
+    filler = b"the quick brown fox jumps over the lazy dog "
+    size = UPLOAD_BYTES - len(head) - len(tail)
+    return head + (filler * (size // len(filler) + 1))[:size] + tail
+
+
+async def uploads(stack: Stack) -> dict[str, Any]:
+    """UPLOADS concurrent chunked uploads of UPLOAD_BYTES each (no content-length: the picker cannot know
+    the size before the end), while the picker's RSS is sampled every 10 ms."""
+    await asyncio.sleep(2)  # settle after the warm-up request
+    pid = stack.picker.process.pid
+    before = rss_mib(pid)
+    peak = before
+    sampling = True
+
+    async def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_mib(pid))
+            await asyncio.sleep(0.01)
+
+    async def send(session: aiohttp.ClientSession, index: int) -> Sent:
+        body = upload_body(index)
+        entry = Sent(uuid.uuid4().hex, 0.0)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), UPLOAD_CHUNK_BYTES):
+                yield body[start : start + UPLOAD_CHUNK_BYTES]
+
+        started = time.monotonic()
+        try:
+            headers = {"x-request-id": entry.request_id, "content-type": "application/json"}
+            async with session.post(f"{stack.url}/v1/completions", data=chunks(), headers=headers) as answer:
+                await answer.read()
+                entry.status = answer.status
+        except (aiohttp.ClientError, TimeoutError):
+            entry.status = 0
+        entry.latency_s = time.monotonic() - started
+        return entry
+
+    sampler = asyncio.create_task(sample())
+    cpu_before = cpu_s(pid)
+    timeout = aiohttp.ClientTimeout(total=120)
+    sent: list[Sent] = []
+    after_rounds = []
+    for _ in range(UPLOAD_ROUNDS):
+        async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+            sent += await asyncio.gather(*(send(session, index) for index in range(UPLOADS)))
+        await asyncio.sleep(3)  # let the picker free what it held
+        after_rounds.append(rss_mib(pid))
+    sampling = False
+    await sampler
+    after = after_rounds[-1]
+    cpu = cpu_s(pid) - cpu_before
+    total_mib = UPLOADS * UPLOAD_BYTES / 2**20
+    return {
+        "uploads": UPLOADS,
+        "upload_mib": round(UPLOAD_BYTES / 2**20, 1),
+        "total_mib": round(total_mib, 1),
+        "rounds": UPLOAD_ROUNDS,
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "slowest_s": round(max(s.latency_s for s in sent), 2),
+        "picker_cpu_s": round(cpu, 2),
+        "rss_before_mib": before,
+        "rss_peak_mib": peak,
+        "rss_after_mib": after,
+        "rss_after_each_round_mib": after_rounds,
+        "peak_growth_over_total": round((peak - before) / total_mib, 2),
+        "retained_mib": round(after - before, 1),
+    }
+
+
+async def restart(group: processes.Group, stack: Stack, replica: Replica, *, began: float) -> dict[str, Any]:
+    """SIGTERM one picker replica, wait for its drain and exit, start it again on the same ports and wait
+    until it is ready; when each step happened (seconds since `began`)."""
+    sigterm_at = time.monotonic() - began
+    old = replica.child
+    await asyncio.to_thread(group.stop, old, grace_s=DRAIN_TIMEOUT_S + 5)
+    exited_at = time.monotonic() - began
+    replica.restarts += 1
+    replica.child = group.start(f"{replica.name}-restart-{replica.restarts}", replica.argv)
+    stack.picker_logs.append(replica.child.log_path)
+    await wait_ready(replica)
+    ready_at = time.monotonic() - began
+    stopped = re.search(r"event=stopped drained_s=(\S+) cut_in_flight=(\d+)", old.log_path.read_text())
+    return {
+        "replica": replica.name,
+        "sigterm_at": round(sigterm_at, 2),
+        "exited_at": round(exited_at, 2),
+        "ready_at": round(ready_at, 2),
+        "exit_code": old.process.returncode,
+        "drained_s": float(stopped.group(1)) if stopped else None,
+        "cut_in_flight": int(stopped.group(2)) if stopped else None,
+    }
+
+
+async def picker_restart(group: processes.Group, stack: Stack) -> dict[str, Any]:
+    """Restart every picker replica in turn under load (each one ready again, and seen ready by Envoy,
+    before the next gets SIGTERM); every LONG_EVERY-th request lasts LONG_S, so drains have long streams
+    to wait for."""
+    began = time.monotonic()
+    load = asyncio.create_task(
+        open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began, long_every=LONG_EVERY)
+    )
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    steps = []
+    for replica in stack.replicas:
+        steps.append(await restart(group, stack, replica, began=began))
+        # Envoy health-checks each replica every interval (plus the check's timeout): let it see this one.
+        await asyncio.sleep(
+            2 * (envoy_bootstrap.PICKER_HEALTH_INTERVAL_S + envoy_bootstrap.PICKER_HEALTH_TIMEOUT_S)
+        )
+    sent = await load
+    routed = await decisions(stack)
+
+    def failed(window: Sequence[Sent]) -> int:
+        return sum(1 for s in window if s.status != 200)
+
+    in_flight = [s for s in sent if any(s.at < step["sigterm_at"] < s.ended for step in steps)]
+    in_delay = [s for s in sent if any(0 <= s.at - step["sigterm_at"] < DRAIN_DELAY_S for step in steps)]
+    while_down = [
+        s
+        for s in sent
+        if any(step["sigterm_at"] + DRAIN_DELAY_S <= s.at < step["ready_at"] for step in steps)
+    ]
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "restarts": steps,
+        "in_flight_at_sigterm": len(in_flight),
+        "long_in_flight_at_sigterm": sum(1 for s in in_flight if s.long),
+        "errors_in_flight_at_sigterm": failed(in_flight),
+        "sent_in_drain_delay": len(in_delay),
+        "errors_in_drain_delay": failed(in_delay),
+        "sent_while_down": len(while_down),
+        "errors_while_down": failed(while_down),
+        "slowest_s": round(max(s.latency_s for s in sent), 2),
+        "routed": sum(1 for s in sent if s.request_id in routed),
+    }
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3) if ordered else 0.0
+
+
+async def cpu_starved(group: processes.Group, stack: Stack) -> dict[str, Any]:
+    """The picker (pinned to STARVED_CORE) shares its core with HOGS busy loops from FAULT_AT_S to HEAL_AT_S;
+    every LONG_EVERY-th request lasts LONG_S, so routed streams stay open through the starvation."""
+    began = time.monotonic()
+    load = asyncio.create_task(
+        open_loop(stack.url, rate=RATE, duration_s=DURATION_S, began=began, long_every=LONG_EVERY)
+    )
+    await asyncio.sleep(began + FAULT_AT_S - time.monotonic())
+    busy = [sys.executable, "-c", "while True: pass"]
+    hogs = [group.start(f"hog-{index}", ["taskset", "-c", STARVED_CORE, *busy]) for index in range(HOGS)]
+    starved_at = time.monotonic() - began
+    await asyncio.sleep(began + HEAL_AT_S - time.monotonic())
+    for hog in hogs:
+        await asyncio.to_thread(group.stop, hog, grace_s=1.0)
+    healed_at = time.monotonic() - began
+    sent = await load
+    routed = await decisions(stack)
+    log = "\n".join(path.read_text(errors="replace") for path in stack.picker_logs)
+    events = {
+        event: len(re.findall(rf"event={event}\b", log))
+        for event in ("refused", "stream_refused", "stream_idle_timeout", "internal_error", "overloaded")
+    }
+    starved = [s for s in sent if starved_at <= s.at < healed_at]
+    routed_failed = [s for s in sent if s.request_id in routed and s.status != 200]
+    return {
+        "requests": len(sent),
+        "client_errors": errors(sent),
+        "statuses": {
+            str(code): sum(1 for s in sent if s.status == code) for code in sorted({s.status for s in sent})
+        },
+        "starved_s": round(healed_at - starved_at, 2),
+        "sent_while_starved": len(starved),
+        "statuses_while_starved": {
+            str(code): sum(1 for s in starved if s.status == code)
+            for code in sorted({s.status for s in starved})
+        },
+        "routed_then_failed": len(routed_failed),
+        "routed_then_failed_statuses": sorted({s.status for s in routed_failed}),
+        "latency_p50_s_while_starved": _percentile([s.latency_s for s in starved if not s.long], 0.5),
+        "latency_p99_s_while_starved": _percentile([s.latency_s for s in starved if not s.long], 0.99),
+        "picker_events": events,
+        "envoy_ext_proc": await ext_proc_stats(stack),
     }
 
 
@@ -420,7 +752,7 @@ async def idle_streams(stack: Stack, control_shares: dict[str, float]) -> dict[s
         closed = sum(1 for stream in streams if stream.done())
         for stream in streams:
             stream.cancel()
-    routed = await decisions(stack.picker)
+    routed = await decisions(stack)
     held = shares(sent, routed, stack.engines, (opened_at + 1, DURATION_S))
     return {
         "requests": len(sent),
@@ -509,6 +841,45 @@ def verdicts(rows: dict[str, dict[str, Any]]) -> dict[str, str]:
                 f"pinned engine's share {row['pinned_engine_share']:.0%} vs {row['control_share']:.0%} in "
                 f"control ({row['shift_points']} points); last 8 s: {row['shares_last_8s']}",
             )
+    if "uploads_10x15mb" in rows:
+        row = rows["uploads_10x15mb"]
+        out["uploads_10x15mb"] = _verdict(
+            row["statuses"] == {"200": UPLOADS * row["rounds"]}
+            and row["peak_growth_over_total"] <= 1.3
+            and row["retained_mib"] <= 0.05 * row["total_mib"],
+            f"RSS {row['rss_before_mib']} -> peak {row['rss_peak_mib']} -> {row['rss_after_mib']} MiB: peak "
+            f"growth {row['peak_growth_over_total']}x the {row['total_mib']} MiB of bodies, "
+            f"{row['retained_mib']} MiB retained; statuses {row['statuses']}",
+        )
+    if "picker_restart_rolling_2" in rows:
+        row = rows["picker_restart_rolling_2"]
+        out["picker_restart_rolling_2"] = _verdict(
+            row["client_errors"] == 0,
+            f"{row['client_errors']} client errors of {row['requests']} (statuses {row['statuses']}); "
+            f"{row['in_flight_at_sigterm']} in flight at the SIGTERMs ({row['long_in_flight_at_sigterm']} "
+            f"of {LONG_S:g} s), slowest {row['slowest_s']} s",
+        )
+    if "picker_restart_single" in rows:
+        row = rows["picker_restart_single"]
+        (step,) = row["restarts"]
+        out["picker_restart_single"] = _verdict(
+            row["errors_in_flight_at_sigterm"] == 0 and row["errors_in_drain_delay"] == 0,
+            f"{row['errors_in_flight_at_sigterm']} errors of {row['in_flight_at_sigterm']} in flight at "
+            f"SIGTERM, {row['errors_in_drain_delay']} of {row['sent_in_drain_delay']} sent in the drain "
+            f"delay; but {row['errors_while_down']} of {row['sent_while_down']} sent while no picker took "
+            f"streams ({step['ready_at'] - step['sigterm_at'] - DRAIN_DELAY_S:.1f} s) failed "
+            f"(statuses {row['statuses']})",
+        )
+    for name in ("cpu_starved", "cpu_starved_no_shedding"):
+        if name not in rows:
+            continue
+        row = rows[name]
+        out[name] = _verdict(
+            row["routed_then_failed"] == 0 and set(row["statuses"]) <= {"200", "429", "503"},
+            f"{row['routed_then_failed']} routed requests failed; statuses while starved "
+            f"{row['statuses_while_starved']} (latency p50 {row['latency_p50_s_while_starved']} s, p99 "
+            f"{row['latency_p99_s_while_starved']} s); Envoy ext_proc {row['envoy_ext_proc']}",
+        )
     if "model_names_1000" in rows:
         names_row = rows["model_names_1000"]
         out["model_names_1000"] = _verdict(
@@ -530,6 +901,11 @@ SCENARIOS: Final[Sequence[tuple[str, Sequence[str]]]] = [
     ("idle_streams_300", ()),
     ("idle_streams_300_timeout_8s", ("--stream-idle-timeout", "8s")),
     ("model_names_1000", ()),
+    ("uploads_10x15mb", ()),
+    ("picker_restart_rolling_2", ()),
+    ("picker_restart_single", ()),
+    ("cpu_starved", ("--overload-lag", "1s")),
+    ("cpu_starved_no_shedding", ("--overload-lag", "0")),
 ]
 
 
@@ -543,7 +919,21 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
         where = run_dir / name
         where.mkdir(parents=True, exist_ok=True)
         with processes.Group(where) as group:
-            stack = await start_stack(group, where, flags)
+            replicas = 2 if name == "picker_restart_rolling_2" else 1
+            starved = name.startswith("cpu_starved")
+            # Starved: the picker on its core with the busy loops, everything else (this process too) on
+            # the other, so that only the picker lacks CPU.
+            affinity = os.sched_getaffinity(0)
+            if starved:
+                os.sched_setaffinity(0, {int(OTHER_CORE)})
+            stack = await start_stack(
+                group,
+                where,
+                flags,
+                replicas=replicas,
+                picker_prefix=("taskset", "-c", STARVED_CORE) if starved else (),
+                others_prefix=("taskset", "-c", OTHER_CORE) if starved else (),
+            )
             if name == "control":
                 row = await control(stack)
             elif name == "engine_killed":
@@ -552,8 +942,15 @@ async def run_suite(run_dir: Path, only: Sequence[str]) -> dict[str, dict[str, A
                 row = await hostile_metrics(stack, name.removeprefix("metrics_"))
             elif name.startswith("idle_streams"):
                 row = await idle_streams(stack, rows["control"]["shares"])
+            elif name == "uploads_10x15mb":
+                row = await uploads(stack)
+            elif name.startswith("picker_restart"):
+                row = await picker_restart(group, stack)
+            elif starved:
+                row = await cpu_starved(group, stack)
             else:
                 row = await model_names(stack)
+        os.sched_setaffinity(0, affinity)
         row["picker_flags"] = list(flags)
         rows[name] = row
         print(f"{name}: {json.dumps(row)}", flush=True)
@@ -589,6 +986,13 @@ def markdown(document: dict[str, Any]) -> str:
         "idle_streams_300": "real traffic within 5 points of control (default flags)",
         "idle_streams_300_timeout_8s": "same, with --stream-idle-timeout 8s",
         "model_names_1000": "/metrics size and RSS within 5%",
+        "uploads_10x15mb": "peak RSS growth <= 1.3x the bodies' total, all returned (<= 5% kept), all 200",
+        "picker_restart_rolling_2": "rolling restart of two replicas: 0 client errors",
+        "cpu_starved": f"picker on one core with {HOGS} busy loops: no routed request fails; refusals only "
+        "503/429",
+        "cpu_starved_no_shedding": "same with --overload-lag 0 (no refusals): the comparison",
+        "picker_restart_single": "one replica with drain: 0 errors for requests in flight or in the drain "
+        "delay (what clients see while it is down: reported)",
     }
     for name, target in targets.items():
         if name in verdict:

@@ -210,8 +210,7 @@ async def _start_picker(
         mode="cheap",
         listen_address=address,
         listen_port=port,
-        picker_address=address,
-        picker_port=grpc_port,
+        pickers=[f"{address}:{grpc_port}"],
         picker_tls=False,
         endpoints=engines,
     )

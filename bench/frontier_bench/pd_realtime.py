@@ -140,8 +140,7 @@ async def stack(arm: str, *, run_dir: Path, time_scale: float) -> AsyncIterator[
             mode="cheap",
             listen_address=ADDRESS,
             listen_port=port,
-            picker_address=ADDRESS,
-            picker_port=grpc_port,
+            pickers=[f"{ADDRESS}:{grpc_port}"],
             picker_tls=False,
             endpoints=[(e["address"], int(e["port"])) for e in listed],
         )

@@ -116,8 +116,7 @@ async def start_doors(group: processes.Group, work: Path) -> dict[str, Door]:
         config = envoy_bootstrap.bootstrap(
             listen_address=ADDRESS,
             listen_port=listen,
-            picker_address=ADDRESS,
-            picker_port=port,
+            pickers=[f"{ADDRESS}:{port}"],
             picker_tls=False,
             mode="gie",
             retries=0,

@@ -181,8 +181,7 @@ def envoy_config() -> dict[str, Any]:
     return envoy_bootstrap.bootstrap(
         listen_address="0.0.0.0",
         listen_port=names.STANDALONE_HTTP_PORT,
-        picker_address="127.0.0.1",
-        picker_port=names.EXT_PROC_PORT,
+        pickers=[f"127.0.0.1:{names.EXT_PROC_PORT}"],
         mode="gie",
         picker_tls=True,
         ready_port=names.STANDALONE_READY_PORT,

@@ -8,9 +8,9 @@ EPP is accepted too: `frontier_picker.gie_flags.FLAGS` says, flag by flag, wheth
 option (`--v` and `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start
 fails with a message naming what to use instead). A flag unknown to both stops the start, as in GIE.
 Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`,
-`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address`, `--kubeconfig`,
-`--workers` (processes on the same ports: `workers`) and `--peer-port` / `--peers` / `--peer-service`
-(replicas that learn each other's decisions: `peering`).
+`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--overload-lag`, `--address`,
+`--kubeconfig`, `--workers` (processes on the same ports: `workers`) and `--peer-port` / `--peers` /
+`--peer-service` (replicas that learn each other's decisions: `peering`).
 Every port accepts 0 (the OS picks; the log says which).
 """
 
@@ -115,6 +115,14 @@ def parser() -> argparse.ArgumentParser:
         "(default 4096, above any one gateway replica's concurrent and queued requests; 0: no cap)",
     )
     parse.add_argument(
+        "--overload-lag",
+        type=gie_flags.parse_duration,
+        default=5.0,
+        help="refuse new requests with 503 (and keep serving routed ones) while the picker runs this far "
+        "behind: requests reach it this late after the gateway got them, or its event loop lags this much; "
+        "a Go duration or seconds (default 5s: past any interactive SLO, where slow beats failed; 0: never)",
+    )
+    parse.add_argument(
         "--early-decision-prompt-chars",
         type=int,
         default=65_536,
@@ -208,6 +216,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         stream_idle_timeout_s=arguments.stream_idle_timeout,
         max_streams_per_peer=arguments.max_streams_per_peer,
         max_streams_per_connection=arguments.max_streams_per_connection,
+        overload_lag_s=arguments.overload_lag,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,

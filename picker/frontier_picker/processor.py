@@ -24,6 +24,9 @@ body chunks and trailers, then the response's. The picker answers each in order 
   `upstream.address` attribute or `envoy.lb`/`x-gateway-destination-endpoint-served` metadata. Completion is
   recorded exactly once (`director.Director.complete`): at the end of the response, or when the stream ends
   or is reset (client gone). Reply messages are built by `replies`.
+- **Overload.** When a new request reaches the picker more than `overload_lag_s` after the gateway got it
+  (Envoy's `request.time` attribute), or the event loop runs that far behind, it is refused with 503 at its
+  headers, before any work; routed ones go on (`overload`).
 - **Stream limits.** A stream whose client stays silent for `stream_idle_timeout_s` ends with
   `DEADLINE_EXCEEDED` (its charge refunded), and one peer host may hold at most `max_streams_per_peer`
   streams (more get `RESOURCE_EXHAUSTED`): idle streams from whoever reaches the port cannot pin load.
@@ -47,7 +50,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_gr
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import bodies, director, metrics, replies, request_view, subsets, usage
+from frontier_picker import bodies, director, metrics, overload, replies, request_view, subsets, usage
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import flow_control
 
@@ -72,6 +75,10 @@ class Settings:
     # prefix scorer's horizon (blocks to match x 64 characters: GIE's 256 -> 16,384; the built-in `frontier`
     # profile's 1,024 -> 65,536), so that the scheduler sees all of the prompt it would have used.
     early_decision_prompt_chars: int = 65_536
+    # A chunked body (no content-length) is decided on its first part only once this much of it is in: up to
+    # here the picker sees the whole size it schedules by (1 MiB, about 260k tokens, past most models'
+    # context), and past it holds no more of the body than this while it streams through.
+    chunked_decision_bytes: int = 1024 * 1024
     # Request-body bytes all streams together may hold before their decision; past it a new chunk is refused
     # with 503 (the picker's memory stays bounded under many concurrent large uploads).
     max_buffered_body_bytes: int = 256 * 1024 * 1024
@@ -81,6 +88,8 @@ class Settings:
     # Streams one peer host may hold open at once (0: no cap); keep it above a gateway replica's concurrent
     # requests, queued ones included (each is one stream).
     max_streams_per_peer: int = 4096
+    # New requests get 503 while the picker runs this far behind (0: never); routed ones go on.
+    overload_lag_s: float = 5.0
 
 
 @dataclasses.dataclass(slots=True)
@@ -109,10 +118,15 @@ class Context:
     metrics: metrics.Metrics
     settings: Settings
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # to compare with the gateway's `request.time`
     budget: BodyBudget = dataclasses.field(init=False)
+    loop_lag: overload.LoopLag = dataclasses.field(init=False)
+    transit: overload.Transit = dataclasses.field(default_factory=overload.Transit)
+    body_bytes: int = 0  # request-body bytes every stream has received, a running count (`memory`)
 
     def __post_init__(self) -> None:
         self.budget = BodyBudget(self.settings.max_buffered_body_bytes)
+        self.loop_lag = overload.LoopLag(self.settings.overload_lag_s)
 
 
 def _headers(message: ext_proc.HttpHeaders) -> dict[str, str]:
@@ -194,6 +208,11 @@ class Stream:
             # schedule, and charge an endpoint, twice for one request.
             raise types.Rejection(400, "ext_proc protocol: request headers sent twice on one stream")
         self.headers_seen = True
+        transit_s = overload.since_gateway(message.attributes.get(EXT_PROC_ATTRIBUTES), self.ctx.wall_clock())
+        late_s = 0.0 if transit_s is None else self.ctx.transit.late(transit_s, self.ctx.clock())
+        if self.ctx.loop_lag.overloaded(late_s):
+            # Before any work: no scheduling, no body, no response to echo; logged in aggregate (`overload`).
+            return [self._refuse(503, self.ctx.loop_lag.refuse(late_s), logged=False)]
         if message.HasField("protocol_config"):
             config = message.protocol_config
             self.request_mode = config.request_body_mode
@@ -220,6 +239,8 @@ class Stream:
             self.declared_length = int(declared)
             if self.declared_length > self.ctx.settings.max_body_bytes:
                 raise types.Rejection(413, self._too_large(self.declared_length))
+        elif self.next_early_attempt > 0:
+            self.next_early_attempt = max(self.next_early_attempt, self.ctx.settings.chunked_decision_bytes)
         if self.body_before_headers:
             return []
         # BUFFERED, or STREAMED without early body: headers go on now; the decision rides on the body reply.
@@ -238,6 +259,7 @@ class Stream:
 
     def _on_request_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
         chunk = body.body
+        self.ctx.body_bytes += len(chunk)
         if self.flight is not None:
             # Body after the decision (STREAMED without early body): pass it on unchanged.
             if self.request_mode == _FULL_DUPLEX:
@@ -267,14 +289,14 @@ class Stream:
     def _may_decide_early(self) -> bool:
         return (
             self.request_mode == _FULL_DUPLEX
-            and self.declared_length is not None
             and not self.headers_answered
             and bodies.is_inference_path(self.headers.get(":path", ""))
         )
 
     def _decide_early(self) -> list[ext_proc.ProcessingResponse]:
         """Decide on a body prefix holding the whole model value and enough of the prompt, then let the
-        rest of the body stream through; [] when the prefix does not tell yet."""
+        rest of the body stream through; [] when the prefix does not tell yet. A chunked body's size is
+        then only known to be at least what came so far."""
         prefix = b"".join(self.chunks)
         document = bodies.parse_prefix(prefix)
         if document is None:
@@ -294,10 +316,10 @@ class Stream:
             parsed_bytes=len(prefix),
         )
         self.early = True
-        return self._gated(lambda: self._early_replies(prefix, declared))
+        return self._gated(lambda: self._early_replies(prefix))
 
-    def _early_replies(self, prefix: bytes, declared: int) -> list[ext_proc.ProcessingResponse]:
-        reply, prefix, changed = self._decide(prefix, header_phase=True, length=declared)
+    def _early_replies(self, prefix: bytes) -> list[ext_proc.ProcessingResponse]:
+        reply, prefix, changed = self._decide(prefix, header_phase=True, length=self.declared_length)
         out = [reply]
         source = [prefix] if changed else self.chunks
         out.extend(
@@ -442,18 +464,21 @@ class Stream:
     def _decide(
         self, body: bytes, *, header_phase: bool, length: int | None = None
     ) -> tuple[ext_proc.ProcessingResponse, bytes, bool]:
-        """Schedule the request and build the reply that carries the decision; `length` is the whole
-        body's when `body` is only its start. Returns the reply, the body to send on (its model rewritten
-        when the decision's target model differs from the client's) and whether it changed."""
+        """Schedule the request and build the reply that carries the decision; `body` is the whole body
+        unless `self.early`, when it is the start of a body of `length` bytes (None: chunked, not known).
+        Returns the reply, the body to send on (its model rewritten when the decision's target model
+        differs from the client's) and whether it changed."""
         if self.flight is not None:
             raise types.Rejection(400, "ext_proc protocol: the request was already routed on this stream")
         request = self.request
         assert request is not None, "_gated builds the request before deciding"
+        if not self.early:
+            length = len(body)
         self.flight = self.ctx.director.decide(
             request,
             now=self.ctx.clock(),
             subset=self.subset,
-            detail=f"body_bytes={len(body) if length is None else length} early={self.early}",
+            detail=f"body_bytes={'-' if length is None else length} early={self.early}",
         )
         original_size = len(body)
         body_changed = bool(request.model) and request.target_model != request.model
@@ -470,10 +495,8 @@ class Stream:
         set_headers = [replies.set_header(names.DESTINATION_ENDPOINT, destination)]
         if decision.prefill:
             set_headers.append(replies.set_header(names.PREFILLER_HOST_PORT, decision.prefill))
-        if body_changed:
-            set_headers.append(
-                replies.set_header("content-length", str(len(body) if length is None else length))
-            )
+        if body_changed and length is not None:  # a chunked body stays chunked: no length to correct
+            set_headers.append(replies.set_header("content-length", str(length)))
         if self.request_id_generated:
             set_headers.append(replies.set_header(names.REQUEST_ID, self.request_id))
         # A client's own copy of a header the picker owns never passes: a forged prefiller address would
@@ -501,7 +524,8 @@ class Stream:
             )
         return reply, body, body_changed
 
-    def _refuse(self, status: int, reason: str) -> ext_proc.ProcessingResponse:
+    def _refuse(self, status: int, reason: str, *, logged: bool = True) -> ext_proc.ProcessingResponse:
+        """The refusal reply, counted in the metrics; logged unless the caller logs in aggregate."""
         self.closed = True
         self.ctx.metrics.child(self.ctx.metrics.errors, str(status)).inc()
         request = self.request
@@ -509,7 +533,10 @@ class Stream:
         models = (labels(request.model), labels(request.target_model)) if request is not None else ("", "")
         self.ctx.metrics.child(self.ctx.metrics.requests, *models, str(status)).inc()
         self.ctx.metrics.child(self.ctx.metrics.gie.request_errors, *models, str(status)).inc()
-        log.info("event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason)
+        if logged:
+            log.info(
+                "event=refused request_id=%s status=%d reason=%r", self.request_id or "-", status, reason
+            )
         return replies.immediate(status, reason)
 
     # --- response path ---------------------------------------------------------------------------------

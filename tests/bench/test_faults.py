@@ -43,9 +43,24 @@ def test_verdicts_name_what_missed() -> None:
             "shares_last_8s": {},
         },
         "model_names_1000": {"metrics_growth_pct": 0.0, "rss_growth_pct": 1.1},
+        "picker_restart_single": {
+            "requests": 500,
+            "client_errors": 70,
+            "statuses": {"200": 430, "500": 70},
+            "restarts": [{"sigterm_at": 6.0, "ready_at": 10.8}],
+            "in_flight_at_sigterm": 8,
+            "errors_in_flight_at_sigterm": 0,
+            "sent_in_drain_delay": 18,
+            "errors_in_drain_delay": 0,
+            "sent_while_down": 80,
+            "errors_while_down": 70,
+        },
     }
     verdicts = faults.verdicts(rows)
     assert verdicts["engine_killed"].startswith("met")
     assert verdicts["idle_streams_300"].startswith("MISSED")
     assert verdicts["model_names_1000"].startswith("met")
+    # A single picker's drain loses nothing it took, and the verdict says what failed while it was down.
+    assert verdicts["picker_restart_single"].startswith("met")
+    assert "70 of 80 sent while no picker took streams (3.8 s) failed" in verdicts["picker_restart_single"]
     assert "metrics_nan" not in verdicts  # not run, not judged

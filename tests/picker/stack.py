@@ -225,14 +225,16 @@ def start(
         fallbacks=fallbacks,
         max_body_bytes=max_body_bytes,
         refresh_metrics_interval_s=0,  # the echo backends serve no /metrics
+        # The backends share the picker's loop on a shared test machine: its noise must not refuse requests
+        # (overload has its own tests).
+        overload_lag_s=0,
     )
     picker = loop.run(server.start(options, scheduler=scheduler, store=store))
     listen_port, admin_port = free_port(FRONT), free_port(FRONT)
     bootstrap = envoy_bootstrap.bootstrap(
         listen_address=FRONT,
         listen_port=listen_port,
-        picker_address=FRONT,
-        picker_port=picker.grpc_port,
+        pickers=[f"{FRONT}:{picker.grpc_port}"],
         picker_tls=secure,
         mode=mode,
         endpoints=listed,

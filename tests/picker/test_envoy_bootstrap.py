@@ -19,8 +19,7 @@ def test_envoy_accepts_the_bootstrap(tmp_path: Path, mode: str, static: bool) ->
     config = envoy_bootstrap.bootstrap(
         listen_address="127.2.0.100",
         listen_port=10000,
-        picker_address="127.2.0.100",
-        picker_port=9002,
+        pickers=["127.2.0.100:9002", "127.2.0.101:9002"],
         mode=mode,
         endpoints=[("127.2.0.1", 8000), ("127.2.0.2", 8000)] if static else None,
         admin_port=10001,
@@ -53,7 +52,7 @@ def test_gie_mode_is_full_duplex_both_ways_and_cheap_mode_skips_the_response_bod
 
 def test_client_copies_of_the_pickers_headers_are_removed_before_ext_proc_runs() -> None:
     config = envoy_bootstrap.bootstrap(
-        listen_address="127.2.0.100", listen_port=10000, picker_address="127.2.0.100", picker_port=9002
+        listen_address="127.2.0.100", listen_port=10000, pickers=["127.2.0.100:9002"]
     )
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters = [f["name"] for f in manager["http_filters"]]
@@ -64,3 +63,24 @@ def test_client_copies_of_the_pickers_headers_are_removed_before_ext_proc_runs()
         "x-gateway-destination-endpoint-served",
         "x-prefiller-host-port",
     }
+
+
+def test_every_picker_replica_is_in_the_cluster_and_health_checked_for_readiness() -> None:
+    config = envoy_bootstrap.bootstrap(
+        listen_address="127.2.0.100", listen_port=10000, pickers=["127.2.0.100:9002", "[::1]:9012"]
+    )
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "frontier_picker")
+    addresses = [
+        (
+            e["endpoint"]["address"]["socket_address"]["address"],
+            e["endpoint"]["address"]["socket_address"]["port_value"],
+        )
+        for e in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert addresses == [("127.2.0.100", 9002), ("::1", 9012)]
+    (check,) = cluster["health_checks"]
+    assert check["grpc_health_check"] == {"service_name": "readiness"}
+    with pytest.raises(ValueError, match="host:port"):
+        envoy_bootstrap.bootstrap(listen_address="127.2.0.100", listen_port=10000, pickers=["127.2.0.100"])
+    with pytest.raises(ValueError, match="at least one"):
+        envoy_bootstrap.bootstrap(listen_address="127.2.0.100", listen_port=10000, pickers=[])

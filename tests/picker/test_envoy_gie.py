@@ -4,7 +4,7 @@ routing, fallbacks, subsets, refusals, body integrity, streamed responses and co
 import asyncio
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import multidict
@@ -174,6 +174,36 @@ async def test_rewritten_model_changes_only_the_model_bytes(gie: stack.Stack, si
     assert length is None or int(length) == len(received.body)
     request, _ = gie.scheduler.decisions[-1]
     assert (request.model, request.target_model) == ("llama", "llama-8b-fp8")
+
+
+@pytest.mark.parametrize("rewrite", [False, True])
+async def test_a_large_chunked_body_is_decided_on_its_first_megabyte_and_arrives_intact(
+    gie: stack.Stack, rewrite: bool
+) -> None:
+    size = 4 * 1024 * 1024
+    body = chat_body(size)
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: the body goes chunked
+        for start in range(0, size, 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    headers = {names.MODEL_NAME_REWRITE: "llama-8b-fp8"} if rewrite else {}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(gie.url + "/v1/chat/completions", data=chunks(), headers=headers) as response,
+    ):
+        assert response.status == 200, await response.read()
+        served = response.headers["x-served-by"]
+    received = last_received(gie, served)
+    if rewrite:
+        assert received.body == body.replace(b'"model":"llama"', b'"model":"llama-8b-fp8"', 1)
+    else:
+        assert received.body == body
+    assert "Content-Length" not in received.headers
+    request, _ = gie.scheduler.decisions[-1]
+    # Its size unknown, the picker held the body until a megabyte was in, then let the rest stream through.
+    assert 1024 * 1024 - 100 <= len(request.prompt) < 2 * 1024 * 1024
+    assert request.prompt_tokens >= (1024 * 1024 - 100) // 4
 
 
 async def test_streamed_response_of_2000_chunks_arrives_identical_and_usage_is_recorded(

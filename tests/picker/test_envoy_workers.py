@@ -85,8 +85,7 @@ def pod_stack(tmp_path: Path) -> Iterator[tuple[Pod, str, list[stack.Backend], s
     bootstrap = envoy_bootstrap.bootstrap(
         listen_address=FRONT,
         listen_port=listen_port,
-        picker_address=FRONT,
-        picker_port=pod.grpc_port,
+        pickers=[f"{FRONT}:{pod.grpc_port}"],
         picker_tls=False,
         mode="gie",
         endpoints=[(b.address, b.port) for b in backends],

@@ -105,8 +105,7 @@ async def test_objectives_from_the_cluster_shed_and_queue_through_envoy(
         bootstrap = envoy_bootstrap.bootstrap(
             listen_address=stack.FRONT,
             listen_port=listen_port,
-            picker_address=stack.FRONT,
-            picker_port=picker.grpc_port,
+            pickers=[f"{stack.FRONT}:{picker.grpc_port}"],
             picker_tls=False,
             mode="gie",
             endpoints=[(backend.address, backend.port) for backend in backends],

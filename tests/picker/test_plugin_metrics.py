@@ -60,8 +60,7 @@ def test_plugin_durations_and_prefix_hits_are_exported_under_gies_names(tmp_path
         bootstrap = envoy_bootstrap.bootstrap(
             listen_address=stack.FRONT,
             listen_port=listen_port,
-            picker_address=stack.FRONT,
-            picker_port=picker.grpc_port,
+            pickers=[f"{stack.FRONT}:{picker.grpc_port}"],
             picker_tls=False,
             endpoints=[(backend.address, backend.port)],
             admin_port=admin_port,

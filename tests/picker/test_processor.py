@@ -2,6 +2,7 @@
 paths an Envoy in these tests does not take — a request without x-request-id (Envoy always adds one), the
 served endpoint reported in `envoy.lb` metadata, a chunked body over the limit, a prefill decision."""
 
+import datetime
 from collections.abc import Sequence
 
 import prometheus_client
@@ -110,6 +111,82 @@ def test_chunked_body_over_the_limit_is_refused_with_413() -> None:
     assert reply.immediate_response.status.code == 413
     assert b"exceeds the limit of 100 bytes" in reply.immediate_response.body
     assert handler.closed
+
+
+def test_bodies_past_the_pickers_buffering_budget_get_503_and_a_finished_body_frees_its_share() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    first.ctx.budget.limit = 100  # all streams of one picker share it
+    second = processor.Stream(first.ctx)
+    for handler in (first, second):
+        handler.on_message(headers([(":path", "/v1/completions")]))
+    assert first.on_message(body(b'{"model":"m","prompt":"' + b"x" * 40, end=False)) == []
+    (refused,) = second.on_message(body(b'{"model":"m","prompt":"' + b"y" * 60, end=False))
+    assert refused.immediate_response.status.code == 503
+    assert b"buffering its limit of 100 request-body bytes" in refused.immediate_response.body
+    decided, *_ = first.on_message(body(b'"}', end=True))
+    assert set_headers(decided)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    assert first.ctx.budget.used == 0
+    third = processor.Stream(first.ctx)
+    third.on_message(headers([(":path", "/v1/completions")]))
+    decided, *_ = third.on_message(body(b'{"model":"m","prompt":"' + b"z" * 60 + b'"}', end=True))
+    assert set_headers(decided)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+
+
+def test_a_chunked_body_is_decided_once_its_first_part_is_in_and_the_rest_passes_through() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]), max_body_bytes=1 << 22)
+    first.ctx.settings.early_decision_prompt_chars = 100
+    first.ctx.settings.chunked_decision_bytes = 1000
+    handler = processor.Stream(first.ctx)
+    handler.on_message(headers([(":path", "/v1/completions"), (names.MODEL_NAME_REWRITE, "m2")]))
+    assert handler.on_message(body(b'{"model":"m","prompt":"' + b"x" * 600, end=False)) == []  # < 1000
+    decided, *passed = handler.on_message(body(b"x" * 600, end=False))
+    sent = set_headers(decided)
+    assert sent[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    assert "content-length" not in sent  # the size is unknown: the body stays chunked
+    echoed = b"".join(c.request_body.response.body_mutation.streamed_response.body for c in passed)
+    assert echoed == b'{"model":"m2","prompt":"' + b"x" * 1200
+    assert handler.ctx.budget.used == 0  # nothing held once decided
+    (rest,) = handler.on_message(body(b'"}', end=True))
+    assert rest.request_body.response.body_mutation.streamed_response.body == b'"}'
+
+
+def test_while_overloaded_new_requests_get_503_and_a_routed_one_goes_on_to_its_completion() -> None:
+    routed, scheduler = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    routed.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r1")]))
+    routed.on_message(body(b'{"model":"m","prompt":"p"}', end=True))
+    routed.ctx.loop_lag.lag_s = 2 * routed.ctx.loop_lag.limit_s  # the picker falls behind
+    new = processor.Stream(routed.ctx)
+    (refused,) = new.on_message(headers([(":path", "/v1/completions"), ("x-request-id", "r2")]))
+    assert refused.immediate_response.status.code == 503
+    assert b"overloaded" in refused.immediate_response.body
+    assert new.closed and new.flight is None
+    # The routed request's response still passes and completes it.
+    response = ext_proc.ProcessingRequest(
+        response_headers=ext_proc.HttpHeaders(
+            headers=base_pb2.HeaderMap(headers=[base_pb2.HeaderValue(key=":status", raw_value=b"200")]),
+            end_of_stream=True,
+        )
+    )
+    assert routed.on_message(response)
+    assert [(c.status, c.aborted) for c in scheduler.completions] == [(200, False)]
+
+
+def test_a_request_reaching_the_picker_long_after_the_gateway_got_it_is_refused_with_503() -> None:
+    first, _ = stream(types.Decision(endpoints=["10.0.0.1:8000"]))
+    now = 1_800_000_000.0
+    first.ctx.wall_clock = lambda: now
+
+    def arriving(transit_s: float) -> ext_proc.ProcessingRequest:
+        message = headers([(":path", "/v1/completions"), (":method", "GET")], end=True)
+        sent = datetime.datetime.fromtimestamp(now - transit_s, tz=datetime.UTC).isoformat()
+        message.attributes["envoy.filters.http.ext_proc"].fields["request.time"].string_value = sent
+        return message
+
+    (routed,) = first.on_message(arriving(0.01))
+    assert set_headers(routed)[names.DESTINATION_ENDPOINT] == "10.0.0.1:8000"
+    (refused,) = processor.Stream(first.ctx).on_message(arriving(6.0))  # past the 5 s default
+    assert refused.immediate_response.status.code == 503
+    assert b"overloaded" in refused.immediate_response.body
 
 
 def test_served_endpoint_from_lb_metadata_names_the_completion() -> None:

@@ -51,8 +51,7 @@ async def envoy_in_front(
     bootstrap = envoy_bootstrap.bootstrap(
         listen_address=address,
         listen_port=listen,
-        picker_address=address,
-        picker_port=picker_port,
+        pickers=[f"{address}:{picker_port}"],
         picker_tls=False,
         endpoints=pool,
         admin_port=admin,

@@ -90,8 +90,7 @@ class Fleet:
         bootstrap = envoy_bootstrap.bootstrap(
             listen_address=FRONT,
             listen_port=listen_port,
-            picker_address=FRONT,
-            picker_port=self.picker.grpc_port,
+            pickers=[f"{FRONT}:{self.picker.grpc_port}"],
             picker_tls=False,
             mode="gie",
             endpoints=None,
