@@ -57,6 +57,7 @@ _ENDPOINTS_CLUSTER: Final = "inference_pool"
 # Streams Envoy multiplexes over one connection to the picker before it opens another: the workers of a
 # picker pod share its port per connection (`frontier_picker.workers`), so a busy gateway must open several.
 PICKER_STREAMS_PER_CONNECTION: Final = 16
+PICKER_RETRIES: Final = 2  # other replicas an ext_proc stream is tried on when its replica refuses it
 _ROUND_ROBIN_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"
 )
@@ -232,7 +233,24 @@ def _ext_proc_filter(*, mode: str, message_timeout_s: float) -> dict[str, Any]:
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": _PICKER_CLUSTER}},
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": _PICKER_CLUSTER},
+                # A replica that died since its last health check refuses the connection: open the stream on
+                # another one (nothing was processed yet) instead of failing the request.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset-before-request",
+                    "num_retries": PICKER_RETRIES,
+                    "retry_host_predicate": [
+                        {
+                            "name": "envoy.retry_host_predicates.previous_hosts",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3"
+                                ".PreviousHostsPredicate"
+                            },
+                        }
+                    ],
+                },
+            },
             "failure_mode_allow": False,
             "message_timeout": f"{message_timeout_s}s",
             "processing_mode": processing_mode(mode),
