@@ -177,6 +177,7 @@ def test_operator_restart_resumes_without_writes(namespace, api, control_plane, 
             ("v1", "ServiceAccount"),
             ("rbac.authorization.k8s.io/v1", "Role"),
             ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+            ("policy/v1", "PodDisruptionBudget"),
         ):
             for obj in api.list(api_version, kind, ns):
                 if kind == "ServiceAccount" and obj["metadata"]["name"] == "default":
@@ -187,7 +188,9 @@ def test_operator_restart_resumes_without_writes(namespace, api, control_plane, 
         return out
 
     before = versions()
-    assert len(before) == 9  # tier, 3 Deployments, Service, ConfigMap, ServiceAccount, Role, RoleBinding
+    # The tier, 3 Deployments, the picker's Service and peers Service, ConfigMap, ServiceAccount, Role,
+    # RoleBinding, and the PodDisruptionBudgets of the two roles and of the picker.
+    assert len(before) == 13
     second = operator_factory(ns, "second")
     oc.wait_for(
         "the restarted operator to reconcile the tier",
