@@ -35,6 +35,7 @@ from frontier_picker import (
     tls,
 )
 from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.framework import plugin
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,8 @@ async def start(
         )
     if flow is not None:
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
+    for source in data_sources_of(scheduler):
+        tasks.append(loop.create_task(source.run(store.states), name=f"data-source-{source.name}"))
     if options.refresh_metrics_interval_s > 0:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))
@@ -259,6 +262,12 @@ async def start(
         _tasks=tasks,
         _metrics_server=metrics_server,
     )
+
+
+def data_sources_of(scheduler: types.Scheduler) -> list[plugin.DataSource]:
+    """The data-source plugins of `scheduler`'s EndpointPickerConfig (none for any other scheduler)."""
+    sources = getattr(scheduler, "data_sources", None)
+    return [source for source in sources or () if isinstance(source, plugin.DataSource)]
 
 
 async def _pump(decider: director.Director, clock: Callable[[], float]) -> None:

@@ -1,0 +1,135 @@
+"""Precise prefix-cache routing: the engines' KV events as the index, the request's token ids as the key.
+
+`kv-events-subscriber` is a data source: it subscribes to every publishing endpoint's KV events and keeps
+`kv_events.BlockIndex` (which endpoint holds which token block, keyed by the picker's own hash of token
+ids; see that module). `precise-prefix-cache-scorer` tokenizes the request, cuts its token ids into blocks
+of the index's block size, and scores each candidate by the leading blocks its engine reports holding.
+Unlike `prefix-cache-scorer` it learns nothing from its own decisions: an engine's eviction removes the
+entry as soon as its event arrives.
+
+Tokenizers: `standin` is the simulator's (`frontier_api.standin_tokenizer`: 4-character pieces, its chat
+template), so precise routing is exact against simulated engines. A model's own tokenizer (Hugging Face
+`tokenizer.json` and its chat template) is not built yet.
+"""
+
+import numpy as np
+
+from frontier_api import standin_tokenizer
+from frontier_picker import kv_events, kv_subscriber
+from frontier_picker.scheduling import types
+from frontier_picker.scheduling.framework import cycles, plugin
+
+TOKENIZERS = ("standin",)
+
+
+def standin_token_ids(request: types.Request) -> list[int]:
+    """The prompt's token ids as a simulated engine computes them: a chat rendered with its template."""
+    if request.messages is not None:
+        return standin_tokenizer.encode(standin_tokenizer.apply_chat_template(request.messages))
+    return standin_tokenizer.encode(request.prompt)
+
+
+@plugin.register
+class KvEventsSubscriber(plugin.DataSource):
+    """Keep an index of the token blocks each endpoint's engine holds, from its KV events (ZMQ).
+
+    Subscribes to `tcp://<endpoint>:<port>` for every endpoint labelled
+    `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap or an undecodable batch drops that endpoint's
+    entries, which the events that follow rebuild. Read by `precise-prefix-cache-scorer`.
+    """
+
+    type_name = "kv-events-subscriber"
+    formula = "holds(endpoint, block) = BlockStored seen and no BlockRemoved/AllBlocksCleared since"
+    intent = "data"
+    produces = frozenset({"kv-block-index"})
+    BLOCK_SIZE = plugin.Param("blockSize", 16, "tokens per block; the engines' --block-size", 1)
+    MAX_BLOCKS = plugin.Param(
+        "maxBlocksPerEndpoint",
+        1 << 20,
+        "blocks indexed per endpoint (memory bound; stores past it ignored)",
+        1,
+    )
+    PORT = plugin.Param(
+        "port", 0, "KV events port of endpoints without the kv-events-port label (0: only labelled ones)", 0
+    )
+    parameter_docs = plugin.documented((BLOCK_SIZE, MAX_BLOCKS, PORT))
+
+    def __init__(self, name: str, *, index: kv_events.BlockIndex, port: int) -> None:
+        super().__init__(name)
+        self.index = index
+        self.port = port
+
+    @classmethod
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
+        index = kv_events.BlockIndex(
+            block_size=parameters.read(cls.BLOCK_SIZE),
+            max_blocks_per_endpoint=parameters.read(cls.MAX_BLOCKS),
+        )
+        return cls(name, index=index, port=parameters.read(cls.PORT))
+
+    async def run(self, states: kv_subscriber.StatesFn) -> None:
+        await kv_subscriber.Subscriber(self.index, states, default_port=self.port).run()
+
+
+@plugin.register
+class PrecisePrefixCacheScorer(plugin.Scorer):
+    """Prefer endpoints whose engine reports holding the request's leading token blocks (KV events).
+
+    Finds its index as the producer of `kv-block-index` (a `kv-events-subscriber`, or the one named by
+    `indexPlugin`). Scores 0 everywhere until events arrive.
+    """
+
+    type_name = "precise-prefix-cache-scorer"
+    formula = "score = leading blocks held per KV events / request blocks (0 under one block)"
+    intent = "affinity"
+    consumes = frozenset({"kv-block-index"})
+    TOKENIZER = plugin.Param("tokenizer", "standin", "how request token ids are computed", allowed=TOKENIZERS)
+    INDEX_PLUGIN = plugin.Param("indexPlugin", "", "kv-events-subscriber to read (default: the first)")
+    MAX_BLOCKS = plugin.Param("maxPrefixBlocksToMatch", 0, "blocks matched per request (0: all)", 0)
+    parameter_docs = plugin.documented((TOKENIZER, INDEX_PLUGIN, MAX_BLOCKS))
+
+    def __init__(self, name: str, *, index: kv_events.BlockIndex, max_blocks: int) -> None:
+        super().__init__(name)
+        self.index = index
+        self.max_blocks = max_blocks
+        # Owned by this scorer: the request's block keys, and the match per candidate (per candidate set).
+        self.keys_key: cycles.StateKey[list[int]] = cycles.StateKey(f"{name}/block-keys")
+        self.matched_key: cycles.StateKey[np.ndarray] = cycles.StateKey(
+            f"{name}/matched", per_candidates=True
+        )
+
+    @classmethod
+    def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
+        parameters.read(cls.TOKENIZER)  # one tokenizer today; the parameter is checked and documented
+        source_name = parameters.read(cls.INDEX_PLUGIN)
+        source = handle.plugin(source_name) if source_name else handle.producer("kv-block-index")
+        if not isinstance(source, KvEventsSubscriber):
+            raise plugin.ConfigError(
+                f"plugin {name!r}: indexPlugin {source_name!r} is not a kv-events-subscriber plugin"
+            )
+        return cls(name, index=source.index, max_blocks=parameters.read(cls.MAX_BLOCKS))
+
+    def block_keys(self, cycle: cycles.Cycle) -> list[int]:
+        """The request's block keys, computed once per cycle."""
+        keys = cycle.read(self.keys_key)
+        if keys is None:
+            token_ids = standin_token_ids(cycle.request)
+            if self.max_blocks:
+                token_ids = token_ids[: self.max_blocks * self.index.block_size]
+            keys = kv_events.block_keys(token_ids, block_size=self.index.block_size)
+            cycle.write(self.keys_key, keys)
+        return keys
+
+    def matched_blocks(self, cycle: cycles.Cycle) -> np.ndarray:
+        """Per candidate: how many leading blocks of the request its engine holds."""
+        matched = cycle.read(self.matched_key)
+        if matched is None:
+            matched = self.index.match(self.block_keys(cycle), cycle.positions(), len(cycle.candidates))
+            cycle.write(self.matched_key, matched)
+        return matched
+
+    def score(self, cycle: cycles.Cycle) -> np.ndarray:
+        total = len(self.block_keys(cycle))
+        if total == 0:
+            return np.zeros(len(cycle.candidates), dtype=np.float64)
+        return self.matched_blocks(cycle) / total
