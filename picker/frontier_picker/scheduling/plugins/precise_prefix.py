@@ -34,8 +34,8 @@ class KvEventsSubscriber(plugin.DataSource):
     """Keep an index of the token blocks each endpoint's engine holds, from its KV events (ZMQ).
 
     Subscribes to `tcp://<endpoint>:<port>` for every endpoint labelled
-    `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap or an undecodable batch drops that endpoint's
-    entries, which the events that follow rebuild. Read by `precise-prefix-cache-scorer`.
+    `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap or an
+    undecodable batch drops that endpoint's entries, which the events that follow rebuild. Read by `precise-prefix-cache-scorer`.
     """
 
     type_name = "kv-events-subscriber"
