@@ -35,7 +35,8 @@ class KvEventsSubscriber(plugin.DataSource):
 
     Subscribes to `tcp://<endpoint>:<port>` for every endpoint labelled
     `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap or an
-    undecodable batch drops that endpoint's entries, which the events that follow rebuild. Read by `precise-prefix-cache-scorer`.
+    undecodable batch drops that endpoint's entries, which the events that follow rebuild. Read by
+    `precise-prefix-cache-scorer`.
     """
 
     type_name = "kv-events-subscriber"
