@@ -47,7 +47,7 @@ def test_index_follows_the_simulated_engine_through_stores_evictions_and_a_reset
         assert index.size("e") == len(core.pool.cached)
         # ... and answers a prefix lookup as the engine would.
         for probe in (prompts[0], prompt, prompts[(i + 5) % len(prompts)]):
-            engine_blocks = core.cached_prefix_tokens(probe + [1]) // 16
+            engine_blocks = core.cached_prefix_tokens([*probe, 1]) // 16
             assert held_blocks(index, "e", probe) == engine_blocks
     assert core.pool.events == [] and index.entries() == len(core.pool.cached) > 0
     assert removed > 0  # the cache (64 blocks) was too small for the prompts: evictions were followed
