@@ -78,6 +78,10 @@ class Subscriber:
                 await self._close(key)
             self._context.destroy(linger=0)
 
+    def subscribed(self) -> dict[str, str]:
+        """Endpoint key -> the ZMQ address subscribed to, for every endpoint with a live socket."""
+        return {key: sub.address for key, sub in self._subscriptions.items() if not sub.task.done()}
+
     def reconcile(self) -> None:
         """Open sockets for endpoints that publish and have none, close those of endpoints gone."""
         wanted: dict[str, str] = {}

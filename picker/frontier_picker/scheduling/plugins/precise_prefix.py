@@ -59,6 +59,7 @@ class KvEventsSubscriber(plugin.DataSource):
         super().__init__(name)
         self.index = index
         self.port = port
+        self.subscriber: kv_subscriber.Subscriber | None = None  # while running
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
@@ -69,7 +70,8 @@ class KvEventsSubscriber(plugin.DataSource):
         return cls(name, index=index, port=parameters.read(cls.PORT))
 
     async def run(self, states: kv_subscriber.StatesFn) -> None:
-        await kv_subscriber.Subscriber(self.index, states, default_port=self.port).run()
+        self.subscriber = kv_subscriber.Subscriber(self.index, states, default_port=self.port)
+        await self.subscriber.run()
 
 
 @plugin.register
