@@ -106,6 +106,11 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         parameters.read(cls.TOKENIZER)  # one tokenizer today; the parameter is checked and documented
         source_name = parameters.read(cls.INDEX_PLUGIN)
         source = handle.plugin(source_name) if source_name else handle.producer("kv-block-index")
+        if source is None:
+            raise plugin.ConfigError(
+                f"plugin {name!r} consumes 'kv-block-index', which no configured plugin produces; "
+                "add a plugin of type kv-events-subscriber"
+            )
         if not isinstance(source, KvEventsSubscriber):
             raise plugin.ConfigError(
                 f"plugin {name!r}: indexPlugin {source_name!r} is not a kv-events-subscriber plugin"
