@@ -27,6 +27,9 @@ def encode(text: str) -> list[int]:
     step = CHARS_PER_TOKEN
     digest = xxhash.xxh32_intdigest
     modulus = VOCAB_SIZE - 1
+    data = text.encode()
+    if len(data) == len(text):  # ASCII: a character is a byte, so slice the bytes once encoded
+        return [1 + digest(data[i : i + step]) % modulus for i in range(0, len(data), step)]
     return [1 + digest(text[i : i + step].encode()) % modulus for i in range(0, len(text), step)]
 
 
