@@ -4,8 +4,8 @@
   64 blocks, as the simulator encodes them) to `--blocks` blocks per endpoint (default 27,255: the simulated
   H100's KV cache for the 8B model at 0.9 GPU memory utilization, the most an engine can report), at
   `--endpoints` endpoints. Two sharing cases: every block distinct (the worst case), and a quarter of each
-  endpoint's blocks being 64 system prompts of 1,024 tokens shared across the pool. Bytes by tracemalloc
-  (requested bytes) and the resident-set growth of the process (a separate run without tracemalloc).
+  endpoint's blocks being some of 64 system prompts of 1,024 tokens shared across the pool. The resident-set
+  growth of a process filling the whole of it, and tracemalloc's requested bytes at a tenth of it.
 - *Ingestion*: a full index at steady state, batches that store k blocks and remove k others (k = 1: a
   decode step finishing one block; k = 32: a 512-token prefill chunk), decoded and applied; blocks/s and
   batches/s of one core (thread CPU time). And the same through real ZMQ sockets: a publisher process
@@ -58,7 +58,8 @@ def _stored(hashes: list[int], parent: int | None, tokens: list[int]) -> list[An
 
 
 def _tokens(rng: random.Random, count: int) -> list[int]:
-    return [rng.randrange(1, 128_000) for _ in range(count)]
+    ids: list[int] = np.random.default_rng(rng.getrandbits(64)).integers(1, 128_000, size=count).tolist()
+    return ids
 
 
 def fill(index: kv_events.BlockIndex, *, endpoints_n: int, blocks: int, shared: bool, seed: int) -> None:
@@ -93,19 +94,22 @@ def memory(endpoints_n: int, blocks: int, *, shared: bool, traced: bool) -> dict
         tracemalloc.start()
     index = kv_events.BlockIndex(block_size=BLOCK)
     fill(index, endpoints_n=endpoints_n, blocks=blocks, shared=shared, seed=1)
-    result: dict[str, Any] = {"endpoints": endpoints_n, "blocks_per_endpoint": blocks, "shared": shared}
-    result["entries"] = index.entries()
-    result["keys"] = index.keys()
     if traced:
-        current, _ = tracemalloc.get_traced_memory()
+        size, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        result["bytes"] = current
-        result["bytes_per_entry"] = round(current / result["entries"], 1)
     else:
-        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-        result["rss_bytes"] = grown
-        result["rss_bytes_per_entry"] = round(grown / result["entries"], 1)
-    return result
+        size = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    entries = index.entries()
+    return {
+        "endpoints": endpoints_n,
+        "blocks_per_endpoint": blocks,
+        "shared": shared,
+        "measured_by": "tracemalloc" if traced else "RSS growth",
+        "entries": entries,
+        "keys": index.keys(),
+        "bytes": size,
+        "bytes_per_entry": round(size / entries, 1),
+    }
 
 
 def ingestion(k: int, *, blocks: int = H100_8B_BLOCKS, batches: int = 20_000) -> dict[str, Any]:
@@ -293,7 +297,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 MEMORY_HEADERS = (
-    "endpoints,blocks/endpoint,shared,entries,distinct keys,MiB traced,B/entry,MiB RSS,B/entry RSS"
+    "endpoints,blocks/endpoint,shared system prompts,measured by,entries,distinct keys,MiB,B/entry"
 )
 INGEST_HEADERS = "blocks per batch (k),batches/s,stored blocks/s,events/s"
 ZMQ_HEADERS = "blocks per batch (k),sent,received,gaps,batches/s received"
@@ -302,11 +306,11 @@ SCORE_HEADERS = "endpoints,prompt tokens,score p50 µs,score p99 µs,of which to
 
 def report(results: dict[str, Any]) -> str:
     mib = 2**20
-    memory_rows = []
-    for t, r in zip(results["memory"], results["rss"], strict=True):
-        traced = [t["endpoints"], t["blocks_per_endpoint"], t["shared"], t["entries"], t["keys"]]
-        sizes = [round(t["bytes"] / mib), t["bytes_per_entry"], round(r["rss_bytes"] / mib)]
-        memory_rows.append([*traced, *sizes, r["rss_bytes_per_entry"]])
+    memory_fields = ["endpoints", "blocks_per_endpoint", "shared", "measured_by", "entries", "keys"]
+    memory_rows = [
+        [*(r[f] for f in memory_fields), round(r["bytes"] / mib), r["bytes_per_entry"]]
+        for r in results["memory"]
+    ]
     ingest_fields = ["blocks_per_batch", "batches_per_s", "stored_blocks_per_s", "events_per_s"]
     zmq_fields = ["blocks_per_batch", "sent", "received", "gaps", "batches_per_s"]
     score_fields = ["endpoints", "prompt_tokens", "score_p50_us", "score_p99_us", "tokenize_p50_us"]
@@ -318,7 +322,7 @@ def report(results: dict[str, Any]) -> str:
                 f"Command: `{results['command']}`  ",
                 f"Machine: {results['machine']}",
                 "",
-                "## Index memory (tracemalloc; RSS growth of a separate run)",
+                "## Index memory (tracemalloc: bytes requested; RSS growth: the peak of a separate run)",
                 "",
                 *_table(MEMORY_HEADERS.split(","), memory_rows),
                 "",
@@ -352,14 +356,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args.worker)))
         return
-    memory_specs = [f"{args.endpoints}:{args.blocks}:{case}" for case in ("distinct", "shared")]
+    # tracemalloc at a tenth of the cache (its own records cost as much again), RSS growth at all of it.
+    traced = [f"memory:{args.endpoints}:{args.blocks // 10}:{case}" for case in ("distinct", "shared")]
+    rss = [f"rss:{args.endpoints}:{args.blocks}:{case}" for case in ("distinct", "shared")]
     results: dict[str, Any] = {
         "command": "python -m frontier_bench.kv_events "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
-        "memory": [run(f"memory:{spec}") for spec in memory_specs],
-        "rss": [run(f"rss:{spec}") for spec in memory_specs],
+        "memory": [run(spec) for spec in [*traced, *rss]],
         "ingest": [run(f"ingest:{k}") for k in (1, 32)],
         "zmq": [run(f"zmq:{k}") for k in (1, 32)],
         "score": [run(f"score:{n}:{t}") for n in (100, 1000) for t in (2048, 16384, 131072)],
