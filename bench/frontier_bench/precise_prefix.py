@@ -20,10 +20,15 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from frontier_bench import report, virtual, workloads
+from frontier_bench import stats, virtual, workloads
+from frontier_picker import endpoints
+from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.framework import plugin
+from frontier_sim.vt import cluster, policies
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,57 @@ POLICIES = {
     "frontier": "frontier",
     "oracle": "oracle",
 }
+
+
+class Replicas:
+    """`count` picker replicas behind one proxy, each with its own scheduler built from the same config,
+    taking requests in turn: each replica's approximate index sees only its own decisions, while every
+    replica's KV event index hears every engine (the cluster feeds each replica's subscriber)."""
+
+    def __init__(self, policy: str, *, count: int, seed: int) -> None:
+        text = policy if "EndpointPickerConfig" in policy else None
+        self.replicas = [
+            config.load(text, builtin=None if text else policy, fallbacks=1, seed=seed + i)
+            for i in range(count)
+        ]
+        self.data_sources: list[plugin.DataSource] = [s for r in self.replicas for s in r.data_sources]
+        self._turn = 0
+        self._owner: dict[str, types.Scheduler] = {}
+
+    def schedule(self, request: types.Request, snapshot: endpoints.Snapshot) -> types.Decision:
+        replica = self.replicas[self._turn % len(self.replicas)]
+        self._turn += 1
+        decision = replica.schedule(request, snapshot)
+        self._owner[request.request_id] = replica
+        return decision
+
+    def on_completion(
+        self, request: types.Request, decision: types.Decision, completion: types.Completion
+    ) -> None:
+        replica = self._owner.pop(request.request_id, None)
+        if replica is not None:
+            replica.on_completion(request, decision, completion)
+
+
+def run_once(setup: virtual.Setup, *, policy: str, replicas: int, qps: float, seed: int) -> dict[str, Any]:
+    """One policy at one load and arrival draw on fresh engines (as `virtual.run_once`, with replicas)."""
+    schedule = workloads.poisson_schedule(
+        qps=qps, duration_s=setup.warmup_s + setup.duration_s, seed=virtual.arrival_seed(seed, qps)
+    )
+    began = time.monotonic()
+    chosen: str | types.Scheduler = policy
+    if replicas > 1 and policy not in policies.BUILTIN:
+        chosen = Replicas(policy, count=replicas, seed=seed)
+    results = cluster.run(
+        engines=cluster.engines(setup.engines, args=["--model", setup.model]),
+        workload=virtual.arrivals(setup.source, schedule, model=setup.model),
+        policy=chosen,
+    )
+    kept = [t for t in virtual.traces(results) if t.sent >= setup.warmup_s]
+    work = {e.name: float(e.generation_tokens) for e in results.engines}
+    summary = stats.summarize(kept, slo=setup.slo, endpoint_work=work, window_s=setup.duration_s)
+    summary["wall_s"] = round(time.monotonic() - began, 1)
+    return summary
 
 
 def _span(values: list[float], digits: int = 3) -> str:
@@ -95,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-len", type=int, default=100)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
+    parser.add_argument("--replicas", type=int, default=1, help="picker replicas taking requests in turn")
+    parser.add_argument("--name", default="precise-prefix", help="results file stem")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows: list[dict[str, Any]] = []
@@ -105,8 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for qps in args.loads:
             for policy in args.policies:
-                row: report.Row = virtual.run_once(setup, policy=POLICIES[policy], qps=qps, seed=seed)
-                summary = row.summary
+                summary = run_once(setup, policy=POLICIES[policy], replicas=args.replicas, qps=qps, seed=seed)
                 rows.append({"policy": policy, "qps": qps, "seed": seed, "summary": summary})
                 print(
                     f"seed={seed} qps={qps:g} {policy}: ttft_p90={summary['ttft_s']['p90']:.3f} "
@@ -126,16 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.engines} simulated H100s (8B), the llm-d shape: {source.num_groups} groups x "
         f"{source.system_prompt_len}-token system prompts, {source.question_len}-token questions, "
         f"{args.output_len}-token outputs; {args.warmup:g} s warm-up left out, {args.duration:g} s measured; "
-        f"seeds {', '.join(map(str, args.seeds))} (min-max). Goodput: requests meeting the default SLO.",
+        f"seeds {', '.join(map(str, args.seeds))} (min-max); {args.replicas} picker replica(s) taking"
+        " requests in turn (baselines: one). Goodput: requests within the default SLO (TTFT 1s, TPOT 50ms).",
         "",
         *table(rows),
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precise-prefix.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps({"command": command, "rows": rows}, indent=2) + "\n"
     )
-    (args.out / "precise-prefix.md").write_text("\n".join(text))
+    (args.out / f"{args.name}.md").write_text("\n".join(text))
 
 
 if __name__ == "__main__":
