@@ -23,6 +23,12 @@ were lost (the PUB socket drops when the subscriber is slow), so that endpoint's
 rebuilt from the events that follow (vLLM's replay socket is not used). A malformed batch is treated the
 same way: it may have carried removals.
 
+The picker adds *speculative* entries for a request it just sent (`speculate`): the engine announces the
+prompt's blocks only once it has computed them, and until then requests sharing the prefix would otherwise
+see no holder and scatter, each computing the prefix again. An entry lasts until its expiry on the picker's
+clock (`expire`), until the endpoint's `BlockStored` for that block confirms it, or until its
+`BlockRemoved` or `AllBlocksCleared` says it is gone.
+
 Memory is bounded: each endpoint keeps at most `max_blocks_per_endpoint` blocks (an engine holds at most
 its `num_gpu_blocks`; more means its events are wrong), stores past it are counted and ignored.
 Layout (measured in bench/results/kv_events.md): a global dict key -> holders, where a key one endpoint
@@ -35,6 +41,8 @@ Everything here is pure: no sockets, no clock. `frontier_picker.kv_subscriber` i
 
 import array
 import dataclasses
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -180,6 +188,16 @@ def block_keys(token_ids: Sequence[int], *, block_size: int, parent: int = ROOT)
 
 
 # --- the index ---------------------------------------------------------------------------------------------
+def _mask(entry: Mapping[int, float] | None) -> int:
+    """The holders bitmask of a speculative entry (0 for none)."""
+    if not entry:
+        return 0
+    mask = 0
+    for number in entry:
+        mask |= 1 << number
+    return mask
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Holdings:
     """What one endpoint holds: engine hash -> block key, and the last sequence number applied."""
@@ -212,6 +230,10 @@ class BlockIndex:
         self._holdings: dict[str, Holdings] = {}
         self._key_of_number: list[str | None] = []
         self._free_numbers: list[int] = []
+        # Speculative entries: block key -> {endpoint number: expiry}, and a heap of the expiries.
+        self._speculative: dict[int, dict[int, float]] = {}
+        self._expiries: list[tuple[float, int, int, Sequence[int]]] = []
+        self._made = itertools.count()  # breaks ties between equal expiries
 
     # -- ingestion --
     def ingest(self, key: str, frames: Sequence[bytes]) -> Applied:
@@ -241,6 +263,7 @@ class BlockIndex:
             else:
                 applied.cleared = True
                 self._clear(holdings)
+                self._unspeculate_all(holdings.number)  # nothing is held there now, sent or not
         return applied
 
     def _store(self, holdings: Holdings, event: BlockStored, applied: Applied) -> None:
@@ -262,6 +285,7 @@ class BlockIndex:
         )
         holders = self._holders
         get = holders.get
+        speculative = self._speculative
         code = holdings.code
         bit = 1 << holdings.number
         room = self.max_blocks_per_endpoint - len(blocks)
@@ -274,6 +298,8 @@ class BlockIndex:
             room -= 1
             blocks[engine_hash] = block_key
             applied.stored += 1
+            if block_key in speculative:  # confirmed: the speculative entry has done its work
+                self._unspeculate(block_key, holdings.number)
             held = get(block_key)
             if held is None:
                 holders[block_key] = code
@@ -290,6 +316,8 @@ class BlockIndex:
             block_key = pop(engine_hash, None)
             if block_key is not None:
                 self._release(holdings, block_key)
+                if block_key in self._speculative:
+                    self._unspeculate(block_key, holdings.number)
                 removed += 1
         return removed
 
@@ -341,24 +369,68 @@ class BlockIndex:
         holdings = self._holdings.pop(key, None)
         if holdings is not None:
             self._clear(holdings)
+            self._unspeculate_all(holdings.number)
             self._key_of_number[holdings.number] = None
             self._free_numbers.append(holdings.number)
+
+    # -- speculative entries: what the picker just sent, until the engine's events confirm it --
+    def speculate(self, key: str, block_keys: Sequence[int], *, until: float) -> None:
+        """Count endpoint `key` as holding `block_keys` until `until` (the picker's clock) or until its
+        engine reports storing them: a request just sent there will compute them, and the next request
+        with the same prefix should not go elsewhere meanwhile."""
+        holdings = self._holdings.get(key) or self._register(key)
+        number = holdings.number
+        speculative = self._speculative
+        for block_key in block_keys:
+            entry = speculative.get(block_key)
+            if entry is None:
+                speculative[block_key] = {number: until}
+            else:
+                entry[number] = until
+        heapq.heappush(self._expiries, (until, next(self._made), number, block_keys))
+
+    def expire(self, now: float) -> None:
+        """Drop the speculative entries whose time is up at `now` (and not renewed since)."""
+        expiries = self._expiries
+        speculative = self._speculative
+        while expiries and expiries[0][0] <= now:
+            until, _, number, block_keys = heapq.heappop(expiries)
+            for block_key in block_keys:
+                entry = speculative.get(block_key)
+                if entry is not None and entry.get(number) == until:
+                    del entry[number]
+                    if not entry:
+                        del speculative[block_key]
+
+    def _unspeculate(self, block_key: int, number: int) -> None:
+        entry = self._speculative.get(block_key)
+        if entry is not None and entry.pop(number, None) is not None and not entry:
+            del self._speculative[block_key]
+
+    def _unspeculate_all(self, number: int) -> None:
+        for block_key in [key for key, entry in self._speculative.items() if number in entry]:
+            self._unspeculate(block_key, number)
+
+    def speculative_entries(self) -> int:
+        """Speculative (endpoint, block) entries not yet expired or confirmed."""
+        return sum(len(entry) for entry in self._speculative.values())
 
     # -- queries --
     def match(self, keys: Sequence[int], positions: Mapping[str, int], count: int) -> np.ndarray:
         """Per candidate (`positions`: endpoint key -> index, `count` candidates): how many leading blocks
-        of `keys` its engine holds."""
+        of `keys` its engine holds, or will hold per a live speculative entry (call `expire` first)."""
         matched = np.zeros(count, dtype=np.float64)
-        if not keys or not self._holders:
+        if not keys or not (self._holders or self._speculative):
             return matched
         get = self._holders.get
+        guessed = self._speculative.get
         names = self._key_of_number
         held = get(keys[0], 0)
-        alive = 1 << ~held if held < 0 else held
+        alive = (1 << ~held if held < 0 else held) | _mask(guessed(keys[0]))
         depth = 1
         while alive and depth < len(keys):
             held = get(keys[depth], 0)
-            still = alive & (1 << ~held if held < 0 else held)
+            still = alive & ((1 << ~held if held < 0 else held) | _mask(guessed(keys[depth])))
             self._credit(alive & ~still, depth, names, positions, matched)
             alive = still
             depth += 1

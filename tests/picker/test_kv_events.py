@@ -142,3 +142,31 @@ def test_block_keys_ignore_a_trailing_partial_block_and_chain():
     assert len(keys) == 2
     assert kv_events.block_keys(list(range(4, 8)), block_size=4, parent=keys[0]) == keys[1:]
     assert all(0 <= key < 1 << 60 for key in keys)
+
+
+def test_speculative_entries_hold_until_they_expire_or_the_engine_confirms():
+    index = kv_events.BlockIndex(block_size=2)
+    keys = kv_events.block_keys([1, 2, 3, 4, 5, 6], block_size=2)
+    positions = {"a": 0, "b": 1}
+    index.speculate("a", keys, until=10.0)
+    index.speculate("b", keys[:1], until=5.0)
+    assert index.match(keys, positions, 2).tolist() == [3, 1]
+    index.expire(5.0)
+    assert index.match(keys, positions, 2).tolist() == [3, 0]
+    # The engine confirms the first two blocks: those entries are done; the third stays speculative.
+    index.ingest("a", frames(0, [["BlockStored", [11, 12], None, [1, 2, 3, 4], 2, None, "GPU"]]))
+    assert index.speculative_entries() == 1
+    index.expire(10.0)
+    assert index.speculative_entries() == 0
+    assert index.match(keys, positions, 2).tolist() == [2, 0]
+
+
+def test_a_renewed_speculative_entry_outlives_its_first_expiry():
+    index = kv_events.BlockIndex(block_size=2)
+    keys = kv_events.block_keys([1, 2], block_size=2)
+    index.speculate("a", keys, until=1.0)
+    index.speculate("a", keys, until=3.0)
+    index.expire(2.0)
+    assert index.match(keys, {"a": 0}, 1).tolist() == [1]
+    index.forget("a")
+    assert index.speculative_entries() == 0

@@ -4,8 +4,10 @@
 `kv_events.BlockIndex` (which endpoint holds which token block, keyed by the picker's own hash of token
 ids; see that module). `precise-prefix-cache-scorer` tokenizes the request, cuts its token ids into blocks
 of the index's block size, and scores each candidate by the leading blocks its engine reports holding.
-Unlike `prefix-cache-scorer` it learns nothing from its own decisions: an engine's eviction removes the
-entry as soon as its event arrives.
+Unlike `prefix-cache-scorer` it does not guess evictions: an engine's eviction removes the entry as soon as
+its event arrives. What it learns from its own decisions is short-lived: a request just sent counts as held
+where it went (a speculative entry) until the engine's `BlockStored` confirms it or `speculativeTtlSeconds`
+pass, so a burst of requests sharing a new prefix does not scatter before the first one is computed.
 
 Tokenizers: `standin` is the simulator's (`frontier_api.standin_tokenizer`: 4-character pieces, its chat
 template), so precise routing is exact against simulated engines. A model's own tokenizer (Hugging Face
@@ -89,12 +91,21 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
     TOKENIZER = plugin.Param("tokenizer", "standin", "how request token ids are computed", allowed=TOKENIZERS)
     INDEX_PLUGIN = plugin.Param("indexPlugin", "", "kv-events-subscriber to read (default: the first)")
     MAX_BLOCKS = plugin.Param("maxPrefixBlocksToMatch", 0, "blocks matched per request (0: all)", 0)
-    parameter_docs = plugin.documented((TOKENIZER, INDEX_PLUGIN, MAX_BLOCKS))
+    SPECULATIVE_TTL = plugin.Param(
+        "speculativeTtlSeconds",
+        2.0,
+        "blocks of a request count as held where it was sent this long, or until confirmed (0: off)",
+        0.0,
+    )
+    parameter_docs = plugin.documented((TOKENIZER, INDEX_PLUGIN, MAX_BLOCKS, SPECULATIVE_TTL))
 
-    def __init__(self, name: str, *, index: kv_events.BlockIndex, max_blocks: int) -> None:
+    def __init__(
+        self, name: str, *, index: kv_events.BlockIndex, max_blocks: int, speculative_ttl_s: float = 2.0
+    ) -> None:
         super().__init__(name)
         self.index = index
         self.max_blocks = max_blocks
+        self.speculative_ttl_s = speculative_ttl_s
         # Owned by this scorer: the request's block keys, and the match per candidate (per candidate set).
         self.keys_key: cycles.StateKey[list[int]] = cycles.StateKey(f"{name}/block-keys")
         self.matched_key: cycles.StateKey[np.ndarray] = cycles.StateKey(
@@ -115,7 +126,12 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
             raise plugin.ConfigError(
                 f"plugin {name!r}: indexPlugin {source_name!r} is not a kv-events-subscriber plugin"
             )
-        return cls(name, index=source.index, max_blocks=parameters.read(cls.MAX_BLOCKS))
+        return cls(
+            name,
+            index=source.index,
+            max_blocks=parameters.read(cls.MAX_BLOCKS),
+            speculative_ttl_s=parameters.read(cls.SPECULATIVE_TTL),
+        )
 
     def block_keys(self, cycle: cycles.Cycle) -> list[int]:
         """The request's block keys, computed once per cycle."""
@@ -132,6 +148,7 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         """Per candidate: how many leading blocks of the request its engine holds."""
         matched = cycle.read(self.matched_key)
         if matched is None:
+            self.index.expire(cycle.now)
             matched = self.index.match(self.block_keys(cycle), cycle.positions(), len(cycle.candidates))
             cycle.write(self.matched_key, matched)
         return matched
@@ -141,3 +158,13 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         if total == 0:
             return np.zeros(len(cycle.candidates), dtype=np.float64)
         return self.matched_blocks(cycle) / total
+
+    def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
+        if not self.speculative_ttl_s:
+            return
+        keys = self.block_keys(cycle)
+        if not keys:
+            return
+        for key in (decision.primary, decision.prefill):
+            if key is not None:
+                self.index.speculate(key, keys, until=cycle.now + self.speculative_ttl_s)
