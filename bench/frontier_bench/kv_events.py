@@ -4,7 +4,7 @@
   64 blocks, as the simulator encodes them) to `--blocks` blocks per endpoint (default 27,255: the simulated
   H100's KV cache for the 8B model at 0.9 GPU memory utilization, the most an engine can report), at
   `--endpoints` endpoints. Two sharing cases: every block distinct (the worst case), and a quarter of each
-  endpoint's blocks being some of 64 system prompts of 1,024 tokens shared across the pool. The resident-set
+  endpoint's blocks being some of 256 system prompts of 1,024 tokens shared across the pool. The resident-set
   growth of a process filling the whole of it, and tracemalloc's requested bytes at a tenth of it.
 - *Ingestion*: a full index at steady state, batches that store k blocks and remove k others (k = 1: a
   decode step finishing one block; k = 32: a 512-token prefill chunk), decoded and applied; blocks/s and
@@ -65,14 +65,14 @@ def _tokens(rng: random.Random, count: int) -> list[int]:
 def fill(index: kv_events.BlockIndex, *, endpoints_n: int, blocks: int, shared: bool, seed: int) -> None:
     """Fill every endpoint to `blocks` blocks through `ingest` (a quarter shared system prompts if shared)."""
     rng = random.Random(seed)
-    systems = [_tokens(rng, RUN * BLOCK) for _ in range(64)] if shared else []
+    systems = [_tokens(rng, RUN * BLOCK) for _ in range(256)] if shared else []
     next_hash = 1
     for e in range(endpoints_n):
         key = f"10.{e // 250}.{e % 250}.1:8000"
         seq = 0
         held = 0
         if shared:
-            for s in rng.sample(range(len(systems)), k=max(1, blocks // 4 // RUN)):
+            for s in rng.sample(range(len(systems)), k=min(len(systems), max(1, blocks // 4 // RUN))):
                 hashes = list(range(next_hash, next_hash + RUN))
                 next_hash += RUN
                 index.ingest(key, _frames(seq, [_stored(hashes, None, systems[s])]))
@@ -278,11 +278,10 @@ def worker(spec: str) -> dict[str, Any]:
 def run(spec: str) -> dict[str, Any]:
     """`spec` measured in a fresh process."""
     done = subprocess.run(
-        [sys.executable, "-m", "frontier_bench.kv_events", "--worker", spec],
-        check=True,
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "frontier_bench.kv_events", "--worker", spec], capture_output=True, text=True
     )
+    if done.returncode:
+        raise RuntimeError(f"{spec}: exit {done.returncode}\n{done.stderr}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     print(spec, result, file=sys.stderr, flush=True)
     return result
