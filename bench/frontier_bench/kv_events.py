@@ -12,7 +12,8 @@
   sends as fast as it can to the picker's `Subscriber`; received batches/s and the gaps it saw.
 - *Scoring*: tokenization (the stand-in tokenizer), block keys and the match over the candidates, per
   request, for prompts of 2k, 16k and 128k tokens at 100 and 1,000 endpoints (each holding 16 prompts, a
-  tenth of them the request's prefix); thread CPU time, p50/p99.
+  tenth of them the request's prefix); thread CPU time, p50/p99. And what a model's tokenizer costs instead:
+  a 32,000-merge BPE (Hugging Face `tokenizers`, trained here on generated words) encoding the same sizes.
 
 Every figure comes from a fresh process. Run:
   python -m frontier_bench.kv_events --out bench/results [--endpoints 1000 --blocks 27255]
@@ -262,6 +263,40 @@ def scoring(endpoints_n: int, tokens: int, *, requests: int = 50) -> dict[str, A
     }
 
 
+def hf_tokenization(tokens: int, *, repeats: int = 10) -> dict[str, Any]:
+    """A model-sized BPE tokenizer (32,000 merges trained here on generated words: no hub) encoding a prompt
+    of about `tokens` tokens, as `precise-prefix-cache-scorer` does with `tokenizer: <tokenizer.json>`."""
+    import tokenizers
+
+    rng = random.Random(6)
+    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "xe", "zu", "an", "el", "or", "um", "is"]
+    vocabulary = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(50_000)]
+    corpus = [" ".join(rng.choices(vocabulary, k=200)) for _ in range(2_000)]
+    model = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
+    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    model.train_from_iterator(
+        corpus, tokenizers.trainers.BpeTrainer(vocab_size=32_000, special_tokens=["[UNK]"])
+    )
+    words = []
+    count = 0
+    while count < tokens:
+        word = rng.choice(vocabulary)
+        words.append(word)
+        count += len(model.encode(word, add_special_tokens=False).ids)
+    text = " ".join(words)
+    micros = []
+    for _ in range(repeats):
+        started = time.thread_time_ns()
+        ids = model.encode(text, add_special_tokens=True).ids
+        micros.append((time.thread_time_ns() - started) / 1000)
+    return {
+        "prompt_tokens": len(ids),
+        "characters": len(text),
+        "encode_p50_us": round(float(np.percentile(micros, 50)), 1),
+        "encode_max_us": round(max(micros), 1),
+    }
+
+
 def worker(spec: str) -> dict[str, Any]:
     kind, *rest = spec.split(":")
     if kind in ("memory", "rss"):
@@ -270,6 +305,8 @@ def worker(spec: str) -> dict[str, Any]:
         return ingestion(int(rest[0]))
     if kind == "zmq":
         return zmq_ingestion(int(rest[0]))
+    if kind == "hf":
+        return hf_tokenization(int(rest[0]))
     if kind == "score":
         return scoring(int(rest[0]), int(rest[1]))
     raise ValueError(f"unknown measurement {spec!r}")
@@ -300,6 +337,7 @@ MEMORY_HEADERS = (
 )
 INGEST_HEADERS = "blocks per batch (k),batches/s,stored blocks/s,events/s"
 ZMQ_HEADERS = "blocks per batch (k),sent,received,gaps,batches/s received"
+HF_HEADERS = "prompt tokens,characters,encode p50 µs,encode max µs"
 SCORE_HEADERS = "endpoints,prompt tokens,score p50 µs,score p99 µs,of which tokenization p50 µs"
 
 
@@ -312,6 +350,7 @@ def report(results: dict[str, Any]) -> str:
     ]
     ingest_fields = ["blocks_per_batch", "batches_per_s", "stored_blocks_per_s", "events_per_s"]
     zmq_fields = ["blocks_per_batch", "sent", "received", "gaps", "batches_per_s"]
+    hf_fields = ["prompt_tokens", "characters", "encode_p50_us", "encode_max_us"]
     score_fields = ["endpoints", "prompt_tokens", "score_p50_us", "score_p99_us", "tokenize_p50_us"]
     return (
         "\n".join(
@@ -338,6 +377,10 @@ def report(results: dict[str, Any]) -> str:
                 "## Scoring per request: stand-in tokenization + block keys + match, thread CPU",
                 "",
                 *_table(SCORE_HEADERS.split(","), [[r[f] for f in score_fields] for r in results["score"]]),
+                "",
+                "## A model's tokenizer instead: Hugging Face `tokenizers`, a 32,000-merge BPE, thread CPU",
+                "",
+                *_table(HF_HEADERS.split(","), [[r[f] for f in hf_fields] for r in results["hf"]]),
             ]
         )
         + "\n"
@@ -367,6 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         "ingest": [run(f"ingest:{k}") for k in (1, 32)],
         "zmq": [run(f"zmq:{k}") for k in (1, 32)],
         "score": [run(f"score:{n}:{t}") for n in (100, 1000) for t in (2048, 16384, 131072)],
+        "hf": [run(f"hf:{t}") for t in (2048, 16384, 131072)],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -1,6 +1,8 @@
 """precise-prefix-cache-scorer and kv-events-subscriber as configured plugins: wiring, and scores read from
 an index fed with the engines' events (no sockets here; the end-to-end test has them)."""
 
+from pathlib import Path
+
 import msgpack
 import pytest
 
@@ -33,7 +35,7 @@ def test_the_scorer_needs_a_subscriber_and_the_subscriber_is_a_data_source_of_th
     )
     scheduler = config.load(HEAD + plugins + PROFILE)
     assert [source.type_name for source in scheduler.data_sources] == ["kv-events-subscriber"]
-    with pytest.raises(ConfigError, match=r"tokenizer.*allowed: standin"):
+    with pytest.raises(ConfigError, match=r"'gpt2', which is not a file; give 'standin' or the path"):
         config.load(HEAD + plugins.replace("scorer\n", "scorer\n  parameters: {tokenizer: gpt2}\n") + PROFILE)
 
 
@@ -64,3 +66,39 @@ def test_chat_and_completion_prompts_score_by_the_blocks_each_engine_holds():
     cycle = cycles.Cycle(fleet.request(text), fleet.snapshot(states), rng=None)  # type: ignore[arg-type]
     assert scorer.score(cycle).tolist() == [1.0, 3 / blocks, 0.0]
     assert scheduler.schedule(fleet.request(text), fleet.snapshot(states)).primary == fleet.key(0)
+
+
+def test_a_models_tokenizer_json_gives_the_token_ids_the_index_is_matched_on(tmp_path: Path):
+    tokenizers = pytest.importorskip("tokenizers")
+    words = [f"w{i}" for i in range(200)]
+    vocab = {"[UNK]": 0, "<s>": 1, **{word: i + 2 for i, word in enumerate(words)}}
+    built = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    built.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    built.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    path = tmp_path / "tokenizer.json"
+    built.save(str(path))
+    text = f"""
+- type: kv-events-subscriber
+- type: precise-prefix-cache-scorer
+  parameters: {{tokenizer: {path}}}
+"""
+    scheduler = config.load(HEAD + "plugins:" + text + PROFILE)
+    source = scheduler.data_sources[0]
+    assert isinstance(source, precise_prefix.KvEventsSubscriber)
+    scorer = scheduler.destination_profile.scorers[0].scorer
+    prompt = " ".join(words[:63])  # 63 words + the <s> the model's post-processor adds: 4 blocks of 16
+    ids = [1, *(vocab[word] for word in words[:63])]
+    source.index.ingest(fleet.key(1), stored(0, [7, 8, 9, 10], ids))
+    states = [fleet.state(0), fleet.state(1)]
+    cycle = cycles.Cycle(fleet.request(prompt), fleet.snapshot(states), rng=None)  # type: ignore[arg-type]
+    assert scorer.score(cycle).tolist() == [0.0, 1.0]
+    # Chat requests are not tokenized with a model's tokenizer yet (no chat template): no preference.
+    chat = fleet.request(prompt, messages=[{"role": "user", "content": prompt}])
+    cycle = cycles.Cycle(chat, fleet.snapshot(states), rng=None)  # type: ignore[arg-type]
+    assert scorer.score(cycle).tolist() == [0.0, 0.0]
+    broken = tmp_path / "broken.json"
+    broken.write_text("{}")
+    with pytest.raises(ConfigError, match="does not load"):
+        config.load(HEAD + "plugins:" + text.replace(str(path), str(broken)) + PROFILE)

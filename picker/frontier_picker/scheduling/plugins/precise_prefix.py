@@ -10,9 +10,14 @@ where it went (a speculative entry) until the engine's `BlockStored` confirms it
 pass, so a burst of requests sharing a new prefix does not scatter before the first one is computed.
 
 Tokenizers: `standin` is the simulator's (`frontier_api.standin_tokenizer`: 4-character pieces, its chat
-template), so precise routing is exact against simulated engines. A model's own tokenizer (Hugging Face
-`tokenizer.json` and its chat template) is not built yet.
+template), so precise routing is exact against simulated engines. A path names a model's own
+`tokenizer.json` (Hugging Face `tokenizers`, an optional dependency; mounted from a ConfigMap or volume,
+never fetched from a hub): completions are encoded as vLLM encodes them; chat requests are not (the model's
+chat template is not rendered yet) and score 0, leaving the decision to the other scorers.
 """
+
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -21,14 +26,61 @@ from frontier_picker import kv_events, kv_subscriber
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 
-TOKENIZERS = ("standin",)
+STANDIN = "standin"
 
 
-def standin_token_ids(request: types.Request) -> list[int]:
-    """The prompt's token ids as a simulated engine computes them: a chat rendered with its template."""
-    if request.messages is not None:
-        return standin_tokenizer.encode(standin_tokenizer.apply_chat_template(request.messages))
-    return standin_tokenizer.encode(request.prompt)
+class Tokenizer(Protocol):
+    """Turns a request into the token ids its engine computes (None: it cannot say)."""
+
+    def token_ids(self, request: types.Request) -> list[int] | None: ...
+
+
+class StandinTokenizer:
+    """The simulator's tokenizer: a chat is rendered with its template first, as a simulated engine does."""
+
+    def token_ids(self, request: types.Request) -> list[int] | None:
+        if request.messages is not None:
+            return standin_tokenizer.encode(standin_tokenizer.apply_chat_template(request.messages))
+        return standin_tokenizer.encode(request.prompt)
+
+
+class FileTokenizer:
+    """A model's own tokenizer, from its `tokenizer.json` (Hugging Face `tokenizers`; read from a local path,
+    never downloaded). Completions are encoded with the special tokens vLLM adds (`add_special_tokens`).
+    Chat requests are not tokenized: rendering the model's chat template is not built, so they score 0."""
+
+    def __init__(self, path: Path) -> None:
+        import tokenizers  # an optional dependency: frontier[tokenizers]
+
+        self.path = path
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
+
+    def token_ids(self, request: types.Request) -> list[int] | None:
+        if request.messages is not None:
+            return None
+        ids: list[int] = self._tokenizer.encode(request.prompt, add_special_tokens=True).ids
+        return ids
+
+
+def tokenizer_for(value: str, *, owner: str) -> Tokenizer:
+    """The tokenizer a `tokenizer` parameter names: `standin`, or the path of a `tokenizer.json`."""
+    if value == STANDIN:
+        return StandinTokenizer()
+    path = Path(value)
+    if not path.is_file():
+        raise plugin.ConfigError(
+            f"plugin {owner!r}: parameter 'tokenizer' is {value!r}, which is not a file; "
+            f"give {STANDIN!r} or the path of a model's tokenizer.json"
+        )
+    try:
+        return FileTokenizer(path)
+    except ImportError:
+        raise plugin.ConfigError(
+            f"plugin {owner!r}: tokenizer {value!r} needs the Hugging Face tokenizers package "
+            "(pip install 'frontier[tokenizers]')"
+        ) from None
+    except Exception as error:  # the tokenizers library raises its own exception type for a bad file
+        raise plugin.ConfigError(f"plugin {owner!r}: tokenizer {value!r} does not load: {error}") from None
 
 
 @plugin.register
@@ -88,7 +140,9 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
     formula = "score = leading blocks held per KV events / request blocks (0 under one block)"
     intent = "affinity"
     consumes = frozenset({"kv-block-index"})
-    TOKENIZER = plugin.Param("tokenizer", "standin", "how request token ids are computed", allowed=TOKENIZERS)
+    TOKENIZER = plugin.Param(
+        "tokenizer", STANDIN, "standin (the simulator's) or the path of the model's tokenizer.json"
+    )
     INDEX_PLUGIN = plugin.Param("indexPlugin", "", "kv-events-subscriber to read (default: the first)")
     MAX_BLOCKS = plugin.Param("maxPrefixBlocksToMatch", 0, "blocks matched per request (0: all)", 0)
     SPECULATIVE_TTL = plugin.Param(
@@ -100,10 +154,17 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
     parameter_docs = plugin.documented((TOKENIZER, INDEX_PLUGIN, MAX_BLOCKS, SPECULATIVE_TTL))
 
     def __init__(
-        self, name: str, *, index: kv_events.BlockIndex, max_blocks: int, speculative_ttl_s: float = 2.0
+        self,
+        name: str,
+        *,
+        index: kv_events.BlockIndex,
+        max_blocks: int,
+        tokenizer: Tokenizer | None = None,
+        speculative_ttl_s: float = 2.0,
     ) -> None:
         super().__init__(name)
         self.index = index
+        self.tokenizer = tokenizer or StandinTokenizer()
         self.max_blocks = max_blocks
         self.speculative_ttl_s = speculative_ttl_s
         # Owned by this scorer: the request's block keys, and the match per candidate (per candidate set).
@@ -114,7 +175,7 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        parameters.read(cls.TOKENIZER)  # one tokenizer today; the parameter is checked and documented
+        tokenizer = tokenizer_for(parameters.read(cls.TOKENIZER), owner=name)
         source_name = parameters.read(cls.INDEX_PLUGIN)
         source = handle.plugin(source_name) if source_name else handle.producer("kv-block-index")
         if source is None:
@@ -130,6 +191,7 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
             name,
             index=source.index,
             max_blocks=parameters.read(cls.MAX_BLOCKS),
+            tokenizer=tokenizer,
             speculative_ttl_s=parameters.read(cls.SPECULATIVE_TTL),
         )
 
@@ -137,7 +199,7 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         """The request's block keys, computed once per cycle."""
         keys = cycle.read(self.keys_key)
         if keys is None:
-            token_ids = standin_token_ids(cycle.request)
+            token_ids = self.tokenizer.token_ids(cycle.request) or []
             if self.max_blocks:
                 token_ids = token_ids[: self.max_blocks * self.index.block_size]
             keys = kv_events.block_keys(token_ids, block_size=self.index.block_size)
