@@ -10,13 +10,14 @@ export FRONTIER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/frontier
 CACHE := $(FRONTIER_CACHE)
 BIN := $(CACHE)/bin
 
-.PHONY: help venv test unit envoy cluster image-test lint typecheck demo bench crds testbin image image-archive clean
+.PHONY: help venv proto test unit envoy cluster image-test lint typecheck demo bench crds testbin image image-archive clean
 
 help:
 	@echo "make demo      simulated fleet + picker + Envoy + traffic -> frontier report"
 	@echo "make test      lint, typecheck, then the unit, Envoy, cluster and image lanes (builds what they need)"
 	@echo "make bench     full benchmark sweeps; results under bench/results/"
 	@echo "make crds      regenerate crds/ from the API models"
+	@echo "make proto     regenerate the picker's gRPC modules from proto/ (committed; a test checks them)"
 	@echo "make testbin   build the local Kubernetes control plane into $(BIN)"
 	@echo "make image     build the container image with buildah (base cached in $(CACHE)/image)"
 	@echo "make image-archive  the image as an OCI archive, $(IMAGE_ARCHIVE)"
@@ -29,6 +30,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# Frontier's own gRPC API. The generated modules are committed so that installing the package (and building
+# the image) needs no protoc; tests/picker/test_proto.py fails when they no longer match proto/.
+PROTOS := $(shell find proto -name '*.proto')
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=picker --pyi_out=picker --grpc_python_out=picker $(PROTOS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

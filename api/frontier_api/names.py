@@ -58,6 +58,8 @@ TIER_REASON_HEADER: Final = "x-frontier-tier-reason"
 EXT_PROC_PORT: Final = 9002
 HEALTH_PORT: Final = 9003
 METRICS_PORT: Final = 9090
+# Frontier's own: replicas of a pool's picker learn each other's decisions here (frontier.picker.v1).
+PEER_PORT: Final = 9004
 
 # --- Kubernetes -----------------------------------------------------------------------------------------
 GIE_GROUP: Final = "inference.networking.k8s.io"

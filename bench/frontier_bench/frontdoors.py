@@ -2,7 +2,8 @@
 
 Every policy routes over the same engines and is reached at one base URL:
 - `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
-- `frontier`, `gie-default`: the picker (file discovery of the fleet, that scheduling profile) behind an
+- `frontier`, `gie-default`, `frontier-3-workers` (three worker processes sharing their decisions): the
+  picker (file discovery of the fleet, that scheduling profile) behind an
   Envoy that calls it over ext_proc, rendered by `frontier_picker.envoy_bootstrap`; `frontier`'s cost model
   is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's speed: its predictions are
   in seconds of the clock it lives on;
@@ -37,8 +38,12 @@ from frontier_picker.scheduling.plugins import cost
 log = logging.getLogger(__name__)
 
 PICKER_PROFILES: Final = ("frontier", "gie-default")
+# The same profile from a multi-process picker pod (`--workers`): the workers share their decisions.
+PICKER_WORKERS: Final = {"frontier-3-workers": ("frontier", 3)}
 SGLANG_POLICY: Final = "sglang-cache-aware"
 ALL_POLICIES: Final = (*envoy_lb.LB_POLICIES, *PICKER_PROFILES, SGLANG_POLICY)
+# What a sweep may name: every policy, and the multi-process picker (the scale-out suite's, not the others').
+CHOICES: Final = (*ALL_POLICIES, *PICKER_WORKERS)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -105,9 +110,12 @@ async def start(
         )
         await processes.wait_port(address, port, child=child)
         return FrontDoor(policy=policy, url=f"http://{address}:{port}", children=[child])
-    if policy in PICKER_PROFILES:
+    if policy in PICKER_PROFILES or policy in PICKER_WORKERS:
+        profile, workers = PICKER_WORKERS.get(policy, (policy, 1))
         return await _start_picker(
             policy,
+            profile=profile,
+            workers=workers,
             group=group,
             engines=engines,
             endpoints_file=endpoints_file,
@@ -117,7 +125,7 @@ async def start(
         )
     if policy == SGLANG_POLICY:
         return await _start_sglang(group=group, engines=engines, address=address)
-    raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(ALL_POLICIES)}")
+    raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(CHOICES)}")
 
 
 def stop(group: processes.Group, door: FrontDoor) -> None:
@@ -168,8 +176,10 @@ def picker_argv(
 
 
 async def _start_picker(
-    profile: str,
+    policy: str,
     *,
+    profile: str,
+    workers: int,
     group: processes.Group,
     engines: Sequence[tuple[str, int]],
     endpoints_file: Path,
@@ -183,14 +193,14 @@ async def _start_picker(
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(
-        f"picker-{profile}",
+        f"picker-{policy}",
         picker_argv(
             endpoints_file=endpoints_file,
             address=address,
             grpc_port=grpc_port,
             health_port=health_port,
             metrics_port=metrics_port,
-            extra=["--config-file", str(config_path)],
+            extra=["--config-file", str(config_path), "--workers", str(workers)],
         ),
     )
     await processes.wait_port(address, grpc_port, child=picker)
@@ -206,10 +216,10 @@ async def _start_picker(
         endpoints=engines,
     )
     envoy = _start_envoy(
-        group, name=f"envoy-{profile}", config=config, address=address, port=port, run_dir=run_dir
+        group, name=f"envoy-{policy}", config=config, address=address, port=port, run_dir=run_dir
     )
     await processes.wait_port(address, port, child=envoy)
-    return FrontDoor(policy=profile, url=f"http://{address}:{port}", children=[picker, envoy])
+    return FrontDoor(policy=policy, url=f"http://{address}:{port}", children=[picker, envoy])
 
 
 SGLANG_REQUIREMENT: Final = "sglang-router>=0.3,<0.4"

@@ -181,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
         help="mixed-lengths: unique prompts, log-normal lengths with medians --question-len and --output-len",
     )
     one.add_argument(
-        "--policies", nargs="+", default=list(frontdoors.ALL_POLICIES), choices=frontdoors.ALL_POLICIES
+        "--policies", nargs="+", default=list(frontdoors.ALL_POLICIES), choices=frontdoors.CHOICES
     )
     one.add_argument("--loads", type=float, nargs="+", required=True, help="model-time req/s")
     one.add_argument(

@@ -50,6 +50,7 @@ TIER_CHILD_KINDS: Final = (
 # Kinds of a pool's picker (`render_picker`), collected when the pool's last tier has left it.
 PICKER_KINDS: Final = (
     ("apps/v1", "Deployment"),
+    ("policy/v1", "PodDisruptionBudget"),
     ("v1", "Service"),
     ("v1", "ConfigMap"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"),

@@ -1,4 +1,5 @@
-"""Desired picker of one InferencePool: Deployment, Service, ServiceAccount, Role, RoleBinding and ConfigMap.
+"""Desired picker of one InferencePool: Deployment, Service, ServiceAccount, Role, RoleBinding, ConfigMap, and
+for its replicas a headless peers Service and a PodDisruptionBudget.
 
 The gateway finds the picker through the pool's `endpointPickerRef`, so the Service takes that name and port.
 Every ModelTier serving in the pool is an owner (not the controller) of these objects: Kubernetes garbage
@@ -141,9 +142,21 @@ DRAIN_TIMEOUT_S = 30
 TERMINATION_GRACE_S = DRAIN_TIMEOUT_S + 5
 
 
-def picker_args(pool: pools.Pool) -> list[str]:
-    """The picker's command-line arguments (mirroring the GIE EPP's flags)."""
+def peers_service_name(pool: pools.Pool) -> str:
+    """The headless Service through which the replicas of a pool's picker find each other."""
+    return f"{pool.picker_name}-peers"
+
+
+def picker_args(pool: pools.Pool, cfg: settings.Settings) -> list[str]:
+    """The picker's command-line arguments (mirroring the GIE EPP's flags, then Frontier's own: its worker
+    processes, and the peers it learns decisions from, every replica of the pool's picker)."""
     return [
+        "--workers",
+        str(cfg.picker_workers),
+        "--peer-port",
+        str(names.PEER_PORT),
+        "--peer-service",
+        f"{peers_service_name(pool)}.{pool.namespace}.svc:{names.PEER_PORT}",
         "--pool-name",
         pool.name,
         "--pool-namespace",
@@ -228,15 +241,21 @@ def render(
         "name": "picker",
         "image": cfg.picker_image,
         "command": list(cfg.picker_command),
-        "args": picker_args(pool),
+        "args": picker_args(pool, cfg),
         "ports": [
             {"name": "grpc", "containerPort": names.EXT_PROC_PORT, "protocol": "TCP"},
             {"name": "grpc-health", "containerPort": names.HEALTH_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+            {"name": "peers", "containerPort": names.PEER_PORT, "protocol": "TCP"},
         ],
         "livenessProbe": {"grpc": {"port": names.HEALTH_PORT, "service": "liveness"}, "periodSeconds": 10},
         "readinessProbe": {"grpc": {"port": names.HEALTH_PORT, "service": "readiness"}, "periodSeconds": 2},
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}},
+        "resources": {
+            "requests": {
+                "cpu": "500m" if cfg.picker_workers == 1 else str(cfg.picker_workers),
+                "memory": "512Mi",
+            }
+        },
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -261,6 +280,20 @@ def render(
                     "spec": {
                         "serviceAccountName": name,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+                        # Replicas on different nodes: a node lost takes one replica's streams, not all.
+                        "affinity": {
+                            "podAntiAffinity": {
+                                "preferredDuringSchedulingIgnoredDuringExecution": [
+                                    {
+                                        "weight": 100,
+                                        "podAffinityTerm": {
+                                            "labelSelector": {"matchLabels": selector},
+                                            "topologyKey": "kubernetes.io/hostname",
+                                        },
+                                    }
+                                ]
+                            }
+                        },
                         "containers": [container],
                         "volumes": [{"name": "config", "configMap": {"name": config_map_name(pool)}}],
                     },
@@ -291,6 +324,36 @@ def render(
                     },
                 ],
             },
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(pool, peers_service_name(pool), owners),
+            "spec": {
+                "clusterIP": "None",
+                "selector": selector,
+                # A draining replica (not ready) still finishes its streams: its peers keep following it.
+                "publishNotReadyAddresses": True,
+                "ports": [
+                    {
+                        "name": "peers",
+                        "port": names.PEER_PORT,
+                        "targetPort": names.PEER_PORT,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        }
+    )
+    out.append(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(pool, name, owners),
+            # Node drains take one replica at a time; the others keep serving (and keep its peers' state).
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
         }
     )
     return [manifests.stamped(m) for m in out]

@@ -33,6 +33,7 @@ class Settings:
     # The decode pods' routing sidecar, from the picker's image (one image carries every entry point).
     sidecar_command: tuple[str, ...] = ("frontier-sidecar",)
     picker_replicas: int = 1
+    picker_workers: int = 1  # processes per picker pod (its --workers; the pod requests a core each)
     field_manager: str = FIELD_MANAGER
     gpu_tolerations: tuple[Mapping[str, Any], ...] = (GPU_TOLERATION,)
     # The node label `accelerator.type` is matched against: GKE's, or GPU Feature Discovery's
@@ -56,7 +57,7 @@ class Settings:
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings with `FRONTIER_ENGINE_IMAGE`, `FRONTIER_ENGINE_COMMAND` (space-separated),
     `FRONTIER_SGLANG_IMAGE`, `FRONTIER_SGLANG_COMMAND` (space-separated),
-    `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS`,
+    `FRONTIER_PICKER_IMAGE`, `FRONTIER_PICKER_COMMAND`, `FRONTIER_PICKER_REPLICAS`, `FRONTIER_PICKER_WORKERS`,
     `FRONTIER_ACCELERATOR_LABEL` and `FRONTIER_RESYNC_SECONDS` applied."""
     env = os.environ if environ is None else environ
     base = Settings()
@@ -75,6 +76,7 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         if env.get("FRONTIER_PICKER_COMMAND")
         else base.picker_command,
         picker_replicas=int(env.get("FRONTIER_PICKER_REPLICAS", base.picker_replicas)),
+        picker_workers=int(env.get("FRONTIER_PICKER_WORKERS", base.picker_workers)),
         accelerator_label=env.get("FRONTIER_ACCELERATOR_LABEL") or base.accelerator_label,
         resync_seconds=float(env.get("FRONTIER_RESYNC_SECONDS", base.resync_seconds)),
     )

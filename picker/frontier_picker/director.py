@@ -7,15 +7,20 @@ it (`flow_control`): a queued request's callbacks fire later from `pump`, which 
 capacity may have freed (`complete(..., now=...)` does, and the server on a short timer). `decide` narrows
 the datastore's endpoints to the proxy's subset hint, asks the scheduler for a decision, times it, charges
 the primary endpoint's load and logs the decision. `complete` refunds exactly that charge, lets the
-scheduler's plugins learn from how the request ended, and counts it. The protocol layer only moves bytes
+scheduler's plugins learn from how the request ended, and counts it. With peers (other workers of the pod,
+other replicas of the pool: `peering`), each flight is also told to an observer, and the peers' flights are
+charged and learned here (`learn_peer_decision`, `learn_peer_completion`, `forget_peer`), so load and the
+learned state cover the whole pool's traffic. The protocol layer only moves bytes
 around these calls, so the simulator, which calls them too (its baselines wrapped as schedulers), measures
 the same accounting and the same queueing the server does.
 """
 
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from frontier_api import names
 from frontier_picker import datastore, endpoints, metrics, subsets
@@ -40,8 +45,21 @@ class Flight:
     decision: types.Decision
     charge: datastore.Charge | None
     decided_at: float = 0.0  # the caller's clock
+    flight_id: str = ""  # unique in this director; how peers name it
     completed: bool = False
     counted: bool = False  # in GIE's request counter (deferred to completion while its model is no label)
+
+
+class PeerObserver(Protocol):
+    """Who tells peer pickers about this director's flights (`peering.Peering`)."""
+
+    def decided(self, flight: Flight) -> None:
+        """`flight` was just decided here."""
+        ...
+
+    def completed(self, flight: Flight, completion: types.Completion) -> None:
+        """`flight`, decided here, just completed."""
+        ...
 
 
 class Director:
@@ -63,6 +81,12 @@ class Director:
         self.log_decisions = log_decisions  # off in the simulator: millions of decisions per run
         if flow is not None:
             flow.observe = self._flow_outcome
+        self.observer: PeerObserver | None = None
+        self._flight_ids = itertools.count(1)
+        self._open: dict[
+            str, Flight
+        ] = {}  # flights decided here, not yet completed (only while it has peers)
+        self._peer_flights: dict[str, dict[str, Flight]] = {}  # peer id -> flight id -> flight
 
     def admit(
         self,
@@ -203,6 +227,10 @@ class Director:
         )
         if self.flow is not None and flight.charge is not None:
             self.flow.gate.note_sent(flight.charge.state)
+        if self.observer is not None:
+            flight.flight_id = str(next(self._flight_ids))
+            self._open[flight.flight_id] = flight
+            self.observer.decided(flight)
         if self.metrics is not None:
             self.metrics.in_flight.inc()
             if self.metrics.admitted(request.model) and self.metrics.admitted(request.target_model):
@@ -269,8 +297,75 @@ class Director:
                 now=now,
             )
         self._learn_and_count(flight, completion)
+        if self.observer is not None and self._open.pop(flight.flight_id, None) is not None:
+            self.observer.completed(flight, completion)
         if now is not None:
             self.pump(now)
+
+    def share_with(self, observer: PeerObserver) -> None:
+        """Tell `observer` about every flight from now on, with what the scheduler's plugins learned from
+        each decision (when the scheduler can share that)."""
+        self.observer = observer
+        if isinstance(self.scheduler, types.SharesLearning):
+            self.scheduler.sharing = True
+
+    def open_flights(self) -> list[Flight]:
+        """The flights decided here that have not completed (what a new peer learns first)."""
+        return list(self._open.values())
+
+    def learn_peer_decision(
+        self, peer: str, flight_id: str, request: types.Request, decision: types.Decision, *, now: float
+    ) -> None:
+        """A peer decided `request` (as far as it described it): charge its load here too and let the
+        scheduler's plugins learn what the peer's learned, until the peer says it completed."""
+        flights = self._peer_flights.setdefault(peer, {})
+        if flight_id in flights:
+            return  # a snapshot repeating a flight already learned
+        flight = Flight(
+            request=request,
+            decision=decision,
+            charge=self.store.charge(request, decision),
+            decided_at=now,
+            flight_id=flight_id,
+        )
+        flights[flight_id] = flight
+        if isinstance(self.scheduler, types.SharesLearning):
+            try:
+                self.scheduler.learn_shared(
+                    types.SharedDecision(request=request, decision=decision, now=now, state=self.store.get)
+                )
+            except Exception:
+                log.exception("event=learn_shared_failed peer=%s flight_id=%s", peer, flight_id)
+
+    def peer_flights_of(self, peer: str) -> list[Flight]:
+        """The open flights learned from `peer`."""
+        return list(self._peer_flights.get(peer, {}).values())
+
+    def peer_flight(self, peer: str, flight_id: str) -> Flight | None:
+        """The open flight `flight_id` learned from `peer`, if any."""
+        return self._peer_flights.get(peer, {}).get(flight_id)
+
+    def learn_peer_completion(self, peer: str, flight_id: str, completion: types.Completion) -> None:
+        """A peer's flight completed: refund it here and let the plugins learn from how it ended."""
+        flight = self._peer_flights.get(peer, {}).pop(flight_id, None)
+        if flight is None:
+            return
+        datastore.Datastore.refund(flight.charge)
+        try:
+            self.scheduler.on_completion(flight.request, flight.decision, completion)
+        except Exception:
+            log.exception("event=on_completion_failed peer=%s flight_id=%s", peer, flight_id)
+
+    def forget_peer(self, peer: str) -> int:
+        """The peer is gone (or restarted): refund every flight learned from it; how many there were."""
+        flights = self._peer_flights.pop(peer, {})
+        for flight in flights.values():
+            datastore.Datastore.refund(flight.charge)
+        return len(flights)
+
+    def peer_flights(self) -> dict[str, int]:
+        """Open flights learned from each peer."""
+        return {peer: len(flights) for peer, flights in self._peer_flights.items()}
 
     def _learn_and_count(self, flight: Flight, completion: types.Completion) -> None:
         try:

@@ -45,6 +45,9 @@ OWNED_HEADERS: Final = (
 
 _PICKER_CLUSTER: Final = "frontier_picker"
 _ENDPOINTS_CLUSTER: Final = "inference_pool"
+# Streams Envoy multiplexes over one connection to the picker before it opens another: the workers of a
+# picker pod share its port per connection (`frontier_picker.workers`), so a busy gateway must open several.
+PICKER_STREAMS_PER_CONNECTION: Final = 16
 _ROUND_ROBIN_TYPE: Final = (
     "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"
 )
@@ -222,7 +225,9 @@ def _picker_cluster(*, address: str, port: int, tls: bool, connect_timeout_s: fl
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {"max_concurrent_streams": PICKER_STREAMS_PER_CONNECTION}
+                },
             }
         },
         "load_assignment": {

@@ -61,7 +61,7 @@ def buffered_stderr(size: int = 64 * 1024) -> TextIO:
     return io.TextIOWrapper(io.BufferedWriter(raw, buffer_size=size), encoding="utf-8", line_buffering=False)
 
 
-def configure(level: str) -> BatchedStreamHandler:
+def configure(level: str, *, tag: str = "") -> BatchedStreamHandler:
     """Send every logger's records at `level` and above to a batched stderr handler.
 
     The record fields the format does not print are not collected (the logging documentation's
@@ -72,7 +72,10 @@ def configure(level: str) -> BatchedStreamHandler:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = BatchedStreamHandler(buffered_stderr())
-    handler.setFormatter(OneLineFormatter(FORMAT))
+    # `tag` (a worker's `worker=N`) goes before each message, so every line says which process wrote it.
+    handler.setFormatter(
+        OneLineFormatter(FORMAT.replace("%(message)s", f"{tag} %(message)s") if tag else FORMAT)
+    )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     return handler
 

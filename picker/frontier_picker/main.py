@@ -8,7 +8,9 @@ EPP is accepted too: `frontier_picker.gie_flags.FLAGS` says, flag by flag, wheth
 option (`--v` and `--zap-log-level` onto `--log-level`), is ignored (logged at start) or refused (the start
 fails with a message naming what to use instead). A flag unknown to both stops the start, as in GIE.
 Frontier adds `--endpoints-file` (discovery without Kubernetes), `--fallbacks`, `--max-body-bytes`,
-`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address` and `--kubeconfig`.
+`--builtin-config`, `--stream-idle-timeout`, `--max-streams-per-peer`, `--address`, `--kubeconfig`,
+`--workers` (processes on the same ports: `workers`) and `--peer-port` / `--peers` / `--peer-service`
+(replicas that learn each other's decisions: `peering`).
 Every port accepts 0 (the OS picks; the log says which).
 """
 
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from frontier_api import names
-from frontier_picker import gie_flags, logs, server
+from frontier_picker import gie_flags, logs, server, workers
 
 
 def parser() -> argparse.ArgumentParser:
@@ -130,6 +132,35 @@ def parser() -> argparse.ArgumentParser:
         "seconds (0: no scraping)",
     )
     parse.add_argument(
+        "--workers",
+        type=int,
+        help="picker processes serving the same ports (workers.py); default: the container's CPU limit "
+        "in whole cores, else 1",
+    )
+    parse.add_argument(
+        "--max-streams-per-connection",
+        type=int,
+        default=0,
+        help="HTTP/2 streams one ext_proc connection may carry, advertised to the gateway (default 0: no "
+        "limit; a gateway that sends a burst before reading it sees streams refused: prefer a cap on the "
+        "gateway's side, see workers.py)",
+    )
+    parse.add_argument(
+        "--peer-port",
+        type=int,
+        help="serve Frontier's peering API (frontier.picker.v1) on this port so other replicas of the pool's "
+        "picker learn this one's decisions (default: off)",
+    )
+    parse.add_argument(
+        "--peers",
+        default="",
+        help="comma-separated host:port of other replicas' peer ports to follow (this one may be listed)",
+    )
+    parse.add_argument(
+        "--peer-service",
+        help="host:port of a headless Service naming every replica's peer port, looked up every 5 s",
+    )
+    parse.add_argument(
         "--log-level",
         help="INFO unless GIE's --v or --zap-log-level says otherwise; DEBUG logs one line per completed "
         "request too",
@@ -176,6 +207,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         max_buffered_body_bytes=arguments.max_buffered_body_bytes,
         stream_idle_timeout_s=arguments.stream_idle_timeout,
         max_streams_per_peer=arguments.max_streams_per_peer,
+        max_streams_per_connection=arguments.max_streams_per_connection,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,
@@ -184,6 +216,9 @@ def options(arguments: argparse.Namespace) -> server.Options:
         # GIE's resolution: the flag, else the pod's namespace from the downward API, else default.
         pool_namespace=arguments.pool_namespace or os.environ.get("NAMESPACE") or "default",
         kubeconfig=arguments.kubeconfig,
+        peer_port=arguments.peer_port,
+        peers=tuple(peer.strip() for peer in arguments.peers.split(",") if peer.strip()),
+        peer_service=arguments.peer_service,
         metrics_auth=(
             arguments.metrics_endpoint_auth
             if arguments.metrics_endpoint_auth is not None
@@ -212,9 +247,16 @@ async def run(arguments: argparse.Namespace, handler: logs.BatchedStreamHandler)
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser().parse_args(argv)
-    handler = logs.configure(log_level(arguments))
+    level = log_level(arguments)
+    handler = logs.configure(level)
+    count = arguments.workers if arguments.workers is not None else workers.default_count()
+    if count < 1:
+        raise SystemExit("frontier-picker: --workers must be at least 1")
     try:
-        asyncio.run(run(arguments, handler))
+        if count > 1:
+            workers.supervise(options(arguments), count, level, handler)
+        else:
+            asyncio.run(run(arguments, handler))
     except ValueError as error:  # configuration errors name the field and value
         raise SystemExit(f"frontier-picker: {error}") from None
     finally:

@@ -355,11 +355,15 @@ class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
 
 
 def serve(
-    metrics: Metrics, *, address: str, port: int, gate: metrics_auth.Gate | None = None
+    registry: prometheus_registry.CollectorRegistry,
+    *,
+    address: str,
+    port: int,
+    gate: metrics_auth.Gate | None = None,
 ) -> tuple[int, threading.Thread, wsgiref.simple_server.WSGIServer]:
-    """Serve `metrics` over HTTP on a background thread, behind `gate` when given (authenticated scrapes);
+    """Serve `registry` over HTTP on a background thread, behind `gate` when given (authenticated scrapes);
     returns the bound port, the thread and the server."""
-    app = prometheus_client.make_wsgi_app(metrics.registry)
+    app = prometheus_client.make_wsgi_app(registry)
     if gate is not None:
         app = metrics_auth.guard(app, gate)
 

@@ -29,11 +29,13 @@ from frontier_picker import (
     file_discovery,
     metrics,
     metrics_auth,
+    peering,
     pool_discovery,
     processor,
     scraper,
     tls,
 )
+from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
 from frontier_picker.scheduling import config, types
 from frontier_picker.scheduling.framework import plugin
 
@@ -53,6 +55,7 @@ class Options:
     """Everything the command line sets; defaults are the GIE EPP's."""
 
     address: str = "0.0.0.0"
+    metrics_address: str | None = None  # None: `address`
     grpc_port: int = names.EXT_PROC_PORT
     grpc_health_port: int = names.HEALTH_PORT
     metrics_port: int = names.METRICS_PORT
@@ -66,6 +69,9 @@ class Options:
     max_buffered_body_bytes: int = 256 * 1024 * 1024
     stream_idle_timeout_s: float = 300.0
     max_streams_per_peer: int = 4096
+    # HTTP/2 streams one ext_proc connection may carry (0: gRPC's default, no limit). Workers share the port
+    # per connection, so a limit makes a busy gateway open several connections that spread over them.
+    max_streams_per_connection: int = 0
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -79,6 +85,16 @@ class Options:
     # proxies and Service endpoints move traffic away), then in-flight streams get up to `drain_timeout_s`.
     drain_delay_s: float = 1.0
     drain_timeout_s: float = 30.0
+    # Peering (`peering`): where this picker publishes its flights, and the peers it follows.
+    peer_port: int | None = None  # TCP, for replicas; None: not served over TCP
+    peer_socket: Path | None = None  # a Unix socket, for the workers of one pod
+    peers: tuple[str, ...] = ()  # other pods' pickers to follow (host:port); this one may be listed too
+    peer_service: str | None = None  # host:port whose DNS names every replica (a headless Service)
+    siblings: tuple[str, ...] = ()  # the other workers of this pod (unix:path)
+    metrics_from_siblings: bool = False  # do not scrape: use what a sibling worker scraped
+    peer_id: str | None = None
+    pod: str | None = None  # shared by the workers of one pod (None: this process is the pod)
+    worker: int = 0  # this process's index among the pod's workers (`workers`)
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -96,6 +112,9 @@ class Picker:
     _health: health.aio.HealthServicer
     _tasks: list["asyncio.Task[None]"]
     _metrics_server: Any
+    peers: peering.Peering | None = None
+    peer_port: int | None = None
+    _peer_server: grpc.aio.Server | None = None
 
     async def stop(self, *, drain_delay_s: float = 0.0, drain_timeout_s: float = 0.5) -> None:
         """Drain, then stop: readiness NOT_SERVING at once, new streams still taken for `drain_delay_s`,
@@ -124,6 +143,10 @@ class Picker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.peers is not None:
+            await self.peers.stop()
+        if self._peer_server is not None:
+            await self._peer_server.stop(grace=0)
         await self._health_server.stop(grace=0)
         self._metrics_server.shutdown()
         self._metrics_server.server_close()
@@ -189,12 +212,13 @@ async def start(
             )
         )
 
-    ext_proc_server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ]
-    )
+    server_options = [
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ]
+    if options.max_streams_per_connection > 0:
+        server_options.append(("grpc.max_concurrent_streams", options.max_streams_per_connection))
+    ext_proc_server = grpc.aio.server(options=server_options)
     ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor.Processor(context), ext_proc_server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ext_proc_server)
     bind = f"{options.address}:{options.grpc_port}"
@@ -210,8 +234,8 @@ async def start(
     await ext_proc_server.start()
     await health_server.start()
     metrics_port, _thread, metrics_server = metrics.serve(
-        own_metrics,
-        address=options.address,
+        own_metrics.registry,
+        address=options.metrics_address or options.address,
         port=options.metrics_port,
         gate=metrics_auth.kube_gate(options.kubeconfig) if options.metrics_auth else None,
     )
@@ -234,7 +258,8 @@ async def start(
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
     for source in data_sources_of(scheduler):
         tasks.append(loop.create_task(source.run(store.states), name=f"data-source-{source.name}"))
-    if options.refresh_metrics_interval_s > 0:
+    peers, peer_server, peer_port = await _start_peering(options, context, store, tasks)
+    if options.refresh_metrics_interval_s > 0 and not options.metrics_from_siblings:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
         tasks.append(loop.create_task(engine_scraper.run()))
     log.info(
@@ -261,6 +286,9 @@ async def start(
         _health=health_servicer,
         _tasks=tasks,
         _metrics_server=metrics_server,
+        peers=peers,
+        peer_port=peer_port,
+        _peer_server=peer_server,
     )
 
 
@@ -268,6 +296,54 @@ def data_sources_of(scheduler: types.Scheduler) -> list[plugin.DataSource]:
     """The data-source plugins of `scheduler`'s EndpointPickerConfig (none for any other scheduler)."""
     sources = getattr(scheduler, "data_sources", None)
     return [source for source in sources or () if isinstance(source, plugin.DataSource)]
+
+
+async def _start_peering(
+    options: Options,
+    context: processor.Context,
+    store: datastore.Datastore,
+    tasks: list["asyncio.Task[None]"],
+) -> tuple[peering.Peering | None, grpc.aio.Server | None, int | None]:
+    """The peering server and the tasks that follow peers, when `options` ask for any."""
+    listens = options.peer_port is not None or options.peer_socket is not None
+    if not (listens or options.peers or options.peer_service or options.siblings):
+        return None, None, None
+    peers = peering.Peering(
+        decider=context.director,
+        store=store,
+        clock=context.clock,
+        peer_id=options.peer_id,
+        pod=options.pod,
+        scrapes=not options.metrics_from_siblings,
+        metrics_interval_s=options.refresh_metrics_interval_s or 0.05,
+    )
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    wire_grpc.add_PeeringServicer_to_server(peers, server)  # type: ignore[no-untyped-call]
+    admin = peering.Admin(store=store, decider=context.director, clock=context.clock)
+    wire_grpc.add_AdminServicer_to_server(admin, server)  # type: ignore[no-untyped-call]
+    port = None
+    if options.peer_port is not None:
+        port = server.add_insecure_port(f"{options.address}:{options.peer_port}")
+    if options.peer_socket is not None:
+        server.add_insecure_port(f"unix:{options.peer_socket}")
+    await server.start()
+    peers.follow(options.siblings, siblings=True)
+    peers.follow(options.peers)
+    if options.peer_service:
+        tasks.append(asyncio.get_running_loop().create_task(peers.follow_service(options.peer_service)))
+    log.info(
+        "event=peering peer_id=%s pod=%s peer_port=%s peer_socket=%s siblings=%d peers=%s peer_service=%s "
+        "scrapes=%s",
+        peers.peer_id,
+        peers.pod,
+        port if port is not None else "-",
+        options.peer_socket or "-",
+        len(options.siblings),
+        ",".join(options.peers) or "-",
+        options.peer_service or "-",
+        peers.scrapes,
+    )
+    return peers, server, port
 
 
 async def _pump(decider: director.Director, clock: Callable[[], float]) -> None:

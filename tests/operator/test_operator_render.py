@@ -336,12 +336,20 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
         ("RoleBinding", "chat-picker"),
         ("Deployment", "chat-picker"),
         ("Service", "chat-picker"),
+        ("Service", "chat-picker-peers"),
+        ("PodDisruptionBudget", "chat-picker"),
     }
     service = found[("Service", "chat-picker")]
     assert service["spec"]["ports"][0]["port"] == 9002
     assert service["spec"]["ports"][0]["targetPort"] == names.EXT_PROC_PORT
     container = found[("Deployment", "chat-picker")]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"] == [
+        "--workers",
+        "1",
+        "--peer-port",
+        "9004",
+        "--peer-service",
+        "chat-picker-peers.op-test.svc:9004",
         "--pool-name",
         "chat",
         "--pool-namespace",
@@ -371,6 +379,32 @@ def test_picker_objects_follow_the_pools_endpoint_picker_ref():
     assert resources == {"pods", "inferencepools", "inferenceobjectives"}
     verbs = {v for rule in found[("Role", "chat-picker")]["rules"] for v in rule["verbs"]}
     assert verbs == {"list", "watch"}
+
+
+def test_picker_replicas_find_each_other_through_a_headless_service_and_drain_one_at_a_time():
+    pool = pools.from_object(samples.pool())
+    cfg = dataclasses.replace(CFG, picker_replicas=3, picker_workers=2)
+    found = _by_name(render_picker.render(pool=pool, owners=[samples.tier()], cfg=cfg))
+    deployment = found[("Deployment", "chat-picker")]
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][:2] == ["--workers", "2"]
+    assert container["resources"]["requests"]["cpu"] == "2"  # a core per worker
+    assert {"name": "peers", "containerPort": 9004, "protocol": "TCP"} in container["ports"]
+    peers = found[("Service", "chat-picker-peers")]["spec"]
+    assert peers["clusterIP"] == "None"  # DNS answers every replica's address, not one virtual IP
+    assert peers["publishNotReadyAddresses"] is True  # a draining replica is still followed
+    assert peers["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert "--peer-service" in container["args"]
+    assert (
+        container["args"][container["args"].index("--peer-service") + 1]
+        == "chat-picker-peers.op-test.svc:9004"
+    )
+    term = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    budget = found[("PodDisruptionBudget", "chat-picker")]["spec"]
+    assert budget == {"maxUnavailable": 1, "selector": deployment["spec"]["selector"]}
 
 
 def test_picker_config_override_annotation_mounts_the_users_configmap():

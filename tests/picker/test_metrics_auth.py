@@ -103,7 +103,7 @@ def _get(url: str, token: str | None = None) -> tuple[int, str, dict[str, str]]:
 
 def _serve(gate: metrics_auth.Gate) -> tuple[str, object]:
     own = metrics.create()
-    port, _thread, server = metrics.serve(own, address="127.2.0.100", port=0, gate=gate)
+    port, _thread, server = metrics.serve(own.registry, address="127.2.0.100", port=0, gate=gate)
     return f"http://127.2.0.100:{port}/metrics", server
 
 

@@ -6,7 +6,7 @@ exception carrying the HTTP status the client gets.
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from frontier_api import estimates
@@ -67,6 +67,8 @@ class Decision:
     profile: str = ""
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
     tier: TierChoice | None = None
+    # Plugin name -> what it learned from this decision, for peer pickers; filled only while sharing.
+    learned: Mapping[str, bytes] = dataclasses.field(default_factory=dict)
 
     @property
     def primary(self) -> str:
@@ -87,6 +89,17 @@ class Completion:
     aborted: bool = False
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SharedDecision:
+    """A decision a peer picker made, as this picker learns it: the request as far as the peer described
+    it (no prompt), the decision, this picker's clock and a lookup of its endpoint states."""
+
+    request: Request
+    decision: Decision
+    now: float
+    state: Callable[[str], endpoints.EndpointState | None]
+
+
 class Rejection(Exception):
     """The request cannot be scheduled; `status` is the HTTP status the client receives."""
 
@@ -103,6 +116,17 @@ class ListsModels(Protocol):
 
     def virtual_models(self) -> list[str]:
         """Those names."""
+        ...
+
+
+@runtime_checkable
+class SharesLearning(Protocol):
+    """A scheduler whose plugins can share what they learn from each decision with peer pickers."""
+
+    sharing: bool  # while True, `schedule` fills each decision's `learned`
+
+    def learn_shared(self, shared: SharedDecision) -> None:
+        """Learn a peer's decision (its `learned` is what the peer's plugins shared)."""
         ...
 
 

@@ -8,7 +8,9 @@ prefill when disaggregating). *Admitters* run before any profile and may refuse 
 the scheduler reads (its priority). A *tier router* turns a request for a virtual model into the model tiers
 to try, best first. A *data source* feeds other plugins from outside the request path (the engines' KV
 events): the server runs it as a task for as long as it serves. Any plugin may learn from decisions and
-completions.
+completions, and share what it learned from a decision with the same plugin in peer pickers (`share` /
+`learn_shared`: workers of one pod, replicas of one pool), so every peer's index and ledger cover the whole
+pool's traffic.
 
 Each plugin type is registered under its GIE-style type string and built by its class's `build(name,
 parameters, handle)`. The *handle* is how a plugin finds its collaborators: another plugin by name, the
@@ -186,6 +188,14 @@ class Plugin:
         self, request: types.Request, decision: types.Decision, completion: types.Completion
     ) -> None:
         """Learn from a finished request; most plugins learn nothing."""
+
+    def share(self, cycle: "cycles.Cycle", decision: types.Decision) -> bytes | None:
+        """What a peer picker needs to learn `decision` as `on_decision` just did, in this plugin's own
+        encoding (None: nothing). Peers run the same config, so the same-named plugin there reads it."""
+        return None
+
+    def learn_shared(self, data: bytes, shared: "types.SharedDecision") -> None:
+        """Learn a peer's decision from what this plugin's twin there `share`d."""
 
 
 class Filter(Plugin):

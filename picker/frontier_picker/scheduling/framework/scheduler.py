@@ -88,6 +88,9 @@ class Scheduler:
         self._completion_learners = [
             p for p in learners if type(p).on_completion is not plugin.Plugin.on_completion
         ]
+        self._sharers = [p for p in learners if type(p).share is not plugin.Plugin.share]
+        self._sharer_names = {p.name: p for p in self._sharers}
+        self.sharing = False  # the director turns it on when the picker has peers
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -118,7 +121,22 @@ class Scheduler:
             cycle, decision = self._run_plan(request, snapshot, plan)
         for learner in self._decision_learners:
             learner.on_decision(cycle, decision)
+        if self.sharing:
+            learned = {}
+            for sharer in self._sharers:
+                data = sharer.share(cycle, decision)
+                if data is not None:
+                    learned[sharer.name] = data
+            decision.learned = learned
         return decision
+
+    def learn_shared(self, shared: types.SharedDecision) -> None:
+        """Let each plugin learn a peer's decision from what its twin there shared (names it does not
+        know, from a peer on another config, are skipped)."""
+        for name, data in shared.decision.learned.items():
+            sharer = self._sharer_names.get(name)
+            if sharer is not None:
+                sharer.learn_shared(data, shared)
 
     def _run(self, cycle: cycles.Cycle) -> types.Decision:
         results: dict[str, plugin.ProfileResult] = {}

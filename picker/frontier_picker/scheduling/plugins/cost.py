@@ -6,12 +6,17 @@ its inputs: the candidates' columns from the cycle, the cached tokens per candid
 traffic (`learners`). Its parameters are declared once, in `PARAMS`.
 """
 
+import struct
+
 import numpy as np
 
 from frontier_api import step_fit
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import cost_model, learners, pending, prefix
+
+_SHARED = struct.Struct("<QB")  # what a decision taught the ledger, for peers: prefix key, charges
+_CHARGE = struct.Struct("<dd")  # one charge: uncached tokens, predicted service seconds
 
 # Defaults: the calibrated H100 / Llama-3.1-8B fit (pinned to the simulator's calibration by a test).
 H100 = step_fit.H100_LLAMA8B
@@ -201,7 +206,15 @@ class PredictedTTFTScorer(plugin.Scorer):
         return scores
 
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
-        self.prefix_rate.count(self._prefix_key(cycle), cycle.now)
+        key = self._prefix_key(cycle)
+        self.prefix_rate.count(key, cycle.now)
+        for endpoint, tokens, service_s in self._charges(cycle, decision):
+            self.ledger.charge(
+                endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
+            )
+
+    def _charges(self, cycle: cycles.Cycle, decision: types.Decision) -> list[tuple[str, float, float]]:
+        """What the decision sends where: (endpoint, uncached tokens, predicted service seconds)."""
         predictions = cycle.read(self.predictions_key) or []
 
         def uncached_at(key: str) -> tuple[float, float]:
@@ -212,14 +225,32 @@ class PredictedTTFTScorer(plugin.Scorer):
             tokens = float(cycle.request.token_count())
             return tokens, self.prices.fit.p0 + self.prices.fit.p1 * tokens
 
-        request_id = cycle.request.request_id
-        charge = self.ledger.charge
         if decision.prefill is not None:
             # The prefill endpoint computes the prompt; the decode endpoint only receives its KV.
-            charge(decision.prefill, *uncached_at(decision.prefill), now=cycle.now, request_id=request_id)
-            charge(decision.primary, 0.0, 0.0, now=cycle.now, request_id=request_id)
-        else:
-            charge(decision.primary, *uncached_at(decision.primary), now=cycle.now, request_id=request_id)
+            return [(decision.prefill, *uncached_at(decision.prefill)), (decision.primary, 0.0, 0.0)]
+        return [(decision.primary, *uncached_at(decision.primary))]
+
+    def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:
+        key = self._prefix_key(cycle)
+        charges = self._charges(cycle, decision)
+        # The prefix key (0: none), then per charge its tokens and seconds; the endpoints are the decision's.
+        return _SHARED.pack(key if key is not None else 0, len(charges)) + b"".join(
+            _CHARGE.pack(tokens, service_s) for _endpoint, tokens, service_s in charges
+        )
+
+    def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
+        key, count = _SHARED.unpack_from(data)
+        self.prefix_rate.count(key or None, shared.now)
+        decision = shared.decision
+        endpoints = (
+            [decision.prefill, decision.primary] if decision.prefill is not None else [decision.primary]
+        )
+        for i, endpoint in enumerate(endpoints[:count]):
+            assert endpoint is not None
+            tokens, service_s = _CHARGE.unpack_from(data, _SHARED.size + i * _CHARGE.size)
+            self.ledger.charge(
+                endpoint, tokens, service_s, now=shared.now, request_id=shared.request.request_id
+            )
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion

@@ -8,8 +8,9 @@ therefore names a whole prefix: an endpoint holding block i's hash has (approxim
 up to block i. The index keeps each hash's low 60 bits (the chain itself uses all 64): a smaller int object,
 and with 31 M entries the chance of any collision at all is about 1 in 2,400.
 
-The index is learned only from the picker's own decisions: after each decision the request's hashes are
-recorded for the chosen endpoint (and its prefill endpoint). Each endpoint keeps at most `lru_capacity`
+The index is learned only from decisions, the picker's own and its peers' (their block hashes come with
+each shared decision): after each decision the request's hashes are recorded for the chosen endpoint (and
+its prefill endpoint). Each endpoint keeps at most `lru_capacity`
 hashes (31,250), or, when its engine reports `cache_config_info`, as many as its KV cache holds (blocks x
 block size / 16 tokens per hash), evicting the least recently learned first (approximately, see below).
 
@@ -379,6 +380,17 @@ class PrefixCacheScorer(plugin.Scorer):
 
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         self.index.learn(cycle, decision)
+
+    def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:
+        hashes = self.index.hashes(cycle)
+        return np.asarray(hashes, dtype="<u8").tobytes() if hashes else None
+
+    def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
+        hashes = np.frombuffer(data, dtype="<u8").tolist()
+        decision = shared.decision
+        for key in (decision.primary, decision.prefill):
+            if key is not None:
+                self.index.add(key, hashes, capacity=self.index.capacity(shared.state(key)))
 
 
 def index_of(handle: plugin.Handle, *, owner: str, plugin_name: str) -> Index | None:

@@ -154,7 +154,17 @@ class SessionAffinityScorer(plugin.Scorer):
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
         token = cycle.request.session_token
         if token:
-            self._sessions[token] = decision.primary
-            self._sessions.move_to_end(token)
-            if len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            self._remember(token, decision.primary)
+
+    def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:
+        token = cycle.request.session_token
+        return token.encode() if token else None
+
+    def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
+        self._remember(data.decode(errors="replace"), shared.decision.primary)
+
+    def _remember(self, token: str, key: str) -> None:
+        self._sessions[token] = key
+        self._sessions.move_to_end(token)
+        if len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
