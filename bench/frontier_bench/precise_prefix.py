@@ -141,6 +141,32 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def write(
+    args: argparse.Namespace, source: workloads.SharedPrefix, *, command: str, rows: list[dict[str, Any]]
+) -> None:
+    """The results files for the rows so far."""
+    text = [
+        "# Precise vs approximate prefix routing (virtual time)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{args.engines} simulated H100s (8B), the llm-d shape: {source.num_groups} groups x "
+        f"{source.system_prompt_len}-token system prompts, {source.question_len}-token questions, "
+        f"{args.output_len}-token outputs; {args.warmup:g} s warm-up left out, {args.duration:g} s measured; "
+        f"seeds {', '.join(str(seed) for seed in sorted({row['seed'] for row in rows}))} (min-max);"
+        f" {args.replicas} picker replica(s) taking requests in turn (baselines: one).",
+        "Goodput: requests within the default SLO (TTFT 1 s, TPOT 50 ms).",
+        "",
+        *table(rows),
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(
+        json.dumps({"command": command, "rows": rows}, indent=2) + "\n"
+    )
+    (args.out / f"{args.name}.md").write_text("\n".join(text))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -155,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="precise-prefix", help="results file stem")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    command = "python -m frontier_bench.precise_prefix " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
         source = workloads.llmd_study(engines=args.engines, output_len=args.output_len, seed=seed)
@@ -172,28 +201,8 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    command = "python -m frontier_bench.precise_prefix " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    text = [
-        "# Precise vs approximate prefix routing (virtual time)",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"{args.engines} simulated H100s (8B), the llm-d shape: {source.num_groups} groups x "
-        f"{source.system_prompt_len}-token system prompts, {source.question_len}-token questions, "
-        f"{args.output_len}-token outputs; {args.warmup:g} s warm-up left out, {args.duration:g} s measured; "
-        f"seeds {', '.join(map(str, args.seeds))} (min-max); {args.replicas} picker replica(s) taking"
-        " requests in turn (baselines: one). Goodput: requests within the default SLO (TTFT 1s, TPOT 50ms).",
-        "",
-        *table(rows),
-        "",
-    ]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(
-        json.dumps({"command": command, "rows": rows}, indent=2) + "\n"
-    )
-    (args.out / f"{args.name}.md").write_text("\n".join(text))
+                # After every run, so that a sweep cut short keeps what it measured.
+                write(args, source, command=command, rows=rows)
 
 
 if __name__ == "__main__":
