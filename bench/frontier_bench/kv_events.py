@@ -5,7 +5,7 @@
   H100's KV cache for the 8B model at 0.9 GPU memory utilization, the most an engine can report), at
   `--endpoints` endpoints. Two sharing cases: every block distinct (the worst case), and a quarter of each
   endpoint's blocks being some of 256 system prompts of 1,024 tokens shared across the pool. The resident-set
-  growth of a process filling the whole of it, and tracemalloc's requested bytes at a tenth of it.
+  growth of a process filling the whole of it, and tracemalloc's requested bytes at a tenth of the endpoints.
 - *Ingestion*: a full index at steady state, batches that store k blocks and remove k others (k = 1: a
   decode step finishing one block; k = 32: a 512-token prefill chunk), decoded and applied; blocks/s and
   batches/s of one core (thread CPU time). And the same through real ZMQ sockets: a publisher process
@@ -398,8 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         print(json.dumps(worker(args.worker)))
         return
-    # tracemalloc at a tenth of the cache (its own records cost as much again), RSS growth at all of it.
-    traced = [f"memory:{args.endpoints}:{args.blocks // 10}:{case}" for case in ("distinct", "shared")]
+    # tracemalloc at a tenth of the endpoints (its own records cost as much again), RSS growth at all of it.
+    traced = [f"memory:{args.endpoints // 10}:{args.blocks}:{case}" for case in ("distinct", "shared")]
     rss = [f"rss:{args.endpoints}:{args.blocks}:{case}" for case in ("distinct", "shared")]
     results: dict[str, Any] = {
         "command": "python -m frontier_bench.kv_events "
