@@ -7,7 +7,7 @@ import msgpack
 import pytest
 
 from frontier_api import standin_tokenizer
-from frontier_picker.scheduling import config
+from frontier_picker.scheduling import config, types
 from frontier_picker.scheduling.framework import cycles
 from frontier_picker.scheduling.framework.errors import ConfigError
 from frontier_picker.scheduling.plugins import precise_prefix
@@ -102,3 +102,24 @@ def test_a_models_tokenizer_json_gives_the_token_ids_the_index_is_matched_on(tmp
     broken.write_text("{}")
     with pytest.raises(ConfigError, match="does not load"):
         config.load(HEAD + "plugins:" + text.replace(str(path), str(broken)) + PROFILE)
+
+
+def test_a_peers_decision_becomes_a_speculative_entry_here():
+    text = HEAD + "plugins:\n- type: kv-events-subscriber\n- type: precise-prefix-cache-scorer\n" + PROFILE
+    here, peer = config.load(text, seed=0), config.load(text, seed=1)
+    states = [fleet.state(0), fleet.state(1)]
+    prompt = standin_tokenizer.apply_chat_template([{"role": "user", "content": "shared " * 80}])
+    decision = types.Decision(endpoints=[fleet.key(1)])
+    peer_scorer = peer.destination_profile.scorers[0].scorer
+    cycle = cycles.Cycle(fleet.request(prompt), fleet.snapshot(states), rng=None)  # type: ignore[arg-type]
+    data = peer_scorer.share(cycle, decision)
+    assert data is not None
+    scorer = here.destination_profile.scorers[0].scorer
+    request = fleet.request(prompt)
+    scorer.learn_shared(
+        data, types.SharedDecision(request=request, decision=decision, now=fleet.NOW, state=lambda key: None)
+    )
+    cycle = cycles.Cycle(request, fleet.snapshot(states), rng=None)  # type: ignore[arg-type]
+    assert scorer.score(cycle).tolist() == [0.0, 1.0]
+    later = cycles.Cycle(request, fleet.snapshot(states, now=fleet.NOW + 2.0), rng=None)  # type: ignore[arg-type]
+    assert scorer.score(later).tolist() == [0.0, 0.0]  # speculativeTtlSeconds (2 s) passed unconfirmed

@@ -222,11 +222,23 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         return self.matched_blocks(cycle) / total
 
     def on_decision(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
-        if not self.speculative_ttl_s:
-            return
-        keys = self.block_keys(cycle)
+        if self.speculative_ttl_s:
+            self._speculate(self.block_keys(cycle), decision, now=cycle.now)
+
+    def _speculate(self, keys: list[int], decision: types.Decision, *, now: float) -> None:
         if not keys:
             return
         for key in (decision.primary, decision.prefill):
             if key is not None:
-                self.index.speculate(key, keys, until=cycle.now + self.speculative_ttl_s)
+                self.index.speculate(key, keys, until=now + self.speculative_ttl_s)
+
+    def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:
+        if not self.speculative_ttl_s:
+            return None
+        keys = self.block_keys(cycle)
+        return np.asarray(keys, dtype="<u8").tobytes() if keys else None
+
+    def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
+        """A peer's request counts as held where it went, as this picker's own do (speculative entries)."""
+        keys: list[int] = np.frombuffer(data, dtype="<u8").tolist()
+        self._speculate(keys, shared.decision, now=shared.now)
