@@ -98,6 +98,9 @@ MODEL_LABEL: Final = "inference.frontier.dev/model"
 SERVED_MODEL_ANNOTATION: Final = "inference.frontier.dev/served-model"
 # The LoRA adapters a pod serves (comma-separated adapter names, `--lora-modules` of its engine).
 ADAPTERS_ANNOTATION: Final = "inference.frontier.dev/lora-adapters"
+# The port of a pod's KV event publisher (ZMQ PUB, `--kv-events-config` endpoint); pool discovery gives it to
+# the picker as the endpoint's label of the same name, and the picker subscribes to tcp://<pod-ip>:<port>.
+KV_EVENTS_PORT_ANNOTATION: Final = "inference.frontier.dev/kv-events-port"
 # Roles a model-server pod plays; "both" is an aggregated (not disaggregated) server.
 ROLE_PREFILL: Final = "prefill"
 ROLE_DECODE: Final = "decode"
@@ -149,6 +152,13 @@ ENGINE_METRICS: Final = {
 
 # vLLM KV events (ZMQ PUB), llm-d topic convention kv@<endpoint-ip>@<model>.
 KV_EVENTS_DEFAULT_ENDPOINT: Final = "tcp://*:5557"
+
+
+def kv_events_port(endpoint: str) -> int | None:
+    """The TCP port of a ZMQ endpoint `tcp://host:port` (None when it names no fixed port)."""
+    scheme, _, rest = endpoint.partition("://")
+    port = rest.rpartition(":")[2]
+    return int(port) if scheme == "tcp" and port.isdigit() and 0 < int(port) < 65536 else None
 
 
 def kv_events_topic(address: str, model: str) -> str:

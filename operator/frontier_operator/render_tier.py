@@ -181,7 +181,7 @@ def _pod_spec(
         [] if sidecar else [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     )
     if spec.engine.kv_events.enabled:
-        ports.append({"name": "kv-events", "containerPort": KV_EVENTS_PORT, "protocol": "TCP"})
+        ports.append({"name": "kv-events", "containerPort": _kv_events_port(spec), "protocol": "TCP"})
     if spec.disaggregation.enabled and spec.disaggregation.kv_connector == modeltier.KvConnector.NIXL:
         ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
@@ -243,7 +243,14 @@ def _annotations(spec: modeltier.ModelTierSpec) -> dict[str, str]:
     lora = spec.engine.lora
     if lora is not None and lora.adapters:
         found[names.ADAPTERS_ANNOTATION] = ",".join(adapter.name for adapter in lora.adapters)
+    if spec.engine.kv_events.enabled:
+        found[names.KV_EVENTS_PORT_ANNOTATION] = str(_kv_events_port(spec))
     return found
+
+
+def _kv_events_port(spec: modeltier.ModelTierSpec) -> int:
+    """The port the engine publishes KV events on (its `kvEvents.endpoint`, 5557 when that names none)."""
+    return names.kv_events_port(spec.engine.kv_events.endpoint) or KV_EVENTS_PORT
 
 
 def _strategy(rollout: modeltier.Rollout) -> dict[str, Any]:

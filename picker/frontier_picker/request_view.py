@@ -52,13 +52,18 @@ def build(
         overhead = parsed_bytes - len(prompt)
         prompt_tokens = max(prompt_tokens, bodies.estimate_tokens_of(body_bytes - overhead))
     max_tokens = None
+    messages = None
     if document is not None:
         max_tokens = next((v for f in _MAX_TOKENS_FIELDS if isinstance(v := document.get(f), int)), None)
+        raw = document.get("messages")
+        if isinstance(raw, list) and all(isinstance(message, dict) for message in raw):
+            messages = raw
     return types.Request(
         request_id=request_id,
         model=model,
         target_model=target,
         prompt=prompt,
+        messages=messages,
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         objective=header(headers, names.INFERENCE_OBJECTIVE),

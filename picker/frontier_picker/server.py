@@ -39,6 +39,7 @@ from frontier_picker import (
 )
 from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
 from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.framework import plugin
 from frontier_picker.scheduling.framework import scheduler as framework
 from frontier_picker.scheduling.plugins import prefix
 
@@ -292,6 +293,8 @@ async def start(
         tasks.append(loop.create_task(_pump(context.director, context.clock)))
     tasks.append(loop.create_task(memory.trim_after_bodies(lambda: context.body_bytes)))
     tasks.append(loop.create_task(overload.watch(context.loop_lag)))
+    for source in data_sources_of(scheduler):
+        tasks.append(loop.create_task(source.run(store.states), name=f"data-source-{source.name}"))
     peers, peer_server, peer_port = await _start_peering(options, context, store, tasks)
     if options.refresh_metrics_interval_s > 0 and not options.metrics_from_siblings:
         engine_scraper = scraper.Scraper(store.states, interval_s=options.refresh_metrics_interval_s)
@@ -324,6 +327,12 @@ async def start(
         peer_port=peer_port,
         _peer_server=peer_server,
     )
+
+
+def data_sources_of(scheduler: types.Scheduler) -> list[plugin.DataSource]:
+    """The data-source plugins of `scheduler`'s EndpointPickerConfig (none for any other scheduler)."""
+    sources = getattr(scheduler, "data_sources", None)
+    return [source for source in sources or () if isinstance(source, plugin.DataSource)]
 
 
 async def _start_peering(

@@ -649,6 +649,19 @@ def test_tier_pods_carry_the_exact_served_name_for_the_picker():
     assert annotations[names.ADAPTERS_ANNOTATION] == "sql-lora,chat-lora"  # the picker routes adapter names
 
 
+def test_tier_pods_publishing_kv_events_announce_the_port_the_picker_subscribes_to():
+    owners = _two_tier_owners()
+    owners[1]["spec"]["engine"]["kvEvents"] = {"enabled": True, "endpoint": "tcp://*:6001"}
+    spec = modeltier.parse_spec(owners[1]["spec"])
+    deployment = render_tier.deployment(
+        tier=owners[1], spec=spec, role_name="prefill", pool=pools.from_object(samples.pool()), cfg=CFG
+    )
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["annotations"][names.KV_EVENTS_PORT_ANNOTATION] == "6001"
+    ports = {port["name"]: port["containerPort"] for port in pod["spec"]["containers"][0]["ports"]}
+    assert ports["kv-events"] == 6001
+
+
 def test_operator_setting_replaces_the_generated_picker_config():
     default = _by_name(
         render_picker.render(pool=pools.from_object(samples.pool()), owners=[samples.tier()], cfg=CFG)

@@ -5,7 +5,7 @@ import copy
 from typing import Any
 
 from frontier_api import names
-from frontier_picker import pool_discovery
+from frontier_picker import kv_subscriber, pool_discovery
 
 
 def pool(
@@ -145,3 +145,13 @@ def test_the_adapters_annotation_lists_the_lora_adapters_a_pod_serves() -> None:
         "a": frozenset({"sql-lora", "chat-lora"}),
         "b": frozenset(),
     }
+
+
+def test_the_kv_events_port_annotation_tells_the_picker_where_to_subscribe() -> None:
+    view = pool_discovery.PoolView(pool_name="chat")
+    view.apply_pool(pool_discovery.SYNCED, [pool("chat")])
+    publishing = pod("a", "10.1.0.1")
+    publishing["metadata"]["annotations"] = {names.KV_EVENTS_PORT_ANNOTATION: "5557"}
+    view.apply_pod(pool_discovery.SYNCED, [publishing, pod("b", "10.1.0.2")])
+    found = {e.name: kv_subscriber.events_address(e) for e in view.endpoints()}
+    assert found == {"a": "tcp://10.1.0.1:5557", "b": None}

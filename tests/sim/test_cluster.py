@@ -7,7 +7,8 @@ import pytest
 
 from frontier_api import names
 from frontier_picker import endpoints
-from frontier_picker.scheduling import types
+from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.plugins import precise_prefix
 from frontier_sim import settings, timing
 from frontier_sim.vt import cluster, policies
 
@@ -317,3 +318,33 @@ def test_peered_replicas_keep_the_prefix_locality_that_blind_replicas_lose():
 def test_only_a_picker_runs_as_several_replicas():
     with pytest.raises(ValueError, match="replicas"):
         cluster.run(engines=small(2), workload=[], policy="least-request", replicas=2)
+
+
+PRECISE = """
+apiVersion: inference.networking.x-k8s.io/v1alpha1
+kind: EndpointPickerConfig
+plugins:
+- type: queue-scorer
+- type: kv-events-subscriber
+- type: precise-prefix-cache-scorer
+schedulingProfiles:
+- name: precise
+  plugins:
+  - pluginRef: queue-scorer
+  - pluginRef: precise-prefix-cache-scorer
+    weight: 3
+"""
+
+
+def test_a_config_subscribing_to_kv_events_gets_every_engines_events_in_virtual_time():
+    scheduler = config.load(PRECISE, seed=0)
+    source = scheduler.data_sources[0]
+    assert isinstance(source, precise_prefix.KvEventsSubscriber)
+    engines = small(3, "--num-gpu-blocks-override", "150")
+    workload = shared_prefix(requests=150, qps=20, groups=5)
+    precise = cluster.run(engines=engines, workload=workload, policy=scheduler)
+    approximate = cluster.run(engines=engines, workload=workload, policy="gie-default")
+    # Every engine published, and no engine is said to hold more blocks than its cache has.
+    assert len(source.index.endpoints()) == 3
+    assert all(0 < source.index.size(key) <= 150 for key in source.index.endpoints())
+    assert precise.cached_tokens.sum() >= 0.9 * approximate.cached_tokens.sum() > 0

@@ -24,6 +24,7 @@ _KIND_ORDER = {
     "admission": 5,
     "tier-router": 6,
     "classifier": 7,
+    "data-source": 8,
 }
 
 

@@ -6,8 +6,8 @@ exception carrying the HTTP status the client gets.
 """
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from frontier_api import estimates
 from frontier_picker import endpoints
@@ -21,6 +21,7 @@ class Request:
     model: str  # the model the client asked for
     target_model: str  # after x-gateway-model-name-rewrite; what the endpoint serves
     prompt: str = ""  # text used for prefix affinity (chat messages joined in order); "" when body-less
+    messages: Sequence[Mapping[str, Any]] | None = None  # a chat request's messages, as the client sent them
     prompt_tokens: int = 0  # estimate (~4 characters per token) until the model server reports usage
     max_tokens: int | None = None
     objective: str | None = None

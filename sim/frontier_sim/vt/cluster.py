@@ -47,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from frontier_api import names
-from frontier_picker import datastore, director, endpoints, peer_deltas, request_view
+from frontier_picker import datastore, director, endpoints, kv_events, peer_deltas, request_view
 from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.plugins import precise_prefix
 from frontier_sim import engine, fleet, settings, tokenizer
 from frontier_sim.vt import policies, virtual_engine
 
@@ -269,6 +270,22 @@ class _Prompts:
         return hashes
 
 
+def _kv_event(event: engine.KVEvent) -> kv_events.Event:
+    """An engine's KV event as the picker decodes it from the wire."""
+    if isinstance(event, engine.BlockStored):
+        return kv_events.BlockStored(
+            block_hashes=event.block_hashes,
+            parent_block_hash=event.parent_block_hash,
+            token_ids=event.token_ids,
+            block_size=event.block_size,
+            lora_id=event.lora_id,
+            medium=event.medium,
+        )
+    if isinstance(event, engine.BlockRemoved):
+        return kv_events.BlockRemoved(block_hashes=event.block_hashes, medium=event.medium)
+    return kv_events.AllBlocksCleared()
+
+
 def _policy(
     policy: str | policies.Policy | types.Scheduler,
     *,
@@ -457,6 +474,14 @@ class _Simulation:
         self.director = director.Director(
             scheduler=scheduler, store=self.store, flow=director.flow_of(scheduler), log_decisions=False
         )
+        # A config with a kv-events-subscriber gets every engine's KV events the moment its step ends (as a
+        # subscriber that keeps up would), numbered per engine: its index follows the engines' caches.
+        self.event_indexes = [
+            source.index
+            for source in getattr(scheduler, "data_sources", ())
+            if isinstance(source, precise_prefix.KvEventsSubscriber)
+        ]
+        self.event_seq = [0] * len(self.vengines)
         self.baseline = scheduler if isinstance(scheduler, policies.PolicyScheduler) else None
         if replicas > 1 and (self.baseline is not None or not isinstance(policy, str)):
             raise ValueError("replicas: only a picker profile or config runs as several replicas")
@@ -625,8 +650,18 @@ class _Simulation:
         self.events += 1
         result = v.fire(t)
         if result is not None:
+            if result.events and self.event_indexes:
+                self._publish(index, result.events, t)
             self._deliver(result, t)
         self._push(v)
+
+    def _publish(self, index: int, events: Sequence[engine.KVEvent], t: float) -> None:
+        """Hand engine `index`'s KV events to the picker's event indexes, as one batch."""
+        batch = kv_events.Batch(seq=self.event_seq[index], ts=t, events=[_kv_event(e) for e in events])
+        self.event_seq[index] += 1
+        key = self.states[index].endpoint.key
+        for event_index in self.event_indexes:
+            event_index.apply(key, batch)
 
     def _arrive(self, arrival: Arrival) -> None:
         t = arrival.at

@@ -341,23 +341,30 @@ def build(
     run = [profiles[name] for name in handler.profiles()]
     for member in [*(m for p in run for m in p.members()), *handle.requested, handler, *admitters, *routing]:
         learners.setdefault(id(member), member)
+    # Data sources: the listed ones, and any a plugin created for itself; each runs once.
+    sources: dict[int, plugin_api.DataSource] = {}
+    for member in [*handle.built.values(), *handle.requested]:
+        if isinstance(member, plugin_api.DataSource):
+            sources.setdefault(id(member), member)
     built = scheduler.Scheduler(
         handler=handler,
         profiles=profiles,
         admitters=admitters,
         router=router,
         learners=list(learners.values()),
+        data_sources=list(sources.values()),
         seed=seed,
     )
     if flow_settings is not None:
         built.flow = flow_control.FlowController(flow_settings, thresholds, prepare=built.prepare)
     log.info(
-        "event=scheduler_loaded handler=%s profiles=%s admitters=%s tier_router=%s fallbacks=%d "
-        "flow_control=%s",
+        "event=scheduler_loaded handler=%s profiles=%s admitters=%s tier_router=%s data_sources=%s "
+        "fallbacks=%d flow_control=%s",
         handler.name,
         ",".join(handler.profiles()),
         ",".join(a.name for a in admitters) or "-",
         router.name if router is not None else "-",
+        ",".join(source.name for source in sources.values()) or "-",
         fallbacks,
         flow_settings if flow_settings is not None else "off",
     )

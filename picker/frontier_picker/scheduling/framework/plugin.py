@@ -6,9 +6,11 @@ request), then *scorers* (each gives every remaining endpoint a score in [0, 1],
 which profiles run for a request and turns their results into the decision (one profile; or decode, then
 prefill when disaggregating). *Admitters* run before any profile and may refuse the request or fill in what
 the scheduler reads (its priority). A *tier router* turns a request for a virtual model into the model tiers
-to try, best first. Any plugin may learn from decisions and completions, and share what it learned from a
-decision with the same plugin in peer pickers (`share` / `learn_shared`: workers of one pod, replicas of
-one pool), so every peer's index and ledger cover the whole pool's traffic.
+to try, best first. A *data source* feeds other plugins from outside the request path (the engines' KV
+events): the server runs it as a task for as long as it serves. Any plugin may learn from decisions and
+completions, and share what it learned from a decision with the same plugin in peer pickers (`share` /
+`learn_shared`: workers of one pod, replicas of one pool), so every peer's index and ledger cover the whole
+pool's traffic.
 
 Each plugin type is registered under its GIE-style type string and built by its class's `build(name,
 parameters, handle)`. The *handle* is how a plugin finds its collaborators: another plugin by name, the
@@ -21,7 +23,7 @@ plugin, so a config that asks for data nobody produces fails when it is loaded, 
 """
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
@@ -271,6 +273,17 @@ class Admitter(Plugin):
 
     def prepare(self, request: types.Request) -> None:
         """Set the fields flow control reads (priority) before the request is queued; most set none."""
+
+
+class DataSource(Plugin):
+    """Produces data from outside the request path (engine events) that other plugins read."""
+
+    kind = "data-source"
+
+    async def run(self, states: Callable[[], Sequence[endpoints.EndpointState]]) -> None:
+        """Feed the plugin's data until cancelled; `states()` is the pool's current endpoints. I/O lives
+        here (sockets, tasks); what it feeds is the plugin's pure state."""
+        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

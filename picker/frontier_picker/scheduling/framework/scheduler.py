@@ -113,9 +113,11 @@ class Scheduler:
         admitters: Sequence[plugin.Admitter] = (),
         router: plugin.TierRouter | None = None,
         learners: Sequence[plugin.Plugin] = (),
+        data_sources: Sequence[plugin.DataSource] = (),
         seed: int | None = None,
     ) -> None:
         self.handler = handler
+        self.data_sources = list(data_sources)  # the server runs each as a task
         # The config's flow control (the loader sets it; the director drives it).
         self.flow: flow_control.FlowController | None = None
         self.profiles = dict(profiles)
