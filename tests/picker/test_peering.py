@@ -153,6 +153,7 @@ async def test_the_prefix_index_learns_a_peers_decisions(pair: tuple[server.Pick
     for n in range(6):
         document = f"document {n}: " + "lorem ipsum dolor sit amet " * 60
         routed = await route(first, document + "first question?")
+        assert await eventually(lambda routed=routed: in_flight(second) == {routed.endpoint: 1})
         await routed.finish()
         assert await eventually(lambda: in_flight(second) == {})
         # Same long prefix, a new question, asked of the other picker: it goes where the prefix is cached.
