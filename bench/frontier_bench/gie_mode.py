@@ -377,7 +377,9 @@ async def run(
             names.GIE_GROUP, names.GIE_VERSION, namespace, names.INFERENCE_POOL_PLURAL, inference_pool()
         )
         cluster = Cluster(kubeconfig=plane.kubeconfig, namespace=namespace)
-        with processes.Group(work / "logs") as group:
+        # The fleet and frontier-picker run from a snapshot of HEAD, as the other real-time suites do.
+        frozen = harness.freeze_source(work / "source")
+        with processes.Group(work / "logs", env=frozen) as group:
             running = await fleet.start(
                 group,
                 engines=full.ENGINES,
