@@ -23,7 +23,9 @@ engines' prefix caches are emptied, the picker and Envoy start fresh, and the ru
 CPU is every process of the picker (the EPP's one, or the picker's supervisor and workers) from the first
 send until the engines drain; the marginal CPU per request subtracts the idle rate over that window.
 
-`python -m frontier_bench.gie_mode --out bench/results` writes `gie-mode.{json,md}`.
+`python -m frontier_bench.gie_mode --out bench/results` writes `gie-mode.{json,md}`; `--envoy-mode cheap`
+runs the same comparison behind Envoys in Frontier's cheap mode (response bodies not sent to the picker) and
+writes `gie-mode-cheap-envoy.{json,md}`.
 """
 
 import argparse
@@ -78,7 +80,11 @@ UNSERVED_NODE: Final = "bench-host"
 # Loopback addresses of its own (not `harness`'s), so it runs beside the other real-time suites.
 ENGINE_PREFIX: Final = "127.14.1"  # engines at 127.14.1.1, .2, ...
 FRONT_DOOR_ADDRESS: Final = "127.14.0.1"
-ENVOY_MODE: Final = "gie"
+ENVOY_MODES: Final = ("gie", "cheap")
+RESPONSE_BODIES: Final = {
+    "gie": "request and response bodies FULL_DUPLEX_STREAMED",
+    "cheap": "request body FULL_DUPLEX_STREAMED, response body NONE (trailers sent)",
+}
 
 
 def epp_binary() -> Path:
@@ -150,9 +156,15 @@ class Door:
 
 
 async def start_door(
-    policy: str, *, group: processes.Group, cluster: Cluster, running: fleet.Fleet, run_dir: Path
+    policy: str,
+    *,
+    group: processes.Group,
+    cluster: Cluster,
+    running: fleet.Fleet,
+    run_dir: Path,
+    envoy_mode: str = "gie",
 ) -> Door:
-    """The policy's picker and a fresh Envoy in `gie` mode in front of it."""
+    """The policy's picker and a fresh Envoy in `envoy_mode` in front of it."""
     address = FRONT_DOOR_ADDRESS
     run_dir.mkdir(parents=True, exist_ok=True)
     if policy == EPP_POLICY:
@@ -204,7 +216,7 @@ async def start_door(
     await processes.wait_port(address, grpc_port, child=picker, timeout_s=60.0)
     port = processes.free_port(address)
     config = envoy_bootstrap.bootstrap(
-        mode=ENVOY_MODE,
+        mode=envoy_mode,
         listen_address=address,
         listen_port=port,
         picker_address=address,
@@ -290,10 +302,13 @@ async def run_one(
     duration_s: float,
     idle_s: float,
     run_dir: Path,
+    envoy_mode: str,
 ) -> Row:
     await fleet.wait_idle(running)
     started = time.monotonic()
-    door = await start_door(policy, group=group, cluster=cluster, running=running, run_dir=run_dir)
+    door = await start_door(
+        policy, group=group, cluster=cluster, running=running, run_dir=run_dir, envoy_mode=envoy_mode
+    )
     try:
         await wait_answering(door, model=running.model)
         ready_s = time.monotonic() - started
@@ -337,7 +352,7 @@ async def run_one(
     failed = [trace for trace in traces if not trace.ok]
     return Row(
         policy=policy,
-        envoy_mode=ENVOY_MODE,
+        envoy_mode=envoy_mode,
         workload=workload.name,
         offered_rps=qps,
         round=round_,
@@ -366,6 +381,7 @@ async def run(
     duration_s: float,
     idle_s: float,
     work: Path,
+    envoy_mode: str,
 ) -> list[Row]:
     work.mkdir(parents=True, exist_ok=True)
     workload = full.shared_prefix_6()
@@ -406,6 +422,7 @@ async def run(
                             duration_s=duration_s,
                             idle_s=idle_s,
                             run_dir=work / "runs",
+                            envoy_mode=envoy_mode,
                         )
                         rows.append(row)
                         log.info("event=run_done %s", json.dumps(dataclasses.asdict(row)))
@@ -444,7 +461,8 @@ def ratios(rows: Sequence[Row], policy: str, field: str) -> list[float]:
 
 def markdown(rows: Sequence[Row], *, command: str, meta: dict[str, Any]) -> str:
     lines = [
-        f"# The real GIE EPP {GIE_VERSION} beside Frontier's picker, Envoy in GIE's mode (issues 14, 19)",
+        f"# The real GIE EPP {GIE_VERSION} beside Frontier's picker, Envoy in `{meta['envoy_mode']}` mode"
+        " (issues 14, 19)",
         "",
         f"Command: `{command}`  ",
         f"Machine: {meta['machine']}  ",
@@ -503,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--loads", nargs="+", type=float, default=[25.0, 40.0, 55.0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--warmup", type=float, default=5.0, help="model seconds of arrivals left out")
+    parser.add_argument("--envoy-mode", choices=ENVOY_MODES, default="gie")
+    parser.add_argument("--warmup", type=float, default=10.0, help="model seconds of arrivals left out")
     parser.add_argument("--duration", type=float, default=20.0, help="model seconds of measured arrivals")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds the idle CPU rate is measured over")
     args = parser.parse_args(argv)
@@ -520,16 +539,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             duration_s=args.duration,
             idle_s=args.idle,
             work=args.work,
+            envoy_mode=args.envoy_mode,
         )
     )
     command = "python -m frontier_bench.gie_mode " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
+        "envoy_mode": args.envoy_mode,
         "machine": protocol_overhead.machine_facts(),
         "setup": (
             f"{full.ENGINES} simulated engines (time scale {full.TIME_SCALE:g}) found through one"
-            f" InferencePool on the local control plane; Envoy mode `{ENVOY_MODE}` (request and response"
-            " bodies FULL_DUPLEX_STREAMED), one Envoy thread; shared-prefix workload (fresh question per"
-            " request);"
+            f" InferencePool on the local control plane; Envoy mode `{args.envoy_mode}`"
+            f" ({RESPONSE_BODIES[args.envoy_mode]}), one Envoy thread; shared-prefix workload (fresh"
+            " question per request);"
             f" {args.warmup:g} s warm-up + {args.duration:g} s measured (model time) per run; {args.rounds}"
             " interleaved rounds"
         ),
@@ -539,9 +560,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     document = {"command": command.strip(), **meta, "rows": [dataclasses.asdict(row) for row in rows]}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gie-mode.json").write_text(json.dumps(document, indent=1) + "\n")
+    name = "gie-mode" if args.envoy_mode == "gie" else f"gie-mode-{args.envoy_mode}-envoy"
+    (args.out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
     text = markdown(rows, command=command.strip(), meta=meta)
-    (args.out / "gie-mode.md").write_text(text)
+    (args.out / f"{name}.md").write_text(text)
     print(text)
     print(f"wall {meta['wall_s']} s; cpus {os.cpu_count()}")
 
