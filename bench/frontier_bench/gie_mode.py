@@ -522,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loads", nargs="+", type=float, default=[25.0, 40.0, 55.0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--envoy-mode", choices=ENVOY_MODES, default="gie")
+    parser.add_argument("--name", help="results file name (default gie-mode, or gie-mode-MODE-envoy)")
     parser.add_argument("--warmup", type=float, default=10.0, help="model seconds of arrivals left out")
     parser.add_argument("--duration", type=float, default=20.0, help="model seconds of measured arrivals")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds the idle CPU rate is measured over")
@@ -560,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     document = {"command": command.strip(), **meta, "rows": [dataclasses.asdict(row) for row in rows]}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "gie-mode" if args.envoy_mode == "gie" else f"gie-mode-{args.envoy_mode}-envoy"
+    name = args.name or ("gie-mode" if args.envoy_mode == "gie" else f"gie-mode-{args.envoy_mode}-envoy")
     (args.out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
     text = markdown(rows, command=command.strip(), meta=meta)
     (args.out / f"{name}.md").write_text(text)
