@@ -10,7 +10,7 @@ export FRONTIER_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/frontier
 CACHE := $(FRONTIER_CACHE)
 BIN := $(CACHE)/bin
 
-.PHONY: help venv proto test unit envoy cluster image-test lint typecheck demo bench crds testbin image image-archive clean
+.PHONY: help venv proto test unit envoy cluster image-test lint typecheck demo bench crds testbin epp image image-archive clean
 
 help:
 	@echo "make demo      simulated fleet + picker + Envoy + traffic -> frontier report"
@@ -19,6 +19,7 @@ help:
 	@echo "make crds      regenerate crds/ from the API models"
 	@echo "make proto     regenerate the picker's gRPC modules from proto/ (committed; a test checks them)"
 	@echo "make testbin   build the local Kubernetes control plane into $(BIN)"
+	@echo "make epp       build the real GIE EPP (v1.5.0, Go) the benchmark compares with into $(BIN)"
 	@echo "make image     build the container image with buildah (base cached in $(CACHE)/image)"
 	@echo "make image-archive  the image as an OCI archive, $(IMAGE_ARCHIVE)"
 
@@ -67,6 +68,10 @@ test: lint typecheck unit envoy cluster image-test
 testbin:
 	@bash hack/build.sh $(BIN)
 
+# The real GIE endpoint picker, for the gie-mode benchmark; rebuilt only when missing or of another version.
+epp:
+	@bash hack/build-epp.sh $(BIN)
+
 IMAGE_ARCHIVE ?= out/frontier-image.tar
 
 image:
@@ -81,7 +86,7 @@ crds: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/frontier-bench demo --out out/demo
 
-bench: $(STAMP)
+bench: $(STAMP) testbin epp
 	$(VENV)/bin/frontier-bench all --out bench/results
 
 clean:

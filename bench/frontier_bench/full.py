@@ -11,6 +11,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
+- `gie-mode`: the real GIE EPP v1.5.0 (Go) beside Frontier's picker, Envoy in GIE's full-duplex mode, all
+  finding the same engines through one InferencePool on the local control plane (`frontier_bench.gie_mode`).
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
@@ -28,6 +30,7 @@ from typing import Any
 
 from frontier_bench import (
     frontdoors,
+    gie_mode,
     harness,
     knee,
     overload,
@@ -327,6 +330,10 @@ def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> 
         pd.main(["--out", str(out), *(["--seeds", "1", "--duration", "10"] if quick else [])])
     if not only or "overload" in only:
         overload.main(["--out", str(out), *(["--seeds", "1", "--loads", "1.5"] if quick else [])])
+    if not only or "gie-mode" in only:
+        gie_mode.main(
+            ["--out", str(out), *(["--rounds", "1", "--loads", "25", "--duration", "10"] if quick else [])]
+        )
     for suite in suites(quick=quick):
         if only and suite.name not in only:
             continue
