@@ -18,7 +18,8 @@ the cost ledger cover the whole pool's traffic, not one process's share.
   flight it learned through it (`forget_peer` for each origin) and subscribes again with backoff: a lost peer
   costs nothing but its own in-flight requests, and a peer that restarted is a new origin.
 - A publisher keeps a bounded backlog per subscriber; a subscriber that falls behind it is cut off and
-  resubscribes (a fresh snapshot) instead of growing the publisher's memory.
+  resubscribes (a fresh snapshot) instead of growing the publisher's memory. A worker that loses a sibling
+  cuts its subscribers from other pods the same way, so they forget the flights it relayed for that sibling.
 - The workers of a pod share one scraper: the worker that scrapes also publishes the endpoint metrics it
   scraped (never metrics it was sent) to subscribers that ask for them.
 
@@ -61,7 +62,7 @@ class _Subscriber:
     wants_siblings: bool
     pending: list[wire.Delta] = dataclasses.field(default_factory=list)
     ready: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    overflowed: bool = False
+    resync: str = ""  # why the subscriber must start again from a snapshot ("": it need not)
 
 
 class Peering(wire_grpc.PeeringServicer):
@@ -105,7 +106,7 @@ class Peering(wire_grpc.PeeringServicer):
             if relayed and not subscriber.wants_siblings:
                 continue
             if len(subscriber.pending) >= BACKLOG_LIMIT:
-                subscriber.overflowed = True
+                subscriber.resync = f"backlog over {BACKLOG_LIMIT} deltas"
             else:
                 subscriber.pending.append(delta)
             subscriber.ready.set()
@@ -160,10 +161,8 @@ class Peering(wire_grpc.PeeringServicer):
             # one (peers learn a decision that much later, far below a request's lifetime).
             await asyncio.sleep(BATCH_WINDOW_S)
             subscriber.ready.clear()
-            if subscriber.overflowed:
-                log.warning(
-                    "event=peer_backlog_overflow subscriber=%s limit=%d", subscriber.name, BACKLOG_LIMIT
-                )
+            if subscriber.resync:
+                log.warning("event=peer_resync subscriber=%s reason=%r", subscriber.name, subscriber.resync)
                 return  # it resubscribes and starts again from a snapshot
             deltas, subscriber.pending = subscriber.pending, []
             if subscriber.wants_metrics:
@@ -251,6 +250,13 @@ class Peering(wire_grpc.PeeringServicer):
         return True
 
     def _lost(self, address: str, origins: set[str], why: str) -> None:
+        if origins & self._sibling_origins:
+            # Other pods learned this sibling's flights through this worker, and no delta says "forget":
+            # their streams end, and they resubscribe to a snapshot without it.
+            for subscriber in self._subscribers:
+                if subscriber.wants_siblings:
+                    subscriber.resync = "a sibling worker was lost"
+                    subscriber.ready.set()
         for origin in origins:
             dropped = self.director.forget_peer(origin)
             self._sibling_origins.discard(origin)
