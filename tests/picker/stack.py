@@ -305,3 +305,24 @@ async def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         await asyncio.sleep(0.02)
     return bool(predicate())
+
+
+async def completions(
+    url: str, prompts: Sequence[str], *, concurrency: int, headers: Mapping[str, str] | None = None
+) -> list[int]:
+    """POST each prompt to `url`'s `/v1/completions` (through Envoy), `concurrency` at a time; the HTTP
+    statuses in order, 0 where the connection failed."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(session: aiohttp.ClientSession, prompt: str) -> int:
+        async with limit:
+            body = {"model": "m", "prompt": prompt, "max_tokens": 4}
+            try:
+                async with session.post(f"{url}/v1/completions", json=body, headers=headers) as response:
+                    await response.read()
+                    return response.status
+            except aiohttp.ClientError:
+                return 0
+
+    async with aiohttp.ClientSession() as session:
+        return list(await asyncio.gather(*(one(session, prompt) for prompt in prompts)))

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 
@@ -115,23 +114,8 @@ async def _answering(replica: Replica, timeout_s: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-async def completions(
-    url: str, count: int, *, concurrency: int, headers: dict[str, str], tag: str = "r"
-) -> list[int]:
-    limit = asyncio.Semaphore(concurrency)
-
-    async def one(session: aiohttp.ClientSession, n: int) -> int:
-        async with limit:
-            body = {"model": "m", "prompt": f"{tag} {n}: " + "words to route " * 30, "max_tokens": 4}
-            try:
-                async with session.post(f"{url}/v1/completions", json=body, headers=headers) as response:
-                    await response.read()
-                    return response.status
-            except aiohttp.ClientError:
-                return 0
-
-    async with aiohttp.ClientSession() as session:
-        return list(await asyncio.gather(*(one(session, n) for n in range(count))))
+def prompts(tag: str, count: int) -> list[str]:
+    return [f"{tag} {n}: " + "words to route " * 30 for n in range(count)]
 
 
 async def _seen_everywhere(replicas: list[Replica], expected: int, timeout_s: float = 5) -> list[int]:
@@ -152,13 +136,17 @@ def test_replicas_share_the_load_survive_a_kill_and_a_restarted_one_converges(
     async def scenario() -> None:
         # Long answers held open: every replica counts all of them, whichever replica routed each.
         held = {"x-test-chunks": "40", "x-test-delay": "0.05"}  # ~2 s each
-        holding = asyncio.ensure_future(completions(url, 12, concurrency=12, headers=held, tag="held"))
+        holding = asyncio.ensure_future(
+            stack.completions(url, prompts("held", 12), concurrency=12, headers=held)
+        )
         await asyncio.sleep(0.8)
         assert await _seen_everywhere(replicas, 12) == [12, 12, 12]
         assert Counter(await holding) == {200: 12}
 
         # One replica SIGKILLed under load: at most the streams it held fail.
-        sending = asyncio.ensure_future(completions(url, 300, concurrency=24, headers=STREAMED))
+        sending = asyncio.ensure_future(
+            stack.completions(url, prompts("r", 300), concurrency=24, headers=STREAMED)
+        )
         await asyncio.sleep(0.5)
         replicas[1].stop()
         statuses = await sending
@@ -169,13 +157,15 @@ def test_replicas_share_the_load_survive_a_kill_and_a_restarted_one_converges(
 
         # Started again, it learns the open flights of the others from their snapshots at once.
         longer = {"x-test-chunks": "200", "x-test-delay": "0.05"}  # ~10 s: it outlasts a replica's start
-        holding = asyncio.ensure_future(completions(url, 8, concurrency=8, headers=longer, tag="after"))
+        holding = asyncio.ensure_future(
+            stack.completions(url, prompts("after", 8), concurrency=8, headers=longer)
+        )
         await asyncio.sleep(0.5)
         replicas[1].start()
         await _answering(replicas[1])
         assert await _seen_everywhere(replicas, 8) == [8, 8, 8]
         assert Counter(await holding) == {200: 8}
-        statuses = await completions(url, 60, concurrency=12, headers=STREAMED, tag="later")
+        statuses = await stack.completions(url, prompts("later", 60), concurrency=12, headers=STREAMED)
         assert Counter(statuses) == {200: 60}
 
     asyncio.run(scenario())

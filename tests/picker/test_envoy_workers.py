@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from frontier_api import envoy_bootstrap
@@ -109,26 +108,6 @@ def pod_stack(tmp_path: Path) -> Iterator[tuple[Pod, str, list[stack.Backend], s
         loop.close()
 
 
-async def completions(
-    url: str, prompts: list[str], *, concurrency: int, headers: dict[str, str] | None = None
-) -> list[int]:
-    """POST each prompt through Envoy, `concurrency` at a time; the HTTP statuses."""
-    limit = asyncio.Semaphore(concurrency)
-
-    async def one(session: aiohttp.ClientSession, prompt: str) -> int:
-        async with limit:
-            body = {"model": "m", "prompt": prompt, "max_tokens": 4}
-            try:
-                async with session.post(f"{url}/v1/completions", json=body, headers=headers) as response:
-                    await response.read()
-                    return response.status
-            except aiohttp.ClientError:
-                return 0
-
-    async with aiohttp.ClientSession() as session:
-        return list(await asyncio.gather(*(one(session, prompt) for prompt in prompts)))
-
-
 def test_three_workers_serve_one_port_and_the_pod_page_counts_every_request(
     pod_stack: tuple[Pod, str, list[stack.Backend], stack.LoopThread],
 ) -> None:
@@ -137,7 +116,7 @@ def test_three_workers_serve_one_port_and_the_pod_page_counts_every_request(
     # ~0.1 s streamed answers, 96 at a time: each Envoy thread needs several connections (16 streams each),
     # which the kernel spreads over the workers (all on one worker: 3 x (1/3)^6, about 0.4%).
     streamed = {"x-test-chunks": "5", "x-test-delay": "0.02"}
-    statuses = asyncio.run(completions(url, prompts, concurrency=96, headers=streamed))
+    statuses = asyncio.run(stack.completions(url, prompts, concurrency=96, headers=streamed))
     assert Counter(statuses) == {200: 240}
     assert sum(len(b.received) for b in backends) == 240
     time.sleep(1.0)  # the workers' logs are flushed every 0.5 s
@@ -157,7 +136,7 @@ def test_a_worker_killed_under_load_is_started_again_and_costs_at_most_its_own_s
     async def load_and_kill() -> list[int]:
         prompts = [f"request {n}: " + "words " * 40 for n in range(300)]
         streamed = {"x-test-chunks": "5", "x-test-delay": "0.02"}  # ~0.1 s answers: requests overlap the kill
-        sending = asyncio.ensure_future(completions(url, prompts, concurrency=24, headers=streamed))
+        sending = asyncio.ensure_future(stack.completions(url, prompts, concurrency=24, headers=streamed))
         await asyncio.sleep(0.5)
         subprocess.run(["kill", "-KILL", str(victim)], check=True)
         return await sending
@@ -172,6 +151,6 @@ def test_a_worker_killed_under_load_is_started_again_and_costs_at_most_its_own_s
     assert "event=worker_died worker=1" in pod.log()
     # After the restart every request is served again.
     statuses = asyncio.run(
-        completions(url, [f"after {n}: " + "words " * 40 for n in range(60)], concurrency=12)
+        stack.completions(url, [f"after {n}: " + "words " * 40 for n in range(60)], concurrency=12)
     )
     assert Counter(statuses) == {200: 60}
