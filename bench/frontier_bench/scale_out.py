@@ -32,7 +32,7 @@ from typing import Any, Final
 import aiohttp
 
 from frontier_api import envoy_bootstrap
-from frontier_bench import processes, protocol_overhead
+from frontier_bench import frontdoors, processes, protocol_overhead
 
 log = logging.getLogger(__name__)
 
@@ -99,17 +99,17 @@ async def start_doors(group: processes.Group, work: Path) -> dict[str, Door]:
             argv = [sys.executable, "-m", "frontier_bench.protocol_overhead", "floor", "--address", ADDRESS]
             argv += ["--port", str(port), "--endpoint", f"{ADDRESS}:{backend_port}"]
         else:
-            argv = [sys.executable, "-m", "frontier_picker.main", "--address", ADDRESS, "--workers", name[-2]]
-            argv += ["--grpc-port", str(port), "--grpc-health-port", "0", "--metrics-port", "0"]
-            argv += ["--secure-serving", "false", "--endpoints-file", str(endpoints_file), "--fallbacks", "0"]
-            argv += [
-                "--builtin-config",
-                "round-robin",
-                "--refresh-metrics-interval",
-                "0",
-                "--log-level",
-                "WARNING",
-            ]
+            argv = frontdoors.picker_argv(
+                endpoints_file=endpoints_file,
+                address=ADDRESS,
+                grpc_port=port,
+                health_port=0,
+                metrics_port=0,
+                extra=[
+                    *("--workers", name[-2], "--fallbacks", "0", "--builtin-config", "round-robin"),
+                    *("--refresh-metrics-interval", "0", "--log-level", "WARNING"),
+                ],
+            )
         processor = group.start(name, argv)
         await processes.wait_port(ADDRESS, port, child=processor)
         listen, admin = processes.free_port(ADDRESS), processes.free_port(ADDRESS)
