@@ -374,6 +374,13 @@ def run(
     return simulation.run(workload, max_wall_s=max_wall_s)
 
 
+def _director(scheduler: types.Scheduler, store: datastore.Datastore) -> director.Director:
+    """A picker replica's director over `store` (no decision logs: millions of decisions per run)."""
+    return director.Director(
+        scheduler=scheduler, store=store, flow=director.flow_of(scheduler), log_decisions=False
+    )
+
+
 class _Peers:
     """In-process peering of picker replicas: what one decides, the others learn at once, converted to and
     from the wire messages as the real peering does (`peer_deltas`)."""
@@ -464,16 +471,12 @@ class _Simulation:
             for i, spec in enumerate(self.specs)
         ]
         self.cores = [v.core for v in self.vengines]
-        for state, core in zip(self.states, self.cores, strict=True):
-            state.metrics.block_size = core.config.block_size
-            state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
+        self._report_cache_sizes(self.states)
         self.key_index = {state.endpoint.key: i for i, state in enumerate(self.states)}
         self.name, scheduler = _policy(
             policy, states=self.states, cores=self.cores, seed=seed, fallbacks=fallbacks
         )
-        self.director = director.Director(
-            scheduler=scheduler, store=self.store, flow=director.flow_of(scheduler), log_decisions=False
-        )
+        self.director = _director(scheduler, self.store)
         # A config with a kv-events-subscriber gets every engine's KV events the moment its step ends (as a
         # subscriber that keeps up would), numbered per engine: its index follows the engines' caches.
         self.event_indexes = [
@@ -492,15 +495,11 @@ class _Simulation:
             store = datastore.Datastore()
             store.replace(state.endpoint for state in self.states)
             states = list(store.states())
-            for state, core in zip(states, self.cores, strict=True):
-                state.metrics.block_size = core.config.block_size
-                state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
+            self._report_cache_sizes(states)
             _, own = _policy(
                 policy, states=states, cores=self.cores, seed=seed + replica, fallbacks=fallbacks
             )
-            self.directors.append(
-                director.Director(scheduler=own, store=store, flow=director.flow_of(own), log_decisions=False)
-            )
+            self.directors.append(_director(own, store))
             self.replica_states.append(states)
         if replicas > 1 and peering:
             for index, own_director in enumerate(self.directors):
@@ -521,6 +520,12 @@ class _Simulation:
         self.order = 0
         self.events = 0
         self.transfers: dict[int, _Flight] = {}  # KV transfers under way, by heap order
+
+    def _report_cache_sizes(self, states: Sequence[endpoints.EndpointState]) -> None:
+        """What the engines' `cache_config_info` tells a picker: each one's KV block size and count."""
+        for state, core in zip(states, self.cores, strict=True):
+            state.metrics.block_size = core.config.block_size
+            state.metrics.num_gpu_blocks = core.config.num_gpu_blocks
 
     # --- engine events ---------------------------------------------------------------------------------
     def _push(self, v: virtual_engine.VirtualEngine) -> None:
