@@ -24,6 +24,12 @@ Shapes:
   user turn. Every block of `num_sessions x turns` requests is a fresh set of sessions.
 - `long_documents`: a few long shared documents, each request a fresh short question about one of them,
   popularity Zipf-like.
+- `zipf_churn`: many long system prompts, Zipf popularity over `num_prompts` ranks, and churn: every
+  `churn_interval` requests a new system prompt takes the top rank and every other one moves down a rank
+  (the one at the bottom leaves), so the popular set drifts and each system prompt is asked about
+  `churn_interval` times in expectation over its life, most of them while it is young. Its working set
+  (`num_prompts x system_prompt_len` tokens) is meant to exceed an engine's KV cache: where a prompt is
+  still cached depends on evictions. Each request is a fresh question after its system prompt.
 - `no_sharing`: the control — every prompt fresh, lengths as in the shared-prefix shape.
 - `mixed_lengths`: fresh prompts whose prompt and output lengths are log-normal, as in API traffic (a few
   long prompts among many short ones), so that a picker that knows what each request costs can do better
@@ -49,7 +55,7 @@ _VOCABULARY: Final = np.array(
 LLMD_REFERENCE_ENGINES: Final = 8
 
 # Seed streams: what each seeded generator draws, so that two kinds of text never share a stream.
-_SYSTEM, _REQUEST, _ORDER, _USER, _REPLY = 1, 2, 3, 4, 5
+_SYSTEM, _REQUEST, _ORDER, _USER, _REPLY, _RANK = 1, 2, 3, 4, 5, 6
 # Shared texts (system prompts, documents) kept made; a bounded cache, as a fleet of 1,024 engines has
 # 19,200 groups of 6,000 tokens.
 _SHARED_CACHE: Final = 4096
@@ -331,6 +337,76 @@ def long_documents(
         question_len=question_len,
         output_len=output_len,
         zipf_s=zipf_s,
+        seed=seed,
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ZipfChurn:
+    """Long system prompts with Zipf popularity over ranks and a sliding popular set (module docstring)."""
+
+    num_prompts: int
+    system_prompt_len: int
+    question_len: int
+    output_len: int
+    zipf_s: float = 1.0
+    churn_interval: int = 100
+    seed: int = 0
+    name: str = "zipf-churn"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(self)
+
+    @functools.cached_property
+    def _popularity(self) -> np.ndarray:
+        weights = 1.0 / np.arange(1, self.num_prompts + 1) ** self.zipf_s
+        return np.asarray(weights / weights.sum())
+
+    def rank_of(self, index: int) -> int:
+        """The popularity rank (0: most popular) the `index`-th request draws."""
+        rng = np.random.default_rng([self.seed, _RANK, index])
+        return int(rng.choice(self.num_prompts, p=self._popularity))
+
+    def prompt_of(self, index: int) -> int:
+        """The system prompt the `index`-th request starts with: rank r at epoch e is prompt e - r (shifted so
+        that the prompts of epoch 0 are numbered from 0)."""
+        epoch = index // self.churn_interval
+        return epoch + self.num_prompts - 1 - self.rank_of(index)
+
+    def prompt_for(self, index: int) -> Prompt:
+        """The drawn system prompt, then a question seeded by `index` alone."""
+        prompt = self.prompt_of(index)
+        system = _shared_text(self.seed, prompt, self.system_prompt_len)
+        question = words(np.random.default_rng([self.seed, _REQUEST, index]), self.question_len)
+        return Prompt(prompt=f"{system} {question}", max_tokens=self.output_len, group=f"p{prompt}")
+
+
+def zipf_churn(
+    *,
+    num_prompts: int,
+    system_prompt_len: int,
+    question_len: int,
+    output_len: int,
+    zipf_s: float = 1.0,
+    churn_interval: int = 100,
+    seed: int = 0,
+) -> ZipfChurn:
+    """Many long system prompts, Zipf popularity, one new top prompt every `churn_interval` requests."""
+    _require_positive(
+        num_prompts=num_prompts,
+        system_prompt_len=system_prompt_len,
+        question_len=question_len,
+        output_len=output_len,
+        churn_interval=churn_interval,
+    )
+    return ZipfChurn(
+        num_prompts=num_prompts,
+        system_prompt_len=system_prompt_len,
+        question_len=question_len,
+        output_len=output_len,
+        zipf_s=zipf_s,
+        churn_interval=churn_interval,
         seed=seed,
     )
 

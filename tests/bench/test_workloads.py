@@ -185,3 +185,71 @@ def test_invalid_parameters_name_the_field():
         )
     with pytest.raises(ValueError, match="qps"):
         workloads.poisson_schedule(qps=0, duration_s=1, seed=0)
+
+
+def churn(**overrides: float) -> workloads.ZipfChurn:
+    params: dict[str, float] = {
+        "num_prompts": 50,
+        "system_prompt_len": 40,
+        "question_len": 6,
+        "output_len": 3,
+        "zipf_s": 1.0,
+        "churn_interval": 100,
+        "seed": 0,
+    }
+    return workloads.zipf_churn(**{**params, **overrides})  # type: ignore[arg-type]
+
+
+def test_zipf_churn_never_repeats_a_request_and_shares_exactly_the_system_prompt():
+    w = churn()
+    prompts = [w.prompt_for(i) for i in range(3000)]
+    assert len({p.prompt for p in prompts}) == 3000
+    assert all(tokens(p.prompt) == 46 and p.max_tokens == 3 for p in prompts)
+    by_prompt: dict[str, set[tuple[str, ...]]] = {}
+    for p in prompts:
+        by_prompt.setdefault(p.group, set()).add(tuple(p.prompt.split()[:40]))
+    assert all(len(heads) == 1 for heads in by_prompt.values())  # one system prompt per group
+    assert len({next(iter(heads)) for heads in by_prompt.values()}) == len(by_prompt)
+
+
+def test_zipf_churn_ranks_follow_zipf_popularity():
+    w = churn(num_prompts=20, zipf_s=1.0)
+    ranks = np.bincount([w.rank_of(i) for i in range(20000)], minlength=20) / 20000
+    expected = 1 / np.arange(1, 21)
+    expected /= expected.sum()
+    assert np.allclose(ranks, expected, atol=0.01)
+    assert ranks[0] > 1.8 * ranks[1] > 2.5 * ranks[3]
+
+
+def test_zipf_churn_popular_set_drifts_one_new_top_prompt_per_interval():
+    w = churn(num_prompts=200, churn_interval=100)
+    window = 2000
+
+    def top(start: int, k: int = 10) -> set[int]:
+        counts: dict[int, int] = {}
+        for i in range(start, start + window):
+            counts[w.prompt_of(i)] = counts.get(w.prompt_of(i), 0) + 1
+        return set(sorted(counts, key=lambda p: -counts[p])[:k])
+
+    # within one interval the top rank is one prompt; the next interval's top prompt is a new one
+    assert {w.prompt_of(i) for i in range(100) if w.rank_of(i) == 0} == {199}
+    assert {w.prompt_of(i) for i in range(100, 200) if w.rank_of(i) == 0} == {200}
+    # the popular set drifts: the top ten of two windows 20 intervals apart share nothing
+    assert top(0).isdisjoint(top(4000))
+    # a prompt is asked about ~churn_interval times over its life (here: prompts past their youth)
+    lifetimes = np.bincount([w.prompt_of(i) for i in range(40000)])
+    assert 80 < np.median(lifetimes[199:250]) < 110
+
+
+def test_zipf_churn_window_touches_most_prompts_so_the_working_set_is_the_whole_pool():
+    # 2,000 requests (20 intervals) of 400 ranks: the long tail keeps most system prompts in use
+    w = churn(num_prompts=400, churn_interval=100)
+    assert len({w.prompt_of(i) for i in range(5000, 7000)}) > 250
+
+
+def test_zipf_churn_is_reproducible_by_seed():
+    def first(seed: int) -> list[workloads.Prompt]:
+        return [churn(seed=seed).prompt_for(i) for i in range(50)]
+
+    assert first(4) == first(4)
+    assert first(4) != first(5)
