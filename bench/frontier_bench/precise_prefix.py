@@ -1,22 +1,32 @@
-"""Precise vs approximate prefix routing, in virtual time, on a workload whose working set exceeds one
-engine's KV cache.
+"""Precise vs approximate prefix routing in virtual time, on a workload whose working set exceeds KV caches.
 
-The llm-d study's shape (`workloads.llmd_study`): 150 groups of 6,000-token system prompts on 8 simulated
-H100s serving the 8B model, each request a group's system prompt and a fresh 1,200-token question: the
-system prompts alone are 900k tokens, about twice one engine's cache (27,255 blocks of 16 tokens, 436k
-tokens), so where each prefix lives depends on evictions the picker cannot see from its own decisions.
+The default workload is `workloads.zipf_churn` (capacity-bound): 1,000 system prompts of 6,000 tokens with
+Zipf popularity (s = 1) and churn (a new top prompt every 100 requests), a fresh 600-token question per
+request, 100-token outputs, on 4 simulated H100s serving the 8B model. The system prompts alone are 6 M
+tokens against 436k tokens (27,255 blocks of 16) of KV cache per engine, 1.7 M for the fleet, so where a
+prompt is still cached depends on evictions. `--workload llmd-study` runs the llm-d study's shape instead
+(150 groups x 6,000 tokens per 8 engines, 1,200-token questions), the earlier results' workload.
 
 Policies: `approximate` is GIE's default scheduling (queue x2 + kv x2 + prefix x3, the prefix index learned
-from the picker's own decisions with an LRU); `precise` is the same weights with `precise-prefix-cache-scorer`
-reading the engines' KV events (fed by the virtual-time cluster at the end of each engine step); `frontier`
-(Frontier's own profile, approximate index); `round-robin`; `oracle` (greedy on the engines' true state).
-Each (policy, load, seed) runs on fresh engines with the same arrivals as the other policies; 3 seeds; the
-report gives min-max over seeds.
+from the picker's own decisions: an LRU per endpoint sized from the engine's `cache_config_info`, hashing
+the first 256 blocks of 64 characters); `precise` is the same weights with `precise-prefix-cache-scorer`
+reading the engines' KV events (fed by the virtual-time cluster at the end of each engine step, so its index
+is the engines' true cache contents plus its speculative entries); `frontier` (Frontier's own profile,
+approximate index); `round-robin`; `oracle`: `frontier_sim.vt.policies.Oracle`, which reads every engine's
+true cache contents (its block table), running batch and the prefill queued by its own decisions, and sends
+each request where its predicted TTFT is least (greedy: it ignores what its choice costs later requests).
 
-Run: python -m frontier_bench.precise_prefix --out bench/results [--loads 8 12 16 20 24] [--seeds 0 1 2]
+Each (policy, load, seed) runs on fresh engines with the same arrivals as the other policies at that load.
+By default every policy's knee is searched (`knee.search`: a shared geometric ladder up to the first load
+that fails, then bisection), per seed; then every policy runs at the approximate profile's knee of that
+seed, where the report compares TTFT p90 and prefix hit rates. `--loads` runs a plain sweep instead.
+
+Run: python -m frontier_bench.precise_prefix --out bench/results [--seeds 0 1 2] [--loads 16 24]
 """
 
 import argparse
+import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -24,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from frontier_bench import stats, virtual, workloads
+from frontier_bench import knee, stats, virtual, workloads
 from frontier_picker import endpoints
 from frontier_picker.scheduling import config, types
 from frontier_picker.scheduling.framework import plugin
@@ -55,11 +65,11 @@ schedulingProfiles:
   - pluginRef: max-score-picker
 """
 POLICIES = {
-    "round-robin": "round-robin",
     "approximate": "gie-default",
     "precise": PRECISE,
-    "frontier": "frontier",
     "oracle": "oracle",
+    "frontier": "frontier",
+    "round-robin": "round-robin",
 }
 
 
@@ -103,7 +113,7 @@ def run_once(setup: virtual.Setup, *, policy: str, replicas: int, qps: float, se
     if replicas > 1 and policy not in policies.BUILTIN:
         chosen = Replicas(policy, count=replicas, seed=seed)
     results = cluster.run(
-        engines=cluster.engines(setup.engines, args=["--model", setup.model]),
+        engines=cluster.engines(setup.engines, args=["--model", setup.model, *setup.engine_args]),
         workload=virtual.arrivals(setup.source, schedule, model=setup.model),
         policy=chosen,
     )
@@ -119,14 +129,18 @@ def _span(values: list[float], digits: int = 3) -> str:
     return f"{low:.{digits}g}" if low == high else f"{low:.{digits}g}-{high:.{digits}g}"
 
 
+def _rows_at(rows: list[dict[str, Any]], policy: str, loads: dict[int, float]) -> list[dict[str, Any]]:
+    """`policy`'s rows at each seed's load in `loads` (seed -> req/s)."""
+    return [r for r in rows if r["policy"] == policy and loads.get(r["seed"]) == r["qps"]]
+
+
 def table(rows: list[dict[str, Any]]) -> list[str]:
     """Per load and policy, min-max over seeds: TTFT p50/p90, goodput, prefix hit rate."""
     lines = [
-        "| req/s | policy | TTFT p50 s | TTFT p90 s | goodput req/s | prefix hit rate |",
-        "|---|---|---|---|---|---|",
+        "| req/s | policy | seeds | TTFT p50 s | TTFT p90 s | goodput req/s | prefix hit rate |",
+        "|---|---|---|---|---|---|---|",
     ]
-    loads = sorted({row["qps"] for row in rows})
-    for qps in loads:
+    for qps in sorted({row["qps"] for row in rows}):
         for policy in POLICIES:
             mine = [row for row in rows if row["qps"] == qps and row["policy"] == policy]
             if not mine:
@@ -136,45 +150,136 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             goodput = [row["summary"]["goodput_rps"] for row in mine]
             hit = [row["summary"]["prefix_hit_rate"] for row in mine]
             lines.append(
-                f"| {qps:g} | {policy} | {_span(p50)} | {_span(p90)} | {_span(goodput)} | {_span(hit)} |"
+                f"| {qps:.4g} | {policy} | {len(mine)} | {_span(p50)} | {_span(p90)} | {_span(goodput)} "
+                f"| {_span(hit)} |"
             )
     return lines
 
 
+def knee_table(knees: list[dict[str, Any]]) -> list[str]:
+    """Per policy, min-max over seeds: the knee, the first load that failed, the peak goodput."""
+    lines = ["| policy | knee req/s | first failed req/s | peak goodput req/s |", "|---|---|---|---|"]
+    for policy in POLICIES:
+        mine = [k for k in knees if k["policy"] == policy]
+        if not mine:
+            continue
+        knee_qps = [k["knee_qps"] or 0.0 for k in mine]
+        failed = [k["first_failed_qps"] or float("inf") for k in mine]
+        peak = [k["peak_goodput_rps"] for k in mine]
+        lines.append(f"| {policy} | {_span(knee_qps)} | {_span(failed)} | {_span(peak)} |")
+    return lines
+
+
+def comparison(rows: list[dict[str, Any]], knees: list[dict[str, Any]]) -> list[str]:
+    """At each seed's approximate knee: every policy's TTFT p90 and hit rate, with the issue's two ratios
+    (approximate p90 / precise p90, target >= 2; precise hit rate / oracle's, target >= 0.95), per seed."""
+    at = {k["seed"]: k["knee_qps"] for k in knees if k["policy"] == "approximate" and k["knee_qps"]}
+    if not at:
+        return []
+    lines = [
+        "At the approximate profile's knee (per seed: "
+        + ", ".join(f"{q:.4g} req/s" for q in at.values())
+        + ")",
+        "",
+        "| policy | seeds | TTFT p90 s | TTFT p50 s | goodput req/s | prefix hit rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for policy in POLICIES:
+        mine = _rows_at(rows, policy, at)
+        if mine:
+            p90 = [r["summary"]["ttft_s"]["p90"] for r in mine]
+            p50 = [r["summary"]["ttft_s"]["p50"] for r in mine]
+            goodput = [r["summary"]["goodput_rps"] for r in mine]
+            hit = [r["summary"]["prefix_hit_rate"] for r in mine]
+            lines.append(
+                f"| {policy} | {len(mine)} | {_span(p90)} | {_span(p50)} | {_span(goodput)} | {_span(hit)} |"
+            )
+    ratios = []
+    for seed, qps in sorted(at.items()):
+        by = {r["policy"]: r["summary"] for r in rows if r["seed"] == seed and r["qps"] == qps}
+        if {"approximate", "precise"} <= by.keys():
+            speed = by["approximate"]["ttft_s"]["p90"] / by["precise"]["ttft_s"]["p90"]
+            hits = (
+                by["precise"]["prefix_hit_rate"] / by["oracle"]["prefix_hit_rate"] if "oracle" in by else None
+            )
+            shown = f"{hits:.3f}" if hits is not None else "n/a"
+            ratios.append(f"| {seed} | {qps:.4g} | {speed:.3f} | {shown} |")
+    if ratios:
+        lines += [
+            "",
+            "| seed | req/s | approximate p90 / precise p90 (target >= 2) | precise hit / oracle hit "
+            "(target >= 0.95) |",
+            "|---|---|---|---|",
+            *ratios,
+        ]
+    return lines
+
+
 def write(
-    args: argparse.Namespace, source: workloads.SharedPrefix, *, command: str, rows: list[dict[str, Any]]
+    args: argparse.Namespace,
+    source: workloads.Workload,
+    *,
+    command: str,
+    rows: list[dict[str, Any]],
+    knees: list[dict[str, Any]],
 ) -> None:
     """The results files for the rows so far."""
+    seeds = ", ".join(str(seed) for seed in sorted({row["seed"] for row in rows}))
     text = [
         "# Precise vs approximate prefix routing (virtual time)",
         "",
         f"Command: `{command}`",
         "",
-        f"{args.engines} simulated H100s (8B), the llm-d shape: {source.num_groups} groups x "
-        f"{source.system_prompt_len}-token system prompts, {source.question_len}-token questions, "
-        f"{args.output_len}-token outputs; {args.warmup:g} s warm-up left out, {args.duration:g} s measured; "
-        f"seeds {', '.join(str(seed) for seed in sorted({row['seed'] for row in rows}))} (min-max);"
-        f" {args.replicas} picker replica(s) taking requests in turn (baselines: one).",
-        "Goodput: requests within the default SLO (TTFT 1 s, TPOT 50 ms).",
-        "",
-        *table(rows),
+        f"{args.engines} simulated H100s (8B{''.join(', ' + a for a in args.engine_args)}); "
+        f"workload `{source.name}` {json.dumps(source.params)}; {args.warmup:g} s warm-up left out, "
+        f"{args.duration:g} s measured; seeds {seeds} (min-max); {args.replicas} picker replica(s) taking "
+        "requests in turn (baselines: one). Goodput: requests within the default SLO (TTFT 1 s, TPOT 50 ms).",
         "",
     ]
+    if knees:
+        text += ["Knees (`knee.search`, per seed):", "", *knee_table(knees), "", *comparison(rows, knees), ""]
+    text += ["Every run:", "", *table(rows), ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(
-        json.dumps({"command": command, "rows": rows}, indent=2) + "\n"
+        json.dumps({"command": command, "workload": source.params, "knees": knees, "rows": rows}, indent=2)
+        + "\n"
     )
     (args.out / f"{args.name}.md").write_text("\n".join(text))
+
+
+def workload_for(args: argparse.Namespace, seed: int) -> workloads.Workload:
+    """The workload the arguments name, drawn with `seed`."""
+    if args.workload == "llmd-study":
+        return workloads.llmd_study(engines=args.engines, output_len=args.output_len, seed=seed)
+    return workloads.zipf_churn(
+        num_prompts=args.prompts,
+        system_prompt_len=args.system_prompt_len,
+        question_len=args.question_len,
+        output_len=args.output_len,
+        zipf_s=args.zipf_s,
+        churn_interval=args.churn_interval,
+        seed=seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--engines", type=int, default=8)
-    parser.add_argument("--loads", type=float, nargs="+", default=[8, 12, 16, 20, 24])
+    parser.add_argument("--engines", type=int, default=4)
+    parser.add_argument("--engine-args", nargs="*", default=[], help="extra simulated engine flags")
+    parser.add_argument("--workload", choices=["zipf-churn", "llmd-study"], default="zipf-churn")
+    parser.add_argument("--prompts", type=int, default=1000, help="zipf-churn: system prompts ranked")
+    parser.add_argument("--system-prompt-len", type=int, default=6000)
+    parser.add_argument("--question-len", type=int, default=600)
+    parser.add_argument("--zipf-s", type=float, default=1.0)
+    parser.add_argument("--churn-interval", type=int, default=100)
+    parser.add_argument("--output-len", type=int, default=100)
+    parser.add_argument(
+        "--loads", type=float, nargs="+", help="a plain sweep at these loads (no knee search)"
+    )
+    parser.add_argument("--start", type=float, default=12.0, help="the knee search's first load")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
-    parser.add_argument("--output-len", type=int, default=100)
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--replicas", type=int, default=1, help="picker replicas taking requests in turn")
@@ -185,24 +290,64 @@ def main(argv: list[str] | None = None) -> None:
         argv if argv is not None else sys.argv[1:]
     )
     rows: list[dict[str, Any]] = []
+    knees: list[dict[str, Any]] = []
+    source: workloads.Workload = workload_for(args, args.seeds[0])
     for seed in args.seeds:
-        source = workloads.llmd_study(engines=args.engines, output_len=args.output_len, seed=seed)
+        source = workload_for(args, seed)
         setup = virtual.Setup(
-            engines=args.engines, source=source, duration_s=args.duration, warmup_s=args.warmup, model=MODEL
+            engines=args.engines,
+            source=source,
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            model=MODEL,
+            engine_args=args.engine_args,
         )
-        for qps in args.loads:
-            for policy in args.policies:
+
+        def measure(
+            policy: str,
+            qps: float,
+            seed: int = seed,
+            setup: virtual.Setup = setup,
+            source: workloads.Workload = source,
+        ) -> knee.Point:
+            done = [r for r in rows if (r["policy"], r["qps"], r["seed"]) == (policy, qps, seed)]
+            if done:
+                summary = done[0]["summary"]
+            else:
                 summary = run_once(setup, policy=POLICIES[policy], replicas=args.replicas, qps=qps, seed=seed)
                 rows.append({"policy": policy, "qps": qps, "seed": seed, "summary": summary})
-                print(
-                    f"seed={seed} qps={qps:g} {policy}: ttft_p90={summary['ttft_s']['p90']:.3f} "
-                    f"goodput={summary['goodput_rps']:.3g} hit={summary['prefix_hit_rate']:.3f} "
-                    f"wall={summary['wall_s']}",
-                    file=sys.stderr,
-                    flush=True,
+                log.warning(
+                    "event=precise_prefix_run seed=%d qps=%.4g policy=%s ttft_p90=%.3f goodput=%.3g hit=%.3f "
+                    "wall_s=%s",
+                    seed,
+                    qps,
+                    policy,
+                    summary["ttft_s"]["p90"],
+                    summary["goodput_rps"],
+                    summary["prefix_hit_rate"],
+                    summary["wall_s"],
                 )
                 # After every run, so that a sweep cut short keeps what it measured.
-                write(args, source, command=command, rows=rows)
+                write(args, source, command=command, rows=rows, knees=knees)
+            return knee.Point(
+                qps=qps, goodput_rps=summary["goodput_rps"], good_fraction=summary["good_fraction"]
+            )
+
+        if args.loads:
+            for qps in args.loads:
+                for policy in args.policies:
+                    measure(policy, qps)
+            continue
+        ladder = knee.Ladder(start=args.start)
+        for policy in args.policies:
+            found = knee.search(functools.partial(measure, policy), ladder)
+            knees.append({"policy": policy, "seed": seed, **dataclasses.asdict(found)})
+            write(args, source, command=command, rows=rows, knees=knees)
+        at = next((k["knee_qps"] for k in knees if k["seed"] == seed and k["policy"] == "approximate"), None)
+        if at:
+            for policy in args.policies:
+                measure(policy, at)
+    write(args, source, command=command, rows=rows, knees=knees)
 
 
 if __name__ == "__main__":
