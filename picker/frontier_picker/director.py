@@ -212,6 +212,12 @@ class Director:
             label(request.target_model),
         ).observe(waited)
 
+    def preparation(self, request: types.Request) -> Callable[[], None] | None:
+        """Work the scheduler needs done for `request` off the event loop before `admit` (None: none)."""
+        if isinstance(self.scheduler, types.PreparesRequests):
+            return self.scheduler.preparation(request)
+        return None
+
     def _resolve(self, request: types.Request) -> None:
         """What the datastore knows about `request`: its objective's priority, whether it names an adapter."""
         if request.objective is not None:

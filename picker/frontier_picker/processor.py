@@ -171,6 +171,10 @@ class Stream:
         self.ticket: flow_control.Ticket | None = None  # set while flow control holds the request
         self.parked: list[ext_proc.ProcessingResponse] = []  # replies made when it left the queue
         self.wake: Callable[[], None] | None = None  # the servicer's, while it waits for `parked`
+        # Set while the request waits for work the servicer runs in a worker thread (a long prompt's
+        # tokenization), then `resume` goes on to flow control and scheduling.
+        self.preparing: Callable[[], None] | None = None
+        self._resume: Callable[[], list[ext_proc.ProcessingResponse]] | None = None
 
     # --- dispatch --------------------------------------------------------------------------------------
     def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
@@ -421,9 +425,36 @@ class Stream:
         self, decide: Callable[[], list[ext_proc.ProcessingResponse]]
     ) -> list[ext_proc.ProcessingResponse]:
         """`decide()` now, or [] with the request queued: its replies are then `parked` when flow control
-        dispatches (or refuses) it, and `wake` tells the servicer."""
+        dispatches (or refuses) it, and `wake` tells the servicer. Or [] with `preparing` set, when the
+        scheduler needs work done off the event loop first: the servicer runs it, then `resume`."""
         if self.request is None:
             self.request = self._request(model="", target_model="", document=None)
+        work = self.ctx.director.preparation(self.request)
+        if work is not None:
+            self.preparing = work
+            self._resume = lambda: self._admitted(decide)
+            return []
+        return self._admitted(decide)
+
+    def resume(self) -> list[ext_proc.ProcessingResponse]:
+        """The replies once `preparing` has run: flow control and scheduling go on as `_gated` would have."""
+        resume, self._resume, self.preparing = self._resume, None, None
+        if resume is None:
+            return []
+        try:
+            return resume()
+        except types.Rejection as refusal:
+            self.release_body()
+            return [self._refuse(refusal.status, refusal.reason)]
+        except Exception:
+            self.release_body()
+            log.exception("event=internal_error request_id=%s", self.request_id or "-")
+            return [self._refuse(500, "internal error in the endpoint picker")]
+
+    def _admitted(
+        self, decide: Callable[[], list[ext_proc.ProcessingResponse]]
+    ) -> list[ext_proc.ProcessingResponse]:
+        assert self.request is not None
         ticket = self.ctx.director.admit(
             self.request,
             now=self.ctx.clock(),
@@ -753,6 +784,10 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 async for message in request_iterator:
                     for reply in stream.on_message(message):
                         await context.write(reply)
+                    if stream.preparing is not None:
+                        await self._prepare(stream)
+                        for reply in stream.resume():
+                            await context.write(reply)
                     if stream.ticket is not None:
                         if limit > 0:
                             idle.reschedule(None)
@@ -768,6 +803,18 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 raise
             return True
         return False
+
+    @staticmethod
+    async def _prepare(stream: Stream) -> None:
+        """Run `stream`'s preparation in a worker thread. A failure there is logged and left to scheduling,
+        which computes what was not prepared inline."""
+        work = stream.preparing
+        if work is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, work)
+        except Exception:
+            log.exception("event=preparation_failed request_id=%s", stream.request_id or "-")
 
     @staticmethod
     async def _queued(stream: Stream) -> None:

@@ -32,6 +32,8 @@ class Request:
     ttft_slo_s: float | None = None  # x-slo-ttft-ms: flow control sheds sheddable requests that would miss it
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     queued_s: float = 0.0  # how long flow control held it before it was decided
+    # What plugins computed for it off the event loop before scheduling (`preparation`), by plugin name.
+    prepared: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def token_count(self) -> int:
         """`prompt_tokens`, or the character estimate of `prompt` when a caller left it unset."""
@@ -129,6 +131,15 @@ class ListsModels(Protocol):
 
     def virtual_models(self) -> list[str]:
         """Those names."""
+        ...
+
+
+@runtime_checkable
+class PreparesRequests(Protocol):
+    """A scheduler whose plugins may need costly work done for a request before it is scheduled."""
+
+    def preparation(self, request: Request) -> Callable[[], None] | None:
+        """The work to run in a worker thread before `request` is scheduled; None when there is none."""
         ...
 
 

@@ -181,6 +181,13 @@ class Plugin:
         """The plugin for one config entry; reads its parameters, and its collaborators through `handle`."""
         return cls(name)
 
+    def preparation(self, request: types.Request) -> Callable[[], None] | None:
+        """Work for `request` too costly for the event loop (a long prompt's tokenization), which the
+        ext_proc server runs in a worker thread before scheduling; None when there is none. The work keeps
+        its result in `request.prepared` under the plugin's name; scheduling without it (the virtual-time
+        cluster) must compute the same inline."""
+        return None
+
     def on_decision(self, cycle: "cycles.Cycle", decision: types.Decision) -> None:
         """Learn from the decision just made (the picker's own choices); most plugins learn nothing."""
 

@@ -17,7 +17,7 @@ choosing profiles), `ProcessProfilesResults`, `PreRequest` (learning from the de
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import numpy as np
@@ -136,6 +136,7 @@ class Scheduler:
         self._rng = np.random.default_rng(seed)
         # Where plugin call durations go (the ext_proc server sets it); None: nothing is timed.
         self.timer: plugin.PluginTimer | None = None
+        self._preparers: list[plugin.Plugin] | None = None  # found on first use: the members are final then
 
     def members(self) -> list[plugin.Plugin]:
         """Every plugin the scheduler calls, each once: admitters, tier router, handler, the profiles'
@@ -160,6 +161,23 @@ class Scheduler:
     def _record(self, extension_point: str, member: plugin.Plugin, began: float) -> None:
         if self.timer is not None:
             self.timer.record(extension_point, member, time.perf_counter() - began)
+
+    def preparation(self, request: types.Request) -> Callable[[], None] | None:
+        """The work the scheduler's plugins need done for `request` off the event loop, as one callable
+        (None: nothing to do)."""
+        if self._preparers is None:
+            self._preparers = [
+                p for p in self.members() if type(p).preparation is not plugin.Plugin.preparation
+            ]
+        works = [work for p in self._preparers if (work := p.preparation(request)) is not None]
+        if not works:
+            return None
+
+        def prepare() -> None:
+            for work in works:
+                work()
+
+        return prepare
 
     def prepare(self, request: types.Request) -> None:
         """What the admitters set before flow control queues `request` (its priority)."""

@@ -9,76 +9,62 @@ its event arrives. What it learns from its own decisions is short-lived: a reque
 where it went (a speculative entry) until the engine's `BlockStored` confirms it or `speculativeTtlSeconds`
 pass, so a burst of requests sharing a new prefix does not scatter before the first one is computed.
 
-Tokenizers: `standin` is the simulator's (`frontier_api.standin_tokenizer`: 4-character pieces, its chat
-template), so precise routing is exact against simulated engines. A path names a model's own
-`tokenizer.json` (Hugging Face `tokenizers`, an optional dependency; mounted from a ConfigMap or volume,
-never fetched from a hub): completions are encoded as vLLM encodes them; chat requests are not (the model's
-chat template is not rendered yet) and score 0, leaving the decision to the other scorers.
+Tokenizers (`frontier_picker.tokenization`): `standin` is the simulator's, so precise routing is exact
+against simulated engines. A path names a model's own `tokenizer.json` (Hugging Face `tokenizers`, an
+optional dependency; mounted from a ConfigMap or volume, never fetched from a hub): completions are encoded
+as vLLM encodes them, chat requests rendered with the model's chat template first (`chatTemplate`, or the
+`chat_template.jinja` / `tokenizer_config.json` beside the tokenizer). A request the tokenizer cannot
+encode (a chat without a template) scores 0, leaving the decision to the other scorers.
+
+A request of more than `offLoopChars` characters is tokenized before scheduling, in a worker thread of the
+ext_proc server (`preparation`), so the event loop keeps serving other streams meanwhile; the token ids wait
+in `request.prepared`. Where nothing prepares requests (the virtual-time cluster) the scorer tokenizes
+inline, with the same result.
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from frontier_api import standin_tokenizer
-from frontier_picker import kv_events, kv_subscriber
+from frontier_picker import kv_events, kv_subscriber, tokenization
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 
 STANDIN = "standin"
 
 
-class Tokenizer(Protocol):
-    """Turns a request into the token ids its engine computes (None: it cannot say)."""
-
-    def token_ids(self, request: types.Request) -> list[int] | None: ...
-
-
-class StandinTokenizer:
-    """The simulator's tokenizer: a chat is rendered with its template first, as a simulated engine does."""
-
-    def token_ids(self, request: types.Request) -> list[int] | None:
-        if request.messages is not None:
-            return standin_tokenizer.encode(standin_tokenizer.apply_chat_template(request.messages))
-        return standin_tokenizer.encode(request.prompt)
-
-
-class FileTokenizer:
-    """A model's own tokenizer, from its `tokenizer.json` (Hugging Face `tokenizers`; read from a local path,
-    never downloaded). Completions are encoded with the special tokens vLLM adds (`add_special_tokens`).
-    Chat requests are not tokenized: rendering the model's chat template is not built, so they score 0."""
-
-    def __init__(self, path: Path) -> None:
-        import tokenizers  # an optional dependency: frontier[tokenizers]
-
-        self.path = path
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(path))
-
-    def token_ids(self, request: types.Request) -> list[int] | None:
-        if request.messages is not None:
-            return None
-        ids: list[int] = self._tokenizer.encode(request.prompt, add_special_tokens=True).ids
-        return ids
-
-
-def tokenizer_for(value: str, *, owner: str) -> Tokenizer:
-    """The tokenizer a `tokenizer` parameter names: `standin`, or the path of a `tokenizer.json`."""
+def tokenizer_for(value: str, *, chat_template: str, owner: str) -> tokenization.Tokenizer:
+    """The tokenizer a `tokenizer` parameter names: `standin`, or the path of a `tokenizer.json` (with the
+    chat template `chat_template` names, or the one shipped beside it)."""
     if value == STANDIN:
-        return StandinTokenizer()
+        if chat_template:
+            raise plugin.ConfigError(
+                f"plugin {owner!r}: parameter 'chatTemplate' needs a model's tokenizer.json as 'tokenizer'; "
+                f"{STANDIN!r} has the simulator's template"
+            )
+        return tokenization.StandinTokenizer()
     path = Path(value)
     if not path.is_file():
         raise plugin.ConfigError(
             f"plugin {owner!r}: parameter 'tokenizer' is {value!r}, which is not a file; "
             f"give {STANDIN!r} or the path of a model's tokenizer.json"
         )
+    if chat_template and not Path(chat_template).is_file():
+        raise plugin.ConfigError(
+            f"plugin {owner!r}: parameter 'chatTemplate' is {chat_template!r}, which is not a file; give a "
+            "Jinja template or a tokenizer_config.json with a chat_template"
+        )
     try:
-        return FileTokenizer(path)
+        template = tokenization.load_chat_template(path, Path(chat_template) if chat_template else None)
+        return tokenization.FileTokenizer(path, chat_template=template)
     except ImportError:
         raise plugin.ConfigError(
-            f"plugin {owner!r}: tokenizer {value!r} needs the Hugging Face tokenizers package "
+            f"plugin {owner!r}: tokenizer {value!r} needs the Hugging Face tokenizers and jinja2 packages "
             "(pip install 'frontier[tokenizers]')"
         ) from None
+    except tokenization.TemplateError as error:
+        raise plugin.ConfigError(f"plugin {owner!r}: {error}") from None
     except Exception as error:  # the tokenizers library raises its own exception type for a bad file
         raise plugin.ConfigError(f"plugin {owner!r}: tokenizer {value!r} does not load: {error}") from None
 
@@ -143,6 +129,17 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
     TOKENIZER = plugin.Param(
         "tokenizer", STANDIN, "standin (the simulator's) or the path of the model's tokenizer.json"
     )
+    CHAT_TEMPLATE = plugin.Param(
+        "chatTemplate",
+        "",
+        "Jinja chat template file or tokenizer_config.json (default: the one beside the tokenizer)",
+    )
+    OFF_LOOP_CHARS = plugin.Param(
+        "offLoopChars",
+        16_384,
+        "requests longer than this (characters) are tokenized in a worker thread before scheduling",
+        0,
+    )
     INDEX_PLUGIN = plugin.Param("indexPlugin", "", "kv-events-subscriber to read (default: the first)")
     MAX_BLOCKS = plugin.Param("maxPrefixBlocksToMatch", 0, "blocks matched per request (0: all)", 0)
     SPECULATIVE_TTL = plugin.Param(
@@ -151,7 +148,9 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         "blocks of a request count as held where it was sent this long, or until confirmed (0: off)",
         0.0,
     )
-    parameter_docs = plugin.documented((TOKENIZER, INDEX_PLUGIN, MAX_BLOCKS, SPECULATIVE_TTL))
+    parameter_docs = plugin.documented(
+        (TOKENIZER, CHAT_TEMPLATE, INDEX_PLUGIN, MAX_BLOCKS, SPECULATIVE_TTL, OFF_LOOP_CHARS)
+    )
 
     def __init__(
         self,
@@ -159,12 +158,14 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
         *,
         index: kv_events.BlockIndex,
         max_blocks: int,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: tokenization.Tokenizer | None = None,
         speculative_ttl_s: float = 2.0,
+        off_loop_chars: int = 16_384,
     ) -> None:
         super().__init__(name)
         self.index = index
-        self.tokenizer = tokenizer or StandinTokenizer()
+        self.tokenizer = tokenizer or tokenization.StandinTokenizer()
+        self.off_loop_chars = off_loop_chars
         self.max_blocks = max_blocks
         self.speculative_ttl_s = speculative_ttl_s
         # Owned by this scorer: the request's block keys, and the match per candidate (per candidate set).
@@ -175,7 +176,9 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
-        tokenizer = tokenizer_for(parameters.read(cls.TOKENIZER), owner=name)
+        tokenizer = tokenizer_for(
+            parameters.read(cls.TOKENIZER), chat_template=parameters.read(cls.CHAT_TEMPLATE), owner=name
+        )
         source_name = parameters.read(cls.INDEX_PLUGIN)
         source = handle.plugin(source_name) if source_name else handle.producer("kv-block-index")
         if source is None:
@@ -193,13 +196,32 @@ class PrecisePrefixCacheScorer(plugin.Scorer):
             max_blocks=parameters.read(cls.MAX_BLOCKS),
             tokenizer=tokenizer,
             speculative_ttl_s=parameters.read(cls.SPECULATIVE_TTL),
+            off_loop_chars=parameters.read(cls.OFF_LOOP_CHARS),
         )
+
+    def preparation(self, request: types.Request) -> Callable[[], None] | None:
+        """Tokenizing `request` when it is longer than `offLoopChars` (the server runs it in a thread)."""
+        if self.name in request.prepared or tokenization.request_chars(request) <= self.off_loop_chars:
+            return None
+
+        def tokenize() -> None:
+            request.prepared[self.name] = self.tokenizer.token_ids(request)
+
+        return tokenize
+
+    def token_ids(self, request: types.Request) -> list[int]:
+        """The request's token ids: prepared off the event loop, or tokenized now."""
+        if self.name in request.prepared:
+            ids: list[int] | None = request.prepared[self.name]
+        else:
+            ids = self.tokenizer.token_ids(request)
+        return ids or []
 
     def block_keys(self, cycle: cycles.Cycle) -> list[int]:
         """The request's block keys, computed once per cycle."""
         keys = cycle.read(self.keys_key)
         if keys is None:
-            token_ids = self.tokenizer.token_ids(cycle.request) or []
+            token_ids = self.token_ids(cycle.request)
             if self.max_blocks:
                 token_ids = token_ids[: self.max_blocks * self.index.block_size]
             keys = kv_events.block_keys(token_ids, block_size=self.index.block_size)
