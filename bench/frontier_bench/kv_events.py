@@ -14,6 +14,12 @@
   request, for prompts of 2k, 16k and 128k tokens at 100 and 1,000 endpoints (each holding 16 prompts, a
   tenth of them the request's prefix); thread CPU time, p50/p99. And what a model's tokenizer costs instead:
   a 32,000-merge BPE (Hugging Face `tokenizers`, trained here on generated words) encoding the same sizes.
+- *Chat tokenization* (`--sections chat`): what `precise-prefix-cache-scorer` does per chat request with a
+  model's tokenizer (`frontier_picker.tokenization.FileTokenizer`): render a Llama-3-style chat template
+  and encode the text with the same BPE, at 1k, 8k and 32k tokens; thread CPU p50/p99. And what it
+  does to the event loop: the longest gap a 1 ms ticker task saw while 20 such requests were tokenized
+  inline on the loop, against in a worker thread (`run_in_executor`, as the ext_proc stream does above
+  `offLoopChars`).
 
 Every figure comes from a fresh process. Run:
   python -m frontier_bench.kv_events --out bench/results [--endpoints 1000 --blocks 27255]
@@ -31,8 +37,10 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +48,7 @@ import msgpack
 import numpy as np
 
 from frontier_api import standin_tokenizer
-from frontier_picker import endpoints, kv_events, kv_subscriber
+from frontier_picker import endpoints, kv_events, kv_subscriber, tokenization
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles
 from frontier_picker.scheduling.plugins import precise_prefix
@@ -263,20 +271,35 @@ def scoring(endpoints_n: int, tokens: int, *, requests: int = 50) -> dict[str, A
     }
 
 
-def hf_tokenization(tokens: int, *, repeats: int = 10) -> dict[str, Any]:
-    """A model-sized BPE tokenizer (32,000 merges trained here on generated words: no hub) encoding a prompt
-    of about `tokens` tokens, as `precise-prefix-cache-scorer` does with `tokenizer: <tokenizer.json>`."""
+LLAMA3_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim "
+    "+ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def _bpe(rng: random.Random) -> tuple[Any, list[str]]:
+    """A 32,000-merge BPE trained here on generated words (no hub), and its vocabulary of words."""
     import tokenizers
 
-    rng = random.Random(6)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "xe", "zu", "an", "el", "or", "um", "is"]
     vocabulary = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(50_000)]
     corpus = [" ".join(rng.choices(vocabulary, k=200)) for _ in range(2_000)]
     model = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="[UNK]"))
     model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    special = ["[UNK]", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     model.train_from_iterator(
-        corpus, tokenizers.trainers.BpeTrainer(vocab_size=32_000, special_tokens=["[UNK]"])
+        corpus, tokenizers.trainers.BpeTrainer(vocab_size=32_000, special_tokens=special)
     )
+    return model, vocabulary
+
+
+def hf_tokenization(tokens: int, *, repeats: int = 10) -> dict[str, Any]:
+    """A model-sized BPE tokenizer (32,000 merges trained here on generated words: no hub) encoding a prompt
+    of about `tokens` tokens, as `precise-prefix-cache-scorer` does with `tokenizer: <tokenizer.json>`."""
+    model, vocabulary = _bpe(random.Random(6))
+    rng = random.Random(6)
     words = []
     count = 0
     while count < tokens:
@@ -297,6 +320,83 @@ def hf_tokenization(tokens: int, *, repeats: int = 10) -> dict[str, Any]:
     }
 
 
+def chat_tokenization(tokens: int, *, repeats: int = 20) -> dict[str, Any]:
+    """`FileTokenizer.token_ids` of a chat of about `tokens` tokens (a long system prompt and a question):
+    template render, and render + encode, thread CPU; and the event loop's longest gap while 20 of them are
+    tokenized inline against in a worker thread."""
+    rng = random.Random(7)
+    model, vocabulary = _bpe(rng)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "tokenizer.json"
+        model.save(str(path))
+        template = tokenization.ChatTemplate(
+            LLAMA3_STYLE_TEMPLATE, special_tokens={"bos_token": "<|begin_of_text|>"}, origin="bench"
+        )
+        tokenizer = tokenization.FileTokenizer(path, chat_template=template)
+    words: list[str] = []
+    count = 0
+    while count < tokens:
+        word = rng.choice(vocabulary)
+        words.append(word)
+        count += len(model.encode(word, add_special_tokens=False).ids)
+    system, question = " ".join(words[: len(words) * 9 // 10]), " ".join(words[len(words) * 9 // 10 :])
+    request = types.Request(
+        request_id="r",
+        model="m",
+        target_model="m",
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+    )
+    assert request.messages is not None
+    render_us, total_us = [], []
+    ids: list[int] = []
+    for _ in range(repeats):
+        started = time.thread_time_ns()
+        template.render(request.messages)
+        render_us.append((time.thread_time_ns() - started) / 1000)
+        started = time.thread_time_ns()
+        ids = tokenizer.token_ids(request) or []
+        total_us.append((time.thread_time_ns() - started) / 1000)
+
+    async def longest_gap(off_loop: bool) -> float:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: None)  # the pool's thread exists before timing
+        gaps: list[float] = []
+        stop = False
+
+        async def ticker() -> None:
+            last = time.perf_counter()
+            while not stop:
+                await asyncio.sleep(0.001)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        for _ in range(20):
+            if off_loop:
+                await loop.run_in_executor(None, tokenizer.token_ids, request)
+            else:
+                tokenizer.token_ids(request)
+                await asyncio.sleep(0)
+        stop = True
+        await task
+        return max(gaps) * 1000
+
+    def pct(values: list[float], q: float) -> float:
+        return round(float(np.percentile(values, q)), 1)
+
+    return {
+        "prompt_tokens": len(ids),
+        "characters": len(system) + len(question),
+        "render_p50_us": pct(render_us, 50),
+        "total_p50_us": pct(total_us, 50),
+        "total_p99_us": pct(total_us, 99),
+        "loop_gap_inline_ms": round(asyncio.run(longest_gap(False)), 2),
+        "loop_gap_worker_ms": round(asyncio.run(longest_gap(True)), 2),
+    }
+
+
 def worker(spec: str) -> dict[str, Any]:
     kind, *rest = spec.split(":")
     if kind in ("memory", "rss"):
@@ -309,6 +409,8 @@ def worker(spec: str) -> dict[str, Any]:
         return hf_tokenization(int(rest[0]))
     if kind == "score":
         return scoring(int(rest[0]), int(rest[1]))
+    if kind == "chat":
+        return chat_tokenization(int(rest[0]))
     raise ValueError(f"unknown measurement {spec!r}")
 
 
@@ -339,55 +441,78 @@ INGEST_HEADERS = "blocks per batch (k),batches/s,stored blocks/s,events/s"
 ZMQ_HEADERS = "blocks per batch (k),sent,received,gaps,batches/s received"
 HF_HEADERS = "prompt tokens,characters,encode p50 µs,encode max µs"
 SCORE_HEADERS = "endpoints,prompt tokens,score p50 µs,score p99 µs,of which tokenization p50 µs"
+CHAT_HEADERS = (
+    "prompt tokens,characters,template render p50 µs,render + encode p50 µs,render + encode p99 µs,"
+    "longest loop gap inline ms,longest loop gap in a worker thread ms"
+)
+CHAT_FIELDS = [
+    "prompt_tokens",
+    "characters",
+    "render_p50_us",
+    "total_p50_us",
+    "total_p99_us",
+    "loop_gap_inline_ms",
+    "loop_gap_worker_ms",
+]
 
 
 def report(results: dict[str, Any]) -> str:
+    """The results page: each measured section as a table."""
     mib = 2**20
     memory_fields = ["endpoints", "blocks_per_endpoint", "shared", "measured_by", "entries", "keys"]
-    memory_rows = [
-        [*(r[f] for f in memory_fields), round(r["bytes"] / mib), r["bytes_per_entry"]]
-        for r in results["memory"]
-    ]
     ingest_fields = ["blocks_per_batch", "batches_per_s", "stored_blocks_per_s", "events_per_s"]
     zmq_fields = ["blocks_per_batch", "sent", "received", "gaps", "batches_per_s"]
     hf_fields = ["prompt_tokens", "characters", "encode_p50_us", "encode_max_us"]
     score_fields = ["endpoints", "prompt_tokens", "score_p50_us", "score_p99_us", "tokenize_p50_us"]
-    return (
-        "\n".join(
-            [
-                "# Precise prefix routing: index memory, event ingestion, scoring cost",
-                "",
-                f"Command: `{results['command']}`  ",
-                f"Machine: {results['machine']}",
-                "",
-                "## Index memory (tracemalloc: bytes requested; RSS growth: the peak of a separate run)",
-                "",
-                *_table(MEMORY_HEADERS.split(","), memory_rows),
-                "",
-                "## Ingestion on one core: decode + apply at steady state (k blocks stored, k removed)",
-                "",
-                *_table(
-                    INGEST_HEADERS.split(","),
-                    [[r[f] for f in ingest_fields] for r in results.get("ingest", [])],
-                ),
-                "",
-                "## Ingestion through ZMQ: a publisher process sending flat out to the picker's Subscriber",
-                "",
-                *_table(ZMQ_HEADERS.split(","), [[r[f] for f in zmq_fields] for r in results.get("zmq", [])]),
-                "",
-                "## Scoring per request: stand-in tokenization + block keys + match, thread CPU",
-                "",
-                *_table(
-                    SCORE_HEADERS.split(","), [[r[f] for f in score_fields] for r in results.get("score", [])]
-                ),
-                "",
-                "## A model's tokenizer instead: Hugging Face `tokenizers`, a 32,000-merge BPE, thread CPU",
-                "",
-                *_table(HF_HEADERS.split(","), [[r[f] for f in hf_fields] for r in results.get("hf", [])]),
-            ]
-        )
-        + "\n"
-    )
+    sections: list[tuple[str, str, str, Callable[[dict[str, Any]], list[Any]]]] = [
+        (
+            "memory",
+            "Index memory (tracemalloc: bytes requested; RSS growth: the peak of a separate run)",
+            MEMORY_HEADERS,
+            lambda r: [*(r[f] for f in memory_fields), round(r["bytes"] / mib), r["bytes_per_entry"]],
+        ),
+        (
+            "ingest",
+            "Ingestion on one core: decode + apply at steady state (k blocks stored, k removed)",
+            INGEST_HEADERS,
+            lambda r: [r[f] for f in ingest_fields],
+        ),
+        (
+            "zmq",
+            "Ingestion through ZMQ: a publisher process sending flat out to the picker's Subscriber",
+            ZMQ_HEADERS,
+            lambda r: [r[f] for f in zmq_fields],
+        ),
+        (
+            "score",
+            "Scoring per request: stand-in tokenization + block keys + match, thread CPU",
+            SCORE_HEADERS,
+            lambda r: [r[f] for f in score_fields],
+        ),
+        (
+            "hf",
+            "A model's tokenizer instead: Hugging Face `tokenizers`, a 32,000-merge BPE, thread CPU",
+            HF_HEADERS,
+            lambda r: [r[f] for f in hf_fields],
+        ),
+        (
+            "chat",
+            "Chat requests with a model's tokenizer: chat template render + BPE encode, thread CPU; "
+            "the event loop's longest gap over 20 requests",
+            CHAT_HEADERS,
+            lambda r: [r[f] for f in CHAT_FIELDS],
+        ),
+    ]
+    lines = [
+        "# Precise prefix routing: index memory, event ingestion, scoring cost",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {results['machine']}",
+    ]
+    for key, title, headers, row in sections:
+        if results.get(key):
+            lines += ["", f"## {title}", "", *_table(headers.split(","), [row(r) for r in results[key]])]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,6 +521,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--blocks", type=int, default=H100_8B_BLOCKS)
     parser.add_argument("--name", default="kv_events", help="results file stem")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["memory", "ingest", "zmq", "score", "hf", "chat"],
+        help="measure only these (default: all but chat)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -415,7 +546,10 @@ def main(argv: list[str] | None = None) -> None:
             ("memory", f"memory:{args.endpoints // 10}:{args.blocks}:{case}")
             for case in ("distinct", "shared")
         ),
+        *(("chat", f"chat:{t}") for t in (1024, 8192, 32768)),
     ]
+    wanted = set(args.sections or ["memory", "ingest", "zmq", "score", "hf"])
+    plan = [(section, spec) for section, spec in plan if section in wanted]
     results: dict[str, Any] = {
         "command": "python -m frontier_bench.kv_events "
         + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -210,9 +210,15 @@ class FileTokenizer:
             text = self.chat_template.render(request.messages)
             if text is None:
                 return None
-            ids: list[int] = self._tokenizer.encode(text, add_special_tokens=False).ids
-            return ids
-        ids = self._tokenizer.encode(request.prompt, add_special_tokens=True).ids
+            return self._encode(text, add_special_tokens=False)
+        return self._encode(request.prompt, add_special_tokens=True)
+
+    def _encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        # `encode_batch` releases the GIL while it works and `encode` does not (measured: a worker thread
+        # encoding 12k tokens with `encode` starved the event loop for its whole 17-66 ms, with
+        # `encode_batch` the loop kept ticking), so off-loop tokenization only frees the loop through it.
+        (encoding,) = self._tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)
+        ids: list[int] = encoding.ids
         return ids
 
 
