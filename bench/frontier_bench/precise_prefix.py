@@ -12,9 +12,16 @@ from the picker's own decisions: an LRU per endpoint sized from the engine's `ca
 the first 256 blocks of 64 characters); `precise` is the same weights with `precise-prefix-cache-scorer`
 reading the engines' KV events (fed by the virtual-time cluster at the end of each engine step, so its index
 is the engines' true cache contents plus its speculative entries); `frontier` (Frontier's own profile,
-approximate index); `round-robin`; `oracle`: `frontier_sim.vt.policies.Oracle`, which reads every engine's
-true cache contents (its block table), running batch and the prefill queued by its own decisions, and sends
-each request where its predicted TTFT is least (greedy: it ignores what its choice costs later requests).
+approximate index); `round-robin`; two oracle arms:
+- `oracle-index`: `precise` with speculative entries that never time out, so its index is exact: the
+  engines' true cache contents (the virtual-time cluster's events are neither lost nor late) plus where
+  every request not yet computed was sent. The same routing as `precise` with perfect knowledge of where
+  each prefix is, which is what the issue's hit-rate target compares against.
+- `oracle`: `frontier_sim.vt.policies.Oracle`, which reads every engine's true cache contents (its block
+  table), running batch and the prefill queued by its own decisions, and sends each request where its
+  predicted TTFT is least (greedy: it ignores what its choice costs later requests).
+And a diagnosis, opt-in: `approximate-fixed-lru`, `approximate` with its LRU fixed at GIE's 31,250 blocks
+per endpoint instead of sized from the engines' `cache_config_info`.
 
 Each (policy, load, seed) runs on fresh engines with the same arrivals as the other policies at that load.
 By default every policy's knee is searched (`knee.search`: a shared geometric ladder up to the first load
@@ -72,13 +79,27 @@ schedulingProfiles:
     weight: 3
   - pluginRef: max-score-picker
 """
+# Precise with speculative entries that never time out: every request's blocks count as held where it went
+# until the engine's events confirm or remove them. With the virtual-time cluster's events (no loss, no
+# delay past the engine step) its index is exact: what each engine holds, and what it was sent to compute.
+ORACLE_INDEX = PRECISE.replace(
+    "- type: precise-prefix-cache-scorer\n",
+    "- type: precise-prefix-cache-scorer\n  parameters: {speculativeTtlSeconds: 3600}\n",
+)
+# GIE's default with a fixed LRU of 31,250 blocks per endpoint, as when engines report no cache_config_info.
+FIXED_LRU = config.builtin_text("gie-default").replace(
+    "- type: prefix-cache-scorer\n", "- type: prefix-cache-scorer\n  parameters: {autoTune: false}\n"
+)
 POLICIES = {
     "approximate": "gie-default",
     "precise": PRECISE,
+    "oracle-index": ORACLE_INDEX,
     "oracle": "oracle",
     "frontier": "frontier",
     "round-robin": "round-robin",
+    "approximate-fixed-lru": FIXED_LRU,
 }
+DEFAULT_POLICIES = [name for name in POLICIES if name != "approximate-fixed-lru"]
 
 
 class Replicas:
@@ -287,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--start", type=float, default=12.0, help="the knee search's first load")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES, choices=list(POLICIES))
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--replicas", type=int, default=1, help="picker replicas taking requests in turn")
