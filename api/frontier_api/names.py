@@ -101,6 +101,9 @@ ADAPTERS_ANNOTATION: Final = "inference.frontier.dev/lora-adapters"
 # The port of a pod's KV event publisher (ZMQ PUB, `--kv-events-config` endpoint); pool discovery gives it to
 # the picker as the endpoint's label of the same name, and the picker subscribes to tcp://<pod-ip>:<port>.
 KV_EVENTS_PORT_ANNOTATION: Final = "inference.frontier.dev/kv-events-port"
+# The port of its KV event replay socket (ZMQ ROUTER, the `--kv-events-config` `replay_endpoint`), likewise:
+# after a sequence gap the picker asks it for the batches it missed instead of dropping what it knew.
+KV_EVENTS_REPLAY_PORT_ANNOTATION: Final = "inference.frontier.dev/kv-events-replay-port"
 # Roles a model-server pod plays; "both" is an aggregated (not disaggregated) server.
 ROLE_PREFILL: Final = "prefill"
 ROLE_DECODE: Final = "decode"

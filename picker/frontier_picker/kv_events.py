@@ -20,8 +20,9 @@ engine's adapter ids) and blocks on another medium than the GPU (CPU offload cop
 
 Sequence numbers are checked per endpoint: a batch that is not the previous one's successor means batches
 were lost (the PUB socket drops when the subscriber is slow), so that endpoint's entries are dropped and
-rebuilt from the events that follow (vLLM's replay socket is not used). A malformed batch is treated the
-same way: it may have carried removals.
+rebuilt from the events that follow; the shell first asks the engine's replay socket for the missing
+batches where it has one (`frontier_picker.kv_subscriber`). A malformed batch is treated the same way: it may
+have carried removals.
 
 The picker adds *speculative* entries for a request it just sent (`speculate`): the engine announces the
 prompt's blocks only once it has computed them, and until then requests sharing the prefix would otherwise
@@ -245,6 +246,11 @@ class BlockIndex:
             self.drop(key)
             raise
         return self.apply(key, batch)
+
+    def last_seq(self, key: str) -> int | None:
+        """The sequence number of the last batch applied from endpoint `key` (None: none yet)."""
+        holdings = self._holdings.get(key)
+        return holdings.seq if holdings is not None else None
 
     def apply(self, key: str, batch: Batch) -> Applied:
         """Apply `batch` from endpoint `key`; a sequence gap first drops the endpoint's entries."""

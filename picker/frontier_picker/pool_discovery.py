@@ -116,9 +116,9 @@ class PoolView:
             served = annotations.get(names.SERVED_MODEL_ANNOTATION)
             if served:
                 labels = {**labels, names.MODEL_LABEL: served}  # exact; the label may be cut to fit
-            events_port = annotations.get(names.KV_EVENTS_PORT_ANNOTATION)
-            if events_port:
-                labels = {**labels, names.KV_EVENTS_PORT_ANNOTATION: events_port}
+            for copied in (names.KV_EVENTS_PORT_ANNOTATION, names.KV_EVENTS_REPLAY_PORT_ANNOTATION):
+                if annotations.get(copied):
+                    labels = {**labels, copied: annotations[copied]}
             listed = annotations.get(names.ADAPTERS_ANNOTATION, "")
             adapters = frozenset(a.strip() for a in listed.split(",") if a.strip())
             address = pod["status"]["podIP"]

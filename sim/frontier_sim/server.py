@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # Behind schedule by more than this, the driver stops trying to catch up (keeps steps spaced, avoids bursts).
 MAX_CATCH_UP_S = 0.05
 SHUTDOWN_GRACE_S = 1.0
+REPLAY_POLL_S = 0.01  # how often KV event replay requests are answered
 
 
 class RequestError(Exception):
@@ -119,6 +120,7 @@ class Server:
         self._session: aiohttp.ClientSession | None = None
         self._zmq_context = zmq_context
         self.publisher: kvevents.Publisher | None = None
+        self._replayer: asyncio.Task[None] | None = None
         self.address = config.host
         self.port = config.port
 
@@ -139,10 +141,32 @@ class Server:
             )
             topic = str(cfg.get("topic", "")).replace("$(POD_IP)", self.address)
             context = self._zmq_context or zmq.Context.instance()
-            self.publisher = kvevents.Publisher(endpoint=endpoint, topic=topic, context=context)
+            replay = cfg.get("replay_endpoint")
+            self.publisher = kvevents.Publisher(
+                endpoint=endpoint,
+                topic=topic,
+                context=context,
+                replay_endpoint=kvevents.bind_endpoint(str(replay), self.address) if replay else None,
+                buffer_steps=int(cfg.get("buffer_steps", kvevents.REPLAY_BUFFER_STEPS)),
+            )
+            if self.publisher.replay is not None:
+                self._replayer = asyncio.create_task(
+                    self._serve_replay(), name=f"sim-replay-{self.engine_id}"
+                )
         self._driver = asyncio.create_task(self._drive(), name=f"sim-driver-{self.engine_id}")
 
+    async def _serve_replay(self) -> None:
+        """Answer KV event replay requests (polled: the publisher's sockets are not asyncio's)."""
+        while self.publisher is not None:
+            self.publisher.serve_replay()
+            await asyncio.sleep(REPLAY_POLL_S)
+
     async def stop(self) -> None:
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            self._replayer = None
         if self._driver is not None:
             self._driver.cancel()
             with contextlib.suppress(asyncio.CancelledError):

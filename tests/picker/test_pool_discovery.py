@@ -151,7 +151,13 @@ def test_the_kv_events_port_annotation_tells_the_picker_where_to_subscribe() -> 
     view = pool_discovery.PoolView(pool_name="chat")
     view.apply_pool(pool_discovery.SYNCED, [pool("chat")])
     publishing = pod("a", "10.1.0.1")
-    publishing["metadata"]["annotations"] = {names.KV_EVENTS_PORT_ANNOTATION: "5557"}
+    publishing["metadata"]["annotations"] = {
+        names.KV_EVENTS_PORT_ANNOTATION: "5557",
+        names.KV_EVENTS_REPLAY_PORT_ANNOTATION: "5558",
+    }
     view.apply_pod(pool_discovery.SYNCED, [publishing, pod("b", "10.1.0.2")])
     found = {e.name: kv_subscriber.events_address(e) for e in view.endpoints()}
     assert found == {"a": "tcp://10.1.0.1:5557", "b": None}
+    replay = names.KV_EVENTS_REPLAY_PORT_ANNOTATION
+    found = {e.name: kv_subscriber.events_address(e, label=replay) for e in view.endpoints()}
+    assert found == {"a": "tcp://10.1.0.1:5558", "b": None}

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from frontier_api import envoy_bootstrap, names
+from frontier_api import envoy_bootstrap, names, standin_tokenizer
 from frontier_picker import datastore, endpoints, kv_events, server
 from frontier_picker.scheduling import config
 from frontier_picker.scheduling.plugins import precise_prefix
@@ -164,7 +164,7 @@ async def routed(cluster: Cluster, session: aiohttp.ClientSession, prompts: list
 
 
 def holds_shared(cluster: Cluster, engine: Any) -> bool:
-    first = kv_events.block_keys(precise_prefix.standin_tokenizer.encode(SHARED[:64]), block_size=16)[0]
+    first = kv_events.block_keys(standin_tokenizer.encode(SHARED[:64]), block_size=16)[0]
     return cluster.index.holds(key(engine), first)
 
 

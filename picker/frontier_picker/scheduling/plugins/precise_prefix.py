@@ -74,8 +74,10 @@ class KvEventsSubscriber(plugin.DataSource):
     """Keep an index of the token blocks each endpoint's engine holds, from its KV events (ZMQ).
 
     Subscribes to `tcp://<endpoint>:<port>` for every endpoint labelled
-    `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap or an
-    undecodable batch drops that endpoint's entries, which the events that follow rebuild. Read by
+    `inference.frontier.dev/kv-events-port` (or every endpoint, when `port` is set); a sequence gap is
+    replayed from the engine's replay socket (label `inference.frontier.dev/kv-events-replay-port`, or
+    `replayPort`) where it has one; a gap that cannot be replayed, or an undecodable batch, drops that
+    endpoint's entries, which the events that follow rebuild. Read by
     `precise-prefix-cache-scorer`.
     """
 
@@ -93,12 +95,19 @@ class KvEventsSubscriber(plugin.DataSource):
     PORT = plugin.Param(
         "port", 0, "KV events port of endpoints without the kv-events-port label (0: only labelled ones)", 0
     )
-    parameter_docs = plugin.documented((BLOCK_SIZE, MAX_BLOCKS, PORT))
+    REPLAY_PORT = plugin.Param(
+        "replayPort",
+        0,
+        "KV events replay port of endpoints without the kv-events-replay-port label (0: none; a gap drops)",
+        0,
+    )
+    parameter_docs = plugin.documented((BLOCK_SIZE, MAX_BLOCKS, PORT, REPLAY_PORT))
 
-    def __init__(self, name: str, *, index: kv_events.BlockIndex, port: int) -> None:
+    def __init__(self, name: str, *, index: kv_events.BlockIndex, port: int, replay_port: int = 0) -> None:
         super().__init__(name)
         self.index = index
         self.port = port
+        self.replay_port = replay_port
         self.subscriber: kv_subscriber.Subscriber | None = None  # while running
 
     @classmethod
@@ -107,10 +116,17 @@ class KvEventsSubscriber(plugin.DataSource):
             block_size=parameters.read(cls.BLOCK_SIZE),
             max_blocks_per_endpoint=parameters.read(cls.MAX_BLOCKS),
         )
-        return cls(name, index=index, port=parameters.read(cls.PORT))
+        return cls(
+            name,
+            index=index,
+            port=parameters.read(cls.PORT),
+            replay_port=parameters.read(cls.REPLAY_PORT),
+        )
 
     async def run(self, states: kv_subscriber.StatesFn) -> None:
-        self.subscriber = kv_subscriber.Subscriber(self.index, states, default_port=self.port)
+        self.subscriber = kv_subscriber.Subscriber(
+            self.index, states, default_port=self.port, default_replay_port=self.replay_port
+        )
         await self.subscriber.run()
 
 
