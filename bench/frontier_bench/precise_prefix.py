@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from frontier_bench import knee, stats, virtual, workloads
 from frontier_picker import endpoints
 from frontier_picker.scheduling import config, types
@@ -132,25 +134,53 @@ class Replicas:
             replica.on_completion(request, decision, completion)
 
 
-def run_once(setup: virtual.Setup, *, policy: str, replicas: int, qps: float, seed: int) -> dict[str, Any]:
+def simulate(setup: virtual.Setup, *, policy: str, replicas: int, qps: float, seed: int) -> cluster.Results:
     """One policy at one load and arrival draw on fresh engines (as `virtual.run_once`, with replicas)."""
     schedule = workloads.poisson_schedule(
         qps=qps, duration_s=setup.warmup_s + setup.duration_s, seed=virtual.arrival_seed(seed, qps)
     )
-    began = time.monotonic()
     chosen: str | types.Scheduler = policy
     if replicas > 1 and policy not in policies.BUILTIN:
         chosen = Replicas(policy, count=replicas, seed=seed)
-    results = cluster.run(
+    return cluster.run(
         engines=cluster.engines(setup.engines, args=["--model", setup.model, *setup.engine_args]),
         workload=virtual.arrivals(setup.source, schedule, model=setup.model),
         policy=chosen,
     )
+
+
+def run_once(setup: virtual.Setup, *, policy: str, replicas: int, qps: float, seed: int) -> dict[str, Any]:
+    """The steady-state summary of `simulate` (requests sent after the warm-up)."""
+    began = time.monotonic()
+    results = simulate(setup, policy=policy, replicas=replicas, qps=qps, seed=seed)
     kept = [t for t in virtual.traces(results) if t.sent >= setup.warmup_s]
     work = {e.name: float(e.generation_tokens) for e in results.engines}
     summary = stats.summarize(kept, slo=setup.slo, endpoint_work=work, window_s=setup.duration_s)
     summary["wall_s"] = round(time.monotonic() - began, 1)
     return summary
+
+
+def agreement(
+    setup: virtual.Setup, *, policies: tuple[str, str], replicas: int, qps: float, seed: int
+) -> dict[str, Any]:
+    """How far two policies' decisions differ on the same arrivals: over the requests sent after the warm-up
+    that both served, the share routed to another engine, and each one's prompt tokens found cached."""
+    first, second = (
+        simulate(setup, policy=POLICIES[name], replicas=replicas, qps=qps, seed=seed) for name in policies
+    )
+    kept = (first.arrival >= setup.warmup_s) & (first.status == 200) & (second.status == 200)
+    prompt = float(first.prompt_tokens[kept].sum())
+    return {
+        "qps": qps,
+        "seed": seed,
+        "policies": list(policies),
+        "requests": int(kept.sum()),
+        "routed_differently": round(float(np.mean(first.engine[kept] != second.engine[kept])), 4),
+        "cached_differently": round(
+            float(np.mean(first.cached_tokens[kept] != second.cached_tokens[kept])), 4
+        ),
+        "hit_rate": [round(float(r.cached_tokens[kept].sum()) / prompt, 4) for r in (first, second)],
+    }
 
 
 def _span(values: list[float], digits: int = 3) -> str:
@@ -276,6 +306,50 @@ def write(
     (args.out / f"{args.name}.md").write_text("\n".join(text))
 
 
+def write_agreement(args: argparse.Namespace, *, command: str) -> None:
+    """The `--agreement` runs and their results files."""
+    pair = (args.policies[0], args.policies[1])
+    found = []
+    for seed in args.seeds:
+        setup = virtual.Setup(
+            engines=args.engines,
+            source=workload_for(args, seed),
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            model=MODEL,
+            engine_args=args.engine_args,
+        )
+        for qps in args.agreement:
+            found.append(agreement(setup, policies=pair, replicas=args.replicas, qps=qps, seed=seed))
+            log.warning("event=precise_prefix_agreement %s", json.dumps(found[-1]))
+    source = workload_for(args, args.seeds[0])
+    lines = [
+        f"# How far {pair[0]} and {pair[1]} decide differently (virtual time, same arrivals)",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"{args.engines} simulated H100s (8B{''.join(', ' + a for a in args.engine_args)}); workload "
+        f"`{source.name}` {json.dumps(source.params)}; {args.warmup:g} s warm-up left out, "
+        f"{args.duration:g} s measured. Over the requests both served: the share routed to another engine, "
+        "the share whose cached prompt tokens differ, and each policy's prefix hit rate.",
+        "",
+        "| req/s | seed | requests | routed differently | cached tokens differ | "
+        f"{pair[0]} hit | {pair[1]} hit |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['qps']:g} | {r['seed']} | {r['requests']} | {r['routed_differently']:.1%} | "
+            f"{r['cached_differently']:.1%} | {r['hit_rate'][0]:.3f} | {r['hit_rate'][1]:.3f} |"
+            for r in found
+        ),
+        "",
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(
+        json.dumps({"command": command, "runs": found}, indent=2) + "\n"
+    )
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
+
+
 def workload_for(args: argparse.Namespace, seed: int) -> workloads.Workload:
     """The workload the arguments name, drawn with `seed`."""
     if args.workload == "llmd-study":
@@ -313,11 +387,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--replicas", type=int, default=1, help="picker replicas taking requests in turn")
     parser.add_argument("--name", default="precise-prefix", help="results file stem")
+    parser.add_argument(
+        "--agreement",
+        type=float,
+        nargs="+",
+        help="instead: at these loads, how far the first two --policies' decisions differ (same arrivals)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     command = "python -m frontier_bench.precise_prefix " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
+    if args.agreement:
+        write_agreement(args, command=command)
+        return
     rows: list[dict[str, Any]] = []
     knees: list[dict[str, Any]] = []
     source: workloads.Workload = workload_for(args, args.seeds[0])
