@@ -276,6 +276,11 @@ def comparison(rows: list[dict[str, Any]], knees: list[dict[str, Any]]) -> list[
     return lines
 
 
+def _shape(source: workloads.Workload) -> dict[str, Any]:
+    """The workload's parameters but its seed (the page names the seeds)."""
+    return {k: v for k, v in source.params.items() if k != "seed"}
+
+
 def write(
     args: argparse.Namespace,
     source: workloads.Workload,
@@ -292,14 +297,16 @@ def write(
         f"Command: `{command}`",
         "",
         f"{args.engines} simulated H100s (8B{''.join(', ' + a for a in args.engine_args)}); "
-        f"workload `{source.name}` {json.dumps(source.params)}; {args.warmup:g} s warm-up left out, "
+        f"workload `{source.name}` {json.dumps(_shape(source))}; {args.warmup:g} s warm-up left out, "
         f"{args.duration:g} s measured; seeds {seeds} (min-max); {args.replicas} picker replica(s) taking "
         "requests in turn (baselines: one). Goodput: requests within the default SLO (TTFT 1 s, TPOT 50 ms).",
         "",
     ]
     if knees:
         text += ["Knees (`knee.search`, per seed):", "", *knee_table(knees), "", *comparison(rows, knees), ""]
-    text += ["Every run:", "", *table(rows), "", HISTORY, ""]
+    text += ["Every run:", "", *table(rows), ""]
+    if args.name == "precise-prefix":
+        text += [HISTORY, ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(
         json.dumps({"command": command, "workload": source.params, "knees": knees, "rows": rows}, indent=2)
@@ -331,7 +338,7 @@ def write_agreement(args: argparse.Namespace, *, command: str) -> None:
         f"Command: `{command}`",
         "",
         f"{args.engines} simulated H100s (8B{''.join(', ' + a for a in args.engine_args)}); workload "
-        f"`{source.name}` {json.dumps(source.params)}; {args.warmup:g} s warm-up left out, "
+        f"`{source.name}` {json.dumps(_shape(source))}; {args.warmup:g} s warm-up left out, "
         f"{args.duration:g} s measured. Over the requests both served: the share routed to another engine, "
         "the share whose cached prompt tokens differ, and each policy's prefix hit rate.",
         "",
