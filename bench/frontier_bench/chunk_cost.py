@@ -13,6 +13,10 @@ Arms, each a separate process measured from /proc (all its threads):
 - `picker-asyncio` / `picker-uvloop`: `frontier-picker` (plaintext, one endpoint from a file, no scraping,
   the `round-robin` built-in config), `--event-loop` each.
 
+Cells: 1 and 16 clients sending each chunk after the previous reply (no backlog: every message costs
+in full), and 16 clients sending every chunk of a response at once, as Envoy forwards a burst (replies are read as
+they come; a version of the picker that joined the replies that piled up found almost none to join: gRPC
+hands the messages over one at a time, each write keeps pace with each read, 0.3% fewer writes).
 Each cell runs `--rounds` interleaved rounds with the arm order rotated. Reported: server CPU per message
 (µs; messages = 4 + chunks per stream, each way counted once) and each arm's ratio to `floor-asyncio` in
 the same round.
@@ -44,7 +48,8 @@ log = logging.getLogger(__name__)
 
 ADDRESS: Final = "127.2.3.1"
 ARMS: Final = ("floor-asyncio", "floor-uvloop", "picker-asyncio", "picker-uvloop")
-CONCURRENCY: Final = (1, 16)
+# (clients, pipelined): one at a time with no backlog, and a burst of every chunk of 16 responses at once.
+CELLS: Final = ((1, False), (16, False), (16, True))
 _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 _TOKEN: Final = b'data: {"choices":[{"index":0,"delta":{"content":"token "}}],"usage":null}\n\n'
 _LAST: Final = (
@@ -83,23 +88,30 @@ def stream_messages(chunks: int) -> list[ext_proc.ProcessingRequest]:
     ]
 
 
-async def _one_stream(stub: ext_proc_grpc.ExternalProcessorStub, messages: Sequence[Any]) -> None:
+async def _one_stream(
+    stub: ext_proc_grpc.ExternalProcessorStub, messages: Sequence[Any], *, pipelined: bool
+) -> None:
     call = stub.Process()
     # The request headers are answered once the body is in (the picker routes on the model): send both.
     await call.write(messages[0])
     await call.write(messages[1])
     await call.read()
     await call.read()
-    for message in messages[2:]:
-        await call.write(message)
-        await call.read()
+    if pipelined:  # the whole response at once, as Envoy forwards a burst: replies read as they come
+        for message in messages[2:]:
+            await call.write(message)
+    else:
+        for message in messages[2:]:
+            await call.write(message)
+            await call.read()
     await call.done_writing()
     while await call.read() is not grpc.aio.EOF:
         pass
 
 
-async def drive(port: int, *, streams: int, chunks: int, concurrency: int) -> None:
-    """`streams` streams of `chunks` response chunks each, `concurrency` at a time."""
+async def drive(port: int, *, streams: int, chunks: int, concurrency: int, pipelined: bool = False) -> None:
+    """`streams` streams of `chunks` response chunks each, `concurrency` at a time; `pipelined`: each
+    stream's chunks sent without waiting for their replies (a burst), else one at a time."""
     messages = stream_messages(chunks)
     async with grpc.aio.insecure_channel(f"{ADDRESS}:{port}") as channel:
         stub = ext_proc_grpc.ExternalProcessorStub(channel)
@@ -107,7 +119,7 @@ async def drive(port: int, *, streams: int, chunks: int, concurrency: int) -> No
 
         async def worker() -> None:
             for _ in remaining:
-                await _one_stream(stub, messages)
+                await _one_stream(stub, messages, pipelined=pipelined)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -149,15 +161,21 @@ async def run(*, streams: int, chunks: int, rounds: int, work: Path) -> list[dic
             pids[arm] = child.process.pid
         for arm in ARMS:  # warm up: first streams pay imports and caches
             await drive(ports[arm], streams=20, chunks=chunks, concurrency=4)
-        total = len(CONCURRENCY) * rounds * len(ARMS)
+        total = len(CELLS) * rounds * len(ARMS)
         done = 0
-        for concurrency in CONCURRENCY:
+        for concurrency, pipelined in CELLS:
             for round_index in range(rounds):
                 order = ARMS[round_index % len(ARMS) :] + ARMS[: round_index % len(ARMS)]
                 for arm in order:
                     before = protocol_overhead.cpu_seconds(pids[arm])
                     started = time.perf_counter()
-                    await drive(ports[arm], streams=streams, chunks=chunks, concurrency=concurrency)
+                    await drive(
+                        ports[arm],
+                        streams=streams,
+                        chunks=chunks,
+                        concurrency=concurrency,
+                        pipelined=pipelined,
+                    )
                     wall = time.perf_counter() - started
                     cpu = protocol_overhead.cpu_seconds(pids[arm]) - before
                     messages = streams * (chunks + 3)
@@ -165,6 +183,7 @@ async def run(*, streams: int, chunks: int, rounds: int, work: Path) -> list[dic
                         {
                             "arm": arm,
                             "concurrency": concurrency,
+                            "pipelined": pipelined,
                             "round": round_index,
                             "streams": streams,
                             "chunks": chunks,
@@ -175,11 +194,13 @@ async def run(*, streams: int, chunks: int, rounds: int, work: Path) -> list[dic
                     )
                     done += 1
                     log.info(
-                        "event=measured step=%d/%d arm=%s clients=%d round=%d us_per_message=%.1f",
+                        "event=measured step=%d/%d arm=%s clients=%d pipelined=%s round=%d "
+                        "us_per_message=%.1f",
                         done,
                         total,
                         arm,
                         concurrency,
+                        pipelined,
                         round_index,
                         rows[-1]["us_per_message"],
                     )
@@ -188,18 +209,27 @@ async def run(*, streams: int, chunks: int, rounds: int, work: Path) -> list[dic
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per cell and arm: µs per message (median, range) and the ratio to floor-asyncio in the same round."""
-    base = {(r["concurrency"], r["round"]): r["us_per_message"] for r in rows if r["arm"] == "floor-asyncio"}
+    base = {
+        (r["concurrency"], r["pipelined"], r["round"]): r["us_per_message"]
+        for r in rows
+        if r["arm"] == "floor-asyncio"
+    }
     out = []
-    for concurrency in sorted({r["concurrency"] for r in rows}):
+    for concurrency, pipelined in CELLS:
         for arm in ARMS:
-            mine = [r for r in rows if r["arm"] == arm and r["concurrency"] == concurrency]
+            mine = [
+                r
+                for r in rows
+                if r["arm"] == arm and r["concurrency"] == concurrency and r["pipelined"] == pipelined
+            ]
             if not mine:
                 continue
             costs = [r["us_per_message"] for r in mine]
-            ratios = [r["us_per_message"] / base[(concurrency, r["round"])] for r in mine]
+            ratios = [r["us_per_message"] / base[(concurrency, pipelined, r["round"])] for r in mine]
             out.append(
                 {
                     "concurrency": concurrency,
+                    "pipelined": pipelined,
                     "arm": arm,
                     "us_per_message_median": round(statistics.median(costs), 1),
                     "us_per_message_range": [round(min(costs), 1), round(max(costs), 1)],
@@ -221,14 +251,16 @@ def markdown(summary: Sequence[dict[str, Any]], *, command: str, machine: dict[s
         "chunk each way; CPU is the processor process's, all threads. Ratio: to `floor-asyncio` in the same",
         "round. Cells: median (min-max) over rounds.",
         "",
-        "| clients | arm | µs per message | ratio to floor-asyncio |",
-        "|---|---|---|---|",
+        "| clients | chunks sent | arm | µs per message | ratio to floor-asyncio |",
+        "|---|---|---|---|---|",
     ]
     for row in summary:
         low, high = row["us_per_message_range"]
         rlow, rhigh = row["ratio_to_floor_asyncio_range"]
+        sent = "all at once" if row["pipelined"] else "one at a time"
         lines.append(
-            f"| {row['concurrency']} | {row['arm']} | {row['us_per_message_median']} ({low}-{high}) | "
+            f"| {row['concurrency']} | {sent} | {row['arm']} | "
+            f"{row['us_per_message_median']} ({low}-{high}) | "
             f"{row['ratio_to_floor_asyncio_median']} ({rlow}-{rhigh}) |"
         )
     return "\n".join(lines) + "\n"

@@ -795,7 +795,7 @@ class Processor:
                     idle.touch()
                 chunk = wire.response_chunk(raw) if stream.reader is not None else None
                 if chunk is not None:
-                    out = stream.on_response_chunk(chunk[0], end=chunk[1])
+                    out = stream.on_response_chunk(chunk.body, end=chunk.end)
                 else:
                     out = stream.on_message(ext_proc.ProcessingRequest.FromString(raw))
                 for reply in out:

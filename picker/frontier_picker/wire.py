@@ -10,7 +10,7 @@ Field numbers come from the generated descriptors, never typed in; `tests/picker
 the bytes against protobuf's own encoding.
 """
 
-from typing import Final
+from typing import Final, NamedTuple
 
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 
@@ -64,7 +64,14 @@ _STREAMED_END: Final = (
 )
 
 
-def response_chunk(raw: bytes) -> tuple[bytes, bool] | None:
+class Chunk(NamedTuple):
+    """A response body chunk on its way back to Envoy as a streamed response."""
+
+    body: bytes
+    end: bool
+
+
+def response_chunk(raw: bytes) -> Chunk | None:
     """(body, end_of_stream) of a ProcessingRequest that holds a response body chunk and nothing else;
     None for any other message (the caller parses it in full)."""
     if len(raw) < 2 or raw[0] != _RESPONSE_BODY:
@@ -75,7 +82,7 @@ def response_chunk(raw: bytes) -> tuple[bytes, bool] | None:
         return None
 
 
-def _chunk(raw: bytes) -> tuple[bytes, bool] | None:
+def _chunk(raw: bytes) -> Chunk | None:
     size, start = _read_varint(raw, 1)
     stop = start + size
     if stop != len(raw):  # more fields follow (metadata, attributes): not the plain chunk
@@ -94,7 +101,7 @@ def _chunk(raw: bytes) -> tuple[bytes, bool] | None:
             end = value != 0
         else:  # a field the fast path does not know (a gRPC body's flags): parse it in full
             return None
-    return body, end
+    return Chunk(body, end)
 
 
 def streamed_response_chunk(body: bytes, *, end: bool) -> bytes:
