@@ -13,10 +13,10 @@ Arms, each a separate process measured from /proc (all its threads):
 - `picker-asyncio` / `picker-uvloop`: `frontier-picker` (plaintext, one endpoint from a file, no scraping,
   the `round-robin` built-in config), `--event-loop` each.
 
-Cells: 1 and 16 clients sending each chunk after the previous reply (no backlog: every message costs
-in full), and 16 clients sending every chunk of a response at once, as Envoy forwards a burst (replies are read as
-they come; a version of the picker that joined the replies that piled up found almost none to join: gRPC
-hands the messages over one at a time, each write keeps pace with each read, 0.3% fewer writes).
+Cells: 1 and 16 clients sending each chunk after the previous reply (no backlog: every message costs in
+full), and 16 clients sending every chunk of a response at once, as Envoy forwards a burst (replies read
+as they come; a version of the picker that joined the replies that piled up found almost none to join:
+gRPC hands the messages over one at a time and each write keeps pace with each read, 0.3% fewer writes).
 Each cell runs `--rounds` interleaved rounds with the arm order rotated. Reported: server CPU per message
 (µs; messages = 4 + chunks per stream, each way counted once) and each arm's ratio to `floor-asyncio` in
 the same round.
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if arguments.command == "floor":
         event_loop.run(
-            protocol_overhead.serve_floor(ADDRESS, arguments.port, f"{ADDRESS}:9", hold=False),
+            protocol_overhead.serve_floor(ADDRESS, arguments.port, [f"{ADDRESS}:9"], hold=False),
             kind=arguments.loop,
         )
         return
