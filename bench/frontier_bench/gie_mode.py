@@ -13,7 +13,10 @@ behind its own fresh Envoy (`mode="gie"`, one Envoy thread, the same static clus
 - `frontier`: `frontier-picker --pool-name`, the `frontier` built-in config (its cost model told the fleet's
   time scale, as in the real-time `shared-prefix` suite), one process;
 - `frontier-2-workers`: the same with `--workers 2` (processes sharing their decisions);
-- `gie-default`: `frontier-picker` with Frontier's re-implementation of GIE's default profile.
+- `gie-default`: `frontier-picker` with Frontier's re-implementation of GIE's default profile;
+- `python-floor`: not a picker but the least any Python ext_proc processor costs in this configuration
+  (`protocol_overhead`'s pass-through processor, round-robin over the engines, no scraping): it separates
+  what the Python gRPC transport costs per chunk from what the picker adds.
 
 Each (round, load) runs every policy in turn (order rotated by round) on the shared-prefix workload of the
 real-time suite (`full.shared_prefix_6`; every request a fresh question after its group's system prompt),
@@ -70,7 +73,9 @@ PICKERS: Final = {
     "frontier-2-workers": ("frontier", 2),
     "gie-default": ("gie-default", 1),
 }
-POLICIES: Final = (EPP_POLICY, *PICKERS)
+# The least a Python ext_proc processor costs here: round-robin, bodies echoed (`protocol_overhead.Floor`).
+FLOOR_POLICY: Final = "python-floor"
+POLICIES: Final = (EPP_POLICY, *PICKERS, FLOOR_POLICY)
 POOL: Final = "bench"
 POOL_APP: Final = "bench-sim"
 ENGINE_PORT: Final = 8000  # frontier-sim fleet's default: every engine on its own address, this port
@@ -182,6 +187,13 @@ async def start_door(
             "--v=1",
         ]
         picker = group.start(f"epp-{policy}", argv, env={"KUBECONFIG": str(cluster.kubeconfig)})
+    elif policy == FLOOR_POLICY:
+        grpc_port = processes.free_port(address)
+        argv = [sys.executable, "-m", "frontier_bench.protocol_overhead", "floor"]
+        argv += ["--address", address, "--port", str(grpc_port)]
+        for host, engine_port in running.addresses:
+            argv += ["--endpoint", f"{host}:{engine_port}"]
+        picker = group.start(f"floor-{policy}", argv)
     else:
         profile, workers = PICKERS[policy]
         grpc_port, health_port, metrics_port = (processes.free_port(address) for _ in range(3))

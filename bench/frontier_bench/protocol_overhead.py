@@ -26,6 +26,7 @@ and the picker/floor CPU ratio are computed against the same cell of the same ru
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from frontier_api import envoy_bootstrap
 from frontier_bench import envoy_lb, processes
@@ -63,21 +65,12 @@ _FULL_DUPLEX: Final = processing_mode_pb2.ProcessingMode.FULL_DUPLEX_STREAMED
 
 # --- the floor: a minimal pass-through ext_proc processor ------------------------------------------------
 class Floor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
-    """Routes every request to one endpoint at once and echoes bodies: the protocol's cost, nothing else."""
+    """Routes every request to the next of its endpoints (round-robin) at once and echoes bodies: the
+    protocol's cost, nothing else."""
 
-    def __init__(self, endpoint: str, *, hold: bool = False) -> None:
+    def __init__(self, endpoints: Sequence[str], *, hold: bool = False) -> None:
         self.hold = hold
-        option = base_pb2.HeaderValueOption(
-            header=base_pb2.HeaderValue(key="x-gateway-destination-endpoint", raw_value=endpoint.encode()),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-        )
-        self.headers_reply = ext_proc.ProcessingResponse(
-            request_headers=ext_proc.HeadersResponse(
-                response=ext_proc.CommonResponse(
-                    header_mutation=ext_proc.HeaderMutation(set_headers=[option]), clear_route_cache=True
-                )
-            )
-        )
+        self.headers_replies = itertools.cycle([_route(endpoint) for endpoint in endpoints])
 
     async def Process(
         self, request_iterator: AsyncIterator[ext_proc.ProcessingRequest], context: grpc.aio.ServicerContext
@@ -87,18 +80,19 @@ class Floor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
         async for message in request_iterator:
             kind = message.WhichOneof("request")
             if kind == "request_headers":
+                headers_reply = next(self.headers_replies)
                 if message.HasField("protocol_config"):
                     duplex = message.protocol_config.request_body_mode == _FULL_DUPLEX
                 if self.hold and duplex and not message.request_headers.end_of_stream:
                     held = []
                 else:
-                    await context.write(self.headers_reply)
+                    await context.write(headers_reply)
             elif kind == "request_body":
                 body = message.request_body
                 if held is not None:
                     held.append(body)
                     if body.end_of_stream:
-                        await context.write(self.headers_reply)
+                        await context.write(headers_reply)
                         for chunk in held:
                             await context.write(_echo(chunk, response=False))
                         held = None
@@ -114,6 +108,20 @@ class Floor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 await context.write(
                     ext_proc.ProcessingResponse(response_trailers=ext_proc.TrailersResponse())
                 )
+
+
+def _route(endpoint: str) -> ext_proc.ProcessingResponse:
+    option = base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key="x-gateway-destination-endpoint", raw_value=endpoint.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return ext_proc.ProcessingResponse(
+        request_headers=ext_proc.HeadersResponse(
+            response=ext_proc.CommonResponse(
+                header_mutation=ext_proc.HeaderMutation(set_headers=[option]), clear_route_cache=True
+            )
+        )
+    )
 
 
 _continue_request_body = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
@@ -135,9 +143,13 @@ def _echo(body: ext_proc.HttpBody, *, response: bool) -> ext_proc.ProcessingResp
     return ext_proc.ProcessingResponse(request_body=reply)
 
 
-async def serve_floor(address: str, port: int, endpoint: str, *, hold: bool) -> None:
+async def serve_floor(address: str, port: int, endpoints: Sequence[str], *, hold: bool) -> None:
+    """Serve the floor processor, and gRPC health (always SERVING) on the same port for Envoy's checks."""
     server = grpc.aio.server()
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(Floor(endpoint, hold=hold), server)
+    ext_proc_grpc.add_ExternalProcessorServicer_to_server(Floor(endpoints, hold=hold), server)
+    checks = health.aio.HealthServicer()
+    await checks.set(envoy_bootstrap.PICKER_HEALTH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     server.add_insecure_port(f"{address}:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -538,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     floor_parser = sub.add_parser("floor", help="serve the minimal pass-through processor")
     floor_parser.add_argument("--address", default=ADDRESS)
     floor_parser.add_argument("--port", type=int, required=True)
-    floor_parser.add_argument("--endpoint", required=True)
+    floor_parser.add_argument("--endpoint", action="append", required=True, help="repeat: round-robin")
     floor_parser.add_argument("--hold", action="store_true", help="answer headers after the whole body")
     report_parser = sub.add_parser("report", help="re-render the markdown of a results JSON")
     report_parser.add_argument("--json", type=Path, default=Path("bench/results/protocol_overhead.json"))

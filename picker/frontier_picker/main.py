@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from frontier_api import names
-from frontier_picker import gie_flags, logs, server, workers
+from frontier_picker import event_loop, gie_flags, logs, server, workers
 
 
 def parser() -> argparse.ArgumentParser:
@@ -146,6 +146,12 @@ def parser() -> argparse.ArgumentParser:
         "in whole cores, else 1",
     )
     parse.add_argument(
+        "--event-loop",
+        choices=event_loop.CHOICES,
+        default="uvloop",
+        help="the event loop each picker process runs on (event_loop.py; default uvloop)",
+    )
+    parse.add_argument(
         "--max-streams-per-connection",
         type=int,
         default=0,
@@ -217,6 +223,7 @@ def options(arguments: argparse.Namespace) -> server.Options:
         max_streams_per_peer=arguments.max_streams_per_peer,
         max_streams_per_connection=arguments.max_streams_per_connection,
         overload_lag_s=arguments.overload_lag,
+        event_loop=arguments.event_loop,
         early_decision_prompt_chars=arguments.early_decision_prompt_chars,
         endpoints_file=arguments.endpoints_file,
         endpoints_poll_s=arguments.endpoints_poll_interval,
@@ -265,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if count > 1:
             workers.supervise(options(arguments), count, level, handler)
         else:
-            asyncio.run(run(arguments, handler))
+            event_loop.run(run(arguments, handler), kind=arguments.event_loop)
     except ValueError as error:  # configuration errors name the field and value
         raise SystemExit(f"frontier-picker: {error}") from None
     finally:

@@ -41,16 +41,15 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import grpc
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from google.protobuf import struct_pb2
 
 from frontier_api import names
-from frontier_picker import bodies, director, metrics, overload, replies, request_view, subsets, usage
+from frontier_picker import bodies, director, metrics, overload, replies, request_view, subsets, usage, wire
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import flow_control
 
@@ -64,6 +63,9 @@ _STREAMED: Final = processing_mode_pb2.ProcessingMode.STREAMED
 _BUFFERED: Final = processing_mode_pb2.ProcessingMode.BUFFERED
 _NONE: Final = processing_mode_pb2.ProcessingMode.NONE
 _REQUEST_KINDS: Final = frozenset({"request_headers", "request_body", "request_trailers"})
+
+# A reply to Envoy: a message, or one already serialized (the response-chunk path, `wire`).
+Reply: TypeAlias = ext_proc.ProcessingResponse | bytes
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -169,15 +171,15 @@ class Stream:
         self.completed = False
         self.closed = False  # an immediate response was sent; nothing more to do
         self.ticket: flow_control.Ticket | None = None  # set while flow control holds the request
-        self.parked: list[ext_proc.ProcessingResponse] = []  # replies made when it left the queue
+        self.parked: list[Reply] = []  # replies made when it left the queue
         self.wake: Callable[[], None] | None = None  # the servicer's, while it waits for `parked`
         # Set while the request waits for work the servicer runs in a worker thread (a long prompt's
         # tokenization), then `resume` goes on to flow control and scheduling.
         self.preparing: Callable[[], None] | None = None
-        self._resume: Callable[[], list[ext_proc.ProcessingResponse]] | None = None
+        self._resume: Callable[[], list[Reply]] | None = None
 
     # --- dispatch --------------------------------------------------------------------------------------
-    def on_message(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+    def on_message(self, message: ext_proc.ProcessingRequest) -> list[Reply]:
         kind = message.WhichOneof("request")
         try:
             if not self.headers_seen and kind != "request_headers" and kind in _REQUEST_KINDS:
@@ -206,7 +208,7 @@ class Stream:
         return []
 
     # --- request path ----------------------------------------------------------------------------------
-    def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+    def _on_request_headers(self, message: ext_proc.ProcessingRequest) -> list[Reply]:
         if self.headers_seen:
             # Envoy sends them once per stream; a second set (a hostile client of the ext_proc port) would
             # schedule, and charge an endpoint, twice for one request.
@@ -261,7 +263,7 @@ class Stream:
     def _too_large(self, size: int) -> str:
         return f"request body of {size} bytes exceeds the limit of {self.ctx.settings.max_body_bytes} bytes"
 
-    def _on_request_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
+    def _on_request_body(self, body: ext_proc.HttpBody) -> list[Reply]:
         chunk = body.body
         self.ctx.body_bytes += len(chunk)
         if self.flight is not None:
@@ -297,7 +299,7 @@ class Stream:
             and bodies.is_inference_path(self.headers.get(":path", ""))
         )
 
-    def _decide_early(self) -> list[ext_proc.ProcessingResponse]:
+    def _decide_early(self) -> list[Reply]:
         """Decide on a body prefix holding the whole model value and enough of the prompt, then let the
         rest of the body stream through; [] when the prefix does not tell yet. A chunked body's size is
         then only known to be at least what came so far."""
@@ -322,7 +324,7 @@ class Stream:
         self.early = True
         return self._gated(lambda: self._early_replies(prefix))
 
-    def _early_replies(self, prefix: bytes) -> list[ext_proc.ProcessingResponse]:
+    def _early_replies(self, prefix: bytes) -> list[Reply]:
         reply, prefix, changed = self._decide(prefix, header_phase=True, length=self.declared_length)
         out = [reply]
         source = [prefix] if changed else self.chunks
@@ -334,7 +336,7 @@ class Stream:
         self.release_body()
         return out
 
-    def _on_request_trailers(self) -> list[ext_proc.ProcessingResponse]:
+    def _on_request_trailers(self) -> list[Reply]:
         if self.flight is None:
             return self._finish_request_body(end_of_stream=False, trailers=True)
         return [replies.CONTINUE_REQUEST_TRAILERS]
@@ -346,9 +348,7 @@ class Stream:
         self.buffered = 0
         self.chunks = []
 
-    def _finish_request_body(
-        self, *, end_of_stream: bool, trailers: bool = False
-    ) -> list[ext_proc.ProcessingResponse]:
+    def _finish_request_body(self, *, end_of_stream: bool, trailers: bool = False) -> list[Reply]:
         original = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
         try:
             self.request = self._parsed_request(original)  # a bad body is refused before any queueing
@@ -356,7 +356,7 @@ class Stream:
             self.release_body()
             raise
 
-        def decide() -> list[ext_proc.ProcessingResponse]:
+        def decide() -> list[Reply]:
             try:
                 out = self._body_replies(original, end_of_stream=end_of_stream)
             finally:
@@ -365,7 +365,7 @@ class Stream:
 
         return self._gated(decide)
 
-    def _body_replies(self, original: bytes, *, end_of_stream: bool) -> list[ext_proc.ProcessingResponse]:
+    def _body_replies(self, original: bytes, *, end_of_stream: bool) -> list[Reply]:
         decision_reply, body, changed = self._decide(original, header_phase=not self.headers_answered)
         if self.request_mode == _FULL_DUPLEX:
             source = [body] if changed else self.chunks
@@ -421,9 +421,7 @@ class Stream:
         )
 
     # --- flow control ----------------------------------------------------------------------------------
-    def _gated(
-        self, decide: Callable[[], list[ext_proc.ProcessingResponse]]
-    ) -> list[ext_proc.ProcessingResponse]:
+    def _gated(self, decide: Callable[[], list[Reply]]) -> list[Reply]:
         """`decide()` now, or [] with the request queued: its replies are then `parked` when flow control
         dispatches (or refuses) it, and `wake` tells the servicer. Or [] with `preparing` set, when the
         scheduler needs work done off the event loop first: the servicer runs it, then `resume`."""
@@ -436,7 +434,7 @@ class Stream:
             return []
         return self._admitted(decide)
 
-    def resume(self) -> list[ext_proc.ProcessingResponse]:
+    def resume(self) -> list[Reply]:
         """The replies once `preparing` has run: flow control and scheduling go on as `_gated` would have."""
         resume, self._resume, self.preparing = self._resume, None, None
         if resume is None:
@@ -451,9 +449,7 @@ class Stream:
             log.exception("event=internal_error request_id=%s", self.request_id or "-")
             return [self._refuse(500, "internal error in the endpoint picker")]
 
-    def _admitted(
-        self, decide: Callable[[], list[ext_proc.ProcessingResponse]]
-    ) -> list[ext_proc.ProcessingResponse]:
+    def _admitted(self, decide: Callable[[], list[Reply]]) -> list[Reply]:
         assert self.request is not None
         ticket = self.ctx.director.admit(
             self.request,
@@ -467,7 +463,7 @@ class Stream:
         self.ticket = ticket
         return []
 
-    def _leave_queue(self, decide: Callable[[], list[ext_proc.ProcessingResponse]]) -> None:
+    def _leave_queue(self, decide: Callable[[], list[Reply]]) -> None:
         try:
             out = decide()
         except types.Rejection as refusal:
@@ -481,13 +477,13 @@ class Stream:
         self.release_body()
         self._park([self._refuse(refusal.status, refusal.reason)])
 
-    def _park(self, out: list[ext_proc.ProcessingResponse]) -> None:
+    def _park(self, out: list[Reply]) -> None:
         self.ticket = None
         self.parked.extend(out)
         if self.wake is not None:
             self.wake()
 
-    def take_parked(self) -> list[ext_proc.ProcessingResponse]:
+    def take_parked(self) -> list[Reply]:
         """The replies made when the request left flow control's queue (once)."""
         out, self.parked = self.parked, []
         return out
@@ -571,7 +567,7 @@ class Stream:
         return replies.immediate(status, reason)
 
     # --- response path ---------------------------------------------------------------------------------
-    def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[ext_proc.ProcessingResponse]:
+    def _on_response_headers(self, message: ext_proc.ProcessingRequest) -> list[Reply]:
         headers = _headers(message.response_headers)
         status = headers.get(":status", "0")
         self.status = int(status) if status.isdigit() else 0
@@ -605,20 +601,21 @@ class Stream:
             return str(attributes.fields[UPSTREAM_ADDRESS].string_value)
         return None
 
-    def _on_response_body(self, body: ext_proc.HttpBody) -> list[ext_proc.ProcessingResponse]:
-        chunk = body.body
+    def _on_response_body(self, body: ext_proc.HttpBody) -> list[Reply]:
+        return self.on_response_chunk(body.body, end=body.end_of_stream)
+
+    def on_response_chunk(self, chunk: bytes, *, end: bool) -> list[Reply]:
+        """Account a response body chunk (first byte, usage, end) and pass it on: in full duplex as
+        streamed chunks already in wire format, the hot path of a streamed response."""
         self.response_size += len(chunk)
         if self.first_byte_at is None and chunk:
             self.first_byte_at = self.ctx.clock()
         if self.reader is not None:
             self.reader.feed(chunk)
-        if body.end_of_stream:
+        if end:
             self._end_response()
         if self.response_mode == _FULL_DUPLEX:
-            return [
-                replies.streamed(piece, end=body.end_of_stream, response=True)
-                for piece in replies.pieces(chunk)
-            ]
+            return [wire.streamed_response_chunk(piece, end=end) for piece in replies.pieces(chunk)]
         return [replies.CONTINUE_RESPONSE_BODY]
 
     def finished(self) -> bool:
@@ -720,18 +717,64 @@ class PeerStreams:
         return pending
 
 
-class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
+class IdleWatch:
+    """Cancels the task serving a stream once no message came for `limit` seconds.
+
+    One timer per stream, moved only when it fires; a message just notes the time. Re-arming a timer on
+    every message cost a few microseconds each and left a cancelled handle in the loop's heap per chunk.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.task = asyncio.current_task()
+        self.last = self.loop.time()
+        self.paused = False  # while the request waits in flow control's queue: that time is the picker's
+        self.expired = False
+        self.handle = self.loop.call_at(self.last + limit, self._check)
+
+    def touch(self) -> None:
+        """A message came."""
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        due = (self.loop.time() if self.paused else self.last) + self.limit
+        if self.loop.time() < due:
+            self.handle = self.loop.call_at(due, self._check)
+            return
+        self.expired = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+
+def _serialize(reply: Reply) -> bytes:
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+
+SERVICE: Final = ext_proc.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
+
+
+class Processor:
     """The gRPC servicer: moves messages between Envoy and one `Stream` per request, closing streams idle
-    past the idle timeout and refusing a peer's streams past its cap."""
+    past the idle timeout and refusing a peer's streams past its cap.
+
+    Requests arrive unparsed: a plain response chunk is read from the wire (`wire`), anything else parsed.
+    """
 
     def __init__(self, context: Context) -> None:
         self.ctx = context
         self.peers = PeerStreams(context.settings.max_streams_per_peer)
 
+    def rpc_handler(self) -> grpc.GenericRpcHandler:
+        """`ExternalProcessor/Process`, taking raw requests and replies that may be serialized already."""
+        method = grpc.stream_stream_rpc_method_handler(self.Process, response_serializer=_serialize)
+        return grpc.method_handlers_generic_handler(SERVICE, {"Process": method})
+
     async def Process(
-        self,
-        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
-        context: grpc.aio.ServicerContext,
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> None:
         peer = peer_host(context.peer())
         if not self.peers.enter(peer):
@@ -769,39 +812,52 @@ class Processor(ext_proc_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             stream.complete(aborted=not stream.finished())
 
     async def _serve(
-        self,
-        stream: Stream,
-        request_iterator: AsyncIterator[ext_proc.ProcessingRequest],
-        context: grpc.aio.ServicerContext,
+        self, stream: Stream, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> bool:
         """Answer `stream`'s messages until the client ends; True when instead it stayed silent for the
         idle timeout (time its request waits in flow control's queue is the picker's, and does not count)."""
         limit = self.ctx.settings.stream_idle_timeout_s
-        loop = asyncio.get_running_loop()
-        idle = asyncio.timeout_at(loop.time() + limit if limit > 0 else None)
+        idle = IdleWatch(limit) if limit > 0 else None
         try:
-            async with idle:
-                async for message in request_iterator:
-                    for reply in stream.on_message(message):
+            async for raw in request_iterator:
+                if idle is not None:
+                    idle.touch()
+                chunk = wire.response_chunk(raw) if stream.reader is not None else None
+                if chunk is not None:
+                    out = stream.on_response_chunk(chunk.body, end=chunk.end)
+                else:
+                    out = stream.on_message(ext_proc.ProcessingRequest.FromString(raw))
+                for reply in out:
+                    await context.write(reply)
+                if stream.preparing is not None:
+                    if idle is not None:
+                        idle.paused = True  # the picker's own time, as in flow control's queue
+                    await self._prepare(stream)
+                    if idle is not None:
+                        idle.paused = False
+                        idle.touch()
+                    for reply in stream.resume():
                         await context.write(reply)
-                    if stream.preparing is not None:
-                        await self._prepare(stream)
-                        for reply in stream.resume():
-                            await context.write(reply)
-                    if stream.ticket is not None:
-                        if limit > 0:
-                            idle.reschedule(None)
-                        await self._queued(stream)
-                    for reply in stream.take_parked():
-                        await context.write(reply)
-                    if stream.closed:
-                        break
-                    if limit > 0:
-                        idle.reschedule(loop.time() + limit)
-        except TimeoutError:
-            if not idle.expired():
+                if stream.ticket is not None:
+                    if idle is not None:
+                        idle.paused = True
+                    await self._queued(stream)
+                    if idle is not None:
+                        idle.paused = False
+                        idle.touch()
+                for reply in stream.take_parked():
+                    await context.write(reply)
+                if stream.closed:
+                    break
+        except asyncio.CancelledError:
+            if idle is None or not idle.expired:
                 raise
+            if idle.task is not None:
+                idle.task.uncancel()
             return True
+        finally:
+            if idle is not None:
+                idle.close()
         return False
 
     @staticmethod

@@ -78,16 +78,6 @@ def streamed(chunk: bytes, *, end: bool, response: bool) -> ext_proc.ProcessingR
     return ext_proc.ProcessingResponse(request_body=body)
 
 
-_REQUEST_KINDS: Final = frozenset({"request_headers", "request_body", "request_trailers"})
-_CONTINUE_REQUEST_BODY: Final = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
-_CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
-_CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())
-_CONTINUE_REQUEST_TRAILERS: Final = ext_proc.ProcessingResponse(request_trailers=ext_proc.TrailersResponse())
-_CONTINUE_RESPONSE_TRAILERS: Final = ext_proc.ProcessingResponse(
-    response_trailers=ext_proc.TrailersResponse()
-)
-
-
 CONTINUE_REQUEST_BODY: Final = ext_proc.ProcessingResponse(request_body=ext_proc.BodyResponse())
 CONTINUE_RESPONSE_HEADERS: Final = ext_proc.ProcessingResponse(response_headers=ext_proc.HeadersResponse())
 CONTINUE_RESPONSE_BODY: Final = ext_proc.ProcessingResponse(response_body=ext_proc.BodyResponse())

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from frontier_api import names
@@ -79,6 +78,7 @@ class Options:
     # per connection, so a limit makes a busy gateway open several connections that spread over them.
     max_streams_per_connection: int = 0
     overload_lag_s: float = 5.0  # new requests get 503 while the picker runs this far behind (0: never)
+    event_loop: str = "uvloop"  # what each worker process runs on (`event_loop`)
     early_decision_prompt_chars: int = 65_536
     endpoints_file: Path | None = None
     endpoints_poll_s: float = 1.0
@@ -254,7 +254,7 @@ async def start(
     if options.max_streams_per_connection > 0:
         server_options.append(("grpc.max_concurrent_streams", options.max_streams_per_connection))
     ext_proc_server = grpc.aio.server(options=server_options)
-    ext_proc_grpc.add_ExternalProcessorServicer_to_server(processor.Processor(context), ext_proc_server)
+    ext_proc_server.add_generic_rpc_handlers((processor.Processor(context).rpc_handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, ext_proc_server)
     bind = f"{options.address}:{options.grpc_port}"
     if options.secure_serving:

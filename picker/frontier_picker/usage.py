@@ -3,7 +3,7 @@
 Streamed responses (`text/event-stream`) carry usage in an SSE `data:` line, normally the last one before
 `data: [DONE]` (vLLM with `stream_options.include_usage`). Envoy hands the body over in arbitrary chunks, so a
 line can be split across two chunks: the reader keeps the unfinished tail and only looks at complete lines,
-and only at lines that mention `"usage"`, so the per-chunk cost is a search, not a parse.
+and only at lines whose `"usage"` is not null, so the per-chunk cost is a search, not a parse.
 Non-streamed responses carry `usage` in the JSON body, parsed once when it ends.
 
 Chat/completions name the fields `prompt_tokens`/`completion_tokens`; the Responses API `input_tokens`/
@@ -16,6 +16,8 @@ from typing import Any, Final
 import orjson
 
 _USAGE: Final = b'"usage"'
+# OpenAI-style streams with `include_usage` put `"usage": null` in every chunk but the last.
+_NULL_USAGE: Final = (b'"usage":null', b'"usage": null')
 _MAX_JSON_BYTES: Final = 16 * 1024 * 1024  # larger JSON responses are not parsed for usage
 
 
@@ -59,7 +61,7 @@ class SseReader:
             return
         complete = data[:cut] if cut < len(data) else data
         self.events += complete.count(b"data:")
-        if _USAGE in complete:
+        if _USAGE in complete and _names_usage(complete):
             self._read_usage(complete)
 
     def finish(self) -> None:
@@ -81,6 +83,11 @@ class SseReader:
                     found = from_object(event["response"].get("usage"))  # Responses API completed event
                 if found is not None:
                     self.usage = found
+
+
+def _names_usage(lines: bytes) -> bool:
+    """Whether `lines` hold a `"usage"` that is not null: only those are worth parsing."""
+    return lines.count(_USAGE) > sum(lines.count(null) for null in _NULL_USAGE)
 
 
 class JsonReader:

@@ -45,7 +45,7 @@ from types import FrameType
 from prometheus_client import metrics_core as prometheus_metrics_core
 from prometheus_client import registry as prometheus_registry
 
-from frontier_picker import logs, metrics, metrics_auth, metrics_merge, peering, server
+from frontier_picker import event_loop, logs, metrics, metrics_auth, metrics_merge, peering, server
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _worker(options: server.Options, level: str, ports: "multiprocessing.Queue[t
             await asyncio.gather(flusher, return_exceptions=True)
 
     try:
-        asyncio.run(run())
+        event_loop.run(run(), kind=options.event_loop)
     finally:
         handler.flush_now()
 
