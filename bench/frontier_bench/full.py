@@ -17,6 +17,9 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
 - `no-sharing`: the control, four policies.
+Each runs the pickers in both Envoy modes (`cheap`, and GIE's full-duplex `gie`), with Poisson and bursty
+(Gamma gaps, CV 3) arrivals, in 2 interleaved rounds (`RealTime`; `--envoy-modes`, `--arrival-cvs`,
+`--rounds`, and `--loads`, `--duration`, `--warmup` to shorten them).
 
 Loads are in model-time requests/s; each results file carries the exact command. `--only NAME...` runs a
 subset; `--quick` shortens every run (to try the pipeline, not to commit).
@@ -53,11 +56,41 @@ OUTPUT_LEN = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RealTime:
+    """How every real-time suite runs: the Envoy modes its pickers are called in, its arrival shapes (Gamma
+    CVs; 1 is Poisson), its interleaved rounds; and, to shorten a run, loads and model seconds to use
+    instead of the suite's own."""
+
+    envoy_modes: tuple[str, ...] = frontdoors.ENVOY_MODES
+    arrival_cvs: tuple[float, ...] = (1.0, 3.0)
+    rounds: int = 2
+    loads: tuple[float, ...] = ()
+    duration_s: float | None = None
+    warmup_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Suite:
     name: str
     title: str
     plan: sweep.Plan
     notes: tuple[str, ...] = ()
+
+    def plans(self, real_time: RealTime) -> list[sweep.Plan]:
+        """The suite's plan once per arrival shape, run as `real_time` says."""
+        plan = self.plan
+        return [
+            dataclasses.replace(
+                plan,
+                envoy_modes=real_time.envoy_modes,
+                arrival_cv=cv,
+                rounds=real_time.rounds,
+                loads=real_time.loads or plan.loads,
+                duration_s=plan.duration_s if real_time.duration_s is None else real_time.duration_s,
+                warmup_s=plan.warmup_s if real_time.warmup_s is None else real_time.warmup_s,
+            )
+            for cv in real_time.arrival_cvs
+        ]
 
 
 def shared_prefix_6() -> workloads.SharedPrefix:
@@ -320,7 +353,14 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         print(f"{kind}: {path}")
 
 
-def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> None:
+def run(
+    *,
+    out: Path,
+    command: str,
+    quick: bool,
+    only: tuple[str, ...] = (),
+    real_time: RealTime = RealTime(),
+) -> None:
     for vsuite in virtual_suites(quick=quick):
         if not only or vsuite.name in only:
             run_virtual(vsuite, out=out, command=command)
@@ -339,7 +379,7 @@ def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> 
             continue
         asyncio.run(
             harness.run_sweeps(
-                [suite.plan],
+                suite.plans(real_time),
                 engines=ENGINES,
                 time_scale=TIME_SCALE,
                 model=MODEL,

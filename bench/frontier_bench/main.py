@@ -138,7 +138,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_all(args: argparse.Namespace) -> None:
-    full.run(out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only))
+    real_time = full.RealTime(
+        envoy_modes=tuple(args.envoy_modes),
+        arrival_cvs=tuple(args.arrival_cvs),
+        rounds=args.rounds,
+        loads=tuple(args.loads),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+    )
+    full.run(
+        out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only), real_time=real_time
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -205,6 +215,33 @@ def parser() -> argparse.ArgumentParser:
     everything.add_argument("--out", default="bench/results")
     everything.add_argument("--quick", action="store_true", help="shorter runs (for trying the pipeline)")
     everything.add_argument("--only", nargs="*", default=[], help="run only these suites (by name)")
+    defaults = full.RealTime()
+    everything.add_argument(
+        "--envoy-modes",
+        nargs="+",
+        choices=frontdoors.ENVOY_MODES,
+        default=list(defaults.envoy_modes),
+        help="real-time suites: the Envoy modes the pickers are called in",
+    )
+    everything.add_argument(
+        "--arrival-cvs",
+        nargs="+",
+        type=float,
+        default=list(defaults.arrival_cvs),
+        help="real-time suites: arrival shapes, as the CV of Gamma gaps (1: Poisson)",
+    )
+    everything.add_argument(
+        "--rounds", type=int, default=defaults.rounds, help="real-time suites: interleaved rounds"
+    )
+    everything.add_argument(
+        "--loads", type=float, nargs="*", default=[], help="real-time suites: these model-time req/s instead"
+    )
+    everything.add_argument(
+        "--duration", type=float, help="real-time suites: model seconds of measured arrivals per run instead"
+    )
+    everything.add_argument(
+        "--warmup", type=float, help="real-time suites: model seconds of arrivals left out instead"
+    )
     everything.set_defaults(func=cmd_all)
     rerender = sub.add_parser("report", help="re-render results (markdown, plots) from their JSON")
     rerender.add_argument("results", nargs="+", help="results JSON files")
