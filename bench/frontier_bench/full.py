@@ -11,8 +11,11 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
-- `gie-mode`: the real GIE EPP v1.5.0 (Go) beside Frontier's picker, Envoy in GIE's full-duplex mode, all
-  finding the same engines through one InferencePool on the local control plane (`frontier_bench.gie_mode`).
+- `pd-realtime`: prefill/decode disaggregation through Envoy, picker and sidecars in real time
+  (`frontier_bench.pd_realtime`).
+- `gie-mode`: the real GIE EPP v1.5.0 (Go) beside Frontier's picker, Envoy in each mode, each arrival
+  shape, all finding the same engines through one InferencePool on the local control plane
+  (`frontier_bench.gie_mode`).
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
@@ -38,6 +41,7 @@ from frontier_bench import (
     knee,
     overload,
     pd,
+    pd_realtime,
     progress,
     report,
     sweep,
@@ -370,10 +374,36 @@ def run(
         pd.main(["--out", str(out), *(["--seeds", "1", "--duration", "10"] if quick else [])])
     if not only or "overload" in only:
         overload.main(["--out", str(out), *(["--seeds", "1", "--loads", "1.5"] if quick else [])])
-    if not only or "gie-mode" in only:
-        gie_mode.main(
-            ["--out", str(out), *(["--rounds", "1", "--loads", "25", "--duration", "10"] if quick else [])]
+    if not only or "pd-realtime" in only:
+        pd_realtime.main(
+            [
+                "--out",
+                str(out),
+                "--envoy-modes",
+                *real_time.envoy_modes,
+                "--arrival-cvs",
+                *(f"{cv:g}" for cv in real_time.arrival_cvs),
+                "--rounds",
+                str(1 if quick else real_time.rounds),
+                *(["--duration", "5"] if quick else []),
+            ]
         )
+    if not only or "gie-mode" in only:
+        for envoy_mode in real_time.envoy_modes:
+            for cv in real_time.arrival_cvs:
+                gie_mode.main(
+                    [
+                        "--out",
+                        str(out),
+                        "--envoy-mode",
+                        envoy_mode,
+                        "--arrival-cv",
+                        f"{cv:g}",
+                        "--rounds",
+                        str(1 if quick else real_time.rounds),
+                        *(["--loads", "25", "--duration", "10"] if quick else []),
+                    ]
+                )
     for suite in suites(quick=quick):
         if only and suite.name not in only:
             continue
