@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from frontier_bench import report, stats
+from frontier_bench import report, standing, stats
 
 
 def row(policy: str, qps: float, *, ttft: list[float], tokens: int = 10):
@@ -159,3 +159,13 @@ def test_knees_table_states_the_spread_and_the_verdict_on_the_peak():
     )
     assert "| w | frontier | 62 (60-65) |" in text
     assert "| w | round-robin | 32 (30-35) |" in text and "| 3/3 | win |" in text
+
+
+def test_the_standing_names_single_draw_verdicts_and_judges_rounds_by_their_ranges(tmp_path):
+    report.write(rows(), tmp_path, name="one-draw", command="c", meta={})
+    clear = [drawn("frontier", s, t) for s, t in enumerate([0.2, 0.25])]
+    clear += [drawn("round-robin", s, t) for s, t in enumerate([0.4, 0.5])]
+    report.write(clear, tmp_path, name="two-rounds", command="c", meta={})
+    text = standing.markdown(sorted(tmp_path.glob("*.json")))
+    assert "| one-draw | shared-prefix | poisson | none | round-robin | 1 | 1: win (1 draw) (+" in text
+    assert "| two-rounds | shared-prefix | poisson | none | round-robin | 2 | 1: win (+50%) | tie: " in text
