@@ -205,7 +205,7 @@ async def _start_picker(
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(
-        f"picker-{policy}",
+        f"picker-{policy}-{envoy_mode}",
         picker_argv(
             endpoints_file=endpoints_file,
             address=address,
