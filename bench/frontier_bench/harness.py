@@ -63,7 +63,7 @@ async def run_sweeps(
             )
     meta: dict[str, Any] = {
         "title": title,
-        "notes": list(notes),
+        "notes": [*notes, load_note(rows, cpus=os.cpu_count())],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
         "source": {**source_at_start, "frozen": bool(frozen)},
@@ -100,6 +100,17 @@ async def run_sweeps(
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return rows
+
+
+def load_note(rows: Sequence[report.Row], *, cpus: int | None) -> str:
+    """The machine's load while the runs were made: real-time numbers are only as quiet as the machine."""
+    loads = sorted(r.load_average_1m for r in rows if r.load_average_1m is not None)
+    if not loads:
+        return f"machine: {cpus} CPUs; load average not recorded"
+    return (
+        f"machine: {cpus} CPUs shared with other work; 1-minute load average as each run ended"
+        f" {loads[0]:g}-{loads[-1]:g} (median {loads[len(loads) // 2]:g})"
+    )
 
 
 def source() -> dict[str, str]:
