@@ -4,9 +4,11 @@ Every policy routes over the same engines and is reached at one base URL:
 - `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
 - `frontier`, `gie-default`, `frontier-3-workers` (three worker processes sharing their decisions): the
   picker (file discovery of the fleet, that scheduling profile) behind an
-  Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap`; `frontier`'s cost model
-  is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's speed: its predictions are
-  in seconds of the clock it lives on;
+  Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap` in one of its `ENVOY_MODES`:
+  `cheap` (Frontier's own: the response body is not sent to the picker) or `gie` (the configuration GIE
+  ships: request and response bodies full-duplex streamed, every response chunk through the picker);
+  `frontier`'s cost model is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's
+  speed: its predictions are in seconds of the clock it lives on;
 - `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
   to the engines directly (it is a router, not an Envoy filter).
 
@@ -44,6 +46,12 @@ SGLANG_POLICY: Final = "sglang-cache-aware"
 ALL_POLICIES: Final = (*envoy_lb.LB_POLICIES, *PICKER_PROFILES, SGLANG_POLICY)
 # What a sweep may name: every policy, and the multi-process picker (the scale-out suite's, not the others').
 CHOICES: Final = (*ALL_POLICIES, *PICKER_WORKERS)
+ENVOY_MODES: Final = ("cheap", "gie")
+
+
+def calls_picker(policy: str) -> bool:
+    """Whether `policy`'s front door is an Envoy calling a picker (so the Envoy mode matters)."""
+    return policy in PICKER_PROFILES or policy in PICKER_WORKERS
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -99,9 +107,11 @@ async def start(
     address: str,
     run_dir: Path,
     time_scale: float = 1.0,
+    envoy_mode: str = "cheap",
 ) -> FrontDoor:
     """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers.
-    `time_scale`: how many times slower than real H100s the engines run (the picker's cost model is told)."""
+    `time_scale`: how many times slower than real H100s the engines run (the picker's cost model is told);
+    `envoy_mode`: how the Envoy in front of a picker calls it (ignored by front doors that call none)."""
     if policy in envoy_lb.LB_POLICIES:
         port = processes.free_port(address)
         config = envoy_lb.bootstrap(policy=policy, listen_address=address, listen_port=port, engines=engines)
@@ -110,7 +120,7 @@ async def start(
         )
         await processes.wait_port(address, port, child=child)
         return FrontDoor(policy=policy, url=f"http://{address}:{port}", children=[child])
-    if policy in PICKER_PROFILES or policy in PICKER_WORKERS:
+    if calls_picker(policy):
         profile, workers = PICKER_WORKERS.get(policy, (policy, 1))
         return await _start_picker(
             policy,
@@ -122,6 +132,7 @@ async def start(
             address=address,
             run_dir=run_dir,
             time_scale=time_scale,
+            envoy_mode=envoy_mode,
         )
     if policy == SGLANG_POLICY:
         return await _start_sglang(group=group, engines=engines, address=address)
@@ -186,6 +197,7 @@ async def _start_picker(
     address: str,
     run_dir: Path,
     time_scale: float,
+    envoy_mode: str,
 ) -> FrontDoor:
     grpc_port = processes.free_port(address)
     config_path = run_dir / f"picker-{profile}.yaml"
@@ -193,7 +205,7 @@ async def _start_picker(
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(
-        f"picker-{policy}",
+        f"picker-{policy}-{envoy_mode}",
         picker_argv(
             endpoints_file=endpoints_file,
             address=address,
@@ -205,9 +217,8 @@ async def _start_picker(
     )
     await processes.wait_port(address, grpc_port, child=picker)
     port = processes.free_port(address)
-    # The cheap mode: Frontier configures this Envoy itself, so the picker sees no message per response chunk.
     config = envoy_bootstrap.bootstrap(
-        mode="cheap",
+        mode=envoy_mode,
         listen_address=address,
         listen_port=port,
         pickers=[f"{address}:{grpc_port}"],
@@ -215,7 +226,7 @@ async def _start_picker(
         endpoints=engines,
     )
     envoy = _start_envoy(
-        group, name=f"envoy-{policy}", config=config, address=address, port=port, run_dir=run_dir
+        group, name=f"envoy-{policy}-{envoy_mode}", config=config, address=address, port=port, run_dir=run_dir
     )
     await processes.wait_port(address, port, child=envoy)
     return FrontDoor(policy=policy, url=f"http://{address}:{port}", children=[picker, envoy])

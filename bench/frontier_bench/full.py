@@ -11,12 +11,18 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
-- `gie-mode`: the real GIE EPP v1.5.0 (Go) beside Frontier's picker, Envoy in GIE's full-duplex mode, all
-  finding the same engines through one InferencePool on the local control plane (`frontier_bench.gie_mode`).
+- `pd-realtime`: prefill/decode disaggregation through Envoy, picker and sidecars in real time
+  (`frontier_bench.pd_realtime`).
+- `gie-mode`: the real GIE EPP v1.5.0 (Go) beside Frontier's picker, Envoy in each mode, each arrival
+  shape, all finding the same engines through one InferencePool on the local control plane
+  (`frontier_bench.gie_mode`).
 
 Real-time sweeps (6 simulated engines, real Envoy, the real picker, real sglang-router):
 - `shared-prefix`: the llm-d study's input shape, 100-token outputs, all six policies up to saturation;
 - `no-sharing`: the control, four policies.
+Each runs the pickers in both Envoy modes (`cheap`, and GIE's full-duplex `gie`), with Poisson and bursty
+(Gamma gaps, CV 3) arrivals, in 2 interleaved rounds (`RealTime`; `--envoy-modes`, `--arrival-cvs`,
+`--rounds`, and `--loads`, `--duration`, `--warmup` to shorten them).
 
 Loads are in model-time requests/s; each results file carries the exact command. `--only NAME...` runs a
 subset; `--quick` shortens every run (to try the pipeline, not to commit).
@@ -35,6 +41,7 @@ from frontier_bench import (
     knee,
     overload,
     pd,
+    pd_realtime,
     progress,
     report,
     sweep,
@@ -53,11 +60,41 @@ OUTPUT_LEN = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RealTime:
+    """How every real-time suite runs: the Envoy modes its pickers are called in, its arrival shapes (Gamma
+    CVs; 1 is Poisson), its interleaved rounds; and, to shorten a run, loads and model seconds to use
+    instead of the suite's own."""
+
+    envoy_modes: tuple[str, ...] = frontdoors.ENVOY_MODES
+    arrival_cvs: tuple[float, ...] = (1.0, 3.0)
+    rounds: int = 2
+    loads: tuple[float, ...] = ()
+    duration_s: float | None = None
+    warmup_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Suite:
     name: str
     title: str
     plan: sweep.Plan
     notes: tuple[str, ...] = ()
+
+    def plans(self, real_time: RealTime) -> list[sweep.Plan]:
+        """The suite's plan once per arrival shape, run as `real_time` says."""
+        plan = self.plan
+        return [
+            dataclasses.replace(
+                plan,
+                envoy_modes=real_time.envoy_modes,
+                arrival_cv=cv,
+                rounds=real_time.rounds,
+                loads=real_time.loads or plan.loads,
+                duration_s=plan.duration_s if real_time.duration_s is None else real_time.duration_s,
+                warmup_s=plan.warmup_s if real_time.warmup_s is None else real_time.warmup_s,
+            )
+            for cv in real_time.arrival_cvs
+        ]
 
 
 def shared_prefix_6() -> workloads.SharedPrefix:
@@ -320,7 +357,14 @@ def run_virtual(suite: VirtualSuite, *, out: Path, command: str) -> None:
         print(f"{kind}: {path}")
 
 
-def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> None:
+def run(
+    *,
+    out: Path,
+    command: str,
+    quick: bool,
+    only: tuple[str, ...] = (),
+    real_time: RealTime = RealTime(),
+) -> None:
     for vsuite in virtual_suites(quick=quick):
         if not only or vsuite.name in only:
             run_virtual(vsuite, out=out, command=command)
@@ -330,16 +374,42 @@ def run(*, out: Path, command: str, quick: bool, only: tuple[str, ...] = ()) -> 
         pd.main(["--out", str(out), *(["--seeds", "1", "--duration", "10"] if quick else [])])
     if not only or "overload" in only:
         overload.main(["--out", str(out), *(["--seeds", "1", "--loads", "1.5"] if quick else [])])
-    if not only or "gie-mode" in only:
-        gie_mode.main(
-            ["--out", str(out), *(["--rounds", "1", "--loads", "25", "--duration", "10"] if quick else [])]
+    if not only or "pd-realtime" in only:
+        pd_realtime.main(
+            [
+                "--out",
+                str(out),
+                "--envoy-modes",
+                *real_time.envoy_modes,
+                "--arrival-cvs",
+                *(f"{cv:g}" for cv in real_time.arrival_cvs),
+                "--rounds",
+                str(1 if quick else real_time.rounds),
+                *(["--duration", "5"] if quick else []),
+            ]
         )
+    if not only or "gie-mode" in only:
+        for envoy_mode in real_time.envoy_modes:
+            for cv in real_time.arrival_cvs:
+                gie_mode.main(
+                    [
+                        "--out",
+                        str(out),
+                        "--envoy-mode",
+                        envoy_mode,
+                        "--arrival-cv",
+                        f"{cv:g}",
+                        "--rounds",
+                        str(1 if quick else real_time.rounds),
+                        *(["--loads", "25", "--duration", "10"] if quick else []),
+                    ]
+                )
     for suite in suites(quick=quick):
         if only and suite.name not in only:
             continue
         asyncio.run(
             harness.run_sweeps(
-                [suite.plan],
+                suite.plans(real_time),
                 engines=ENGINES,
                 time_scale=TIME_SCALE,
                 model=MODEL,

@@ -20,7 +20,8 @@ behind its own fresh Envoy (`mode="gie"`, one Envoy thread, the same static clus
 
 Each (round, load) runs every policy in turn (order rotated by round) on the shared-prefix workload of the
 real-time suite (`full.shared_prefix_6`; every request a fresh question after its group's system prompt),
-with the same seeded Poisson arrivals for every policy within a round and a new draw per round. Per run: the
+with the same seeded arrivals for every policy within a round and a new draw per round: Poisson, or bursty
+with `--arrival-cv` above 1 (Gamma gaps of that CV). Per run: the
 engines' prefix caches are emptied, the picker and Envoy start fresh, and the run measures time to ready
 (first request answered through Envoy), the picker's idle CPU rate over `--idle` seconds, then the load.
 CPU is every process of the picker (the EPP's one, or the picker's supervisor and workers) from the first
@@ -28,7 +29,7 @@ send until the engines drain; the marginal CPU per request subtracts the idle ra
 
 `python -m frontier_bench.gie_mode --out bench/results` writes `gie-mode.{json,md}`; `--envoy-mode cheap`
 runs the same comparison behind Envoys in Frontier's cheap mode (response bodies not sent to the picker) and
-writes `gie-mode-cheap-envoy.{json,md}`.
+writes `gie-mode-cheap-envoy.{json,md}`; bursty arrivals add `-gamma-cv<CV>` to the name.
 """
 
 import argparse
@@ -281,6 +282,7 @@ class Row:
     policy: str
     envoy_mode: str
     workload: str
+    arrival: str
     offered_rps: float
     round: int
     errors: int
@@ -296,6 +298,7 @@ class Row:
     picker_busy_cores: float
     envoy_cpu_ms_per_req: float
     error_samples: list[str]
+    load_average_1m: float
 
 
 async def run_one(
@@ -313,6 +316,7 @@ async def run_one(
     idle_s: float,
     run_dir: Path,
     envoy_mode: str,
+    arrival_cv: float,
 ) -> Row:
     await fleet.wait_idle(running)
     started = time.monotonic()
@@ -328,7 +332,7 @@ async def run_one(
         idle_before, idle_began = scale_out.tree_cpu_seconds(picker_pid), time.monotonic()
         await asyncio.sleep(idle_s)
         idle_cores = (scale_out.tree_cpu_seconds(picker_pid) - idle_before) / (time.monotonic() - idle_began)
-        schedule = workloads.poisson_schedule(qps=qps, duration_s=warmup_s + duration_s, seed=seed)
+        schedule = workloads.schedule(qps=qps, duration_s=warmup_s + duration_s, seed=seed, cv=arrival_cv)
         measured = schedule.offsets_s >= warmup_s
         before = await fleet.metrics(running)
         cpu_before, envoy_before, began = (
@@ -364,6 +368,7 @@ async def run_one(
         policy=policy,
         envoy_mode=envoy_mode,
         workload=workload.name,
+        arrival=workloads.arrival_label(arrival_cv),
         offered_rps=qps,
         round=round_,
         errors=len(failed),
@@ -379,6 +384,7 @@ async def run_one(
         picker_busy_cores=round(cpu / wall, 3),
         envoy_cpu_ms_per_req=round(envoy_cpu / sent * 1e3, 3),
         error_samples=sorted({(trace.error or f"HTTP {trace.status}")[:120] for trace in failed})[:3],
+        load_average_1m=round(os.getloadavg()[0], 2),
     )
 
 
@@ -392,6 +398,7 @@ async def run(
     idle_s: float,
     work: Path,
     envoy_mode: str,
+    arrival_cv: float = 1.0,
 ) -> list[Row]:
     work.mkdir(parents=True, exist_ok=True)
     workload = full.shared_prefix_6()
@@ -433,6 +440,7 @@ async def run(
                             idle_s=idle_s,
                             run_dir=work / "runs",
                             envoy_mode=envoy_mode,
+                            arrival_cv=arrival_cv,
                         )
                         rows.append(row)
                         log.info("event=run_done %s", json.dumps(dataclasses.asdict(row)))
@@ -522,6 +530,12 @@ def markdown(rows: Sequence[Row], *, command: str, meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_name(envoy_mode: str, arrival_cv: float) -> str:
+    """`gie-mode`, `gie-mode-cheap-envoy`, and `-gamma-cv<CV>` after either for bursty arrivals."""
+    name = "gie-mode" if envoy_mode == "gie" else f"gie-mode-{envoy_mode}-envoy"
+    return name if arrival_cv == 1.0 else f"{name}-{workloads.arrival_label(arrival_cv)}"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m frontier_bench.gie_mode", description=__doc__.splitlines()[0]
@@ -532,6 +546,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--loads", nargs="+", type=float, default=[25.0, 40.0, 55.0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--envoy-mode", choices=ENVOY_MODES, default="gie")
+    parser.add_argument(
+        "--arrival-cv", type=float, default=1.0, help="CV of the Gamma gaps between arrivals (1: Poisson)"
+    )
     parser.add_argument("--name", help="results file name (default gie-mode, or gie-mode-MODE-envoy)")
     parser.add_argument("--warmup", type=float, default=10.0, help="model seconds of arrivals left out")
     parser.add_argument("--duration", type=float, default=20.0, help="model seconds of measured arrivals")
@@ -551,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             idle_s=args.idle,
             work=args.work,
             envoy_mode=args.envoy_mode,
+            arrival_cv=args.arrival_cv,
         )
     )
     command = "python -m frontier_bench.gie_mode " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -561,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{full.ENGINES} simulated engines (time scale {full.TIME_SCALE:g}) found through one"
             f" InferencePool on the local control plane; Envoy mode `{args.envoy_mode}`"
             f" ({RESPONSE_BODIES[args.envoy_mode]}), one Envoy thread; shared-prefix workload (fresh"
-            " question per request);"
+            f" question per request), {workloads.arrival_label(args.arrival_cv)} arrivals;"
             f" {args.warmup:g} s warm-up + {args.duration:g} s measured (model time) per run; {args.rounds}"
             " interleaved rounds"
         ),
@@ -571,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     document = {"command": command.strip(), **meta, "rows": [dataclasses.asdict(row) for row in rows]}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = args.name or ("gie-mode" if args.envoy_mode == "gie" else f"gie-mode-{args.envoy_mode}-envoy")
+    name = args.name or default_name(args.envoy_mode, args.arrival_cv)
     (args.out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
     text = markdown(rows, command=command.strip(), meta=meta)
     (args.out / f"{name}.md").write_text(text)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from frontier_bench import fleet, processes, progress, report, sweep
+from frontier_bench import fleet, processes, progress, report, sweep, workloads
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ async def run_sweeps(
     out.mkdir(parents=True, exist_ok=True)
     # Logs, endpoints file and Envoy configs of the run; kept out of `out` so committed results stay small.
     run_dir = Path(run_root) / name
-    bar = progress.Bar(steps=sum(len(p.policies) * len(p.loads) for p in plans))
+    bar = progress.Bar(steps=sum(p.runs() for p in plans))
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     rows: list[report.Row] = []
     started = time.monotonic()
     source_at_start = source()
@@ -62,12 +63,14 @@ async def run_sweeps(
             )
     meta: dict[str, Any] = {
         "title": title,
-        "notes": list(notes),
+        "notes": [*notes, load_note(rows, cpus=os.cpu_count())],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
         "source": {**source_at_start, "frozen": bool(frozen)},
         "machine": {
             "cpus": os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
@@ -79,7 +82,11 @@ async def run_sweeps(
                 "policies": list(p.policies),
                 "loads_qps": list(p.loads),
                 "duration_s": p.duration_s,
+                "warmup_s": p.warmup_s,
                 "seed": p.seed,
+                "rounds": p.rounds,
+                "arrival": workloads.arrival_label(p.arrival_cv),
+                "envoy_modes": list(p.envoy_modes),
                 "slo": {"ttft_s": p.slo.ttft_s, "tpot_s": p.slo.tpot_s},
             }
             for p in plans
@@ -93,6 +100,17 @@ async def run_sweeps(
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return rows
+
+
+def load_note(rows: Sequence[report.Row], *, cpus: int | None) -> str:
+    """The machine's load while the runs were made: real-time numbers are only as quiet as the machine."""
+    loads = sorted(r.load_average_1m for r in rows if r.load_average_1m is not None)
+    if not loads:
+        return f"machine: {cpus} CPUs; load average not recorded"
+    return (
+        f"machine: {cpus} CPUs shared with other work; 1-minute load average as each run ended"
+        f" {loads[0]:g}-{loads[-1]:g} (median {loads[len(loads) // 2]:g})"
+    )
 
 
 def source() -> dict[str, str]:

@@ -114,18 +114,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     workload = build_workload(args, engines=args.engines)
-    plan = sweep.Plan(
-        workload=workload,
-        policies=tuple(args.policies),
-        loads=tuple(args.loads),
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        seed=args.seed,
-        slo=stats.Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
-    )
+    plans = [
+        sweep.Plan(
+            workload=workload,
+            policies=tuple(args.policies),
+            loads=tuple(args.loads),
+            duration_s=args.duration,
+            warmup_s=args.warmup,
+            seed=args.seed,
+            slo=stats.Slo(ttft_s=args.slo_ttft, tpot_s=args.slo_tpot),
+            envoy_modes=tuple(args.envoy_modes),
+            arrival_cv=cv,
+            rounds=args.rounds,
+        )
+        for cv in args.arrival_cvs
+    ]
     asyncio.run(
         harness.run_sweeps(
-            [plan],
+            plans,
             engines=args.engines,
             time_scale=args.time_scale,
             model=args.model,
@@ -138,13 +144,47 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_all(args: argparse.Namespace) -> None:
-    full.run(out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only))
+    real_time = full.RealTime(
+        envoy_modes=tuple(args.envoy_modes),
+        arrival_cvs=tuple(args.arrival_cvs),
+        rounds=args.rounds,
+        loads=tuple(args.loads),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+    )
+    full.run(
+        out=Path(args.out), command=_command(), quick=args.quick, only=tuple(args.only), real_time=real_time
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     for path in args.results:
         for kind, written in report.rewrite(Path(path)).items():
             print(f"{kind}: {written}")
+
+
+def add_real_time_options(command: argparse.ArgumentParser, defaults: full.RealTime) -> None:
+    """How real-time runs go: the pickers' Envoy modes, the arrival shapes, the interleaved rounds."""
+    command.add_argument(
+        "--envoy-modes",
+        nargs="+",
+        choices=frontdoors.ENVOY_MODES,
+        default=list(defaults.envoy_modes),
+        help="the Envoy modes the pickers are called in (cheap: Frontier's; gie: GIE's full-duplex one)",
+    )
+    command.add_argument(
+        "--arrival-cvs",
+        nargs="+",
+        type=float,
+        default=list(defaults.arrival_cvs),
+        help="arrival shapes, as the CV of Gamma gaps between arrivals (1: Poisson; 3: bursty)",
+    )
+    command.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="interleaved rounds, each its own arrival draw (tables show median and range)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -199,12 +239,23 @@ def parser() -> argparse.ArgumentParser:
     one.add_argument("--slo-ttft", type=float, default=1.0)
     one.add_argument("--slo-tpot", type=float, default=0.05)
     one.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    add_real_time_options(one, full.RealTime(envoy_modes=("cheap",), arrival_cvs=(1.0,), rounds=1))
     one.set_defaults(func=cmd_sweep)
 
     everything = sub.add_parser("all", help="every committed sweep, written under --out")
     everything.add_argument("--out", default="bench/results")
     everything.add_argument("--quick", action="store_true", help="shorter runs (for trying the pipeline)")
     everything.add_argument("--only", nargs="*", default=[], help="run only these suites (by name)")
+    add_real_time_options(everything, full.RealTime())
+    everything.add_argument(
+        "--loads", type=float, nargs="*", default=[], help="real-time suites: these model-time req/s instead"
+    )
+    everything.add_argument(
+        "--duration", type=float, help="real-time suites: model seconds of measured arrivals per run instead"
+    )
+    everything.add_argument(
+        "--warmup", type=float, help="real-time suites: model seconds of arrivals left out instead"
+    )
     everything.set_defaults(func=cmd_all)
     rerender = sub.add_parser("report", help="re-render results (markdown, plots) from their JSON")
     rerender.add_argument("results", nargs="+", help="results JSON files")

@@ -6,11 +6,14 @@ simulated H100 engines (`frontier-sim fleet`, Llama-3.1-8B, `--time-scale` S so 
 runs S times slower than the wall clock and the CPUs are not the bottleneck), either all aggregated, or 2
 prefill + 2 decode engines with a `frontier-sidecar` process in front of each decode engine (the pool's
 decode endpoints are the sidecars, as in a decode pod). One picker process (`frontier` scheduling, its cost
-model told the time scale, the `load-aware-pd-decider` on the P/D arm) behind one Envoy (`cheap` mode).
-Every run starts all of it fresh.
+model told the time scale, the `load-aware-pd-decider` on the P/D arm) behind one Envoy, in each of
+`--envoy-modes` (`cheap`, and `gie`: GIE's full-duplex configuration, every response chunk through the
+picker). Every run starts all of it fresh.
 
-Workload: the `long` shape of `pd` (8,000 unique tokens in, 256 out), open-loop Poisson at `--qps` requests
-per model second. The arms alternate, first arm swapped each round. Reported in model seconds (wall / S):
+Workload: the `long` shape of `pd` (8,000 unique tokens in, 256 out), open-loop at `--qps` requests per model
+second, for each of `--arrival-cvs` (1: Poisson; 3: bursty, Gamma gaps of CV 3). Within a round every
+(arrival shape, Envoy mode) runs both arms, the same arrivals for both, first arm swapped each round.
+Reported in model seconds (wall / S):
 TTFT p50/p90, TPOT p50/p90, goodput at TTFT <= 1 s with TPOT <= 50 and <= 20 ms, and from the sidecars'
 counters how many requests were prefilled remotely and how many fell back. Next to each run, its virtual-time
 twin: the same engines, scheduling config, arrivals and prompts in the virtual-time cluster (`pd`'s
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import platform
 import re
 import shlex
@@ -58,9 +62,9 @@ def scheduling(time_scale: float) -> str:
     )
 
 
-def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int) -> dict[str, float]:
+def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int, cv: float) -> dict[str, float]:
     """The run's numbers in virtual time: same engines, config (at time scale 1), arrivals and prompts."""
-    schedule = workloads.poisson_schedule(qps=qps, duration_s=duration_s, seed=seed)
+    schedule = workloads.schedule(qps=qps, duration_s=duration_s, seed=seed, cv=cv)
     workload = pd.WORKLOADS["long"].make(seed)
     arrivals = []
     for index, at in enumerate(schedule.offsets_s):
@@ -85,7 +89,9 @@ def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int) -> dict[
 
 
 @contextlib.asynccontextmanager
-async def stack(arm: str, *, run_dir: Path, time_scale: float) -> AsyncIterator[tuple[str, list[str]]]:
+async def stack(
+    arm: str, *, run_dir: Path, time_scale: float, envoy_mode: str
+) -> AsyncIterator[tuple[str, list[str]]]:
     """The arm's engines, sidecars, picker and Envoy, started and routable: (Envoy's URL, sidecar
     metrics URLs)."""
     group = processes.Group(run_dir / "logs")
@@ -137,7 +143,7 @@ async def stack(arm: str, *, run_dir: Path, time_scale: float) -> AsyncIterator[
         await processes.wait_port(ADDRESS, grpc_port, child=picker)
         port = processes.free_port(ADDRESS)
         bootstrap = envoy_bootstrap.bootstrap(
-            mode="cheap",
+            mode=envoy_mode,
             listen_address=ADDRESS,
             listen_port=port,
             pickers=[f"{ADDRESS}:{grpc_port}"],
@@ -182,11 +188,15 @@ async def sidecar_counters(urls: Sequence[str]) -> dict[str, float]:
     return totals
 
 
-async def run_one(arm: str, *, qps: float, duration_s: float, time_scale: float, seed: int) -> dict[str, Any]:
-    """One run of `arm`: `duration_s` model seconds of Poisson arrivals at `qps` per model second."""
+async def run_one(
+    arm: str, *, qps: float, duration_s: float, time_scale: float, seed: int, envoy_mode: str, cv: float
+) -> dict[str, Any]:
+    """One run of `arm`: `duration_s` model seconds of arrivals (Gamma gaps of CV `cv`; 1 is Poisson) at
+    `qps` per model second, Envoy in `envoy_mode`."""
     with tempfile.TemporaryDirectory(prefix=f"pd-rt-{arm.replace(':', '-')}-") as tmp:
-        async with stack(arm, run_dir=Path(tmp), time_scale=time_scale) as (url, sidecar_metrics):
-            schedule = workloads.poisson_schedule(qps=qps, duration_s=duration_s, seed=seed)
+        started = stack(arm, run_dir=Path(tmp), time_scale=time_scale, envoy_mode=envoy_mode)
+        async with started as (url, sidecar_metrics):
+            schedule = workloads.schedule(qps=qps, duration_s=duration_s, seed=seed, cv=cv)
             wall = workloads.Schedule(
                 qps=qps / time_scale, offsets_s=schedule.offsets_s * time_scale, seed=seed
             )
@@ -195,8 +205,17 @@ async def run_one(arm: str, *, qps: float, duration_s: float, time_scale: float,
             traces = await loadgen.run(url=url, model=MODEL, workload=workload, schedule=wall)
             wall_s = time.perf_counter() - began
             counters = await sidecar_counters(sidecar_metrics) if sidecar_metrics else {}
-    row: dict[str, Any] = {"arm": arm, "qps": qps, "seed": seed, "wall_s": wall_s, "sidecars": counters}
-    row["virtual"] = virtual_twin(arm, qps=qps, duration_s=duration_s, seed=seed)
+    row: dict[str, Any] = {
+        "arm": arm,
+        "envoy_mode": envoy_mode,
+        "arrival": workloads.arrival_label(cv),
+        "qps": qps,
+        "seed": seed,
+        "wall_s": wall_s,
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "sidecars": counters,
+    }
+    row["virtual"] = virtual_twin(arm, qps=qps, duration_s=duration_s, seed=seed, cv=cv)
     for slo in TPOT_SLOS_S:
         summary = stats.summarize(
             traces,
@@ -217,14 +236,15 @@ def render(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}` ({report['machine']}, {report['wall_s']:.0f} s wall). {ENGINES} x "
         f"{MODEL} (simulated H100, time scale {report['time_scale']:g}: numbers in model seconds); "
         f"aggregated or {PREFILL}:{ENGINES - PREFILL} with a frontier-sidecar per decode engine. Workload: "
-        f"8,000 unique tokens in, 256 out, {report['duration_s']:g} model s of Poisson arrivals at "
+        f"8,000 unique tokens in, 256 out, {report['duration_s']:g} model s of arrivals at "
         f"{report['qps']:g} req/s. Goodput: req/s with TTFT <= {pd.SLO_TTFT_S:g} s and TPOT within the SLO.",
         "",
-        "Each cell: real time through the stack / its virtual-time twin.",
+        "Each cell: real time through the stack / its virtual-time twin. Load: the machine's 1-minute load"
+        " average as the run ended.",
         "",
-        "| round | arm | requests (failed) | TTFT p50 s | TTFT p90 s | TPOT p50 ms | TPOT p90 ms "
-        "| goodput @50 ms | goodput @20 ms | remote prefills | fallbacks |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| round | arrivals | Envoy mode | arm | requests (failed) | TTFT p50 s | TTFT p90 s | TPOT p50 ms "
+        "| TPOT p90 ms | goodput @50 ms | goodput @20 ms | remote prefills | fallbacks | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["runs"]:
         s = row["summary"]
@@ -237,13 +257,15 @@ def render(report: dict[str, Any]) -> str:
         side = f"{remote:.0f} | {fallback:.0f}" if row["sidecars"] else "- | -"
         v = row["virtual"]
         lines.append(
-            f"| {row['round']} | {row['arm']} | {s['requests']} ({s['failed']}) "
+            f"| {row['round']} | {row.get('arrival', workloads.POISSON)} | {row.get('envoy_mode', 'cheap')} "
+            f"| {row['arm']} | {s['requests']} ({s['failed']}) "
             f"| {s['ttft_s']['p50']:.2f} / {v['ttft_p50_s']:.2f} "
             f"| {s['ttft_s']['p90']:.2f} / {v['ttft_p90_s']:.2f} "
             f"| {s['tpot_s']['p50'] * 1e3:.1f} / {v['tpot_p50_s'] * 1e3:.1f} "
             f"| {s['tpot_s']['p90'] * 1e3:.1f} / {v['tpot_p90_s'] * 1e3:.1f} "
             f"| {row[pd.slo_key(0.05)]:.2f} / {v[pd.slo_key(0.05)]:.2f} "
-            f"| {row[pd.slo_key(0.02)]:.2f} / {v[pd.slo_key(0.02)]:.2f} | {side} |"
+            f"| {row[pd.slo_key(0.02)]:.2f} / {v[pd.slo_key(0.02)]:.2f} | {side} "
+            f"| {row.get('load_average_1m', '-')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -251,17 +273,25 @@ def render(report: dict[str, Any]) -> str:
 async def main_async(args: argparse.Namespace, command: str) -> dict[str, Any]:
     began = time.perf_counter()
     runs = []
+    settings = [(cv, mode) for cv in args.arrival_cvs for mode in args.envoy_modes]
     for round_index in range(args.rounds):
         order = ARMS if round_index % 2 == 0 else tuple(reversed(ARMS))
-        for arm in order:
+        for (cv, envoy_mode), arm in ((setting, arm) for setting in settings for arm in order):
             row = await run_one(
-                arm, qps=args.qps, duration_s=args.duration, time_scale=args.time_scale, seed=round_index
+                arm,
+                qps=args.qps,
+                duration_s=args.duration,
+                time_scale=args.time_scale,
+                seed=round_index,
+                envoy_mode=envoy_mode,
+                cv=cv,
             )
             row["round"] = round_index
             runs.append(row)
             s = row["summary"]
             print(
-                f"round {round_index} {arm}: TTFT p90 {s['ttft_s']['p90']:.2f} s, TPOT p90 "
+                f"round {round_index} {row['arrival']} {envoy_mode} {arm}: "
+                f"TTFT p90 {s['ttft_s']['p90']:.2f} s, TPOT p90 "
                 f"{s['tpot_s']['p90'] * 1e3:.1f} ms, goodput@20ms {row[pd.slo_key(0.02)]:.2f}, sidecars "
                 f"{row['sidecars']} ({time.perf_counter() - began:.0f} s)",
                 file=sys.stderr,
@@ -287,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="model seconds of arrivals per run")
     parser.add_argument("--time-scale", type=float, default=10.0, help="wall seconds per model second")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--envoy-modes", nargs="+", choices=frontdoors.ENVOY_MODES, default=["cheap", "gie"])
+    parser.add_argument(
+        "--arrival-cvs", nargs="+", type=float, default=[1.0, 3.0], help="CV of Gamma gaps (1: Poisson)"
+    )
     args = parser.parse_args(argv)
     command = shlex.join(
         ["python", "-m", "frontier_bench.pd_realtime", *(argv if argv is not None else sys.argv[1:])]

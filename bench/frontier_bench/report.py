@@ -8,6 +8,11 @@ hit rate against offered load are drawn beside it.
 Targets compare the `frontier` profile with each baseline *at matched offered load* (the same schedule):
 TTFT p90 reduction = 1 - frontier / baseline, and the goodput ratio frontier / baseline; peak goodput is the
 best over the ladder.
+
+Rows also name their *arrival shape* (`poisson`, or `gamma-cv3` for bursty arrivals) and the *Envoy mode* the
+picker was called in (`cheap`, or `gie`: GIE's full-duplex configuration; `none` where no picker is called:
+Envoy's own load balancing, sglang-router, virtual time). Comparisons are made within one workload and
+arrival shape, the subject in one Envoy mode against every policy run in that mode or calling no picker.
 """
 
 import dataclasses
@@ -16,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from frontier_bench import stats
+from frontier_bench import stats, workloads
 
 # The issue's targets for the `frontier` profile per baseline (against the oracle: its prefix hit rate).
 TARGETS: Final = {
@@ -30,13 +35,21 @@ SUBJECT: Final = "frontier"
 
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Row:
-    """One run: `policy` at offered load `qps` (model-time requests/s) on `workload`, arrival draw `seed`."""
+    """One run: `policy` at offered load `qps` (model-time requests/s) on `workload`, arrival draw (or
+    real-time round) `seed`, arrival shape `arrival`, the picker called in Envoy mode `envoy_mode`."""
 
     policy: str
     workload: str
     qps: float
     summary: dict[str, Any]
     seed: int = 0
+    arrival: str = "poisson"
+    envoy_mode: str = "none"
+    load_average_1m: float | None = None  # the machine's, as the run ended (real-time runs)
+
+
+NO_PICKER: Final = "none"  # the `envoy_mode` of a run whose front door calls no picker
+Cell = tuple[str, str, str, str, float]  # workload, arrival, envoy mode, policy, load
 
 
 def _fmt(value: Any, *, scale: float = 1.0, digits: int = 3) -> str:
@@ -47,11 +60,16 @@ def _fmt(value: Any, *, scale: float = 1.0, digits: int = 3) -> str:
     return str(value)
 
 
-def cells(rows: Sequence[Row]) -> dict[tuple[str, str, float], list[Row]]:
-    """The runs of each (workload, policy, load), one per arrival draw, in sorted order."""
-    out: dict[tuple[str, str, float], list[Row]] = {}
-    for row in sorted(rows, key=lambda r: (r.workload, r.policy, r.qps, r.seed)):
-        out.setdefault((row.workload, row.policy, row.qps), []).append(row)
+def cell(row: Row) -> Cell:
+    return (row.workload, row.arrival, row.envoy_mode, row.policy, row.qps)
+
+
+def cells(rows: Sequence[Row]) -> dict[Cell, list[Row]]:
+    """The runs of each (workload, arrival shape, Envoy mode, policy, load), one per arrival draw (or
+    round), in sorted order."""
+    out: dict[Cell, list[Row]] = {}
+    for row in sorted(rows, key=lambda r: (*cell(r), r.seed)):
+        out.setdefault(cell(row), []).append(row)
     return out
 
 
@@ -106,11 +124,19 @@ def table(rows: Sequence[Row]) -> str:
     """The markdown table: one line per (workload, policy, load), latencies in milliseconds of model time;
     over several arrival draws each figure is the median with the min-max range in brackets."""
     columns = _columns()
-    header = "| workload | policy | QPS | " + " | ".join(c[0] for c in columns) + " | draws |"
+    header = (
+        "| workload | arrivals | Envoy mode | policy | QPS | "
+        + " | ".join(c[0] for c in columns)
+        + " | draws |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for (workload, policy, qps), runs in cells(rows).items():
+    for (workload, arrival, mode, policy, qps), runs in cells(rows).items():
         figures = [_cell([get(r.summary) for r in runs], fmt) for _, get, fmt in columns]
-        lines.append(f"| {workload} | {policy} | {qps:.4g} | " + " | ".join(figures) + f" | {len(runs)} |")
+        lines.append(
+            f"| {workload} | {arrival} | {mode} | {policy} | {qps:.4g} | "
+            + " | ".join(figures)
+            + f" | {len(runs)} |"
+        )
     return "\n".join(lines)
 
 
@@ -170,14 +196,17 @@ def comparisons(rows: Sequence[Row], *, subject: str = SUBJECT) -> list[dict[str
     a per-load target holds ("2/4"), and says whether the peak goodput target holds (median ratio at target
     and a win); against the oracle the target is the prefix hit rate (a fraction of the oracle's).
     """
-    grouped = cells(rows)
     out: list[dict[str, Any]] = []
-    for workload in sorted({r.workload for r in rows}):
-        mine = {q: runs for (w, p, q), runs in grouped.items() if w == workload and p == subject}
-        if not mine:
-            continue
-        for other in sorted({r.policy for r in rows if r.workload == workload} - {subject}):
-            theirs = {q: runs for (w, p, q), runs in grouped.items() if w == workload and p == other}
+    for workload, arrival, mode in sorted({cell(r)[:3] for r in rows if r.policy == subject}):
+        present = [
+            r
+            for r in rows
+            if (r.workload, r.arrival) == (workload, arrival) and r.envoy_mode in (mode, NO_PICKER)
+        ]
+        grouped = {(p, q): runs for (_, _, _, p, q), runs in cells(present).items()}
+        mine = {q: runs for (p, q), runs in grouped.items() if p == subject}
+        for other in sorted({r.policy for r in present} - {subject}):
+            theirs = {q: runs for (p, q), runs in grouped.items() if p == other}
             matched = []
             for qps in sorted(set(mine) & set(theirs)):
                 a, b = mine[qps], theirs[qps]
@@ -203,6 +232,8 @@ def comparisons(rows: Sequence[Row], *, subject: str = SUBJECT) -> list[dict[str
             peak_a, peak_b = stats.spread(list(peaks_a.values())), stats.spread(list(peaks_b.values()))
             entry: dict[str, Any] = {
                 "workload": workload,
+                "arrival": arrival,
+                "envoy_mode": mode,
                 "baseline": other,
                 "matched": matched,
                 "peak_goodput_rps": {subject: peak_a.median, other: peak_b.median},
@@ -241,9 +272,10 @@ def comparisons_markdown(entries: Sequence[dict[str, Any]], *, subject: str = SU
     if not entries:
         return f"(no `{subject}` runs to compare)"
     lines = [
-        f"| workload | {subject} vs | TTFT p90 reduction per QPS (+: {subject} lower; range; verdict) "
+        f"| workload | arrivals | Envoy mode | {subject} vs "
+        f"| TTFT p90 reduction per QPS (+: {subject} lower; range; verdict) "
         "| goodput ratio per QPS | hit rate ratio per QPS | peak goodput ratio (verdict) | target | met |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         reductions = ", ".join(
@@ -265,7 +297,8 @@ def comparisons_markdown(entries: Sequence[dict[str, Any]], *, subject: str = SU
         met_text = ", ".join(f"{k.split('_')[0]}: {v}" for k, v in met.items()) or "-"
         peak = f"{_fmt(e['peak_goodput_ratio'], digits=3)} ({e.get('peak_verdict', '-')})"
         lines.append(
-            f"| {e['workload']} | {e['baseline']} | {reductions} | {ratios} | {hits} "
+            f"| {e['workload']} | {e.get('arrival', '-')} | {e.get('envoy_mode', '-')} | {e['baseline']} "
+            f"| {reductions} | {ratios} | {hits} "
             f"| {peak} | {', '.join(target_parts) or '-'} | {met_text} |"
         )
     return "\n".join(lines)
@@ -318,15 +351,16 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    workloads = sorted({r.workload for r in rows})
-    for workload in workloads:
-        mine = [r for r in rows if r.workload == workload]
-        policies = sorted({r.policy for r in mine})
+    figures = sorted({(r.workload, r.arrival) for r in rows})
+    for workload, arrival in figures:
+        mine = [r for r in rows if (r.workload, r.arrival) == (workload, arrival)]
+        lines = sorted({(r.policy, r.envoy_mode) for r in mine})
         fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-        for policy in policies:
+        for policy, mode in lines:
             # one point per load: the median over the arrival draws
-            runs = [v for (_, p, _), v in cells(mine).items() if p == policy]
-            style = {"marker": "o", "linewidth": 2.5 if policy == SUBJECT else 1.5, "label": policy}
+            runs = [v for (_, _, m, p, _), v in cells(mine).items() if (p, m) == (policy, mode)]
+            label = policy if mode == NO_PICKER else f"{policy} ({mode} Envoy)"
+            style = {"marker": "o", "linewidth": 2.5 if policy == SUBJECT else 1.5, "label": label}
 
             def median(
                 get: Callable[[dict[str, Any]], float | None], runs: list[list[Row]] = runs
@@ -343,7 +377,9 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
         axes[0].set(
             xlabel="output tokens/s",
             ylabel="TTFT p90 (s)",
-            title=f"frontier: {workload} (lower right is better)",
+            title=f"frontier: {workload}"
+            + ("" if arrival == workloads.POISSON else f", {arrival}")
+            + " (lower right is better)",
         )
         axes[0].set_yscale("log")
         axes[1].set(
@@ -355,8 +391,9 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
             axis.grid(True, alpha=0.3)
         axes[0].legend()
         fig.tight_layout()
-        slug = workload.replace(" ", "-")  # labels such as "shared-prefix@6 seed 1" name files without spaces
-        path = out_dir / (f"{prefix}{slug}.png" if len(workloads) > 1 else f"{prefix.rstrip('-')}.png")
+        # labels such as "shared-prefix@6 seed 1" name files without spaces
+        slug = workload.replace(" ", "-") + ("" if arrival == workloads.POISSON else f"-{arrival}")
+        path = out_dir / (f"{prefix}{slug}.png" if len(figures) > 1 else f"{prefix.rstrip('-')}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)

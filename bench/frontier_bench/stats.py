@@ -126,6 +126,8 @@ def summarize(
         "requests": len(traces),
         "succeeded": len(ok),
         "failed": len(traces) - len(ok),
+        # what the failures were (up to three distinct kinds), so a results file says why without its logs
+        "error_samples": sorted({(t.error or f"HTTP {t.status}")[:120] for t in traces if not t.ok})[:3],
         "duration_s": span,
         "ttft_s": percentiles(ttfts),
         "itl_s": percentiles(itls),

@@ -1,5 +1,11 @@
 """A sweep: policies x offered loads on one workload, over one running fleet, through real front doors.
 
+A policy that calls a picker runs once per Envoy mode of the plan (`cheap`, `gie`); the others once. Arrivals
+are Poisson or bursty (Gamma gaps, `arrival_cv`). With several `rounds`, every (load, policy, mode) runs once
+per round, rounds one after the other, each round with its own arrival draw (the same for every policy
+within it) and the policies' order rotated, so slow drifts of a shared machine fall on every policy alike;
+the report shows the median and range over rounds.
+
 For every (policy, load) the sweep empties the engines' prefix caches, starts the policy's front door fresh,
 sends the load's schedule (the same seeded arrivals for every policy), waits for the engines to drain, reads
 the engines' counters, and stops the front door. Requests that arrive in the first `warmup_s` warm the
@@ -10,6 +16,7 @@ built in model time and stretched by the fleet's time scale on the wire; summari
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,6 +39,20 @@ class Plan:
     seed: int = 0
     slo: stats.Slo = dataclasses.field(default_factory=stats.Slo)
     drain_timeout_s: float = 600.0  # model time a run may take to finish after its last arrival
+    envoy_modes: Sequence[str] = ("cheap",)  # for policies that call a picker
+    arrival_cv: float = 1.0  # 1: Poisson; more: bursty (Gamma gaps with this CV)
+    rounds: int = 1
+
+    def doors(self) -> list[tuple[str, str]]:
+        """Every (policy, Envoy mode) the plan runs at each load and round."""
+        return [
+            (policy, mode)
+            for policy in self.policies
+            for mode in (self.envoy_modes if frontdoors.calls_picker(policy) else (report.NO_PICKER,))
+        ]
+
+    def runs(self) -> int:
+        return len(self.doors()) * len(self.loads) * self.rounds
 
 
 def stretched(schedule: workloads.Schedule, time_scale: float) -> workloads.Schedule:
@@ -54,15 +75,19 @@ async def run(
     on_row: Callable[[report.Row], None] | None = None,
 ) -> list[report.Row]:
     rows = []
-    for load_index, qps in enumerate(plan.loads):
-        schedule = workloads.poisson_schedule(
-            qps=qps, duration_s=plan.warmup_s + plan.duration_s, seed=plan.seed + load_index
+    doors = plan.doors()
+    arrival = workloads.arrival_label(plan.arrival_cv)
+    for round_, load_index, qps in ((r, i, q) for r in range(plan.rounds) for i, q in enumerate(plan.loads)):
+        seed = plan.seed + 1000 * round_ + load_index  # round 0: the single-round sweep's draws
+        schedule = workloads.schedule(
+            qps=qps, duration_s=plan.warmup_s + plan.duration_s, seed=seed, cv=plan.arrival_cv
         )
         measured = schedule.offsets_s >= plan.warmup_s
         on_wire = stretched(schedule, running.time_scale)
-        for policy in plan.policies:
+        shift = (round_ + load_index) % len(doors)
+        for policy, envoy_mode in [*doors[shift:], *doors[:shift]]:
             bar.step += 1
-            bar.label = f"{plan.workload.name} {policy} @ {qps:g} req/s"
+            bar.label = f"{plan.workload.name} {arrival} {policy} ({envoy_mode}) @ {qps:g} req/s r{round_}"
             await fleet.wait_idle(running)
             if not await fleet.reset_prefix_caches(running):
                 raise RuntimeError("an engine refused POST /reset_prefix_cache; runs would not start cold")
@@ -75,6 +100,7 @@ async def run(
                 address=address,
                 run_dir=run_dir,
                 time_scale=running.time_scale,
+                envoy_mode=envoy_mode,
             )
             try:
                 before = await fleet.metrics(running)
@@ -101,11 +127,23 @@ async def run(
                 endpoint_work=fleet.generated_tokens(before, after),
                 window_s=plan.duration_s,
             )
-            row = report.Row(policy=policy, workload=plan.workload.name, qps=qps, summary=summary)
+            row = report.Row(
+                policy=policy,
+                workload=plan.workload.name,
+                qps=qps,
+                summary=summary,
+                seed=round_,
+                arrival=arrival,
+                envoy_mode=envoy_mode,
+                load_average_1m=round(os.getloadavg()[0], 2),
+            )
             log.info(
-                "event=run_done workload=%s policy=%s qps=%g ttft_p90=%s tok_s=%.0f goodput=%.3g hit=%s"
-                " failed=%d",
+                "event=run_done workload=%s arrival=%s envoy_mode=%s round=%d policy=%s qps=%g ttft_p90=%s"
+                " tok_s=%.0f goodput=%.3g hit=%s failed=%d",
                 row.workload,
+                arrival,
+                envoy_mode,
+                round_,
                 policy,
                 qps,
                 summary["ttft_s"]["p90"],

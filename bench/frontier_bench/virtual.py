@@ -127,7 +127,14 @@ def run_once(
     if bar:
         bar.counters.done = len(schedule)
         bar.finish()
-    return report.Row(policy=policy, workload=workload, qps=qps, summary=summary, seed=seed)
+    return report.Row(
+        policy=policy,
+        workload=workload,
+        qps=qps,
+        summary=summary,
+        seed=seed,
+        arrival=workloads.arrival_label(setup.arrival_cv),
+    )
 
 
 def sweep(

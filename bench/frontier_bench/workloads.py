@@ -514,6 +514,14 @@ def gamma_schedule(*, qps: float, duration_s: float, seed: int, cv: float) -> Sc
     return Schedule(qps=qps, offsets_s=offsets[offsets < duration_s], seed=seed)
 
 
+POISSON: Final = "poisson"
+
+
+def arrival_label(cv: float) -> str:
+    """How results name an arrival shape: `poisson` (CV 1), else `gamma-cv<CV>` (bursty)."""
+    return POISSON if cv == 1.0 else f"gamma-cv{cv:g}"
+
+
 def schedule(*, qps: float, duration_s: float, seed: int, cv: float = 1.0) -> Schedule:
     """Poisson arrivals when `cv` is 1, else bursty ones (`gamma_schedule`)."""
     if cv == 1.0:

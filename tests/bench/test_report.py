@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from frontier_bench import report, stats
+from frontier_bench import report, standing, stats
 
 
 def row(policy: str, qps: float, *, ttft: list[float], tokens: int = 10):
@@ -54,7 +54,8 @@ def test_table_has_one_line_per_run_in_milliseconds():
     text = report.table(rows())
     lines = text.splitlines()
     assert len(lines) == 2 + 4
-    assert "| shared-prefix | frontier | 1 | 300 | 380 |" in text  # TTFT p50 300 ms, p90 380 ms
+    # TTFT p50 300 ms, p90 380 ms
+    assert "| shared-prefix | poisson | none | frontier | 1 | 300 | 380 |" in text
 
 
 def test_write_produces_json_markdown_and_png_with_the_command(tmp_path):
@@ -89,7 +90,7 @@ def drawn(policy: str, seed: int, ttft: float) -> report.Row:
 
 def test_table_shows_the_median_and_range_over_draws():
     text = report.table([drawn("frontier", s, t) for s, t in enumerate([0.2, 0.3, 0.6])])
-    assert "| shared-prefix | frontier | 1 | 300 (200-600) | 300 (200-600) |" in text
+    assert "| shared-prefix | poisson | none | frontier | 1 | 300 (200-600) | 300 (200-600) |" in text
     assert text.rstrip().endswith("| 3 |")  # three draws
 
 
@@ -104,6 +105,39 @@ def test_a_win_needs_ranges_that_do_not_overlap():
     [entry] = report.comparisons(mixed)
     assert entry["matched"][0]["verdict"] == "tie"  # 0.45 lies inside round-robin's 0.4-0.6
     assert report.verdict(stats.spread([3.0]), stats.spread([1.0, 2.0]), lower_is_better=True) == "loss"
+
+
+def test_the_picker_in_each_envoy_mode_and_arrival_shape_meets_the_policies_that_call_no_picker():
+    def run(policy: str, ttft: float, *, mode: str, arrival: str = "poisson") -> report.Row:
+        r = row(policy, 1.0, ttft=[ttft] * 3)
+        r.envoy_mode, r.arrival = mode, arrival
+        return r
+
+    runs = [
+        run("round-robin", 0.5, mode=report.NO_PICKER),
+        run("round-robin", 0.9, mode=report.NO_PICKER, arrival="gamma-cv3"),
+        run("frontier", 0.2, mode="cheap"),
+        run("gie-default", 0.3, mode="cheap"),
+        run("frontier", 0.4, mode="gie"),
+        run("gie-default", 0.45, mode="gie"),
+        run("frontier", 0.6, mode="cheap", arrival="gamma-cv3"),
+    ]
+    entries = {(e["arrival"], e["envoy_mode"], e["baseline"]): e for e in report.comparisons(runs)}
+    # the subject is compared within its Envoy mode only, and never across arrival shapes
+    assert sorted(entries) == [
+        ("gamma-cv3", "cheap", "round-robin"),
+        ("poisson", "cheap", "gie-default"),
+        ("poisson", "cheap", "round-robin"),
+        ("poisson", "gie", "gie-default"),
+        ("poisson", "gie", "round-robin"),
+    ]
+    assert entries[("poisson", "gie", "round-robin")]["matched"][0]["ttft_p90_reduction"] == pytest.approx(
+        0.2
+    )
+    assert entries[("gamma-cv3", "cheap", "round-robin")]["matched"][0]["ttft_p90_reduction"] == (
+        pytest.approx(1 - 0.6 / 0.9)
+    )
+    assert "| shared-prefix | gamma-cv3 | cheap | frontier | 1 |" in report.table(runs)
 
 
 def test_knees_table_states_the_spread_and_the_verdict_on_the_peak():
@@ -125,3 +159,13 @@ def test_knees_table_states_the_spread_and_the_verdict_on_the_peak():
     )
     assert "| w | frontier | 62 (60-65) |" in text
     assert "| w | round-robin | 32 (30-35) |" in text and "| 3/3 | win |" in text
+
+
+def test_the_standing_names_single_draw_verdicts_and_judges_rounds_by_their_ranges(tmp_path):
+    report.write(rows(), tmp_path, name="one-draw", command="c", meta={})
+    clear = [drawn("frontier", s, t) for s, t in enumerate([0.2, 0.25])]
+    clear += [drawn("round-robin", s, t) for s, t in enumerate([0.4, 0.5])]
+    report.write(clear, tmp_path, name="two-rounds", command="c", meta={})
+    text = standing.markdown(sorted(tmp_path.glob("*.json")))
+    assert "| one-draw | shared-prefix | poisson | none | round-robin | 1 | 1: win (1 draw) (+" in text
+    assert "| two-rounds | shared-prefix | poisson | none | round-robin | 2 | 1: win (+50%) | tie: " in text
