@@ -4,9 +4,9 @@ Every policy routes over the same engines and is reached at one base URL:
 - `round-robin`, `least-request`, `random`: a plain Envoy with that `lb_policy` over a STATIC cluster;
 - `frontier`, `gie-default`, `frontier-3-workers` (three worker processes sharing their decisions): the
   picker (file discovery of the fleet, that scheduling profile) behind an
-  Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap`; `frontier`'s cost model
-  is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's speed: its predictions are
-  in seconds of the clock it lives on;
+  Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap`; the picker is told nothing
+  about the fleet's speed (a time-scaled simulated fleet runs slower than the H100 fit its cost model starts
+  from, as a slower GPU pool would): `frontier` learns each engine's speed from completions;
 - `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
   to the engines directly (it is a router, not an Envoy filter).
 
@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import yaml
 
 from frontier_api import envoy_bootstrap
 from frontier_bench import envoy_lb, processes
 from frontier_picker.scheduling import config as scheduling_config
-from frontier_picker.scheduling.plugins import cost
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +96,8 @@ async def start(
     model: str,
     address: str,
     run_dir: Path,
-    time_scale: float = 1.0,
 ) -> FrontDoor:
-    """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers.
-    `time_scale`: how many times slower than real H100s the engines run (the picker's cost model is told)."""
+    """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers."""
     if policy in envoy_lb.LB_POLICIES:
         port = processes.free_port(address)
         config = envoy_lb.bootstrap(policy=policy, listen_address=address, listen_port=port, engines=engines)
@@ -121,7 +117,6 @@ async def start(
             endpoints_file=endpoints_file,
             address=address,
             run_dir=run_dir,
-            time_scale=time_scale,
         )
     if policy == SGLANG_POLICY:
         return await _start_sglang(group=group, engines=engines, address=address)
@@ -131,19 +126,6 @@ async def start(
 def stop(group: processes.Group, door: FrontDoor) -> None:
     for child in reversed(door.children):
         group.stop(child)
-
-
-def picker_config(profile: str, *, time_scale: float) -> str:
-    """The built-in config of `profile`; for `frontier`, its cost model told that the engines run
-    `time_scale` times slower than the H100 it is calibrated on (as a slower GPU pool would be)."""
-    text = scheduling_config.builtin_text(profile)
-    document = yaml.safe_load(text)
-    costs = [p for p in document["plugins"] if p["type"] == cost.PredictedTTFTScorer.type_name]
-    if time_scale == 1.0 or not costs:
-        return text
-    for plugin in costs:
-        plugin.setdefault("parameters", {})["slowdown"] = time_scale
-    return yaml.safe_dump(document, sort_keys=False)
 
 
 def picker_argv(
@@ -185,11 +167,10 @@ async def _start_picker(
     endpoints_file: Path,
     address: str,
     run_dir: Path,
-    time_scale: float,
 ) -> FrontDoor:
     grpc_port = processes.free_port(address)
     config_path = run_dir / f"picker-{profile}.yaml"
-    config_path.write_text(picker_config(profile, time_scale=time_scale))
+    config_path.write_text(scheduling_config.builtin_text(profile))
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(

@@ -74,7 +74,6 @@ async def run(
                 model=running.model,
                 address=address,
                 run_dir=run_dir,
-                time_scale=running.time_scale,
             )
             try:
                 before = await fleet.metrics(running)
