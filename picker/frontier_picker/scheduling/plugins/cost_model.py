@@ -20,11 +20,12 @@ other requests:
 `u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
 matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
 calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
-running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simulator's calibration); set them
-per pool for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every
-term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains
-on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90
-33% above round-robin's without `slowdown`).
+running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simulator's calibration), the
+prior. Every term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue
+first: it drains on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token
+prompts, TTFT p90 33% above round-robin's). So each candidate's p terms are multiplied by its learned
+`prefill_ratio` and its d terms by its `decode_ratio` (`learners.EngineSpeed`, taught by completions against
+the `Prediction` parts made here); both are 1 until something is learned, or with learning off.
 
 *Wait.* Queued tokens ahead are the engine's waiting count, sized by the mean uncached tokens of what this
 picker has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not
