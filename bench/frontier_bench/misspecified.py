@@ -40,6 +40,9 @@ ENGINES: Final = 4
 SYSTEM_PROMPT_LEN: Final = 6000
 QUESTION_LEN: Final = 1200
 OUTPUT_LEN: Final = 100
+# A run measures at least this many requests after at least this many warm-up arrivals.
+MEASURED_REQUESTS: Final = 240
+WARMUP_REQUESTS: Final = 60
 ARMS: Final = ("frontier", "frontier-told", "frontier-unlearned", "gie-default", "round-robin")
 
 
@@ -148,9 +151,15 @@ def run(
                     setup: virtual.Setup = setup,
                     f: Fleet = f,
                 ) -> knee.Point:
-                    # Fresh engines for every run: empty caches, nothing carried between loads.
+                    # Fresh engines for every run: empty caches, nothing carried between loads. A slow fleet's
+                    # knee is at a few requests/s: the run lasts until enough requests were measured.
+                    timed = dataclasses.replace(
+                        setup,
+                        duration_s=max(setup.duration_s, MEASURED_REQUESTS / qps),
+                        warmup_s=max(setup.warmup_s, WARMUP_REQUESTS / qps),
+                    )
                     row = virtual.run_once(
-                        setup, policy=arm, qps=qps, seed=seed, scheduler_config=text, specs=f.specs(ENGINES)
+                        timed, policy=arm, qps=qps, seed=seed, scheduler_config=text, specs=f.specs(ENGINES)
                     )
                     rows.append(row)
                     s = row.summary
@@ -245,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"the shared-prefix shape: {workloads.llmd_groups(ENGINES)} groups x 5 requests per block,"
             f" {SYSTEM_PROMPT_LEN:,}-token system prompt, a fresh {QUESTION_LEN:,}-token question per"
             f" request, {OUTPUT_LEN}-token output",
-            f"{args.warmup:g} s of warm-up arrivals left out, then {args.duration:g} s measured (model time)",
+            f"{args.warmup:g} s (at least {WARMUP_REQUESTS} arrivals) of warm-up left out, then"
+            f" {args.duration:g} s (at least {MEASURED_REQUESTS} arrivals) measured (model time)",
             "loads by knee search per arm and draw: a 1.25x ladder from 0.6 of the fleet's capacity to"
             " prefill the questions up to the first load where goodput < 90% of offered or SLO attainment"
             " < 90%, then bisection to 8%",

@@ -12,8 +12,9 @@ requested, how long answers are, and how fast each endpoint's engine runs.
   within `CLIP`x of the current estimate (one outlier, a request stuck behind a preemption, moves it little;
   a fleet 3x slower than the prior is still learned in a few completions). An endpoint with few samples
   borrows its group's ratio (endpoints with the same pool role, tier, model and GPU labels run the same
-  engine), weighted by samples: `log ratio = (n x own + SHRINK x group) / (n + SHRINK)`, and a group's by
-  the same rule towards the prior (log ratio 0).
+  engine), weighted by samples: `log ratio = (n x own + SHRINK x group) / (n + SHRINK)`; a group's ratio
+  is pulled towards the prior (log ratio 0) by one pseudo-sample only (`PRIOR_SAMPLES`): the prior is a
+  guess about an engine nobody described, and a slow fleet mispriced while the ratio crawls up queues.
 """
 
 import dataclasses
@@ -107,6 +108,7 @@ class EngineSpeed:
 
     CLIP = 4.0
     SHRINK = 4.0
+    PRIOR_SAMPLES = 1.0
     GROUP_TOLERANCE = 0.01
 
     def __init__(self, *, rate: float) -> None:
@@ -122,7 +124,7 @@ class EngineSpeed:
 
     def _log_ratio(self, key: str, group: str, phase: str) -> float:
         group_fit = self._groups.get((group, phase))
-        shared = _pooled(group_fit, 0.0, self.SHRINK) if group_fit else 0.0
+        shared = _pooled(group_fit, 0.0, self.PRIOR_SAMPLES) if group_fit else 0.0
         own = self._own.get((key, phase))
         return _pooled(own, shared, self.SHRINK) if own else shared
 
