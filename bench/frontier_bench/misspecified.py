@@ -41,8 +41,8 @@ SYSTEM_PROMPT_LEN: Final = 6000
 QUESTION_LEN: Final = 1200
 OUTPUT_LEN: Final = 100
 # A run measures at least this many requests after at least this many warm-up arrivals.
-MEASURED_REQUESTS: Final = 240
-WARMUP_REQUESTS: Final = 60
+MEASURED_REQUESTS: Final = 150
+WARMUP_REQUESTS: Final = 40
 ARMS: Final = ("frontier", "frontier-told", "frontier-unlearned", "gie-default", "round-robin")
 
 
@@ -130,7 +130,7 @@ def run(
     )
     for f in fleets:
         specs = f.specs(ENGINES)
-        ladder = knee.Ladder(start=ladder_start(specs), factor=1.25, tolerance=0.08, max_loads=9)
+        ladder = knee.Ladder(start=ladder_start(specs), factor=1.25, tolerance=0.1, max_loads=7)
         setup = virtual.Setup(
             engines=len(specs),
             source=source,
@@ -258,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f" {args.duration:g} s (at least {MEASURED_REQUESTS} arrivals) measured (model time)",
             "loads by knee search per arm and draw: a 1.25x ladder from 0.6 of the fleet's capacity to"
             " prefill the questions up to the first load where goodput < 90% of offered or SLO attainment"
-            " < 90%, then bisection to 8%",
+            " < 90%, then bisection to 10% (at most 7 loads)",
             f"{args.seeds} arrival draws per (arm, load): medians with min-max ranges",
             "frontier-told is an oracle arm: told the simulator's own coefficients of those engines (the"
             " mixed pool: their geometric mean), learning off",

@@ -16,11 +16,12 @@ Llama-3.1-8B-shaped decoder in bf16 on one GPU) fit two formulas:
 - *tensor parallelism* `tp`: weight and attention terms divide by tp; every step adds two all-reduces per
   layer (a latency plus the bytes of the activations over NVLink).
 - *GPU*: the H100 or H200 calibration file.
-- *quantization*: fp8 halves weight bytes and runs GEMMs at the measured bf16/fp8 speed ratio
-  (decode-sized M for d-terms, prefill-sized M for p-terms); int4 weight-only (awq/gptq, Marlin kernels)
+- *quantization*: every value the ModelTier CRD accepts is priced (`QUANTIZATIONS`, each figure's source
+  beside it): fp8 halves weight bytes and runs GEMMs at the measured bf16/fp8 speed ratio (decode-sized M
+  for d-terms, prefill-sized M for p-terms); int4 weight-only (awq/gptq, Marlin kernels; mxfp4 on Hopper)
   quarter the weight bytes, speed memory-bound decode GEMMs 2.5x (an assumption, not measured here) and
-  leave compute-bound prefill GEMMs at 0.95x bf16. `--kv-cache-dtype fp8` halves KV bytes (more blocks,
-  d2 / 2).
+  leave compute-bound prefill GEMMs at 0.95x bf16; gguf and bitsandbytes are slower 4-bit kernels
+  (assumptions). `--kv-cache-dtype fp8` halves KV bytes (more blocks, d2 / 2).
 
 Mixed steps (vLLM V1 runs chunked prefill and decodes in one forward pass): the decode fit prices the decodes,
 and each prefill chunk adds only its marginal cost p1*N + p2*N*(C+N/2), because the pass reads the weights
@@ -48,17 +49,54 @@ GIB: Final = 1024**3
 GPU_MEMORY_BYTES: Final = {"h100": int(79.1 * GIB), "h200": int(139.8 * GIB)}
 GPU_FILES: Final = {"h100": "h100_llama8b.json", "h200": "h200_llama8b.json"}
 
-# Weight bytes per parameter, GEMM kind, for every accepted --quantization value.
+# Every `--quantization` value the ModelTier CRD accepts (`frontier_api.modeltier.Quantization`), priced as
+# (weight bytes per parameter, GEMM kind). A kind's speed against bf16 weight GEMMs, at decode-sized and at
+# prefill-sized M, comes from `GEMM_SPEEDUPS`; "fp8" is measured (the calibration file's bf16/fp8 GEMM times).
+# Where each figure comes from (M: measured here; P: a published figure; A: an assumption):
+#   none          bf16 weights, 2 bytes                                                   M (the calibration)
+#   fp8           1 byte, FP8 GEMMs at the measured speed                                 M
+#   fbgemm_fp8    1 byte, per-channel FP8 GEMMs: priced as fp8                  A (same tensor cores)
+#   modelopt      ModelOpt's FP8 checkpoints (its default format): priced as fp8          A
+#   compressed-tensors  its most common scheme, W8A8 FP8: priced as fp8                   A (the format also
+#                 carries INT8 and W4A16 schemes, which this one price does not tell apart)
+#   awq, gptq, awq_marlin, gptq_marlin  4-bit weights + scales (0.53 bytes: 4 bits and one fp16 scale per
+#                 128 weights), Marlin W4A16 kernels                                      bytes: P (the
+#                 formats); speed: A (2.5x at decode, memory-bound; 0.95x at prefill, dequantising costs)
+#   mxfp4         4-bit microscaled FP4 (4.25 bits: one 8-bit scale per 32 weights); Hopper has no FP4
+#                 tensor cores, so vLLM runs it weight-only (Marlin): priced as int4       bytes: P (the OCP
+#                 MX spec); speed: A
+#   gguf          GGUF files, Q4_K_M typical (4.85 bits per weight, 0.61 bytes); vLLM's GGUF kernels are
+#                 slower than Marlin                              bytes: P (llama.cpp's quant table);
+#                 speed: A (1.8x at decode, 0.7x at prefill)
+#   bitsandbytes  NF4 4-bit weights (0.56 bytes with double-quantised scales), dequantised to bf16 on every
+#                 GEMM                                                                    bytes: P (QLoRA
+#                 paper); speed: A (1.0x at decode: the bandwidth saved is spent dequantising; 0.5x at
+#                 prefill)
+#   experts_int8  int8 weights of MoE experts only; the simulated Llama shape is dense, so nothing is
+#                 quantised and it is priced as bf16                                      A (dense model)
 QUANTIZATIONS: Final = {
     "none": (2.0, "bf16"),
     "fp8": (1.0, "fp8"),
+    "fbgemm_fp8": (1.0, "fp8"),
+    "modelopt": (1.0, "fp8"),
+    "compressed-tensors": (1.0, "fp8"),
     "awq": (0.53, "int4"),
     "awq_marlin": (0.53, "int4"),
     "gptq": (0.53, "int4"),
     "gptq_marlin": (0.53, "int4"),
+    "mxfp4": (0.53, "int4"),
+    "gguf": (0.61, "gguf"),
+    "bitsandbytes": (0.56, "nf4"),
+    "experts_int8": (2.0, "bf16"),
 }
-INT4_DECODE_GEMM_SPEEDUP: Final = 2.5
-INT4_PREFILL_GEMM_SPEEDUP: Final = 0.95
+# (decode-sized M, prefill-sized M) speed of a GEMM kind against bf16; None: measured ("fp8"; calibration).
+GEMM_SPEEDUPS: Final[dict[str, tuple[float, float] | None]] = {
+    "bf16": (1.0, 1.0),
+    "fp8": None,
+    "int4": (2.5, 0.95),
+    "gguf": (1.8, 0.7),
+    "nf4": (1.0, 0.5),
+}
 KV_DTYPE_BYTES: Final = {
     "auto": 2.0,
     "bfloat16": 2.0,
@@ -251,12 +289,11 @@ def step_model(
     if tensor_parallel < 1:
         raise ValueError(f"--tensor-parallel-size={tensor_parallel}; must be >= 1")
     weight_bytes, gemm = QUANTIZATIONS[quant]
-    if gemm == "fp8":
+    speeds = GEMM_SPEEDUPS[gemm]
+    if speeds is None:
         decode_speed, prefill_speed = calibration.fp8_decode_speedup, calibration.fp8_prefill_speedup
-    elif gemm == "int4":
-        decode_speed, prefill_speed = INT4_DECODE_GEMM_SPEEDUP, INT4_PREFILL_GEMM_SPEEDUP
     else:
-        decode_speed = prefill_speed = 1.0
+        decode_speed, prefill_speed = speeds
     shape = shape_for(params)
     base = CALIBRATED_SHAPE
     tp = tensor_parallel

@@ -7,7 +7,8 @@ from importlib import resources
 
 import pytest
 
-from frontier_sim import engine, timing, tokenizer
+from frontier_api import modeltier
+from frontier_sim import engine, flags, timing, tokenizer
 
 CAL = timing.load("h100")
 MODEL = timing.step_model(calibration=CAL)
@@ -330,3 +331,13 @@ def test_mixed_steps_cost_what_the_gpu_measured_for_a_chunk_and_decodes_in_one_p
             assert priced == pytest.approx(point["seconds"], rel=0.05), point
         else:  # short chunks: the fit's p0 was measured eagerly, an upper bound (calibration README)
             assert point["seconds"] <= priced <= 1.15 * point["seconds"], point
+
+
+@pytest.mark.parametrize("quantization", [q.value for q in modeltier.Quantization])
+def test_every_quantization_the_crd_accepts_is_simulated(quantization):
+    settings = flags.parse_serve(["m", "--quantization", quantization])
+    model = timing.step_model(calibration=CAL, quantization=settings.quantization)
+    step = model.decode_time(batch=32, query_tokens=1, context_tokens=32 * 2048)
+    # No 8- or 4-bit weight format reads more bytes than bf16; none makes a bf16 decode step 3x faster.
+    assert MODEL.decode_time(batch=32, query_tokens=1, context_tokens=32 * 2048) / 3 < step
+    assert model.weight_bytes_per_gpu <= MODEL.weight_bytes_per_gpu
