@@ -28,6 +28,14 @@ and each prefill chunk adds only its marginal cost p1*N + p2*N*(C+N/2), because 
 and launches its kernels once. A step with no decodes is priced by the prefill fit alone, one with no prefill
 by the decode fit alone, so pure steps reproduce the calibration exactly.
 
+*Data parallelism* `--data-parallel-size N` (N engine ranks of `tp` GPUs each behind one server): one
+engine stands for the N ranks, with N times the KV blocks, sequences and token budget; a step's decode work
+(the d1 and d2 terms) is spread evenly over the ranks, and its prefill chunks too, except that one chunk is
+computed by one rank, so a step takes at least its largest chunk (a lone prompt is no faster than on one
+rank). Two assumptions: vLLM's ranks are balanced (its load balancer counts requests, not tokens), and
+their prefix caches are pooled as one (a prompt cached on one rank is a miss on the others in vLLM, whose
+balancer does not route by prefix): hit rates are optimistic.
+
 Speculative decoding verifies k = 1 + num_speculative_tokens query tokens per sequence at the measured
 multi-token cost (the d1*B*k term) plus a proposer cost per drafted token: 0 for ngram, a fraction of a decode
 step's fixed cost for EAGLE/MTP heads (vLLM 0.11 runs no separate draft model).
@@ -234,28 +242,32 @@ class StepModel:
     comm_fixed: float  # per step, tensor-parallel all-reduce latency
     comm_per_token: float  # per token in the step, all-reduce bytes
     draft_per_token: float  # per drafted token per step (speculative proposer)
+    data_parallel: int  # ranks sharing one step's sequences and tokens (module doc)
     shape: ModelShape
     weight_bytes_per_gpu: float
     kv_bytes_per_token_per_gpu: float
 
+    def _chunks_time(self, chunks: list[PrefillChunk]) -> float:
+        """The marginal time of prefill chunks: spread over the data-parallel ranks, but one chunk is computed
+        by one rank (the slowest rank sets the step)."""
+        costs = [
+            self.p1 * c.new + self.p2 * c.new * (c.cached + c.new / 2) + self.comm_per_token * c.new
+            for c in chunks
+        ]
+        total = sum(costs)
+        return max(max(costs), total / self.data_parallel) if self.data_parallel > 1 else total
+
     def prefill_time(self, chunks: list[PrefillChunk]) -> float:
         """A step with prefill chunks only (the prefill fit)."""
-        new = sum(c.new for c in chunks)
-        attn = sum(c.new * (c.cached + c.new / 2) for c in chunks)
-        return self.p0 + self.p1 * new + self.p2 * attn + self.comm_fixed + self.comm_per_token * new
+        return self.p0 + self.comm_fixed + self._chunks_time(chunks)
 
     def decode_time(self, *, batch: int, query_tokens: int, context_tokens: int) -> float:
-        """A decode step of `batch` sequences, `query_tokens` each, `context_tokens` summed over sequences."""
+        """A decode step of `batch` sequences, `query_tokens` each, `context_tokens` summed over sequences
+        (spread evenly over the data-parallel ranks)."""
         tokens = batch * query_tokens
         draft = self.draft_per_token * (query_tokens - 1)
-        return (
-            self.d0
-            + self.d1 * tokens
-            + self.d2 * context_tokens
-            + draft
-            + self.comm_fixed
-            + self.comm_per_token * tokens
-        )
+        shared = self.d1 * tokens + self.d2 * context_tokens + self.comm_per_token * tokens
+        return self.d0 + shared / self.data_parallel + draft + self.comm_fixed
 
     def step_time(
         self, *, chunks: list[PrefillChunk], batch: int, query_tokens: int, context_tokens: int
@@ -264,9 +276,7 @@ class StepModel:
         if batch == 0:
             return self.prefill_time(chunks) if chunks else 0.0
         t = self.decode_time(batch=batch, query_tokens=query_tokens, context_tokens=context_tokens)
-        for c in chunks:
-            t += self.p1 * c.new + self.p2 * c.new * (c.cached + c.new / 2) + self.comm_per_token * c.new
-        return t
+        return t + self._chunks_time(chunks) if chunks else t
 
 
 def step_model(
@@ -274,6 +284,7 @@ def step_model(
     calibration: Calibration,
     params: float = CALIBRATED_PARAMS,
     tensor_parallel: int = 1,
+    data_parallel: int = 1,
     quantization: str | None = None,
     kv_cache_dtype: str = "auto",
     speculative_method: str | None = None,
@@ -288,6 +299,8 @@ def step_model(
         raise ValueError(f"--kv-cache-dtype={kv_cache_dtype!r}; allowed: {', '.join(KV_DTYPE_BYTES)}")
     if tensor_parallel < 1:
         raise ValueError(f"--tensor-parallel-size={tensor_parallel}; must be >= 1")
+    if data_parallel < 1:
+        raise ValueError(f"--data-parallel-size={data_parallel}; must be >= 1")
     weight_bytes, gemm = QUANTIZATIONS[quant]
     speeds = GEMM_SPEEDUPS[gemm]
     if speeds is None:
@@ -328,6 +341,7 @@ def step_model(
         comm_fixed=comm_fixed,
         comm_per_token=comm_per_token,
         draft_per_token=draft,
+        data_parallel=data_parallel,
         shape=shape,
         weight_bytes_per_gpu=params * weight_bytes / tp,
         kv_bytes_per_token_per_gpu=shape.kv_bytes_per_token(kv_dtype) / min(tp, shape.kv_heads),
