@@ -19,7 +19,6 @@ and whether each beats `gie-default` (ranges not overlapping).
 
 import argparse
 import dataclasses
-import functools
 import math
 import shlex
 import statistics
@@ -41,8 +40,8 @@ SYSTEM_PROMPT_LEN: Final = 6000
 QUESTION_LEN: Final = 1200
 OUTPUT_LEN: Final = 100
 # A run measures at least this many requests after at least this many warm-up arrivals.
-MEASURED_REQUESTS: Final = 150
-WARMUP_REQUESTS: Final = 40
+MEASURED_REQUESTS: Final = 100
+WARMUP_REQUESTS: Final = 30
 ARMS: Final = ("frontier", "frontier-told", "frontier-unlearned", "gie-default", "round-robin")
 
 
@@ -116,8 +115,10 @@ def ladder_start(specs: Sequence[fleet.EngineSpec]) -> float:
 
 
 def run(
-    fleets: Sequence[Fleet], *, seeds: int, duration_s: float, warmup_s: float
+    f: Fleet, seed: int, *, duration_s: float, warmup_s: float
 ) -> tuple[list[report.Row], list[dict[str, Any]]]:
+    """Every arm's knee search on fleet `f` for arrival draw `seed`: the runs as rows, the searches'
+    results."""
     rows: list[report.Row] = []
     found: list[dict[str, Any]] = []
     source = workloads.shared_prefix(
@@ -128,54 +129,43 @@ def run(
         output_len=OUTPUT_LEN,
         seed=0,
     )
-    for f in fleets:
-        specs = f.specs(ENGINES)
-        ladder = knee.Ladder(start=ladder_start(specs), factor=1.25, tolerance=0.1, max_loads=7)
-        setup = virtual.Setup(
-            engines=len(specs),
-            source=source,
-            duration_s=duration_s,
-            warmup_s=warmup_s,
-            model=MODEL,
-            label=f"-{f.name}",
+    specs = f.specs(ENGINES)
+    ladder = knee.Ladder(start=ladder_start(specs), factor=1.25, tolerance=0.15, max_loads=6)
+    setup = virtual.Setup(
+        engines=len(specs),
+        source=source,
+        duration_s=duration_s,
+        warmup_s=warmup_s,
+        model=MODEL,
+        label=f"-{f.name}",
+    )
+    for arm in ARMS:
+        text = arm_config(arm, specs)
+
+        def measure(qps: float, arm: str = arm, text: str | None = text) -> knee.Point:
+            # Fresh engines for every run: empty caches, nothing carried between loads. A slow fleet's
+            # knee is at a few requests/s: the run lasts until enough requests were measured.
+            timed = dataclasses.replace(
+                setup,
+                duration_s=max(setup.duration_s, MEASURED_REQUESTS / qps),
+                warmup_s=max(setup.warmup_s, WARMUP_REQUESTS / qps),
+            )
+            row = virtual.run_once(
+                timed, policy=arm, qps=qps, seed=seed, scheduler_config=text, specs=f.specs(ENGINES)
+            )
+            rows.append(row)
+            s = row.summary
+            return knee.Point(qps=qps, goodput_rps=s["goodput_rps"], good_fraction=s["good_fraction"])
+
+        result = knee.search(measure, ladder)
+        workload = f"{source.name}@{len(specs)}-{f.name}"
+        found.append({"policy": arm, "workload": workload, "seed": seed, **dataclasses.asdict(result)})
+        print(
+            f"event=misspecified_knee fleet={f.name} arm={arm} seed={seed}"
+            f" peak={result.peak_goodput_rps:.3g}",
+            file=sys.stderr,
+            flush=True,
         )
-        for seed in range(seeds):
-            for arm in ARMS:
-                text = arm_config(arm, specs)
-
-                def measure(
-                    qps: float,
-                    arm: str = arm,
-                    seed: int = seed,
-                    text: str | None = text,
-                    setup: virtual.Setup = setup,
-                    f: Fleet = f,
-                ) -> knee.Point:
-                    # Fresh engines for every run: empty caches, nothing carried between loads. A slow fleet's
-                    # knee is at a few requests/s: the run lasts until enough requests were measured.
-                    timed = dataclasses.replace(
-                        setup,
-                        duration_s=max(setup.duration_s, MEASURED_REQUESTS / qps),
-                        warmup_s=max(setup.warmup_s, WARMUP_REQUESTS / qps),
-                    )
-                    row = virtual.run_once(
-                        timed, policy=arm, qps=qps, seed=seed, scheduler_config=text, specs=f.specs(ENGINES)
-                    )
-                    rows.append(row)
-                    s = row.summary
-                    return knee.Point(qps=qps, goodput_rps=s["goodput_rps"], good_fraction=s["good_fraction"])
-
-                result = knee.search(measure, ladder)
-                workload = f"{source.name}@{len(specs)}-{f.name}"
-                found.append(
-                    {"policy": arm, "workload": workload, "seed": seed, **dataclasses.asdict(result)}
-                )
-                print(
-                    f"event=misspecified_knee fleet={f.name} arm={arm} seed={seed}"
-                    f" peak={result.peak_goodput_rps:.3g}",
-                    file=sys.stderr,
-                    flush=True,
-                )
     return rows, found
 
 
@@ -225,24 +215,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=16.0, help="measured model seconds per run")
     parser.add_argument("--warmup", type=float, default=8.0, help="warm-up model seconds per run")
     parser.add_argument("--fleets", nargs="*", default=[f.name for f in FLEETS])
-    parser.add_argument("--jobs", type=int, default=1, help="fleets run in parallel processes")
+    parser.add_argument("--jobs", type=int, default=1, help="(fleet, draw) searches in parallel processes")
     args = parser.parse_args(argv)
     command = shlex.join(
         ["python", "-m", "frontier_bench.misspecified", *(argv if argv is not None else sys.argv[1:])]
     )
     fleets = [f for f in FLEETS if f.name in args.fleets]
     started = time.monotonic()
-    source_at_start = harness.source()
+    source = harness.source()
     rows: list[report.Row] = []
     knees: list[dict[str, Any]] = []
+    # One task per (fleet, draw), draws in order: the report is rewritten as each finishes, so a run cut
+    # short still leaves every finished draw on disk.
+    tasks = [(f, seed) for seed in range(args.seeds) for f in fleets]
     with futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        done = pool.map(
-            functools.partial(run, seeds=args.seeds, duration_s=args.duration, warmup_s=args.warmup),
-            [[f] for f in fleets],
-        )
-        for fleet_rows, fleet_knees in done:
-            rows += fleet_rows
-            knees += fleet_knees
+        pending = [
+            pool.submit(run, f, seed, duration_s=args.duration, warmup_s=args.warmup) for f, seed in tasks
+        ]
+        for task in futures.as_completed(pending):
+            task_rows, task_knees = task.result()
+            rows += task_rows
+            knees += task_knees
+            write(rows, knees, args=args, fleets=fleets, command=command, started=started, source=source)
+
+
+def write(
+    rows: list[report.Row],
+    knees: list[dict[str, Any]],
+    *,
+    args: argparse.Namespace,
+    fleets: Sequence[Fleet],
+    command: str,
+    started: float,
+    source: dict[str, str],
+) -> None:
+    """The results so far as `misspecified.{json,md,png}` under `args.out`."""
     summary = summary_markdown(knees)
     meta = {
         "title": "Virtual time: mis-specified fleets, the picker told nothing (peak goodput by knee search)",
@@ -258,24 +265,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             f" {args.duration:g} s (at least {MEASURED_REQUESTS} arrivals) measured (model time)",
             "loads by knee search per arm and draw: a 1.25x ladder from 0.6 of the fleet's capacity to"
             " prefill the questions up to the first load where goodput < 90% of offered or SLO attainment"
-            " < 90%, then bisection to 10% (at most 7 loads)",
-            f"{args.seeds} arrival draws per (arm, load): medians with min-max ranges",
+            " < 90%, then bisection to 15% (at most 6 loads)",
+            f"{len(knees) // len(ARMS)} of {args.seeds * len(fleets)} (fleet, arrival draw) searches done;"
+            " medians with min-max ranges over the draws",
             "frontier-told is an oracle arm: told the simulator's own coefficients of those engines (the"
             " mixed pool: their geometric mean), learning off",
             "ITL is not recorded in virtual time: the ITL column repeats TPOT",
         ],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.monotonic() - started, 1),
-        "source": source_at_start,
+        "source": source,
+        "draws_done": len(knees) // len(ARMS),
         "knees": knees,
         "summary_markdown": summary,
     }
     paths = report.write(rows, args.out, name="misspecified", command=command, meta=meta)
     md = paths["md"]
     md.write_text(md.read_text() + "\n## Summary per fleet\n\n" + summary + "\n")
-    print(summary)
-    for kind, path in paths.items():
-        print(f"{kind}: {path}")
+    print(summary, flush=True)
 
 
 if __name__ == "__main__":
