@@ -19,6 +19,8 @@ requested, how long answers are, and how fast each endpoint's engine runs.
 
 import dataclasses
 import math
+import operator
+import typing
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -84,6 +86,9 @@ class OutputLength:
 
 
 PHASES = ("prefill", "decode")
+_KEY = operator.attrgetter("endpoint.key")
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
 
 
 @dataclasses.dataclass(slots=True)
@@ -133,25 +138,29 @@ class EngineSpeed:
         return math.exp(self._log_ratio(key, group, phase))
 
     def ratios(self, candidates: Sequence[endpoints.EndpointState]) -> tuple[np.ndarray, np.ndarray]:
-        """Per candidate: (prefill ratio, decode ratio); ones until something was learned."""
+        """Per candidate: (prefill ratio, decode ratio); ones until something was learned. Runs on every
+        scheduling pass: C-level maps over the candidates, Python only for endpoints not seen since their
+        ratio last moved."""
         n = len(candidates)
         if not self._groups:
             return np.ones(n), np.ones(n)
-        prefill = np.empty(n)
-        decode = np.empty(n)
         known = self._ratios
-        for i, state in enumerate(candidates):
-            key = state.endpoint.key
-            found = known.get(key)
-            if found is None:
-                group = self._group_of.setdefault(key, group_of(state.endpoint))
-                self._members.setdefault(group, set()).add(key)
-                found = known[key] = (
-                    self.ratio(key, group, "prefill"),
-                    self.ratio(key, group, "decode"),
-                )
-            prefill[i], decode[i] = found
+        cached = list(map(known.get, map(_KEY, candidates)))
+        found: list[tuple[float, float]] = (
+            [pair or self._cache(state.endpoint) for pair, state in zip(cached, candidates, strict=True)]
+            if None in cached
+            else typing.cast(list[tuple[float, float]], cached)
+        )
+        prefill = np.fromiter(map(_FIRST, found), dtype=np.float64, count=n)
+        decode = np.fromiter(map(_SECOND, found), dtype=np.float64, count=n)
         return prefill, decode
+
+    def _cache(self, endpoint: endpoints.Endpoint) -> tuple[float, float]:
+        key = endpoint.key
+        group = self._group_of.setdefault(key, group_of(endpoint))
+        self._members.setdefault(group, set()).add(key)
+        found = self._ratios[key] = (self.ratio(key, group, "prefill"), self.ratio(key, group, "decode"))
+        return found
 
     def learn(self, key: str, group: str, phase: str, *, predicted_s: float, observed_s: float) -> None:
         """One observation: the endpoint took `observed_s` where the prior fit predicted `predicted_s`."""
