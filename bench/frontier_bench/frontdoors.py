@@ -6,9 +6,9 @@ Every policy routes over the same engines and is reached at one base URL:
   picker (file discovery of the fleet, that scheduling profile) behind an
   Envoy that calls it over ext_proc, rendered by `frontier_api.envoy_bootstrap` in one of its `ENVOY_MODES`:
   `cheap` (Frontier's own: the response body is not sent to the picker) or `gie` (the configuration GIE
-  ships: request and response bodies full-duplex streamed, every response chunk through the picker);
-  `frontier`'s cost model is told the fleet's time scale (`slowdown`), as it would be told a slower GPU's
-  speed: its predictions are in seconds of the clock it lives on;
+  ships: request and response bodies full-duplex streamed, every response chunk through the picker); the
+  picker is told nothing about the fleet's speed (a time-scaled simulated fleet runs slower than the H100
+  fit its cost model starts from, as a slower GPU pool would);
 - `sglang-cache-aware`: the `sglang-router` package's Rust router with `--policy cache_aware`, speaking HTTP
   to the engines directly (it is a router, not an Envoy filter).
 
@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
-import yaml
 
 from frontier_api import envoy_bootstrap
 from frontier_bench import envoy_lb, processes
 from frontier_picker.scheduling import config as scheduling_config
-from frontier_picker.scheduling.plugins import cost
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +104,9 @@ async def start(
     model: str,
     address: str,
     run_dir: Path,
-    time_scale: float = 1.0,
     envoy_mode: str = "cheap",
 ) -> FrontDoor:
     """Start the front door of `policy` on `address` (ports chosen free) and wait until it answers.
-    `time_scale`: how many times slower than real H100s the engines run (the picker's cost model is told);
     `envoy_mode`: how the Envoy in front of a picker calls it (ignored by front doors that call none)."""
     if policy in envoy_lb.LB_POLICIES:
         port = processes.free_port(address)
@@ -131,7 +127,6 @@ async def start(
             endpoints_file=endpoints_file,
             address=address,
             run_dir=run_dir,
-            time_scale=time_scale,
             envoy_mode=envoy_mode,
         )
     if policy == SGLANG_POLICY:
@@ -142,19 +137,6 @@ async def start(
 def stop(group: processes.Group, door: FrontDoor) -> None:
     for child in reversed(door.children):
         group.stop(child)
-
-
-def picker_config(profile: str, *, time_scale: float) -> str:
-    """The built-in config of `profile`; for `frontier`, its cost model told that the engines run
-    `time_scale` times slower than the H100 it is calibrated on (as a slower GPU pool would be)."""
-    text = scheduling_config.builtin_text(profile)
-    document = yaml.safe_load(text)
-    costs = [p for p in document["plugins"] if p["type"] == cost.PredictedTTFTScorer.type_name]
-    if time_scale == 1.0 or not costs:
-        return text
-    for plugin in costs:
-        plugin.setdefault("parameters", {})["slowdown"] = time_scale
-    return yaml.safe_dump(document, sort_keys=False)
 
 
 def picker_argv(
@@ -196,12 +178,11 @@ async def _start_picker(
     endpoints_file: Path,
     address: str,
     run_dir: Path,
-    time_scale: float,
     envoy_mode: str,
 ) -> FrontDoor:
     grpc_port = processes.free_port(address)
     config_path = run_dir / f"picker-{profile}.yaml"
-    config_path.write_text(picker_config(profile, time_scale=time_scale))
+    config_path.write_text(scheduling_config.builtin_text(profile))
     health_port = processes.free_port(address)
     metrics_port = processes.free_port(address)
     picker = group.start(

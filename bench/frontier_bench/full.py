@@ -10,6 +10,8 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
   arrivals (Gamma gaps, CV 3);
 - `tiers`: tier routing (`frontier_bench.tiers`): cost against quality, and spill-over under a burst;
 - `pd`: prefill/decode disaggregation against aggregated serving on the same GPUs (`frontier_bench.pd`);
+- `misspecified`: fleets the cost model's prior does not describe (H200, FP8, 70B, 2x slower, mixed), the
+  picker told nothing, learning against the arm told the truth (`frontier_bench.misspecified`);
 - `overload`: flow control past capacity, three priority classes and two tenants (`frontier_bench.overload`).
 - `pd-realtime`: prefill/decode disaggregation through Envoy, picker and sidecars in real time
   (`frontier_bench.pd_realtime`).
@@ -39,6 +41,7 @@ from frontier_bench import (
     gie_mode,
     harness,
     knee,
+    misspecified,
     overload,
     pd,
     pd_realtime,
@@ -372,6 +375,8 @@ def run(
         tiers.main(["--out", str(out), *(["--seeds", "1", "--duration", "40"] if quick else [])])
     if not only or "pd" in only:
         pd.main(["--out", str(out), *(["--seeds", "1", "--duration", "10"] if quick else [])])
+    if not only or "misspecified" in only:
+        misspecified.main(["--out", str(out), *(["--seeds", "1", "--duration", "8"] if quick else [])])
     if not only or "overload" in only:
         overload.main(["--out", str(out), *(["--seeds", "1", "--loads", "1.5"] if quick else [])])
     if not only or "pd-realtime" in only:

@@ -62,6 +62,7 @@ from frontier_bench import (
     sweep,
     workloads,
 )
+from frontier_picker.scheduling import config as scheduling_config
 from frontier_testkit import controlplane
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ async def start_door(
         profile, workers = PICKERS[policy]
         grpc_port, health_port, metrics_port = (processes.free_port(address) for _ in range(3))
         config_path = run_dir / f"picker-{policy}.yaml"
-        config_path.write_text(frontdoors.picker_config(profile, time_scale=running.time_scale))
+        config_path.write_text(scheduling_config.builtin_text(profile))
         argv = [
             sys.executable,
             "-m",

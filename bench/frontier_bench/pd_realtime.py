@@ -43,6 +43,7 @@ import yaml
 
 from frontier_api import envoy_bootstrap, names
 from frontier_bench import frontdoors, loadgen, pd, processes, stats, workloads
+from frontier_picker.scheduling import config as scheduling_config
 from frontier_sim.vt import cluster
 
 MODEL: Final = pd.MODEL
@@ -55,11 +56,9 @@ TPOT_SLOS_S: Final = (0.05, 0.02)
 _SIDECAR_COUNTER = re.compile(r"^(frontier_sidecar_\w+_total)(\{[^}]*\})? ([0-9.e+]+)$", re.MULTILINE)
 
 
-def scheduling(time_scale: float) -> str:
-    """The picker's config: `frontier`, its cost model told the time scale, the load-aware decider."""
-    return pd.with_decider(
-        frontdoors.picker_config("frontier", time_scale=time_scale), "load-aware-pd-decider"
-    )
+def scheduling() -> str:
+    """The picker's config: `frontier` (told nothing of the fleet's speed), the load-aware decider."""
+    return pd.with_decider(scheduling_config.builtin_text("frontier"), "load-aware-pd-decider")
 
 
 def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int, cv: float) -> dict[str, float]:
@@ -74,7 +73,7 @@ def virtual_twin(arm: str, *, qps: float, duration_s: float, seed: int, cv: floa
         )
     prefill = PREFILL if arm != "aggregated" else 0
     engines = cluster.engines(ENGINES, args=("--model", MODEL), prefill=prefill)
-    results = cluster.run(engines=engines, workload=arrivals, policy=scheduling(1.0), seed=seed)
+    results = cluster.run(engines=engines, workload=arrivals, policy=scheduling(), seed=seed)
     ok = (results.status == 200) & ~np.isnan(results.end)
     ttft, tpot = results.ttft[ok], results.tpot[ok]
     twin = {
@@ -127,7 +126,7 @@ async def stack(
         endpoints_file = run_dir / "endpoints.yaml"
         endpoints_file.write_text(yaml.safe_dump({"endpoints": listed}, sort_keys=False))
         config_file = run_dir / "picker.yaml"
-        config_file.write_text(scheduling(time_scale))
+        config_file.write_text(scheduling())
         grpc_port, health_port, metrics_port = (processes.free_port(ADDRESS) for _ in range(3))
         picker = group.start(
             "picker",

@@ -99,7 +99,6 @@ async def run(
                 model=running.model,
                 address=address,
                 run_dir=run_dir,
-                time_scale=running.time_scale,
                 envoy_mode=envoy_mode,
             )
             try:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from frontier_bench import knee, progress, report, stats, workloads
+from frontier_sim import fleet
 from frontier_sim.vt import cluster
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,18 @@ def arrival_seed(seed: int, qps: float) -> int:
 
 
 def run_once(
-    setup: Setup, *, policy: str, qps: float, seed: int, bar: progress.Bar | None = None
+    setup: Setup,
+    *,
+    policy: str,
+    qps: float,
+    seed: int,
+    bar: progress.Bar | None = None,
+    scheduler_config: str | None = None,
+    specs: Sequence[fleet.EngineSpec] | None = None,
 ) -> report.Row:
-    """One policy at one load and arrival draw on fresh engines; the steady-state summary as a row."""
+    """One policy at one load and arrival draw on fresh engines; the steady-state summary as a row.
+    `scheduler_config`: an EndpointPickerConfig text run under the name `policy`; `specs`: the engines
+    (default: `setup.engines` alike, from `setup.model` and `setup.engine_args`)."""
     schedule = workloads.schedule(
         qps=qps,
         duration_s=setup.warmup_s + setup.duration_s,
@@ -101,9 +111,12 @@ def run_once(
         bar.counters.total, bar.counters.done = len(schedule), 0
         bar.draw()
     began = time.monotonic()
-    specs = cluster.engines(setup.engines, args=["--model", setup.model, *setup.engine_args])
+    if specs is None:
+        specs = cluster.engines(setup.engines, args=["--model", setup.model, *setup.engine_args])
     results = cluster.run(
-        engines=specs, workload=arrivals(setup.source, schedule, model=setup.model), policy=policy
+        engines=specs,
+        workload=arrivals(setup.source, schedule, model=setup.model),
+        policy=scheduler_config or policy,
     )
     kept = [t for t in traces(results) if t.sent >= setup.warmup_s]
     work = {e.name: float(e.generation_tokens) for e in results.engines}

@@ -388,6 +388,34 @@ def watch_pool(metrics: Metrics, pool: str, states: Callable[[], Sequence[endpoi
     metrics.registry.register(PoolCollector(pool, states))
 
 
+class EngineSpeedCollector(prometheus_registry.Collector):
+    """`frontier_picker_engine_speed_ratio{endpoint,phase}`: how many times slower than the cost model's
+    prior fit each endpoint's prefill or decode steps run, as the `frontier` cost learned it from
+    completions, and `frontier_picker_engine_speed_samples{endpoint,phase}`, the completions it learned
+    from; read from the learner when scraped (`learned` yields endpoint key, phase, ratio, samples)."""
+
+    def __init__(self, learned: Callable[[], Iterable[tuple[str, str, float, int]]]) -> None:
+        self.learned = learned
+
+    def collect(self) -> Iterator[prometheus_metrics_core.Metric]:
+        labels = ["endpoint", "phase"]
+        ratio = prometheus_metrics_core.GaugeMetricFamily(
+            "frontier_picker_engine_speed_ratio",
+            "Learned step time of an endpoint's engine over the cost model's prior fit, per phase",
+            labels=labels,
+        )
+        samples = prometheus_metrics_core.GaugeMetricFamily(
+            "frontier_picker_engine_speed_samples",
+            "Completions the learned engine speed ratio of an endpoint and phase was learned from",
+            labels=labels,
+        )
+        for endpoint, phase, value, count in self.learned():
+            ratio.add_metric([endpoint, phase], value)
+            samples.add_metric([endpoint, phase], count)
+        yield ratio
+        yield samples
+
+
 class FlowCollector(prometheus_registry.Collector):
     """GIE's flow-control gauges, read from the queues when scraped: requests and bytes queued per fairness
     ID and priority, and the pool's saturation (the share of endpoints with no room)."""

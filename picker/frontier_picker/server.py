@@ -40,7 +40,7 @@ from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
 from frontier_picker.scheduling import config, types
 from frontier_picker.scheduling.framework import plugin
 from frontier_picker.scheduling.framework import scheduler as framework
-from frontier_picker.scheduling.plugins import prefix
+from frontier_picker.scheduling.plugins import cost, prefix
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ class Picker:
 
 def observe_plugins(scheduler: types.Scheduler, own_metrics: metrics.Metrics) -> None:
     """GIE's per-plugin metrics for a scheduler built from an EndpointPickerConfig: each plugin call's
-    duration, and the size of every prefix index its plugins keep (another scheduler has no plugins)."""
+    duration, the size of every prefix index its plugins keep, and the engine speeds its cost scorers
+    learned (another scheduler has no plugins)."""
     if not isinstance(scheduler, framework.Scheduler):
         return
     timer = metrics.PluginDurations()
@@ -176,6 +177,11 @@ def observe_plugins(scheduler: types.Scheduler, own_metrics: metrics.Metrics) ->
     if indexes:
         own_metrics.registry.register(
             metrics.PrefixIndexCollector(lambda: sum(index.entries() for index in indexes.values()))
+        )
+    speeds = [member.speed for member in scheduler.members() if isinstance(member, cost.PredictedTTFTScorer)]
+    if speeds:
+        own_metrics.registry.register(
+            metrics.EngineSpeedCollector(lambda: (row for speed in speeds for row in speed.learned()))
         )
 
 

@@ -28,7 +28,6 @@ ACCEPTED_IGNORED_VALUE = (
     "--uvicorn-log-level",
     "--lora-dtype",
     "--pipeline-parallel-size",
-    "--data-parallel-size",
     "--swap-space",
     "--api-key",
     "--chat-template",
@@ -62,6 +61,7 @@ def add_engine_flags(parser: argparse.ArgumentParser, *, model_required: bool) -
         parser.add_argument("model_tag", nargs="?", help="model name (vLLM's positional MODEL)")
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    parser.add_argument("--data-parallel-size", "-dp", type=int, default=1)
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int)
@@ -246,6 +246,7 @@ def settings_from(args: argparse.Namespace, *, model: str | None = None) -> sett
         model=name,
         served_model_names=list(args.served_model_name or []),
         tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,

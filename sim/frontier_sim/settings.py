@@ -21,6 +21,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
     max_model_len: int | None = None
     max_num_seqs: int = 256
     max_num_batched_tokens: int | None = None
@@ -89,6 +90,7 @@ def step_model(settings: Settings) -> timing.StepModel:
         calibration=timing.load(settings.gpu),
         params=settings.model_params,
         tensor_parallel=settings.tensor_parallel_size,
+        data_parallel=settings.data_parallel_size,
         quantization=settings.quantization,
         kv_cache_dtype=settings.kv_cache_dtype,
         speculative_method=speculative_method(spec) if spec else None,
@@ -96,9 +98,11 @@ def step_model(settings: Settings) -> timing.StepModel:
 
 
 def build_engine(settings: Settings) -> engine.Engine:
-    """The engine core these settings describe (KV cache sized from GPU memory unless overridden)."""
+    """The engine core these settings describe (KV cache sized from GPU memory unless overridden; with data
+    parallelism, one core for all ranks: their blocks, sequences and token budgets summed)."""
     model = step_model(settings)
-    blocks = settings.num_gpu_blocks_override or timing.num_gpu_blocks(
+    ranks = settings.data_parallel_size
+    blocks = settings.num_gpu_blocks_override or ranks * timing.num_gpu_blocks(
         model=model,
         gpu=settings.gpu,
         gpu_memory_utilization=settings.gpu_memory_utilization,
@@ -108,8 +112,8 @@ def build_engine(settings: Settings) -> engine.Engine:
     config = engine.EngineConfig(
         num_gpu_blocks=blocks,
         block_size=settings.block_size,
-        max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=settings.max_num_batched_tokens or 8192,
+        max_num_seqs=settings.max_num_seqs * ranks,
+        max_num_batched_tokens=(settings.max_num_batched_tokens or 8192) * ranks,
         max_model_len=max_model_len,
         enable_prefix_caching=settings.enable_prefix_caching,
         num_speculative_tokens=settings.num_speculative_tokens,

@@ -16,16 +16,25 @@ Llama-3.1-8B-shaped decoder in bf16 on one GPU) fit two formulas:
 - *tensor parallelism* `tp`: weight and attention terms divide by tp; every step adds two all-reduces per
   layer (a latency plus the bytes of the activations over NVLink).
 - *GPU*: the H100 or H200 calibration file.
-- *quantization*: fp8 halves weight bytes and runs GEMMs at the measured bf16/fp8 speed ratio
-  (decode-sized M for d-terms, prefill-sized M for p-terms); int4 weight-only (awq/gptq, Marlin kernels)
+- *quantization*: every value the ModelTier CRD accepts is priced (`QUANTIZATIONS`, each figure's source
+  beside it): fp8 halves weight bytes and runs GEMMs at the measured bf16/fp8 speed ratio (decode-sized M
+  for d-terms, prefill-sized M for p-terms); int4 weight-only (awq/gptq, Marlin kernels; mxfp4 on Hopper)
   quarter the weight bytes, speed memory-bound decode GEMMs 2.5x (an assumption, not measured here) and
-  leave compute-bound prefill GEMMs at 0.95x bf16. `--kv-cache-dtype fp8` halves KV bytes (more blocks,
-  d2 / 2).
+  leave compute-bound prefill GEMMs at 0.95x bf16; gguf and bitsandbytes are slower 4-bit kernels
+  (assumptions). `--kv-cache-dtype fp8` halves KV bytes (more blocks, d2 / 2).
 
 Mixed steps (vLLM V1 runs chunked prefill and decodes in one forward pass): the decode fit prices the decodes,
 and each prefill chunk adds only its marginal cost p1*N + p2*N*(C+N/2), because the pass reads the weights
 and launches its kernels once. A step with no decodes is priced by the prefill fit alone, one with no prefill
 by the decode fit alone, so pure steps reproduce the calibration exactly.
+
+*Data parallelism* `--data-parallel-size N` (N engine ranks of `tp` GPUs each behind one server): one
+engine stands for the N ranks, with N times the KV blocks, sequences and token budget; a step's decode work
+(the d1 and d2 terms) is spread evenly over the ranks, and its prefill chunks too, except that one chunk is
+computed by one rank, so a step takes at least its largest chunk (a lone prompt is no faster than on one
+rank). Two assumptions: vLLM's ranks are balanced (its load balancer counts requests, not tokens), and
+their prefix caches are pooled as one (a prompt cached on one rank is a miss on the others in vLLM, whose
+balancer does not route by prefix): hit rates are optimistic.
 
 Speculative decoding verifies k = 1 + num_speculative_tokens query tokens per sequence at the measured
 multi-token cost (the d1*B*k term) plus a proposer cost per drafted token: 0 for ngram, a fraction of a decode
@@ -48,17 +57,54 @@ GIB: Final = 1024**3
 GPU_MEMORY_BYTES: Final = {"h100": int(79.1 * GIB), "h200": int(139.8 * GIB)}
 GPU_FILES: Final = {"h100": "h100_llama8b.json", "h200": "h200_llama8b.json"}
 
-# Weight bytes per parameter, GEMM kind, for every accepted --quantization value.
+# Every `--quantization` value the ModelTier CRD accepts (`frontier_api.modeltier.Quantization`), priced as
+# (weight bytes per parameter, GEMM kind). A kind's speed against bf16 weight GEMMs, at decode-sized and at
+# prefill-sized M, comes from `GEMM_SPEEDUPS`; "fp8" is measured (the calibration file's bf16/fp8 GEMM times).
+# Where each figure comes from (M: measured here; P: a published figure; A: an assumption):
+#   none          bf16 weights, 2 bytes                                                   M (the calibration)
+#   fp8           1 byte, FP8 GEMMs at the measured speed                                 M
+#   fbgemm_fp8    1 byte, per-channel FP8 GEMMs: priced as fp8                  A (same tensor cores)
+#   modelopt      ModelOpt's FP8 checkpoints (its default format): priced as fp8          A
+#   compressed-tensors  its most common scheme, W8A8 FP8: priced as fp8                   A (the format also
+#                 carries INT8 and W4A16 schemes, which this one price does not tell apart)
+#   awq, gptq, awq_marlin, gptq_marlin  4-bit weights + scales (0.53 bytes: 4 bits and one fp16 scale per
+#                 128 weights), Marlin W4A16 kernels                                      bytes: P (the
+#                 formats); speed: A (2.5x at decode, memory-bound; 0.95x at prefill, dequantising costs)
+#   mxfp4         4-bit microscaled FP4 (4.25 bits: one 8-bit scale per 32 weights); Hopper has no FP4
+#                 tensor cores, so vLLM runs it weight-only (Marlin): priced as int4       bytes: P (the OCP
+#                 MX spec); speed: A
+#   gguf          GGUF files, Q4_K_M typical (4.85 bits per weight, 0.61 bytes); vLLM's GGUF kernels are
+#                 slower than Marlin                              bytes: P (llama.cpp's quant table);
+#                 speed: A (1.8x at decode, 0.7x at prefill)
+#   bitsandbytes  NF4 4-bit weights (0.56 bytes with double-quantised scales), dequantised to bf16 on every
+#                 GEMM                                                                    bytes: P (QLoRA
+#                 paper); speed: A (1.0x at decode: the bandwidth saved is spent dequantising; 0.5x at
+#                 prefill)
+#   experts_int8  int8 weights of MoE experts only; the simulated Llama shape is dense, so nothing is
+#                 quantised and it is priced as bf16                                      A (dense model)
 QUANTIZATIONS: Final = {
     "none": (2.0, "bf16"),
     "fp8": (1.0, "fp8"),
+    "fbgemm_fp8": (1.0, "fp8"),
+    "modelopt": (1.0, "fp8"),
+    "compressed-tensors": (1.0, "fp8"),
     "awq": (0.53, "int4"),
     "awq_marlin": (0.53, "int4"),
     "gptq": (0.53, "int4"),
     "gptq_marlin": (0.53, "int4"),
+    "mxfp4": (0.53, "int4"),
+    "gguf": (0.61, "gguf"),
+    "bitsandbytes": (0.56, "nf4"),
+    "experts_int8": (2.0, "bf16"),
 }
-INT4_DECODE_GEMM_SPEEDUP: Final = 2.5
-INT4_PREFILL_GEMM_SPEEDUP: Final = 0.95
+# (decode-sized M, prefill-sized M) speed of a GEMM kind against bf16; None: measured ("fp8"; calibration).
+GEMM_SPEEDUPS: Final[dict[str, tuple[float, float] | None]] = {
+    "bf16": (1.0, 1.0),
+    "fp8": None,
+    "int4": (2.5, 0.95),
+    "gguf": (1.8, 0.7),
+    "nf4": (1.0, 0.5),
+}
 KV_DTYPE_BYTES: Final = {
     "auto": 2.0,
     "bfloat16": 2.0,
@@ -196,28 +242,32 @@ class StepModel:
     comm_fixed: float  # per step, tensor-parallel all-reduce latency
     comm_per_token: float  # per token in the step, all-reduce bytes
     draft_per_token: float  # per drafted token per step (speculative proposer)
+    data_parallel: int  # ranks sharing one step's sequences and tokens (module doc)
     shape: ModelShape
     weight_bytes_per_gpu: float
     kv_bytes_per_token_per_gpu: float
 
+    def _chunks_time(self, chunks: list[PrefillChunk]) -> float:
+        """The marginal time of prefill chunks: spread over the data-parallel ranks, but one chunk is computed
+        by one rank (the slowest rank sets the step)."""
+        costs = [
+            self.p1 * c.new + self.p2 * c.new * (c.cached + c.new / 2) + self.comm_per_token * c.new
+            for c in chunks
+        ]
+        total = sum(costs)
+        return max(max(costs), total / self.data_parallel) if self.data_parallel > 1 else total
+
     def prefill_time(self, chunks: list[PrefillChunk]) -> float:
         """A step with prefill chunks only (the prefill fit)."""
-        new = sum(c.new for c in chunks)
-        attn = sum(c.new * (c.cached + c.new / 2) for c in chunks)
-        return self.p0 + self.p1 * new + self.p2 * attn + self.comm_fixed + self.comm_per_token * new
+        return self.p0 + self.comm_fixed + self._chunks_time(chunks)
 
     def decode_time(self, *, batch: int, query_tokens: int, context_tokens: int) -> float:
-        """A decode step of `batch` sequences, `query_tokens` each, `context_tokens` summed over sequences."""
+        """A decode step of `batch` sequences, `query_tokens` each, `context_tokens` summed over sequences
+        (spread evenly over the data-parallel ranks)."""
         tokens = batch * query_tokens
         draft = self.draft_per_token * (query_tokens - 1)
-        return (
-            self.d0
-            + self.d1 * tokens
-            + self.d2 * context_tokens
-            + draft
-            + self.comm_fixed
-            + self.comm_per_token * tokens
-        )
+        shared = self.d1 * tokens + self.d2 * context_tokens + self.comm_per_token * tokens
+        return self.d0 + shared / self.data_parallel + draft + self.comm_fixed
 
     def step_time(
         self, *, chunks: list[PrefillChunk], batch: int, query_tokens: int, context_tokens: int
@@ -226,9 +276,7 @@ class StepModel:
         if batch == 0:
             return self.prefill_time(chunks) if chunks else 0.0
         t = self.decode_time(batch=batch, query_tokens=query_tokens, context_tokens=context_tokens)
-        for c in chunks:
-            t += self.p1 * c.new + self.p2 * c.new * (c.cached + c.new / 2) + self.comm_per_token * c.new
-        return t
+        return t + self._chunks_time(chunks) if chunks else t
 
 
 def step_model(
@@ -236,6 +284,7 @@ def step_model(
     calibration: Calibration,
     params: float = CALIBRATED_PARAMS,
     tensor_parallel: int = 1,
+    data_parallel: int = 1,
     quantization: str | None = None,
     kv_cache_dtype: str = "auto",
     speculative_method: str | None = None,
@@ -250,13 +299,14 @@ def step_model(
         raise ValueError(f"--kv-cache-dtype={kv_cache_dtype!r}; allowed: {', '.join(KV_DTYPE_BYTES)}")
     if tensor_parallel < 1:
         raise ValueError(f"--tensor-parallel-size={tensor_parallel}; must be >= 1")
+    if data_parallel < 1:
+        raise ValueError(f"--data-parallel-size={data_parallel}; must be >= 1")
     weight_bytes, gemm = QUANTIZATIONS[quant]
-    if gemm == "fp8":
+    speeds = GEMM_SPEEDUPS[gemm]
+    if speeds is None:
         decode_speed, prefill_speed = calibration.fp8_decode_speedup, calibration.fp8_prefill_speedup
-    elif gemm == "int4":
-        decode_speed, prefill_speed = INT4_DECODE_GEMM_SPEEDUP, INT4_PREFILL_GEMM_SPEEDUP
     else:
-        decode_speed = prefill_speed = 1.0
+        decode_speed, prefill_speed = speeds
     shape = shape_for(params)
     base = CALIBRATED_SHAPE
     tp = tensor_parallel
@@ -291,6 +341,7 @@ def step_model(
         comm_fixed=comm_fixed,
         comm_per_token=comm_per_token,
         draft_per_token=draft,
+        data_parallel=data_parallel,
         shape=shape,
         weight_bytes_per_gpu=params * weight_bytes / tp,
         kv_bytes_per_token_per_gpu=shape.kv_bytes_per_token(kv_dtype) / min(tp, shape.kv_heads),

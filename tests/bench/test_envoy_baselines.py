@@ -3,8 +3,6 @@
 import pytest
 
 from frontier_bench import frontdoors, loadgen, processes, workloads
-from frontier_picker.scheduling import config
-from frontier_picker.scheduling.plugins import cost
 
 from .backends import Backend
 
@@ -101,13 +99,3 @@ async def test_sglang_router_cache_aware_keeps_a_repeated_prompt_on_one_engine(t
             await b.stop()
     assert all(t.ok for t in traces), [t.error for t in traces if not t.ok]
     assert sorted(b.served for b in backends) == [0, 0, 10]
-
-
-def test_frontier_picker_is_told_the_fleets_time_scale():
-    text = frontdoors.picker_config("frontier", time_scale=2.0)
-    scorers = config.load(text).destination_profile.scorers
-    scorer = next(w.scorer for w in scorers if isinstance(w.scorer, cost.PredictedTTFTScorer))
-    assert scorer.prices.fit.p1 == pytest.approx(2 * cost.H100.p1)
-    assert scorer.prices.fit.d0 == pytest.approx(2 * cost.H100.d0)
-    assert frontdoors.picker_config("frontier", time_scale=1.0) == config.builtin_text("frontier")
-    assert frontdoors.picker_config("gie-default", time_scale=2.0) == config.builtin_text("gie-default")

@@ -7,7 +7,9 @@ from importlib import resources
 
 import pytest
 
-from frontier_sim import engine, timing, tokenizer
+from frontier_api import modeltier
+from frontier_sim import engine, flags, timing, tokenizer
+from frontier_sim import settings as settings_
 
 CAL = timing.load("h100")
 MODEL = timing.step_model(calibration=CAL)
@@ -330,3 +332,28 @@ def test_mixed_steps_cost_what_the_gpu_measured_for_a_chunk_and_decodes_in_one_p
             assert priced == pytest.approx(point["seconds"], rel=0.05), point
         else:  # short chunks: the fit's p0 was measured eagerly, an upper bound (calibration README)
             assert point["seconds"] <= priced <= 1.15 * point["seconds"], point
+
+
+@pytest.mark.parametrize("quantization", [q.value for q in modeltier.Quantization])
+def test_every_quantization_the_crd_accepts_is_simulated(quantization):
+    settings = flags.parse_serve(["m", "--quantization", quantization])
+    model = timing.step_model(calibration=CAL, quantization=settings.quantization)
+    step = model.decode_time(batch=32, query_tokens=1, context_tokens=32 * 2048)
+    # No 8- or 4-bit weight format reads more bytes than bf16; none makes a bf16 decode step 3x faster.
+    assert MODEL.decode_time(batch=32, query_tokens=1, context_tokens=32 * 2048) / 3 < step
+    assert model.weight_bytes_per_gpu <= MODEL.weight_bytes_per_gpu
+
+
+def test_data_parallel_ranks_add_capacity_but_do_not_speed_up_a_lone_prompt():
+    one = settings_.build_engine(flags.parse_serve(["m"]))
+    four = settings_.build_engine(flags.parse_serve(["m", "--data-parallel-size", "4"]))
+    assert four.config.num_gpu_blocks == 4 * one.config.num_gpu_blocks
+    assert four.config.max_num_seqs == 4 * one.config.max_num_seqs
+    lone = [timing.PrefillChunk(new=4000, cached=0)]
+    assert four.model.prefill_time(lone) == pytest.approx(one.model.prefill_time(lone))
+    many = [timing.PrefillChunk(new=1000, cached=0)] * 4
+    assert four.model.prefill_time(many) < one.model.prefill_time(many) / 2
+    # 128 sequences over 4 ranks: each rank steps 32 of them.
+    assert four.model.decode_time(batch=128, query_tokens=1, context_tokens=128 * 2048) == pytest.approx(
+        one.model.decode_time(batch=32, query_tokens=1, context_tokens=32 * 2048)
+    )

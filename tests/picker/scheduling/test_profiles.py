@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from frontier_picker.scheduling import config, types
+from frontier_picker.scheduling.plugins import cost
 
 from . import fleet
 
@@ -110,10 +111,21 @@ def test_a_prompt_still_prefilling_keeps_its_endpoint_busy_after_a_scrape_shows_
 
 
 @pytest.mark.parametrize(("slowdown", "joins"), [(1, True), (2, False)])
-def test_a_slower_pool_is_predicted_slower(slowdown, joins):
+def test_a_pool_told_slower_fits_is_predicted_slower(slowdown, joins):
     # 0.35 s later, on an H100 the first prefill (~0.25 s) is over and its endpoint, which runs one sequence
-    # fewer, is the better choice. On engines twice as slow it is still prefilling.
-    scheduler = config.load(_frontier(slowdown=slowdown), seed=1)
+    # fewer, is the better choice. On engines whose fits say twice as slow it is still prefilling.
+    fit = cost.H100
+    scheduler = config.load(
+        _frontier(
+            p0Seconds=fit.p0 * slowdown,
+            p1SecondsPerToken=fit.p1 * slowdown,
+            p2SecondsPerTokenContext=fit.p2 * slowdown,
+            d0Seconds=fit.d0 * slowdown,
+            d1SecondsPerSequence=fit.d1 * slowdown,
+            d2SecondsPerContextToken=fit.d2 * slowdown,
+        ),
+        seed=1,
+    )
     assert _second_long_prompt_joins_the_first(scheduler, scraped_after=0.3, sent_after=0.35) is joins
 
 

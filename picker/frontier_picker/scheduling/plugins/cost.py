@@ -6,14 +6,32 @@ its inputs: the candidates' columns from the cycle, the cached tokens per candid
 traffic (`learners`). Its parameters are declared once, in `PARAMS`.
 """
 
+import dataclasses
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
 from frontier_api import step_fit
+from frontier_picker import endpoints
 from frontier_picker.scheduling import types
 from frontier_picker.scheduling.framework import cycles, plugin
 from frontier_picker.scheduling.plugins import cost_model, learners, pending, prefix
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sample:
+    """What the cost model predicted for a request where it was sent, kept until its completion teaches
+    the speed learner (`cost_model.Prediction` names the parts)."""
+
+    endpoint: str
+    group: str
+    wait: float
+    service: float
+    prefill_prior: float
+    interleaved: float
+    step_prior: float
+
 
 _SHARED = struct.Struct("<QB")  # what a decision taught the ledger, for peers: prefix key, charges
 _CHARGE = struct.Struct("<dd")  # one charge: uncached tokens, predicted service seconds
@@ -74,13 +92,21 @@ DEFAULT_OUTPUT = plugin.Param(
     "expected output tokens of a request without max_tokens, until completions teach the mean",
     0,
 )
-SLOWDOWN = plugin.Param(
-    "slowdown",
-    1.0,
-    "the engines run this many times slower than the p and d fits say (a slower GPU, or a"
-    " time-scaled simulated fleet); multiplies p0..d2",
-    1e-3,
+# Off by default: learned decode speed reads ~1.2x on the calibrated fleet (observed TPOT includes the
+# prefill chunks run between decode steps, which the decode prediction leaves out); with it on, the
+# virtual-6-shared-prefix suite peaked at 56.3 req/s against 59.4 off (seed 0; issue 17's closing note).
+SPEED_RATE = plugin.Param(
+    "speedLearningRate",
+    0.0,
+    "weight of each completion in the learned per-endpoint prefill and decode speed (ratio to the p and d"
+    " fits), e.g. 0.05; 0 (the default) turns learning off and the fits are used as given",
+    0,
 )
+# A TTFT teaches the prefill speed only when the predicted queue wait before it was at most this share of
+# its predicted prefill: then the first token times the prefill itself, not a queue the model may misjudge.
+CLEAN_WAIT_SHARE = 0.25
+# A TPOT from fewer output tokens than this is mostly the first step's noise.
+MIN_DECODE_TOKENS = 4
 PARAMS = (
     PREFIX_PLUGIN,
     P0,
@@ -100,7 +126,7 @@ PARAMS = (
     REUSE,
     DECODE,
     DEFAULT_OUTPUT,
-    SLOWDOWN,
+    SPEED_RATE,
 )
 
 
@@ -128,6 +154,7 @@ class PredictedTTFTScorer(plugin.Scorer):
         staleness_s: float = float(STALENESS.default),
         rate_window_s: float = float(RATE_WINDOW.default),
         default_output_tokens: float = float(DEFAULT_OUTPUT.default),
+        speed_rate: float = float(SPEED_RATE.default),
     ) -> None:
         super().__init__(name)
         self.index = index  # None: nothing is known to be cached anywhere
@@ -137,10 +164,12 @@ class PredictedTTFTScorer(plugin.Scorer):
         self.ledger = pending.Ledger(staleness_s=staleness_s, rate_window_s=rate_window_s)
         self.prefix_rate = learners.PrefixRate()
         self.output_length = learners.OutputLength(default_tokens=default_output_tokens)
-        # Per cycle: (positions, uncached tokens, service time) of each prediction, read at the decision.
-        self.predictions_key: cycles.StateKey[list[tuple[dict[str, int], np.ndarray, np.ndarray]]] = (
-            cycles.StateKey("predicted-ttft/predictions")
-        )
+        self.speed = learners.EngineSpeed(rate=speed_rate)
+        self._samples: dict[str, _Sample] = {}  # request id -> its prediction, until it completes
+        # Per cycle: (positions, candidates, prediction) of each prediction, read at the decision.
+        self.predictions_key: cycles.StateKey[
+            list[tuple[dict[str, int], Sequence[endpoints.EndpointState], cost_model.Prediction]]
+        ] = cycles.StateKey("predicted-ttft/predictions")
 
     @classmethod
     def build(cls, name: str, parameters: plugin.Parameters, handle: plugin.Handle) -> plugin.Plugin:
@@ -153,6 +182,7 @@ class PredictedTTFTScorer(plugin.Scorer):
             staleness_s=values[STALENESS.key],
             rate_window_s=values[RATE_WINDOW.key],
             default_output_tokens=values[DEFAULT_OUTPUT.key],
+            speed_rate=values[SPEED_RATE.key],
         )
 
     def _prefix_key(self, cycle: cycles.Cycle) -> int | None:
@@ -182,7 +212,8 @@ class PredictedTTFTScorer(plugin.Scorer):
             in_flight_prompt_tokens=cycle.column("in_flight_prompt_tokens"),
             in_flight_decode_tokens=cycle.column("in_flight_decode_tokens"),
         )
-        cost, uncached, service = cost_model.predict(
+        prefill_ratio, decode_ratio = self.speed.ratios(cycle.candidates)
+        prediction = cost_model.predict(
             self.prices,
             columns,
             self.ledger.own_load(cycle),
@@ -190,13 +221,15 @@ class PredictedTTFTScorer(plugin.Scorer):
             cached=cached,
             expected_output=self.output_length.expected(cycle.request),
             prefix_rate=lambda: self.prefix_rate.rate(self._prefix_key(cycle), cycle.now),
+            prefill_ratio=prefill_ratio,
+            decode_ratio=decode_ratio,
         )
         predictions = cycle.read(self.predictions_key)
         if predictions is None:
             predictions = []
             cycle.write(self.predictions_key, predictions)
-        predictions.append((cycle.positions(), uncached, service))
-        return cost, uncached
+        predictions.append((cycle.positions(), cycle.candidates, prediction))
+        return prediction.cost, prediction.uncached
 
     def score(self, cycle: cycles.Cycle) -> np.ndarray:
         cost, _ = self.predict(cycle)
@@ -212,16 +245,36 @@ class PredictedTTFTScorer(plugin.Scorer):
             self.ledger.charge(
                 endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
             )
+        if self.speed.rate > 0 and decision.prefill is None:
+            # A disaggregated request's first token also waits for the KV transfer: it teaches nothing.
+            sample = self._sample(cycle, decision.primary)
+            if sample is not None:
+                self._samples[cycle.request.request_id] = sample
+
+    def _sample(self, cycle: cycles.Cycle, key: str) -> _Sample | None:
+        for positions, candidates, p in cycle.read(self.predictions_key) or []:
+            i = positions.get(key)
+            if i is not None:
+                return _Sample(
+                    endpoint=key,
+                    group=learners.group_of(candidates[i].endpoint),
+                    wait=float(p.wait[i]),
+                    service=float(p.service[i]),
+                    prefill_prior=float(p.prefill_prior[i]),
+                    interleaved=float(p.interleaved[i]),
+                    step_prior=float(p.step_prior[i]),
+                )
+        return None
 
     def _charges(self, cycle: cycles.Cycle, decision: types.Decision) -> list[tuple[str, float, float]]:
         """What the decision sends where: (endpoint, uncached tokens, predicted service seconds)."""
         predictions = cycle.read(self.predictions_key) or []
 
         def uncached_at(key: str) -> tuple[float, float]:
-            for positions, uncached, service in predictions:
+            for positions, _candidates, prediction in predictions:
                 i = positions.get(key)
                 if i is not None:
-                    return float(uncached[i]), float(service[i])
+                    return float(prediction.uncached[i]), float(prediction.service[i])
             tokens = float(cycle.request.token_count())
             return tokens, self.prices.fit.p0 + self.prices.fit.p1 * tokens
 
@@ -258,6 +311,33 @@ class PredictedTTFTScorer(plugin.Scorer):
         self.output_length.learn(request, completion)
         prefilled = completion.ttft_s if completion.ttft_s is not None else completion.duration_s
         self.ledger.settle(request.request_id, prefilled, completion.duration_s)
+        sample = self._samples.pop(request.request_id, None)
+        if sample is not None:
+            self._learn_speed(sample, completion)
+
+    def _learn_speed(self, sample: _Sample, completion: types.Completion) -> None:
+        """Teach the speed learner what this request's completion measured against its prediction."""
+        ttft = completion.ttft_s
+        if completion.aborted or completion.status != 200 or ttft is None:
+            return
+        if sample.wait <= CLEAN_WAIT_SHARE * sample.service:
+            # The prefill's own time: the first token less the predicted wait and interleaved decode steps.
+            self.speed.learn(
+                sample.endpoint,
+                sample.group,
+                "prefill",
+                predicted_s=sample.prefill_prior,
+                observed_s=ttft - sample.wait - sample.interleaved,
+            )
+        tokens = completion.completion_tokens or 0
+        if tokens >= MIN_DECODE_TOKENS:
+            self.speed.learn(
+                sample.endpoint,
+                sample.group,
+                "decode",
+                predicted_s=sample.step_prior,
+                observed_s=(completion.duration_s - ttft) / (tokens - 1),
+            )
 
 
 def prices_of(values: dict[str, object]) -> cost_model.Prices:
@@ -268,15 +348,7 @@ def prices_of(values: dict[str, object]) -> cost_model.Prices:
         assert isinstance(value, int | float), f"{param.key} is not a number"
         return float(value)
 
-    slowdown = get(SLOWDOWN)
-    fit = step_fit.StepFit(
-        p0=get(P0) * slowdown,
-        p1=get(P1) * slowdown,
-        p2=get(P2) * slowdown,
-        d0=get(D0) * slowdown,
-        d1=get(D1) * slowdown,
-        d2=get(D2) * slowdown,
-    )
+    fit = step_fit.StepFit(p0=get(P0), p1=get(P1), p2=get(P2), d0=get(D0), d1=get(D1), d2=get(D2))
     return cost_model.Prices(
         fit=fit,
         chunk_tokens=int(get(CHUNK)),

@@ -20,11 +20,12 @@ other requests:
 `u` and `c` are this request's uncached and cached prompt tokens *on that endpoint* (the prefix index's
 matched blocks x 16 tokens), `ahead` the uncached prompt tokens queued there before it. `p0, p1, p2` are the
 calibrated prefill fit `t = p0 + p1*N + p2*N*(C + N/2)` and `d0, d1, d2` the decode-step fit of an H100
-running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simulator's calibration); set them
-per pool for other engines, or set `slowdown` to how many times slower than that the pool's engines run. Every
-term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue first: it drains
-on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token prompts, TTFT p90
-33% above round-robin's without `slowdown`).
+running a Llama-3.1-8B-shaped model (`frontier_api.step_fit`, pinned to the simulator's calibration), the
+prior. Every term is in seconds of the clock the picker lives on, so a wrong speed skews the fluid queue
+first: it drains on the picker's clock (measured: engines running 2x slower than the fit, unique 7,200-token
+prompts, TTFT p90 33% above round-robin's). So each candidate's p terms are multiplied by its learned
+`prefill_ratio` and its d terms by its `decode_ratio` (`learners.EngineSpeed`, taught by completions against
+the `Prediction` parts made here); both are 1 until something is learned, or with learning off.
 
 *Wait.* Queued tokens ahead are the engine's waiting count, sized by the mean uncached tokens of what this
 picker has in flight there, plus the uncached tokens this picker sent after the endpoint's last scrape (not
@@ -101,6 +102,24 @@ class Columns:
     in_flight_decode_tokens: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Prediction:
+    """Per candidate: the cost (seconds), the uncached prompt tokens, the predicted prefill service time, and
+    what the speed learner compares with the request's completion: the predicted queue wait, the prefill's
+    own time at the prior fit (ratio 1; without p0 beside running decodes, as a mixed step reads the
+    weights once), its decode part (steps interleaved with the chunks,
+    plus half a step: on average the request arrives mid-step), and the decode step once it joins the batch
+    at the prior fit."""
+
+    cost: np.ndarray
+    uncached: np.ndarray
+    service: np.ndarray
+    wait: np.ndarray
+    prefill_prior: np.ndarray
+    interleaved: np.ndarray
+    step_prior: np.ndarray
+
+
 def predict(
     prices: Prices,
     columns: Columns,
@@ -110,10 +129,14 @@ def predict(
     cached: np.ndarray,
     expected_output: float,
     prefix_rate: Callable[[], float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per candidate: the cost in seconds, the uncached prompt tokens, and the predicted prefill service
-    time. `prefix_rate` is called only when the interference term needs it."""
+    prefill_ratio: np.ndarray | float = 1.0,
+    decode_ratio: np.ndarray | float = 1.0,
+) -> Prediction:
+    """Per candidate: the cost in seconds and its parts (`Prediction`). `prefill_ratio` and `decode_ratio`
+    scale the p and d terms per candidate (the learned speed of its engine). `prefix_rate` is called only
+    when the interference term needs it."""
     fit = prices.fit
+    p1 = fit.p1 * prefill_ratio
     uncached = prompt - cached
     waiting = columns.waiting
     fresh = columns.fresh
@@ -128,31 +151,31 @@ def predict(
     per_request = np.maximum(in_flight, 1)
     context = (columns.in_flight_prompt_tokens + columns.in_flight_decode_tokens / 2) / per_request
     context = np.where(in_flight > 0, context, prices.default_prompt_tokens)
-    decode_step = np.where(batch > 0, fit.d0 + fit.d1 * batch + fit.d2 * batch * context, 0.0)
+    decode_step = np.where(
+        batch > 0, (fit.d0 + fit.d1 * batch + fit.d2 * batch * context) * decode_ratio, 0.0
+    )
     # Queue wait: the prefill work ahead, or, when the engine admits slower than that (its sequence or
     # KV limit is reached), the waiting requests over the rate it has been finishing requests (Little).
-    prefill_wait = fit.p1 * ahead + np.ceil(ahead / prices.chunk_tokens) * decode_step
+    prefill_wait = p1 * ahead + np.ceil(ahead / prices.chunk_tokens) * decode_step
     drain_rate = own.drain_rate
     admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
-    service = (
-        fit.p0
-        + fit.p1 * uncached
-        + fit.p2 * uncached * (cached + uncached / 2)
-        + np.ceil(uncached / prices.chunk_tokens) * decode_step
-    )
+    prefill_prior = fit.p0 + fit.p1 * uncached + fit.p2 * uncached * (cached + uncached / 2)
+    chunks = np.ceil(uncached / prices.chunk_tokens)
+    service = prefill_prior * prefill_ratio + chunks * decode_step
     # `backlog` (own decisions) also sees prefills already admitted, which the scraped counts miss.
-    cost = np.maximum(np.maximum(prefill_wait, admission_wait), own.backlog) + service
+    wait = np.maximum(np.maximum(prefill_wait, admission_wait), own.backlog)
+    cost = wait + service
+    # Every sequence running, waiting or sent there shares each decode step with this one.
+    sharing = np.maximum(np.where(fresh, running + waiting, 0.0), in_flight)
+    step_prior = fit.d0 + fit.d1 * (sharing + 1) + fit.d2 * (sharing * context + prompt)
     if prices.decode_weight:
-        # Every sequence running, waiting or sent there shares each decode step with this one.
-        sharing = np.maximum(np.where(fresh, running + waiting, 0.0), in_flight)
-        step = fit.d0 + fit.d1 * (sharing + 1) + fit.d2 * (sharing * context + prompt)
-        cost = cost + prices.decode_weight * expected_output * step
+        cost = cost + prices.decode_weight * expected_output * step_prior * decode_ratio
     capacity = columns.kv_capacity_tokens
     kv = np.where(fresh, columns.kv, 0.0)
     free = np.where(capacity > 0, (1.0 - kv) * capacity, np.where(kv >= 0.98, 0.0, np.inf))
     cost = cost + np.where(uncached + ahead > free, prices.no_room_s, 0.0)
     # New KV blocks on a busy cache displace other prompts' cached blocks: price their recomputation.
-    cost = cost + prices.eviction_weight * fit.p1 * uncached * kv
+    cost = cost + prices.eviction_weight * p1 * uncached * kv
     # Every sequence running or waiting there stalls while tokens are computed; only the tokens beyond
     # the least this prompt needs anywhere are a choice (a miss where another endpoint has a hit).
     excess = uncached - uncached.min() if uncached.size else uncached
@@ -160,5 +183,14 @@ def predict(
         others = np.where(fresh, running + waiting, in_flight)
         # A copy made now serves this prefix's next requests too: the stall is shared among them.
         reuse = 1.0 + prefix_rate() * prices.reuse_horizon_s
-        cost = cost + prices.interference_weight * others * fit.p1 * excess / reuse
-    return cost, uncached, service
+        cost = cost + prices.interference_weight * others * p1 * excess / reuse
+    interleaved = (chunks + 0.5) * decode_step
+    return Prediction(
+        cost=cost,
+        uncached=uncached,
+        service=service,
+        wait=wait,
+        prefill_prior=np.where(batch > 0, prefill_prior - fit.p0, prefill_prior),
+        interleaved=interleaved,
+        step_prior=step_prior,
+    )
