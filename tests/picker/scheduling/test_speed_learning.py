@@ -71,10 +71,17 @@ def test_ratios_follow_the_candidates_and_a_groups_change():
     assert prefill[1] == pytest.approx(2.0, rel=0.15)  # the second borrows the group's
 
 
+# The built-in `frontier` profile with speed learning on (off by default: `cost.SPEED_RATE`).
+LEARNING = config.builtin_text("frontier").replace(
+    "- type: predicted-ttft-scorer", "- type: predicted-ttft-scorer\n  parameters: {speedLearningRate: 0.05}"
+)
+
+
 def _learned_ratios(*engine_args: str) -> dict[str, float]:
     """Run 300 requests of 1,500-token unique prompts on 4 simulated engines with these flags through the
-    `frontier` profile (told nothing); the learned ratio per phase, averaged over the endpoints."""
-    scheduler = config.load(builtin="frontier", seed=0)
+    `frontier` profile with learning on (told nothing); the learned ratio per phase, averaged over the
+    endpoints."""
+    scheduler = config.load(LEARNING, seed=0)
     rng = random.Random(0)
     t = 0.0
     arrivals = []
@@ -101,7 +108,7 @@ def test_the_picker_learns_that_a_fleet_it_was_not_told_about_runs_twice_as_slow
 
 
 def test_learned_speeds_are_exported_per_endpoint_and_phase():
-    scheduler = config.load(builtin="frontier", seed=0)
+    scheduler = config.load(LEARNING, seed=0)
     own = metrics.create()
     server.observe_plugins(scheduler, own)
     scorer = next(m for m in scheduler.members() if isinstance(m, cost.PredictedTTFTScorer))
