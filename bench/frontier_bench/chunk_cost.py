@@ -41,7 +41,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
-from frontier_bench import processes, protocol_overhead
+from frontier_bench import frontdoors, processes, protocol_overhead
 from frontier_picker import event_loop
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,17 @@ def _arm_argv(arm: str, port: int, endpoints_file: Path) -> list[str]:
             "--loop",
             loop,
         ]
-    return [
-        *[sys.executable, "-m", "frontier_picker.main", "--address", ADDRESS, "--grpc-port", str(port)],
-        *["--grpc-health-port", "0", "--metrics-port", "0", "--secure-serving", "false"],
-        *["--endpoints-file", str(endpoints_file), "--fallbacks", "0", "--builtin-config", "round-robin"],
-        *["--refresh-metrics-interval", "0", "--workers", "1", "--event-loop", loop],
-    ]
+    return frontdoors.picker_argv(
+        endpoints_file=endpoints_file,
+        address=ADDRESS,
+        grpc_port=port,
+        health_port=0,
+        metrics_port=0,
+        extra=[
+            *["--fallbacks", "0", "--builtin-config", "round-robin", "--refresh-metrics-interval", "0"],
+            *["--workers", "1", "--event-loop", loop],
+        ],
+    )
 
 
 async def run(*, streams: int, chunks: int, rounds: int, work: Path) -> list[dict[str, Any]]:
