@@ -153,6 +153,15 @@ class Cluster:
     namespace: str
 
 
+def pool_cluster(plane: controlplane.ControlPlane, namespace_prefix: str) -> Cluster:
+    """A fresh namespace of `plane` holding the benchmark's InferencePool, where every picker looks for it."""
+    namespace = plane.namespace(namespace_prefix)
+    k8s_client.CustomObjectsApi(plane.api_client()).create_namespaced_custom_object(
+        names.GIE_GROUP, names.GIE_VERSION, namespace, names.INFERENCE_POOL_PLURAL, inference_pool()
+    )
+    return Cluster(kubeconfig=plane.kubeconfig, namespace=namespace)
+
+
 @dataclasses.dataclass(slots=True, kw_only=True)
 class Door:
     policy: str
@@ -406,11 +415,8 @@ async def run(
     rows: list[Row] = []
     with controlplane.ControlPlane(work / "controlplane", node_pools=()) as plane:
         api = plane.api_client()
-        namespace = plane.namespace("gie-mode")
-        k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
-            names.GIE_GROUP, names.GIE_VERSION, namespace, names.INFERENCE_POOL_PLURAL, inference_pool()
-        )
-        cluster = Cluster(kubeconfig=plane.kubeconfig, namespace=namespace)
+        cluster = pool_cluster(plane, "gie-mode")
+        namespace = cluster.namespace
         # The fleet and frontier-picker run from a snapshot of HEAD, as the other real-time suites do.
         frozen = harness.freeze_source(work / "source")
         with processes.Group(work / "logs", env=frozen) as group:

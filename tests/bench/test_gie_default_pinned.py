@@ -133,11 +133,8 @@ async def pool_and_epp(
 ) -> AsyncIterator[tuple[fleet.Fleet, gie_mode.Door]]:
     monkeypatch.setattr(gie_mode, "FRONT_DOOR_ADDRESS", "127.4.15.100")
     api = control_plane.api_client()
-    namespace = control_plane.namespace("gie-pinned")
-    k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
-        names.GIE_GROUP, names.GIE_VERSION, namespace, names.INFERENCE_POOL_PLURAL, gie_mode.inference_pool()
-    )
-    cluster = gie_mode.Cluster(kubeconfig=control_plane.kubeconfig, namespace=namespace)
+    cluster = gie_mode.pool_cluster(control_plane, "gie-pinned")
+    namespace = cluster.namespace
     with processes.Group(tmp_path / "logs") as group:
         running = await fleet.start(
             group,

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s_client
 
-from frontier_api import names
 from frontier_bench import fleet, gie_mode, processes
 from frontier_testkit import controlplane
 
@@ -22,11 +21,8 @@ async def test_each_picker_finds_the_pools_engines_and_routes_in_gie_mode(
         pytest.skip("the GIE EPP is not built (make epp)")
     monkeypatch.setattr(gie_mode, "FRONT_DOOR_ADDRESS", "127.4.14.100")
     api = control_plane.api_client()
-    namespace = control_plane.namespace("gie-mode")
-    k8s_client.CustomObjectsApi(api).create_namespaced_custom_object(
-        names.GIE_GROUP, names.GIE_VERSION, namespace, names.INFERENCE_POOL_PLURAL, gie_mode.inference_pool()
-    )
-    cluster = gie_mode.Cluster(kubeconfig=control_plane.kubeconfig, namespace=namespace)
+    cluster = gie_mode.pool_cluster(control_plane, "gie-mode")
+    namespace = cluster.namespace
     with processes.Group(tmp_path / "logs") as group:
         running = await fleet.start(
             group,
