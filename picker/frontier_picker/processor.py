@@ -40,7 +40,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeAlias
 
 import grpc
@@ -718,7 +718,7 @@ class PeerStreams:
 
 
 class IdleWatch:
-    """Cancels the task serving a stream once no message came for `limit` seconds.
+    """Cancels the task serving a stream once no message came for `limit` seconds (0: never).
 
     One timer per stream, moved only when it fires; a message just notes the time. Re-arming a timer on
     every message cost a few microseconds each and left a cancelled handle in the loop's heap per chunk.
@@ -729,13 +729,22 @@ class IdleWatch:
         self.limit = limit
         self.task = asyncio.current_task()
         self.last = self.loop.time()
-        self.paused = False  # while the request waits in flow control's queue: that time is the picker's
+        self.paused = False  # while the picker itself holds the request: that time is not the client's
         self.expired = False
-        self.handle = self.loop.call_at(self.last + limit, self._check)
+        self.handle = self.loop.call_at(self.last + limit, self._check) if limit > 0 else None
 
     def touch(self) -> None:
         """A message came."""
         self.last = self.loop.time()
+
+    async def excluding(self, waiting: Awaitable[None]) -> None:
+        """Await `waiting` (the picker's own work or queue) with the silence clock stopped."""
+        self.paused = True
+        try:
+            await waiting
+        finally:
+            self.paused = False
+            self.touch()
 
     def _check(self) -> None:
         due = (self.loop.time() if self.paused else self.last) + self.limit
@@ -747,7 +756,8 @@ class IdleWatch:
             self.task.cancel()
 
     def close(self) -> None:
-        self.handle.cancel()
+        if self.handle is not None:
+            self.handle.cancel()
 
 
 def _serialize(reply: Reply) -> bytes:
@@ -816,12 +826,10 @@ class Processor:
     ) -> bool:
         """Answer `stream`'s messages until the client ends; True when instead it stayed silent for the
         idle timeout (time its request waits in flow control's queue is the picker's, and does not count)."""
-        limit = self.ctx.settings.stream_idle_timeout_s
-        idle = IdleWatch(limit) if limit > 0 else None
+        idle = IdleWatch(self.ctx.settings.stream_idle_timeout_s)
         try:
             async for raw in request_iterator:
-                if idle is not None:
-                    idle.touch()
+                idle.touch()
                 chunk = wire.response_chunk(raw) if stream.reader is not None else None
                 if chunk is not None:
                     out = stream.on_response_chunk(chunk.body, end=chunk.end)
@@ -830,34 +838,23 @@ class Processor:
                 for reply in out:
                     await context.write(reply)
                 if stream.preparing is not None:
-                    if idle is not None:
-                        idle.paused = True  # the picker's own time, as in flow control's queue
-                    await self._prepare(stream)
-                    if idle is not None:
-                        idle.paused = False
-                        idle.touch()
+                    await idle.excluding(self._prepare(stream))
                     for reply in stream.resume():
                         await context.write(reply)
                 if stream.ticket is not None:
-                    if idle is not None:
-                        idle.paused = True
-                    await self._queued(stream)
-                    if idle is not None:
-                        idle.paused = False
-                        idle.touch()
+                    await idle.excluding(self._queued(stream))
                 for reply in stream.take_parked():
                     await context.write(reply)
                 if stream.closed:
                     break
         except asyncio.CancelledError:
-            if idle is None or not idle.expired:
+            if not idle.expired:
                 raise
             if idle.task is not None:
                 idle.task.uncancel()
             return True
         finally:
-            if idle is not None:
-                idle.close()
+            idle.close()
         return False
 
     @staticmethod
