@@ -1,7 +1,8 @@
 """`python -m frontier_bench.misspecified`: fleets the picker's prior fit (an H100 running a Llama-3.1-8B
 shape) does not describe, the picker told nothing about them, in virtual time.
 
-Fleets (each `ENGINES` engines of the cluster simulator): an H200, FP8 weights, a 70B-class model on 4 GPUs
+Fleets (each `ENGINES` engines of the cluster simulator): the control (`h100-prior`, the engines the
+prior describes), an H200, FP8 weights, a 70B-class model on 4 GPUs
 (tensor parallel), a fleet 2x slower (a 16B-parameter model: twice the per-token prefill and per-sequence
 decode work), and a mixed pool of H100 and H200 engines. Arms:
 
@@ -67,6 +68,9 @@ class Fleet:
 
 
 FLEETS: Final = (
+    # The control: the fleet the prior fit describes (told = unlearned), what learning costs where it has
+    # nothing to correct.
+    Fleet(name="h100-prior", parts=((),)),
     Fleet(name="h200", parts=(("--sim-gpu", "h200"),)),
     Fleet(name="fp8", parts=(("--quantization", "fp8"),)),
     Fleet(name="70b-tp4", parts=(("--sim-params", "70.6e9", "--tensor-parallel-size", "4"),)),

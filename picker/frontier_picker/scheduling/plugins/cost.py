@@ -27,10 +27,11 @@ class _Sample:
     endpoint: str
     group: str
     wait: float
-    service: float
     prefill_prior: float
+    prefill_fixed: float  # the part of `prefill_prior` that is not per token (p0, or 0 beside decodes)
     interleaved: float
     step_prior: float
+    sent_mark: float  # the endpoint's prefill work sent so far (`EngineSpeed.sent`), this request's included
 
 
 _SHARED = struct.Struct("<QB")  # what a decision taught the ledger, for peers: prefix key, charges
@@ -92,9 +93,6 @@ DEFAULT_OUTPUT = plugin.Param(
     "expected output tokens of a request without max_tokens, until completions teach the mean",
     0,
 )
-# Off by default: learned decode speed reads ~1.2x on the calibrated fleet (observed TPOT includes the
-# prefill chunks run between decode steps, which the decode prediction leaves out); with it on, the
-# virtual-6-shared-prefix suite peaked at 56.3 req/s against 59.4 off (seed 0; issue 17's closing note).
 SPEED_RATE = plugin.Param(
     "speedLearningRate",
     0.0,
@@ -102,9 +100,10 @@ SPEED_RATE = plugin.Param(
     " fits), e.g. 0.05; 0 (the default) turns learning off and the fits are used as given",
     0,
 )
-# A TTFT teaches the prefill speed only when the predicted queue wait before it was at most this share of
-# its predicted prefill: then the first token times the prefill itself, not a queue the model may misjudge.
-CLEAN_WAIT_SHARE = 0.25
+# A TTFT teaches the prefill speed only when the predicted queue wait and decode steps interleaved with the
+# prefill are at most this share of the prefill itself: then the first token times the prefill, not parts
+# the model may misjudge (a mostly cached prompt's first token is mostly decode steps of other requests).
+CLEAN_SHARE = 0.5
 # A TPOT from fewer output tokens than this is mostly the first step's noise.
 MIN_DECODE_TOKENS = 4
 PARAMS = (
@@ -245,24 +244,38 @@ class PredictedTTFTScorer(plugin.Scorer):
             self.ledger.charge(
                 endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
             )
-        if self.speed.rate > 0 and decision.prefill is None:
-            # A disaggregated request's first token also waits for the KV transfer: it teaches nothing.
-            sample = self._sample(cycle, decision.primary)
-            if sample is not None:
-                self._samples[cycle.request.request_id] = sample
+        if self.speed.rate > 0:
+            self._count_prefill(cycle, decision.prefill or decision.primary)
+            if decision.prefill is None:
+                # A disaggregated request's first token also waits for the KV transfer: it teaches nothing.
+                sample = self._sample(cycle, decision.primary)
+                if sample is not None:
+                    self._samples[cycle.request.request_id] = sample
+
+    def _count_prefill(self, cycle: cycles.Cycle, key: str) -> None:
+        """Tell the speed learner the prefill work (prior seconds) this decision sends to `key`."""
+        for positions, _candidates, p in cycle.read(self.predictions_key) or []:
+            i = positions.get(key)
+            if i is not None:
+                self.speed.sent(key, float(p.prefill_prior[i]))
+                return
 
     def _sample(self, cycle: cycles.Cycle, key: str) -> _Sample | None:
+        prompt = float(cycle.request.token_count())
         for positions, candidates, p in cycle.read(self.predictions_key) or []:
             i = positions.get(key)
             if i is not None:
+                uncached = float(p.uncached[i])
+                tokens_s = cost_model.chunk_s(self.prices.fit, uncached, prompt - uncached)
                 return _Sample(
                     endpoint=key,
                     group=learners.group_of(candidates[i].endpoint),
                     wait=float(p.wait[i]),
-                    service=float(p.service[i]),
                     prefill_prior=float(p.prefill_prior[i]),
+                    prefill_fixed=float(p.prefill_prior[i]) - tokens_s,
                     interleaved=float(p.interleaved[i]),
                     step_prior=float(p.step_prior[i]),
+                    sent_mark=self.speed.sent_total(key),
                 )
         return None
 
@@ -304,6 +317,10 @@ class PredictedTTFTScorer(plugin.Scorer):
             self.ledger.charge(
                 endpoint, tokens, service_s, now=shared.now, request_id=shared.request.request_id
             )
+            if self.speed.rate > 0 and tokens:
+                # A peer's prefill interleaves with this picker's decodes there too (its cached context
+                # is not shared: priced as none).
+                self.speed.sent(endpoint, cost_model.chunk_s(self.prices.fit, tokens, 0.0))
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
@@ -320,23 +337,38 @@ class PredictedTTFTScorer(plugin.Scorer):
         ttft = completion.ttft_s
         if completion.aborted or completion.status != 200 or ttft is None:
             return
-        if sample.wait <= CLEAN_WAIT_SHARE * sample.service:
-            # The prefill's own time: the first token less the predicted wait and interleaved decode steps.
+        # The prefill's own time: the first token less the predicted wait and interleaved decode steps,
+        # against the prefill of the tokens the engine says it computed where it reports its cache hit
+        # (the approximate prefix index's misses and false hits are not the engine's speed).
+        predicted = sample.prefill_prior
+        prompt, cached = completion.prompt_tokens, completion.cached_tokens
+        if prompt is not None and cached is not None:
+            uncached = float(max(prompt - cached, 0))
+            predicted = sample.prefill_fixed + cost_model.chunk_s(self.prices.fit, uncached, float(cached))
+        if sample.wait + sample.interleaved <= CLEAN_SHARE * predicted:
             self.speed.learn(
                 sample.endpoint,
                 sample.group,
                 "prefill",
-                predicted_s=sample.prefill_prior,
+                predicted_s=predicted,
                 observed_s=ttft - sample.wait - sample.interleaved,
             )
         tokens = completion.completion_tokens or 0
-        if tokens >= MIN_DECODE_TOKENS:
+        if tokens < MIN_DECODE_TOKENS:
+            return
+        # The decode steps also ran the prefill chunks of requests sent there after this one (a mixed step
+        # costs its decode plus its chunks): their predicted time, at the learned prefill speed, is not
+        # this request's decode.
+        others = self.speed.sent_total(sample.endpoint) - sample.sent_mark
+        prefill_ratio = self.speed.ratio(sample.endpoint, sample.group, "prefill")
+        decode_s = completion.duration_s - ttft - others * prefill_ratio
+        if decode_s > 0:
             self.speed.learn(
                 sample.endpoint,
                 sample.group,
                 "decode",
                 predicted_s=sample.step_prior,
-                observed_s=(completion.duration_s - ttft) / (tokens - 1),
+                observed_s=decode_s / (tokens - 1),
             )
 
 

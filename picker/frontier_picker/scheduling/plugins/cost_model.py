@@ -65,11 +65,14 @@ common to every endpoint changes nothing), and 0.37 for one predicted `scoreScal
 
 import dataclasses
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 
 from frontier_api import step_fit
 from frontier_picker.scheduling.plugins import pending
+
+Tokens = TypeVar("Tokens", float, np.ndarray)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +123,12 @@ class Prediction:
     step_prior: np.ndarray
 
 
+def chunk_s(fit: step_fit.StepFit, uncached: Tokens, cached: Tokens) -> Tokens:
+    """Prefill of `uncached` new tokens over `cached` ones at `fit`, without the fixed p0: what it adds to
+    a step that runs anyway."""
+    return fit.p1 * uncached + fit.p2 * uncached * (cached + uncached / 2)
+
+
 def predict(
     prices: Prices,
     columns: Columns,
@@ -159,7 +168,7 @@ def predict(
     prefill_wait = p1 * ahead + np.ceil(ahead / prices.chunk_tokens) * decode_step
     drain_rate = own.drain_rate
     admission_wait = np.where(fresh & (drain_rate > 0), waiting / np.maximum(drain_rate, 1e-9), 0.0)
-    prefill_prior = fit.p0 + fit.p1 * uncached + fit.p2 * uncached * (cached + uncached / 2)
+    prefill_prior = fit.p0 + chunk_s(fit, uncached, cached)
     chunks = np.ceil(uncached / prices.chunk_tokens)
     service = prefill_prior * prefill_ratio + chunks * decode_step
     # `backlog` (own decisions) also sees prefills already admitted, which the scraped counts miss.

@@ -7,7 +7,9 @@ requested, how long answers are, and how fast each endpoint's engine runs.
   used (and their mean length when `max_tokens` is absent), learned as running means.
 - `EngineSpeed`: per endpoint, how many times slower than the calibrated prior fit its prefill and its decode
   steps run (the *ratio*; 1 = as the prior says, 2 = twice as slow), learned from completions: a TTFT
-  observed against the prefill the cost model predicted for it, a TPOT against the decode step it predicted.
+  observed against the prefill the cost model predicted for it, a TPOT against the decode step it predicted
+  (less the prefill of requests sent there after it, whose chunks ran between its decode steps: without
+  that, decode on the calibrated fleet read ~1.2x slow).
   Each ratio is an exponentially weighted mean of log(observed / predicted), each observation clipped to
   within `CLIP`x of the current estimate (one outlier, a request stuck behind a preemption, moves it little;
   a fleet 3x slower than the prior is still learned in a few completions). An endpoint with few samples
@@ -126,6 +128,16 @@ class EngineSpeed:
         self._ratios: dict[str, tuple[float, float]] = {}
         self._members: dict[str, set[str]] = {}  # group -> endpoint keys with a cached ratio
         self._group_cached: dict[tuple[str, str], float] = {}  # (group, phase) -> its log at last drop
+        self._sent: dict[str, float] = {}  # endpoint key -> prefill work sent there so far (prior seconds)
+
+    def sent(self, key: str, prefill_s: float) -> None:
+        """Count prefill work (seconds at the prior fit) sent to endpoint `key`: the chunks of it that run
+        between another request's decode steps lengthen that request's TPOT, and are not its decode."""
+        self._sent[key] = self._sent.get(key, 0.0) + prefill_s
+
+    def sent_total(self, key: str) -> float:
+        """Prefill work sent to `key` so far (a running total: two readings bound a window)."""
+        return self._sent.get(key, 0.0)
 
     def _log_ratio(self, key: str, group: str, phase: str) -> float:
         group_fit = self._groups.get((group, phase))
