@@ -60,6 +60,9 @@ INFERENCE_PATHS: Final = frozenset(
     {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/v1/embeddings"}
 )
 MODELS_PATH: Final = "/v1/models"
+# The simulated engine's own request field (vLLM ignores unknown fields): the answer's length, where the
+# simulated model emits EOS (finish_reason "stop") unless max_tokens comes first or ignore_eos is set.
+SIM_OUTPUT_TOKENS: Final = "sim_output_tokens"
 
 # The Envoy attribute the bootstrap asks for: when the gateway got the request's first byte (the picker's
 # overload check measures how late a request reaches it from this).

@@ -4,7 +4,7 @@ Virtual-time sweeps (the cluster simulator, picker code in-process, and the perf
 - `virtual-16`, `virtual-128`, `virtual-1024`: the llm-d study shape (1,000-token outputs) scaled to 16, 128
   and 1,024 engines; the full ladder at 16, one load at the larger sizes (their wall time is minutes a run);
 - `virtual-16-multi-turn-chat`, `virtual-16-long-documents`, `virtual-16-no-sharing`,
-  `virtual-16-mixed-lengths`: the other workloads;
+  `virtual-16-mixed-lengths`, `virtual-16-mixed-lengths-eos`: the other workloads;
 - `virtual-6-shared-prefix`: the real-time shared-prefix fleet and shape, each policy's peak goodput found
   by search (`knee.py`), up to and past its knee; `virtual-6-shared-prefix-bursty-cv3` the same with bursty
   arrivals (Gamma gaps, CV 3);
@@ -258,6 +258,22 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             workload=workloads.mixed_lengths(median_prompt_len=1500, median_output_len=150, seed=0),
             description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
             " 16,000), outputs median 150 (sigma 0.8, up to 1,000)",
+        ),
+        # The same draws as clients send them: one max_tokens (1,000) for all, answers ending at EOS, so the
+        # picker must learn how much of max_tokens answers use.
+        VirtualSuite(
+            engines=small,
+            policies=virtual.POLICIES,
+            loads_per_engine=(3.0, 6.0, 9.0),
+            duration_s=30.0 * scale,
+            warmup_s=10.0,
+            seeds=draws,
+            workload=workloads.mixed_lengths(
+                median_prompt_len=1500, median_output_len=150, ends_at_eos=True, seed=0
+            ),
+            description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
+            " 16,000), answers median 150 (sigma 0.8, up to 1,000) ending at EOS, every request asking"
+            " max_tokens 1,000",
         ),
         # The real-time shared-prefix sweep's fleet and shape, carried up to and past each policy's own knee
         # by search (fresh 1,200-token questions make it prefill-bound: `frontier` holds ~60 req/s).

@@ -41,6 +41,7 @@ def arrivals(
             prompt=prompt.prompt,
             messages=[{"role": role, "content": content} for role, content in prompt.messages],
             max_tokens=prompt.max_tokens,
+            output_tokens=prompt.output_tokens,
         )
 
 

@@ -43,6 +43,8 @@ from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 
+from frontier_api import names
+
 # 26^3 three-letter words; drawing from all of them makes accidental shared prefixes between groups
 # vanishingly unlikely (the first 16-token block of two groups collides with probability 17,576^-16).
 _LETTERS: Final = np.array(list("abcdefghijklmnopqrstuvwxyz"))
@@ -71,14 +73,21 @@ class Prompt:
     messages: tuple[tuple[str, str], ...] = ()
     max_tokens: int
     group: str  # what it shares a prefix with ("" when nothing); used for reporting, never for routing
+    # The answer's own length, where the (simulated) model emits EOS; None: it runs to max_tokens.
+    output_tokens: int | None = None
 
     @property
     def api(self) -> Api:
         return "chat" if self.messages else "completions"
 
     def body(self, *, model: str, stream: bool = True) -> dict[str, Any]:
-        """The OpenAI request body; `ignore_eos` makes the engine emit exactly `max_tokens` tokens."""
-        body: dict[str, Any] = {"model": model, "max_tokens": self.max_tokens, "ignore_eos": True}
+        """The OpenAI request body: without an answer length, `ignore_eos` makes the engine emit exactly
+        `max_tokens` tokens; with one, the simulator's `sim_output_tokens` ends the answer there (EOS)."""
+        body: dict[str, Any] = {"model": model, "max_tokens": self.max_tokens}
+        if self.output_tokens is None:
+            body["ignore_eos"] = True
+        else:
+            body[names.SIM_OUTPUT_TOKENS] = self.output_tokens
         if self.messages:
             body["messages"] = [{"role": role, "content": content} for role, content in self.messages]
         else:
@@ -446,6 +455,9 @@ class MixedLengths:
     output_sigma: float = 0.8
     max_prompt_len: int = 16000
     max_output_len: int = 1000
+    # True: every request asks for max_output_len tokens and its answer ends at its drawn length (EOS), as
+    # clients send one max_tokens for all; False: max_tokens is the drawn length.
+    ends_at_eos: bool = False
     seed: int = 0
     name: str = "mixed-lengths"
 
@@ -462,6 +474,13 @@ class MixedLengths:
 
         prompt_len = length(self.median_prompt_len, self.prompt_sigma, self.max_prompt_len)
         output_len = length(self.median_output_len, self.output_sigma, self.max_output_len)
+        if self.ends_at_eos:
+            return Prompt(
+                prompt=words(rng, prompt_len),
+                max_tokens=self.max_output_len,
+                output_tokens=output_len,
+                group="",
+            )
         return Prompt(prompt=words(rng, prompt_len), max_tokens=output_len, group="")
 
 
@@ -473,9 +492,10 @@ def mixed_lengths(
     output_sigma: float = 0.8,
     max_prompt_len: int = 16000,
     max_output_len: int = 1000,
+    ends_at_eos: bool = False,
     seed: int = 0,
 ) -> MixedLengths:
-    """Fresh prompts with log-normal prompt and output lengths."""
+    """Fresh prompts with log-normal prompt and output lengths (`ends_at_eos`: see `MixedLengths`)."""
     _require_positive(median_prompt_len=median_prompt_len, median_output_len=median_output_len)
     return MixedLengths(
         median_prompt_len=median_prompt_len,
@@ -484,7 +504,9 @@ def mixed_lengths(
         output_sigma=output_sigma,
         max_prompt_len=max_prompt_len,
         max_output_len=max_output_len,
+        ends_at_eos=ends_at_eos,
         seed=seed,
+        name="mixed-lengths-eos" if ends_at_eos else "mixed-lengths",
     )
 
 

@@ -107,6 +107,7 @@ class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     max_tokens: int
+    eos_after: int | None  # the simulated model ends its answer (EOS) after this many tokens; None: never
     lora: str | None
     prefill_only: bool
     kv_transferred: bool
@@ -122,6 +123,12 @@ class EngineRequest:
     aborted: bool = False
     num_preemptions: int = 0
 
+    def tokens_left(self, max_model_len: int) -> int:
+        """Tokens it may still emit before it ends: at max_tokens, at EOS or at the context limit."""
+        done = len(self.output_token_ids)
+        left = min(self.max_tokens - done, max_model_len - self.num_tokens)
+        return left if self.eos_after is None else min(left, self.eos_after - done)
+
     def tokens(self, start: int, end: int) -> list[int]:
         p = len(self.prompt_token_ids)
         if end <= p:
@@ -136,7 +143,7 @@ class FinishedRequest:
     """A request that left the engine, with what the API reports about it."""
 
     request_id: str
-    finish_reason: str  # "length" or "abort"
+    finish_reason: str  # "length", "stop" (EOS) or "abort"
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
@@ -348,12 +355,15 @@ class Engine:
         prompt_token_ids: list[int],
         *,
         max_tokens: int,
+        eos_after: int | None = None,
         lora: str | None = None,
         prefill_only: bool = False,
         kv_transferred: bool = False,
         seed: int | None = None,
     ) -> None:
-        """Queue a request; raises ValueError (an HTTP 400) when it cannot ever run on this engine."""
+        """Queue a request; raises ValueError (an HTTP 400) when it cannot ever run on this engine.
+        `eos_after`: the answer's own length (the model emits EOS after that many tokens, unless
+        `max_tokens` stops it first); None: it runs to `max_tokens`."""
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already in the engine")
         prompt_len = len(prompt_token_ids)
@@ -361,6 +371,8 @@ class Engine:
             raise ValueError("the prompt is empty")
         if max_tokens < 1:
             raise ValueError(f"max_tokens={max_tokens}; must be >= 1")
+        if eos_after is not None and eos_after < 1:
+            raise ValueError(f"eos_after={eos_after}; must be >= 1")
         if prompt_len + max_tokens > self.config.max_model_len:
             raise ValueError(
                 f"This model's maximum context length is {self.config.max_model_len} tokens; the request has "
@@ -377,6 +389,7 @@ class Engine:
             request_id=request_id,
             prompt_token_ids=prompt_token_ids,
             max_tokens=1 if prefill_only else max_tokens,
+            eos_after=None if prefill_only else eos_after,
             lora=lora,
             prefill_only=prefill_only,
             kv_transferred=kv_transferred,
@@ -458,8 +471,7 @@ class Engine:
                 seq.num_computed += item.num_new
                 emit = 1 if seq.num_computed >= seq.num_tokens else 0
             if emit:
-                room = min(seq.max_tokens - len(seq.output_token_ids), cfg.max_model_len - seq.num_tokens)
-                emit = min(emit, room)
+                emit = min(emit, seq.tokens_left(cfg.max_model_len))
                 start = seq.num_tokens
                 new = [tokenizer.output_token(seq.seed, start + i) for i in range(emit)]
                 if not seq.output_token_ids and not seq.num_preemptions:
@@ -473,6 +485,9 @@ class Engine:
                 self.register_full_blocks(seq)
             if len(seq.output_token_ids) >= seq.max_tokens or seq.num_tokens >= cfg.max_model_len:
                 finished.append(self._finish(seq, "length"))
+                any_done = True
+            elif seq.eos_after is not None and len(seq.output_token_ids) >= seq.eos_after:
+                finished.append(self._finish(seq, "stop"))
                 any_done = True
         if any_done:
             self.running = [s for s in self.running if s.status is Status.RUNNING]

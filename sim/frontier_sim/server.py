@@ -93,6 +93,7 @@ class _Parsed:
     prompt_ids: list[int]
     max_tokens: int
     explicit_max_tokens: bool
+    eos_after: int | None  # `names.SIM_OUTPUT_TOKENS` unless ignore_eos: where the simulated answer ends
     stream: bool
     include_usage: bool
     prefill_only: bool
@@ -290,6 +291,13 @@ class Server:
             max_tokens = min(16 if not chat else self.settings.default_max_tokens, max(room, 1))
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise RequestError(400, f"max_tokens={max_tokens!r}: must be a positive integer")
+        eos_after = body.get(names.SIM_OUTPUT_TOKENS)
+        if eos_after is not None and (
+            not isinstance(eos_after, int) or isinstance(eos_after, bool) or eos_after < 1
+        ):
+            raise RequestError(400, f"{names.SIM_OUTPUT_TOKENS}={eos_after!r}: must be a positive integer")
+        if body.get("ignore_eos"):
+            eos_after = None
         stream = bool(body.get("stream", False))
         options = body.get("stream_options") or {}
         transfer = body.get("kv_transfer_params")
@@ -302,6 +310,7 @@ class Server:
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
             explicit_max_tokens=explicit,
+            eos_after=eos_after,
             stream=stream,
             include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
             prefill_only=prefill_only,
@@ -342,6 +351,7 @@ class Server:
                 rid,
                 parsed.prompt_ids,
                 max_tokens=parsed.max_tokens,
+                eos_after=parsed.eos_after,
                 lora=parsed.lora,
                 prefill_only=parsed.prefill_only,
                 kv_transferred=parsed.remote_kv is not None,

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
+from frontier_api import names
 from frontier_bench import workloads
 
 
@@ -139,6 +140,18 @@ def test_mixed_lengths_are_fresh_log_normal_and_clipped():
     assert output_lens.max() <= 1000
     again = workloads.mixed_lengths(median_prompt_len=300, median_output_len=50, seed=1)
     assert [again.prompt_for(i) for i in range(50)] == prompts[:50]
+
+
+def test_mixed_lengths_ending_at_eos_ask_one_max_tokens_and_end_at_their_own_length():
+    w = workloads.mixed_lengths(median_prompt_len=300, median_output_len=50, ends_at_eos=True, seed=1)
+    fixed = workloads.mixed_lengths(median_prompt_len=300, median_output_len=50, seed=1)
+    prompts = [w.prompt_for(i) for i in range(500)]
+    assert w.name == "mixed-lengths-eos"
+    assert {p.max_tokens for p in prompts} == {1000}
+    # The same draws as the fixed-length workload, carried as answer lengths instead of max_tokens.
+    assert [p.output_tokens for p in prompts] == [fixed.prompt_for(i).max_tokens for i in range(500)]
+    body = prompts[0].body(model="m")
+    assert "ignore_eos" not in body and body[names.SIM_OUTPUT_TOKENS] == prompts[0].output_tokens
 
 
 def test_body_streams_with_usage_and_fixed_length():

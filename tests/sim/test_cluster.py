@@ -8,7 +8,7 @@ import pytest
 from frontier_api import names
 from frontier_picker import endpoints
 from frontier_picker.scheduling import config, types
-from frontier_picker.scheduling.plugins import precise_prefix
+from frontier_picker.scheduling.plugins import cost, precise_prefix
 from frontier_sim import settings, timing
 from frontier_sim.vt import cluster, policies
 
@@ -132,6 +132,22 @@ def test_load_is_counted_at_the_decision_and_refunded_at_the_completion():
     for (now, in_flight, _, _), _arrival in zip(recorder.seen, results.arrival, strict=True):
         outstanding = int(np.sum((results.arrival < now) & (results.end > now)))
         assert in_flight == outstanding
+
+
+def test_answers_end_at_eos_and_teach_the_picker_how_much_of_max_tokens_they_use():
+    rng = random.Random(3)
+    lengths = [rng.randrange(10, 60) for _ in range(150)]
+    workload = [
+        cluster.Arrival(at=i / 20, model=MODEL, prompt=text(rng, 200), max_tokens=200, output_tokens=n)
+        for i, n in enumerate(lengths)
+    ]
+    scheduler = config.load(config.builtin_text("frontier"), seed=0)
+    results = cluster.run(engines=small(2), workload=workload, policy=scheduler)
+    assert list(results.completion_tokens) == lengths
+    scorer = next(m for m in scheduler.members() if isinstance(m, cost.PredictedTTFTScorer))
+    request = types.Request(request_id="r", model=MODEL, target_model=MODEL, prompt="x", max_tokens=200)
+    # The expected output is a running mean from 200 (max_tokens) down towards the answers' mean (~35).
+    assert scorer.output_length.expected(request) < 200 * 0.3
 
 
 def test_metrics_are_as_stale_as_the_scrape_interval_and_lag_behind_the_load():

@@ -213,6 +213,21 @@ def test_speculative_decoding_emits_one_plus_accepted_tokens_at_multi_token_cost
     assert result.outputs["s"] + tokens["s"] == expected["s"][1:]
 
 
+@pytest.mark.parametrize("speculative", [0, 4])
+def test_an_answer_ends_at_eos_before_max_tokens_and_max_tokens_still_caps_it(speculative):
+    core = make(num_speculative_tokens=speculative, acceptance_rate=1.0)
+    core.add_request("eos", prompt("eos", 256), max_tokens=100, eos_after=7)
+    core.add_request("cap", prompt("cap", 256), max_tokens=5, eos_after=50)
+    finished = {}
+    while core.has_work():
+        for done in core.step().finished:
+            finished[done.request_id] = done
+    assert (finished["eos"].finish_reason, finished["eos"].completion_tokens) == ("stop", 7)
+    assert (finished["cap"].finish_reason, finished["cap"].completion_tokens) == ("length", 5)
+    with pytest.raises(ValueError, match="eos_after"):
+        core.add_request("bad", prompt("bad", 8), max_tokens=5, eos_after=0)
+
+
 def test_lora_adapters_beyond_max_loras_wait_and_loading_costs_time():
     core = make(enable_lora=True, max_loras=1, lora_load_s=0.05)
     core.add_lora("a")

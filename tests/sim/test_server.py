@@ -282,6 +282,17 @@ async def test_chat_models_health_and_errors(subnet):
             assert response.status == 404 and "nope" in (await response.json())["message"]
         async with session.post(f"{url}/v1/completions", data=b"{not json") as response:
             assert response.status == 400
+        # A workload's answer length: EOS there (finish_reason "stop"), unless ignore_eos.
+        ends = {"model": "chat-model", "prompt": "why", "max_tokens": 20, names.SIM_OUTPUT_TOKENS: 3}
+        async with session.post(f"{url}/v1/completions", json=ends) as response:
+            reply = await response.json()
+        assert reply["choices"][0]["finish_reason"] == "stop" and reply["usage"]["completion_tokens"] == 3
+        async with session.post(f"{url}/v1/completions", json={**ends, "ignore_eos": True}) as response:
+            reply = await response.json()
+        assert reply["choices"][0]["finish_reason"] == "length" and reply["usage"]["completion_tokens"] == 20
+        zero = {**ends, names.SIM_OUTPUT_TOKENS: 0}
+        async with session.post(f"{url}/v1/completions", json=zero) as response:
+            assert response.status == 400 and names.SIM_OUTPUT_TOKENS in (await response.json())["message"]
         too_long = {"model": "chat-model", "prompt": "x" * 4 * 200_000, "max_tokens": 1}
         async with session.post(f"{url}/v1/completions", json=too_long) as response:
             assert response.status == 400 and "maximum context length" in (await response.json())["message"]

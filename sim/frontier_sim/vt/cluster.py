@@ -72,6 +72,9 @@ class Arrival:
     prompt: str = ""
     messages: Sequence[Mapping[str, str]] = ()  # chat: [{"role": ..., "content": ...}, ...] in order
     max_tokens: int = 128
+    # The answer's own length: the engine ends it there (EOS) unless max_tokens comes first; None: it runs
+    # to max_tokens (as with ignore_eos).
+    output_tokens: int | None = None
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
@@ -187,6 +190,7 @@ class _Flight:
     text: str
     token_ids: list[int]
     max_tokens: int
+    eos_after: int | None
     first_token: bool = False
 
 
@@ -544,7 +548,13 @@ class _Simulation:
             )
         try:
             changed, result = v.add(
-                t, rid, flight.token_ids, max_tokens=flight.max_tokens, block_hashes=hashes, **kind
+                t,
+                rid,
+                flight.token_ids,
+                max_tokens=flight.max_tokens,
+                eos_after=flight.eos_after,
+                block_hashes=hashes,
+                **kind,
             )
         except ValueError as error:
             self._finish_error(flight, 400, str(error), t)
@@ -682,7 +692,7 @@ class _Simulation:
         replica = row % len(self.directors)  # the gateway spreads streams over the replicas in turn
 
         def dispatch(now: float) -> None:
-            self._dispatch(row, request, text, arrival.max_tokens, now, replica)
+            self._dispatch(row, request, text, arrival, now, replica)
 
         try:
             ticket = self.directors[replica].admit(
@@ -695,7 +705,7 @@ class _Simulation:
             dispatch(t)
 
     def _dispatch(
-        self, row: int, request: types.Request, text: str, max_tokens: int, t: float, replica: int = 0
+        self, row: int, request: types.Request, text: str, arrival: Arrival, t: float, replica: int = 0
     ) -> None:
         """Decide `request` at model time `t` (its arrival, or when flow control let it go) by picker
         replica `replica`, and submit it."""
@@ -716,7 +726,8 @@ class _Simulation:
             engine=target,
             text=text,
             token_ids=token_ids,
-            max_tokens=max_tokens,
+            max_tokens=arrival.max_tokens,
+            eos_after=arrival.output_tokens,
             replica=replica,
         )
         self.columns.engine_of[row] = target

@@ -110,9 +110,7 @@ def plan_run(core: engine.Engine, start: float) -> Run | None:
     cfg = core.config
     bs = cfg.block_size
     running = core.running
-    steps = min(
-        min(seq.max_tokens - len(seq.output_token_ids), cfg.max_model_len - seq.num_tokens) for seq in running
-    )
+    steps = min(seq.tokens_left(cfg.max_model_len) for seq in running)
     steps -= 1  # the step in which the first request finishes goes through the core
     if steps < MIN_RUN_STEPS:
         return None
@@ -218,6 +216,7 @@ class VirtualEngine:
         token_ids: list[int],
         *,
         max_tokens: int,
+        eos_after: int | None = None,
         prefill_only: bool = False,
         kv_transferred: bool = False,
         block_hashes: list[int] | None = None,
@@ -232,6 +231,7 @@ class VirtualEngine:
             request_id,
             token_ids,
             max_tokens=max_tokens,
+            eos_after=eos_after,
             prefill_only=prefill_only,
             kv_transferred=kv_transferred,
         )
