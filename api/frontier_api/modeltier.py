@@ -292,9 +292,26 @@ class Lora(schema.Model):
 class KvEvents(schema.Model):
     """KV cache events the engine publishes over ZMQ so the picker knows exactly which prefixes it holds."""
 
+    __cel__: ClassVar[tuple[schema.Rule, ...]] = (
+        schema.Rule(
+            rule="!has(self.replayEndpoint) || self.replayEndpoint == ''"
+            " || self.replayEndpoint != self.endpoint",
+            message="engine.kvEvents.replayEndpoint must differ from engine.kvEvents.endpoint",
+            field_path=".replayEndpoint",
+        ),
+    )
+
     enabled: bool = schema.prop("Publish KV events (`--kv-events-config`).", default=False)
     endpoint: str = schema.prop(
         "ZMQ PUB bind address.", default=names.KV_EVENTS_DEFAULT_ENDPOINT, min_length=1, max_length=256
+    )
+    replay_endpoint: str = schema.prop(
+        "ZMQ ROUTER bind address (`tcp://*:<port>`) where the engine answers requests for event batches a"
+        " picker missed (vLLM's `replay_endpoint`); empty: no replay, and a picker that misses a batch drops"
+        " what it knew of that engine's cache and learns it again from new events.",
+        default=names.KV_EVENTS_DEFAULT_REPLAY_ENDPOINT,
+        max_length=256,
+        pattern=r"^(tcp://[^:/]+:[0-9]{1,5})?$",
     )
 
 

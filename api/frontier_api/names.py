@@ -158,6 +158,7 @@ ENGINE_METRICS: Final = {
 
 # vLLM KV events (ZMQ PUB), llm-d topic convention kv@<endpoint-ip>@<model>.
 KV_EVENTS_DEFAULT_ENDPOINT: Final = "tcp://*:5557"
+KV_EVENTS_DEFAULT_REPLAY_ENDPOINT: Final = "tcp://*:5558"  # vLLM's examples pair 5558 with 5557
 
 
 def kv_events_port(endpoint: str) -> int | None:

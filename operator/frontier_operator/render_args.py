@@ -49,12 +49,15 @@ def kv_transfer_config(disaggregation: modeltier.Disaggregation) -> dict[str, An
 
 def kv_events_config(events: modeltier.KvEvents, served_name: str) -> dict[str, Any]:
     """The `--kv-events-config` object; the topic follows llm-d's `kv@<pod-ip>@<model>`."""
-    return {
+    config: dict[str, Any] = {
         "enable_kv_cache_events": True,
         "publisher": "zmq",
         "endpoint": events.endpoint,
         "topic": names.kv_events_topic(POD_IP_REF, served_name),
     }
+    if events.replay_endpoint:
+        config["replay_endpoint"] = events.replay_endpoint
+    return config
 
 
 def _parallelism(spec: modeltier.ModelTierSpec, role: str) -> modeltier.Parallelism:

@@ -182,6 +182,9 @@ def _pod_spec(
     )
     if spec.engine.kv_events.enabled:
         ports.append({"name": "kv-events", "containerPort": _kv_events_port(spec), "protocol": "TCP"})
+        replay = names.kv_events_port(spec.engine.kv_events.replay_endpoint)
+        if replay is not None:
+            ports.append({"name": "kv-replay", "containerPort": replay, "protocol": "TCP"})
     if spec.disaggregation.enabled and spec.disaggregation.kv_connector == modeltier.KvConnector.NIXL:
         ports.append({"name": "nixl", "containerPort": NIXL_SIDE_CHANNEL_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
@@ -238,13 +241,17 @@ def _pod_spec(
 
 
 def _annotations(spec: modeltier.ModelTierSpec) -> dict[str, str]:
-    """What the picker reads off a pod: the exact served name, and the LoRA adapters it serves."""
+    """What the picker reads off a pod: the exact served name, the LoRA adapters it serves, and the ports of
+    its KV event publisher and replay socket."""
     found = {names.SERVED_MODEL_ANNOTATION: spec.model.served_name}
     lora = spec.engine.lora
     if lora is not None and lora.adapters:
         found[names.ADAPTERS_ANNOTATION] = ",".join(adapter.name for adapter in lora.adapters)
     if spec.engine.kv_events.enabled:
         found[names.KV_EVENTS_PORT_ANNOTATION] = str(_kv_events_port(spec))
+        replay = names.kv_events_port(spec.engine.kv_events.replay_endpoint)
+        if replay is not None:
+            found[names.KV_EVENTS_REPLAY_PORT_ANNOTATION] = str(replay)
     return found
 
 

@@ -280,6 +280,14 @@ def invalid_ns(control_plane, api):
             "spec.engine.env",
         ),
         (lambda s: s["decode"]["accelerator"].update(countPerPod=0), "spec.decode.accelerator.type"),
+        (
+            lambda s: s["engine"].update(kvEvents={"enabled": True, "replayEndpoint": "tcp://*:5557"}),
+            "spec.engine.kvEvents.replayEndpoint",
+        ),
+        (
+            lambda s: s["engine"].update(kvEvents={"enabled": True, "replayEndpoint": "ipc:///tmp/replay"}),
+            "spec.engine.kvEvents.replayEndpoint",
+        ),
     ],
     ids=[
         "unknown-quantization",
@@ -294,6 +302,8 @@ def invalid_ns(control_plane, api):
         "hf-token-twice",
         "hf-home-twice",
         "cpu-only-with-an-accelerator-type",
+        "kv-replay-on-the-event-port",
+        "kv-replay-without-a-tcp-port",
     ],
 )
 def test_invalid_tiers_are_rejected_by_the_api_server_naming_the_field(api, invalid_ns, change, field):

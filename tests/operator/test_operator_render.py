@@ -67,6 +67,7 @@ def test_decode_args_carry_model_quantization_speculation_kv_transfer_and_events
         "publisher": "zmq",
         "endpoint": "tcp://*:5557",
         "topic": "kv@$(POD_IP)@llama-3.1-8b",
+        "replay_endpoint": "tcp://*:5558",
     }
 
 
@@ -657,9 +658,24 @@ def test_tier_pods_publishing_kv_events_announce_the_port_the_picker_subscribes_
         tier=owners[1], spec=spec, role_name="prefill", pool=pools.from_object(samples.pool()), cfg=CFG
     )
     pod = deployment["spec"]["template"]
-    assert pod["metadata"]["annotations"][names.KV_EVENTS_PORT_ANNOTATION] == "6001"
+    annotations = pod["metadata"]["annotations"]
+    assert annotations[names.KV_EVENTS_PORT_ANNOTATION] == "6001"
+    assert annotations[names.KV_EVENTS_REPLAY_PORT_ANNOTATION] == "5558"  # the picker's replay after a gap
     ports = {port["name"]: port["containerPort"] for port in pod["spec"]["containers"][0]["ports"]}
-    assert ports["kv-events"] == 6001
+    assert ports["kv-events"] == 6001 and ports["kv-replay"] == 5558
+
+
+def test_kv_events_without_replay_render_no_replay_socket():
+    owners = _two_tier_owners()
+    owners[1]["spec"]["engine"]["kvEvents"] = {"enabled": True, "replayEndpoint": ""}
+    spec = modeltier.parse_spec(owners[1]["spec"])
+    args = render_args.vllm_args(spec, role="prefill", port=8000)
+    assert "replay_endpoint" not in json.loads(_flag(args, "--kv-events-config"))
+    deployment = render_tier.deployment(
+        tier=owners[1], spec=spec, role_name="prefill", pool=pools.from_object(samples.pool()), cfg=CFG
+    )
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert names.KV_EVENTS_REPLAY_PORT_ANNOTATION not in annotations
 
 
 def test_operator_setting_replaces_the_generated_picker_config():
