@@ -248,32 +248,24 @@ def virtual_suites(*, quick: bool) -> list[VirtualSuite]:
             workload=workloads.no_sharing(prompt_len=2000, output_len=200, seed=0),
             description="unique 2,000-token prompts, 200-token output (the control)",
         ),
-        VirtualSuite(
-            engines=small,
-            policies=virtual.POLICIES,
-            loads_per_engine=(3.0, 6.0, 9.0),
-            duration_s=30.0 * scale,
-            warmup_s=10.0,
-            seeds=draws,
-            workload=workloads.mixed_lengths(median_prompt_len=1500, median_output_len=150, seed=0),
-            description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
-            " 16,000), outputs median 150 (sigma 0.8, up to 1,000)",
-        ),
-        # The same draws as clients send them: one max_tokens (1,000) for all, answers ending at EOS, so the
-        # picker must learn how much of max_tokens answers use.
-        VirtualSuite(
-            engines=small,
-            policies=virtual.POLICIES,
-            loads_per_engine=(3.0, 6.0, 9.0),
-            duration_s=30.0 * scale,
-            warmup_s=10.0,
-            seeds=draws,
-            workload=workloads.mixed_lengths(
-                median_prompt_len=1500, median_output_len=150, ends_at_eos=True, seed=0
-            ),
-            description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up to"
-            " 16,000), answers median 150 (sigma 0.8, up to 1,000) ending at EOS, every request asking"
-            " max_tokens 1,000",
+        # The second: the same draws as clients send them, one max_tokens (1,000) for all and answers
+        # ending at EOS, so the picker must learn how much of max_tokens answers use.
+        *(
+            VirtualSuite(
+                engines=small,
+                policies=virtual.POLICIES,
+                loads_per_engine=(3.0, 6.0, 9.0),
+                duration_s=30.0 * scale,
+                warmup_s=10.0,
+                seeds=draws,
+                workload=workloads.mixed_lengths(
+                    median_prompt_len=1500, median_output_len=150, ends_at_eos=eos, seed=0
+                ),
+                description="unique prompts, log-normal lengths: prompts median 1,500 tokens (sigma 0.9, up"
+                " to 16,000), outputs median 150 (sigma 0.8, up to 1,000)"
+                + (", ending at EOS, every request asking max_tokens 1,000" if eos else ""),
+            )
+            for eos in (False, True)
         ),
         # The real-time shared-prefix sweep's fleet and shape, carried up to and past each policy's own knee
         # by search (fresh 1,200-token questions make it prefill-bound: `frontier` holds ~60 req/s).
