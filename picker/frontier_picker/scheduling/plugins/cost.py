@@ -245,49 +245,51 @@ class PredictedTTFTScorer(plugin.Scorer):
                 endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
             )
         if self.speed.rate > 0:
-            self._count_prefill(cycle, decision.prefill or decision.primary)
-            if decision.prefill is None:
-                # A disaggregated request's first token also waits for the KV transfer: it teaches nothing.
-                sample = self._sample(cycle, decision.primary)
-                if sample is not None:
-                    self._samples[cycle.request.request_id] = sample
+            self._remember(cycle, decision)
 
-    def _count_prefill(self, cycle: cycles.Cycle, key: str) -> None:
-        """Tell the speed learner the prefill work (prior seconds) this decision sends to `key`."""
-        for positions, _candidates, p in cycle.read(self.predictions_key) or []:
+    def _prediction_at(
+        self, cycle: cycles.Cycle, key: str
+    ) -> tuple[endpoints.EndpointState, cost_model.Prediction, int] | None:
+        """Endpoint `key`'s candidate state, the prediction made for it this cycle and its position there."""
+        for positions, candidates, prediction in cycle.read(self.predictions_key) or []:
             i = positions.get(key)
             if i is not None:
-                self.speed.sent(key, float(p.prefill_prior[i]))
-                return
-
-    def _sample(self, cycle: cycles.Cycle, key: str) -> _Sample | None:
-        prompt = float(cycle.request.token_count())
-        for positions, candidates, p in cycle.read(self.predictions_key) or []:
-            i = positions.get(key)
-            if i is not None:
-                uncached = float(p.uncached[i])
-                tokens_s = cost_model.chunk_s(self.prices.fit, uncached, prompt - uncached)
-                return _Sample(
-                    endpoint=key,
-                    group=learners.group_of(candidates[i].endpoint),
-                    wait=float(p.wait[i]),
-                    prefill_prior=float(p.prefill_prior[i]),
-                    prefill_fixed=float(p.prefill_prior[i]) - tokens_s,
-                    interleaved=float(p.interleaved[i]),
-                    step_prior=float(p.step_prior[i]),
-                    sent_mark=self.speed.sent_total(key),
-                )
+                return candidates[i], prediction, i
         return None
+
+    def _remember(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
+        """For the speed learner: count the prefill work the decision sends, and keep what was predicted
+        where it was sent until its completion teaches."""
+        key = decision.prefill or decision.primary
+        found = self._prediction_at(cycle, key)
+        if found is None:
+            return
+        candidate, p, i = found
+        uncached = float(p.uncached[i])
+        cached = float(cycle.request.token_count()) - uncached
+        tokens_s = cost_model.chunk_s(self.prices.fit, uncached, cached)
+        self.speed.sent(key, tokens_s)
+        if decision.prefill is not None:
+            return  # a disaggregated request's first token also waits for the KV transfer: it teaches nothing
+        self._samples[cycle.request.request_id] = _Sample(
+            endpoint=key,
+            group=learners.group_of(candidate.endpoint),
+            wait=float(p.wait[i]),
+            prefill_prior=float(p.prefill_prior[i]),
+            prefill_fixed=float(p.prefill_prior[i]) - tokens_s,
+            interleaved=float(p.interleaved[i]),
+            step_prior=float(p.step_prior[i]),
+            sent_mark=self.speed.sent_total(key),
+        )
 
     def _charges(self, cycle: cycles.Cycle, decision: types.Decision) -> list[tuple[str, float, float]]:
         """What the decision sends where: (endpoint, uncached tokens, predicted service seconds)."""
-        predictions = cycle.read(self.predictions_key) or []
 
         def uncached_at(key: str) -> tuple[float, float]:
-            for positions, _candidates, prediction in predictions:
-                i = positions.get(key)
-                if i is not None:
-                    return float(prediction.uncached[i]), float(prediction.service[i])
+            found = self._prediction_at(cycle, key)
+            if found is not None:
+                _candidate, prediction, i = found
+                return float(prediction.uncached[i]), float(prediction.service[i])
             tokens = float(cycle.request.token_count())
             return tokens, self.prices.fit.p0 + self.prices.fit.p1 * tokens
 
