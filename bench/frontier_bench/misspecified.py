@@ -14,8 +14,9 @@ decode work), and a mixed pool of H100 and H200 engines. Arms:
 - `frontier-unlearned`: learning off, the prior fit as given (the built-in profile);
 - `gie-default`, `round-robin`.
 
-Per arm, fleet and arrival draw, the peak goodput by knee search (`knee.py`); the table gives the median
-and range over the draws, and per fleet the learning arm's peak over the told arm's (the target: >= 0.9)
+Workloads (`--workload`): the shared-prefix shape (`misspecified.*`), and unique prompts
+(`misspecified-no-sharing.*`), where a mispriced fleet hurt most before learning. Per arm, fleet and arrival
+draw, the peak goodput by knee search (`knee.py`); the table gives the median and range over the draws, and per fleet the learning arm's peak over the told arm's (the target: >= 0.9)
 and whether each beats `gie-default` (ranges not overlapping).
 """
 
@@ -40,6 +41,7 @@ MODEL: Final = "meta-llama/Llama-3.1-8B-Instruct"
 ENGINES: Final = 4
 SYSTEM_PROMPT_LEN: Final = 6000
 QUESTION_LEN: Final = 1200
+UNIQUE_PROMPT_LEN: Final = 7200
 OUTPUT_LEN: Final = 100
 # A run measures at least this many requests after at least this many warm-up arrivals.
 MEASURED_REQUESTS: Final = 100
@@ -113,31 +115,67 @@ def arm_config(arm: str, specs: Sequence[fleet.EngineSpec]) -> str | None:
     return None
 
 
-def ladder_start(specs: Sequence[fleet.EngineSpec]) -> float:
-    """A first load near 0.6 of the fleet's capacity to prefill the questions alone, on the ladder's 1.25
-    steps."""
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Shape:
+    """A workload of the benchmark: its name, what it is, and the uncached prompt tokens a request brings
+    (where the knee search starts)."""
+
+    name: str
+    description: str
+    fresh_tokens: int
+    source: workloads.Workload
+
+
+SHAPES: Final = {
+    shape.name: shape
+    for shape in (
+        Shape(
+            name="shared-prefix",
+            description=f"the shared-prefix shape: {workloads.llmd_groups(ENGINES)} groups x 5 requests per"
+            f" block, {SYSTEM_PROMPT_LEN:,}-token system prompt, a fresh {QUESTION_LEN:,}-token question"
+            f" per request, {OUTPUT_LEN}-token output",
+            fresh_tokens=QUESTION_LEN,
+            source=workloads.shared_prefix(
+                num_groups=workloads.llmd_groups(ENGINES),
+                num_prompts_per_group=5,
+                system_prompt_len=SYSTEM_PROMPT_LEN,
+                question_len=QUESTION_LEN,
+                output_len=OUTPUT_LEN,
+                seed=0,
+            ),
+        ),
+        # Where a mispriced fleet hurt most before learning: unique prompts, nothing to keep affinity to,
+        # the fluid queue draining on the picker's clock.
+        Shape(
+            name="no-sharing",
+            description=f"no sharing: unique {UNIQUE_PROMPT_LEN:,}-token prompts, {OUTPUT_LEN}-token output",
+            fresh_tokens=UNIQUE_PROMPT_LEN,
+            source=workloads.no_sharing(prompt_len=UNIQUE_PROMPT_LEN, output_len=OUTPUT_LEN, seed=0),
+        ),
+    )
+}
+
+
+def ladder_start(specs: Sequence[fleet.EngineSpec], fresh_tokens: int) -> float:
+    """A first load near 0.6 of the fleet's capacity to prefill each request's uncached tokens alone, on
+    the ladder's 1.25 steps."""
     p1 = true_fit(specs)["p1SecondsPerToken"]
-    capacity = len(specs) / (p1 * QUESTION_LEN)
+    capacity = len(specs) / (p1 * fresh_tokens)
     return 1.25 ** round(math.log(capacity * 0.6, 1.25))
 
 
 def run(
-    f: Fleet, seed: int, *, duration_s: float, warmup_s: float
+    f: Fleet, seed: int, shape: Shape, *, duration_s: float, warmup_s: float
 ) -> tuple[list[report.Row], list[dict[str, Any]]]:
     """Every arm's knee search on fleet `f` for arrival draw `seed`: the runs as rows, the searches'
     results."""
     rows: list[report.Row] = []
     found: list[dict[str, Any]] = []
-    source = workloads.shared_prefix(
-        num_groups=workloads.llmd_groups(ENGINES),
-        num_prompts_per_group=5,
-        system_prompt_len=SYSTEM_PROMPT_LEN,
-        question_len=QUESTION_LEN,
-        output_len=OUTPUT_LEN,
-        seed=0,
-    )
+    source = shape.source
     specs = f.specs(ENGINES)
-    ladder = knee.Ladder(start=ladder_start(specs), factor=1.25, tolerance=0.15, max_loads=6)
+    ladder = knee.Ladder(
+        start=ladder_start(specs, shape.fresh_tokens), factor=1.25, tolerance=0.15, max_loads=6
+    )
     setup = virtual.Setup(
         engines=len(specs),
         source=source,
@@ -222,6 +260,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=16.0, help="measured model seconds per run")
     parser.add_argument("--warmup", type=float, default=8.0, help="warm-up model seconds per run")
     parser.add_argument("--fleets", nargs="*", default=[f.name for f in FLEETS])
+    parser.add_argument(
+        "--workload",
+        choices=list(SHAPES),
+        default="shared-prefix",
+        help="results go to misspecified.* for shared-prefix, misspecified-<workload>.* otherwise",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="(fleet, draw) searches in parallel processes")
     args = parser.parse_args(argv)
     command = shlex.join(
@@ -237,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tasks = [(f, seed) for seed in range(args.seeds) for f in fleets]
     with futures.ProcessPoolExecutor(max_workers=args.jobs) as pool:
         pending = [
-            pool.submit(run, f, seed, duration_s=args.duration, warmup_s=args.warmup) for f, seed in tasks
+            pool.submit(run, f, seed, SHAPES[args.workload], duration_s=args.duration, warmup_s=args.warmup)
+            for f, seed in tasks
         ]
         for task in futures.as_completed(pending):
             task_rows, task_knees = task.result()
@@ -265,14 +310,12 @@ def write(
             + "; ".join(
                 f"{f.name}: {' + '.join(' '.join(p) or 'h100 (default)' for p in f.parts)}" for f in fleets
             ),
-            f"the shared-prefix shape: {workloads.llmd_groups(ENGINES)} groups x 5 requests per block,"
-            f" {SYSTEM_PROMPT_LEN:,}-token system prompt, a fresh {QUESTION_LEN:,}-token question per"
-            f" request, {OUTPUT_LEN}-token output",
+            SHAPES[args.workload].description,
             f"{args.warmup:g} s (at least {WARMUP_REQUESTS} arrivals) of warm-up left out, then"
             f" {args.duration:g} s (at least {MEASURED_REQUESTS} arrivals) measured (model time)",
             "loads by knee search per arm and draw: a 1.25x ladder from 0.6 of the fleet's capacity to"
-            " prefill the questions up to the first load where goodput < 90% of offered or SLO attainment"
-            " < 90%, then bisection to 15% (at most 6 loads)",
+            " prefill each request's uncached tokens up to the first load where goodput < 90% of offered"
+            " or SLO attainment < 90%, then bisection to 15% (at most 6 loads)",
             f"{len(knees) // len(ARMS)} of {args.seeds * len(fleets)} (fleet, arrival draw) searches done;"
             " medians with min-max ranges over the draws",
             "frontier-told is an oracle arm: told the simulator's own coefficients of those engines (the"
@@ -286,7 +329,8 @@ def write(
         "knees": knees,
         "summary_markdown": summary,
     }
-    paths = report.write(rows, args.out, name="misspecified", command=command, meta=meta)
+    name = "misspecified" if args.workload == "shared-prefix" else f"misspecified-{args.workload}"
+    paths = report.write(rows, args.out, name=name, command=command, meta=meta)
     md = paths["md"]
     md.write_text(md.read_text() + "\n## Summary per fleet\n\n" + summary + "\n")
     print(summary, flush=True)
