@@ -7,17 +7,18 @@ prior describes), an H200, FP8 weights, a 70B-class model on 4 GPUs
 decode work), and a mixed pool of H100 and H200 engines. Arms:
 
 - `frontier`: the frontier profile learning each endpoint's prefill and decode speed from completions
-  (`speedLearningRate: 0.05`; the built-in profile leaves learning off, see `cost.SPEED_RATE`);
+  (`speedLearningRate: 0.05`, the built-in profile's default, see `cost.SPEED_RATE`);
 - `frontier-told`: the cost model *told* the fleet's true step-time coefficients (the simulator's own model
   of those engines), learning off: an oracle arm no deployment has. The mixed pool's engines differ and a
   scorer takes one set, so there it is told their geometric mean;
-- `frontier-unlearned`: learning off, the prior fit as given (the built-in profile);
+- `frontier-unlearned`: learning off (`speedLearningRate: 0`), the prior fit as given;
 - `gie-default`, `round-robin`.
 
 Workloads (`--workload`): the shared-prefix shape (`misspecified.*`), and unique prompts
 (`misspecified-no-sharing.*`), where a mispriced fleet hurt most before learning. Per arm, fleet and arrival
-draw, the peak goodput by knee search (`knee.py`); the table gives the median and range over the draws, and per fleet the learning arm's peak over the told arm's (the target: >= 0.9)
-and whether each beats `gie-default` (ranges not overlapping).
+draw, the peak goodput by knee search (`knee.py`); the table gives the median and range over the draws,
+and per fleet the learning arm's peak over the told arm's (the target: >= 0.9) and whether each beats
+`gie-default` (ranges not overlapping).
 """
 
 import argparse

@@ -71,17 +71,11 @@ def test_ratios_follow_the_candidates_and_a_groups_change():
     assert prefill[1] == pytest.approx(2.0, rel=0.15)  # the second borrows the group's
 
 
-# The built-in `frontier` profile with speed learning on (off by default: `cost.SPEED_RATE`).
-LEARNING = config.builtin_text("frontier").replace(
-    "- type: predicted-ttft-scorer", "- type: predicted-ttft-scorer\n  parameters: {speedLearningRate: 0.05}"
-)
-
-
 def _learned_ratios(*engine_args: str, shared_tokens: int = 0, rate: float = 8.0) -> dict[str, float]:
     """Run 300 requests of 1,500 unique prompt tokens (after `shared_tokens` of one of 20 shared prefixes)
-    at `rate` req/s on 4 simulated engines with these flags through the `frontier` profile with learning on
-    (told nothing); the learned ratio per phase, averaged over the endpoints."""
-    scheduler = config.load(LEARNING, seed=0)
+    at `rate` req/s on 4 simulated engines with these flags through the built-in `frontier` profile (told
+    nothing: learning is on by default); the learned ratio per phase, averaged over the endpoints."""
+    scheduler = config.load(config.builtin_text("frontier"), seed=0)
     rng = random.Random(0)
     prefixes = [" ".join(f"s{g}x{j}" for j in range(shared_tokens // 2)) for g in range(20)]
     t = 0.0
@@ -119,7 +113,7 @@ def test_other_requests_prefill_between_decode_steps_is_not_read_as_slow_decode(
 
 
 def test_learned_speeds_are_exported_per_endpoint_and_phase():
-    scheduler = config.load(LEARNING, seed=0)
+    scheduler = config.load(config.builtin_text("frontier"), seed=0)
     own = metrics.create()
     server.observe_plugins(scheduler, own)
     scorer = next(m for m in scheduler.members() if isinstance(m, cost.PredictedTTFTScorer))

@@ -20,22 +20,33 @@ from frontier_picker.scheduling.plugins import cost_model, learners, pending, pr
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Sample:
-    """What the cost model predicted for a request where it was sent, kept until its completion teaches
-    the speed learner (`cost_model.Prediction` names the parts)."""
+class _Predicted:
+    """What the cost model predicted where a request was sent, for the speed learner (`cost_model.Prediction`
+    names the parts); peers receive it with the decision, so every replica learns from every completion."""
 
-    endpoint: str
-    group: str
+    sent_s: float  # the prefill work the decision sends there (chunk time at the prior fit)
     wait: float
     prefill_prior: float
     prefill_fixed: float  # the part of `prefill_prior` that is not per token (p0, or 0 beside decodes)
     interleaved: float
     step_prior: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sample:
+    """A request's prediction where it was sent, kept until its completion teaches the speed learner."""
+
+    endpoint: str
+    group: str
+    predicted: _Predicted
     sent_mark: float  # the endpoint's prefill work sent so far (`EngineSpeed.sent`), this request's included
 
 
 _SHARED = struct.Struct("<QB")  # what a decision taught the ledger, for peers: prefix key, charges
 _CHARGE = struct.Struct("<dd")  # one charge: uncached tokens, predicted service seconds
+_PREDICTED = struct.Struct("<6d")  # then, with learning on, the `_Predicted` fields in order
+# Samples of requests whose completion never came (a peer gone): the oldest are dropped beyond this.
+MAX_SAMPLES = 100_000
 
 # Defaults: the calibrated H100 / Llama-3.1-8B fit (pinned to the simulator's calibration by a test).
 H100 = step_fit.H100_LLAMA8B
@@ -93,11 +104,14 @@ DEFAULT_OUTPUT = plugin.Param(
     "expected output tokens of a request without max_tokens, until completions teach the mean",
     0,
 )
+# On by default: no real pool is the fits' H100 (nor is a benchmark fleet on a stretched clock). On the
+# fleet the fits do describe, learning ties learning off (bench/results/misspecified.md, h100-prior: peak
+# goodput 1.00-1.02x over 3 draws).
 SPEED_RATE = plugin.Param(
     "speedLearningRate",
-    0.0,
+    0.05,
     "weight of each completion in the learned per-endpoint prefill and decode speed (ratio to the p and d"
-    " fits), e.g. 0.05; 0 (the default) turns learning off and the fits are used as given",
+    " fits); 0 turns learning off and the fits are used as given",
     0,
 )
 # A TTFT teaches the prefill speed only when the predicted queue wait and decode steps interleaved with the
@@ -245,7 +259,11 @@ class PredictedTTFTScorer(plugin.Scorer):
                 endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
             )
         if self.speed.rate > 0:
-            self._remember(cycle, decision)
+            predicted = self._predicted(cycle, decision)
+            if predicted is not None:
+                state = self._prediction_at(cycle, decision.primary)
+                group = learners.group_of(state[0].endpoint) if state else ""
+                self._remember(cycle.request.request_id, decision, predicted, group)
 
     def _prediction_at(
         self, cycle: cycles.Cycle, key: str
@@ -257,29 +275,35 @@ class PredictedTTFTScorer(plugin.Scorer):
                 return candidates[i], prediction, i
         return None
 
-    def _remember(self, cycle: cycles.Cycle, decision: types.Decision) -> None:
+    def _predicted(self, cycle: cycles.Cycle, decision: types.Decision) -> _Predicted | None:
+        """The prediction where the decision sends the prompt's prefill (None: not priced this cycle)."""
+        found = self._prediction_at(cycle, decision.prefill or decision.primary)
+        if found is None:
+            return None
+        _candidate, p, i = found
+        uncached = float(p.uncached[i])
+        sent_s = cost_model.chunk_s(self.prices.fit, uncached, float(cycle.request.token_count()) - uncached)
+        return _Predicted(
+            sent_s=sent_s,
+            wait=float(p.wait[i]),
+            prefill_prior=float(p.prefill_prior[i]),
+            prefill_fixed=float(p.prefill_prior[i]) - sent_s,
+            interleaved=float(p.interleaved[i]),
+            step_prior=float(p.step_prior[i]),
+        )
+
+    def _remember(self, request_id: str, decision: types.Decision, predicted: _Predicted, group: str) -> None:
         """For the speed learner: count the prefill work the decision sends, and keep what was predicted
         where it was sent until its completion teaches."""
         key = decision.prefill or decision.primary
-        found = self._prediction_at(cycle, key)
-        if found is None:
-            return
-        candidate, p, i = found
-        uncached = float(p.uncached[i])
-        cached = float(cycle.request.token_count()) - uncached
-        tokens_s = cost_model.chunk_s(self.prices.fit, uncached, cached)
-        self.speed.sent(key, tokens_s)
+        self.speed.sent(key, predicted.sent_s)
         if decision.prefill is not None:
             return  # a disaggregated request's first token also waits for the KV transfer: it teaches nothing
-        self._samples[cycle.request.request_id] = _Sample(
-            endpoint=key,
-            group=learners.group_of(candidate.endpoint),
-            wait=float(p.wait[i]),
-            prefill_prior=float(p.prefill_prior[i]),
-            prefill_fixed=float(p.prefill_prior[i]) - tokens_s,
-            interleaved=float(p.interleaved[i]),
-            step_prior=float(p.step_prior[i]),
-            sent_mark=self.speed.sent_total(key),
+        samples = self._samples
+        if len(samples) >= MAX_SAMPLES:
+            del samples[next(iter(samples))]
+        samples[request_id] = _Sample(
+            endpoint=key, group=group, predicted=predicted, sent_mark=self.speed.sent_total(key)
         )
 
     def _charges(self, cycle: cycles.Cycle, decision: types.Decision) -> list[tuple[str, float, float]]:
@@ -301,10 +325,13 @@ class PredictedTTFTScorer(plugin.Scorer):
     def share(self, cycle: cycles.Cycle, decision: types.Decision) -> bytes | None:
         key = self._prefix_key(cycle)
         charges = self._charges(cycle, decision)
-        # The prefix key (0: none), then per charge its tokens and seconds; the endpoints are the decision's.
-        return _SHARED.pack(key if key is not None else 0, len(charges)) + b"".join(
+        # The prefix key (0: none), then per charge its tokens and seconds (the endpoints are the decision's),
+        # then, with learning on, the prediction where the prefill went.
+        data = _SHARED.pack(key if key is not None else 0, len(charges)) + b"".join(
             _CHARGE.pack(tokens, service_s) for _endpoint, tokens, service_s in charges
         )
+        predicted = self._predicted(cycle, decision) if self.speed.rate > 0 else None
+        return data if predicted is None else data + _PREDICTED.pack(*dataclasses.astuple(predicted))
 
     def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
         key, count = _SHARED.unpack_from(data)
@@ -319,10 +346,12 @@ class PredictedTTFTScorer(plugin.Scorer):
             self.ledger.charge(
                 endpoint, tokens, service_s, now=shared.now, request_id=shared.request.request_id
             )
-            if self.speed.rate > 0 and tokens:
-                # A peer's prefill interleaves with this picker's decodes there too (its cached context
-                # is not shared: priced as none).
-                self.speed.sent(endpoint, cost_model.chunk_s(self.prices.fit, tokens, 0.0))
+        offset = _SHARED.size + count * _CHARGE.size
+        if self.speed.rate > 0 and len(data) >= offset + _PREDICTED.size:
+            predicted = _Predicted(*_PREDICTED.unpack_from(data, offset))
+            state = shared.state(decision.primary)
+            group = learners.group_of(state.endpoint) if state is not None else ""
+            self._remember(shared.request.request_id, decision, predicted, group)
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
@@ -342,18 +371,19 @@ class PredictedTTFTScorer(plugin.Scorer):
         # The prefill's own time: the first token less the predicted wait and interleaved decode steps,
         # against the prefill of the tokens the engine says it computed where it reports its cache hit
         # (the approximate prefix index's misses and false hits are not the engine's speed).
-        predicted = sample.prefill_prior
+        at = sample.predicted
+        prefill_s = at.prefill_prior
         prompt, cached = completion.prompt_tokens, completion.cached_tokens
         if prompt is not None and cached is not None:
             uncached = float(max(prompt - cached, 0))
-            predicted = sample.prefill_fixed + cost_model.chunk_s(self.prices.fit, uncached, float(cached))
-        if sample.wait + sample.interleaved <= CLEAN_SHARE * predicted:
+            prefill_s = at.prefill_fixed + cost_model.chunk_s(self.prices.fit, uncached, float(cached))
+        if at.wait + at.interleaved <= CLEAN_SHARE * prefill_s:
             self.speed.learn(
                 sample.endpoint,
                 sample.group,
                 "prefill",
-                predicted_s=predicted,
-                observed_s=ttft - sample.wait - sample.interleaved,
+                predicted_s=prefill_s,
+                observed_s=ttft - at.wait - at.interleaved,
             )
         tokens = completion.completion_tokens or 0
         if tokens < MIN_DECODE_TOKENS:
@@ -369,7 +399,7 @@ class PredictedTTFTScorer(plugin.Scorer):
                 sample.endpoint,
                 sample.group,
                 "decode",
-                predicted_s=sample.step_prior,
+                predicted_s=at.step_prior,
                 observed_s=decode_s / (tokens - 1),
             )
 
