@@ -397,6 +397,9 @@ def plot(rows: Sequence[Row], out_dir: Path, *, prefix: str = "") -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    if len(figures) > 1:
+        # A file rewritten as a run goes on: the one-workload plot of its first write is stale now.
+        (out_dir / f"{prefix.rstrip('-')}.png").unlink(missing_ok=True)
     return written
 
 
