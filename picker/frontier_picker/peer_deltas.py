@@ -65,6 +65,7 @@ def completed(flight: director.Flight, completion: types.Completion) -> wire.Del
         status=completion.status,
         aborted=completion.aborted,
         duration_s=completion.duration_s,
+        first_token_timed=completion.first_token_timed,
     )
     if completion.ttft_s is not None:
         message.ttft_s = completion.ttft_s
@@ -85,6 +86,7 @@ def completion(message: wire.Completed, endpoint: str) -> types.Completion:
         aborted=message.aborted,
         duration_s=message.duration_s,
         ttft_s=message.ttft_s if message.HasField("ttft_s") else None,
+        first_token_timed=message.first_token_timed,
         prompt_tokens=message.prompt_tokens if message.HasField("prompt_tokens") else None,
         completion_tokens=message.completion_tokens if message.HasField("completion_tokens") else None,
         cached_tokens=message.cached_tokens if message.HasField("cached_tokens") else None,

@@ -166,6 +166,7 @@ class Stream:
         self.served: str | None = None
         self.reader: usage.SseReader | usage.JsonReader | None = None
         self.first_byte_at: float | None = None
+        self.first_token_timed = False  # first_byte_at will be the first token's time (`Completion`)
         self.response_size = 0
         self.response_ended = False
         self.completed = False
@@ -577,6 +578,8 @@ class Stream:
             self.reader = usage.SseReader() if streamed else usage.JsonReader()
         if not streamed or self.response_mode == _NONE:
             self.first_byte_at = self.ctx.clock()  # else at the first event: the first token's time
+        else:
+            self.first_token_timed = True
         if message.response_headers.end_of_stream:
             self._end_response()
         tier = self.flight.decision.tier if self.flight is not None else None
@@ -650,6 +653,7 @@ class Stream:
             completion_tokens=reported.completion_tokens if reported else None,
             cached_tokens=reported.cached_tokens if reported else None,
             ttft_s=(self.first_byte_at - self.started) if self.first_byte_at is not None else None,
+            first_token_timed=self.first_token_timed,
             duration_s=now - self.started,
             aborted=aborted,
             request_bytes=self.declared_length or self.body_size,

@@ -223,6 +223,7 @@ async def test_streamed_response_of_2000_chunks_arrives_identical_and_usage_is_r
     assert (completion.prompt_tokens, completion.cached_tokens, completion.aborted) == (11, 3, False)
     assert completion.status == 200
     assert completion.ttft_s is not None and 0 < completion.ttft_s <= completion.duration_s
+    assert completion.first_token_timed
 
 
 async def test_json_response_usage_and_served_endpoint_are_recorded(gie: stack.Stack) -> None:
@@ -231,6 +232,7 @@ async def test_json_response_usage_and_served_endpoint_are_recorded(gie: stack.S
     assert await stack.wait_for(lambda: gie.scheduler.completions[-1].endpoint == headers["x-served-by"])
     completion = gie.scheduler.completions[-1]
     assert (completion.prompt_tokens, completion.completion_tokens) == (7, 5)
+    assert not completion.first_token_timed  # a JSON answer's headers come with the whole answer
 
 
 async def test_client_killed_mid_stream_leaves_no_in_flight_count(gie: stack.Stack) -> None:

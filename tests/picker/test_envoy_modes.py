@@ -65,6 +65,8 @@ async def test_cheap_mode_routes_echoes_nothing_and_still_observes_completion(tm
         completion = running.scheduler.completions[-1]
         assert (completion.endpoint, completion.status, completion.aborted) == (served, 200, False)
         assert completion.completion_tokens is None  # the body is not seen in this mode
+        # Nor is the first token: the headers' time teaches the speed learner nothing.
+        assert not completion.first_token_timed
         assert running.store.in_flight() == 0
     finally:
         running.stop()

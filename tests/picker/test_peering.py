@@ -16,9 +16,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ext_proc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ext_proc_grpc
 
 from frontier_api import names
-from frontier_picker import server
+from frontier_picker import director, peer_deltas, server
 from frontier_picker.proto.v1 import picker_pb2 as wire
 from frontier_picker.proto.v1 import picker_pb2_grpc as wire_grpc
+from frontier_picker.scheduling import types
 
 ADDRESS = "127.2.0.110"
 ENGINES = ("127.2.0.11", "127.2.0.12", "127.2.0.13")
@@ -242,3 +243,19 @@ async def test_a_replica_learns_every_worker_of_another_pod_through_any_one_of_t
     finally:
         for picker in (b, a1, a0):
             await picker.stop()
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_completion_reaches_peers_with_what_its_first_token_time_means(timed: bool) -> None:
+    # Peers learn engine speed from each other's completions: a headers-time TTFT must stay marked as one.
+    flight = director.Flight(
+        request=types.Request(request_id="r", model="m", target_model="m"),
+        decision=types.Decision(endpoints=["10.0.0.1:8000"]),
+        charge=None,
+        flight_id="f1",
+    )
+    sent = types.Completion(
+        endpoint="10.0.0.1:8000", status=200, ttft_s=0.25, first_token_timed=timed, duration_s=1.5
+    )
+    delta = wire.Delta.FromString(peer_deltas.completed(flight, sent).SerializeToString())
+    assert peer_deltas.completion(delta.completed, "10.0.0.1:8000") == sent

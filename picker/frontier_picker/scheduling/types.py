@@ -98,6 +98,9 @@ class Completion:
     completion_tokens: int | None = None
     cached_tokens: int | None = None
     ttft_s: float | None = None
+    # ttft_s is when the first token arrived (a streamed answer whose body the picker saw); otherwise it is
+    # when the response headers did, which an engine may send before any token or only with the whole answer.
+    first_token_timed: bool = False
     duration_s: float = 0.0
     aborted: bool = False
     request_bytes: int = 0

@@ -613,6 +613,7 @@ class _Simulation:
                 completion_tokens=done.completion_tokens,
                 cached_tokens=done.cached_tokens,
                 ttft_s=columns.ttft[i],
+                first_token_timed=True,
                 duration_s=t - columns.arrival_at[i],
             )
             self.directors[flight.replica].complete(flight.flight, completion, now=t)

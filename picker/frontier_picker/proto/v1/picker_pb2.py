@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%frontier_picker/proto/v1/picker.proto\x12\x12\x66rontier.picker.v1\"R\n\x10SubscribeRequest\x12\x12\n\nsubscriber\x18\x01 \x01(\t\x12\x18\n\x10\x65ndpoint_metrics\x18\x02 \x01(\x08\x12\x10\n\x08siblings\x18\x03 \x01(\x08\"n\n\nDeltaBatch\x12\x11\n\tpublisher\x18\x01 \x01(\t\x12)\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32\x19.frontier.picker.v1.Delta\x12\x15\n\rsnapshot_done\x18\x03 \x01(\x08\x12\x0b\n\x03pod\x18\x04 \x01(\t\"\xb6\x01\n\x05\x44\x65lta\x12.\n\x07\x64\x65\x63ided\x18\x01 \x01(\x0b\x32\x1b.frontier.picker.v1.DecidedH\x00\x12\x32\n\tcompleted\x18\x02 \x01(\x0b\x32\x1d.frontier.picker.v1.CompletedH\x00\x12?\n\x10\x65ndpoint_metrics\x18\x03 \x01(\x0b\x32#.frontier.picker.v1.EndpointMetricsH\x00\x42\x08\n\x06\x63hange\"\x98\x02\n\x07\x44\x65\x63ided\x12\x11\n\tflight_id\x18\x01 \x01(\t\x12\x0f\n\x07primary\x18\x02 \x01(\t\x12\x0f\n\x07prefill\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x12\n\nmax_tokens\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0ctarget_model\x18\x07 \x01(\t\x12\r\n\x05\x61ge_s\x18\x08 \x01(\x01\x12\x39\n\x07learned\x18\t \x03(\x0b\x32(.frontier.picker.v1.Decided.LearnedEntry\x12\x0e\n\x06origin\x18\n \x01(\t\x1a.\n\x0cLearnedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x95\x02\n\tCompleted\x12\x11\n\tflight_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\x08\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x13\n\x06ttft_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rprompt_tokens\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rcached_tokens\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12\x0e\n\x06origin\x18\t \x01(\tB\t\n\x07_ttft_sB\x10\n\x0e_prompt_tokensB\x14\n\x12_completion_tokensB\x10\n\x0e_cached_tokens\"\xab\x02\n\x0f\x45ndpointMetrics\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x10\n\x08kv_usage\x18\x04 \x01(\x01\x12\x17\n\nblock_size\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0enum_gpu_blocks\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x15\n\rrunning_loras\x18\x07 \x03(\t\x12\x15\n\rwaiting_loras\x18\x08 \x03(\t\x12\x16\n\tmax_loras\x18\t \x01(\x03H\x02\x88\x01\x01\x12\r\n\x05\x61ge_s\x18\n \x01(\x01\x12\x17\n\x0fscrape_failures\x18\x0b \x01(\x05\x42\r\n\x0b_block_sizeB\x11\n\x0f_num_gpu_blocksB\x0c\n\n_max_loras\"\x16\n\x14ListEndpointsRequest\"\xd3\x01\n\x15ListEndpointsResponse\x12\x34\n\tendpoints\x18\x01 \x03(\x0b\x32!.frontier.picker.v1.EndpointState\x12P\n\x0cpeer_flights\x18\x02 \x03(\x0b\x32:.frontier.picker.v1.ListEndpointsResponse.PeerFlightsEntry\x1a\x32\n\x10PeerFlightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x87\x02\n\rEndpointState\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12=\n\x06labels\x18\x03 \x03(\x0b\x32-.frontier.picker.v1.EndpointState.LabelsEntry\x12\x34\n\x07metrics\x18\x04 \x01(\x0b\x32#.frontier.picker.v1.EndpointMetrics\x12\x11\n\tin_flight\x18\x05 \x01(\x03\x12\x1f\n\x17in_flight_prompt_tokens\x18\x06 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32^\n\x07Peering\x12S\n\tSubscribe\x12$.frontier.picker.v1.SubscribeRequest\x1a\x1e.frontier.picker.v1.DeltaBatch0\x01\x32m\n\x05\x41\x64min\x12\x64\n\rListEndpoints\x12(.frontier.picker.v1.ListEndpointsRequest\x1a).frontier.picker.v1.ListEndpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%frontier_picker/proto/v1/picker.proto\x12\x12\x66rontier.picker.v1\"R\n\x10SubscribeRequest\x12\x12\n\nsubscriber\x18\x01 \x01(\t\x12\x18\n\x10\x65ndpoint_metrics\x18\x02 \x01(\x08\x12\x10\n\x08siblings\x18\x03 \x01(\x08\"n\n\nDeltaBatch\x12\x11\n\tpublisher\x18\x01 \x01(\t\x12)\n\x06\x64\x65ltas\x18\x02 \x03(\x0b\x32\x19.frontier.picker.v1.Delta\x12\x15\n\rsnapshot_done\x18\x03 \x01(\x08\x12\x0b\n\x03pod\x18\x04 \x01(\t\"\xb6\x01\n\x05\x44\x65lta\x12.\n\x07\x64\x65\x63ided\x18\x01 \x01(\x0b\x32\x1b.frontier.picker.v1.DecidedH\x00\x12\x32\n\tcompleted\x18\x02 \x01(\x0b\x32\x1d.frontier.picker.v1.CompletedH\x00\x12?\n\x10\x65ndpoint_metrics\x18\x03 \x01(\x0b\x32#.frontier.picker.v1.EndpointMetricsH\x00\x42\x08\n\x06\x63hange\"\x98\x02\n\x07\x44\x65\x63ided\x12\x11\n\tflight_id\x18\x01 \x01(\t\x12\x0f\n\x07primary\x18\x02 \x01(\t\x12\x0f\n\x07prefill\x18\x03 \x01(\t\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x03\x12\x12\n\nmax_tokens\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x14\n\x0ctarget_model\x18\x07 \x01(\t\x12\r\n\x05\x61ge_s\x18\x08 \x01(\x01\x12\x39\n\x07learned\x18\t \x03(\x0b\x32(.frontier.picker.v1.Decided.LearnedEntry\x12\x0e\n\x06origin\x18\n \x01(\t\x1a.\n\x0cLearnedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xb0\x02\n\tCompleted\x12\x11\n\tflight_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x62orted\x18\x03 \x01(\x08\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\x13\n\x06ttft_s\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rprompt_tokens\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x1e\n\x11\x63ompletion_tokens\x18\x07 \x01(\x03H\x02\x88\x01\x01\x12\x1a\n\rcached_tokens\x18\x08 \x01(\x03H\x03\x88\x01\x01\x12\x0e\n\x06origin\x18\t \x01(\t\x12\x19\n\x11\x66irst_token_timed\x18\n \x01(\x08\x42\t\n\x07_ttft_sB\x10\n\x0e_prompt_tokensB\x14\n\x12_completion_tokensB\x10\n\x0e_cached_tokens\"\xab\x02\n\x0f\x45ndpointMetrics\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07waiting\x18\x02 \x01(\x03\x12\x0f\n\x07running\x18\x03 \x01(\x03\x12\x10\n\x08kv_usage\x18\x04 \x01(\x01\x12\x17\n\nblock_size\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x1b\n\x0enum_gpu_blocks\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x15\n\rrunning_loras\x18\x07 \x03(\t\x12\x15\n\rwaiting_loras\x18\x08 \x03(\t\x12\x16\n\tmax_loras\x18\t \x01(\x03H\x02\x88\x01\x01\x12\r\n\x05\x61ge_s\x18\n \x01(\x01\x12\x17\n\x0fscrape_failures\x18\x0b \x01(\x05\x42\r\n\x0b_block_sizeB\x11\n\x0f_num_gpu_blocksB\x0c\n\n_max_loras\"\x16\n\x14ListEndpointsRequest\"\xd3\x01\n\x15ListEndpointsResponse\x12\x34\n\tendpoints\x18\x01 \x03(\x0b\x32!.frontier.picker.v1.EndpointState\x12P\n\x0cpeer_flights\x18\x02 \x03(\x0b\x32:.frontier.picker.v1.ListEndpointsResponse.PeerFlightsEntry\x1a\x32\n\x10PeerFlightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x87\x02\n\rEndpointState\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12=\n\x06labels\x18\x03 \x03(\x0b\x32-.frontier.picker.v1.EndpointState.LabelsEntry\x12\x34\n\x07metrics\x18\x04 \x01(\x0b\x32#.frontier.picker.v1.EndpointMetrics\x12\x11\n\tin_flight\x18\x05 \x01(\x03\x12\x1f\n\x17in_flight_prompt_tokens\x18\x06 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32^\n\x07Peering\x12S\n\tSubscribe\x12$.frontier.picker.v1.SubscribeRequest\x1a\x1e.frontier.picker.v1.DeltaBatch0\x01\x32m\n\x05\x41\x64min\x12\x64\n\rListEndpoints\x12(.frontier.picker.v1.ListEndpointsRequest\x1a).frontier.picker.v1.ListEndpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDED_LEARNEDENTRY']._serialized_start=677
   _globals['_DECIDED_LEARNEDENTRY']._serialized_end=723
   _globals['_COMPLETED']._serialized_start=726
-  _globals['_COMPLETED']._serialized_end=1003
-  _globals['_ENDPOINTMETRICS']._serialized_start=1006
-  _globals['_ENDPOINTMETRICS']._serialized_end=1305
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1307
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1329
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1332
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1543
-  _globals['_LISTENDPOINTSRESPONSE_PEERFLIGHTSENTRY']._serialized_start=1493
-  _globals['_LISTENDPOINTSRESPONSE_PEERFLIGHTSENTRY']._serialized_end=1543
-  _globals['_ENDPOINTSTATE']._serialized_start=1546
-  _globals['_ENDPOINTSTATE']._serialized_end=1809
-  _globals['_ENDPOINTSTATE_LABELSENTRY']._serialized_start=1764
-  _globals['_ENDPOINTSTATE_LABELSENTRY']._serialized_end=1809
-  _globals['_PEERING']._serialized_start=1811
-  _globals['_PEERING']._serialized_end=1905
-  _globals['_ADMIN']._serialized_start=1907
-  _globals['_ADMIN']._serialized_end=2016
+  _globals['_COMPLETED']._serialized_end=1030
+  _globals['_ENDPOINTMETRICS']._serialized_start=1033
+  _globals['_ENDPOINTMETRICS']._serialized_end=1332
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1334
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1356
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=1359
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=1570
+  _globals['_LISTENDPOINTSRESPONSE_PEERFLIGHTSENTRY']._serialized_start=1520
+  _globals['_LISTENDPOINTSRESPONSE_PEERFLIGHTSENTRY']._serialized_end=1570
+  _globals['_ENDPOINTSTATE']._serialized_start=1573
+  _globals['_ENDPOINTSTATE']._serialized_end=1836
+  _globals['_ENDPOINTSTATE_LABELSENTRY']._serialized_start=1791
+  _globals['_ENDPOINTSTATE_LABELSENTRY']._serialized_end=1836
+  _globals['_PEERING']._serialized_start=1838
+  _globals['_PEERING']._serialized_end=1932
+  _globals['_ADMIN']._serialized_start=1934
+  _globals['_ADMIN']._serialized_end=2043
 # @@protoc_insertion_point(module_scope)

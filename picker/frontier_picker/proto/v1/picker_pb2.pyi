@@ -70,7 +70,7 @@ class Decided(_message.Message):
     def __init__(self, flight_id: _Optional[str] = ..., primary: _Optional[str] = ..., prefill: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., max_tokens: _Optional[int] = ..., model: _Optional[str] = ..., target_model: _Optional[str] = ..., age_s: _Optional[float] = ..., learned: _Optional[_Mapping[str, bytes]] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Completed(_message.Message):
-    __slots__ = ("flight_id", "status", "aborted", "duration_s", "ttft_s", "prompt_tokens", "completion_tokens", "cached_tokens", "origin")
+    __slots__ = ("flight_id", "status", "aborted", "duration_s", "ttft_s", "prompt_tokens", "completion_tokens", "cached_tokens", "origin", "first_token_timed")
     FLIGHT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ABORTED_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,7 @@ class Completed(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    FIRST_TOKEN_TIMED_FIELD_NUMBER: _ClassVar[int]
     flight_id: str
     status: int
     aborted: bool
@@ -89,7 +90,8 @@ class Completed(_message.Message):
     completion_tokens: int
     cached_tokens: int
     origin: str
-    def __init__(self, flight_id: _Optional[str] = ..., status: _Optional[int] = ..., aborted: _Optional[bool] = ..., duration_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
+    first_token_timed: bool
+    def __init__(self, flight_id: _Optional[str] = ..., status: _Optional[int] = ..., aborted: _Optional[bool] = ..., duration_s: _Optional[float] = ..., ttft_s: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., origin: _Optional[str] = ..., first_token_timed: _Optional[bool] = ...) -> None: ...
 
 class EndpointMetrics(_message.Message):
     __slots__ = ("endpoint", "waiting", "running", "kv_usage", "block_size", "num_gpu_blocks", "running_loras", "waiting_loras", "max_loras", "age_s", "scrape_failures")

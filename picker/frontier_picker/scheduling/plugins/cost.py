@@ -366,7 +366,9 @@ class PredictedTTFTScorer(plugin.Scorer):
     def _learn_speed(self, sample: _Sample, completion: types.Completion) -> None:
         """Teach the speed learner what this request's completion measured against its prediction."""
         ttft = completion.ttft_s
-        if completion.aborted or completion.status != 200 or ttft is None:
+        # Headers' time is no first token: an engine sends them before any token (streamed) or with the
+        # whole answer, and learning from it read engines many times too fast or too slow.
+        if completion.aborted or completion.status != 200 or ttft is None or not completion.first_token_timed:
             return
         # The prefill's own time: the first token less the predicted wait and interleaved decode steps,
         # against the prefill of the tokens the engine says it computed where it reports its cache hit
