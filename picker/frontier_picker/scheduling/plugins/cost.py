@@ -259,11 +259,11 @@ class PredictedTTFTScorer(plugin.Scorer):
                 endpoint, tokens, service_s, now=cycle.now, request_id=cycle.request.request_id
             )
         if self.speed.rate > 0:
-            predicted = self._predicted(cycle, decision)
-            if predicted is not None:
-                state = self._prediction_at(cycle, decision.primary)
-                group = learners.group_of(state[0].endpoint) if state else ""
-                self._remember(cycle.request.request_id, decision, predicted, group)
+            found = self._prediction_at(cycle, decision.prefill or decision.primary)
+            if found is not None:
+                candidate, prediction, i = found
+                predicted = self._predicted(cycle, prediction, i)
+                self._remember(cycle.request.request_id, decision, predicted, candidate.endpoint)
 
     def _prediction_at(
         self, cycle: cycles.Cycle, key: str
@@ -275,12 +275,8 @@ class PredictedTTFTScorer(plugin.Scorer):
                 return candidates[i], prediction, i
         return None
 
-    def _predicted(self, cycle: cycles.Cycle, decision: types.Decision) -> _Predicted | None:
-        """The prediction where the decision sends the prompt's prefill (None: not priced this cycle)."""
-        found = self._prediction_at(cycle, decision.prefill or decision.primary)
-        if found is None:
-            return None
-        _candidate, p, i = found
+    def _predicted(self, cycle: cycles.Cycle, p: cost_model.Prediction, i: int) -> _Predicted:
+        """What the speed learner keeps of candidate `i`'s prediction `p` (where the prefill went)."""
         uncached = float(p.uncached[i])
         sent_s = cost_model.chunk_s(self.prices.fit, uncached, float(cycle.request.token_count()) - uncached)
         return _Predicted(
@@ -292,9 +288,15 @@ class PredictedTTFTScorer(plugin.Scorer):
             step_prior=float(p.step_prior[i]),
         )
 
-    def _remember(self, request_id: str, decision: types.Decision, predicted: _Predicted, group: str) -> None:
+    def _remember(
+        self,
+        request_id: str,
+        decision: types.Decision,
+        predicted: _Predicted,
+        endpoint: endpoints.Endpoint | None,
+    ) -> None:
         """For the speed learner: count the prefill work the decision sends, and keep what was predicted
-        where it was sent until its completion teaches."""
+        where it was sent (`endpoint`, the primary; None when unknown here) until its completion teaches."""
         key = decision.prefill or decision.primary
         self.speed.sent(key, predicted.sent_s)
         if decision.prefill is not None:
@@ -302,6 +304,7 @@ class PredictedTTFTScorer(plugin.Scorer):
         samples = self._samples
         if len(samples) >= MAX_SAMPLES:
             del samples[next(iter(samples))]
+        group = learners.group_of(endpoint) if endpoint is not None else ""
         samples[request_id] = _Sample(
             endpoint=key, group=group, predicted=predicted, sent_mark=self.speed.sent_total(key)
         )
@@ -330,8 +333,13 @@ class PredictedTTFTScorer(plugin.Scorer):
         data = _SHARED.pack(key if key is not None else 0, len(charges)) + b"".join(
             _CHARGE.pack(tokens, service_s) for _endpoint, tokens, service_s in charges
         )
-        predicted = self._predicted(cycle, decision) if self.speed.rate > 0 else None
-        return data if predicted is None else data + _PREDICTED.pack(*dataclasses.astuple(predicted))
+        if self.speed.rate <= 0:
+            return data
+        found = self._prediction_at(cycle, decision.prefill or decision.primary)
+        if found is None:
+            return data
+        _candidate, prediction, i = found
+        return data + _PREDICTED.pack(*dataclasses.astuple(self._predicted(cycle, prediction, i)))
 
     def learn_shared(self, data: bytes, shared: types.SharedDecision) -> None:
         key, count = _SHARED.unpack_from(data)
@@ -350,8 +358,9 @@ class PredictedTTFTScorer(plugin.Scorer):
         if self.speed.rate > 0 and len(data) >= offset + _PREDICTED.size:
             predicted = _Predicted(*_PREDICTED.unpack_from(data, offset))
             state = shared.state(decision.primary)
-            group = learners.group_of(state.endpoint) if state is not None else ""
-            self._remember(shared.request.request_id, decision, predicted, group)
+            self._remember(
+                shared.request.request_id, decision, predicted, state.endpoint if state is not None else None
+            )
 
     def on_completion(
         self, request: types.Request, decision: types.Decision, completion: types.Completion
